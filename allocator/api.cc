@@ -1,0 +1,134 @@
+// api.cc — the C API of ferry.h, on top of the heap fast paths.
+#include <errno.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "allocator/heap.h"
+#include "common/diag.h"
+#include "common/options.h"
+#include "common/stats.h"
+#include "ferry.h"
+
+namespace ferry {
+const Options& CurrentOptions();  // heap.cc
+}  // namespace ferry
+
+using ferry::Allocate;
+using ferry::Free;
+
+namespace {
+
+constexpr size_t kMaxRequest = PTRDIFF_MAX;
+
+// Every entry point funnels impossible sizes through here, so the fast
+// paths below never see one.
+FERRY_COLD void* FailTooLarge() {
+  errno = ENOMEM;
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+FERRY_EXPORT void* ferry_malloc(size_t size) {
+  if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
+  return Allocate(size);
+}
+
+FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
+  size_t total;
+  if (FERRY_UNLIKELY(__builtin_mul_overflow(count, size, &total) || total > kMaxRequest)) {
+    return FailTooLarge();
+  }
+  void* p = Allocate(total);
+  if (FERRY_LIKELY(p != nullptr)) {
+    // Huge blocks are fresh mappings, zero already; everything else may be reused.
+    if (total <= ferry::kLargeMax) memset(p, 0, total);
+  }
+  return p;
+}
+
+FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
+  if (ptr == nullptr) return ferry_malloc(size);
+  if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
+  const size_t usable = ferry::UsableSize(ptr, "realloc");
+  // Keep the block when the new size fits and does not waste more than half.
+  if (size <= usable && size >= usable / 2) return ptr;
+  void* fresh = Allocate(size);
+  if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
+  memcpy(fresh, ptr, size < usable ? size : usable);
+  Free(ptr, "realloc");
+  return fresh;
+}
+
+FERRY_EXPORT void ferry_free(void* ptr) { Free(ptr); }
+
+FERRY_EXPORT void ferry_free_sized(void* ptr, size_t /*size*/) { Free(ptr); }
+
+FERRY_EXPORT void* ferry_aligned_alloc(size_t alignment, size_t size) {
+  if (FERRY_UNLIKELY(!ferry::IsPowerOfTwo(alignment))) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (FERRY_UNLIKELY(size > kMaxRequest || alignment > kMaxRequest / 2)) return FailTooLarge();
+  return ferry::AllocateAligned(alignment, size);
+}
+
+FERRY_EXPORT int ferry_posix_memalign(void** out, size_t alignment, size_t size) {
+  if (!ferry::IsPowerOfTwo(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
+  if (size > kMaxRequest || alignment > kMaxRequest / 2) return ENOMEM;
+  const int saved_errno = errno;
+  void* p = ferry::AllocateAligned(alignment, size);
+  errno = saved_errno;
+  if (p == nullptr) return ENOMEM;
+  *out = p;
+  return 0;
+}
+
+FERRY_EXPORT size_t ferry_usable_size(const void* ptr) {
+  if (ptr == nullptr) return 0;
+  return ferry::UsableSize(ptr, "usable_size");
+}
+
+FERRY_EXPORT void ferry_flush(void) { ferry::FlushThisThread(); }
+
+FERRY_EXPORT void ferry_collect(void) { ferry::CollectThisThread(); }
+
+FERRY_EXPORT void ferry_stats_get(ferry_stats_t* out) {
+  if (out == nullptr) return;
+  memset(out, 0, sizeof(*out));
+  out->version = FERRY_VERSION;
+#define FERRY_COPY_COUNTER(field, description) \
+  out->field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
+  FERRY_COUNTERS(FERRY_COPY_COUNTER)
+#undef FERRY_COPY_COUNTER
+}
+
+FERRY_EXPORT void ferry_stats_print(FILE* out) {
+  if (out == nullptr) out = stderr;
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  fprintf(out, "ferry %d.%d.%d statistics\n", FERRY_VERSION_MAJOR, FERRY_VERSION_MINOR,
+          FERRY_VERSION_PATCH);
+#define FERRY_PRINT_COUNTER(field, description)                                  \
+  fprintf(out, "  %-22s %16llu  %s\n", #field, static_cast<unsigned long long>(stats.field), \
+          description);
+  FERRY_COUNTERS(FERRY_PRINT_COUNTER)
+#undef FERRY_PRINT_COUNTER
+  fflush(out);
+}
+
+}  // extern "C"
+
+namespace {
+
+// FERRY_STATS=1: print the table when the process exits. A destructor
+// function, not atexit(), so that registering it never allocates.
+__attribute__((destructor)) void PrintStatsAtExit() {
+  if (ferry::CurrentOptions().stats != 0) ferry_stats_print(stderr);
+}
+
+}  // namespace

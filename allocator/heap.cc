@@ -1,0 +1,628 @@
+// heap.cc — the slow paths of thread heaps: pages, segments, large blocks,
+// remote batches, thread start and exit.
+//
+// Life of a page (owner thread only, except `returned` and the inbox):
+//   made from free slices of one of the heap's segments -> on its class queue,
+//   refilled from local_free, then from `returned`, then by carving more
+//   blocks -> when nothing is left, marked full and taken off the queue ->
+//   back on the queue at the first local free (owner clears the mark) or via
+//   the inbox (a remote chain cleared it) -> released to its segment when all
+//   its blocks are free, unless it is the only page of its class.
+// Life of a heap: made from OS memory on a thread's first allocation (or
+// taken over from the abandoned list) -> at thread exit its batch is handed
+// on, its empty pages given back, and it goes onto the abandoned list, still
+// valid: remote frees into it keep landing on its pages' returned lists and
+// its inbox, and the next new thread takes it over with all its memory.
+#include "allocator/heap.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+#include <cstring>
+#include <new>
+
+#include "allocator/page_return.h"
+#include "common/diag.h"
+#include "common/options.h"
+#include "common/os.h"
+#include "common/spin_lock.h"
+#include "common/stats.h"
+#include "reclaimer/sorter.h"
+
+namespace ferry {
+
+constinit Page g_empty_page{};
+constinit Heap g_empty_heap;
+__thread Heap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+constinit FreeListKeys g_keys{};
+
+namespace {
+
+constexpr size_t kExtendBytes = 16 << 10;  // carve at most this much at a time
+
+constinit Options g_options{};
+constinit std::atomic<int> g_init_state{0};  // 0 none, 1 running, 2 done
+constinit pthread_key_t g_thread_key{};
+constinit std::atomic<bool> g_atfork_registered{false};
+constinit std::atomic<Heap*> g_all_heaps{nullptr};
+constinit SpinLock g_abandoned_lock;
+constinit Heap* g_abandoned = nullptr;
+
+// Slices a page of each class spans: one for blocks up to 8 KiB, else enough
+// for at least eight blocks, capped at kMaxPageSlices.
+constexpr auto kPageSlices = [] {
+  std::array<uint8_t, kNumClasses> slices{};
+  for (size_t c = 0; c < kNumClasses; ++c) {
+    const size_t size = kClassSize[c];
+    size_t n = size <= (8 << 10) ? 1 : (8 * size + kSliceSize - 1) / kSliceSize;
+    if (n > kMaxPageSlices) n = kMaxPageSlices;
+    slices[c] = static_cast<uint8_t>(n);
+  }
+  return slices;
+}();
+
+// --- page queues ----------------------------------------------------------------
+
+void QueuePushFront(PageQueue* q, Page* page) {
+  page->queue_prev = nullptr;
+  page->queue_next = q->head;
+  if (q->head != nullptr) q->head->queue_prev = page;
+  else q->tail = page;
+  q->head = page;
+}
+
+void QueuePushBack(PageQueue* q, Page* page) {
+  page->queue_next = nullptr;
+  page->queue_prev = q->tail;
+  if (q->tail != nullptr) q->tail->queue_next = page;
+  else q->head = page;
+  q->tail = page;
+}
+
+void QueueRemove(PageQueue* q, Page* page) {
+  if (page->queue_prev != nullptr) page->queue_prev->queue_next = page->queue_next;
+  else q->head = page->queue_next;
+  if (page->queue_next != nullptr) page->queue_next->queue_prev = page->queue_prev;
+  else q->tail = page->queue_prev;
+  page->queue_next = page->queue_prev = nullptr;
+}
+
+void SyncDirect(Heap* heap, size_t size_class) {
+  Page* head = heap->queues[size_class].head;
+  heap->direct[size_class] = head != nullptr ? head : &g_empty_page;
+}
+
+// --- segments and slices -----------------------------------------------------------
+
+// The first run of `count` free slices starting at a multiple of `align`.
+int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
+    if ((segment->used_slices & (run << start)) == 0) return static_cast<int>(start);
+  }
+  return -1;
+}
+
+void SegmentListPush(Heap* heap, Segment* segment) {
+  segment->heap = heap;
+  segment->heap_prev = nullptr;
+  segment->heap_next = heap->segments;
+  if (heap->segments != nullptr) heap->segments->heap_prev = segment;
+  heap->segments = segment;
+}
+
+void SegmentListRemove(Heap* heap, Segment* segment) {
+  if (segment->heap_prev != nullptr) segment->heap_prev->heap_next = segment->heap_next;
+  else heap->segments = segment->heap_next;
+  if (segment->heap_next != nullptr) segment->heap_next->heap_prev = segment->heap_prev;
+  segment->heap_next = segment->heap_prev = nullptr;
+}
+
+// Claims `count` slices aligned to `align` slices; returns the first slice's
+// page record with the continuation records pointing back to it.
+Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
+  Segment* segment = heap->segments;
+  int start = -1;
+  for (; segment != nullptr; segment = segment->heap_next) {
+    start = FindFreeSlices(segment, count, align);
+    if (start >= 0) break;
+  }
+  if (segment == nullptr) {
+    segment = heap->spare;
+    heap->spare = nullptr;
+    if (segment == nullptr) segment = ArenaAllocateSegment();
+    if (segment == nullptr) return nullptr;
+    SegmentListPush(heap, segment);
+    start = FindFreeSlices(segment, count, align);
+    FERRY_CHECK(start >= 0);
+  }
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  segment->used_slices |= run << start;
+  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = static_cast<uint8_t>(k);
+  Page* page = &segment->pages[start];
+  page->slice_back = 0;
+  page->slice_count = static_cast<uint8_t>(count);
+  page->start = reinterpret_cast<uintptr_t>(segment) + static_cast<size_t>(start) * kSliceSize;
+  page->heap = heap;
+  CounterAdd(g_counters.pages_made, 1);
+  return page;
+}
+
+void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
+  page->kind = kind;
+  page->block_size = block_size;
+  page->divisor_magic = ~uint64_t{0} / block_size + 1;
+  page->reserved = static_cast<uint32_t>(reserved);
+  page->free = page->local_free = nullptr;
+  page->used = page->capacity = 0;
+  page->in_full = 0;
+  page->carved_bytes.store(0, std::memory_order_relaxed);
+  page->returned.store(0, std::memory_order_relaxed);
+  page->queue_next = page->queue_prev = page->inbox_next = nullptr;
+}
+
+void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
+  if (segment->used_slices != 1) return;
+  SegmentListRemove(heap, segment);
+  if (heap->spare == nullptr) {
+    heap->spare = segment;
+  } else {
+    ArenaReleaseSegment(segment);
+  }
+}
+
+void ReleasePage(Heap* heap, Page* page) {
+  Segment* segment = SegmentOf(page->start);
+  const size_t start = static_cast<size_t>(page - segment->pages);
+  const size_t count = page->slice_count;
+  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = 0;
+  page->kind = PageKind::kNone;
+  page->heap = nullptr;
+  page->block_size = 0;
+  page->carved_bytes.store(0, std::memory_order_relaxed);
+  page->free = page->local_free = nullptr;
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  segment->used_slices &= ~(run << start);
+  CounterAdd(g_counters.pages_released, 1);
+  ReleaseSegmentIfEmpty(heap, segment);
+}
+
+// --- refilling a page --------------------------------------------------------------
+
+// Takes the page's returned chain; walks it to count the blocks (and to
+// check that every link stays inside the page). Returns the chain.
+Block* AdoptReturned(Page* page) {
+  const uintptr_t word = page->returned.exchange(0, std::memory_order_acquire);
+  Block* chain = reinterpret_cast<Block*>(word & ~kReturnedFull);
+  if (chain == nullptr) return nullptr;
+  uint32_t count = 0;
+  for (Block* b = chain; b != nullptr; b = DecodeNext(b->next_encoded)) {
+    FERRY_CHECK(reinterpret_cast<uintptr_t>(b) - page->start <
+                page->carved_bytes.load(std::memory_order_relaxed));
+    ++count;
+  }
+  FERRY_CHECK(count <= page->used);
+  page->used -= count;
+  return chain;
+}
+
+void ExtendPage(Page* page) {
+  const size_t size = page->block_size;
+  size_t count = kExtendBytes / size;
+  if (count == 0) count = 1;
+  if (count > page->reserved - page->capacity) count = page->reserved - page->capacity;
+  const uintptr_t first = page->start + page->capacity * size;
+  for (size_t k = 0; k + 1 < count; ++k) {
+    reinterpret_cast<Block*>(first + k * size)->next_encoded =
+        EncodeNext(reinterpret_cast<Block*>(first + (k + 1) * size));
+  }
+  reinterpret_cast<Block*>(first + (count - 1) * size)->next_encoded = EncodeNext(page->free);
+  page->free = reinterpret_cast<Block*>(first);
+  page->capacity += static_cast<uint32_t>(count);
+  page->carved_bytes.store(static_cast<uint32_t>(page->capacity * size), std::memory_order_relaxed);
+}
+
+// Gives page->free blocks if it can. page->free is empty on entry.
+bool RefillPage(Page* page) {
+  if (page->local_free != nullptr) {
+    page->free = page->local_free;
+    page->local_free = nullptr;
+    return true;
+  }
+  if (page->returned.load(std::memory_order_relaxed) != 0) {
+    page->free = AdoptReturned(page);
+    if (page->free != nullptr) return true;
+  }
+  if (page->capacity < page->reserved) {
+    ExtendPage(page);
+    return true;
+  }
+  return false;
+}
+
+// Owner: the page has nothing to hand out. Returns false if a chain arrived
+// meanwhile (then the caller refills instead).
+bool TryMarkFull(Page* page) {
+  uintptr_t expected = 0;
+  if (!page->returned.compare_exchange_strong(expected, kReturnedFull, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed)) {
+    return false;
+  }
+  page->in_full = 1;
+  return true;
+}
+
+void DrainInbox(Heap* heap) {
+  Page* page = heap->inbox.exchange(nullptr, std::memory_order_acquire);
+  while (page != nullptr) {
+    Page* next = page->inbox_next;
+    page->inbox_next = nullptr;
+    page->in_full = 0;
+    if (page->kind == PageKind::kLarge) {
+      AdoptReturned(page);
+      FERRY_CHECK(page->used == 0);
+      ReleasePage(heap, page);
+    } else {
+      QueuePushBack(&heap->queues[page->size_class], page);
+      SyncDirect(heap, page->size_class);
+    }
+    page = next;
+  }
+}
+
+// All of this page's blocks are free (used == 0).
+void RetirePage(Heap* heap, Page* page) {
+  if (page->kind == PageKind::kSmall) {
+    PageQueue* q = &heap->queues[page->size_class];
+    if (q->head == page && q->tail == page) return;  // keep a class's only page
+    QueueRemove(q, page);
+    SyncDirect(heap, page->size_class);
+  }
+  ReleasePage(heap, page);
+}
+
+// --- heaps ---------------------------------------------------------------------
+
+void AbandonHeap(Heap* heap);
+
+void OnThreadExit(void* value) {
+  Heap* heap = static_cast<Heap*>(value);
+  if (heap != nullptr && heap != &g_empty_heap) AbandonHeap(heap);
+}
+
+void AtForkPrepare() {
+  g_abandoned_lock.Lock();
+  ArenaLockForFork();
+}
+void AtForkParent() {
+  ArenaUnlockAfterFork();
+  g_abandoned_lock.Unlock();
+}
+void AtForkChild() {
+  ArenaUnlockAfterFork();
+  g_abandoned_lock.Unlock();
+}
+
+Heap* CreateHeap() {
+  const size_t bytes = AlignUp(sizeof(Heap) + static_cast<size_t>(g_options.batch) * sizeof(void*),
+                               OsPageSize());
+  void* memory = OsReserve(bytes, OsPageSize());
+  if (memory == nullptr) return nullptr;
+  Heap* heap = new (memory) Heap();
+  heap->batch = reinterpret_cast<void**>(heap + 1);
+  heap->batch_limit = static_cast<uint32_t>(g_options.batch);
+  heap->batch_bytes_limit = static_cast<size_t>(g_options.batch_bytes);
+  Heap* first = g_all_heaps.load(std::memory_order_relaxed);
+  do {
+    heap->all_next = first;
+  } while (!g_all_heaps.compare_exchange_weak(first, heap, std::memory_order_release,
+                                              std::memory_order_relaxed));
+  CounterAdd(g_counters.heaps_created, 1);
+  return heap;
+}
+
+Heap* TakeAbandonedHeap() {
+  SpinLockHolder hold(&g_abandoned_lock);
+  Heap* heap = g_abandoned;
+  if (heap != nullptr) g_abandoned = heap->abandoned_next;
+  return heap;
+}
+
+// The calling thread's heap, made on first use. nullptr if the OS refuses.
+Heap* InitThreadHeap() {
+  EnsureGlobalInit();
+  Heap* heap = TakeAbandonedHeap();
+  if (heap != nullptr) {
+    heap->abandoned_next = nullptr;
+    CounterAdd(g_counters.heaps_reused, 1);
+  } else {
+    heap = CreateHeap();
+    if (heap == nullptr) return nullptr;
+  }
+  tl_heap = heap;
+  // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
+  pthread_setspecific(g_thread_key, heap);
+  if (!g_atfork_registered.exchange(true, std::memory_order_acq_rel)) {
+    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+  }
+  return heap;
+}
+
+void PublishBatch(Heap* heap) {
+  if (heap->batch_count == 0) return;
+  CounterAdd(g_counters.remote_frees, heap->batch_count);
+  CounterAdd(g_counters.batches_published, 1);
+  CounterAdd(g_counters.batches_inline, 1);
+  SortAndReturn(heap->batch, heap->batch_count);
+  heap->batch_count = 0;
+  heap->batch_bytes = 0;
+}
+
+// Gives back everything of this heap that is free now: adopts returned
+// chains, merges local frees, releases empty pages and the spare segment.
+void CollectHeap(Heap* heap) {
+  DrainInbox(heap);
+  for (size_t c = 0; c < kNumClasses; ++c) {
+    PageQueue* q = &heap->queues[c];
+    for (Page* page = q->head; page != nullptr;) {
+      Page* next = page->queue_next;
+      Block* chain = AdoptReturned(page);
+      for (Block* list : {page->local_free, chain}) {
+        while (list != nullptr) {
+          Block* following = DecodeNext(list->next_encoded);
+          list->next_encoded = EncodeNext(page->free);
+          page->free = list;
+          list = following;
+        }
+      }
+      page->local_free = nullptr;
+      if (page->used == 0) {
+        QueueRemove(q, page);
+        ReleasePage(heap, page);
+      }
+      page = next;
+    }
+    SyncDirect(heap, c);
+  }
+  if (heap->spare != nullptr) {
+    ArenaReleaseSegment(heap->spare);
+    heap->spare = nullptr;
+  }
+}
+
+void AbandonHeap(Heap* heap) {
+  PublishBatch(heap);
+  CollectHeap(heap);
+  tl_heap = &g_empty_heap;
+  CounterAdd(g_counters.heaps_abandoned, 1);
+  SpinLockHolder hold(&g_abandoned_lock);
+  heap->abandoned_next = g_abandoned;
+  g_abandoned = heap;
+}
+
+void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
+  const size_t slices = (n + kSliceSize - 1) / kSliceSize;
+  const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
+  Page* page = ClaimSlices(heap, slices, align_slices);
+  if (page == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  InitBlocks(page, PageKind::kLarge, slices * kSliceSize, 1);
+  page->size_class = 0;
+  page->capacity = 1;
+  page->used = 1;
+  page->carved_bytes.store(static_cast<uint32_t>(slices * kSliceSize), std::memory_order_relaxed);
+  // Never on a queue: full from birth, so a remote free posts it to the inbox.
+  page->in_full = 1;
+  page->returned.store(kReturnedFull, std::memory_order_relaxed);
+  CounterAdd(g_counters.large_allocs, 1);
+  return reinterpret_cast<void*>(page->start);
+}
+
+Heap* CurrentHeapOrInit() {
+  Heap* heap = tl_heap;
+  if (FERRY_LIKELY(heap != &g_empty_heap)) return heap;
+  return InitThreadHeap();
+}
+
+}  // namespace
+
+// --- huge blocks: defined in huge.cc --------------------------------------------
+void* AllocateHuge(size_t n, size_t alignment);
+void FreeHuge(Segment* segment, Page* page, void* p, const char* call);
+size_t HugeUsableSize(Page* page, const void* p, const char* call);
+
+// --- global state ---------------------------------------------------------------
+
+void EnsureGlobalInit() {
+  if (FERRY_LIKELY(g_init_state.load(std::memory_order_acquire) == 2)) return;
+  int expected = 0;
+  if (g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    ReadOptionsFromEnvironment(&g_options);
+    FreeListKeys keys;
+    do {
+      keys.xor_key = OsRandom64();
+      keys.add_key = OsRandom64() | 1;
+    } while (RotateLeft(keys.xor_key, 17) + keys.add_key == 0);  // encoded null != 0
+    g_keys = keys;
+    FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
+    g_init_state.store(2, std::memory_order_release);
+    return;
+  }
+  while (g_init_state.load(std::memory_order_acquire) != 2) sched_yield();
+}
+
+const Options& CurrentOptions() {
+  EnsureGlobalInit();
+  return g_options;
+}
+
+// --- slow paths of heap.h -------------------------------------------------------
+
+void* AllocateSlow(Heap* heap, size_t size_class) {
+  if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
+    heap = InitThreadHeap();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  if (heap->inbox.load(std::memory_order_relaxed) != nullptr) DrainInbox(heap);
+  PageQueue* q = &heap->queues[size_class];
+  Page* page = q->head;
+  while (page != nullptr) {
+    if (page->free != nullptr || RefillPage(page)) {
+      if (page != q->head) {
+        QueueRemove(q, page);
+        QueuePushFront(q, page);
+      }
+      heap->direct[size_class] = page;
+      return PopBlock(page, page->free);
+    }
+    Page* next = page->queue_next;
+    if (TryMarkFull(page)) {
+      QueueRemove(q, page);
+      page = next;
+    }  // else a chain just arrived: refill this page again
+  }
+  page = ClaimSlices(heap, kPageSlices[size_class], 1);
+  if (page == nullptr) {
+    SyncDirect(heap, size_class);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  const size_t size = kClassSize[size_class];
+  InitBlocks(page, PageKind::kSmall, size, page->slice_count * kSliceSize / size);
+  page->size_class = static_cast<uint8_t>(size_class);
+  QueuePushFront(q, page);
+  heap->direct[size_class] = page;
+  ExtendPage(page);
+  return PopBlock(page, page->free);
+}
+
+void* AllocateLargeOrHuge(size_t n) {
+  if (n <= kLargeMax) {
+    Heap* heap = CurrentHeapOrInit();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    return AllocateLarge(heap, n, kSliceSize);
+  }
+  return AllocateHuge(n, 0);
+}
+
+void* AllocateAligned(size_t alignment, size_t n) {
+  if (alignment <= 8) return Allocate(n);
+  if (alignment <= kSliceSize) {
+    const size_t rounded = AlignUp(n == 0 ? 1 : n, alignment);
+    if (rounded <= kMediumMax) {
+      // Pages start on slice boundaries and every power of two is a class,
+      // so a class whose size is a multiple of the alignment has only
+      // aligned blocks.
+      size_t size_class = SizeClassOf(rounded);
+      while (kClassSize[size_class] % alignment != 0) ++size_class;
+      Heap* heap = tl_heap;
+      Page* page = heap->direct[size_class];
+      if (page->free != nullptr) return PopBlock(page, page->free);
+      return AllocateSlow(heap, size_class);
+    }
+  }
+  if (alignment <= kLargeMax && n <= kLargeMax) {
+    Heap* heap = CurrentHeapOrInit();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    return AllocateLarge(heap, n == 0 ? 1 : n, alignment);
+  }
+  return AllocateHuge(n, alignment);
+}
+
+void FreeUnmapped(void* p, const char* call) {
+  if (p == nullptr) return;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (SegmentMapLookup(address) == kMapHugeAlignedBlock) {
+    Segment* segment = reinterpret_cast<Segment*>(
+        reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
+    return FreeHuge(segment, &segment->pages[0], p, call);
+  }
+  FatalBadPointer(call, p, "pointer not allocated by ferry");
+}
+
+void FreeNotLocal(Heap* heap, Page* page, void* p, const char* call) {
+  if (page->kind == PageKind::kHuge) return FreeHuge(SegmentOf(page->start), page, p, call);
+  if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
+  if (LooksFree(page, static_cast<Block*>(p))) FatalBadPointer(call, p, "double free (block already free)");
+  if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
+    if (InitThreadHeap() == nullptr) FatalBadPointer(call, p, "out of memory for a thread heap");
+    return Free(p, call);  // the new heap may be the block's owner
+  }
+  heap->batch[heap->batch_count++] = p;
+  heap->batch_bytes += page->block_size;
+  if (heap->batch_count >= heap->batch_limit || heap->batch_bytes >= heap->batch_bytes_limit) {
+    PublishBatch(heap);
+  }
+}
+
+void FatalBadLocalFree(Page* page, void* p, const char* call) {
+  if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(p))) {
+    FatalBadPointer(call, p, "not the start of a block (interior pointer)");
+  }
+  FatalBadPointer(call, p, "double free (block already free)");
+}
+
+void FreeLocalSlow(Heap* heap, Page* page) {
+  CounterAdd(g_counters.local_frees_slow, 1);
+  if (page->in_full) {
+    uintptr_t expected = kReturnedFull;
+    if (!page->returned.compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed)) {
+      // A remote chain cleared the mark first: the page is on its way to
+      // the inbox, and the inbox will requeue it.
+      if (page->kind == PageKind::kLarge) {
+        FatalBadPointer("free", page->local_free, "double free (block already free)");
+      }
+      return;
+    }
+    page->in_full = 0;
+    if (page->kind == PageKind::kSmall) {
+      QueuePushBack(&heap->queues[page->size_class], page);
+      SyncDirect(heap, page->size_class);
+    }
+  }
+  if (page->used == 0) RetirePage(heap, page);
+}
+
+size_t UsableSize(const void* p, const char* call) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  const uint8_t kind = SegmentMapLookup(address);
+  if (kind == kMapHugeAlignedBlock) {
+    Segment* segment = reinterpret_cast<Segment*>(
+        reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
+    return HugeUsableSize(&segment->pages[0], p, call);
+  }
+  if (kind != kMapSegment) FatalBadPointer(call, p, "pointer not allocated by ferry");
+  Page* page = PageOf(SegmentOf(address), address);
+  if (page->kind == PageKind::kHuge) return HugeUsableSize(page, p, call);
+  if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
+  if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
+  return page->block_size;
+}
+
+void FlushThisThread() {
+  Heap* heap = tl_heap;
+  if (heap != &g_empty_heap) PublishBatch(heap);
+}
+
+void CollectThisThread() {
+  Heap* heap = tl_heap;
+  if (heap == &g_empty_heap) return;
+  PublishBatch(heap);
+  CollectHeap(heap);
+}
+
+}  // namespace ferry

@@ -1,0 +1,114 @@
+// heap.h — thread heaps and the allocation and free fast paths.
+//
+// Every thread allocates from its own heap, found through one thread-local
+// pointer. Before a thread's first allocation that pointer names the empty
+// heap, whose pages have no free blocks, so "not initialised yet" costs the
+// fast path nothing: the one test that sends it to the slow path catches it.
+//
+// Fast paths (everything else is out of line, in heap.cc; `git grep Slow`):
+//   Allocate: size class -> heap->direct[class] -> pop page->free.
+//   Free:     segment map says ferry -> page by arithmetic -> owner check ->
+//             block checks -> push page->local_free.
+// A free of another thread's block goes into this thread's remote batch;
+// a full batch is sorted and handed back (reclaimer/sorter.h).
+#ifndef FERRY_ALLOCATOR_HEAP_H_
+#define FERRY_ALLOCATOR_HEAP_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/segment.h"
+#include "allocator/size_class.h"
+#include "common/base.h"
+
+namespace ferry {
+
+struct PageQueue {
+  Page* head;
+  Page* tail;
+};
+
+extern Page g_empty_page;
+
+struct Heap {
+  // Every class starts at the empty page, whose free list is empty, so the
+  // first allocation of each class takes the slow path.
+  constexpr Heap() {
+    for (auto& page : direct) page = &g_empty_page;
+  }
+
+  // --- owner thread only (hot first) -----------------------------------------
+  Page* direct[kNumClasses] = {};  // first page of each class, or the empty page
+  void** batch = nullptr;          // remote frees waiting to be handed on
+  uint32_t batch_count = 0;
+  uint32_t batch_limit = 0;
+  size_t batch_bytes = 0;
+  size_t batch_bytes_limit = 0;
+  PageQueue queues[kNumClasses] = {};
+  Segment* segments = nullptr;     // segments with pages of this heap
+  Segment* spare = nullptr;        // one empty segment kept to avoid churn
+  Heap* all_next = nullptr;        // every heap ever made (for statistics)
+  Heap* abandoned_next = nullptr;
+  // --- written by other threads ------------------------------------------------
+  alignas(64) std::atomic<Page*> inbox{nullptr};  // full pages that got remote frees
+};
+
+extern Heap g_empty_heap;
+extern __thread Heap* tl_heap __attribute__((tls_model("initial-exec")));
+
+// Slow paths.
+void* AllocateSlow(Heap* heap, size_t size_class);
+void* AllocateLargeOrHuge(size_t size);
+void FreeNotLocal(Heap* heap, Page* page, void* p, const char* call);
+void FreeUnmapped(void* p, const char* call);
+void FreeLocalSlow(Heap* heap, Page* page);
+[[noreturn]] void FatalBadLocalFree(Page* page, void* p, const char* call);
+
+FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
+  page->free = DecodeNext(block->next_encoded);
+  block->next_encoded = 0;  // a live block never looks free (see LooksFree)
+  page->used++;
+  return block;
+}
+
+// n <= kMediumMax.
+FERRY_ALWAYS_INLINE void* AllocateSmall(size_t n) {
+  Heap* heap = tl_heap;
+  const size_t size_class = SizeClassOf(n);
+  Page* page = heap->direct[size_class];
+  Block* block = page->free;
+  if (FERRY_LIKELY(block != nullptr)) return PopBlock(page, block);
+  return AllocateSlow(heap, size_class);
+}
+
+FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
+  if (FERRY_LIKELY(n <= kMediumMax)) return AllocateSmall(n);
+  return AllocateLargeOrHuge(n);
+}
+
+FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (FERRY_UNLIKELY(SegmentMapLookup(address) != kMapSegment)) return FreeUnmapped(p, call);
+  Page* page = PageOf(SegmentOf(address), address);
+  Heap* heap = tl_heap;
+  if (FERRY_UNLIKELY(page->heap != heap)) return FreeNotLocal(heap, page, p, call);
+  Block* block = static_cast<Block*>(p);
+  if (FERRY_UNLIKELY(!IsBlockStart(page, address) || LooksFree(page, block))) {
+    FatalBadLocalFree(page, p, call);
+  }
+  block->next_encoded = EncodeNext(page->local_free);
+  page->local_free = block;
+  if (FERRY_UNLIKELY(--page->used == 0 || page->in_full)) FreeLocalSlow(heap, page);
+}
+
+// Everything else the API needs, out of line in heap.cc.
+void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
+size_t UsableSize(const void* p, const char* call);  // validates p
+void FlushThisThread();                              // publish the remote batch
+void CollectThisThread();
+void EnsureGlobalInit();
+
+}  // namespace ferry
+
+#endif  // FERRY_ALLOCATOR_HEAP_H_

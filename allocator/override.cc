@@ -1,0 +1,73 @@
+// override.cc — the C malloc family, defined by ferry. Linking libferry.a
+// pulls this object in as soon as the program refers to any of these names;
+// LD_PRELOAD=libferry.so puts them ahead of libc's. Everything a program or
+// libc allocates then comes from ferry.
+#include <errno.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "allocator/heap.h"
+#include "common/base.h"
+#include "ferry.h"
+
+extern "C" {
+
+// Referenced by the operator new/delete object, so that linking one of the
+// two from libferry.a always brings the other.
+FERRY_EXPORT int ferry_override_anchor = 0;
+
+FERRY_EXPORT void* malloc(size_t size) { return ferry_malloc(size); }
+FERRY_EXPORT void free(void* ptr) { ferry::Free(ptr); }
+FERRY_EXPORT void* calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
+FERRY_EXPORT void* realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
+
+FERRY_EXPORT void* reallocarray(void* ptr, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return ferry_realloc(ptr, total);
+}
+
+FERRY_EXPORT int posix_memalign(void** out, size_t alignment, size_t size) {
+  return ferry_posix_memalign(out, alignment, size);
+}
+
+FERRY_EXPORT void* aligned_alloc(size_t alignment, size_t size) {
+  return ferry_aligned_alloc(alignment, size);
+}
+
+FERRY_EXPORT void* memalign(size_t alignment, size_t size) {
+  return ferry_aligned_alloc(alignment, size);
+}
+
+FERRY_EXPORT void* valloc(size_t size) {
+  return ferry_aligned_alloc(static_cast<size_t>(sysconf(_SC_PAGESIZE)), size);
+}
+
+FERRY_EXPORT void* pvalloc(size_t size) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t rounded = ferry::AlignUp(size == 0 ? 1 : size, page);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return ferry_aligned_alloc(page, rounded);
+}
+
+FERRY_EXPORT size_t malloc_usable_size(void* ptr) { return ferry_usable_size(ptr); }
+
+FERRY_EXPORT void free_sized(void* ptr, size_t size) { ferry_free_sized(ptr, size); }
+
+FERRY_EXPORT void free_aligned_sized(void* ptr, size_t /*alignment*/, size_t size) {
+  ferry_free_sized(ptr, size);
+}
+
+FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
+  ferry_collect();
+  return 1;
+}
+
+}  // extern "C"

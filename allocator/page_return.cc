@@ -1,0 +1,38 @@
+// page_return.cc — see page_return.h.
+//
+// The protocol on Page::returned (a pointer to the chain's first block, with
+// kReturnedFull in its low bit):
+//   - the owner, finding a page with nothing left to hand out, CASes 0 ->
+//     kReturnedFull and takes the page off its queue (in_full = 1);
+//   - a pusher swaps in its chain; if the old word had kReturnedFull, the new
+//     word drops it, and exactly that pusher posts the page to the inbox;
+//   - the owner adopts a chain with exchange(0), or, on a local free into a
+//     full page, CASes kReturnedFull -> 0 and requeues the page itself.
+// So a full page goes back to its queue exactly once, by whoever cleared the
+// mark, and the inbox never holds a page twice.
+#include "allocator/page_return.h"
+
+#include "allocator/heap.h"
+#include "common/stats.h"
+
+namespace ferry {
+
+void ReturnChain(Page* page, Block* head, Block* tail) {
+  uintptr_t old = page->returned.load(std::memory_order_relaxed);
+  do {
+    tail->next_encoded = EncodeNext(reinterpret_cast<Block*>(old & ~kReturnedFull));
+  } while (!page->returned.compare_exchange_weak(old, reinterpret_cast<uintptr_t>(head),
+                                                 std::memory_order_release,
+                                                 std::memory_order_relaxed));
+  CounterAdd(g_counters.chains_pushed, 1);
+  if ((old & kReturnedFull) == 0) return;
+  Heap* owner = page->heap;
+  Page* first = owner->inbox.load(std::memory_order_relaxed);
+  do {
+    page->inbox_next = first;
+  } while (!owner->inbox.compare_exchange_weak(first, page, std::memory_order_release,
+                                               std::memory_order_relaxed));
+  CounterAdd(g_counters.pages_posted, 1);
+}
+
+}  // namespace ferry

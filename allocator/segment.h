@@ -1,0 +1,179 @@
+// segment.h — ferry's data model: segments, slices, pages and blocks.
+//
+//  - A segment is kSegmentSize (4 MiB) of address space aligned to its size,
+//    so the segment of any pointer is `p & ~(kSegmentSize - 1)`. Segments are
+//    carved from larger arenas (arena.cc) and belong to one thread heap.
+//  - A segment is 64 slices of 64 KiB. Slice 0 holds the Segment header,
+//    which includes one Page record per slice.
+//  - A page is a run of slices that serves one size class. Its record sits at
+//    the page's first slice; the records of the other slices point back to it
+//    (slice_back), so a pointer finds its page in two loads.
+//  - Blocks are the user's memory. A free block's first word links it into a
+//    list, encoded with a per-process key (EncodeNext) so that a stray write
+//    cannot steer the allocator and so that a freed block is recognisable.
+//  - A huge block (> kLargeMax) has a segment of its own: a mapping that may be
+//    larger than kSegmentSize, freed straight back to the OS.
+//  - The segment map (one byte per 4 MiB of address space) tells a live ferry
+//    segment from a foreign pointer in one load.
+//
+// Who touches what (DESIGN.md invariant 1): a page's free, local_free, used,
+// and its heap's queues are the owner thread's alone. Other threads reach a
+// page only through `returned` (CAS push by a sorter, exchange by the owner)
+// and the owning heap only through its inbox.
+#ifndef FERRY_ALLOCATOR_SEGMENT_H_
+#define FERRY_ALLOCATOR_SEGMENT_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/base.h"
+
+namespace ferry {
+
+struct Heap;
+
+inline constexpr int kSegmentShift = 22;
+inline constexpr size_t kSegmentSize = size_t{1} << kSegmentShift;
+inline constexpr int kSliceShift = 16;
+inline constexpr size_t kSliceSize = size_t{1} << kSliceShift;
+inline constexpr size_t kSlicesPerSegment = kSegmentSize / kSliceSize;  // 64
+inline constexpr size_t kMaxPageSlices = 32;                           // 2 MiB
+inline constexpr size_t kLargeMax = kMaxPageSlices * kSliceSize;        // 2 MiB
+inline constexpr uintptr_t kAddressBits = 48;
+
+// A free block: its first word holds the encoded next pointer.
+struct Block {
+  uintptr_t next_encoded;
+};
+
+enum class PageKind : uint8_t {
+  kNone,   // free slice, or the segment header
+  kSmall,  // a size class (small or medium), on its heap's queue unless full
+  kLarge,  // one block on its own run of slices
+  kHuge,   // one block on its own mapping
+};
+
+// Low bit of Page::returned: the owner found the page full and took it off
+// its queue; whoever clears the bit by pushing a chain posts the page back
+// to the owner's inbox.
+inline constexpr uintptr_t kReturnedFull = 1;
+
+struct Page {
+  // --- owner thread only -------------------------------------------------
+  Block* free;             // blocks ready to hand out (decoded pointer)
+  Block* local_free;       // blocks freed by the owner since the last refill
+  uint32_t used;           // blocks handed out and not yet back on a list
+  uint32_t capacity;       // blocks carved so far
+  uint32_t reserved;       // blocks the page can hold
+  uint8_t size_class;
+  PageKind kind;
+  uint8_t slice_count;     // slices this page spans
+  uint8_t in_full;         // off its queue because it was full
+  Page* queue_next;
+  Page* queue_prev;
+  // --- written by the owner when the page is made, read by any thread that
+  // frees one of its blocks (ordered by the program's own hand-off of the
+  // block), and so immutable while a block is out -------------------------
+  Heap* heap;              // owner; nullptr for kNone and kHuge
+  uintptr_t start;         // address of block 0
+  size_t block_size;
+  uint64_t divisor_magic;  // ceil(2^64 / block_size), for the interior check
+  // Bytes of the page carved into blocks so far; the owner grows it, other
+  // threads read it to reject pointers past it.
+  std::atomic<uint32_t> carved_bytes;
+  uint8_t slice_back;      // on a continuation slice: slices back to the page
+  // --- shared with other threads -------------------------------------------
+  std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
+  Page* inbox_next;                  // link in the owner's inbox
+
+  uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
+};
+
+enum class SegmentKind : uint8_t { kNormal, kHuge };
+
+struct alignas(64) Segment {
+  SegmentKind kind;
+  std::atomic<bool> huge_freed;  // kHuge: set once, by the free that unmaps it
+  Heap* heap;                  // owner (kNormal)
+  uint64_t used_slices;        // bit i: slice i belongs to a page (bit 0: header)
+  Segment* heap_next;          // the owner's list of segments
+  Segment* heap_prev;
+  void* mapping;               // kHuge: the whole OS mapping
+  size_t mapping_size;
+  Page pages[kSlicesPerSegment];
+};
+static_assert(sizeof(Segment) <= kSliceSize, "the header must fit in slice 0");
+
+FERRY_ALWAYS_INLINE Segment* SegmentOf(uintptr_t p) {
+  return reinterpret_cast<Segment*>(p & ~(kSegmentSize - 1));
+}
+
+// The page record for an address inside a live segment.
+FERRY_ALWAYS_INLINE Page* PageOf(Segment* segment, uintptr_t p) {
+  Page* page = &segment->pages[(p - reinterpret_cast<uintptr_t>(segment)) >> kSliceShift];
+  return page - page->slice_back;
+}
+
+// --- free-list pointer encoding --------------------------------------------
+
+struct FreeListKeys {
+  uint64_t xor_key;
+  uint64_t add_key;
+};
+extern FreeListKeys g_keys;
+
+FERRY_ALWAYS_INLINE uintptr_t EncodeNext(const Block* next) {
+  return RotateLeft(reinterpret_cast<uintptr_t>(next) ^ g_keys.xor_key, 17) + g_keys.add_key;
+}
+FERRY_ALWAYS_INLINE Block* DecodeNext(uintptr_t encoded) {
+  return reinterpret_cast<Block*>(RotateRight(encoded - g_keys.add_key, 17) ^ g_keys.xor_key);
+}
+
+// True when `b`'s first word decodes to a list link of this page (or to the
+// end of a list): the block is, with overwhelming likelihood, already free.
+// A live block's first word is zeroed when it is handed out, and a user value
+// passes only by matching the secret encoding.
+FERRY_ALWAYS_INLINE bool LooksFree(const Page* page, const Block* b) {
+  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(b->next_encoded));
+  return next == 0 || next - page->start < page->block_size * page->reserved;
+}
+
+// True when `p` is the start of a block the page has carved.
+FERRY_ALWAYS_INLINE bool IsBlockStart(const Page* page, uintptr_t p) {
+  const uint64_t offset = p - page->start;
+  return offset < page->carved_bytes.load(std::memory_order_relaxed) &&
+         offset * page->divisor_magic <= page->divisor_magic - 1;
+}
+
+// --- the segment map ---------------------------------------------------------
+
+enum : uint8_t {
+  kMapNone = 0,
+  kMapSegment = 1,          // a segment header starts at this 4 MiB chunk
+  kMapHugeAlignedBlock = 2  // a huge block over-aligned to >= 4 MiB starts
+                            // here; its header is one chunk below
+};
+inline constexpr size_t kMapEntries = size_t{1} << (kAddressBits - kSegmentShift);
+extern std::atomic<uint8_t> g_segment_map[kMapEntries];
+
+FERRY_ALWAYS_INLINE uint8_t SegmentMapLookup(uintptr_t p) {
+  const uintptr_t chunk = p >> kSegmentShift;
+  if (FERRY_UNLIKELY(chunk >= kMapEntries)) return kMapNone;
+  return g_segment_map[chunk].load(std::memory_order_relaxed);
+}
+void SegmentMapSet(uintptr_t chunk_address, uint8_t value);
+
+// --- arenas -------------------------------------------------------------------
+
+// A zeroed, unowned segment, or nullptr when the OS refuses.
+Segment* ArenaAllocateSegment();
+// Gives an empty segment back; its memory is decommitted.
+void ArenaReleaseSegment(Segment* segment);
+// For fork: hold and release the arena lock around fork().
+void ArenaLockForFork();
+void ArenaUnlockAfterFork();
+
+}  // namespace ferry
+
+#endif  // FERRY_ALLOCATOR_SEGMENT_H_

@@ -1,0 +1,40 @@
+// diag.h — diagnostics that never allocate: a fixed-buffer line writer for
+// stderr, and the fatal reports for corrupting frees.
+#ifndef FERRY_COMMON_DIAG_H_
+#define FERRY_COMMON_DIAG_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/base.h"
+
+namespace ferry {
+
+// Builds one line in a fixed buffer (longer text is cut) and writes it to
+// stderr in a single write, so lines from threads do not interleave.
+class DiagLine {
+ public:
+  DiagLine& Str(const char* s);
+  DiagLine& Dec(uint64_t v);
+  DiagLine& Hex(uintptr_t v);  // "0x" and lowercase hex
+  DiagLine& Ptr(const void* p) { return Hex(reinterpret_cast<uintptr_t>(p)); }
+  const char* data() const { return buf_; }
+  size_t size() const { return len_; }
+  void WriteToStderr();
+
+ private:
+  char buf_[512];
+  size_t len_ = 0;
+};
+
+// "ferry: <call>(0x…): <reason>", then abort(). The call names the entry point
+// that found the bad pointer (free, realloc, usable_size, ...).
+[[noreturn]] FERRY_COLD void FatalBadPointer(const char* call, const void* ptr,
+                                             const char* reason);
+
+// "ferry: warning: <text>" — used for bad options and other recoverable news.
+FERRY_COLD void Warn(const char* text, const char* detail = nullptr);
+
+}  // namespace ferry
+
+#endif  // FERRY_COMMON_DIAG_H_

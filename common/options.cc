@@ -1,0 +1,71 @@
+// options.cc — see options.h.
+#include "common/options.h"
+
+#include <cstdlib>
+
+#include "common/diag.h"
+
+namespace ferry {
+namespace {
+
+constexpr OptionInfo kTable[] = {
+#define FERRY_OPTION_INFO(field, name, def, lo, hi, help) {name, def, lo, hi, help},
+    FERRY_OPTIONS(FERRY_OPTION_INFO)
+#undef FERRY_OPTION_INFO
+};
+
+void ReadOne(const char* name, int64_t def, int64_t lo, int64_t hi, int64_t* field) {
+  *field = def;
+  const char* text = getenv(name);
+  if (text == nullptr) return;
+  int64_t value;
+  if (ParseOptionValue(text, lo, hi, &value)) {
+    *field = value;
+    return;
+  }
+  DiagLine line;
+  line.Str("ferry: warning: ignoring ").Str(name).Str("=").Str(text).Str(" (expected ")
+      .Dec(static_cast<uint64_t>(lo)).Str("..").Dec(static_cast<uint64_t>(hi))
+      .Str("); using the default ").Dec(static_cast<uint64_t>(def));
+  line.WriteToStderr();
+}
+
+}  // namespace
+
+const OptionInfo* OptionTable(size_t* count) {
+  *count = sizeof(kTable) / sizeof(kTable[0]);
+  return kTable;
+}
+
+bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out) {
+  const char* p = text;
+  while (*p == ' ') ++p;
+  if (*p < '0' || *p > '9') return false;
+  uint64_t value = 0;
+  for (; *p >= '0' && *p <= '9'; ++p) {
+    value = value * 10 + static_cast<uint64_t>(*p - '0');
+    if (value > (uint64_t{1} << 62)) return false;
+  }
+  int shift = 0;
+  switch (*p) {
+    case 'k': case 'K': shift = 10; ++p; break;
+    case 'm': case 'M': shift = 20; ++p; break;
+    case 'g': case 'G': shift = 30; ++p; break;
+    default: break;
+  }
+  while (*p == ' ') ++p;
+  if (*p != '\0') return false;
+  if (shift != 0 && value > (uint64_t{1} << (62 - shift))) return false;
+  value <<= shift;
+  if (static_cast<int64_t>(value) < lo || static_cast<int64_t>(value) > hi) return false;
+  *out = static_cast<int64_t>(value);
+  return true;
+}
+
+void ReadOptionsFromEnvironment(Options* out) {
+#define FERRY_OPTION_READ(field, name, def, lo, hi, help) ReadOne(name, def, lo, hi, &out->field);
+  FERRY_OPTIONS(FERRY_OPTION_READ)
+#undef FERRY_OPTION_READ
+}
+
+}  // namespace ferry

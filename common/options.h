@@ -1,0 +1,54 @@
+// options.h — every FERRY_* environment variable, in one table.
+//
+// The table below is the single source of truth: the parser, the defaults,
+// the bounds and the README's list of variables are all made from it. Values
+// are read from the environment once, on the allocator's first slow path,
+// without allocating. A value that does not parse or is out of bounds gets a
+// one-line warning on stderr and the default.
+#ifndef FERRY_COMMON_OPTIONS_H_
+#define FERRY_COMMON_OPTIONS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ferry {
+
+// X(field, NAME, default, min, max, help)
+#define FERRY_OPTIONS(X)                                                        \
+  X(batch, "FERRY_BATCH", 256, 1, 4096,                                         \
+    "frees of other threads' memory gathered per batch before it is sorted "    \
+    "and returned to the owning pages")                                         \
+  X(batch_bytes, "FERRY_BATCH_BYTES", 1 << 20, 4096, 1 << 30,                   \
+    "bytes of freed blocks a batch may hold before it is handed on early")     \
+  X(stats, "FERRY_STATS", 0, 0, 1,                                              \
+    "1 prints a statistics table to stderr at exit")                            \
+  X(verbose, "FERRY_VERBOSE", 0, 0, 2,                                          \
+    "1 reports segment and heap events on stderr, 2 also every page")
+
+struct Options {
+#define FERRY_OPTION_FIELD(field, name, def, lo, hi, help) int64_t field = def;
+  FERRY_OPTIONS(FERRY_OPTION_FIELD)
+#undef FERRY_OPTION_FIELD
+};
+
+struct OptionInfo {
+  const char* name;
+  int64_t default_value;
+  int64_t min_value;
+  int64_t max_value;
+  const char* help;
+};
+
+// The table, for documentation and tests.
+const OptionInfo* OptionTable(size_t* count);
+
+// Parses one value: returns true and sets *out when `text` is a decimal
+// integer (an optional k/m/g suffix multiplies by 1024s) within [lo, hi].
+bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out);
+
+// Reads the environment into *out, warning about bad values.
+void ReadOptionsFromEnvironment(Options* out);
+
+}  // namespace ferry
+
+#endif  // FERRY_COMMON_OPTIONS_H_

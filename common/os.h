@@ -1,0 +1,34 @@
+// os.h — the operating-system contract, the only place ferry touches the
+// kernel's memory interface. Everything above this layer reaches the OS
+// through these functions, so the OS can be faked in tests.
+//
+// Contract:
+//  - OsReserve returns `size` bytes of readable, writable address space
+//    aligned to `alignment` (a power of two, >= the OS page size), or nullptr.
+//    The memory reads as zero until written. Physical memory is committed
+//    lazily by the kernel on first touch.
+//  - OsRelease gives back a range that OsReserve returned, whole.
+//  - OsDecommit drops the physical pages of a range (it stays reserved and
+//    reads as zero afterwards); resident memory falls at once (MADV_DONTNEED,
+//    not MADV_FREE, so RSS tells the truth).
+//  - None of these allocate or take locks.
+#ifndef FERRY_COMMON_OS_H_
+#define FERRY_COMMON_OS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ferry {
+
+void* OsReserve(size_t size, size_t alignment);
+void OsRelease(void* base, size_t size);
+void OsDecommit(void* base, size_t size);
+size_t OsPageSize();
+// 64 random bits from the kernel (falls back to time and address entropy).
+uint64_t OsRandom64();
+// Writes all of buf to standard error; never allocates.
+void OsWriteStderr(const char* buf, size_t len);
+
+}  // namespace ferry
+
+#endif  // FERRY_COMMON_OS_H_

@@ -1,0 +1,21 @@
+// sorter.h — returns a batch of remote frees to the pages that own them.
+//
+// The same code runs inline on a freeing thread (FERRY_RECLAIMERS=0, a full
+// queue, after fork, at exit) and on the reclaimer pool.
+#ifndef FERRY_RECLAIMER_SORTER_H_
+#define FERRY_RECLAIMER_SORTER_H_
+
+#include <cstddef>
+
+namespace ferry {
+
+// Sorts ptrs[0..n) by address (reordering the array, never touching the
+// blocks while sorting), then links each page's run into a chain through
+// the blocks and pushes it onto that page's returned list with one CAS.
+// Two equal pointers, or a block that is already on a free list, is a double
+// free: reported with ferry's one-line diagnostic, then abort.
+void SortAndReturn(void** ptrs, size_t n);
+
+}  // namespace ferry
+
+#endif  // FERRY_RECLAIMER_SORTER_H_
