@@ -15,6 +15,7 @@
 namespace ferry {
 
 constinit std::atomic<uint8_t> g_segment_map[kMapEntries];
+constinit FreeListKeys g_keys{};  // set once, in EnsureGlobalInit
 
 void SegmentMapSet(uintptr_t chunk_address, uint8_t value) {
   const uintptr_t chunk = chunk_address >> kSegmentShift;

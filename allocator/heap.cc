@@ -34,7 +34,6 @@ namespace ferry {
 constinit Page g_empty_page{};
 constinit Heap g_empty_heap;
 __thread Heap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
-constinit FreeListKeys g_keys{};
 
 namespace {
 

@@ -1,0 +1,95 @@
+// Unit tests of the batch sorter: runs per page, one push per page,
+// duplicates caught.
+#include "reclaimer/sorter.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "allocator/heap.h"
+#include "allocator/segment.h"
+#include "ferry.h"
+
+namespace ferry {
+namespace {
+
+void FreeOneBlockTwiceInABatch() {
+  void* p = ferry_malloc(64);
+  void* batch[3] = {p, ferry_malloc(64), p};
+  SortAndReturn(batch, 3);
+}
+
+void ReturnABlockThatIsAlreadyFree() {
+  void* p = ferry_malloc(64);
+  ferry_free(p);
+  void* batch[1] = {p};
+  SortAndReturn(batch, 1);
+}
+
+Page* PageOfBlock(void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  return PageOf(SegmentOf(address), address);
+}
+
+TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
+  // Blocks of three sizes, so several pages, freed by another thread in a
+  // shuffled order.
+  std::vector<void*> blocks;
+  for (size_t n : {32, 256, 2048}) {
+    for (int k = 0; k < 300; ++k) blocks.push_back(ferry_malloc(n));
+  }
+  std::set<Page*> pages;
+  for (void* p : blocks) pages.insert(PageOfBlock(p));
+  std::vector<void*> batch = blocks;
+  std::shuffle(batch.begin(), batch.end(), std::mt19937(42));
+  ferry_stats_t before, after;
+  ferry_stats_get(&before);
+  std::thread([&] { SortAndReturn(batch.data(), batch.size()); }).join();
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.chains_pushed - before.chains_pushed, pages.size());
+  EXPECT_EQ(after.blocks_returned - before.blocks_returned, blocks.size());
+  EXPECT_TRUE(std::is_sorted(batch.begin(), batch.end()));
+  // Every returned chain holds exactly the blocks of its page.
+  std::set<void*> expected(blocks.begin(), blocks.end());
+  size_t seen = 0;
+  for (Page* page : pages) {
+    const uintptr_t word = page->returned.load();
+    for (Block* b = reinterpret_cast<Block*>(word & ~kReturnedFull); b != nullptr;
+         b = DecodeNext(b->next_encoded)) {
+      ASSERT_TRUE(expected.count(b));
+      ASSERT_EQ(PageOfBlock(b), page);
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, blocks.size());
+  // The owner takes them back: once the blocks it carved ahead run out, its
+  // allocations come from the returned chains.
+  std::vector<void*> again;
+  size_t reused = 0;
+  for (size_t n : {32, 256, 2048}) {
+    for (int k = 0; k < 20000 && reused < expected.size(); ++k) {
+      void* p = ferry_malloc(n);
+      again.push_back(p);
+      reused += expected.count(p);
+    }
+  }
+  EXPECT_EQ(reused, blocks.size());
+  for (void* p : again) ferry_free(p);
+}
+
+TEST(SorterDeathTest, ReportsTheSameBlockTwiceInABatch) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(FreeOneBlockTwiceInABatch(), "ferry: free\\(0x[0-9a-f]+\\): double free");
+}
+
+TEST(SorterDeathTest, ReportsABlockThatIsAlreadyFree) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(ReturnABlockThatIsAlreadyFree(), "ferry: free\\(0x[0-9a-f]+\\): double free");
+}
+
+}  // namespace
+}  // namespace ferry
