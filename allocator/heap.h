@@ -93,8 +93,15 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
   Page* page = PageOf(SegmentOf(address), address);
   Heap* heap = tl_heap;
   if (FERRY_UNLIKELY(page->heap != heap)) return FreeNotLocal(heap, page, p, call);
+  // IsBlockStart and LooksFree, sharing their loads: a block this page has
+  // carved, whose first word is not a free-list link of this page.
+  const uintptr_t start = page->start;
+  const uint64_t carved = page->carved_bytes.load(std::memory_order_relaxed);
+  const uint64_t offset = address - start;
   Block* block = static_cast<Block*>(p);
-  if (FERRY_UNLIKELY(!IsBlockStart(page, address) || LooksFree(page, block))) {
+  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
+  if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic > page->divisor_magic - 1 ||
+                     next == 0 || next - start < carved)) {
     FatalBadLocalFree(page, p, call);
   }
   block->next_encoded = EncodeNext(page->local_free);

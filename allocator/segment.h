@@ -59,6 +59,9 @@ enum class PageKind : uint8_t {
 // to the owner's inbox.
 inline constexpr uintptr_t kReturnedFull = 1;
 
+// 128 bytes, so a slice index becomes a record address by a shift. The
+// first 64 bytes hold everything the free fast path reads; the fields other
+// threads write sit in the second line.
 struct Page {
   // --- owner thread only -------------------------------------------------
   Block* free;             // blocks ready to hand out (decoded pointer)
@@ -70,25 +73,26 @@ struct Page {
   PageKind kind;
   uint8_t slice_count;     // slices this page spans
   uint8_t in_full;         // off its queue because it was full
-  Page* queue_next;
-  Page* queue_prev;
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
   // block), and so immutable while a block is out -------------------------
   Heap* heap;              // owner; nullptr for kNone and kHuge
   uintptr_t start;         // address of block 0
-  size_t block_size;
   uint64_t divisor_magic;  // ceil(2^64 / block_size), for the interior check
   // Bytes of the page carved into blocks so far; the owner grows it, other
   // threads read it to reject pointers past it.
   std::atomic<uint32_t> carved_bytes;
   uint8_t slice_back;      // on a continuation slice: slices back to the page
-  // --- shared with other threads -------------------------------------------
+  // --- second cache line ----------------------------------------------------
+  alignas(64) size_t block_size;
+  Page* queue_next;        // owner only
+  Page* queue_prev;
+  Page* inbox_next;        // link in the owner's inbox
   std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
-  Page* inbox_next;                  // link in the owner's inbox
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
+static_assert(sizeof(Page) == 128);
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
 
@@ -136,7 +140,7 @@ FERRY_ALWAYS_INLINE Block* DecodeNext(uintptr_t encoded) {
 // passes only by matching the secret encoding.
 FERRY_ALWAYS_INLINE bool LooksFree(const Page* page, const Block* b) {
   const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(b->next_encoded));
-  return next == 0 || next - page->start < page->block_size * page->reserved;
+  return next == 0 || next - page->start < page->carved_bytes.load(std::memory_order_relaxed);
 }
 
 // True when `p` is the start of a block the page has carved.
