@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "allocator/segment.h"
+#include "common/diag.h"
 #include "common/os.h"
 #include "common/spin_lock.h"
 #include "common/stats.h"
@@ -69,6 +70,7 @@ Segment* ArenaAllocateSegment() {
   segment->kind = SegmentKind::kNormal;
   segment->used_slices = 1;  // the header
   SegmentMapSet(address, kMapSegment);
+  if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" mapped").WriteToStderr();
   return segment;
 }
 
@@ -79,6 +81,7 @@ void ArenaReleaseSegment(Segment* segment) {
   CounterAdd(g_counters.bytes_decommitted, kSegmentSize);
   CounterAdd(g_counters.segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
+  if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" released").WriteToStderr();
   SpinLockHolder hold(&g_arena_lock);
   for (size_t i = 0; i < g_arena_count; ++i) {
     Arena& arena = g_arenas[i];

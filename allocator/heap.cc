@@ -144,6 +144,9 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   page->start = reinterpret_cast<uintptr_t>(segment) + static_cast<size_t>(start) * kSliceSize;
   page->heap = heap;
   CounterAdd(g_counters.pages_made, 1);
+  if (Verbose(2)) {
+    DiagLine().Str("ferry: page ").Hex(page->start).Str(" of ").Dec(count).Str(" slices made").WriteToStderr();
+  }
   return page;
 }
 
@@ -183,6 +186,7 @@ void ReleasePage(Heap* heap, Page* page) {
   const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   segment->used_slices &= ~(run << start);
   CounterAdd(g_counters.pages_released, 1);
+  if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
   ReleaseSegmentIfEmpty(heap, segment);
 }
 
@@ -317,6 +321,7 @@ Heap* CreateHeap() {
   } while (!g_all_heaps.compare_exchange_weak(first, heap, std::memory_order_release,
                                               std::memory_order_relaxed));
   CounterAdd(g_counters.heaps_created, 1);
+  if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" created").WriteToStderr();
   return heap;
 }
 
@@ -334,6 +339,7 @@ Heap* InitThreadHeap() {
   if (heap != nullptr) {
     heap->abandoned_next = nullptr;
     CounterAdd(g_counters.heaps_reused, 1);
+    if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" taken over by a new thread").WriteToStderr();
   } else {
     heap = CreateHeap();
     if (heap == nullptr) return nullptr;
@@ -394,6 +400,7 @@ void AbandonHeap(Heap* heap) {
   CollectHeap(heap);
   tl_heap = &g_empty_heap;
   CounterAdd(g_counters.heaps_abandoned, 1);
+  if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned by its exiting thread").WriteToStderr();
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned_next = g_abandoned;
   g_abandoned = heap;
@@ -416,7 +423,11 @@ void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
   page->in_full = 1;
   page->returned.store(kReturnedFull, std::memory_order_relaxed);
   CounterAdd(g_counters.large_allocs, 1);
-  return reinterpret_cast<void*>(page->start);
+  // The slices may have held a freed block before: a live block must never
+  // look free (see LooksFree).
+  Block* block = reinterpret_cast<Block*>(page->start);
+  block->next_encoded = 0;
+  return block;
 }
 
 Heap* CurrentHeapOrInit() {
@@ -439,6 +450,7 @@ void EnsureGlobalInit() {
   int expected = 0;
   if (g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
     ReadOptionsFromEnvironment(&g_options);
+    g_verbose_level = static_cast<int>(g_options.verbose);
     FreeListKeys keys;
     do {
       keys.xor_key = OsRandom64();

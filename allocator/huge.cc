@@ -32,7 +32,7 @@ void* AllocateHuge(size_t n, size_t alignment) {
   if (alignment < kSegmentSize) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
     mapping_size = offset + block_bytes;
-    mapping = OsReserve(mapping_size, kSegmentSize);
+    mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;
       return nullptr;
@@ -49,7 +49,7 @@ void* AllocateHuge(size_t n, size_t alignment) {
     page->slice_count = static_cast<uint8_t>(kSlicesPerSegment - slice);
   } else {
     mapping_size = kSegmentSize + block_bytes + alignment;
-    mapping = OsReserve(mapping_size, kSegmentSize);
+    mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;
       return nullptr;
@@ -71,6 +71,9 @@ void* AllocateHuge(size_t n, size_t alignment) {
     SegmentMapSet(block, kMapHugeAlignedBlock);
   }
   CounterAdd(g_counters.huge_allocs, 1);
+  if (Verbose(1)) {
+    DiagLine().Str("ferry: huge block ").Hex(block).Str(" of ").Dec(n).Str(" bytes mapped").WriteToStderr();
+  }
   CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(mapping_size));
   return reinterpret_cast<void*>(block);
 }

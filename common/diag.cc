@@ -7,6 +7,8 @@
 
 namespace ferry {
 
+constinit int g_verbose_level = 0;
+
 DiagLine& DiagLine::Str(const char* s) {
   while (*s != '\0' && len_ < sizeof(buf_) - 1) buf_[len_++] = *s++;
   return *this;

@@ -32,6 +32,11 @@ class DiagLine {
 [[noreturn]] FERRY_COLD void FatalBadPointer(const char* call, const void* ptr,
                                              const char* reason);
 
+// FERRY_VERBOSE, set once at start-up: 1 reports heap and segment events,
+// 2 also every page.
+extern int g_verbose_level;
+inline bool Verbose(int level) { return FERRY_UNLIKELY(g_verbose_level >= level); }
+
 // "ferry: warning: <text>" — used for bad options and other recoverable news.
 FERRY_COLD void Warn(const char* text, const char* detail = nullptr);
 

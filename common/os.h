@@ -4,9 +4,12 @@
 //
 // Contract:
 //  - OsReserve returns `size` bytes of readable, writable address space
-//    aligned to `alignment` (a power of two, >= the OS page size), or nullptr.
-//    The memory reads as zero until written. Physical memory is committed
-//    lazily by the kernel on first touch.
+//    aligned to `alignment` (a power of two), or nullptr. The memory reads
+//    as zero until written. Physical memory is committed lazily by the
+//    kernel on first touch. With `overcommit_check` the kernel's overcommit
+//    policy may refuse a size it could never back (used for huge blocks, so
+//    an absurd malloc fails with ENOMEM instead of succeeding on paper);
+//    without it the range is reserved regardless (arenas, metadata).
 //  - OsRelease gives back a range that OsReserve returned, whole.
 //  - OsDecommit drops the physical pages of a range (it stays reserved and
 //    reads as zero afterwards); resident memory falls at once (MADV_DONTNEED,
@@ -20,7 +23,7 @@
 
 namespace ferry {
 
-void* OsReserve(size_t size, size_t alignment);
+void* OsReserve(size_t size, size_t alignment, bool overcommit_check = false);
 void OsRelease(void* base, size_t size);
 void OsDecommit(void* base, size_t size);
 size_t OsPageSize();

@@ -13,9 +13,9 @@
 
 namespace ferry {
 
-void* OsReserve(size_t size, size_t alignment) {
+void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
   const int kProt = PROT_READ | PROT_WRITE;
-  const int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  const int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | (overcommit_check ? 0 : MAP_NORESERVE);
   const int saved_errno = errno;
   if (alignment <= OsPageSize()) {
     void* p = mmap(nullptr, size, kProt, kFlags, -1, 0);

@@ -1,0 +1,392 @@
+// death_test.cc — corrupting frees end the process, loudly and precisely.
+//
+// The contract (ferry.h, ferry_free): freeing a pointer ferry never returned,
+// an interior pointer, or a block twice prints one line on stderr that starts
+// with "ferry:" and names the pointer as 0x + lowercase hex, then aborts. A
+// double free by another thread is found when that thread's remote batch is
+// processed, so those tests call ferry_flush() in the freeing thread.
+//
+// Each death statement first prints "expect <pointer>" on stderr; the matcher
+// then demands exactly one "ferry:" line that names that same pointer.
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include <cctype>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using ferry_test::kKiB;
+using ferry_test::kMiB;
+using ferry_test::Launder;
+
+// Matches a death test's stderr: exactly one line starting with "ferry:",
+// and it names (as 0x + lowercase hex) the pointer of the "expect" line.
+class NamesTheBadPointer : public testing::MatcherInterface<const std::string&> {
+ public:
+  bool MatchAndExplain(const std::string& text, testing::MatchResultListener* out) const override {
+    std::istringstream lines(text);
+    std::string line;
+    bool have_expected = false;
+    uintptr_t expected = 0;
+    std::vector<std::string> ferry_lines;
+    while (std::getline(lines, line)) {
+      if (line.rfind("expect 0x", 0) == 0) {
+        expected = static_cast<uintptr_t>(strtoull(line.c_str() + 7, nullptr, 16));
+        have_expected = true;
+      } else if (line.rfind("ferry:", 0) == 0) {
+        ferry_lines.push_back(line);
+      }
+    }
+    if (!have_expected) {
+      *out << "the death statement never reached its bad call";
+      return false;
+    }
+    if (ferry_lines.size() != 1) {
+      *out << "found " << ferry_lines.size() << " lines starting with \"ferry:\", wanted 1";
+      return false;
+    }
+    const std::string& report = ferry_lines[0];
+    for (size_t at = report.find("0x"); at != std::string::npos; at = report.find("0x", at + 2)) {
+      size_t end = at + 2;
+      while (end < report.size() && std::isxdigit(static_cast<unsigned char>(report[end]))) {
+        if (std::isupper(static_cast<unsigned char>(report[end]))) break;
+        ++end;
+      }
+      if (end == at + 2) continue;
+      if (static_cast<uintptr_t>(strtoull(report.substr(at + 2, end - at - 2).c_str(), nullptr, 16)) ==
+          expected) {
+        return true;
+      }
+    }
+    *out << "the report \"" << report << "\" does not name 0x" << std::hex << expected
+         << " in lowercase hex";
+    return false;
+  }
+  void DescribeTo(std::ostream* os) const override {
+    *os << "has one line starting with \"ferry:\" naming the bad pointer in lowercase 0x hex";
+  }
+};
+
+testing::Matcher<const std::string&> NamesBadPointer() {
+  return testing::MakeMatcher(new NamesTheBadPointer);
+}
+
+// Announces the pointer the next call must report. No core files: the
+// children abort on purpose.
+void Expect(const void* p) {
+  struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  fprintf(stderr, "expect %p\n", p);
+}
+
+// Frees `p` (which the test knows is bad) and gives the report time to
+// appear; if ferry does not abort, exits normally so the test fails.
+void FreeBad(void* p) {
+  Expect(p);
+  ferry_free(Launder(p));
+  ferry_flush();
+  fprintf(stderr, "ferry_free(%p) returned\n", p);
+  exit(0);
+}
+
+const auto kAborted = testing::KilledBySignal(SIGABRT);
+
+class Death : public testing::Test {
+ protected:
+  static void SetUpTestSuite() { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+};
+
+char global_buffer[256];
+
+// ---------------------------------------------------------------------------
+// Double frees.
+
+TEST_F(Death, DoubleFreeOfASmallBlockOnTheSameThreadAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(64);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeWithOtherFreesInBetweenAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(64);
+        void* q = ferry_malloc(64);
+        void* r = ferry_malloc(64);
+        ferry_free(p);
+        ferry_free(q);
+        ferry_free(r);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeOfALargeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(512 * kKiB);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeOfAHugeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(8 * kMiB);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeOfAnAlignedBlockAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_aligned_alloc(4096, 100);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeByAnotherThreadWithinOneBatchAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(48);
+        std::thread([p] {
+          Expect(p);
+          ferry_free(p);
+          ferry_free(Launder(p));
+          ferry_flush();
+        }).join();
+        ferry_flush();
+        fprintf(stderr, "both frees returned\n");
+        exit(0);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeByAnotherThreadOfABlockItsOwnerFreedAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(48);
+        ferry_free(p);
+        std::thread([p] { FreeBad(p); }).join();
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeByTheOwnerOfABlockAnotherThreadFreedAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(48);
+        std::thread([p] {
+          ferry_free(p);
+          ferry_flush();
+        }).join();
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, DoubleFreeOfAHugeBlockByAnotherThreadAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(6 * kMiB);
+        std::thread([p] {
+          ferry_free(p);
+          ferry_flush();
+          FreeBad(p);
+        }).join();
+      },
+      kAborted, NamesBadPointer());
+}
+
+// ---------------------------------------------------------------------------
+// Pointers ferry never returned.
+
+TEST_F(Death, FreeOfAStackPointerAborts) {
+  EXPECT_EXIT(
+      {
+        char on_stack[128];
+        memset(on_stack, 1, sizeof(on_stack));
+        FreeBad(on_stack + 16);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAGlobalAborts) {
+  EXPECT_EXIT(FreeBad(global_buffer + 32), kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfABlockFromGlibcMallocAborts) {
+  EXPECT_EXIT(
+      {
+        // In API mode malloc is glibc's: ferry never returned this block.
+        void* p = malloc(64);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnotherMappingAborts) {
+  EXPECT_EXIT(
+      {
+        // A whole 64 MiB mapping, aligned like nothing in particular: it may
+        // sit where ferry would put a segment, but ferry never made it.
+        void* m = mmap(nullptr, 64 * kMiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) abort();
+        FreeBad(static_cast<char*>(m) + 32 * kMiB);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnUnmappedAddressAborts) {
+  EXPECT_EXIT(FreeBad(reinterpret_cast<void*>(uintptr_t{0x10000})), kAborted, NamesBadPointer());
+}
+
+// ---------------------------------------------------------------------------
+// Interior pointers.
+
+TEST_F(Death, FreeOfAnInteriorPointerOfASmallBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(64));
+        FreeBad(p + 8);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnUnalignedInteriorPointerAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(100));
+        FreeBad(p + 3);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnInteriorPointerOfALargeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(512 * kKiB));
+        FreeBad(p + 16);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAPageAlignedInteriorPointerOfALargeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(512 * kKiB));
+        FreeBad(p + 64 * kKiB);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnInteriorPointerOfAHugeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(8 * kMiB));
+        FreeBad(p + 4096);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeOfAnInteriorPointerOfAnAlignedBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_aligned_alloc(kMiB, 4096));
+        FreeBad(p + 64);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, FreeByAnotherThreadOfAnInteriorPointerAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(256));
+        std::thread([p] { FreeBad(p + 16); }).join();
+      },
+      kAborted, NamesBadPointer());
+}
+
+// ---------------------------------------------------------------------------
+// realloc of bad pointers.
+
+// Calls ferry_realloc on a bad pointer; if ferry does not abort, exits
+// normally so the test fails.
+void ReallocBad(void* p) {
+  Expect(p);
+  void* q = ferry_realloc(Launder(p), 200);
+  fprintf(stderr, "ferry_realloc(%p) returned %p\n", p, q);
+  exit(0);
+}
+
+TEST_F(Death, ReallocOfAStackPointerAborts) {
+  EXPECT_EXIT(
+      {
+        char on_stack[64];
+        memset(on_stack, 1, sizeof(on_stack));
+        ReallocBad(on_stack);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, ReallocOfAnInteriorPointerAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(64));
+        ReallocBad(p + 8);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, ReallocOfAFreedBlockAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(64);
+        ferry_free(p);
+        ReallocBad(p);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, ReallocOfAGlibcBlockAborts) {
+  EXPECT_EXIT(ReallocBad(malloc(32)), kAborted, NamesBadPointer());
+}
+
+// The reports are the only output: a good program prints nothing.
+TEST(NoDeath, CorrectUseWritesNothingToStderr) {
+  testing::internal::CaptureStderr();
+  void* p = ferry_malloc(64);
+  void* q = ferry_malloc(8 * kMiB);
+  std::thread([&] {
+    ferry_free(p);
+    ferry_flush();
+  }).join();
+  ferry_free(q);
+  ferry_collect();
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+}
+
+}  // namespace

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# preload_test.sh — real programs, never rebuilt, run on ferry through
+# LD_PRELOAD=libferry.so: their output must be the same as on glibc, they
+# must print nothing extra, and FERRY_STATS=1 must show that ferry was
+# really in the process (its statistics table on stderr at exit).
+set -euo pipefail
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+runfile() {
+  local rel="$1" f
+  for f in "${TEST_SRCDIR:-}/ferry/$rel" "${RUNFILES_DIR:-}/ferry/$rel" "${TEST_SRCDIR:-}"/*/"$rel"; do
+    if [[ -e "$f" ]]; then
+      echo "$f"
+      return 0
+    fi
+  done
+  return 1
+}
+
+lib="$(runfile libferry.so)" || fail "libferry.so not found in runfiles"
+probe="$(runfile tests/preload_probe_test)" || fail "tests/preload_probe_test not found in runfiles"
+lib="$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")"  # LD_PRELOAD wants it absolute
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+python=/usr/bin/python3
+[[ -x "$python" ]] || python="$(command -v python3)" || fail "python3 not found"
+echo "library: $lib"
+
+# Runs "$@" on glibc and on ferry; fails unless stdout and exit status agree
+# and ferry adds nothing to stderr. $name names the files.
+compare() {
+  local name="$1"
+  shift
+  local rc_glibc=0 rc_ferry=0
+  "$@" >"$tmp/$name.glibc.out" 2>"$tmp/$name.glibc.err" || rc_glibc=$?
+  LD_PRELOAD="$lib" "$@" >"$tmp/$name.ferry.out" 2>"$tmp/$name.ferry.err" || rc_ferry=$?
+  [[ $rc_glibc == "$rc_ferry" ]] || {
+    cat "$tmp/$name.ferry.err" >&2
+    fail "$name: exit status $rc_glibc on glibc, $rc_ferry on ferry"
+  }
+  cmp -s "$tmp/$name.glibc.out" "$tmp/$name.ferry.out" || {
+    diff "$tmp/$name.glibc.out" "$tmp/$name.ferry.out" | head -20 >&2
+    fail "$name: stdout differs between glibc and ferry"
+  }
+  cmp -s "$tmp/$name.glibc.err" "$tmp/$name.ferry.err" || {
+    head -20 "$tmp/$name.ferry.err" >&2
+    fail "$name: stderr differs between glibc and ferry"
+  }
+  [[ -s "$tmp/$name.ferry.out" ]] || fail "$name: printed nothing"
+  echo "ok: $name ($(wc -l <"$tmp/$name.ferry.out") lines, identical)"
+}
+
+# Fails unless "$@" under ferry with FERRY_STATS=1 prints ferry's statistics
+# header as the first line of stderr.
+expect_stats() {
+  local name="$1"
+  shift
+  FERRY_STATS=1 LD_PRELOAD="$lib" "$@" >/dev/null 2>"$tmp/$name.stats.err" ||
+    fail "$name: failed with FERRY_STATS=1"
+  head -n 1 "$tmp/$name.stats.err" | grep -qi ferry || {
+    head -5 "$tmp/$name.stats.err" >&2
+    fail "$name: FERRY_STATS=1 printed no ferry statistics header: was the preload active?"
+  }
+  echo "ok: $name under FERRY_STATS=1: $(head -n 1 "$tmp/$name.stats.err")"
+}
+
+# 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
+#    to malloc (not only those over 512 B), so ferry sees all of them; objects
+#    made on one thread die on another through the queues.
+cat >"$tmp/work.py" <<'PY'
+import hashlib
+import queue
+import random
+import threading
+
+THREADS = 6
+results = [None] * THREADS
+handoff = [queue.Queue() for _ in range(THREADS)]
+
+
+def work(i):
+    rnd = random.Random(i)
+    words, counts = [], {}
+    for k in range(12000):
+        s = "".join(chr(97 + rnd.randrange(26)) for _ in range(rnd.randrange(1, 30)))
+        words.append(s * (1 + k % 40))  # some strings of a few KiB
+        counts[s] = counts.get(s, 0) + k
+    # Hand big structures to the next thread, which frees them.
+    handoff[(i + 1) % THREADS].put([{"k": j, "v": list(range(j % 300))} for j in range(3000)])
+    words.sort()
+    h = hashlib.sha256()
+    for s in words:
+        h.update(s.encode())
+    for key in sorted(counts):
+        h.update(f"{key}={counts[key]};".encode())
+    got = handoff[i].get()
+    h.update(repr(sum(len(d["v"]) for d in got)).encode())
+    del got
+    matrix = [[(x * y) % 97 for x in range(120)] for y in range(120)]
+    h.update(repr(matrix).encode())
+    results[i] = (i, len(words), len(counts), h.hexdigest())
+
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for r in results:
+    print(*r)
+PY
+export PYTHONHASHSEED=0 PYTHONMALLOC=malloc
+compare python "$python" "$tmp/work.py"
+expect_stats python "$python" "$tmp/work.py"
+
+# 2. sort on 200,000 generated lines: a small buffer and two threads make it
+#    spill to temporary files and merge.
+awk 'BEGIN {
+  x = 12345
+  for (i = 0; i < 200000; i++) {
+    x = (x * 69069 + 1) % 4294967296
+    printf "%010d %s\n", x % 1000000007, substr("qwertyuiopasdfghjklzxcvbnm", x % 26 + 1, x % 17 + 1)
+  }
+}' >"$tmp/lines.txt"
+[[ $(wc -l <"$tmp/lines.txt") == 200000 ]] || fail "generator made the wrong number of lines"
+export LC_ALL=C
+compare sort sort --parallel=2 -S 4M -T "$tmp" "$tmp/lines.txt"
+compare sort_numeric_reverse sort --parallel=2 -n -r -k2,2 -k1,1 -S 1M -T "$tmp" "$tmp/lines.txt"
+# (No FERRY_STATS check for sort: coreutils close stderr in an atexit hook,
+# before any library can print at exit.)
+
+# 3. A shell that forks and execs a few hundred processes, all on ferry.
+compare shell bash -c 'for i in $(seq 1 150); do echo "line $i" | tr 0-9 a-j; done | sort | uniq -c | md5sum'
+
+# 4. A GoogleTest program that knows nothing of ferry, on ferry: it checks
+#    through dlsym that malloc's blocks are ferry's.
+"$probe" --gtest_brief=1 >"$tmp/probe.glibc.out" 2>&1 || {
+  cat "$tmp/probe.glibc.out" >&2
+  fail "preload_probe_test fails without ferry"
+}
+for reclaimers in default 0 1; do
+  env_args=(FERRY_EXPECT_PRELOADED=1 LD_PRELOAD="$lib")
+  [[ $reclaimers == default ]] || env_args+=(FERRY_RECLAIMERS="$reclaimers")
+  env "${env_args[@]}" "$probe" --gtest_brief=1 >"$tmp/probe.ferry.out" 2>&1 || {
+    cat "$tmp/probe.ferry.out" >&2
+    fail "preload_probe_test fails on ferry (FERRY_RECLAIMERS=$reclaimers)"
+  }
+  echo "ok: preload_probe_test on ferry (FERRY_RECLAIMERS=$reclaimers)"
+done
+env FERRY_EXPECT_PRELOADED=1 "$probe" --gtest_filter='Preload.FerryIs*' >/dev/null 2>&1 &&
+  fail "the probe's preload check passes without the preload: it proves nothing"
+expect_stats probe env FERRY_EXPECT_PRELOADED=1 "$probe" --gtest_brief=1
+
+echo "PASS"

@@ -1,0 +1,389 @@
+// threads_test.cc — blocks that cross threads: made on one, freed on another,
+// left behind by threads that exit, and reused by their owner once a flush
+// has ferried them home. Every block carries a pattern derived from its
+// address and size, checked just before it is freed, so a block handed out
+// twice or overwritten by a stale free-list link shows up as a mismatch.
+//
+// Counts are modest: each test runs in a few seconds on two cores, also
+// under FERRY_RECLAIMERS=0 and FERRY_BATCH=1 (see BUILD).
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using ferry_test::BlockIntact;
+using ferry_test::FillBlock;
+using ferry_test::kKiB;
+using ferry_test::kMiB;
+using ferry_test::Mix;
+
+struct Item {
+  void* p;
+  size_t n;
+};
+
+// Allocates n bytes and fills them with the block's pattern.
+Item Make(size_t n) {
+  void* p = ferry_malloc(n);
+  if (p != nullptr) FillBlock(p, n);
+  return {p, n};
+}
+
+// Checks a block's pattern, then frees it. Returns false on a mismatch.
+bool CheckAndFree(const Item& item) {
+  const bool ok = BlockIntact(item.p, item.n);
+  ferry_free(item.p);
+  return ok;
+}
+
+// The i-th size of a mix: mostly small, some medium, now and then large
+// (hundreds of KiB) and, when `huge_every` > 0, huge (> 2 MiB).
+size_t MixedSize(uint64_t i, uint64_t huge_every) {
+  static constexpr size_t kSmall[] = {8, 16, 24, 40, 64, 96, 128, 200, 256, 512, 1000, 2048, 3000};
+  if (huge_every != 0 && i % huge_every == huge_every - 1) return 2 * kMiB + 4096 + (i % 3) * kMiB;
+  if (i % 97 == 96) return 256 * kKiB + (i % 5) * 40000;
+  if (i % 13 == 12) return 4096 + (Mix(i) % (60 * kKiB));
+  return kSmall[Mix(i) % std::size(kSmall)];
+}
+
+// A queue of batches of blocks, bounded so producers cannot run away.
+class BatchQueue {
+ public:
+  void Push(std::vector<Item> batch) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return batches_.size() < 64; });
+    batches_.push_back(std::move(batch));
+    not_empty_.notify_one();
+  }
+  // Returns false once Close() was called and every batch was taken.
+  bool Pop(std::vector<Item>* out) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait(lock, [&] { return !batches_.empty() || closed_; });
+    if (batches_.empty()) return false;
+    *out = std::move(batches_.front());
+    batches_.pop_front();
+    not_full_.notify_one();
+    return true;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    not_empty_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<std::vector<Item>> batches_;
+  bool closed_ = false;
+};
+
+TEST(Threads, ProducersHandBlocksToConsumersThatFreeThem) {
+  constexpr int kPairs = 2;
+  constexpr uint64_t kBlocksPerProducer = 40000;
+  std::atomic<uint64_t> corrupt{0}, consumed{0}, failed{0};
+  std::vector<BatchQueue> queues(kPairs);
+  std::vector<std::thread> threads;
+  for (int q = 0; q < kPairs; ++q) {
+    threads.emplace_back([&, q] {
+      std::vector<Item> batch;
+      for (uint64_t i = 0; i < kBlocksPerProducer; ++i) {
+        Item item = Make(MixedSize(i + q * 7, 1000));
+        if (item.p == nullptr) {
+          failed++;
+          continue;
+        }
+        batch.push_back(item);
+        if (batch.size() == 64) {
+          queues[q].Push(std::move(batch));
+          batch.clear();
+        }
+      }
+      queues[q].Push(std::move(batch));
+      queues[q].Close();
+      // The producer keeps allocating over memory its consumer returned.
+      std::vector<Item> again;
+      for (uint64_t i = 0; i < 2000; ++i) again.push_back(Make(MixedSize(i, 0)));
+      for (const Item& item : again) corrupt += !CheckAndFree(item);
+    });
+    threads.emplace_back([&, q] {
+      std::vector<Item> batch;
+      while (queues[q].Pop(&batch)) {
+        for (const Item& item : batch) {
+          corrupt += !CheckAndFree(item);
+          consumed++;
+        }
+      }
+      ferry_flush();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+  EXPECT_EQ(consumed.load(), kPairs * kBlocksPerProducer);
+}
+
+TEST(Threads, EveryThreadFreesEveryOtherThreadsBlocks) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 25;
+  constexpr uint64_t kPerRound = 600;
+  std::vector<std::vector<Item>> owned(kThreads);
+  std::barrier sync(kThreads);
+  std::atomic<uint64_t> corrupt{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        for (uint64_t i = 0; i < kPerRound; ++i) {
+          Item item = Make(MixedSize(i * kThreads + t + round * 1000, 400));
+          if (item.p == nullptr) {
+            failed++;
+            continue;
+          }
+          owned[t].push_back(item);
+        }
+        sync.arrive_and_wait();
+        // Thread t frees every kThreads-th block of every thread, its own
+        // included: three quarters of its frees are remote.
+        for (int u = 0; u < kThreads; ++u) {
+          const std::vector<Item>& blocks = owned[(t + u) % kThreads];
+          for (size_t i = t; i < blocks.size(); i += kThreads) corrupt += !CheckAndFree(blocks[i]);
+        }
+        if (round % 5 == 4) ferry_flush();
+        sync.arrive_and_wait();
+        owned[t].clear();
+        sync.arrive_and_wait();
+      }
+      ferry_flush();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+}
+
+TEST(Threads, BlocksOfExitedThreadsStayIntactUntilFreedAndTheirMemoryIsReused) {
+  constexpr int kThreads = 8;
+  constexpr uint64_t kPerThread = 600;
+  std::mutex mu;
+  std::vector<Item> handed;  // blocks of threads that have exited
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+
+  // Threads that allocate, hand their blocks to this (surviving) thread and exit.
+  {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        std::vector<Item> mine;
+        for (uint64_t i = 0; i < kPerThread; ++i) mine.push_back(Make(MixedSize(i + 31 * t, 300)));
+        // A few blocks it frees itself, so its pages are partly free at exit.
+        for (size_t i = 0; i < mine.size(); i += 7) {
+          EXPECT_TRUE(CheckAndFree(mine[i]));
+          mine[i].p = nullptr;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        for (const Item& item : mine)
+          if (item.p != nullptr) handed.push_back(item);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  ferry_stats_t exited;
+  ferry_stats_get(&exited);
+  EXPECT_GE(exited.heaps_abandoned - before.heaps_abandoned, uint64_t{kThreads})
+      << "every exited thread left live blocks behind";
+
+  // The survivor frees half of them later.
+  uint64_t corrupt = 0;
+  std::vector<Item> rest;
+  for (size_t i = 0; i < handed.size(); ++i) {
+    if (i % 2 == 0) {
+      corrupt += !CheckAndFree(handed[i]);
+    } else {
+      rest.push_back(handed[i]);
+    }
+  }
+  ferry_flush();
+
+  // New threads allocate (perhaps on the exited threads' heaps) while the
+  // other half is still live; then they hand theirs over too and exit.
+  {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        std::vector<Item> mine;
+        for (uint64_t i = 0; i < kPerThread; ++i) mine.push_back(Make(MixedSize(i * 3 + t, 300)));
+        for (const Item& item : mine) EXPECT_TRUE(BlockIntact(item.p, item.n)) << item.p;
+        std::lock_guard<std::mutex> lock(mu);
+        rest.insert(rest.end(), mine.begin(), mine.end());
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  for (const Item& item : rest) corrupt += !CheckAndFree(item);
+  ferry_flush();
+  EXPECT_EQ(corrupt, 0u);
+
+  // And the allocator keeps working for yet another generation.
+  std::thread([] {
+    std::vector<Item> blocks;
+    for (uint64_t i = 0; i < 2000; ++i) blocks.push_back(Make(MixedSize(i, 500)));
+    for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+  }).join();
+}
+
+TEST(Threads, HundredsOfShortLivedThreadsAllocateAndFreeEachOthersBlocks) {
+  constexpr int kThreads = 400;
+  constexpr int kConcurrent = 4;
+  std::mutex mu;
+  std::vector<Item> pool;  // blocks left by earlier threads, many of them exited
+  std::atomic<uint64_t> corrupt{0};
+  ferry_collect();
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+
+  auto worker = [&](int id) {
+    std::vector<Item> mine;
+    for (uint64_t i = 0; i < 64; ++i) mine.push_back(Make(MixedSize(i + id * 64, 0)));
+    std::vector<Item> theirs;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (int i = 0; i < 32 && !pool.empty(); ++i) {
+        theirs.push_back(pool.back());
+        pool.pop_back();
+      }
+      for (size_t i = 0; i < mine.size(); i += 2) pool.push_back(mine[i]);
+    }
+    for (size_t i = 1; i < mine.size(); i += 2) corrupt += !CheckAndFree(mine[i]);
+    for (const Item& item : theirs) corrupt += !CheckAndFree(item);
+  };
+  for (int wave = 0; wave < kThreads / kConcurrent; ++wave) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kConcurrent; ++t) threads.emplace_back(worker, wave * kConcurrent + t);
+    for (std::thread& t : threads) t.join();
+  }
+  for (const Item& item : pool) corrupt += !CheckAndFree(item);
+  ferry_flush();
+  ferry_collect();
+  EXPECT_EQ(corrupt.load(), 0u);
+
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  // Exited threads' memory must not pile up: with a leak per thread the live
+  // segments would grow with the number of threads (mimalloc#351).
+  EXPECT_LT(after.segments_live, before.segments_live + kThreads / 4)
+      << "segments live before " << before.segments_live << ", after " << after.segments_live
+      << " with " << kThreads << " threads come and gone";
+  EXPECT_GE(after.heaps_created - before.heaps_created + after.heaps_reused - before.heaps_reused,
+            uint64_t{kThreads});
+}
+
+// The owner allocates `count` blocks of `size`; another thread frees them and
+// flushes; the owner's next `count` blocks must mostly reuse that memory.
+void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
+  std::vector<void*> first;
+  for (size_t i = 0; i < count; ++i) {
+    first.push_back(ferry_malloc(size));
+    ASSERT_NE(first.back(), nullptr);
+    FillBlock(first.back(), size);
+  }
+  const std::set<void*> freed(first.begin(), first.end());
+  std::thread([&] {
+    for (void* p : first) {
+      EXPECT_TRUE(BlockIntact(p, size));
+      ferry_free(p);
+    }
+    ferry_flush();
+  }).join();
+  std::vector<void*> second;
+  size_t reused = 0;
+  for (size_t i = 0; i < count; ++i) {
+    void* p = ferry_malloc(size);
+    ASSERT_NE(p, nullptr);
+    FillBlock(p, size);
+    reused += freed.count(p);
+    second.push_back(p);
+  }
+  EXPECT_GT(reused, count / 2) << "only " << reused << " of " << count << " blocks of " << size
+                               << " B freed by another thread and flushed came back to their owner";
+  for (void* p : second) {
+    EXPECT_TRUE(BlockIntact(p, size));
+    ferry_free(p);
+  }
+}
+
+TEST(Threads, FlushLetsTheOwnerReuseSmallBlocksAnotherThreadFreed) {
+  ExpectOwnerReusesRemotelyFreedBlocks(64, 4000);
+  ExpectOwnerReusesRemotelyFreedBlocks(1000, 2000);
+}
+
+TEST(Threads, FlushLetsTheOwnerReuseMediumAndLargeBlocksAnotherThreadFreed) {
+  ExpectOwnerReusesRemotelyFreedBlocks(16 * kKiB, 400);
+  ExpectOwnerReusesRemotelyFreedBlocks(300 * kKiB, 20);
+}
+
+TEST(Threads, FlushLetsAnOwnerThreadThatIsNotMainReuseItsBlocks) {
+  // The owner lives on while another thread frees its blocks.
+  std::thread([] { ExpectOwnerReusesRemotelyFreedBlocks(128, 3000); }).join();
+}
+
+TEST(Threads, ConcurrentFlushesFromEveryThreadFinish) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 200;
+  std::vector<std::vector<Item>> slots(kThreads);
+  std::barrier sync(kThreads);
+  std::atomic<uint64_t> corrupt{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        for (uint64_t i = 0; i < 40; ++i) slots[t].push_back(Make(MixedSize(i + round, 0)));
+        sync.arrive_and_wait();
+        // Free the neighbour's blocks, then flush while others still free.
+        for (const Item& item : slots[(t + 1) % kThreads]) corrupt += !CheckAndFree(item);
+        ferry_flush();
+        sync.arrive_and_wait();
+        slots[(t + 1) % kThreads].clear();
+        sync.arrive_and_wait();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(corrupt.load(), 0u);
+}
+
+TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
+  std::vector<Item> blocks;
+  for (int i = 0; i < 12; ++i) blocks.push_back(Make(i % 2 == 0 ? 3 * kMiB + i * 4096 : 512 * kKiB + i));
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  std::thread([&] {
+    for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+    ferry_flush();
+  }).join();
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.huge_frees - before.huge_frees, 6u);
+  EXPECT_EQ(after.huge_bytes_live + 6 * 3 * kMiB <= before.huge_bytes_live, true)
+      << "huge bytes live before " << before.huge_bytes_live << ", after " << after.huge_bytes_live;
+  for (int i = 0; i < 12; ++i) blocks[i] = Make(i % 2 == 0 ? 3 * kMiB : 512 * kKiB);
+  for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+}
+
+}  // namespace
