@@ -111,7 +111,7 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
 
 // Everything else the API needs, out of line in heap.cc.
 void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
-size_t UsableSize(const void* p, const char* call);  // validates p
+FERRY_ADDRESS_ONLY_ARG(1) size_t UsableSize(const void* p, const char* call);  // validates p
 void FlushThisThread();                              // publish the remote batch
 void CollectThisThread();
 void EnsureGlobalInit();

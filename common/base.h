@@ -15,6 +15,12 @@
 #define FERRY_NOINLINE __attribute__((noinline))
 #define FERRY_COLD __attribute__((noinline, cold))
 #define FERRY_EXPORT __attribute__((visibility("default")))
+// The function looks at where argument `arg` points, never at the bytes there.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define FERRY_ADDRESS_ONLY_ARG(arg) __attribute__((access(none, arg)))
+#else
+#define FERRY_ADDRESS_ONLY_ARG(arg)
+#endif
 
 namespace ferry {
 
