@@ -54,7 +54,7 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
 FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   if (ptr == nullptr) return ferry_malloc(size);
   if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
-  const size_t usable = ferry::UsableSize(ptr, "realloc");
+  const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc");
   // Keep the block when the new size fits and does not waste more than half.
   if (size <= usable && size >= usable / 2) return ptr;
   void* fresh = Allocate(size);
@@ -90,7 +90,7 @@ FERRY_EXPORT int ferry_posix_memalign(void** out, size_t alignment, size_t size)
 
 FERRY_EXPORT size_t ferry_usable_size(const void* ptr) {
   if (ptr == nullptr) return 0;
-  return ferry::UsableSize(ptr, "usable_size");
+  return ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "usable_size");
 }
 
 FERRY_EXPORT void ferry_flush(void) { ferry::FlushThisThread(); }

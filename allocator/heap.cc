@@ -441,7 +441,7 @@ Heap* CurrentHeapOrInit() {
 // --- huge blocks: defined in huge.cc --------------------------------------------
 void* AllocateHuge(size_t n, size_t alignment);
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call);
-size_t HugeUsableSize(Page* page, const void* p, const char* call);
+size_t HugeUsableSize(Page* page, uintptr_t address, const char* call);
 
 // --- global state ---------------------------------------------------------------
 
@@ -608,17 +608,17 @@ void FreeLocalSlow(Heap* heap, Page* page) {
   if (page->used == 0) RetirePage(heap, page);
 }
 
-size_t UsableSize(const void* p, const char* call) {
-  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+size_t UsableSize(uintptr_t address, const char* call) {
+  const void* p = reinterpret_cast<const void*>(address);
   const uint8_t kind = SegmentMapLookup(address);
   if (kind == kMapHugeAlignedBlock) {
     Segment* segment = reinterpret_cast<Segment*>(
         reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
-    return HugeUsableSize(&segment->pages[0], p, call);
+    return HugeUsableSize(&segment->pages[0], address, call);
   }
   if (kind != kMapSegment) FatalBadPointer(call, p, "pointer not allocated by ferry");
   Page* page = PageOf(SegmentOf(address), address);
-  if (page->kind == PageKind::kHuge) return HugeUsableSize(page, p, call);
+  if (page->kind == PageKind::kHuge) return HugeUsableSize(page, address, call);
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
   if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
   return page->block_size;

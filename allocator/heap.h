@@ -111,7 +111,10 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
 
 // Everything else the API needs, out of line in heap.cc.
 void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
-FERRY_ADDRESS_ONLY_ARG(1) size_t UsableSize(const void* p, const char* call);  // validates p
+// The usable size of the block at `address`; aborts with a diagnostic naming
+// `call` when it is not a live ferry block. Takes an address, not a pointer:
+// it never reads the block's bytes.
+size_t UsableSize(uintptr_t address, const char* call);
 void FlushThisThread();                              // publish the remote batch
 void CollectThisThread();
 void EnsureGlobalInit();

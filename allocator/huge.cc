@@ -91,9 +91,10 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   OsRelease(segment->mapping, segment->mapping_size);
 }
 
-size_t HugeUsableSize(Page* page, const void* p, const char* call) {
-  if (reinterpret_cast<uintptr_t>(p) != page->start) {
-    FatalBadPointer(call, p, "not the start of a block (interior pointer)");
+size_t HugeUsableSize(Page* page, uintptr_t address, const char* call) {
+  if (address != page->start) {
+    FatalBadPointer(call, reinterpret_cast<const void*>(address),
+                    "not the start of a block (interior pointer)");
   }
   return page->block_size;
 }

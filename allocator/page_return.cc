@@ -21,8 +21,12 @@ void ReturnChain(Page* page, Block* head, Block* tail) {
   uintptr_t old = page->returned.load(std::memory_order_relaxed);
   do {
     tail->next_encoded = EncodeNext(reinterpret_cast<Block*>(old & ~kReturnedFull));
+    // acq_rel: release publishes the chain's links to the owner; acquire
+    // orders this push after the owner's last handling of the page (its
+    // inbox link, when the owner marked it full), so that posting it again
+    // below cannot race with the owner's earlier drain.
   } while (!page->returned.compare_exchange_weak(old, reinterpret_cast<uintptr_t>(head),
-                                                 std::memory_order_release,
+                                                 std::memory_order_acq_rel,
                                                  std::memory_order_relaxed));
   CounterAdd(g_counters.chains_pushed, 1);
   if ((old & kReturnedFull) == 0) return;

@@ -1,0 +1,117 @@
+// perf/workloads/workload.h — what every whole-program workload shares.
+//
+// The workloads are small, deterministic programs that the comparison driver
+// (perf/compare.cc) runs once per process under each allocator via LD_PRELOAD.
+// They may call only the standard malloc family, operator new/delete and
+// std::thread, so that every allocator runs the very same binary. Each one
+// checks its own objects (a tag at both ends, a fill pattern in between, and a
+// full scan of every 16th object) and fails with exit status 3 on the first
+// mismatch, so a broken allocator cannot post a fast time.
+//
+// Adding a workload: write perf/workloads/<name>.cc defining
+// `int ferry::perf::<name>::Run(const Options&)` and add one line to
+// FERRY_WORKLOADS below. The BUILD globs the sources; the driver asks the
+// binary for its list (`workload --list`), so nothing else changes.
+#ifndef FERRY_PERF_WORKLOADS_WORKLOAD_H_
+#define FERRY_PERF_WORKLOADS_WORKLOAD_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+// The workloads, one line each: name, then one line of what it models.
+#define FERRY_WORKLOADS(X)                                                    \
+  X(churn, "1 thread: free a random slot of a working set, allocate a new "   \
+           "random size (8-1024 B, mostly small), with bursts")               \
+  X(prodcons, "producer threads allocate 16-256 B objects, consumer threads " \
+              "free them in chunks of 256: every free is remote")
+
+namespace ferry::perf {
+
+// Exit status of a workload whose objects were found corrupted.
+inline constexpr int kExitCorrupted = 3;
+
+struct Options {
+  double scale = 1.0;    // multiplies the amount of work; 1.0 = full size
+  uint64_t seed = 42;    // every random choice derives from this
+  int pairs = 1;         // producer/consumer pairs (or thread pairs) to use
+  bool pin = true;       // pin threads to CPUs (PinThisThread)
+  bool verbose = false;  // extra detail on stderr
+};
+
+// What a workload hands back: how much it did and how long its timed phase
+// took. The binary prints it as one `RESULT ...` line for the driver.
+struct Result {
+  uint64_t ops = 0;      // the unit named below (one free+malloc, one free...)
+  const char* unit = "ops";
+  double seconds = 0;    // the timed phase, measured inside the process
+};
+
+// Pins the calling thread to the `index`-th CPU (modulo their number) that
+// this process may run on, when options.pin. Multi-threaded workloads pin
+// their threads so that, say, a producer and its consumer always run on two
+// different cores: unpinned, the scheduler sometimes time-slices them on one
+// core, which hides the cross-core cost being measured and makes run times
+// bimodal.
+void PinThisThread(const Options& options, int index);
+
+// Scales a default count, never below `minimum`.
+uint64_t Scaled(const Options& options, uint64_t full, uint64_t minimum);
+
+// wyrand: small, fast and good enough to pick sizes and slots.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ULL + 1) {}
+  uint64_t Next() {
+    state_ += 0xa0761d6478bd642fULL;
+    __uint128_t t = static_cast<__uint128_t>(state_) * (state_ ^ 0xe7037ed1a0b428dbULL);
+    return static_cast<uint64_t>(t >> 64) ^ static_cast<uint64_t>(t);
+  }
+  // Uniform in [0, n), n > 0 (Lemire's multiply-shift).
+  uint64_t Below(uint64_t n) {
+    return static_cast<uint64_t>((static_cast<__uint128_t>(Next()) * n) >> 64);
+  }
+  // Uniform in [lo, hi].
+  uint64_t Between(uint64_t lo, uint64_t hi) { return lo + Below(hi - lo + 1); }
+
+ private:
+  uint64_t state_;
+};
+
+// A well-mixed 64-bit tag for object number `serial` (never zero).
+inline uint64_t TagFor(uint64_t serial) {
+  uint64_t z = serial + 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return (z ^ (z >> 31)) | 1;
+}
+
+// Writes the pattern for `tag` over all `size` bytes (size >= 8): the tag in
+// the first 8 bytes and, from 16 bytes up, in the last 8; a fill byte made
+// from the tag in between.
+inline void Fill(void* p, size_t size, uint64_t tag) {
+  char* bytes = static_cast<char*>(p);
+  std::memset(bytes, static_cast<int>(tag >> 56), size);
+  std::memcpy(bytes, &tag, sizeof tag);
+  if (size >= 16) std::memcpy(bytes + size - 8, &tag, sizeof tag);
+}
+
+// Checks what Fill wrote: both tags, and every byte for about one object in
+// 16 (chosen by tag). On a mismatch prints what was found where to stderr and
+// exits with kExitCorrupted.
+void Verify(const char* workload, const void* p, size_t size, uint64_t tag);
+
+// Checks that all `size` bytes are zero (what calloc promises), or exits
+// with kExitCorrupted.
+void VerifyZero(const char* workload, const void* p, size_t size);
+
+#define FERRY_DECLARE_WORKLOAD(name, summary) \
+  namespace name {                            \
+  Result Run(const Options& options);         \
+  }
+FERRY_WORKLOADS(FERRY_DECLARE_WORKLOAD)
+#undef FERRY_DECLARE_WORKLOAD
+
+}  // namespace ferry::perf
+
+#endif  // FERRY_PERF_WORKLOADS_WORKLOAD_H_
