@@ -33,10 +33,9 @@ FERRY_COLD void* FailTooLarge() {
 
 extern "C" {
 
-FERRY_EXPORT void* ferry_malloc(size_t size) {
-  if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
-  return Allocate(size);
-}
+// Sizes past PTRDIFF_MAX need no test here: they are huge, and the huge
+// path refuses anything it could never map (ENOMEM).
+FERRY_EXPORT void* ferry_malloc(size_t size) { return Allocate(size); }
 
 FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
   size_t total;

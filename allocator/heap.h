@@ -100,7 +100,7 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
   const uint64_t offset = address - start;
   Block* block = static_cast<Block*>(p);
   const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
-  if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic > page->divisor_magic - 1 ||
+  if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic ||
                      next == 0 || next - start < carved)) {
     FatalBadLocalFree(page, p, call);
   }

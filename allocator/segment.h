@@ -78,7 +78,9 @@ struct Page {
   // block), and so immutable while a block is out -------------------------
   Heap* heap;              // owner; nullptr for kNone and kHuge
   uintptr_t start;         // address of block 0
-  uint64_t divisor_magic;  // ceil(2^64 / block_size), for the interior check
+  // ceil(2^64 / block_size): an offset below 2^32 is a multiple of the block
+  // size exactly when offset * divisor_magic (mod 2^64) < divisor_magic.
+  uint64_t divisor_magic;
   // Bytes of the page carved into blocks so far; the owner grows it, other
   // threads read it to reject pointers past it.
   std::atomic<uint32_t> carved_bytes;
@@ -147,7 +149,7 @@ FERRY_ALWAYS_INLINE bool LooksFree(const Page* page, const Block* b) {
 FERRY_ALWAYS_INLINE bool IsBlockStart(const Page* page, uintptr_t p) {
   const uint64_t offset = p - page->start;
   return offset < page->carved_bytes.load(std::memory_order_relaxed) &&
-         offset * page->divisor_magic <= page->divisor_magic - 1;
+         offset * page->divisor_magic < page->divisor_magic;
 }
 
 // --- the segment map ---------------------------------------------------------
