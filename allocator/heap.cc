@@ -454,8 +454,7 @@ void EnsureGlobalInit() {
     FreeListKeys keys;
     do {
       keys.xor_key = OsRandom64();
-      keys.add_key = OsRandom64() | 1;
-    } while (RotateLeft(keys.xor_key, 17) + keys.add_key == 0);  // encoded null != 0
+    } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
     g_init_state.store(2, std::memory_order_release);

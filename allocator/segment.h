@@ -123,17 +123,22 @@ FERRY_ALWAYS_INLINE Page* PageOf(Segment* segment, uintptr_t p) {
 
 // --- free-list pointer encoding --------------------------------------------
 
+// One XOR with a per-process random key: enough that a user's data almost
+// never decodes to a link of its own page (so a freed block is recognisable)
+// and that a stray write cannot name an address without knowing the key.
+// The owner checks every link it adopts from another thread against its
+// page; a rotate-and-add encoding cost five more instructions per pair on
+// the fast paths for little more (see perf/RESULTS.md when it exists).
 struct FreeListKeys {
   uint64_t xor_key;
-  uint64_t add_key;
 };
 extern FreeListKeys g_keys;
 
 FERRY_ALWAYS_INLINE uintptr_t EncodeNext(const Block* next) {
-  return RotateLeft(reinterpret_cast<uintptr_t>(next) ^ g_keys.xor_key, 17) + g_keys.add_key;
+  return reinterpret_cast<uintptr_t>(next) ^ g_keys.xor_key;
 }
 FERRY_ALWAYS_INLINE Block* DecodeNext(uintptr_t encoded) {
-  return reinterpret_cast<Block*>(RotateRight(encoded - g_keys.add_key, 17) ^ g_keys.xor_key);
+  return reinterpret_cast<Block*>(encoded ^ g_keys.xor_key);
 }
 
 // True when `b`'s first word decodes to a list link of this page (or to the
