@@ -154,7 +154,7 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->kind = kind;
   page->block_size = block_size;
   page->divisor_magic = ~uint64_t{0} / block_size + 1;
-  page->reserved = static_cast<uint32_t>(reserved);
+  page->reserved = static_cast<uint16_t>(reserved);
   page->free = page->local_free = nullptr;
   page->used = page->capacity = 0;
   page->in_full = 0;
@@ -205,7 +205,7 @@ Block* AdoptReturned(Page* page) {
     ++count;
   }
   FERRY_CHECK(count <= page->used);
-  page->used -= count;
+  page->used = static_cast<uint16_t>(page->used - count);
   return chain;
 }
 
@@ -213,7 +213,8 @@ void ExtendPage(Page* page) {
   const size_t size = page->block_size;
   size_t count = kExtendBytes / size;
   if (count == 0) count = 1;
-  if (count > page->reserved - page->capacity) count = page->reserved - page->capacity;
+  const size_t remaining = size_t{page->reserved} - page->capacity;
+  if (count > remaining) count = remaining;
   const uintptr_t first = page->start + page->capacity * size;
   for (size_t k = 0; k + 1 < count; ++k) {
     reinterpret_cast<Block*>(first + k * size)->next_encoded =
@@ -221,7 +222,7 @@ void ExtendPage(Page* page) {
   }
   reinterpret_cast<Block*>(first + (count - 1) * size)->next_encoded = EncodeNext(page->free);
   page->free = reinterpret_cast<Block*>(first);
-  page->capacity += static_cast<uint32_t>(count);
+  page->capacity = static_cast<uint16_t>(page->capacity + count);
   page->carved_bytes.store(static_cast<uint32_t>(page->capacity * size), std::memory_order_relaxed);
 }
 
@@ -561,29 +562,22 @@ void FreeUnmapped(void* p, const char* call) {
   FatalBadPointer(call, p, "pointer not allocated by ferry");
 }
 
-void FreeNotLocal(Heap* heap, Page* page, void* p, const char* call) {
+void FreeChecksFailed(Page* page, void* p, const char* call) {
   if (page->kind == PageKind::kHuge) return FreeHuge(SegmentOf(page->start), page, p, call);
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
-  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
-  if (LooksFree(page, static_cast<Block*>(p))) FatalBadPointer(call, p, "double free (block already free)");
-  if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
-    if (InitThreadHeap() == nullptr) FatalBadPointer(call, p, "out of memory for a thread heap");
-    return Free(p, call);  // the new heap may be the block's owner
-  }
-  heap->batch[heap->batch_count++] = p;
-  heap->batch_bytes += page->block_size;
-  if (heap->batch_count >= heap->batch_limit || heap->batch_bytes >= heap->batch_bytes_limit) {
-    PublishBatch(heap);
-  }
-}
-
-void FatalBadLocalFree(Page* page, void* p, const char* call) {
   if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(p))) {
     FatalBadPointer(call, p, "not the start of a block (interior pointer)");
   }
   FatalBadPointer(call, p, "double free (block already free)");
 }
+
+void FreeRemoteSlow(Heap* heap, void* p, const char* call) {
+  FERRY_CHECK(heap == &g_empty_heap);
+  if (InitThreadHeap() == nullptr) FatalBadPointer(call, p, "out of memory for a thread heap");
+  Free(p, call);  // the new heap may be the block's owner
+}
+
+void PublishBatchSlow(Heap* heap) { PublishBatch(heap); }
 
 void FreeLocalSlow(Heap* heap, Page* page) {
   CounterAdd(g_counters.local_frees_slow, 1);

@@ -60,10 +60,11 @@ extern __thread Heap* tl_heap __attribute__((tls_model("initial-exec")));
 // Slow paths.
 void* AllocateSlow(Heap* heap, size_t size_class);
 void* AllocateLargeOrHuge(size_t size);
-void FreeNotLocal(Heap* heap, Page* page, void* p, const char* call);
 void FreeUnmapped(void* p, const char* call);
+void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
-[[noreturn]] void FatalBadLocalFree(Page* page, void* p, const char* call);
+void FreeRemoteSlow(Heap* heap, void* p, const char* call);
+void PublishBatchSlow(Heap* heap);
 
 FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
   page->free = DecodeNext(block->next_encoded);
@@ -87,14 +88,28 @@ FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
   return AllocateLargeOrHuge(n);
 }
 
+// A free of another heap's block: append it to this thread's batch. The
+// empty heap's batch_limit is 0, so a thread's first remote free makes its
+// heap in the slow path.
+FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char* call) {
+  const uint32_t count = heap->batch_count;
+  if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, p, call);
+  heap->batch[count] = p;
+  heap->batch_count = count + 1;
+  heap->batch_bytes += page->block_size;
+  if (FERRY_UNLIKELY(count + 1 == heap->batch_limit ||
+                     heap->batch_bytes >= heap->batch_bytes_limit)) {
+    PublishBatchSlow(heap);
+  }
+}
+
 FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   if (FERRY_UNLIKELY(SegmentMapLookup(address) != kMapSegment)) return FreeUnmapped(p, call);
   Page* page = PageOf(SegmentOf(address), address);
-  Heap* heap = tl_heap;
-  if (FERRY_UNLIKELY(page->heap != heap)) return FreeNotLocal(heap, page, p, call);
   // IsBlockStart and LooksFree, sharing their loads: a block this page has
-  // carved, whose first word is not a free-list link of this page.
+  // carved, whose first word is not a free-list link of this page. Huge and
+  // free slices have nothing carved, so they fail here too.
   const uintptr_t start = page->start;
   const uint64_t carved = page->carved_bytes.load(std::memory_order_relaxed);
   const uint64_t offset = address - start;
@@ -102,8 +117,10 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
   const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
   if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic ||
                      next == 0 || next - start < carved)) {
-    FatalBadLocalFree(page, p, call);
+    return FreeChecksFailed(page, p, call);
   }
+  Heap* heap = tl_heap;
+  if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call);
   block->next_encoded = EncodeNext(page->local_free);
   page->local_free = block;
   if (FERRY_UNLIKELY(--page->used == 0 || page->in_full)) FreeLocalSlow(heap, page);

@@ -60,34 +60,34 @@ enum class PageKind : uint8_t {
 inline constexpr uintptr_t kReturnedFull = 1;
 
 // 128 bytes, so a slice index becomes a record address by a shift. The
-// first 64 bytes hold everything the free fast path reads; the fields other
-// threads write sit in the second line.
+// first 64 bytes hold everything the free fast path reads, local or remote;
+// the fields other threads write sit in the second line.
 struct Page {
   // --- owner thread only -------------------------------------------------
   Block* free;             // blocks ready to hand out (decoded pointer)
   Block* local_free;       // blocks freed by the owner since the last refill
-  uint32_t used;           // blocks handed out and not yet back on a list
-  uint32_t capacity;       // blocks carved so far
-  uint32_t reserved;       // blocks the page can hold
+  uint16_t used;           // blocks handed out and not yet back on a list
+  uint16_t capacity;       // blocks carved so far
+  uint16_t reserved;       // blocks the page can hold (at most 8192)
   uint8_t size_class;
   PageKind kind;
   uint8_t slice_count;     // slices this page spans
   uint8_t in_full;         // off its queue because it was full
+  uint8_t slice_back;      // on a continuation slice: slices back to the page
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
   // block), and so immutable while a block is out -------------------------
+  // Bytes of the page carved into blocks so far; the owner grows it, other
+  // threads read it to reject pointers past it.
+  std::atomic<uint32_t> carved_bytes;
   Heap* heap;              // owner; nullptr for kNone and kHuge
   uintptr_t start;         // address of block 0
   // ceil(2^64 / block_size): an offset below 2^32 is a multiple of the block
   // size exactly when offset * divisor_magic (mod 2^64) < divisor_magic.
   uint64_t divisor_magic;
-  // Bytes of the page carved into blocks so far; the owner grows it, other
-  // threads read it to reject pointers past it.
-  std::atomic<uint32_t> carved_bytes;
-  uint8_t slice_back;      // on a continuation slice: slices back to the page
+  size_t block_size;
   // --- second cache line ----------------------------------------------------
-  alignas(64) size_t block_size;
-  Page* queue_next;        // owner only
+  alignas(64) Page* queue_next;  // owner only
   Page* queue_prev;
   Page* inbox_next;        // link in the owner's inbox
   std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
@@ -95,6 +95,7 @@ struct Page {
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
 static_assert(sizeof(Page) == 128);
+static_assert(offsetof(Page, block_size) < 64, "the free path reads one line");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
 

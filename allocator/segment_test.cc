@@ -82,7 +82,7 @@ TEST(PageLists, RemoteFreeIntoAFullPagePostsItToTheOwnersInbox) {
   blocks.push_back(first);
   // One more than the page holds: the last one forces a new page and the
   // first page off its queue.
-  for (uint32_t k = 1; k <= page->reserved; ++k) blocks.push_back(ferry_malloc(kSize));
+  for (uint32_t k = 1; k <= uint32_t{page->reserved}; ++k) blocks.push_back(ferry_malloc(kSize));
   ASSERT_EQ(page->in_full, 1);
   ASSERT_EQ(page->returned.load(), kReturnedFull);
   Heap* owner = tl_heap;
@@ -94,7 +94,7 @@ TEST(PageLists, RemoteFreeIntoAFullPagePostsItToTheOwnersInbox) {
   EXPECT_EQ(page->returned.load() & kReturnedFull, 0u);
   // The owner reuses the freed block once the current page runs dry.
   std::set<void*> fresh;
-  for (uint32_t k = 0; k < page->reserved + 2; ++k) fresh.insert(ferry_malloc(kSize));
+  for (uint32_t k = 0; k < uint32_t{page->reserved} + 2; ++k) fresh.insert(ferry_malloc(kSize));
   EXPECT_EQ(owner->inbox.load(), nullptr);
   EXPECT_TRUE(fresh.count(first)) << "the remotely freed block was not reused";
   for (void* p : blocks) {
@@ -109,7 +109,7 @@ TEST(PageLists, LocalFreeIntoAFullPagePutsItBackOnItsQueue) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(first);
   Page* page = PageOf(SegmentOf(address), address);
   std::vector<void*> blocks{first};
-  for (uint32_t k = 1; k <= page->reserved; ++k) blocks.push_back(ferry_malloc(kSize));
+  for (uint32_t k = 1; k <= uint32_t{page->reserved}; ++k) blocks.push_back(ferry_malloc(kSize));
   ASSERT_EQ(page->in_full, 1);
   ferry_free(first);
   EXPECT_EQ(page->in_full, 0);
