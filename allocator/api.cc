@@ -9,6 +9,7 @@
 #include "common/diag.h"
 #include "common/options.h"
 #include "common/stats.h"
+#include "reclaimer/pool.h"
 #include "ferry.h"
 
 namespace ferry {
@@ -104,6 +105,13 @@ FERRY_EXPORT void ferry_stats_get(ferry_stats_t* out) {
   out->field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
+  ferry::PoolStats pool;
+  ferry::PoolStatsGet(&pool);
+  out->batches_pooled = pool.batches_pooled;
+  out->steals = pool.steals;
+  out->reclaimer_threads = pool.threads;
+  out->reclaimer_cpu_ns = pool.cpu_ns;
+  out->pool_starts = pool.starts;
 }
 
 FERRY_EXPORT void ferry_stats_print(FILE* out) {
@@ -116,6 +124,11 @@ FERRY_EXPORT void ferry_stats_print(FILE* out) {
   fprintf(out, "  %-22s %16llu  %s\n", #field, static_cast<unsigned long long>(stats.field), \
           description);
   FERRY_COUNTERS(FERRY_PRINT_COUNTER)
+  FERRY_PRINT_COUNTER(batches_pooled, "batches applied by the reclaimer pool")
+  FERRY_PRINT_COUNTER(steals, "of those, stolen from another reclaimer")
+  FERRY_PRINT_COUNTER(reclaimer_threads, "reclaimer threads running now")
+  FERRY_PRINT_COUNTER(reclaimer_cpu_ns, "CPU time of the reclaimer threads (ns)")
+  FERRY_PRINT_COUNTER(pool_starts, "times the pool started")
 #undef FERRY_PRINT_COUNTER
   fflush(out);
 }

@@ -27,6 +27,7 @@
 #include "common/os.h"
 #include "common/spin_lock.h"
 #include "common/stats.h"
+#include "reclaimer/pool.h"
 #include "reclaimer/sorter.h"
 
 namespace ferry {
@@ -294,26 +295,40 @@ void OnThreadExit(void* value) {
   if (heap != nullptr && heap != &g_empty_heap) AbandonHeap(heap);
 }
 
+// The pool quiesces first (its threads may take the allocator's locks in
+// their housekeeping), then the allocator's locks are held across fork().
 void AtForkPrepare() {
+  PoolForkPrepare();
   g_abandoned_lock.Lock();
   ArenaLockForFork();
 }
 void AtForkParent() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
+  PoolForkParent();
 }
+void AbandonOrphanedHeapsInChild();
 void AtForkChild() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
+  PoolForkChild();
+  AbandonOrphanedHeapsInChild();
 }
 
 Heap* CreateHeap() {
-  const size_t bytes = AlignUp(sizeof(Heap) + static_cast<size_t>(g_options.batch) * sizeof(void*),
-                               OsPageSize());
+  const size_t batch_bytes = static_cast<size_t>(g_options.batch) * sizeof(void*);
+  const size_t bytes = AlignUp(sizeof(Heap) + kBatchesPerHeap * batch_bytes, OsPageSize());
   void* memory = OsReserve(bytes, OsPageSize());
   if (memory == nullptr) return nullptr;
   Heap* heap = new (memory) Heap();
-  heap->batch = reinterpret_cast<void**>(heap + 1);
+  char* batch_memory = reinterpret_cast<char*>(heap + 1);
+  for (int i = 0; i < kBatchesPerHeap; ++i) {
+    heap->batches[i].ptrs = reinterpret_cast<void**>(batch_memory + i * batch_bytes);
+  }
+  heap->current = &heap->batches[0];
+  heap->batch = heap->current->ptrs;
+  static std::atomic<uint32_t> heap_serial{0};  // constant-initialised: no guard
+  heap->home = heap_serial.fetch_add(1, std::memory_order_relaxed);
   heap->batch_limit = static_cast<uint32_t>(g_options.batch);
   heap->batch_bytes_limit = static_cast<size_t>(g_options.batch_bytes);
   Heap* first = g_all_heaps.load(std::memory_order_relaxed);
@@ -329,21 +344,35 @@ Heap* CreateHeap() {
 Heap* TakeAbandonedHeap() {
   SpinLockHolder hold(&g_abandoned_lock);
   Heap* heap = g_abandoned;
-  if (heap != nullptr) g_abandoned = heap->abandoned_next;
+  if (heap != nullptr) {
+    g_abandoned = heap->abandoned_next;
+    heap->abandoned_next = nullptr;
+    heap->abandoned = false;
+  }
   return heap;
+}
+
+void PushAbandoned(Heap* heap) {
+  SpinLockHolder hold(&g_abandoned_lock);
+  heap->abandoned = true;
+  heap->abandoned_next = g_abandoned;
+  g_abandoned = heap;
 }
 
 // The calling thread's heap, made on first use. nullptr if the OS refuses.
 Heap* InitThreadHeap() {
   EnsureGlobalInit();
-  Heap* heap = TakeAbandonedHeap();
+  // A reclaimer never takes over an abandoned heap: the pool looks after
+  // those, and its threads' heaps hold only their own memory.
+  const bool reclaimer = IsReclaimerThread();
+  Heap* heap = reclaimer ? nullptr : TakeAbandonedHeap();
   if (heap != nullptr) {
-    heap->abandoned_next = nullptr;
     CounterAdd(g_counters.heaps_reused, 1);
     if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" taken over by a new thread").WriteToStderr();
   } else {
     heap = CreateHeap();
     if (heap == nullptr) return nullptr;
+    heap->is_reclaimer = reclaimer;
   }
   tl_heap = heap;
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
@@ -354,14 +383,33 @@ Heap* InitThreadHeap() {
   return heap;
 }
 
+// Hands the current batch on: to the pool when it takes it and the heap has
+// a spare batch to fill meanwhile, else sorted and returned right here. The
+// heap switches to the spare before offering, so any free made while the
+// pool starts (pthread_create allocates) lands in the spare.
 void PublishBatch(Heap* heap) {
-  if (heap->batch_count == 0) return;
-  CounterAdd(g_counters.remote_frees, heap->batch_count);
-  CounterAdd(g_counters.batches_published, 1);
-  CounterAdd(g_counters.batches_inline, 1);
-  SortAndReturn(heap->batch, heap->batch_count);
+  const uint32_t count = heap->batch_count;
+  if (count == 0) return;
+  Batch* full = heap->current;
+  full->count = count;
   heap->batch_count = 0;
   heap->batch_bytes = 0;
+  CounterAdd(g_counters.remote_frees, count);
+  CounterAdd(g_counters.batches_published, 1);
+  Batch* spare = nullptr;
+  for (Batch& b : heap->batches) {
+    if (&b != full && b.in_flight.load(std::memory_order_acquire) == 0) {
+      spare = &b;
+      break;
+    }
+  }
+  if (spare != nullptr) {
+    heap->current = spare;
+    heap->batch = spare->ptrs;
+    if (PoolOffer(full, heap->home)) return;
+  }
+  CounterAdd(g_counters.batches_inline, 1);
+  SortAndReturn(full->ptrs, count);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -402,9 +450,53 @@ void AbandonHeap(Heap* heap) {
   tl_heap = &g_empty_heap;
   CounterAdd(g_counters.heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned by its exiting thread").WriteToStderr();
+  PushAbandoned(heap);
+}
+
+// After fork, in the child: the reclaimers did not come along, but they
+// parked between batches, so their heaps are consistent; give them to the
+// abandoned list for the child's threads. Heaps of the parent's other
+// threads stay as they are: such a thread may have been inside malloc when
+// fork() ran, so its heap cannot be trusted (its memory stays unused, as
+// with any allocator).
+void AbandonOrphanedHeapsInChild() {
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
+       heap = heap->all_next) {
+    if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
+    if (heap->batch_count != 0) {
+      SortAndReturn(heap->batch, heap->batch_count);
+      heap->batch_count = 0;
+      heap->batch_bytes = 0;
+    }
+    CollectHeap(heap);
+    heap->is_reclaimer = false;
+    CounterAdd(g_counters.heaps_abandoned, 1);
+    PushAbandoned(heap);
+  }
+}
+
+// The pool's housekeeping (reclaimer/pool.h), also run inline by
+// ferry_collect when there is no pool: abandoned heaps have no owner, so the
+// pool owns them; it takes the whole list, applies what came back to their
+// pages, gives empty pages and segments back, and returns the heaps to the
+// list for new threads to take over.
+void HousekeepingDuty(uint64_t /*now_ms*/, bool /*urgent*/) {
+  Heap* taken;
+  {
+    SpinLockHolder hold(&g_abandoned_lock);
+    taken = g_abandoned;
+    g_abandoned = nullptr;
+  }
+  if (taken == nullptr) return;
+  Heap* last = nullptr;
+  for (Heap* heap = taken; heap != nullptr; heap = heap->abandoned_next) {
+    CollectHeap(heap);
+    CounterAdd(g_counters.abandoned_collections, 1);
+    last = heap;
+  }
   SpinLockHolder hold(&g_abandoned_lock);
-  heap->abandoned_next = g_abandoned;
-  g_abandoned = heap;
+  last->abandoned_next = g_abandoned;
+  g_abandoned = taken;
 }
 
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
@@ -458,6 +550,10 @@ void EnsureGlobalInit() {
     } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
+    PoolConfigure(PoolConfig{static_cast<int>(g_options.reclaimers),
+                             static_cast<int>(g_options.reclaimer_backend),
+                             static_cast<int>(g_options.purge_delay_ms)},
+                  HousekeepingDuty);
     g_init_state.store(2, std::memory_order_release);
     return;
   }
@@ -620,13 +716,15 @@ size_t UsableSize(uintptr_t address, const char* call) {
 void FlushThisThread() {
   Heap* heap = tl_heap;
   if (heap != &g_empty_heap) PublishBatch(heap);
+  PoolFlush();
 }
 
 void CollectThisThread() {
+  FlushThisThread();
   Heap* heap = tl_heap;
-  if (heap == &g_empty_heap) return;
-  PublishBatch(heap);
-  CollectHeap(heap);
+  if (heap != &g_empty_heap) CollectHeap(heap);
+  EnsureGlobalInit();
+  PoolCollectNow();
 }
 
 }  // namespace ferry

@@ -21,6 +21,7 @@
 #include "allocator/segment.h"
 #include "allocator/size_class.h"
 #include "common/base.h"
+#include "reclaimer/batch.h"
 
 namespace ferry {
 
@@ -40,7 +41,7 @@ struct Heap {
 
   // --- owner thread only (hot first) -----------------------------------------
   Page* direct[kNumClasses] = {};  // first page of each class, or the empty page
-  void** batch = nullptr;          // remote frees waiting to be handed on
+  void** batch = nullptr;          // current->ptrs: remote frees waiting to be handed on
   uint32_t batch_count = 0;
   uint32_t batch_limit = 0;
   size_t batch_bytes = 0;
@@ -48,6 +49,11 @@ struct Heap {
   PageQueue queues[kNumClasses] = {};
   Segment* segments = nullptr;     // segments with pages of this heap
   Segment* spare = nullptr;        // one empty segment kept to avoid churn
+  Batch* current = nullptr;        // the batch being filled, one of `batches`
+  Batch batches[kBatchesPerHeap];
+  uint32_t home = 0;               // spreads heaps over the reclaimers' queues
+  bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
+  bool abandoned = false;          // on the abandoned list (under its lock)
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
   // --- written by other threads ------------------------------------------------

@@ -16,6 +16,10 @@ class DiagLine {
  public:
   DiagLine& Str(const char* s);
   DiagLine& Dec(uint64_t v);
+  DiagLine& Int(int64_t v) {
+    if (v < 0) Str("-");
+    return Dec(v < 0 ? 0 - static_cast<uint64_t>(v) : static_cast<uint64_t>(v));
+  }
   DiagLine& Hex(uintptr_t v);  // "0x" and lowercase hex
   DiagLine& Ptr(const void* p) { return Hex(reinterpret_cast<uintptr_t>(p)); }
   const char* data() const { return buf_; }

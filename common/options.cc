@@ -9,24 +9,34 @@ namespace ferry {
 namespace {
 
 constexpr OptionInfo kTable[] = {
-#define FERRY_OPTION_INFO(field, name, def, lo, hi, help) {name, def, lo, hi, help},
+#define FERRY_OPTION_INFO(field, name, def, lo, hi, choices, help) {name, def, lo, hi, choices, help},
     FERRY_OPTIONS(FERRY_OPTION_INFO)
 #undef FERRY_OPTION_INFO
 };
 
-void ReadOne(const char* name, int64_t def, int64_t lo, int64_t hi, int64_t* field) {
+void ReadOne(const char* name, int64_t def, int64_t lo, int64_t hi, const char* choices,
+             int64_t* field) {
   *field = def;
   const char* text = getenv(name);
   if (text == nullptr) return;
   int64_t value;
+  if (choices != nullptr) {
+    value = ParseOptionChoice(text, choices);
+    if (value >= 0) {
+      *field = value;
+      return;
+    }
+    DiagLine().Str("ferry: warning: ignoring ").Str(name).Str("=").Str(text)
+        .Str(" (expected one of ").Str(choices).Str("); using the default").WriteToStderr();
+    return;
+  }
   if (ParseOptionValue(text, lo, hi, &value)) {
     *field = value;
     return;
   }
   DiagLine line;
   line.Str("ferry: warning: ignoring ").Str(name).Str("=").Str(text).Str(" (expected ")
-      .Dec(static_cast<uint64_t>(lo)).Str("..").Dec(static_cast<uint64_t>(hi))
-      .Str("); using the default ").Dec(static_cast<uint64_t>(def));
+      .Int(lo).Str("..").Int(hi).Str("); using the default ").Int(def);
   line.WriteToStderr();
 }
 
@@ -40,6 +50,8 @@ const OptionInfo* OptionTable(size_t* count) {
 bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out) {
   const char* p = text;
   while (*p == ' ') ++p;
+  const bool negative = *p == '-';
+  if (negative) ++p;
   if (*p < '0' || *p > '9') return false;
   uint64_t value = 0;
   for (; *p >= '0' && *p <= '9'; ++p) {
@@ -57,13 +69,30 @@ bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out) {
   if (*p != '\0') return false;
   if (shift != 0 && value > (uint64_t{1} << (62 - shift))) return false;
   value <<= shift;
-  if (static_cast<int64_t>(value) < lo || static_cast<int64_t>(value) > hi) return false;
-  *out = static_cast<int64_t>(value);
+  const int64_t signed_value = negative ? -static_cast<int64_t>(value) : static_cast<int64_t>(value);
+  if (signed_value < lo || signed_value > hi) return false;
+  *out = signed_value;
   return true;
 }
 
+int64_t ParseOptionChoice(const char* text, const char* choices) {
+  int64_t index = 0;
+  const char* choice = choices;
+  while (*choice != '\0') {
+    const char* end = choice;
+    while (*end != '\0' && *end != '|') ++end;
+    size_t i = 0;
+    while (choice + i < end && text[i] == choice[i]) ++i;
+    if (choice + i == end && text[i] == '\0') return index;
+    ++index;
+    choice = *end == '|' ? end + 1 : end;
+  }
+  return -1;
+}
+
 void ReadOptionsFromEnvironment(Options* out) {
-#define FERRY_OPTION_READ(field, name, def, lo, hi, help) ReadOne(name, def, lo, hi, &out->field);
+#define FERRY_OPTION_READ(field, name, def, lo, hi, choices, help) \
+  ReadOne(name, def, lo, hi, choices, &out->field);
   FERRY_OPTIONS(FERRY_OPTION_READ)
 #undef FERRY_OPTION_READ
 }

@@ -13,20 +13,32 @@
 
 namespace ferry {
 
-// X(field, NAME, default, min, max, help)
+// X(field, NAME, default, min, max, choices, help). An option with choices
+// ("a|b|c") takes one of those words and holds its index; the others take a
+// decimal integer (with an optional k/m/g suffix) within [min, max].
 #define FERRY_OPTIONS(X)                                                        \
-  X(batch, "FERRY_BATCH", 256, 1, 4096,                                         \
+  X(reclaimers, "FERRY_RECLAIMERS", -1, -1, 64, nullptr,                        \
+    "reclaimer threads in the pool; 0 hands every batch back inline on the "    \
+    "freeing thread; -1 picks half the CPUs this process may use (affinity "    \
+    "mask and cgroup quota), at least 1 and at most 4")                         \
+  X(reclaimer_backend, "FERRY_RECLAIMER_BACKEND", 0, 0, 1, "threads|tbb",       \
+    "who runs the pool's work: ferry's own threads, or tasks in a dedicated "   \
+    "oneTBB task_arena")                                                        \
+  X(batch, "FERRY_BATCH", 256, 1, 4096, nullptr,                                \
     "frees of other threads' memory gathered per batch before it is sorted "    \
     "and returned to the owning pages")                                         \
-  X(batch_bytes, "FERRY_BATCH_BYTES", 1 << 20, 4096, 1 << 30,                   \
+  X(batch_bytes, "FERRY_BATCH_BYTES", 1 << 20, 4096, 1 << 30, nullptr,          \
     "bytes of freed blocks a batch may hold before it is handed on early")     \
-  X(stats, "FERRY_STATS", 0, 0, 1,                                              \
+  X(purge_delay_ms, "FERRY_PURGE_DELAY_MS", 250, 0, 60000, nullptr,             \
+    "milliseconds free memory stays committed before the pool gives it back "   \
+    "to the OS")                                                                \
+  X(stats, "FERRY_STATS", 0, 0, 1, nullptr,                                     \
     "1 prints a statistics table to stderr at exit")                            \
-  X(verbose, "FERRY_VERBOSE", 0, 0, 2,                                          \
-    "1 reports segment and heap events on stderr, 2 also every page")
+  X(verbose, "FERRY_VERBOSE", 0, 0, 2, nullptr,                                 \
+    "1 reports segment, heap and pool events on stderr, 2 also every page")
 
 struct Options {
-#define FERRY_OPTION_FIELD(field, name, def, lo, hi, help) int64_t field = def;
+#define FERRY_OPTION_FIELD(field, name, def, lo, hi, choices, help) int64_t field = def;
   FERRY_OPTIONS(FERRY_OPTION_FIELD)
 #undef FERRY_OPTION_FIELD
 };
@@ -36,6 +48,7 @@ struct OptionInfo {
   int64_t default_value;
   int64_t min_value;
   int64_t max_value;
+  const char* choices;  // "a|b" or nullptr
   const char* help;
 };
 
@@ -45,6 +58,9 @@ const OptionInfo* OptionTable(size_t* count);
 // Parses one value: returns true and sets *out when `text` is a decimal
 // integer (an optional k/m/g suffix multiplies by 1024s) within [lo, hi].
 bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out);
+
+// For an option with choices: the index of `text` among "a|b|c", or -1.
+int64_t ParseOptionChoice(const char* text, const char* choices);
 
 // Reads the environment into *out, warning about bad values.
 void ReadOptionsFromEnvironment(Options* out);

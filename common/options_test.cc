@@ -24,6 +24,18 @@ TEST(Options, ParsesDecimalsAndBinarySuffixes) {
   EXPECT_EQ(v, 0);
 }
 
+TEST(Options, ParsesNegativeValuesAndChoices) {
+  int64_t v = 0;
+  EXPECT_TRUE(ParseOptionValue("-1", -1, 64, &v));
+  EXPECT_EQ(v, -1);
+  EXPECT_FALSE(ParseOptionValue("-2", -1, 64, &v));
+  EXPECT_EQ(ParseOptionChoice("threads", "threads|tbb"), 0);
+  EXPECT_EQ(ParseOptionChoice("tbb", "threads|tbb"), 1);
+  EXPECT_EQ(ParseOptionChoice("tb", "threads|tbb"), -1);
+  EXPECT_EQ(ParseOptionChoice("tbbx", "threads|tbb"), -1);
+  EXPECT_EQ(ParseOptionChoice("", "threads|tbb"), -1);
+}
+
 TEST(Options, RejectsGarbageAndOutOfBoundsValues) {
   int64_t v = 7;
   for (const char* bad : {"", "x", "-1", "12x", "1.5", "5000", "99999999999999999999", "1t"}) {
@@ -66,10 +78,26 @@ TEST(Options, ReadmeListsEveryVariableWithItsDefaultAndRange) {
   size_t count = 0;
   const OptionInfo* table = OptionTable(&count);
   for (size_t i = 0; i < count; ++i) {
-    const std::string row = std::string("| `") + table[i].name + "` | " +
-                            std::to_string(table[i].default_value) + " | " +
-                            std::to_string(table[i].min_value) + "–" +
-                            std::to_string(table[i].max_value) + " |";
+    std::string row;
+    if (table[i].choices != nullptr) {
+      // | `FERRY_NAME` | default-word | word, word |
+      std::string choices = table[i].choices;
+      std::string words, first;
+      size_t start = 0;
+      for (int64_t k = 0;; ++k) {
+        const size_t bar = choices.find('|', start);
+        const std::string word = choices.substr(start, bar - start);
+        if (k == table[i].default_value) first = word;
+        words += (words.empty() ? "" : ", ") + word;
+        if (bar == std::string::npos) break;
+        start = bar + 1;
+      }
+      row = std::string("| `") + table[i].name + "` | " + first + " | " + words + " |";
+    } else {
+      row = std::string("| `") + table[i].name + "` | " + std::to_string(table[i].default_value) +
+            " | " + std::to_string(table[i].min_value) + "–" + std::to_string(table[i].max_value) +
+            " |";
+    }
     EXPECT_NE(readme.find(row), std::string::npos) << "README lacks the row: " << row;
   }
 }

@@ -32,6 +32,18 @@ uint64_t OsRandom64();
 // Writes all of buf to standard error; never allocates.
 void OsWriteStderr(const char* buf, size_t len);
 
+// CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
+// (v2 cpu.max or v1 cfs_quota_us / cfs_period_us), at least 1.
+int OsUsableCpus();
+
+// Futex on a 32-bit word: wait while *word == expected (at most timeout_ms
+// when >= 0), wake up to `count` waiters. Spurious wake-ups happen.
+void OsFutexWait(const void* word, uint32_t expected, int timeout_ms);
+void OsFutexWake(const void* word, int count);
+
+// Monotonic milliseconds and this thread's CPU nanoseconds.
+uint64_t OsMonotonicMs();
+
 }  // namespace ferry
 
 #endif  // FERRY_COMMON_OS_H_

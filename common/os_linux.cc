@@ -3,7 +3,11 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sched.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,6 +90,89 @@ void OsWriteStderr(const char* buf, size_t len) {
     len -= static_cast<size_t>(n);
   }
   errno = saved_errno;
+}
+
+namespace {
+
+// Reads a small file into buf (NUL-terminated) with plain syscalls.
+bool ReadSmallFile(const char* path, char* buf, size_t size) {
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  return true;
+}
+
+// Parses a leading unsigned decimal; returns -1 when there is none.
+int64_t ParseLeading(const char* p, const char** end) {
+  if (*p < '0' || *p > '9') return -1;
+  int64_t v = 0;
+  while (*p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+  if (end != nullptr) *end = p;
+  return v;
+}
+
+// The cgroup CPU quota in whole CPUs (rounded up), or 0 when unlimited.
+int CgroupCpuQuota() {
+  char buf[128];
+  if (ReadSmallFile("/sys/fs/cgroup/cpu.max", buf, sizeof(buf))) {  // v2: "max 100000" or "Q P"
+    const char* rest;
+    const int64_t quota = ParseLeading(buf, &rest);
+    if (quota <= 0) return 0;
+    while (*rest == ' ') ++rest;
+    const int64_t period = ParseLeading(rest, nullptr);
+    if (period <= 0) return 0;
+    return static_cast<int>((quota + period - 1) / period);
+  }
+  char period_buf[64];
+  if (ReadSmallFile("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", buf, sizeof(buf)) &&
+      ReadSmallFile("/sys/fs/cgroup/cpu/cpu.cfs_period_us", period_buf, sizeof(period_buf))) {
+    const int64_t quota = ParseLeading(buf, nullptr);  // "-1" parses as none
+    const int64_t period = ParseLeading(period_buf, nullptr);
+    if (quota > 0 && period > 0) return static_cast<int>((quota + period - 1) / period);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int OsUsableCpus() {
+  const int saved_errno = errno;
+  cpu_set_t set;
+  int cpus = 0;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  const int quota = CgroupCpuQuota();
+  if (quota > 0 && quota < cpus) cpus = quota;
+  errno = saved_errno;
+  return cpus > 0 ? cpus : 1;
+}
+
+void OsFutexWait(const void* word, uint32_t expected, int timeout_ms) {
+  const int saved_errno = errno;
+  timespec timeout;
+  timespec* timeout_ptr = nullptr;
+  if (timeout_ms >= 0) {
+    timeout.tv_sec = timeout_ms / 1000;
+    timeout.tv_nsec = static_cast<long>(timeout_ms % 1000) * 1000000L;
+    timeout_ptr = &timeout;
+  }
+  syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, timeout_ptr, nullptr, 0);
+  errno = saved_errno;
+}
+
+void OsFutexWake(const void* word, int count) {
+  const int saved_errno = errno;
+  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+  errno = saved_errno;
+}
+
+uint64_t OsMonotonicMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
 }
 
 }  // namespace ferry

@@ -117,7 +117,14 @@ typedef struct ferry_stats_s {
   uint64_t blocks_returned;       // blocks handed back to owning pages
   uint64_t chains_pushed;         // atomic pushes onto pages' returned lists
   uint64_t pages_posted;          // full pages posted to an owner's inbox
+  uint64_t abandoned_collections; // times the pool collected an abandoned heap
   uint64_t bytes_decommitted;     // memory given back to the OS (madvise)
+  // The reclaimer pool (zero while it has not started):
+  uint64_t batches_pooled;        // batches applied by the pool
+  uint64_t steals;                // of those, stolen from another reclaimer's queue
+  uint64_t reclaimer_threads;     // reclaimer threads running now
+  uint64_t reclaimer_cpu_ns;      // CPU time the reclaimer threads have used
+  uint64_t pool_starts;           // times the pool started (again after a fork)
 } ferry_stats_t;
 
 // Fills *out with the current counters.

@@ -1,0 +1,438 @@
+// pool.cc — the reclaimer pool (see pool.h).
+//
+// Hand-off. Each reclaimer has a bounded lock-free queue (Boost.Lockfree,
+// fixed capacity, living in OS memory, so pushing never allocates). A freeing
+// thread pushes its full batch to the queue its heap hashes to; an idle
+// reclaimer pops its own queue first, then steals from the others. A full
+// queue, a pool that is off or not yet started, or a fork in progress makes
+// PoolOffer refuse, and the freeing thread applies the batch itself.
+//
+// Flush barrier. Every offered batch joins the current flush epoch: it bumps
+// in_flight[epoch & 1] and re-reads the epoch, retrying if a flush moved it
+// meanwhile (so a batch is counted in exactly the epoch it saw). A flush
+// (one at a time, under flush_mutex) advances the epoch and waits for the old
+// epoch's counter to drain. Batches from earlier epochs were drained by
+// earlier flushes; batches that complete out of order or are stolen only
+// decrement their own epoch's counter. So every batch offered before the
+// flush began has been applied when it returns.
+//
+// Sleeping. A reclaimer with nothing to do publishes sleeping = 1, re-checks
+// the queues, and waits on that word (with a timeout that paces the
+// housekeeping duty). An offer pushes, then wakes the target if it sleeps,
+// else one sleeping reclaimer that may steal. Store-then-load on both sides
+// (seq_cst) means at least one of them sees the other.
+//
+// Fork. Prepare takes the flush mutex, raises `paused`, waits until no offer
+// is mid-push and every reclaimer has parked between batches. The parent
+// lowers `paused`; the child, which has no reclaimer threads, applies what
+// the queues hold inline, and the next offer starts a new pool.
+#include "reclaimer/pool.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include <atomic>
+#include <boost/lockfree/queue.hpp>
+#include <climits>
+#include <cstdlib>
+#include <new>
+
+#include "common/base.h"
+#include "common/diag.h"
+#include "common/os.h"
+#include "reclaimer/sorter.h"
+
+#if defined(BOOST_NO_EXCEPTIONS)
+namespace boost {
+// Boost.Lockfree throws only on runtime-sized allocation, which ferry never
+// uses; without exceptions Boost asks the program to define this.
+[[noreturn]] void throw_exception(const std::exception&) { abort(); }
+}  // namespace boost
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+// Boost.Lockfree's node freelist reads a node's link without an atomic and
+// validates it afterwards with a tagged CAS; ThreadSanitizer reports that
+// read (boostorg/lockfree#78, open). The suppression covers frames inside
+// Boost.Lockfree only: races in ferry's own code around the queue still show.
+extern "C" const char* __tsan_default_suppressions() {
+  return "race:boost::lockfree::detail::fixed_size_freelist\n"
+         "race:boost::lockfree::detail::tagged_index\n"
+         "race:boost::lockfree::queue\n";
+}
+#endif
+
+namespace ferry {
+namespace {
+
+constexpr int kMaxReclaimers = 64;
+constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
+constexpr size_t kStackBytes = 256 << 10;
+
+using BatchQueue = boost::lockfree::queue<Batch*, boost::lockfree::capacity<128>>;
+
+struct alignas(64) Reclaimer {
+  BatchQueue queue;
+  alignas(64) std::atomic<uint32_t> sleeping{0};  // futex word
+  std::atomic<uint64_t> batches{0};
+  std::atomic<uint64_t> steals{0};
+  pthread_t thread{};
+  int index = 0;
+};
+
+enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning };
+
+struct Pool {
+  PoolConfig config{};
+  void (*duty)(uint64_t now_ms, bool urgent) = nullptr;
+  std::atomic<uint32_t> state{kOff};
+  // Reclaimers running (or being started); set before state becomes kRunning.
+  std::atomic<int> count{0};
+  Reclaimer* reclaimers[kMaxReclaimers] = {};
+  // Flush epochs.
+  std::atomic<uint32_t> epoch{0};
+  std::atomic<uint32_t> in_flight[2] = {};
+  std::atomic<uint32_t> flush_waiters{0};
+  pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
+  // Fork.
+  std::atomic<uint32_t> paused{0};  // futex word
+  std::atomic<uint32_t> parked{0};  // futex word
+  std::atomic<uint32_t> offers_in_progress{0};
+  // Housekeeping.
+  std::atomic<uint64_t> last_duty_ms{0};
+  std::atomic<uint32_t> duty_running{0};
+  std::atomic<uint32_t> collect_requested{0};
+  std::atomic<uint32_t> collect_done{0};  // futex word
+  // Statistics.
+  std::atomic<uint64_t> starts{0};
+  std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
+  std::atomic<uint64_t> retired_steals{0};
+};
+
+constinit Pool g_pool;
+__thread bool tl_is_reclaimer __attribute__((tls_model("initial-exec"))) = false;
+
+void LeaveEpoch(uint32_t slot) {
+  if (g_pool.in_flight[slot].fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+      g_pool.flush_waiters.load(std::memory_order_seq_cst) != 0) {
+    OsFutexWake(&g_pool.in_flight[slot], INT_MAX);
+  }
+}
+
+uint32_t JoinEpoch() {
+  for (;;) {
+    const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
+    const uint32_t slot = epoch & 1;
+    g_pool.in_flight[slot].fetch_add(1, std::memory_order_seq_cst);
+    if (g_pool.epoch.load(std::memory_order_seq_cst) == epoch) return slot;
+    LeaveEpoch(slot);
+  }
+}
+
+// Returns the batch's blocks to their pages and gives the batch back.
+void Apply(Batch* batch) {
+  SortAndReturn(batch->ptrs, batch->count);
+  const uint32_t slot = batch->epoch_slot;
+  batch->in_flight.store(0, std::memory_order_release);  // the heap may reuse it now
+  LeaveEpoch(slot);
+}
+
+void Wake(Reclaimer* r) {
+  if (r->sleeping.load(std::memory_order_seq_cst) != 0) {
+    r->sleeping.store(0, std::memory_order_relaxed);
+    OsFutexWake(&r->sleeping, 1);
+  }
+}
+
+void WakeAll() {
+  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+    g_pool.reclaimers[i]->sleeping.store(0, std::memory_order_seq_cst);
+    OsFutexWake(&g_pool.reclaimers[i]->sleeping, 1);
+  }
+}
+
+bool AnyWork() {
+  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+    if (!g_pool.reclaimers[i]->queue.empty()) return true;
+  }
+  return g_pool.collect_requested.load(std::memory_order_relaxed) !=
+             g_pool.collect_done.load(std::memory_order_relaxed) ||
+         g_pool.paused.load(std::memory_order_relaxed) != 0;
+}
+
+bool Steal(Reclaimer* self, Batch** out) {
+  const int count = g_pool.count.load(std::memory_order_acquire);
+  for (int k = 1; k < count; ++k) {
+    Reclaimer* victim = g_pool.reclaimers[(self->index + k) % count];
+    if (victim->queue.pop(*out)) return true;
+  }
+  return false;
+}
+
+void RunDuty(uint64_t now, bool urgent) {
+  if (g_pool.duty == nullptr) return;
+  if (g_pool.duty_running.exchange(1, std::memory_order_acquire) != 0) return;
+  g_pool.duty(now, urgent);
+  g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
+  g_pool.duty_running.store(0, std::memory_order_release);
+}
+
+// Between batches: the periodic duty, and a collect that ferry_collect asked for.
+void Housekeeping() {
+  const uint32_t requested = g_pool.collect_requested.load(std::memory_order_acquire);
+  const uint64_t now = OsMonotonicMs();
+  if (requested != g_pool.collect_done.load(std::memory_order_acquire)) {
+    if (g_pool.duty_running.load(std::memory_order_relaxed) == 0) {
+      RunDuty(now, true);
+      g_pool.collect_done.store(requested, std::memory_order_release);
+      OsFutexWake(&g_pool.collect_done, INT_MAX);
+    }
+    return;
+  }
+  if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs) RunDuty(now, false);
+}
+
+void Park() {
+  g_pool.parked.fetch_add(1, std::memory_order_seq_cst);
+  OsFutexWake(&g_pool.parked, INT_MAX);
+  while (g_pool.paused.load(std::memory_order_acquire) != 0) OsFutexWait(&g_pool.paused, 1, -1);
+  g_pool.parked.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void* ReclaimerMain(void* arg) {
+  Reclaimer* self = static_cast<Reclaimer*>(arg);
+  tl_is_reclaimer = true;
+  DiagLine name;
+  name.Str("ferry-reclaim").Dec(static_cast<uint64_t>(self->index));
+  char buf[16] = {};
+  for (size_t i = 0; i < name.size() && i < sizeof(buf) - 1; ++i) buf[i] = name.data()[i];
+  prctl(PR_SET_NAME, buf, 0, 0, 0);
+  for (;;) {
+    if (g_pool.paused.load(std::memory_order_acquire) != 0) {
+      Park();
+      continue;
+    }
+    Batch* batch = nullptr;
+    if (self->queue.pop(batch)) {
+      Apply(batch);
+      self->batches.fetch_add(1, std::memory_order_relaxed);
+      Housekeeping();
+      continue;
+    }
+    if (Steal(self, &batch)) {
+      Apply(batch);
+      self->batches.fetch_add(1, std::memory_order_relaxed);
+      self->steals.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    Housekeeping();
+    self->sleeping.store(1, std::memory_order_seq_cst);
+    if (!AnyWork()) OsFutexWait(&self->sleeping, 1, kIdleTickMs);
+    self->sleeping.store(0, std::memory_order_relaxed);
+  }
+  return nullptr;
+}
+
+int DefaultReclaimers() {
+  const int half = OsUsableCpus() / 2;
+  return half < 1 ? 1 : half > 4 ? 4 : half;
+}
+
+// Starts the threads; the caller won the kNotStarted -> kStarting race.
+void Start() {
+  int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
+  if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
+  for (int i = 0; i < wanted; ++i) {
+    if (g_pool.reclaimers[i] != nullptr) continue;  // kept across fork
+    void* memory = OsReserve(AlignUp(sizeof(Reclaimer), OsPageSize()), alignof(Reclaimer));
+    if (memory == nullptr) {
+      wanted = i;
+      break;
+    }
+    g_pool.reclaimers[i] = new (memory) Reclaimer();
+    g_pool.reclaimers[i]->index = i;
+  }
+  // All signals blocked, so that none of the program's handlers ever runs on
+  // a reclaimer; pthread_create may allocate (ferry is usable: no lock held).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, kStackBytes);
+  int started = 0;
+  for (; started < wanted; ++started) {
+    // count covers the thread before it runs, so that its steals see it.
+    g_pool.count.store(started + 1, std::memory_order_release);
+    Reclaimer* r = g_pool.reclaimers[started];
+    if (pthread_create(&r->thread, &attr, ReclaimerMain, r) != 0) break;
+  }
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  g_pool.count.store(started, std::memory_order_release);
+  g_pool.starts.fetch_add(1, std::memory_order_relaxed);
+  if (Verbose(1)) {
+    DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
+        .Str(" threads").WriteToStderr();
+  }
+  g_pool.state.store(started > 0 ? kRunning : kOff, std::memory_order_release);
+}
+
+}  // namespace
+
+void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
+  g_pool.config = config;
+  g_pool.duty = duty;
+  g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
+}
+
+bool PoolOffer(Batch* batch, uint32_t home_hint) {
+  if (tl_is_reclaimer) return false;  // a reclaimer's own frees never wait on its pool
+  uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  if (FERRY_UNLIKELY(state != kRunning)) {
+    if (state != kNotStarted) return false;
+    uint32_t expected = kNotStarted;
+    if (!g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
+      return false;
+    }
+    Start();
+    if (g_pool.state.load(std::memory_order_acquire) != kRunning) return false;
+  }
+  g_pool.offers_in_progress.fetch_add(1, std::memory_order_seq_cst);
+  if (g_pool.paused.load(std::memory_order_seq_cst) != 0) {
+    g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
+    return false;
+  }
+  const int count = g_pool.count.load(std::memory_order_acquire);
+  const uint32_t home = home_hint % static_cast<uint32_t>(count);
+  batch->epoch_slot = JoinEpoch();
+  batch->home = home;
+  batch->in_flight.store(1, std::memory_order_relaxed);
+  Reclaimer* target = g_pool.reclaimers[home];
+  const bool pushed = target->queue.bounded_push(batch);
+  g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
+  if (!pushed) {
+    batch->in_flight.store(0, std::memory_order_relaxed);
+    LeaveEpoch(batch->epoch_slot);
+    return false;
+  }
+  if (target->sleeping.load(std::memory_order_seq_cst) != 0) {
+    Wake(target);
+  } else {
+    for (int k = 1; k < count; ++k) {  // a sleeping one may steal it
+      Reclaimer* other = g_pool.reclaimers[(home + k) % count];
+      if (other->sleeping.load(std::memory_order_relaxed) != 0) {
+        Wake(other);
+        break;
+      }
+    }
+  }
+  return true;
+}
+
+void PoolFlush() {
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
+  pthread_mutex_lock(&g_pool.flush_mutex);
+  const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
+  g_pool.epoch.store(epoch + 1, std::memory_order_seq_cst);
+  const uint32_t slot = epoch & 1;
+  g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
+  for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+    OsFutexWait(&g_pool.in_flight[slot], pending, 100);
+  }
+  g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
+  pthread_mutex_unlock(&g_pool.flush_mutex);
+}
+
+void PoolCollectNow() {
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning) {
+    if (g_pool.duty != nullptr) g_pool.duty(OsMonotonicMs(), true);
+    return;
+  }
+  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_acq_rel) + 1;
+  WakeAll();
+  for (uint32_t done; static_cast<int32_t>((done = g_pool.collect_done.load(std::memory_order_acquire)) -
+                                           ticket) < 0;) {
+    OsFutexWait(&g_pool.collect_done, done, 100);
+  }
+}
+
+bool IsReclaimerThread() { return tl_is_reclaimer; }
+
+int PoolThreadCount() {
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning) return 0;
+  return g_pool.count.load(std::memory_order_acquire);
+}
+
+void PoolStatsGet(PoolStats* out) {
+  *out = PoolStats{};
+  out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed);
+  out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
+  const int running = PoolThreadCount();
+  for (int i = 0; i < kMaxReclaimers && g_pool.reclaimers[i] != nullptr; ++i) {
+    Reclaimer* r = g_pool.reclaimers[i];
+    out->batches_pooled += r->batches.load(std::memory_order_relaxed);
+    out->steals += r->steals.load(std::memory_order_relaxed);
+    if (i < running) {
+      clockid_t clock;
+      timespec ts;
+      if (pthread_getcpuclockid(r->thread, &clock) == 0 && clock_gettime(clock, &ts) == 0) {
+        out->cpu_ns += static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+      }
+    }
+  }
+  out->threads = static_cast<uint64_t>(running);
+  out->starts = g_pool.starts.load(std::memory_order_relaxed);
+}
+
+void PoolForkPrepare() {
+  pthread_mutex_lock(&g_pool.flush_mutex);
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
+  g_pool.paused.store(1, std::memory_order_seq_cst);
+  while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
+  WakeAll();
+  for (uint32_t parked; (parked = g_pool.parked.load(std::memory_order_seq_cst)) <
+                        static_cast<uint32_t>(g_pool.count.load(std::memory_order_acquire));) {
+    OsFutexWait(&g_pool.parked, parked, 10);
+  }
+}
+
+void PoolForkParent() {
+  if (g_pool.paused.load(std::memory_order_relaxed) != 0) {
+    g_pool.paused.store(0, std::memory_order_seq_cst);
+    OsFutexWake(&g_pool.paused, INT_MAX);
+  }
+  pthread_mutex_unlock(&g_pool.flush_mutex);
+}
+
+void PoolForkChild() {
+  pthread_mutex_init(&g_pool.flush_mutex, nullptr);
+  const bool was_running = g_pool.state.load(std::memory_order_relaxed) == kRunning;
+  if (was_running) {
+    // The threads did not come along; what they had queued is applied here.
+    for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+      Reclaimer* r = g_pool.reclaimers[i];
+      Batch* batch;
+      while (r->queue.pop(batch)) Apply(batch);
+      g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
+      g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
+      r->sleeping.store(0, std::memory_order_relaxed);
+    }
+  }
+  g_pool.in_flight[0].store(0, std::memory_order_relaxed);
+  g_pool.in_flight[1].store(0, std::memory_order_relaxed);
+  g_pool.flush_waiters.store(0, std::memory_order_relaxed);
+  g_pool.paused.store(0, std::memory_order_relaxed);
+  g_pool.parked.store(0, std::memory_order_relaxed);
+  g_pool.offers_in_progress.store(0, std::memory_order_relaxed);
+  g_pool.duty_running.store(0, std::memory_order_relaxed);
+  g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
+                            std::memory_order_relaxed);
+  g_pool.count.store(0, std::memory_order_relaxed);
+  g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
+}
+
+}  // namespace ferry

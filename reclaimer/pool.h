@@ -1,0 +1,65 @@
+// pool.h — the reclaimer pool: background threads that take full batches of
+// remote frees from the freeing threads, sort them and return the blocks to
+// their owning pages (reclaimer/sorter.h), steal from each other when idle,
+// and between batches run the allocator's housekeeping duty (taking care of
+// abandoned heaps, giving idle memory back to the OS).
+//
+// Life: no thread exists until the first batch is offered (never in a
+// constructor or the first malloc); FERRY_RECLAIMERS=0 keeps it that way for
+// good. Fork quiesces the pool (no batch half applied), the parent resumes,
+// and the child starts without threads, applies what was queued inline, and
+// starts a pool again on demand.
+#ifndef FERRY_RECLAIMER_POOL_H_
+#define FERRY_RECLAIMER_POOL_H_
+
+#include <cstdint>
+
+#include "reclaimer/batch.h"
+
+namespace ferry {
+
+struct PoolConfig {
+  int reclaimers;          // 0: the pool never runs
+  int backend;             // 0 threads, 1 tbb
+  int purge_delay_ms;
+};
+
+// Called once, from the allocator's global initialisation (no allocation).
+void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool urgent));
+
+// Hands a full batch to the pool; `home_hint` spreads heaps over the
+// reclaimers. Returns false when the pool cannot take it (off, starting,
+// paused for fork, its queue full, or the caller is a reclaimer): the caller
+// then returns the batch inline.
+bool PoolOffer(Batch* batch, uint32_t home_hint);
+
+// Returns once every batch offered before the call has been applied.
+void PoolFlush();
+
+// Asks the pool to run its housekeeping now, treating all idle memory as
+// overdue, and waits for that run to finish. No-op without a pool.
+void PoolCollectNow();
+
+// True on the pool's own threads.
+bool IsReclaimerThread();
+
+// Threads running now (0 before the pool starts), and the pool's counters.
+int PoolThreadCount();
+struct PoolStats {
+  uint64_t batches_pooled;   // batches the pool applied
+  uint64_t steals;           // of those, taken from another reclaimer's queue
+  uint64_t cpu_ns;           // CPU time of the reclaimer threads
+  uint64_t threads;          // threads running now
+  uint64_t starts;           // times the pool started (again after fork)
+};
+void PoolStatsGet(PoolStats* out);
+
+// For pthread_atfork, called by the allocator's handlers (in that order:
+// the pool quiesces before the allocator takes its locks).
+void PoolForkPrepare();
+void PoolForkParent();
+void PoolForkChild();
+
+}  // namespace ferry
+
+#endif  // FERRY_RECLAIMER_POOL_H_
