@@ -68,7 +68,9 @@ Segment* ArenaAllocateSegment() {
   CounterAdd(g_counters.segments_live, 1);
   Segment* segment = reinterpret_cast<Segment*>(address);
   segment->kind = SegmentKind::kNormal;
-  segment->used_slices = 1;  // the header
+  segment->used_slices.store(1, std::memory_order_relaxed);  // the header
+  segment->dirty_slices.store(0, std::memory_order_relaxed);
+  segment->purge_candidates = 0;
   SegmentMapSet(address, kMapSegment);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" mapped").WriteToStderr();
   return segment;
@@ -91,6 +93,72 @@ void ArenaReleaseSegment(Segment* segment) {
     }
   }
   FERRY_CHECK(false && "segment outside every arena");
+}
+
+void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
+  OsDecommit(reinterpret_cast<char*>(segment) + first * kSliceSize, count * kSliceSize);
+  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << first;
+  segment->dirty_slices.fetch_and(~run, std::memory_order_relaxed);
+  CounterAdd(g_counters.bytes_decommitted, static_cast<int64_t>(count * kSliceSize));
+}
+
+namespace {
+
+// Holds the free slices in `wanted` as used, decommits them run by run, and
+// frees them again. Returns the bytes decommitted.
+size_t PurgeSlices(Segment* segment, uint64_t wanted) {
+  uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
+  uint64_t held;
+  do {
+    held = wanted & ~used;
+    if (held == 0) return 0;
+  } while (!segment->used_slices.compare_exchange_weak(used, used | held, std::memory_order_acq_rel,
+                                                       std::memory_order_relaxed));
+  size_t bytes = 0;
+  for (uint64_t rest = held; rest != 0;) {
+    const int first = __builtin_ctzll(rest);
+    int count = 0;
+    while (first + count < 64 && (rest >> (first + count) & 1) != 0) ++count;
+    SegmentDecommitSlices(segment, static_cast<size_t>(first), static_cast<size_t>(count));
+    bytes += static_cast<size_t>(count) * kSliceSize;
+    rest &= ~((count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << first);
+  }
+  segment->used_slices.fetch_and(~held, std::memory_order_release);
+  return bytes;
+}
+
+}  // namespace
+
+// Under the arena lock, so that no segment is released to its arena or
+// handed out again while its header is read here.
+size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
+  size_t bytes = 0;
+  SpinLockHolder hold(&g_arena_lock);
+  for (size_t i = 0; i < g_arena_count; ++i) {
+    const Arena& arena = g_arenas[i];
+    for (uint32_t used = arena.used; used != 0; used &= used - 1) {
+      Segment* segment = reinterpret_cast<Segment*>(
+          arena.base + static_cast<size_t>(__builtin_ctz(used)) * kSegmentSize);
+      const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
+                                  ~segment->used_slices.load(std::memory_order_acquire);
+      // Slices seen free at the last run and free still have waited long
+      // enough once delay_ms has passed since then.
+      uint64_t due = urgent ? free_dirty : segment->purge_candidates & free_dirty;
+      if (due != 0 && (urgent || now_ms - segment->purge_since_ms >= delay_ms)) {
+        bytes += PurgeSlices(segment, due);
+      } else {
+        due = 0;
+      }
+      const uint64_t waiting = free_dirty & ~due;
+      if (due != 0 || segment->purge_candidates == 0) {
+        segment->purge_candidates = waiting;
+        segment->purge_since_ms = now_ms;
+      } else {
+        segment->purge_candidates &= free_dirty;
+      }
+    }
+  }
+  return bytes;
 }
 
 void ArenaLockForFork() { g_arena_lock.Lock(); }

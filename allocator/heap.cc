@@ -46,6 +46,10 @@ constinit pthread_key_t g_thread_key{};
 constinit std::atomic<bool> g_atfork_registered{false};
 constinit std::atomic<Heap*> g_all_heaps{nullptr};
 constinit SpinLock g_abandoned_lock;
+__thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
+// Allocations of exiting threads come from this heap, one thread at a time.
+constinit SpinLock g_exit_lock;
+constinit Heap* g_exit_heap = nullptr;
 constinit Heap* g_abandoned = nullptr;
 
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
@@ -98,7 +102,9 @@ void SyncDirect(Heap* heap, size_t size_class) {
 int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
   const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
-    if ((segment->used_slices & (run << start)) == 0) return static_cast<int>(start);
+    if ((segment->used_slices.load(std::memory_order_acquire) & (run << start)) == 0) {
+      return static_cast<int>(start);
+    }
   }
   return -1;
 }
@@ -120,12 +126,28 @@ void SegmentListRemove(Heap* heap, Segment* segment) {
 
 // Claims `count` slices aligned to `align` slices; returns the first slice's
 // page record with the continuation records pointing back to it.
+// Takes the slices [start, start + count) if they are still free (the pool
+// may hold some for a moment while it purges them).
+bool TryTakeSlices(Segment* segment, int start, size_t count) {
+  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
+  uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
+  do {
+    if ((used & run) != 0) return false;
+  } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
+                                                       std::memory_order_relaxed));
+  segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
+  return true;
+}
+
+// Claims `count` slices aligned to `align` slices; returns the first slice's
+// page record with the continuation records pointing back to it.
 Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   Segment* segment = heap->segments;
   int start = -1;
   for (; segment != nullptr; segment = segment->heap_next) {
     start = FindFreeSlices(segment, count, align);
-    if (start >= 0) break;
+    if (start >= 0 && TryTakeSlices(segment, start, count)) break;
+    start = -1;
   }
   if (segment == nullptr) {
     segment = heap->spare;
@@ -133,11 +155,11 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     if (segment == nullptr) segment = ArenaAllocateSegment();
     if (segment == nullptr) return nullptr;
     SegmentListPush(heap, segment);
-    start = FindFreeSlices(segment, count, align);
-    FERRY_CHECK(start >= 0);
+    do {
+      start = FindFreeSlices(segment, count, align);
+      FERRY_CHECK(start >= 0);  // the pool holds slices only briefly
+    } while (!TryTakeSlices(segment, start, count));
   }
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  segment->used_slices |= run << start;
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = static_cast<uint8_t>(k);
   Page* page = &segment->pages[start];
   page->slice_back = 0;
@@ -165,7 +187,7 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
 }
 
 void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
-  if (segment->used_slices != 1) return;
+  if (segment->used_slices.load(std::memory_order_acquire) != 1) return;
   SegmentListRemove(heap, segment);
   if (heap->spare == nullptr) {
     heap->spare = segment;
@@ -174,7 +196,8 @@ void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
   }
 }
 
-void ReleasePage(Heap* heap, Page* page) {
+// Resets a page's record and frees its slices; nothing else of the heap.
+void ReleasePageSlices(Page* page) {
   Segment* segment = SegmentOf(page->start);
   const size_t start = static_cast<size_t>(page - segment->pages);
   const size_t count = page->slice_count;
@@ -184,10 +207,15 @@ void ReleasePage(Heap* heap, Page* page) {
   page->block_size = 0;
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->free = page->local_free = nullptr;
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  segment->used_slices &= ~(run << start);
-  CounterAdd(g_counters.pages_released, 1);
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  segment->used_slices.fetch_and(~(run << start), std::memory_order_release);
+  CounterAdd(g_counters.pages_released, 1);
+}
+
+void ReleasePage(Heap* heap, Page* page) {
+  Segment* segment = SegmentOf(page->start);
+  ReleasePageSlices(page);
   ReleaseSegmentIfEmpty(heap, segment);
 }
 
@@ -201,11 +229,13 @@ Block* AdoptReturned(Page* page) {
   if (chain == nullptr) return nullptr;
   uint32_t count = 0;
   for (Block* b = chain; b != nullptr; b = DecodeNext(b->next_encoded)) {
-    FERRY_CHECK(reinterpret_cast<uintptr_t>(b) - page->start <
-                page->carved_bytes.load(std::memory_order_relaxed));
-    ++count;
+    // More blocks than are out means a block is in the chain twice (two
+    // threads freed it at the same moment): the chain has a cycle.
+    if (reinterpret_cast<uintptr_t>(b) - page->start >= page->carved_bytes.load(std::memory_order_relaxed) ||
+        ++count > page->used) {
+      FatalBadPointer("free", b, "double free (a block returned twice) or a corrupted free list");
+    }
   }
-  FERRY_CHECK(count <= page->used);
   page->used = static_cast<uint16_t>(page->used - count);
   return chain;
 }
@@ -293,24 +323,30 @@ void AbandonHeap(Heap* heap);
 void OnThreadExit(void* value) {
   Heap* heap = static_cast<Heap*>(value);
   if (heap != nullptr && heap != &g_empty_heap) AbandonHeap(heap);
+  // From here on this thread never owns a heap again: the TSD destructor
+  // rounds may be over, so a heap taken now would never be abandoned.
+  tl_exiting = true;
 }
 
 // The pool quiesces first (its threads may take the allocator's locks in
 // their housekeeping), then the allocator's locks are held across fork().
 void AtForkPrepare() {
   PoolForkPrepare();
+  g_exit_lock.Lock();
   g_abandoned_lock.Lock();
   ArenaLockForFork();
 }
 void AtForkParent() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
+  g_exit_lock.Unlock();
   PoolForkParent();
 }
 void AbandonOrphanedHeapsInChild();
 void AtForkChild() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
+  g_exit_lock.Unlock();
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
 }
@@ -459,6 +495,8 @@ void AbandonHeap(Heap* heap) {
 // threads stay as they are: such a thread may have been inside malloc when
 // fork() ran, so its heap cannot be trusted (its memory stays unused, as
 // with any allocator).
+void CollectAbandonedHeaps();
+
 void AbandonOrphanedHeapsInChild() {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
@@ -480,7 +518,63 @@ void AbandonOrphanedHeapsInChild() {
 // pool owns them; it takes the whole list, applies what came back to their
 // pages, gives empty pages and segments back, and returns the heaps to the
 // list for new threads to take over.
-void HousekeepingDuty(uint64_t /*now_ms*/, bool /*urgent*/) {
+// Pool side, for a live heap whose owner has not looked at its inbox since
+// the last run (an idle thread never reaches a slow path): the pool takes
+// the inbox, and with it sole charge of those full pages. It applies what
+// came back to each; a page with nothing left out goes back to its segment
+// with its memory decommitted; the others go back to the inbox with the
+// returned blocks on their local_free, ready for the owner.
+void CollectIdleInbox(Heap* heap) {
+  Page* head = heap->inbox.load(std::memory_order_acquire);
+  const bool idle = head != nullptr && head == heap->pool_seen_inbox;
+  heap->pool_seen_inbox = head;
+  if (!idle) return;
+  Page* page = heap->inbox.exchange(nullptr, std::memory_order_acquire);
+  heap->pool_seen_inbox = nullptr;
+  Page* keep = nullptr;
+  while (page != nullptr) {
+    Page* next = page->inbox_next;
+    Block* chain = AdoptReturned(page);
+    while (chain != nullptr) {
+      Block* following = DecodeNext(chain->next_encoded);
+      chain->next_encoded = EncodeNext(page->local_free);
+      page->local_free = chain;
+      chain = following;
+    }
+    if (page->used == 0) {
+      Segment* segment = SegmentOf(page->start);
+      const size_t first = static_cast<size_t>(page - segment->pages);
+      const size_t count = page->slice_count;
+      SegmentDecommitSlices(segment, first, count);  // still held as used
+      page->in_full = 0;
+      ReleasePageSlices(page);
+    } else {
+      page->inbox_next = keep;
+      keep = page;
+    }
+    page = next;
+  }
+  while (keep != nullptr) {
+    Page* next = keep->inbox_next;
+    Page* first = heap->inbox.load(std::memory_order_relaxed);
+    do {
+      keep->inbox_next = first;
+    } while (!heap->inbox.compare_exchange_weak(first, keep, std::memory_order_release,
+                                                std::memory_order_relaxed));
+    keep = next;
+  }
+}
+
+void HousekeepingDuty(uint64_t now_ms, bool urgent) {
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
+       heap = heap->all_next) {
+    CollectIdleInbox(heap);
+  }
+  CollectAbandonedHeaps();
+  ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
+}
+
+void CollectAbandonedHeaps() {
   Heap* taken;
   {
     SpinLockHolder hold(&g_abandoned_lock);
@@ -500,6 +594,9 @@ void HousekeepingDuty(uint64_t /*now_ms*/, bool /*urgent*/) {
 }
 
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
+  // Large blocks freed by other threads come back through the inbox: take
+  // them first, or a thread that only allocates large blocks never would.
+  if (heap->inbox.load(std::memory_order_relaxed) != nullptr) DrainInbox(heap);
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
   Page* page = ClaimSlices(heap, slices, align_slices);
@@ -527,6 +624,22 @@ Heap* CurrentHeapOrInit() {
   Heap* heap = tl_heap;
   if (FERRY_LIKELY(heap != &g_empty_heap)) return heap;
   return InitThreadHeap();
+}
+
+// An allocation by a thread whose heap was abandoned at exit: served from
+// the shared exit heap under a lock (rare: what glibc and TLS destructors
+// allocate during thread exit).
+void* AllocateWhileExiting(size_t n, size_t alignment) {
+  SpinLockHolder hold(&g_exit_lock);
+  if (g_exit_heap == nullptr) g_exit_heap = CreateHeap();
+  if (g_exit_heap == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  tl_heap = g_exit_heap;
+  void* p = alignment != 0 ? AllocateAligned(alignment, n) : Allocate(n);
+  tl_heap = &g_empty_heap;
+  return p;
 }
 
 }  // namespace
@@ -568,7 +681,9 @@ const Options& CurrentOptions() {
 // --- slow paths of heap.h -------------------------------------------------------
 
 void* AllocateSlow(Heap* heap, size_t size_class) {
+  PoolMaybeStart();
   if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
+    if (tl_exiting) return AllocateWhileExiting(kClassSize[size_class], 0);
     heap = InitThreadHeap();
     if (heap == nullptr) {
       errno = ENOMEM;
@@ -610,6 +725,7 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
 
 void* AllocateLargeOrHuge(size_t n) {
   if (n <= kLargeMax) {
+    if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) return AllocateWhileExiting(n, 0);
     Heap* heap = CurrentHeapOrInit();
     if (heap == nullptr) {
       errno = ENOMEM;
@@ -637,6 +753,9 @@ void* AllocateAligned(size_t alignment, size_t n) {
     }
   }
   if (alignment <= kLargeMax && n <= kLargeMax) {
+    if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) {
+      return AllocateWhileExiting(n, alignment);
+    }
     Heap* heap = CurrentHeapOrInit();
     if (heap == nullptr) {
       errno = ENOMEM;
@@ -667,34 +786,44 @@ void FreeChecksFailed(Page* page, void* p, const char* call) {
   FatalBadPointer(call, p, "double free (block already free)");
 }
 
-void FreeRemoteSlow(Heap* heap, void* p, const char* call) {
+// A remote free on a thread with no heap: its first, or one made after the
+// thread's heap was abandoned at exit (glibc frees its per-thread buffers
+// after the TSD destructors have run), or with no memory for a heap. The
+// latter two return the block at once, as a batch of one.
+void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
   FERRY_CHECK(heap == &g_empty_heap);
-  if (InitThreadHeap() == nullptr) FatalBadPointer(call, p, "out of memory for a thread heap");
-  Free(p, call);  // the new heap may be the block's owner
+  if (!tl_exiting && InitThreadHeap() != nullptr) return Free(p, call);  // may be the owner now
+  static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
+  void* batch[1] = {p};
+  SortAndReturn(batch, 1);
 }
 
 void PublishBatchSlow(Heap* heap) { PublishBatch(heap); }
 
 void FreeLocalSlow(Heap* heap, Page* page) {
   CounterAdd(g_counters.local_frees_slow, 1);
-  if (page->in_full) {
+  RetirePage(heap, page);
+}
+
+// The owner frees a block of a page it had found full. Such a page is off
+// the owner's lists, and the pool may be applying frees to it (idle heaps,
+// below), so the owner does not touch its lists either: the block goes onto
+// `returned` like a remote free, which posts the page to the owner's inbox.
+// A large block (one per page) that nobody else has freed is released at once.
+void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
+  Block* block = static_cast<Block*>(p);
+  if (page->kind == PageKind::kLarge) {
     uintptr_t expected = kReturnedFull;
     if (!page->returned.compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed)) {
-      // A remote chain cleared the mark first: the page is on its way to
-      // the inbox, and the inbox will requeue it.
-      if (page->kind == PageKind::kLarge) {
-        FatalBadPointer("free", page->local_free, "double free (block already free)");
-      }
-      return;
+      FatalBadPointer(call, p, "double free (block already free)");
     }
     page->in_full = 0;
-    if (page->kind == PageKind::kSmall) {
-      QueuePushBack(&heap->queues[page->size_class], page);
-      SyncDirect(heap, page->size_class);
-    }
+    page->used = 0;
+    ReleasePage(heap, page);
+    return;
   }
-  if (page->used == 0) RetirePage(heap, page);
+  ReturnChain(page, block, block);
 }
 
 size_t UsableSize(uintptr_t address, const char* call) {

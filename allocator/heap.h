@@ -54,6 +54,7 @@ struct Heap {
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)
+  Page* pool_seen_inbox = nullptr; // the pool's: inbox head at its last run
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
   // --- written by other threads ------------------------------------------------
@@ -69,7 +70,8 @@ void* AllocateLargeOrHuge(size_t size);
 void FreeUnmapped(void* p, const char* call);
 void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
-void FreeRemoteSlow(Heap* heap, void* p, const char* call);
+void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
+void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
 void PublishBatchSlow(Heap* heap);
 
 FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
@@ -99,7 +101,8 @@ FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
 // heap in the slow path.
 FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char* call) {
   const uint32_t count = heap->batch_count;
-  if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, p, call);
+  if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, page, p, call);
+  static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   heap->batch[count] = p;
   heap->batch_count = count + 1;
   heap->batch_bytes += page->block_size;
@@ -127,9 +130,10 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
   }
   Heap* heap = tl_heap;
   if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call);
+  if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call);
   block->next_encoded = EncodeNext(page->local_free);
   page->local_free = block;
-  if (FERRY_UNLIKELY(--page->used == 0 || page->in_full)) FreeLocalSlow(heap, page);
+  if (FERRY_UNLIKELY(--page->used == 0)) FreeLocalSlow(heap, page);
 }
 
 // Everything else the API needs, out of line in heap.cc.

@@ -31,7 +31,9 @@ void* AllocateHuge(size_t n, size_t alignment) {
   uintptr_t block;
   if (alignment < kSegmentSize) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
-    mapping_size = offset + block_bytes;
+    // Whole chunks, so that every address of the chunk the segment map
+    // marks is mapped: a bad pointer into its tail is reported, not a crash.
+    mapping_size = AlignUp(offset + block_bytes, kSegmentSize);
     mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;
@@ -48,7 +50,7 @@ void* AllocateHuge(size_t n, size_t alignment) {
     }
     page->slice_count = static_cast<uint8_t>(kSlicesPerSegment - slice);
   } else {
-    mapping_size = kSegmentSize + block_bytes + alignment;
+    mapping_size = 2 * kSegmentSize + AlignUp(block_bytes, kSegmentSize) + alignment;
     mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;

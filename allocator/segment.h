@@ -103,7 +103,18 @@ struct alignas(64) Segment {
   SegmentKind kind;
   std::atomic<bool> huge_freed;  // kHuge: set once, by the free that unmaps it
   Heap* heap;                  // owner (kNormal)
-  uint64_t used_slices;        // bit i: slice i belongs to a page (bit 0: header)
+  // Bit i: slice i belongs to a page (bit 0: the header), or the pool holds
+  // it for a moment while it gives its memory back to the OS. The owner
+  // claims free slices and releases its pages' slices with atomic
+  // operations, so the pool can do its part without stopping the owner.
+  std::atomic<uint64_t> used_slices;
+  // Bit i: slice i may hold committed memory (set when claimed, cleared when
+  // the pool decommits it).
+  std::atomic<uint64_t> dirty_slices;
+  // The pool's own bookkeeping (one housekeeping run at a time): free dirty
+  // slices it saw, and since when.
+  uint64_t purge_candidates;
+  uint64_t purge_since_ms;
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
   void* mapping;               // kHuge: the whole OS mapping
@@ -151,6 +162,14 @@ FERRY_ALWAYS_INLINE bool LooksFree(const Page* page, const Block* b) {
   return next == 0 || next - page->start < page->carved_bytes.load(std::memory_order_relaxed);
 }
 
+// What a remote free writes into a block's first word while the block waits
+// in a batch: it decodes to a link inside the page (start + 1, which no real
+// link is), so the block already looks free to any second free of it, local
+// or remote, and the sorter can tell the block was not touched meanwhile.
+FERRY_ALWAYS_INLINE uintptr_t RemoteFreeMark(const Page* page) {
+  return EncodeNext(reinterpret_cast<const Block*>(page->start + 1));
+}
+
 // True when `p` is the start of a block the page has carved.
 FERRY_ALWAYS_INLINE bool IsBlockStart(const Page* page, uintptr_t p) {
   const uint64_t offset = p - page->start;
@@ -182,6 +201,14 @@ void SegmentMapSet(uintptr_t chunk_address, uint8_t value);
 Segment* ArenaAllocateSegment();
 // Gives an empty segment back; its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
+// The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
+// every arena segment that have stayed free for delay_ms (all of them when
+// `urgent`). Slices are held as used while their memory goes, so an owner
+// never claims a slice mid-purge. Returns the bytes decommitted.
+size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
+// Decommits the slices [first, first + count) of a segment whose caller holds
+// them as used; afterwards they are no longer dirty.
+void SegmentDecommitSlices(Segment* segment, size_t first, size_t count);
 // For fork: hold and release the arena lock around fork().
 void ArenaLockForFork();
 void ArenaUnlockAfterFork();

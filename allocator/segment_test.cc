@@ -103,7 +103,10 @@ TEST(PageLists, RemoteFreeIntoAFullPagePostsItToTheOwnersInbox) {
   for (void* p : fresh) ferry_free(p);
 }
 
-TEST(PageLists, LocalFreeIntoAFullPagePutsItBackOnItsQueue) {
+// The owner leaves a full page's lists alone (the pool may be working on
+// them): its free goes onto `returned` like a remote one, which posts the
+// page to the owner's own inbox, and the next slow path requeues it.
+TEST(PageLists, LocalFreeIntoAFullPageComesBackThroughTheInbox) {
   constexpr size_t kSize = 8192;
   void* first = ferry_malloc(kSize);
   const uintptr_t address = reinterpret_cast<uintptr_t>(first);
@@ -112,11 +115,21 @@ TEST(PageLists, LocalFreeIntoAFullPagePutsItBackOnItsQueue) {
   for (uint32_t k = 1; k <= uint32_t{page->reserved}; ++k) blocks.push_back(ferry_malloc(kSize));
   ASSERT_EQ(page->in_full, 1);
   ferry_free(first);
+  EXPECT_EQ(page->returned.load(), address);
+  EXPECT_EQ(tl_heap->inbox.load(), page);
+  // Once the current page runs dry, the slow path drains the inbox and the
+  // page is back on its queue with the block.
+  std::set<void*> fresh;
+  for (uint32_t k = 0; k < 2 * uint32_t{page->reserved} + 2 && !fresh.count(first); ++k) {
+    fresh.insert(ferry_malloc(kSize));
+  }
+  EXPECT_TRUE(fresh.count(first)) << "the block freed into a full page was not reused";
+  EXPECT_EQ(tl_heap->inbox.load(), nullptr);
   EXPECT_EQ(page->in_full, 0);
-  EXPECT_EQ(page->returned.load(), 0u);
   for (void* p : blocks) {
     if (p != first) ferry_free(p);
   }
+  for (void* p : fresh) ferry_free(p);
 }
 
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {

@@ -28,6 +28,7 @@
 // the queues hold inline, and the next offer starts a new pool.
 #include "reclaimer/pool.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -235,6 +236,17 @@ void* ReclaimerMain(void* arg) {
   return nullptr;
 }
 
+// The C library's own pthread_create, not a wrapper the program may have put
+// in front of it: a wrapper that allocates while holding its own lock would
+// otherwise re-enter itself when ferry starts its pool from that allocation.
+using PthreadCreate = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+PthreadCreate RealPthreadCreate() {
+  void* f = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+  if (f == nullptr) f = dlsym(RTLD_NEXT, "pthread_create");
+  if (f == nullptr) return &pthread_create;
+  return reinterpret_cast<PthreadCreate>(f);
+}
+
 int DefaultReclaimers() {
   const int half = OsUsableCpus() / 2;
   return half < 1 ? 1 : half > 4 ? 4 : half;
@@ -263,12 +275,13 @@ void Start() {
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, kStackBytes);
+  const PthreadCreate create = RealPthreadCreate();
   int started = 0;
   for (; started < wanted; ++started) {
     // count covers the thread before it runs, so that its steals see it.
     g_pool.count.store(started + 1, std::memory_order_release);
     Reclaimer* r = g_pool.reclaimers[started];
-    if (pthread_create(&r->thread, &attr, ReclaimerMain, r) != 0) break;
+    if (create(&r->thread, &attr, ReclaimerMain, r) != 0) break;
   }
   pthread_attr_destroy(&attr);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
@@ -283,6 +296,14 @@ void Start() {
 
 }  // namespace
 
+constinit std::atomic<uint32_t> g_pool_start_requested{0};
+
+void PoolStartRequested() {
+  if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
+  uint32_t expected = kNotStarted;
+  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) Start();
+}
+
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
@@ -291,15 +312,10 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
 
 bool PoolOffer(Batch* batch, uint32_t home_hint) {
   if (tl_is_reclaimer) return false;  // a reclaimer's own frees never wait on its pool
-  uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  const uint32_t state = g_pool.state.load(std::memory_order_acquire);
   if (FERRY_UNLIKELY(state != kRunning)) {
-    if (state != kNotStarted) return false;
-    uint32_t expected = kNotStarted;
-    if (!g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
-      return false;
-    }
-    Start();
-    if (g_pool.state.load(std::memory_order_acquire) != kRunning) return false;
+    if (state == kNotStarted) g_pool_start_requested.store(1, std::memory_order_relaxed);
+    return false;
   }
   g_pool.offers_in_progress.fetch_add(1, std::memory_order_seq_cst);
   if (g_pool.paused.load(std::memory_order_seq_cst) != 0) {
@@ -334,6 +350,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint) {
 }
 
 void PoolFlush() {
+  PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
   pthread_mutex_lock(&g_pool.flush_mutex);
   const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
@@ -348,6 +365,7 @@ void PoolFlush() {
 }
 
 void PoolCollectNow() {
+  PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) {
     if (g_pool.duty != nullptr) g_pool.duty(OsMonotonicMs(), true);
     return;
@@ -390,6 +408,8 @@ void PoolStatsGet(PoolStats* out) {
 
 void PoolForkPrepare() {
   pthread_mutex_lock(&g_pool.flush_mutex);
+  // A pool being started by another thread finishes starting first.
+  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
   g_pool.paused.store(1, std::memory_order_seq_cst);
   while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
@@ -432,6 +452,7 @@ void PoolForkChild() {
   g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_relaxed);
+  g_pool_start_requested.store(0, std::memory_order_relaxed);
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 

@@ -12,6 +12,7 @@
 #ifndef FERRY_RECLAIMER_POOL_H_
 #define FERRY_RECLAIMER_POOL_H_
 
+#include <atomic>
 #include <cstdint>
 
 #include "reclaimer/batch.h"
@@ -28,10 +29,22 @@ struct PoolConfig {
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool urgent));
 
 // Hands a full batch to the pool; `home_hint` spreads heaps over the
-// reclaimers. Returns false when the pool cannot take it (off, starting,
-// paused for fork, its queue full, or the caller is a reclaimer): the caller
-// then returns the batch inline.
+// reclaimers. Returns false when the pool cannot take it (off, not started
+// yet, paused for fork, its queue full, or the caller is a reclaimer): the
+// caller then returns the batch inline. The first offer does not start the
+// threads: free() may run inside glibc holding a lock that pthread_create
+// needs (thread stacks are freed under dl_stack_cache_lock), so it only asks,
+// and the next allocation slow path (or ferry_flush) starts them.
 bool PoolOffer(Batch* batch, uint32_t home_hint);
+
+// Starts the pool if an offer asked for it. Cheap when nothing is pending.
+extern std::atomic<uint32_t> g_pool_start_requested;
+void PoolStartRequested();
+inline void PoolMaybeStart() {
+  if (__builtin_expect(g_pool_start_requested.load(std::memory_order_relaxed) != 0, 0)) {
+    PoolStartRequested();
+  }
+}
 
 // Returns once every batch offered before the call has been applied.
 void PoolFlush();

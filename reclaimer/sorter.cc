@@ -29,17 +29,24 @@ void SortAndReturn(void** ptrs, size_t n) {
     size_t j = i + 1;
     while (j < n && addresses[j] < page_end) ++j;
     // The run [i, j) belongs to `page`. Each pointer was checked to be a
-    // block start of a live page when it was freed; here we catch what
-    // only shows once blocks meet: the same block twice.
+    // block start of a live page when it was freed, and the free marked the
+    // block (RemoteFreeMark); a block whose mark is gone was freed again or
+    // written after its free, and two equal pointers are one block freed
+    // twice.
+    const uintptr_t mark = RemoteFreeMark(page);
     Block* head = reinterpret_cast<Block*>(first);
-    if (LooksFree(page, head)) FatalBadPointer("free", head, "double free (block already free)");
+    if (head->next_encoded != mark) {
+      FatalBadPointer("free", head, "double free (or a write after free) of a remotely freed block");
+    }
     Block* tail = head;
     for (size_t k = i + 1; k < j; ++k) {
       Block* block = reinterpret_cast<Block*>(addresses[k]);
       if (addresses[k] == addresses[k - 1]) {
         FatalBadPointer("free", block, "double free (freed twice by one thread)");
       }
-      if (LooksFree(page, block)) FatalBadPointer("free", block, "double free (block already free)");
+      if (block->next_encoded != mark) {
+        FatalBadPointer("free", block, "double free (or a write after free) of a remotely freed block");
+      }
       tail->next_encoded = EncodeNext(block);
       tail = block;
     }

@@ -12,8 +12,9 @@ namespace ferry {
 // Sorts ptrs[0..n) by address (reordering the array, never touching the
 // blocks while sorting), then links each page's run into a chain through
 // the blocks and pushes it onto that page's returned list with one CAS.
-// Two equal pointers, or a block that is already on a free list, is a double
-// free: reported with ferry's one-line diagnostic, then abort.
+// Every block must carry its page's RemoteFreeMark (the remote free wrote
+// it); two equal pointers, or a block without the mark, is a double free (or
+// a write after free): reported with ferry's one-line diagnostic, then abort.
 void SortAndReturn(void** ptrs, size_t n);
 
 }  // namespace ferry

@@ -17,9 +17,22 @@
 namespace ferry {
 namespace {
 
+Page* PageOfBlock(void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  return PageOf(SegmentOf(address), address);
+}
+
+// What a remote free does to a block before it joins a batch.
+void MarkRemotelyFreed(void* p) {
+  static_cast<Block*>(p)->next_encoded = RemoteFreeMark(PageOfBlock(p));
+}
+
 void FreeOneBlockTwiceInABatch() {
   void* p = ferry_malloc(64);
-  void* batch[3] = {p, ferry_malloc(64), p};
+  void* q = ferry_malloc(64);
+  MarkRemotelyFreed(p);
+  MarkRemotelyFreed(q);
+  void* batch[3] = {p, q, p};
   SortAndReturn(batch, 3);
 }
 
@@ -30,9 +43,12 @@ void ReturnABlockThatIsAlreadyFree() {
   SortAndReturn(batch, 1);
 }
 
-Page* PageOfBlock(void* p) {
-  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  return PageOf(SegmentOf(address), address);
+void ReturnABlockWrittenAfterItsFree() {
+  void* p = ferry_malloc(64);
+  MarkRemotelyFreed(p);
+  *static_cast<uint64_t*>(p) = 42;  // a write after free
+  void* batch[1] = {p};
+  SortAndReturn(batch, 1);
 }
 
 TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
@@ -44,6 +60,7 @@ TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
   }
   std::set<Page*> pages;
   for (void* p : blocks) pages.insert(PageOfBlock(p));
+  for (void* p : blocks) MarkRemotelyFreed(p);
   std::vector<void*> batch = blocks;
   std::shuffle(batch.begin(), batch.end(), std::mt19937(42));
   ferry_stats_t before, after;
@@ -84,6 +101,11 @@ TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
 TEST(SorterDeathTest, ReportsTheSameBlockTwiceInABatch) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(FreeOneBlockTwiceInABatch(), "ferry: free\\(0x[0-9a-f]+\\): double free");
+}
+
+TEST(SorterDeathTest, ReportsABlockWrittenAfterItsRemoteFree) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(ReturnABlockWrittenAfterItsFree(), "ferry: free\\(0x[0-9a-f]+\\): double free \\(or a write after free\\)");
 }
 
 TEST(SorterDeathTest, ReportsABlockThatIsAlreadyFree) {
