@@ -44,6 +44,7 @@
 #include "common/diag.h"
 #include "common/os.h"
 #include "reclaimer/sorter.h"
+#include "reclaimer/tbb_backend.h"
 
 #if defined(BOOST_NO_EXCEPTIONS)
 namespace boost {
@@ -106,6 +107,12 @@ struct Pool {
   std::atomic<uint32_t> duty_running{0};
   std::atomic<uint32_t> collect_requested{0};
   std::atomic<uint32_t> collect_done{0};  // futex word
+  // FERRY_RECLAIMER_BACKEND=tbb: batches run as tasks in a oneTBB arena and
+  // the threads above are not used; housekeeping is a task too, sent along
+  // with an offer once a tick has passed (an idle process has no offers, so
+  // with this backend idle memory waits for the next activity or ferry_collect).
+  bool use_tbb = false;
+  std::atomic<uint64_t> tbb_batches{0};
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -138,6 +145,17 @@ void Apply(Batch* batch) {
   const uint32_t slot = batch->epoch_slot;
   batch->in_flight.store(0, std::memory_order_release);  // the heap may reuse it now
   LeaveEpoch(slot);
+}
+
+void RunDuty(uint64_t now, bool urgent);
+
+void ApplyTask(void* arg) {
+  Apply(static_cast<Batch*>(arg));
+  g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
+}
+
+void DutyTask(void*) {
+  RunDuty(OsMonotonicMs(), false);
 }
 
 void Wake(Reclaimer* r) {
@@ -256,6 +274,21 @@ int DefaultReclaimers() {
 void Start() {
   int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
+  if (g_pool.config.backend == 1) {
+    if (TbbBackendAvailable() && TbbBackendStart(wanted)) {
+      g_pool.use_tbb = true;
+      g_pool.count.store(wanted, std::memory_order_release);
+      g_pool.starts.fetch_add(1, std::memory_order_relaxed);
+      if (Verbose(1)) {
+        DiagLine().Str("ferry: reclaimer pool started on a oneTBB arena of ").Dec(static_cast<uint64_t>(wanted))
+            .WriteToStderr();
+      }
+      g_pool.state.store(kRunning, std::memory_order_release);
+      return;
+    }
+    Warn("FERRY_RECLAIMER_BACKEND=tbb needs oneTBB linked into the program; using ferry's own threads");
+    g_pool.config.backend = 0;
+  }
   for (int i = 0; i < wanted; ++i) {
     if (g_pool.reclaimers[i] != nullptr) continue;  // kept across fork
     void* memory = OsReserve(AlignUp(sizeof(Reclaimer), OsPageSize()), alignof(Reclaimer));
@@ -325,6 +358,18 @@ bool PoolOffer(Batch* batch, uint32_t home_hint) {
   const int count = g_pool.count.load(std::memory_order_acquire);
   const uint32_t home = home_hint % static_cast<uint32_t>(count);
   batch->epoch_slot = JoinEpoch();
+  if (g_pool.use_tbb) {
+    batch->in_flight.store(1, std::memory_order_relaxed);
+    TbbBackendSubmit(ApplyTask, batch);
+    const uint64_t now = OsMonotonicMs();
+    if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs &&
+        g_pool.duty_running.load(std::memory_order_relaxed) == 0) {
+      g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
+      TbbBackendSubmit(DutyTask, nullptr);
+    }
+    g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
+    return true;
+  }
   batch->home = home;
   batch->in_flight.store(1, std::memory_order_relaxed);
   Reclaimer* target = g_pool.reclaimers[home];
@@ -366,7 +411,7 @@ void PoolFlush() {
 
 void PoolCollectNow() {
   PoolMaybeStart();
-  if (g_pool.state.load(std::memory_order_acquire) != kRunning) {
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) {
     if (g_pool.duty != nullptr) g_pool.duty(OsMonotonicMs(), true);
     return;
   }
@@ -387,9 +432,10 @@ int PoolThreadCount() {
 
 void PoolStatsGet(PoolStats* out) {
   *out = PoolStats{};
-  out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed);
+  out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed) +
+                        g_pool.tbb_batches.load(std::memory_order_relaxed);
   out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
-  const int running = PoolThreadCount();
+  const int running = g_pool.use_tbb ? 0 : PoolThreadCount();
   for (int i = 0; i < kMaxReclaimers && g_pool.reclaimers[i] != nullptr; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
     out->batches_pooled += r->batches.load(std::memory_order_relaxed);
@@ -402,7 +448,7 @@ void PoolStatsGet(PoolStats* out) {
       }
     }
   }
-  out->threads = static_cast<uint64_t>(running);
+  out->threads = static_cast<uint64_t>(PoolThreadCount());
   out->starts = g_pool.starts.load(std::memory_order_relaxed);
 }
 
@@ -413,6 +459,19 @@ void PoolForkPrepare() {
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
   g_pool.paused.store(1, std::memory_order_seq_cst);
   while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
+  if (g_pool.use_tbb) {
+    // No task half done: wait for every batch sent to the arena, and for a
+    // housekeeping task that may be running.
+    for (int slot = 0; slot < 2; ++slot) {
+      g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
+      for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+        OsFutexWait(&g_pool.in_flight[slot], pending, 10);
+      }
+      g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    while (g_pool.duty_running.load(std::memory_order_acquire) != 0) sched_yield();
+    return;
+  }
   WakeAll();
   for (uint32_t parked; (parked = g_pool.parked.load(std::memory_order_seq_cst)) <
                         static_cast<uint32_t>(g_pool.count.load(std::memory_order_acquire));) {
@@ -431,7 +490,7 @@ void PoolForkParent() {
 void PoolForkChild() {
   pthread_mutex_init(&g_pool.flush_mutex, nullptr);
   const bool was_running = g_pool.state.load(std::memory_order_relaxed) == kRunning;
-  if (was_running) {
+  if (was_running && !g_pool.use_tbb) {
     // The threads did not come along; what they had queued is applied here.
     for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
       Reclaimer* r = g_pool.reclaimers[i];
@@ -453,6 +512,12 @@ void PoolForkChild() {
                             std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_relaxed);
   g_pool_start_requested.store(0, std::memory_order_relaxed);
+  // oneTBB's workers did not come along either, and its state cannot be
+  // trusted in the child: a pool started here uses ferry's own threads.
+  if (g_pool.use_tbb) {
+    g_pool.use_tbb = false;
+    g_pool.config.backend = 0;
+  }
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 

@@ -1,0 +1,66 @@
+// tbb_backend.cc — see tbb_backend.h.
+//
+// The oneTBB entry points this file reaches (through the inline code of
+// task_arena and global_control) are declared weak below, so that linking
+// ferry never requires oneTBB; availability is checked at run time with
+// dlsym before any of them is called.
+#include "reclaimer/tbb_backend.h"
+
+#include <dlfcn.h>
+
+#include <new>
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/task_arena.h>
+
+// oneTBB's exported functions used by the inline code below, and the sized
+// aligned operator delete of its task objects: weak, so that a program
+// without oneTBB (or a C program linking libferry.a) links without them.
+asm(".weak _ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE");
+asm(".weak _ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE");
+asm(".weak _ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm");
+asm(".weak _ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE");
+asm(".weak _ZN3tbb6detail2r16createERNS0_2d114global_controlE");
+asm(".weak _ZN3tbb6detail2r117assertion_failureEPKciS3_S3_");
+asm(".weak _ZdlPvmSt11align_val_t");
+
+namespace ferry {
+namespace {
+
+alignas(tbb::task_arena) unsigned char g_arena_storage[sizeof(tbb::task_arena)];
+alignas(tbb::global_control) unsigned char g_control_storage[sizeof(tbb::global_control)];
+tbb::task_arena* g_arena = nullptr;
+
+}  // namespace
+
+bool TbbBackendAvailable() {
+  static const char* const kNeeded[] = {
+      "_ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE",
+      "_ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE",
+      "_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm",
+      "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE",
+      "_ZN3tbb6detail2r16createERNS0_2d114global_controlE",
+  };
+  for (const char* name : kNeeded) {
+    if (dlsym(RTLD_DEFAULT, name) == nullptr) return false;
+  }
+  return true;
+}
+
+bool TbbBackendStart(int concurrency) {
+  if (g_arena != nullptr) return true;
+  // oneTBB gives an arena at most max_allowed_parallelism - 1 workers
+  // (hardware concurrency - 1 by default); allow the ones asked for.
+  new (g_control_storage) tbb::global_control(tbb::global_control::max_allowed_parallelism,
+                                              static_cast<size_t>(concurrency) + 1);
+  // No slot reserved for an application thread: the batches run on workers.
+  tbb::task_arena* arena = new (g_arena_storage) tbb::task_arena(concurrency, 0);
+  arena->initialize();
+  g_arena = arena;
+  return true;
+}
+
+void TbbBackendSubmit(void (*fn)(void*), void* arg) {
+  g_arena->enqueue([fn, arg] { fn(arg); });
+}
+
+}  // namespace ferry

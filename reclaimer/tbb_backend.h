@@ -1,0 +1,26 @@
+// tbb_backend.h — FERRY_RECLAIMER_BACKEND=tbb: the pool's batches run as
+// tasks in a dedicated oneTBB task_arena instead of on ferry's own threads,
+// for programs that already run oneTBB and would rather share its workers.
+//
+// ferry does not make every program load oneTBB: the library refers to
+// oneTBB's entry points weakly, so the backend is there exactly when the
+// program itself links oneTBB. Otherwise TbbBackendAvailable() is false and
+// the pool uses its own threads (with a one-line warning).
+#ifndef FERRY_RECLAIMER_TBB_BACKEND_H_
+#define FERRY_RECLAIMER_TBB_BACKEND_H_
+
+namespace ferry {
+
+bool TbbBackendAvailable();
+
+// Makes the arena with room for `concurrency` workers (raising oneTBB's
+// max_allowed_parallelism so that it can have them). False when it cannot.
+bool TbbBackendStart(int concurrency);
+
+// Runs fn(arg) as a task in the arena; never waits. May allocate (oneTBB's
+// task objects), which re-enters ferry: callers hold no allocator state.
+void TbbBackendSubmit(void (*fn)(void*), void* arg);
+
+}  // namespace ferry
+
+#endif  // FERRY_RECLAIMER_TBB_BACKEND_H_
