@@ -221,20 +221,17 @@ void ReleasePage(Heap* heap, Page* page) {
 
 // --- refilling a page --------------------------------------------------------------
 
-// Takes the page's returned chain; walks it to count the blocks (and to
-// check that every link stays inside the page). Returns the chain.
-Block* AdoptReturned(Page* page) {
+// Takes the page's returned chain and its length in one exchange.
+Block* AdoptReturned(Page* page, uint32_t* count_out = nullptr) {
   const uintptr_t word = page->returned.exchange(0, std::memory_order_acquire);
-  Block* chain = reinterpret_cast<Block*>(word & ~kReturnedFull);
+  Block* chain = ReturnedChain(word);
+  const uint32_t count = ReturnedCount(word);
+  if (count_out != nullptr) *count_out = chain == nullptr ? 0 : count;
   if (chain == nullptr) return nullptr;
-  uint32_t count = 0;
-  for (Block* b = chain; b != nullptr; b = DecodeNext(b->next_encoded)) {
-    // More blocks than are out means a block is in the chain twice (two
-    // threads freed it at the same moment): the chain has a cycle.
-    if (reinterpret_cast<uintptr_t>(b) - page->start >= page->carved_bytes.load(std::memory_order_relaxed) ||
-        ++count > page->used) {
-      FatalBadPointer("free", b, "double free (a block returned twice) or a corrupted free list");
-    }
+  // More blocks back than are out: a block was freed twice (by two threads
+  // at the same moment, past the other checks).
+  if (count > page->used) {
+    FatalBadPointer("free", chain, "double free (more blocks returned than were handed out)");
   }
   page->used = static_cast<uint16_t>(page->used - count);
   return chain;
@@ -456,16 +453,16 @@ void CollectHeap(Heap* heap) {
     PageQueue* q = &heap->queues[c];
     for (Page* page = q->head; page != nullptr;) {
       Page* next = page->queue_next;
-      Block* chain = AdoptReturned(page);
-      for (Block* list : {page->local_free, chain}) {
-        while (list != nullptr) {
-          Block* following = DecodeNext(list->next_encoded);
-          list->next_encoded = EncodeNext(page->free);
-          page->free = list;
-          list = following;
-        }
+      uint32_t count;
+      Block* chain = AdoptReturned(page, &count);
+      if (page->used != 0 && chain != nullptr) {
+        // Keep the returned blocks: they join local_free (counted walk to
+        // the chain's tail; a page with nothing out is released instead).
+        Block* tail = chain;
+        for (uint32_t k = 1; k < count; ++k) tail = DecodeNext(tail->next_encoded);
+        tail->next_encoded = EncodeNext(page->local_free);
+        page->local_free = chain;
       }
-      page->local_free = nullptr;
       if (page->used == 0) {
         QueueRemove(q, page);
         ReleasePage(heap, page);
@@ -534,8 +531,9 @@ void CollectIdleInbox(Heap* heap) {
   Page* keep = nullptr;
   while (page != nullptr) {
     Page* next = page->inbox_next;
-    Block* chain = AdoptReturned(page);
-    while (chain != nullptr) {
+    uint32_t count;
+    Block* chain = AdoptReturned(page, &count);
+    for (; count > 0; --count) {  // counted: a cycle cannot hold the pool
       Block* following = DecodeNext(chain->next_encoded);
       chain->next_encoded = EncodeNext(page->local_free);
       page->local_free = chain;
@@ -823,7 +821,7 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
     ReleasePage(heap, page);
     return;
   }
-  ReturnChain(page, block, block);
+  ReturnChain(page, block, block, 1);
 }
 
 size_t UsableSize(uintptr_t address, const char* call) {

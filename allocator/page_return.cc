@@ -17,15 +17,18 @@
 
 namespace ferry {
 
-void ReturnChain(Page* page, Block* head, Block* tail) {
+void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   uintptr_t old = page->returned.load(std::memory_order_relaxed);
+  uintptr_t word;
   do {
-    tail->next_encoded = EncodeNext(reinterpret_cast<Block*>(old & ~kReturnedFull));
+    tail->next_encoded = EncodeNext(ReturnedChain(old));
+    word = reinterpret_cast<uintptr_t>(head) |
+           (uintptr_t{ReturnedCount(old) + count} << kReturnedCountShift);
     // acq_rel: release publishes the chain's links to the owner; acquire
     // orders this push after the owner's last handling of the page (its
     // inbox link, when the owner marked it full), so that posting it again
     // below cannot race with the owner's earlier drain.
-  } while (!page->returned.compare_exchange_weak(old, reinterpret_cast<uintptr_t>(head),
+  } while (!page->returned.compare_exchange_weak(old, word,
                                                  std::memory_order_acq_rel,
                                                  std::memory_order_relaxed));
   CounterAdd(g_counters.chains_pushed, 1);

@@ -54,10 +54,26 @@ enum class PageKind : uint8_t {
   kHuge,   // one block on its own mapping
 };
 
-// Low bit of Page::returned: the owner found the page full and took it off
-// its queue; whoever clears the bit by pushing a chain posts the page back
-// to the owner's inbox.
+// Page::returned packs three things in one word, so that one CAS pushes a
+// chain and one exchange takes it with its length (the owner never walks a
+// returned chain to count it):
+//   bit 0       kReturnedFull: the owner found the page full and took it off
+//               its queue; whoever clears it by pushing posts the page back to
+//               the owner's inbox
+//   bits 1..47  the chain's first block (blocks are 8-byte aligned, and
+//               segments lie below 2^47)
+//   bits 48..63 blocks in the chain (a page holds at most 8192)
 inline constexpr uintptr_t kReturnedFull = 1;
+inline constexpr int kReturnedCountShift = 48;
+inline constexpr uintptr_t kReturnedChainMask = ((uintptr_t{1} << kReturnedCountShift) - 1) & ~kReturnedFull;
+
+struct Block;
+inline Block* ReturnedChain(uintptr_t word) {
+  return reinterpret_cast<Block*>(word & kReturnedChainMask);
+}
+inline uint32_t ReturnedCount(uintptr_t word) {
+  return static_cast<uint32_t>(word >> kReturnedCountShift);
+}
 
 // 128 bytes, so a slice index becomes a record address by a shift. The
 // first 64 bytes hold everything the free fast path reads, local or remote;

@@ -115,7 +115,8 @@ TEST(PageLists, LocalFreeIntoAFullPageComesBackThroughTheInbox) {
   for (uint32_t k = 1; k <= uint32_t{page->reserved}; ++k) blocks.push_back(ferry_malloc(kSize));
   ASSERT_EQ(page->in_full, 1);
   ferry_free(first);
-  EXPECT_EQ(page->returned.load(), address);
+  EXPECT_EQ(ReturnedChain(page->returned.load()), first);
+  EXPECT_EQ(ReturnedCount(page->returned.load()), 1u);
   EXPECT_EQ(tl_heap->inbox.load(), page);
   // Once the current page runs dry, the slow path drains the inbox and the
   // page is back on its queue with the block.

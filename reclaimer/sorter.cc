@@ -50,7 +50,7 @@ void SortAndReturn(void** ptrs, size_t n) {
       tail->next_encoded = EncodeNext(block);
       tail = block;
     }
-    ReturnChain(page, head, tail);
+    ReturnChain(page, head, tail, static_cast<uint32_t>(j - i));
     CounterAdd(g_counters.blocks_returned, static_cast<int64_t>(j - i));
     i = j;
   }

@@ -75,7 +75,7 @@ TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
   size_t seen = 0;
   for (Page* page : pages) {
     const uintptr_t word = page->returned.load();
-    for (Block* b = reinterpret_cast<Block*>(word & ~kReturnedFull); b != nullptr;
+    for (Block* b = ReturnedChain(word); b != nullptr;
          b = DecodeNext(b->next_encoded)) {
       ASSERT_TRUE(expected.count(b));
       ASSERT_EQ(PageOfBlock(b), page);
