@@ -18,10 +18,26 @@
 // library. An allocator that fails is not reported. The workloads verify
 // every object they free, so a corrupting allocator fails instead of winning.
 //
+// ferry's settings are environment variables, so a ferry "variant" is one
+// more row: the same libferry.so with some FERRY_* variables set
+// (--ferry-variants adds ferry-r0, -r1, -r2 and -tbb; --variant defines
+// others), measured like any allocator. FERRY_* variables inherited from the
+// caller's environment are dropped, so the `ferry` row is always the default
+// settings; use --env or --variant to set them. The check runs of ferry rows
+// set FERRY_STATS=1 and read the pool's thread count from its report (shown
+// in the allocator list) and refuse a row whose settings ferry warned about.
+//
+// Workloads that --pairs sizes (prodcons) run once per pair count in the list
+// and are reported as NAME/N tables. Workloads may report extra figures
+// (an `EXTRA key=value ...` line): the ones in kExtraColumns below become
+// columns (RSS over live bytes for onefree, RSS after the burst for idle).
+//
 // Output: a Markdown table per workload on stdout (medians, wall min-max,
-// ratios to mimalloc) and progress on stderr. Under `bazel run` the report
-// and every raw run are also written to perf/results/ in the source tree:
-// latest.md and latest.csv at full scale, quick.md and quick.csv otherwise.
+// ratios to mimalloc) and progress on stderr. Under `bazel run` the report,
+// every raw run (CSV) and a plot (PNG, made with gnuplot when it is
+// installed) are also written to perf/results/ in the source tree: latest.*
+// for a full-scale run of every workload and the default allocators (variants
+// may be added), quick.* for --quick, run.* for anything else.
 //
 // The list of workloads lives in perf/workloads/workload.h (one line each);
 // the driver asks the workload binary for it. Allocators are listed below.
@@ -38,7 +54,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -79,6 +97,45 @@ constexpr Allocator kAllocators[] = {
 // Ratios are to this allocator when it is reported, else to the first one.
 constexpr char kReference[] = "mimalloc";
 
+// The rows --ferry-variants adds: ferry with these settings. PRELOAD=LIB is
+// not a variable: it adds LIB to LD_PRELOAD after libferry.so. The tbb
+// backend needs it: ferry refers to oneTBB weakly and uses it only in a
+// program that has oneTBB (else it warns and uses its own threads, and the
+// check run refuses the row).
+struct Variant {
+  const char* name;
+  const char* env;  // KEY=VALUE,KEY=VALUE
+};
+constexpr char kPreloadKey[] = "PRELOAD=";
+constexpr Variant kFerryVariants[] = {
+    {"ferry-r0", "FERRY_RECLAIMERS=0"},
+    {"ferry-r1", "FERRY_RECLAIMERS=1"},
+    {"ferry-r2", "FERRY_RECLAIMERS=2"},
+    {"ferry-tbb", "FERRY_RECLAIMER_BACKEND=tbb,FERRY_RECLAIMERS=1,"
+                  "PRELOAD=/usr/lib/x86_64-linux-gnu/libtbb.so.12"},
+};
+
+// Extra figures a workload may report (`EXTRA key=value`), shown as columns
+// in this order: median over runs, formatted with `format`. Keys in
+// kHiddenExtras go to the CSV only; any other key gets a column of its own.
+struct ExtraColumn {
+  const char* key;
+  const char* label;
+  const char* format;
+};
+constexpr ExtraColumn kExtraColumns[] = {
+    {"rss_live", "RSS/live", "%.2f"},          // onefree: median of the samples
+    {"rss_live_max", "RSS/live max", "%.2f"},  // onefree: the largest sample
+    {"rss_base", "RSS MiB before", "%.1f"},    // idle: before the burst
+    {"rss_0s", "RSS MiB +0 s", "%.1f"},        // idle: after the burst ...
+    {"rss_1s", "RSS MiB +1 s", "%.1f"},
+    {"rss_2s", "RSS MiB +2 s", "%.1f"},
+    {"rss_3s", "RSS MiB +3 s", "%.1f"},
+};
+constexpr const char* kHiddenExtras[] = {"samples", "live_mib", "idle_s"};
+// Extras that get a panel of their own in the plot (besides wall time).
+constexpr const char* kPlottedExtras[] = {"rss_live", "rss_1s"};
+
 // ---------------------------------------------------------------------------
 // Flags.
 
@@ -88,13 +145,24 @@ constexpr char kUsage[] =
     "  --quick           smaller workloads (--scale quick) and 3 runs\n"
     "  --scale S         tiny | quick | full (default) | a factor such as 0.5\n"
     "  --workload NAME   run only this workload (repeatable; default all)\n"
-    "  --alloc NAME      run only this allocator (repeatable; default all)\n"
-    "  --pairs N         producer/consumer pairs for multi-threaded workloads (default 1)\n"
+    "  --alloc NAME      run only this allocator or variant (repeatable; default all\n"
+    "                    allocators and the variants asked for)\n"
+    "  --ferry-variants  add ferry rows with other settings: ferry-r0 (FERRY_RECLAIMERS=0),\n"
+    "                    ferry-r1, ferry-r2, ferry-tbb (FERRY_RECLAIMER_BACKEND=tbb,\n"
+    "                    FERRY_RECLAIMERS=1); --alloc ferry-r1 adds just that one\n"
+    "  --variant NAME:KEY=VAL[,KEY=VAL...]\n"
+    "                    add a ferry row NAME with these variables (repeatable);\n"
+    "                    PRELOAD=LIB also preloads LIB after libferry.so\n"
+    "  --pairs LIST      pair counts for workloads sized by pairs (prodcons), e.g. 1,2,4;\n"
+    "                    each is its own table NAME/N (default 1,2,4)\n"
     "  --no-pin          let the scheduler place workload threads (default: pinned)\n"
-    "  --env KEY=VAL     set in ferry's runs only, e.g. --env FERRY_BATCH=64 (repeatable)\n"
+    "  --env KEY=VAL     set in the runs of ferry and its variants, e.g. --env FERRY_BATCH=64\n"
+    "                    (repeatable; a variant's own settings win)\n"
     "  --timeout S       kill a run after S seconds (default 300)\n"
-    "  --out DIR         write the report and raw runs to DIR (default: perf/results/\n"
-    "                    in the source tree under `bazel run`, nowhere otherwise)\n"
+    "  --out DIR         write the report, raw runs and plot to DIR (default: perf/results/\n"
+    "                    in the source tree under `bazel run`, nowhere otherwise): latest.*\n"
+    "                    for a full-scale run of all workloads and allocators, quick.* for\n"
+    "                    --quick scale, run.* otherwise\n"
     "  --no-save         write no files\n"
     "  --ferry-lib PATH  use this libferry.so instead of the one in runfiles\n"
     "  --workload-bin PATH  use this workload binary instead of the one in runfiles\n"
@@ -108,7 +176,9 @@ struct Flags {
   bool quick = false;
   std::vector<std::string> workloads;
   std::vector<std::string> allocators;
-  int pairs = 1;
+  std::vector<int> pairs = {1, 2, 4};
+  bool ferry_variants = false;
+  std::vector<std::pair<std::string, std::vector<std::string>>> variants;  // name, KEY=VAL
   bool pin = true;
   std::vector<std::string> ferry_env;
   double timeout_s = 300;
@@ -143,6 +213,64 @@ bool KnownAllocator(const std::string& name) {
                      [&](const Allocator& a) { return name == a.name; });
 }
 
+bool StandardVariant(const std::string& name) {
+  return std::any_of(std::begin(kFerryVariants), std::end(kFerryVariants),
+                     [&](const Variant& v) { return name == v.name; });
+}
+
+std::vector<std::string> Split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::string part;
+  std::istringstream in(text);
+  while (std::getline(in, part, separator)) parts.push_back(part);
+  if (!text.empty() && text.back() == separator) parts.push_back("");
+  return parts;
+}
+
+bool ValidName(const std::string& name) {
+  return !name.empty() && name.size() <= 32 &&
+         std::all_of(name.begin(), name.end(),
+                     [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'; });
+}
+
+// KEY=VALUE with KEY a plausible environment variable name.
+bool ValidSetting(const std::string& kv) {
+  size_t eq = kv.find('=');
+  if (eq == std::string::npos || eq == 0) return false;
+  return std::all_of(kv.begin(), kv.begin() + static_cast<long>(eq),
+                     [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; });
+}
+
+// "1,2,4" -> {1, 2, 4}: each 1..256, no repeats.
+std::vector<int> ParsePairs(const std::string& text) {
+  std::vector<int> pairs;
+  for (const std::string& part : Split(text, ',')) {
+    std::optional<double> n = ParseNumber(part);
+    if (!n || *n < 1 || *n > 256 || *n != static_cast<int>(*n)) UsageError("--pairs wants a list of 1..256, e.g. 1,2,4");
+    if (std::find(pairs.begin(), pairs.end(), static_cast<int>(*n)) != pairs.end()) UsageError("--pairs lists " + part + " twice");
+    pairs.push_back(static_cast<int>(*n));
+  }
+  if (pairs.empty()) UsageError("--pairs wants a list of 1..256, e.g. 1,2,4");
+  return pairs;
+}
+
+// NAME:KEY=VAL[,KEY=VAL...]
+std::pair<std::string, std::vector<std::string>> ParseVariant(const std::string& spec) {
+  size_t colon = spec.find(':');
+  std::string name = spec.substr(0, colon);
+  if (colon == std::string::npos || !ValidName(name)) {
+    UsageError("--variant wants NAME:KEY=VALUE[,KEY=VALUE...] with NAME of letters, digits, - _ .");
+  }
+  if (KnownAllocator(name)) UsageError("--variant " + name + ": that name is an allocator's");
+  std::vector<std::string> env;
+  for (const std::string& kv : Split(spec.substr(colon + 1), ',')) {
+    if (!ValidSetting(kv)) UsageError("--variant " + name + ": '" + kv + "' is not KEY=VALUE");
+    env.push_back(kv);
+  }
+  if (env.empty()) UsageError("--variant " + name + " sets nothing");
+  return {name, env};
+}
+
 Flags ParseFlags(int argc, char** argv) {
   Flags flags;
   for (int i = 1; i < argc; ++i) {
@@ -166,18 +294,17 @@ Flags ParseFlags(int argc, char** argv) {
       flags.workloads.push_back(value());
     } else if (arg == "--alloc") {
       flags.allocators.push_back(value());
-      if (!KnownAllocator(flags.allocators.back())) {
-        UsageError("unknown allocator " + flags.allocators.back() + " (see --list)");
-      }
+    } else if (arg == "--ferry-variants") {
+      flags.ferry_variants = true;
+    } else if (arg == "--variant") {
+      flags.variants.push_back(ParseVariant(value()));
     } else if (arg == "--pairs") {
-      std::optional<double> n = ParseNumber(value());
-      if (!n || *n < 1 || *n > 256 || *n != static_cast<int>(*n)) UsageError("--pairs wants 1..256");
-      flags.pairs = static_cast<int>(*n);
+      flags.pairs = ParsePairs(value());
     } else if (arg == "--no-pin") {
       flags.pin = false;
     } else if (arg == "--env") {
       std::string kv = value();
-      if (kv.find('=') == std::string::npos || kv[0] == '=') UsageError("--env wants KEY=VALUE");
+      if (!ValidSetting(kv)) UsageError("--env wants KEY=VALUE");
       flags.ferry_env.push_back(kv);
     } else if (arg == "--timeout") {
       std::optional<double> s = ParseNumber(value());
@@ -203,6 +330,22 @@ Flags ParseFlags(int argc, char** argv) {
   if (flags.quick) {
     if (!flags.runs_set) flags.runs = 3;
     if (!flags.scale_set) flags.scale = "quick";
+  }
+  for (size_t i = 0; i < flags.variants.size(); ++i) {
+    const std::string& name = flags.variants[i].first;
+    if (flags.ferry_variants && StandardVariant(name)) {
+      UsageError("--variant " + name + " clashes with --ferry-variants' row of that name");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (flags.variants[j].first == name) UsageError("--variant " + name + " given twice");
+    }
+  }
+  for (const std::string& name : flags.allocators) {
+    bool custom = std::any_of(flags.variants.begin(), flags.variants.end(),
+                              [&](const auto& v) { return v.first == name; });
+    if (!KnownAllocator(name) && !StandardVariant(name) && !custom) {
+      UsageError("unknown allocator " + name + " (see --list)");
+    }
   }
   return flags;
 }
@@ -276,6 +419,7 @@ struct ProcessResult {
   double sys_s = 0;
   long max_rss_kib = 0;
   std::string out;          // what it wrote to stdout
+  std::string err;          // what it wrote to stderr, when captured
 
   bool ok() const { return exited && status == 0 && !timed_out; }
   std::string Describe() const {
@@ -287,9 +431,20 @@ struct ProcessResult {
 };
 
 // Runs argv with exactly `env` as its environment; its stdout is captured,
-// its stderr passes through. Kills it after `timeout_s`.
+// its stderr passes through unless `capture_stderr`. Kills it after
+// `timeout_s`.
+std::string ReadBack(int fd) {
+  std::string text;
+  lseek(fd, 0, SEEK_SET);
+  char buffer[4096];
+  for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;) text.append(buffer, n);
+  close(fd);
+  return text;
+}
+
 ProcessResult RunProcess(const std::vector<std::string>& argv,
-                         const std::vector<std::string>& env, double timeout_s) {
+                         const std::vector<std::string>& env, double timeout_s,
+                         bool capture_stderr = false) {
   // Everything the child needs is built before fork.
   std::vector<char*> child_argv, child_env;
   for (const std::string& s : argv) child_argv.push_back(const_cast<char*>(s.c_str()));
@@ -297,7 +452,8 @@ ProcessResult RunProcess(const std::vector<std::string>& argv,
   child_argv.push_back(nullptr);
   child_env.push_back(nullptr);
   int out_fd = memfd_create("workload-stdout", MFD_CLOEXEC);
-  if (out_fd < 0) {
+  int err_fd = capture_stderr ? memfd_create("workload-stderr", MFD_CLOEXEC) : -2;
+  if (out_fd < 0 || err_fd == -1) {
     std::perror("compare: memfd_create");
     std::exit(1);
   }
@@ -312,6 +468,7 @@ ProcessResult RunProcess(const std::vector<std::string>& argv,
   }
   if (pid == 0) {
     dup2(out_fd, STDOUT_FILENO);
+    if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
     execve(child_argv[0], child_argv.data(), child_env.data());
     _exit(127);
   }
@@ -345,10 +502,8 @@ ProcessResult RunProcess(const std::vector<std::string>& argv,
   result.sys_s = Seconds(usage.ru_stime);
   result.max_rss_kib = usage.ru_maxrss;
 
-  lseek(out_fd, 0, SEEK_SET);
-  char buffer[4096];
-  for (ssize_t n; (n = read(out_fd, buffer, sizeof buffer)) > 0;) result.out.append(buffer, n);
-  close(out_fd);
+  result.out = ReadBack(out_fd);
+  if (err_fd >= 0) result.err = ReadBack(err_fd);
   return result;
 }
 
@@ -374,6 +529,15 @@ std::map<std::string, std::string> Fields(const std::string& out, const std::str
 struct WorkloadInfo {
   std::string name;
   std::string summary;
+  bool pairs = false;  // sized by --pairs: one table per pair count
+};
+
+// One table of the report: a workload, at one pair count when --pairs sizes
+// it (pairs 0 otherwise).
+struct Job {
+  std::string label;  // "churn", "prodcons/2"
+  WorkloadInfo workload;
+  int pairs = 0;
 };
 
 struct Candidate {
@@ -382,42 +546,131 @@ struct Candidate {
   std::string shown;    // the same, shortened for the report
   std::string note;     // why it is not reported, if it is not
   bool usable = true;
+  bool ferry = false;             // ferry or a variant of it: gets --env and FERRY_STATS checks
+  std::vector<std::string> env;   // a variant's settings, KEY=VALUE
+  std::vector<std::string> also_preload;  // a variant's PRELOAD= libraries
+  int reclaimers_seen = -1;       // most reclaimer threads ferry reported in a check run
 };
 
+using Extras = std::vector<std::pair<std::string, double>>;
+
 struct RunRecord {
-  std::string workload;
+  std::string job;      // its label
+  int pairs = 0;
   std::string allocator;
   int run = 0;          // 1-based
   int position = 0;     // 1-based place in its round
   ProcessResult process;
   double rate = 0;      // the workload's own ops per second
   std::string unit;
+  Extras extras;        // its EXTRA line, in order
+  std::string series;   // its SERIES line
   std::string failure;  // empty when the run counts
 };
 
+// The `key=value` words of the first stdout line that starts with `tag`, in
+// order, values as numbers.
+Extras NumberFields(const std::string& out, const std::string& tag) {
+  Extras fields;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(tag + " ", 0) != 0) continue;
+    std::istringstream words(line.substr(tag.size() + 1));
+    for (std::string word; words >> word;) {
+      size_t eq = word.find('=');
+      if (eq != std::string::npos) fields.push_back({word.substr(0, eq), std::atof(word.c_str() + eq + 1)});
+    }
+    break;
+  }
+  return fields;
+}
+
+// The rest of the first stdout line that starts with `tag`.
+std::string LineAfter(const std::string& out, const std::string& tag) {
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(tag + " ", 0) == 0) return line.substr(tag.size() + 1);
+  }
+  return "";
+}
+
+// Sets KEY=VALUE in `env`, replacing an earlier KEY.
+void SetEnv(std::vector<std::string>& env, const std::string& kv) {
+  std::string key = kv.substr(0, kv.find('=') + 1);
+  env.erase(std::remove_if(env.begin(), env.end(), [&](const std::string& e) { return e.rfind(key, 0) == 0; }),
+            env.end());
+  env.push_back(kv);
+}
+
+std::string Join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+const ExtraColumn* KnownExtra(const std::string& key) {
+  for (const ExtraColumn& column : kExtraColumns) {
+    if (key == column.key) return &column;
+  }
+  return nullptr;
+}
+
+bool HiddenExtra(const std::string& key) {
+  return std::any_of(std::begin(kHiddenExtras), std::end(kHiddenExtras), [&](const char* k) { return key == k; });
+}
+
+// An executable `name` on $PATH, or "".
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  for (const std::string& dir : Split(path != nullptr ? path : "/usr/bin:/bin", ':')) {
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (IsFile(candidate) && access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
 class Compare {
  public:
-  Compare(Flags flags, const char* argv0) : flags_(std::move(flags)), argv0_(argv0) {}
+  Compare(Flags flags, const char* argv0) : flags_(std::move(flags)), argv0_(argv0) {
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::strncmp(*e, "FERRY_", 6) == 0) dropped_env_.push_back(std::string(*e).substr(0, std::strcspn(*e, "=")));
+    }
+  }
 
   int Main(int argc, char** argv) {
+    double began = Now();
     command_ = "compare";
     for (int i = 1; i < argc; ++i) command_ += " " + std::string(argv[i]);
     if (!FindWorkloadBinary() || !LoadWorkloads()) return 1;
     SelectAllocators();
     if (flags_.list) return List();
     if (workloads_.empty()) UsageError("no workload selected");
+    MakeJobs();
     if (BuildMode() != "opt") {
       std::fprintf(stderr, "compare: warning: the workloads were built in %s mode, not opt; "
                            "use `bazel run -c opt` for figures worth reading\n", BuildMode().c_str());
+    }
+    if (!dropped_env_.empty()) {
+      std::fprintf(stderr, "compare: warning: not passing %s from the environment to the workloads "
+                           "(use --env or --variant)\n", Join(dropped_env_, ", ").c_str());
     }
     CheckAllocators();
     load_before_ = LoadAverage();
     Measure();
     load_after_ = LoadAverage();
+    std::string dir = OutputDir();
+    std::string stem = dir.empty() ? "" : dir + "/" + StemName();
+    if (!stem.empty()) {
+      mkdir(dir.c_str(), 0755);  // its parent must exist
+      WriteFile(stem + ".csv", Csv());
+      plot_note_ = Plot(stem + ".png");
+    }
+    elapsed_s_ = Now() - began;
     std::string report = Report();
     std::fputs(report.c_str(), stdout);
     std::fflush(stdout);
-    Save(report);
+    if (!stem.empty()) WriteFile(stem + ".md", report);
+    std::fprintf(stderr, "compare: %.0f s in all\n", elapsed_s_);
     return failed_ ? 1 : 0;
   }
 
@@ -445,8 +698,9 @@ class Compare {
     std::vector<WorkloadInfo> all;
     std::istringstream lines(list.out);
     for (std::string line; std::getline(lines, line);) {
-      size_t tab = line.find('\t');
-      if (tab != std::string::npos) all.push_back({line.substr(0, tab), line.substr(tab + 1)});
+      std::vector<std::string> parts = Split(line, '\t');
+      if (parts.size() < 2) continue;
+      all.push_back({parts[0], parts[1], parts.size() > 2 && parts[2] == "pairs"});
     }
     for (const std::string& wanted : flags_.workloads) {
       if (std::none_of(all.begin(), all.end(), [&](const WorkloadInfo& w) { return w.name == wanted; })) {
@@ -463,17 +717,27 @@ class Compare {
     return true;
   }
 
-  void SelectAllocators() {
-    for (const Allocator& a : kAllocators) {
-      if (!flags_.allocators.empty() &&
-          std::find(flags_.allocators.begin(), flags_.allocators.end(), a.name) == flags_.allocators.end()) {
+  void MakeJobs() {
+    for (const WorkloadInfo& w : workloads_) {
+      if (!w.pairs) {
+        jobs_.push_back({w.name, w, 0});
         continue;
       }
-      Candidate c;
-      c.name = a.name;
-      c.library = a.library;
+      for (int pairs : flags_.pairs) jobs_.push_back({w.name + "/" + std::to_string(pairs), w, pairs});
+    }
+  }
+
+  bool Wanted(const std::string& name) const {
+    return std::find(flags_.allocators.begin(), flags_.allocators.end(), name) != flags_.allocators.end();
+  }
+
+  // The allocators in kAllocators order, ferry's variants right after ferry.
+  void SelectAllocators() {
+    std::string ferry_library = flags_.ferry_lib.empty() ? FindRunfile(argv0_, kFerryRunfile) : flags_.ferry_lib;
+    auto add = [&](Candidate c) {
       if (c.library == kFromRunfiles) {
-        c.library = flags_.ferry_lib.empty() ? FindRunfile(argv0_, kFerryRunfile) : flags_.ferry_lib;
+        c.ferry = true;
+        c.library = ferry_library;
         if (!IsFile(c.library)) {
           c.usable = false;
           c.note = std::string("not found (") + kFerryRunfile + " is not in runfiles; pass --ferry-lib)";
@@ -483,49 +747,125 @@ class Compare {
         c.usable = false;
         c.note = "skipped: " + c.library + " is not installed";
       }
+      for (auto kv = c.env.begin(); kv != c.env.end();) {
+        if (kv->rfind(kPreloadKey, 0) != 0) {
+          ++kv;
+          continue;
+        }
+        std::string library = kv->substr(std::strlen(kPreloadKey));
+        if (c.usable && !IsFile(library)) {
+          c.usable = false;
+          c.note = "skipped: " + library + " (PRELOAD) is not installed";
+        }
+        c.also_preload.push_back(IsFile(library) ? RealPath(library) : library);
+        kv = c.env.erase(kv);
+      }
       if (c.usable && !c.library.empty()) c.library = RealPath(c.library);
       c.shown = c.library;
       if (size_t at = c.shown.find("/bazel-out/"); at != std::string::npos) {
         c.shown = c.shown.substr(at + 1);  // drop the output base
       }
       allocators_.push_back(c);
+    };
+    for (const Allocator& a : kAllocators) {
+      if (flags_.allocators.empty() || Wanted(a.name)) {
+        Candidate c;
+        c.name = a.name;
+        c.library = a.library;
+        add(c);
+      }
+      if (a.library != std::string(kFromRunfiles)) continue;
+      for (const Variant& v : kFerryVariants) {
+        if (!flags_.ferry_variants && !Wanted(v.name)) continue;
+        Candidate c;
+        c.name = v.name;
+        c.library = kFromRunfiles;
+        c.env = Split(v.env, ',');
+        add(c);
+      }
+      for (const auto& [name, env] : flags_.variants) {
+        Candidate c;
+        c.name = name;
+        c.library = kFromRunfiles;
+        c.env = env;
+        add(c);
+      }
     }
   }
 
   int List() {
     std::printf("workloads:\n");
-    for (const WorkloadInfo& w : all_workloads_) std::printf("  %-10s %s\n", w.name.c_str(), w.summary.c_str());
+    for (const WorkloadInfo& w : all_workloads_) {
+      std::printf("  %-10s %s%s\n", w.name.c_str(), w.summary.c_str(), w.pairs ? " [one table per --pairs count]" : "");
+    }
     std::printf("allocators:\n");
     for (const Candidate& c : allocators_) {
-      std::printf("  %-10s %s\n", c.name.c_str(),
-                  c.usable ? (c.library.empty() ? "(no preload)" : c.library.c_str()) : c.note.c_str());
+      std::printf("  %-10s %s%s\n", c.name.c_str(),
+                  c.usable ? (c.library.empty() ? "(no preload)" : c.library.c_str()) : c.note.c_str(),
+                  c.ferry ? (" " + Settings(c)).c_str() : "");
     }
+    std::printf("ferry variants (--ferry-variants, or --alloc NAME):\n");
+    for (const Variant& v : kFerryVariants) std::printf("  %-10s %s\n", v.name, v.env);
     return 0;
   }
 
-  // The environment of every child: ours without LD_PRELOAD.
+  // The environment of every child: ours without LD_PRELOAD and FERRY_*.
   static std::vector<std::string> BaseEnv() {
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
-      if (std::strncmp(*e, "LD_PRELOAD=", 11) != 0) env.push_back(*e);
+      if (std::strncmp(*e, "LD_PRELOAD=", 11) != 0 && std::strncmp(*e, "FERRY_", 6) != 0) env.push_back(*e);
     }
     return env;
   }
 
   std::vector<std::string> EnvFor(const Candidate& c) const {
     std::vector<std::string> env = BaseEnv();
-    if (!c.library.empty()) env.push_back("LD_PRELOAD=" + c.library);
-    if (c.name == "ferry") {
-      for (const std::string& kv : flags_.ferry_env) env.push_back(kv);
+    if (!c.library.empty()) {
+      std::vector<std::string> preload = {c.library};
+      preload.insert(preload.end(), c.also_preload.begin(), c.also_preload.end());
+      env.push_back("LD_PRELOAD=" + Join(preload, ":"));
+    }
+    if (c.ferry) {
+      for (const std::string& kv : flags_.ferry_env) SetEnv(env, kv);
+      for (const std::string& kv : c.env) SetEnv(env, kv);
     }
     return env;
   }
 
-  std::vector<std::string> ArgsFor(const std::string& workload, const std::string& scale) const {
-    std::vector<std::string> args = {workload_bin_, workload, "--scale", scale,
-                                      "--pairs", std::to_string(flags_.pairs)};
+  std::vector<std::string> ArgsFor(const WorkloadInfo& w, int pairs, const std::string& scale) const {
+    std::vector<std::string> args = {workload_bin_, w.name, "--scale", scale};
+    if (w.pairs) {
+      args.push_back("--pairs");
+      args.push_back(std::to_string(pairs));
+    }
     if (!flags_.pin) args.push_back("--no-pin");
     return args;
+  }
+
+  // What a ferry check run said on stderr: warnings refuse the row; the
+  // statistics table (FERRY_STATS=1) gives the pool's thread count; other
+  // lines are passed on.
+  void ReadFerryStderr(Candidate& c, const std::string& workload, const std::string& err) {
+    std::istringstream lines(err);
+    for (std::string line; std::getline(lines, line);) {
+      std::istringstream words(line);
+      std::string key;
+      long long value = 0;
+      words >> key;
+      bool stats_row = line.rfind("  ", 0) == 0 && static_cast<bool>(words >> value);
+      if (stats_row) {
+        if (key == "reclaimer_threads") c.reclaimers_seen = std::max(c.reclaimers_seen, static_cast<int>(value));
+        continue;
+      }
+      if (line.rfind("ferry ", 0) == 0 && line.size() > 11 && line.compare(line.size() - 11, 11, " statistics") == 0) {
+        continue;
+      }
+      if (line.rfind("ferry: warning", 0) == 0 && c.usable) {
+        c.usable = false;
+        c.note = "NOT REPORTED: check run of " + workload + " warned: " + line;
+      }
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
   }
 
   // One tiny run of every workload per allocator with --check-preload.
@@ -536,12 +876,18 @@ class Compare {
         continue;
       }
       for (const WorkloadInfo& w : workloads_) {
-        std::vector<std::string> args = ArgsFor(w.name, "tiny");
+        std::vector<std::string> args =
+            ArgsFor(w, *std::max_element(flags_.pairs.begin(), flags_.pairs.end()), "tiny");
         args.push_back("--check-preload");
         args.push_back(c.library.empty() ? "glibc" : c.library);
-        ProcessResult check = RunProcess(args, EnvFor(c), flags_.timeout_s);
+        std::vector<std::string> env = EnvFor(c);
+        if (c.ferry) SetEnv(env, "FERRY_STATS=1");
+        ProcessResult check = RunProcess(args, env, flags_.timeout_s, /*capture_stderr=*/c.ferry);
         std::map<std::string, std::string> preload = Fields(check.out, "PRELOAD");
-        if (preload["ok"] != "1") {
+        if (c.ferry) ReadFerryStderr(c, w.name, check.err);
+        if (!c.usable) {
+          // ferry warned about its settings
+        } else if (preload["ok"] != "1") {
           c.note = "NOT REPORTED: " + w.name + " --check-preload found malloc=" +
                    (preload.count("malloc") ? preload["malloc"] : "?") + " (" + check.Describe() + ")";
         } else if (!check.ok()) {
@@ -554,9 +900,37 @@ class Compare {
         std::fprintf(stderr, "compare: %s %s\n", c.name.c_str(), c.note.c_str());
         break;
       }
-      if (c.usable) std::fprintf(stderr, "compare: %-9s checked: %s\n", c.name.c_str(),
-                                 c.library.empty() ? "glibc malloc (no preload)" : c.shown.c_str());
+      if (c.usable) {
+        std::fprintf(stderr, "compare: %-9s checked: %s%s\n", c.name.c_str(),
+                     c.library.empty() ? "glibc malloc (no preload)" : c.shown.c_str(),
+                     c.ferry ? (" " + Settings(c) + "; reclaimer threads seen: " +
+                                std::to_string(c.reclaimers_seen)).c_str()
+                             : "");
+      }
     }
+  }
+
+  // ferry's settings for this row, for messages: "(default settings)" or
+  // "with FERRY_X=1 FERRY_Y=2".
+  std::string Settings(const Candidate& c) const {
+    std::vector<std::string> all = flags_.ferry_env;
+    for (const std::string& kv : c.env) SetEnv(all, kv);
+    std::string out = all.empty() ? "(default settings)" : "with " + Join(all, " ");
+    for (const std::string& library : c.also_preload) out += ", also preloading " + library;
+    return out;
+  }
+
+  // The extras worth a word in the progress line.
+  static std::string ShortExtras(const Extras& extras) {
+    std::string out;
+    double first = -1, last = -1;
+    for (const auto& [key, value] : extras) {
+      if (key == "rss_live") out += "  RSS/live " + Format("%.2f", value);
+      if (key == "rss_0s") first = value;
+      if (key == "rss_3s") last = value;
+    }
+    if (first >= 0 && last >= 0) out += "  RSS after the burst " + Format("%.1f", first) + " -> " + Format("%.1f", last) + " MiB";
+    return out;
   }
 
   void Measure() {
@@ -565,7 +939,7 @@ class Compare {
       if (c.usable) active.push_back(&c);
     }
     if (active.empty()) return;
-    for (const WorkloadInfo& w : workloads_) {
+    for (const Job& job : jobs_) {
       std::map<std::string, bool> broken;  // allocator -> failed a run
       for (int run = 1; run <= flags_.runs; ++run) {
         for (size_t k = 0; k < active.size(); ++k) {
@@ -573,11 +947,12 @@ class Compare {
           const Candidate& c = *active[(k + run - 1) % active.size()];
           if (broken[c.name]) continue;
           RunRecord record;
-          record.workload = w.name;
+          record.job = job.label;
+          record.pairs = job.pairs;
           record.allocator = c.name;
           record.run = run;
           record.position = static_cast<int>(k + 1);
-          record.process = RunProcess(ArgsFor(w.name, flags_.scale), EnvFor(c), flags_.timeout_s);
+          record.process = RunProcess(ArgsFor(job.workload, job.pairs, flags_.scale), EnvFor(c), flags_.timeout_s);
           std::map<std::string, std::string> result = Fields(record.process.out, "RESULT");
           if (!record.process.ok()) {
             record.failure = record.process.Describe();
@@ -586,12 +961,15 @@ class Compare {
           } else {
             record.rate = std::atof(result["rate"].c_str());
             record.unit = result["unit"];
+            record.extras = NumberFields(record.process.out, "EXTRA");
+            record.series = LineAfter(record.process.out, "SERIES");
           }
-          std::fprintf(stderr, "[%s %d/%d] %-9s ", w.name.c_str(), run, flags_.runs, c.name.c_str());
+          std::fprintf(stderr, "[%s %d/%d] %-9s ", job.label.c_str(), run, flags_.runs, c.name.c_str());
           if (record.failure.empty()) {
-            std::fprintf(stderr, "wall %7.3f s  user+sys %7.3f s  peak RSS %8.1f MiB  %7.2f M %s/s\n",
+            std::fprintf(stderr, "wall %7.3f s  user+sys %7.3f s  peak RSS %8.1f MiB  %7.2f M %s/s%s\n",
                          record.process.wall_s, record.process.user_s + record.process.sys_s,
-                         record.process.max_rss_kib / 1024.0, record.rate / 1e6, record.unit.c_str());
+                         record.process.max_rss_kib / 1024.0, record.rate / 1e6, record.unit.c_str(),
+                         ShortExtras(record.extras).c_str());
           } else {
             std::fprintf(stderr, "FAILED: %s\n", record.failure.c_str());
             broken[c.name] = true;  // no more runs of it for this workload
@@ -605,24 +983,48 @@ class Compare {
 
   // ---- Reporting -----------------------------------------------------------
 
+  struct Figure {
+    double median = 0, min = 0, max = 0;
+  };
+
+  static Figure FigureOf(const std::vector<double>& values) {
+    Figure f;
+    if (values.empty()) return f;
+    f.median = Median(values);
+    f.min = *std::min_element(values.begin(), values.end());
+    f.max = *std::max_element(values.begin(), values.end());
+    return f;
+  }
+
   struct Summary {
     std::string allocator;
+    bool ferry = false;
     bool ok = false;
     std::string failure;
     int runs = 0;
     double wall = 0, wall_min = 0, wall_max = 0, cpu = 0, rss_mib = 0, rate = 0;
     std::string unit;
+    std::vector<std::pair<std::string, Figure>> extras;  // in order of first appearance
+
+    const Figure* Extra(const std::string& key) const {
+      for (const auto& [k, f] : extras) {
+        if (k == key) return &f;
+      }
+      return nullptr;
+    }
   };
 
-  std::vector<Summary> Summarise(const std::string& workload) const {
+  std::vector<Summary> Summarise(const std::string& job) const {
     std::vector<Summary> summaries;
     for (const Candidate& c : allocators_) {
       if (!c.usable) continue;
       Summary s;
       s.allocator = c.name;
+      s.ferry = c.ferry;
       std::vector<double> wall, cpu, rss, rate;
+      std::vector<std::pair<std::string, std::vector<double>>> extras;
       for (const RunRecord& r : records_) {
-        if (r.workload != workload || r.allocator != c.name) continue;
+        if (r.job != job || r.allocator != c.name) continue;
         if (!r.failure.empty()) {
           s.failure = "FAILED in run " + std::to_string(r.run) + ": " + r.failure;
           continue;
@@ -632,16 +1034,23 @@ class Compare {
         rss.push_back(r.process.max_rss_kib / 1024.0);
         rate.push_back(r.rate);
         s.unit = r.unit;
+        for (const auto& [key, value] : r.extras) {
+          auto it = std::find_if(extras.begin(), extras.end(), [&](const auto& e) { return e.first == key; });
+          if (it == extras.end()) it = extras.insert(extras.end(), {key, {}});
+          it->second.push_back(value);
+        }
       }
       s.ok = s.failure.empty() && !wall.empty();
       if (s.ok) {
         s.runs = static_cast<int>(wall.size());
-        s.wall = Median(wall);
-        s.wall_min = *std::min_element(wall.begin(), wall.end());
-        s.wall_max = *std::max_element(wall.begin(), wall.end());
+        Figure w = FigureOf(wall);
+        s.wall = w.median;
+        s.wall_min = w.min;
+        s.wall_max = w.max;
         s.cpu = Median(cpu);
         s.rss_mib = Median(rss);
         s.rate = Median(rate);
+        for (const auto& [key, values] : extras) s.extras.push_back({key, FigureOf(values)});
       }
       summaries.push_back(s);
     }
@@ -678,8 +1087,45 @@ class Compare {
     return out;
   }
 
-  std::string WorkloadTable(const WorkloadInfo& w) const {
-    std::vector<Summary> summaries = Summarise(w.name);
+  // The extra columns of a table: known keys in kExtraColumns order, then
+  // the others (not hidden) in order of appearance.
+  static std::vector<std::string> ExtraKeys(const std::vector<Summary>& summaries) {
+    std::vector<std::string> present;
+    for (const Summary& s : summaries) {
+      for (const auto& [key, figure] : s.extras) {
+        if (!HiddenExtra(key) && std::find(present.begin(), present.end(), key) == present.end()) {
+          present.push_back(key);
+        }
+      }
+    }
+    std::vector<std::string> keys;
+    for (const ExtraColumn& column : kExtraColumns) {
+      if (std::find(present.begin(), present.end(), column.key) != present.end()) keys.push_back(column.key);
+    }
+    for (const std::string& key : present) {
+      if (KnownExtra(key) == nullptr) keys.push_back(key);
+    }
+    return keys;
+  }
+
+  // A column's title. idle's rss_Ns points are N/3 of its idle time, which
+  // is 3 s except below scale 0.2.
+  static std::string ExtraLabel(const std::string& key, const std::vector<Summary>& summaries) {
+    const ExtraColumn* column = KnownExtra(key);
+    if (column == nullptr) return key;
+    if (key.size() == 6 && key.rfind("rss_", 0) == 0 && key[5] == 's') {
+      for (const Summary& s : summaries) {
+        const Figure* idle = s.Extra("idle_s");
+        if (idle != nullptr && std::abs(idle->median - 3.0) > 1e-6) {
+          return "RSS MiB +" + Format("%.2g", idle->median * (key[4] - '0') / 3) + " s";
+        }
+      }
+    }
+    return column->label;
+  }
+
+  std::string JobTable(const Job& job) const {
+    std::vector<Summary> summaries = Summarise(job.label);
     const Summary* ref = nullptr;
     for (const Summary& s : summaries) {
       if (s.ok && s.allocator == kReference) ref = &s;
@@ -695,21 +1141,36 @@ class Compare {
     auto ratio = [&](double value, double reference) {
       return reference > 0 ? Format("%.2f", value / reference) : std::string("-");
     };
-    std::vector<std::vector<std::string>> rows = {
-        {"allocator", "wall s", "× " + ref_name, "wall min–max", "user+sys s", "× " + ref_name,
-         "peak RSS MiB", "× " + ref_name, "M " + unit + "/s"}};
+    std::vector<std::string> extra_keys = ExtraKeys(summaries);
+    std::vector<std::string> header = {"allocator", "wall s", "× " + ref_name, "wall min–max", "user+sys s",
+                                       "× " + ref_name, "peak RSS MiB", "× " + ref_name, "M " + unit + "/s"};
+    for (const std::string& key : extra_keys) header.push_back(ExtraLabel(key, summaries));
+    std::vector<std::vector<std::string>> rows = {header};
     for (const Summary& s : summaries) {
       if (!s.ok) {
-        rows.push_back({s.allocator, s.failure.empty() ? "no runs" : s.failure, "", "", "", "", "", "", ""});
+        std::vector<std::string> row(header.size());
+        row[0] = s.allocator;
+        row[1] = s.failure.empty() ? "no runs" : s.failure;
+        rows.push_back(row);
         continue;
       }
-      rows.push_back({s.allocator, Format("%.3f", s.wall), ratio(s.wall, ref->wall),
-                      Format("%.3f", s.wall_min) + "–" + Format("%.3f", s.wall_max), Format("%.3f", s.cpu),
-                      ratio(s.cpu, ref->cpu), Format("%.1f", s.rss_mib), ratio(s.rss_mib, ref->rss_mib),
-                      Format("%.2f", s.rate / 1e6)});
+      std::vector<std::string> row = {
+          s.allocator, Format("%.3f", s.wall), ratio(s.wall, ref->wall),
+          Format("%.3f", s.wall_min) + "–" + Format("%.3f", s.wall_max), Format("%.3f", s.cpu),
+          ratio(s.cpu, ref->cpu), Format("%.1f", s.rss_mib), ratio(s.rss_mib, ref->rss_mib),
+          Format("%.2f", s.rate / 1e6)};
+      for (const std::string& key : extra_keys) {
+        const Figure* f = s.Extra(key);
+        const ExtraColumn* column = KnownExtra(key);
+        row.push_back(f == nullptr ? "-" : Format(column ? column->format : "%.3g", f->median));
+      }
+      rows.push_back(row);
     }
-    std::string out = "## " + w.name + "\n\n" + w.summary + ".\n\n";
-    out += Table(rows, {false, true, true, true, true, true, true, true, true});
+    std::vector<bool> right(header.size(), true);
+    right[0] = false;
+    std::string out = "## " + job.label + "\n\n" + job.workload.summary;
+    if (job.pairs > 0) out += "; " + std::to_string(job.pairs) + (job.pairs == 1 ? " pair" : " pairs");
+    out += ".\n\n" + Table(rows, right);
     return out;
   }
 
@@ -763,20 +1224,29 @@ class Compare {
     return buffer;
   }
 
+  std::string PairsText() const {
+    std::vector<std::string> parts;
+    for (int p : flags_.pairs) parts.push_back(std::to_string(p));
+    return Join(parts, ",");
+  }
+
   std::string Report() const {
     std::string out = "# ferry: allocator comparison\n\n";
     out += "- date: " + Date() + "\n";
     out += "- machine: " + Machine() + "\n";
     out += "- load average (1 5 15 min): " + load_before_ + " before, " + load_after_ + " after\n";
-    out += "- command: `" + command_ + "`\n";
+    out += "- command: `" + command_ + "` (" + Format("%.0f", elapsed_s_) + " s)\n";
     out += "- build: " + BuildMode() + "; scale " + flags_.scale + "; runs: " +
-           std::to_string(flags_.runs) + " per allocator and workload, alternating; pairs " +
-           std::to_string(flags_.pairs) + "; threads " + (flags_.pin ? "pinned" : "not pinned");
+           std::to_string(flags_.runs) + " per allocator and workload, alternating; pairs " + PairsText() +
+           "; threads " + (flags_.pin ? "pinned" : "not pinned");
     if (!flags_.ferry_env.empty()) {
-      out += "; ferry runs with";
+      out += "; ferry and its variants run with";
       for (const std::string& kv : flags_.ferry_env) out += " `" + kv + "`";
     }
     out += "\n";
+    if (!dropped_env_.empty()) {
+      out += "- not passed on from the caller's environment: " + Join(dropped_env_, ", ") + "\n";
+    }
     out += "- each figure is the median over runs; wall is the whole process "
            "(start to exit), user+sys and peak RSS come from wait4; "
            "× is the ratio to " + std::string(kReference) +
@@ -788,48 +1258,164 @@ class Compare {
         out += c.note;
       } else {
         out += c.library.empty() ? "glibc malloc (no preload)" : "`" + c.shown + "`";
+        if (c.ferry) {
+          out += " " + Settings(c);
+          if (c.reclaimers_seen >= 0) {
+            out += "; reclaimer threads at exit of the check runs: " + std::to_string(c.reclaimers_seen);
+          }
+        }
       }
       out += "\n";
     }
-    for (const WorkloadInfo& w : workloads_) out += "\n" + WorkloadTable(w);
+    if (!plot_note_.empty()) out += "- " + plot_note_ + "\n";
+    for (const Job& job : jobs_) out += "\n" + JobTable(job);
     return out;
+  }
+
+  static std::string CsvField(std::string text) {
+    std::replace(text.begin(), text.end(), ',', ';');
+    std::replace(text.begin(), text.end(), '\n', ' ');
+    return text;
   }
 
   std::string Csv() const {
     std::string out =
-        "workload,allocator,run,position,wall_s,user_s,sys_s,max_rss_kib,rate,unit,status\n";
+        "workload,pairs,allocator,run,position,wall_s,user_s,sys_s,max_rss_kib,rate,unit,status,extras,series\n";
     for (const RunRecord& r : records_) {
       const ProcessResult& p = r.process;
+      std::vector<std::string> extras;
+      for (const auto& [key, value] : r.extras) extras.push_back(key + "=" + Format("%.6g", value));
       char line[512];
-      std::snprintf(line, sizeof line, "%s,%s,%d,%d,%.6f,%.6f,%.6f,%ld,%.1f,%s,%s\n",
-                    r.workload.c_str(), r.allocator.c_str(), r.run, r.position, p.wall_s, p.user_s,
-                    p.sys_s, p.max_rss_kib, r.rate, r.unit.c_str(),
-                    r.failure.empty() ? "ok" : r.failure.c_str());
-      out += line;
+      std::snprintf(line, sizeof line, "%s,%d,%s,%d,%d,%.6f,%.6f,%.6f,%ld,%.1f,%s,%s,", r.job.c_str(), r.pairs,
+                    r.allocator.c_str(), r.run, r.position, p.wall_s, p.user_s, p.sys_s, p.max_rss_kib, r.rate,
+                    r.unit.c_str(), r.failure.empty() ? "ok" : CsvField(r.failure).c_str());
+      out += line + CsvField(Join(extras, ";")) + "," + CsvField(r.series) + "\n";
     }
     return out;
   }
 
-  void Save(const std::string& report) const {
-    if (flags_.no_save) return;
-    std::string dir = flags_.out_dir;
-    if (dir.empty()) {
-      const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");
-      if (workspace == nullptr || *workspace == '\0') return;
-      dir = std::string(workspace) + "/perf/results";
+  // Where files go: --out, else perf/results/ in the workspace under
+  // `bazel run`, else nowhere ("").
+  std::string OutputDir() const {
+    if (flags_.no_save) return "";
+    if (!flags_.out_dir.empty()) return flags_.out_dir;
+    const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+    if (workspace == nullptr || *workspace == '\0') return "";
+    return std::string(workspace) + "/perf/results";
+  }
+
+  // latest: the full comparison (full scale, every workload, every
+  // allocator; variants may be added). quick: --quick scale. run: the rest,
+  // so that a partial run never replaces the full one.
+  std::string StemName() const {
+    if (flags_.scale == "full" && flags_.workloads.empty() && flags_.allocators.empty()) return "latest";
+    if (flags_.scale == "quick") return "quick";
+    return "run";
+  }
+
+  static void WriteFile(const std::string& path, const std::string& text) {
+    std::ofstream file(path, std::ios::trunc);
+    file << text;
+    file.close();
+    if (!file) {
+      std::fprintf(stderr, "compare: could not write %s\n", path.c_str());
+    } else {
+      std::fprintf(stderr, "compare: wrote %s\n", path.c_str());
     }
-    mkdir(dir.c_str(), 0755);  // its parent must exist
-    std::string stem = dir + "/" + (flags_.scale == "full" ? "latest" : "quick");
-    for (const auto& [path, text] : {std::pair{stem + ".md", report}, std::pair{stem + ".csv", Csv()}}) {
-      std::ofstream file(path, std::ios::trunc);
-      file << text;
-      file.close();
-      if (!file) {
-        std::fprintf(stderr, "compare: could not write %s\n", path.c_str());
-      } else {
-        std::fprintf(stderr, "compare: wrote %s\n", path.c_str());
+  }
+
+  // Draws one panel per table (median wall time, error bars min to max,
+  // ferry's rows in red) plus a panel for each plotted extra (kPlottedExtras)
+  // into `png` with gnuplot. Never fails the run: returns the line for the
+  // report, which says what went wrong if anything did.
+  std::string Plot(const std::string& png) const {
+    std::string gnuplot = FindOnPath("gnuplot");
+    if (gnuplot.empty()) {
+      std::fprintf(stderr, "compare: gnuplot not found; no plot (apt-get install gnuplot-nox)\n");
+      return "plot skipped: gnuplot not found (package gnuplot-nox)";
+    }
+    struct Panel {
+      std::string title;
+      std::vector<std::string> rows;  // "name" median min max color
+    };
+    std::vector<Panel> panels;
+    auto color = [](const Summary& s) {
+      if (s.ferry) return s.allocator == "ferry" ? "0xd62728" : "0xff7f0e";
+      return s.allocator == kReference ? "0x2ca02c" : "0x1f77b4";
+    };
+    auto row = [&](const Summary& s, double median, double lo, double hi) {
+      return "\"" + s.allocator + "\" " + Format("%.6g", median) + " " + Format("%.6g", lo) + " " +
+             Format("%.6g", hi) + " " + color(s);
+    };
+    for (const Job& job : jobs_) {
+      std::vector<Summary> summaries = Summarise(job.label);
+      Panel wall{job.label + ": wall s", {}};
+      for (const Summary& s : summaries) {
+        if (s.ok) wall.rows.push_back(row(s, s.wall, s.wall_min, s.wall_max));
+      }
+      if (wall.rows.empty()) continue;
+      panels.push_back(wall);
+      for (const char* key : kPlottedExtras) {
+        Panel extra{job.label + ": " + ExtraLabel(key, summaries), {}};
+        for (const Summary& s : summaries) {
+          const Figure* f = s.ok ? s.Extra(key) : nullptr;
+          if (f != nullptr) extra.rows.push_back(row(s, f->median, f->min, f->max));
+        }
+        if (!extra.rows.empty()) panels.push_back(extra);
       }
     }
+    if (panels.empty()) return "plot skipped: no figures";
+
+    char dir_template[] = "/tmp/ferry-compare-plot-XXXXXX";
+    if (mkdtemp(dir_template) == nullptr) return "plot skipped: mkdtemp failed";
+    std::string dir = dir_template;
+    std::string data = dir + "/data.txt", script = dir + "/plot.gp";
+    std::string data_text;
+    for (const Panel& p : panels) data_text += Join(p.rows, "\n") + "\n\n\n";
+    const int columns = panels.size() < 3 ? static_cast<int>(panels.size()) : 3;
+    const int rows = static_cast<int>((panels.size() + columns - 1) / columns);
+    auto script_for = [&](const std::string& terminal) {
+      std::string gp = "set terminal " + terminal + " size " + std::to_string(columns * 440) + "," +
+                       std::to_string(rows * 300 + 40) + "\n";
+      gp += "set output '" + png + "'\n";
+      gp += "set multiplot layout " + std::to_string(rows) + "," + std::to_string(columns) +
+            " title \"ferry vs other allocators: median of " + std::to_string(flags_.runs) +
+            " runs, error bars min-max; scale " + flags_.scale + "; " + Date() + "\"\n";
+      gp += "set style fill solid 0.8 border -1\nset boxwidth 0.7 relative\nunset key\n";
+      gp += "set xtics rotate by 40 right nomirror\nset ytics nomirror\nset grid ytics\n";
+      gp += "set yrange [0:*]\nset offsets 0, 0, graph 0.05, 0\n";
+      for (size_t i = 0; i < panels.size(); ++i) {
+        std::string title = panels[i].title;
+        std::replace(title.begin(), title.end(), '"', '\'');
+        gp += "set title \"" + title + "\" noenhanced\n";
+        gp += "set xrange [-0.6:" + Format("%.1f", panels[i].rows.size() - 0.4) + "]\n";
+        gp += "plot '" + data + "' index " + std::to_string(i) +
+              " using 0:2:5:xtic(1) with boxes lc rgb variable, '' index " + std::to_string(i) +
+              " using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0\n";
+      }
+      gp += "unset multiplot\n";
+      return gp;
+    };
+    std::string note;
+    std::ofstream(data, std::ios::trunc) << data_text;
+    for (const char* terminal : {"pngcairo noenhanced font 'sans,8'", "png small"}) {
+      std::ofstream(script, std::ios::trunc) << script_for(terminal);
+      ProcessResult result = RunProcess({gnuplot, script}, BaseEnv(), 120, /*capture_stderr=*/true);
+      if (result.ok() && IsFile(png)) {
+        std::fprintf(stderr, "compare: wrote %s\n", png.c_str());
+        note = "plot: `" + png.substr(png.rfind('/') + 1) +
+               "` (wall time per table; RSS/live for onefree and RSS 1 s after the burst for idle; "
+               "ferry in red, its variants in orange, " + kReference + " in green)";
+        break;
+      }
+      std::string first_line = result.err.substr(0, result.err.find('\n'));
+      note = "plot failed: gnuplot " + result.Describe() + (first_line.empty() ? "" : ": " + first_line);
+    }
+    if (note.rfind("plot failed", 0) == 0) std::fprintf(stderr, "compare: %s\n", note.c_str());
+    unlink(data.c_str());
+    unlink(script.c_str());
+    rmdir(dir.c_str());
+    return note;
   }
 
   Flags flags_;
@@ -838,9 +1424,13 @@ class Compare {
   std::string workload_bin_;
   std::vector<WorkloadInfo> all_workloads_;
   std::vector<WorkloadInfo> workloads_;
+  std::vector<Job> jobs_;
   std::vector<Candidate> allocators_;
   std::vector<RunRecord> records_;
+  std::vector<std::string> dropped_env_;
   std::string load_before_, load_after_;
+  std::string plot_note_;
+  double elapsed_s_ = 0;
   bool failed_ = false;
 };
 

@@ -3,9 +3,14 @@
 #
 #   compare_smoke_test.sh COMPARE NOT_AN_ALLOCATOR_SO
 #
-# 1. One run of every workload on glibc and ferry must succeed and print a
-#    table row with figures for both.
-# 2. A library that is not an allocator, passed off as ferry, must be refused
+# 1. One run of every workload (prodcons at 1, 2 and 4 pairs) on glibc and
+#    ferry must succeed and print a table row with figures for both, with
+#    the extra columns of onefree and idle; the CSV and (when gnuplot is
+#    installed) the plot must be written.
+# 2. ferry variants: a standard one (ferry-r0) and a --variant row are
+#    measured with their settings (the check runs see no reclaimer thread in
+#    ferry-r0); a variant whose setting ferry rejects is refused.
+# 3. A library that is not an allocator, passed off as ferry, must be refused
 #    (exit status 1, "NOT REPORTED", no figures for it).
 set -uo pipefail
 
@@ -18,20 +23,60 @@ fail() {
   exit 1
 }
 
-"$compare" --runs 1 --scale tiny --alloc glibc --alloc ferry --no-save \
+# A Markdown row for $1 with figures (a wall time) in the table under "## $2".
+has_row() {
+  awk -v table="## $2" -v alloc="$1" '
+    /^## / { inside = ($0 == table) }
+    inside && $0 ~ "^\\| " alloc " +\\| +[0-9]+\\.[0-9]+ \\|" { found = 1 }
+    END { exit found ? 0 : 1 }' "$3"
+}
+
+# 1. Every workload on glibc and ferry.
+"$compare" --runs 1 --scale tiny --alloc glibc --alloc ferry --out "$tmp/results" \
   >"$tmp/out.md" 2>"$tmp/err.txt"
 status=$?
 cat "$tmp/err.txt" "$tmp/out.md"
 [[ $status -eq 0 ]] || fail "compare exited with status $status"
-for workload in churn prodcons; do
-  grep -q "^## $workload\$" "$tmp/out.md" || fail "no table for $workload"
+tables="churn prodcons/1 prodcons/2 prodcons/4 larson mstress onefree cscratch realloc medium idle"
+for table in $tables; do
+  grep -q "^## $table\$" "$tmp/out.md" || fail "no table for $table"
+  for allocator in glibc ferry; do
+    has_row "$allocator" "$table" "$tmp/out.md" || fail "no figures for $allocator in $table"
+  done
 done
-for allocator in glibc ferry; do
-  rows=$(grep -cE "^\| $allocator +\| +[0-9]+\.[0-9]+ \|" "$tmp/out.md")
-  [[ $rows -eq 2 ]] || fail "expected 2 rows of figures for $allocator, found $rows"
-done
+grep -qE "^\| allocator .*\| RSS/live \|" "$tmp/out.md" || fail "no RSS/live column (onefree)"
+grep -qE "^\| ferry +\|.*\| +[0-9]+\.[0-9]+ \| +[0-9]+\.[0-9]+ \|$" "$tmp/out.md" || fail "no extra figures for ferry"
+grep -qE "^\| allocator .*\| RSS MiB before \| RSS MiB \+0 s \|" "$tmp/out.md" || fail "no RSS columns (idle)"
+[[ -s "$tmp/results/run.csv" ]] || fail "no run.csv written"
+rows=$(grep -c ",ok," "$tmp/results/run.csv")
+[[ $rows -eq 22 ]] || fail "expected 22 ok runs in run.csv, found $rows"
+grep -q "^idle,0,ferry,.*rss_3s=.*,0.00:" "$tmp/results/run.csv" || fail "no RSS series for idle in run.csv"
+if command -v gnuplot >/dev/null; then
+  [[ -s "$tmp/results/run.png" ]] || fail "gnuplot is installed but no run.png was written"
+else
+  grep -q "plot skipped" "$tmp/out.md" || fail "no gnuplot and no note saying the plot was skipped"
+fi
 
-"$compare" --runs 1 --scale tiny --alloc glibc --alloc ferry --no-save \
+# 2. Variants.
+"$compare" --runs 1 --scale tiny --workload prodcons --pairs 2 --alloc ferry-r0 \
+  --variant b64:FERRY_BATCH=64 --no-save >"$tmp/variants.md" 2>&1
+status=$?
+cat "$tmp/variants.md"
+[[ $status -eq 0 ]] || fail "variants: compare exited with status $status"
+for allocator in ferry-r0 b64; do
+  has_row "$allocator" prodcons/2 "$tmp/variants.md" || fail "no figures for variant $allocator"
+done
+grep -q "ferry-r0: .* with FERRY_RECLAIMERS=0; reclaimer threads at exit of the check runs: 0" \
+  "$tmp/variants.md" || fail "ferry-r0's settings not shown or not in effect"
+"$compare" --runs 1 --scale tiny --workload churn --alloc glibc --variant bad:FERRY_RECLAIMERS=lots \
+  --no-save >"$tmp/bad.md" 2>&1
+status=$?
+[[ $status -eq 1 ]] || { cat "$tmp/bad.md"; fail "a variant with a bad setting: status $status, want 1"; }
+grep -q "bad: NOT REPORTED: .*warned" "$tmp/bad.md" || { cat "$tmp/bad.md"; fail "bad variant not refused"; }
+has_row glibc churn "$tmp/bad.md" || { cat "$tmp/bad.md"; fail "glibc not measured beside a refused variant"; }
+
+# 3. A library that is not an allocator.
+"$compare" --runs 1 --scale tiny --workload churn --alloc glibc --alloc ferry --no-save \
   --ferry-lib "$not_an_allocator" >"$tmp/refused.md" 2>&1
 status=$?
 [[ $status -eq 1 ]] || { cat "$tmp/refused.md"; fail "a non-allocator as ferry: status $status, want 1"; }

@@ -23,7 +23,7 @@ namespace {
 
 constexpr char kName[] = "churn";
 constexpr size_t kSlots = size_t{1} << 16;       // live objects, ~7 MiB
-constexpr uint64_t kFullSteps = 20'000'000;      // free+malloc pairs at scale 1
+constexpr uint64_t kFullSteps = 16'000'000;      // free+malloc pairs at scale 1
 constexpr uint64_t kBurstPeriod = 1 << 18;       // steps between bursts
 constexpr size_t kBurstSlots = kSlots / 16;      // slots torn down per burst
 constexpr size_t kTemporaries = 4096;            // short-lived objects per burst

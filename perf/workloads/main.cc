@@ -8,6 +8,10 @@
 // Output on stdout, one line each, `key=value` separated by spaces:
 //   PRELOAD ok=1 malloc=<object that defines malloc> ...   (--check-preload)
 //   RESULT workload=NAME ops=N unit=frees seconds=S rate=R
+//   EXTRA key=value ...          (workloads with extra figures, e.g. RSS)
+//   SERIES v v v ...             (workloads with a time series)
+// `--list` prints one line per workload: NAME, TAB, summary, TAB, "pairs"
+// when --pairs sizes it (else "-").
 // Exit status: 0 ok, 2 bad arguments, 3 objects found corrupted, 4 the
 // expected allocator is not the one in use.
 #include <dlfcn.h>
@@ -15,6 +19,10 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -28,11 +36,12 @@ namespace {
 
 struct Workload {
   const char* name;
+  bool pairs;
   const char* summary;
   Result (*run)(const Options&);
 };
 
-#define FERRY_WORKLOAD_ENTRY(name, summary) {#name, summary, &name::Run},
+#define FERRY_WORKLOAD_ENTRY(name, pairs, summary) {#name, pairs, summary, &name::Run},
 constexpr Workload kWorkloads[] = {FERRY_WORKLOADS(FERRY_WORKLOAD_ENTRY)};
 #undef FERRY_WORKLOAD_ENTRY
 
@@ -155,6 +164,42 @@ uint64_t Scaled(const Options& options, uint64_t full, uint64_t minimum) {
   return scaled < static_cast<double>(minimum) ? minimum : static_cast<uint64_t>(scaled);
 }
 
+int AllowedCpus() {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 1;
+  return std::max(CPU_COUNT(&allowed), 1);
+}
+
+uint64_t ResidentBytes() {
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buffer[128];
+  ssize_t n = read(fd, buffer, sizeof buffer - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buffer[n] = '\0';
+  // "size resident shared text lib data dt", in pages.
+  unsigned long long size = 0, resident = 0;
+  if (std::sscanf(buffer, "%llu %llu", &size, &resident) != 2) return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void AllocationFailed(const char* workload, size_t size) {
+  std::fprintf(stderr, "%s: allocation of %zu bytes failed\n", workload, size);
+  std::_Exit(kExitCorrupted);
+}
+
+double MedianOf(std::vector<double>& values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
 namespace {
 
 [[noreturn]] void Corrupted(const char* workload, const void* p, size_t size, size_t offset,
@@ -210,7 +255,9 @@ int main(int argc, char** argv) {
     };
     long number = 0;
     if (arg == "--list") {
-      for (const Workload& w : kWorkloads) std::printf("%s\t%s\n", w.name, w.summary);
+      for (const Workload& w : kWorkloads) {
+        std::printf("%s\t%s\t%s\n", w.name, w.summary, w.pairs ? "pairs" : "-");
+      }
       return 0;
     } else if (arg == "--scale") {
       if (!ParseScale(value(), &options.scale)) Usage("--scale wants tiny, quick, full or a number > 0");
@@ -242,5 +289,11 @@ int main(int argc, char** argv) {
   std::printf("RESULT workload=%s ops=%llu unit=%s seconds=%.6f rate=%.1f\n", workload->name,
               static_cast<unsigned long long>(result.ops), result.unit, result.seconds,
               result.seconds > 0 ? static_cast<double>(result.ops) / result.seconds : 0.0);
+  if (!result.extras.empty()) {
+    std::printf("EXTRA");
+    for (const auto& [key, value] : result.extras) std::printf(" %s=%.6g", key.c_str(), value);
+    std::printf("\n");
+  }
+  if (!result.series.empty()) std::printf("SERIES %s\n", result.series.c_str());
   return 0;
 }

@@ -29,7 +29,7 @@ namespace ferry::perf::prodcons {
 namespace {
 
 constexpr char kName[] = "prodcons";
-constexpr uint64_t kFullObjects = 16'000'000;  // in total, at scale 1
+constexpr uint64_t kFullObjects = 10'000'000;  // in total, at scale 1
 constexpr uint32_t kChunk = 256;               // pointers per hand-off
 constexpr uint32_t kRingChunks = 64;           // chunks in flight per pair
 constexpr uint32_t kWakeAt = kRingChunks / 2;  // see "Waiting" below

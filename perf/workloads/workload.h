@@ -9,7 +9,7 @@
 // mismatch, so a broken allocator cannot post a fast time.
 //
 // Adding a workload: write perf/workloads/<name>.cc defining
-// `int ferry::perf::<name>::Run(const Options&)` and add one line to
+// `Result ferry::perf::<name>::Run(const Options&)` and add one line to
 // FERRY_WORKLOADS below. The BUILD globs the sources; the driver asks the
 // binary for its list (`workload --list`), so nothing else changes.
 #ifndef FERRY_PERF_WORKLOADS_WORKLOAD_H_
@@ -18,13 +18,36 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
-// The workloads, one line each: name, then one line of what it models.
-#define FERRY_WORKLOADS(X)                                                    \
-  X(churn, "1 thread: free a random slot of a working set, allocate a new "   \
-           "random size (8-1024 B, mostly small), with bursts")               \
-  X(prodcons, "producer threads allocate 16-256 B objects, consumer threads " \
-              "free them in chunks of 256: every free is remote")
+// The workloads, one line each: name, whether --pairs sizes it (the driver
+// then runs it once per pair count and reports each as NAME/N), then one
+// line of what it models.
+#define FERRY_WORKLOADS(X)                                                     \
+  X(churn, false, "1 thread: free a random slot of a working set, allocate a " \
+                  "new random size (8-1024 B, mostly small), with bursts")     \
+  X(prodcons, true, "producer threads allocate 16-256 B objects, consumer "    \
+                    "threads free them in chunks of 256: every free is remote") \
+  X(larson, false, "4 threads replace random slots of a working set "          \
+                   "(8-1000 B); every 40000 steps a thread hands its slots to " \
+                   "a fresh thread and exits (larson)")                         \
+  X(mstress, false, "rounds of 4 short-lived threads churn 8 B-8 KiB objects " \
+                    "and swap some through a shared transfer array, so "       \
+                    "objects outlive the threads that made them (mstress)")     \
+  X(onefree, false, "4 producers replace objects of a steady 64 MiB live set; " \
+                    "one thread does every free; RSS/live sampled every 50 ms") \
+  X(cscratch, false, "objects made on the main thread are freed by workers "   \
+                     "that then allocate and write their own 8 B objects: "    \
+                     "passive false sharing shows as time (cache-scratch)")    \
+  X(realloc, false, "1 thread grows 256 objects from 16 B to 4-64 KiB by "      \
+                    "realloc (doubling and linear steps, some shrinks), "      \
+                    "contents checked after each")                             \
+  X(medium, false, "1 thread: free a random slot of a working set, allocate " \
+                   "a new 1-64 KiB object (log-uniform)")                      \
+  X(idle, false, "one thread allocates 512 MiB in 16 B-16 KiB blocks, another " \
+                 "frees them all, then both idle 3 s; RSS every 100 ms")
 
 namespace ferry::perf {
 
@@ -40,11 +63,19 @@ struct Options {
 };
 
 // What a workload hands back: how much it did and how long its timed phase
-// took. The binary prints it as one `RESULT ...` line for the driver.
+// took. The binary prints it as one `RESULT ...` line for the driver, the
+// extras as one `EXTRA key=value ...` line (the driver knows how to show
+// some keys, see perf/compare.cc) and the series as one `SERIES ...` line.
 struct Result {
+  Result(uint64_t ops_in, const char* unit_in, double seconds_in)
+      : ops(ops_in), unit(unit_in), seconds(seconds_in) {}
   uint64_t ops = 0;      // the unit named below (one free+malloc, one free...)
   const char* unit = "ops";
   double seconds = 0;    // the timed phase, measured inside the process
+  // Figures other than a rate, e.g. {"rss_live", 1.31}; keys are [a-z0-9_].
+  std::vector<std::pair<std::string, double>> extras;
+  // A time series, e.g. "0.0:512.3 0.1:498.0" (seconds:MiB), for the raw CSV.
+  std::string series;
 };
 
 // Pins the calling thread to the `index`-th CPU (modulo their number) that
@@ -57,6 +88,23 @@ void PinThisThread(const Options& options, int index);
 
 // Scales a default count, never below `minimum`.
 uint64_t Scaled(const Options& options, uint64_t full, uint64_t minimum);
+
+// The number of CPUs this process may run on (its affinity mask), at least 1.
+int AllowedCpus();
+
+// Resident set size of this process in bytes, from /proc/self/statm (no
+// allocation; 0 if it cannot be read).
+uint64_t ResidentBytes();
+
+// Seconds on the monotonic clock.
+double NowSeconds();
+
+// Prints "workload: allocation of N bytes failed" and exits with
+// kExitCorrupted (a workload cannot go on without its object).
+[[noreturn]] void AllocationFailed(const char* workload, size_t size);
+
+// Median of `values` (0 when empty); sorts them.
+double MedianOf(std::vector<double>& values);
 
 // wyrand: small, fast and good enough to pick sizes and slots.
 class Rng {
@@ -105,7 +153,7 @@ void Verify(const char* workload, const void* p, size_t size, uint64_t tag);
 // with kExitCorrupted.
 void VerifyZero(const char* workload, const void* p, size_t size);
 
-#define FERRY_DECLARE_WORKLOAD(name, summary) \
+#define FERRY_DECLARE_WORKLOAD(name, pairs, summary) \
   namespace name {                            \
   Result Run(const Options& options);         \
   }

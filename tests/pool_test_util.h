@@ -1,0 +1,175 @@
+// pool_test_util.h — helpers for the tests of the reclaimer pool
+// (reclaimer_test.cc, fork_test.cc, rss_test.cc): what the environment asked
+// of the pool, which threads the process has now, resident memory, waiting
+// for a condition with a deadline, and how much work to do under a
+// sanitizer.
+//
+// Unlike test_util.h these helpers allocate (std::string, std::vector from
+// the C++ library, which in API-mode tests is glibc's malloc, not ferry's),
+// so call them from test code, never from inside a content check.
+#ifndef FERRY_TESTS_POOL_TEST_UTIL_H_
+#define FERRY_TESTS_POOL_TEST_UTIL_H_
+
+#include <dirent.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+
+namespace ferry_test {
+
+// Work is divided by this under ThreadSanitizer (10-20x slower, and the
+// tests must stay under a minute there).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr int kSanitizerSlowdown = 8;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr int kSanitizerSlowdown = 8;
+#else
+inline constexpr int kSanitizerSlowdown = 1;
+#endif
+#else
+inline constexpr int kSanitizerSlowdown = 1;
+#endif
+
+// An integer environment variable, or `fallback` when unset or empty.
+inline long EnvInt(const char* name, long fallback) {
+  const char* value = getenv(name);
+  if (value == nullptr || *value == '\0') return fallback;
+  return strtol(value, nullptr, 10);
+}
+
+// The remote frees per batch the allocator was told to use (FERRY_BATCH).
+inline size_t BatchSize() {
+  const long batch = EnvInt("FERRY_BATCH", 256);
+  return batch >= 1 && batch <= 4096 ? static_cast<size_t>(batch) : 256;
+}
+
+inline bool BackendIsTbb() {
+  const char* value = getenv("FERRY_RECLAIMER_BACKEND");
+  return value != nullptr && strcmp(value, "tbb") == 0;
+}
+
+// CPUs in this process's affinity mask.
+inline int AffinityCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+// The number of reclaimer threads FERRY_RECLAIMERS asks for. For the default
+// (-1: half the usable CPUs, 1..4) this uses the affinity mask only; a
+// cgroup CPU quota can make ferry pick fewer, so callers that run with the
+// default should accept 1..this.
+inline int ExpectedReclaimers() {
+  const long n = EnvInt("FERRY_RECLAIMERS", -1);
+  if (n == 0) return 0;
+  if (n > 0 && n <= 64) return static_cast<int>(n);
+  return std::clamp(AffinityCpus() / 2, 1, 4);
+}
+
+inline bool ReclaimersFromDefault() { return EnvInt("FERRY_RECLAIMERS", -1) < 0; }
+
+// Names (comm) of every thread of this process, as /proc/self/task shows them.
+inline std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return names;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
+    std::string name;
+    if (comm && std::getline(comm, name)) names.push_back(name);
+  }
+  closedir(dir);
+  return names;
+}
+
+inline int TaskCount() { return static_cast<int>(ThreadNames().size()); }
+
+inline bool IsReclaimerName(const std::string& name) {
+  return name.rfind("ferry-reclaim", 0) == 0;
+}
+
+// Threads named ferry-reclaim*.
+inline int ReclaimerThreadCount() {
+  int count = 0;
+  for (const std::string& name : ThreadNames()) count += IsReclaimerName(name);
+  return count;
+}
+
+// The names of this process's ferry-reclaim* threads, sorted, joined by spaces.
+inline std::string ReclaimerNames() {
+  std::vector<std::string> names;
+  for (const std::string& name : ThreadNames()) {
+    if (IsReclaimerName(name)) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  std::string joined;
+  for (const std::string& name : names) joined += (joined.empty() ? "" : " ") + name;
+  return joined;
+}
+
+// "ferry-reclaim0 ferry-reclaim1 ... ferry-reclaim<n-1>" (sorted as strings).
+inline std::string ExpectedReclaimerNames(int n) {
+  std::vector<std::string> names;
+  for (int i = 0; i < n; ++i) names.push_back("ferry-reclaim" + std::to_string(i));
+  std::sort(names.begin(), names.end());
+  std::string joined;
+  for (const std::string& name : names) joined += (joined.empty() ? "" : " ") + name;
+  return joined;
+}
+
+// Every thread's name, for failure messages.
+inline std::string AllThreadNames() {
+  std::string joined;
+  for (const std::string& name : ThreadNames()) joined += (joined.empty() ? "" : ", ") + name;
+  return joined;
+}
+
+// Polls `done` every `step` until it holds or `timeout` passes; returns its
+// last value.
+template <class Predicate>
+bool WaitFor(Predicate done, std::chrono::milliseconds timeout,
+             std::chrono::milliseconds step = std::chrono::milliseconds(5)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+    std::this_thread::sleep_for(step);
+  }
+}
+
+inline ferry_stats_t Stats() {
+  ferry_stats_t s;
+  ferry_stats_get(&s);
+  return s;
+}
+
+// Resident memory of this process in bytes (/proc/self/statm, second field).
+inline size_t ResidentBytes() {
+  FILE* f = fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  unsigned long size = 0, resident = 0;
+  const int got = fscanf(f, "%lu %lu", &size, &resident);
+  fclose(f);
+  if (got != 2) return 0;
+  return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+}  // namespace ferry_test
+
+#endif  // FERRY_TESTS_POOL_TEST_UTIL_H_

@@ -1,0 +1,921 @@
+// reclaimer_test.cc — the reclaimer pool seen from outside: what ferry_flush
+// guarantees about where remotely freed blocks are, when the pool's threads
+// exist (only once a batch is handed on, and exactly FERRY_RECLAIMERS of
+// them), that blocks keep their contents while they travel through the pool
+// under producer/consumer, all-to-all and thread-churn workloads, and that the
+// pool's statistics add up.
+//
+// Runs as variants over FERRY_RECLAIMERS = 0, 1, 3 and the two backends
+// (threads, tbb); see RECLAIMER_POOL_VARIANTS in BUILD. The test reads the
+// same environment to know what to expect.
+//
+// Size classes: the flush tests need a class no other test in this binary
+// touches, so that the owner's pages of that class hold nothing but the
+// test's own blocks. They use 176, 208, 352, 2560, 3584 and 20480 bytes
+// (one class each); the stress tests draw from StressSize(), which avoids
+// those classes, and the churn test uses 1280 alone.
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <latch>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/pool_test_util.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ferry_test::BatchSize;
+using ferry_test::BlockIntact;
+using ferry_test::FillBlock;
+using ferry_test::kKiB;
+using ferry_test::kMiB;
+using ferry_test::kSanitizerSlowdown;
+using ferry_test::Mix;
+using ferry_test::Stats;
+using ferry_test::WaitFor;
+
+struct Item {
+  void* p;
+  size_t n;
+};
+
+Item Make(size_t n) {
+  void* p = ferry_malloc(n);
+  if (p != nullptr) FillBlock(p, n);
+  return {p, n};
+}
+
+bool CheckAndFree(const Item& item) {
+  const bool ok = BlockIntact(item.p, item.n);
+  ferry_free(item.p);
+  return ok;
+}
+
+// Sizes for the stress tests: mostly small, some medium with multi-slice
+// pages, now and then large (a run of slices of its own) and, rarely, huge.
+// None falls in a class the flush tests use (see the top of the file).
+size_t StressSize(uint64_t i) {
+  static constexpr size_t kSizes[] = {8,   16,  32,  48,   64,   80,   96,   128,  144,  160,
+                                      256, 320, 512, 768, 1024, 1536, 2048, 4096, 6144, 12288};
+  if (i % 4001 == 4000) return 3 * kMiB + 4096;
+  if (i % 211 == 210) return 700 * kKiB;
+  if (i % 53 == 52) return i % 2 == 0 ? 40000 : 100000;
+  return kSizes[Mix(i) % std::size(kSizes)];
+}
+
+// --- what the pool should look like ------------------------------------------------
+
+// "" when the pool's threads are what FERRY_RECLAIMERS and the backend ask
+// for, now that it has started (`started`) or while it must not have.
+// Thread names are polled for a while: a new reclaimer names itself only
+// once it runs.
+std::string PoolThreadsProblem(bool started) {
+  const int wanted = started ? ferry_test::ExpectedReclaimers() : 0;
+  const bool from_default = ferry_test::ReclaimersFromDefault();
+  std::string problem;
+  auto check = [&] {
+    const ferry_stats_t s = Stats();
+    const int named = ferry_test::ReclaimerThreadCount();
+    const int stat = static_cast<int>(s.reclaimer_threads);
+    if (wanted == 0) {
+      if (named != 0 || stat != 0) {
+        problem = "expected no reclaimer thread, found " + std::to_string(named) +
+                  " named ferry-reclaim* (" + ferry_test::ReclaimerNames() +
+                  ") and reclaimer_threads = " + std::to_string(stat);
+        return false;
+      }
+      return true;
+    }
+    // With the default (-1), a cgroup quota may make ferry pick fewer.
+    const bool stat_ok = from_default ? stat >= 1 && stat <= wanted : stat == wanted;
+    if (!stat_ok) {
+      problem = "reclaimer_threads = " + std::to_string(stat) + ", expected " +
+                std::to_string(wanted) + (from_default ? " or fewer (default)" : "");
+      return false;
+    }
+    // The tbb backend runs the pool's work as tasks on oneTBB's workers
+    // (the tbb variants link oneTBB): ferry makes no threads of its own.
+    if (ferry_test::BackendIsTbb()) {
+      if (named != 0) {
+        problem = "FERRY_RECLAIMER_BACKEND=tbb, yet ferry's own reclaimer threads run (" +
+                  ferry_test::ReclaimerNames() + "): did the backend fall back to threads?";
+        return false;
+      }
+      return true;
+    }
+    const std::string names = ferry_test::ReclaimerNames();
+    const std::string expected = ferry_test::ExpectedReclaimerNames(stat);
+    if (names != expected) {
+      problem = "reclaimer threads named [" + names + "], expected [" + expected +
+                "]; all threads: " + ferry_test::AllThreadNames();
+      return false;
+    }
+    return true;
+  };
+  if (started) {
+    if (WaitFor(check, 5s)) return "";
+  } else {
+    // A thread that should not exist may be on its way: look twice.
+    if (check()) {
+      std::this_thread::sleep_for(100ms);
+      if (check()) return "";
+    }
+  }
+  const ferry_stats_t s = Stats();
+  return problem + " [remote_frees " + std::to_string(s.remote_frees) + ", batches_published " +
+         std::to_string(s.batches_published) + ", batches_inline " + std::to_string(s.batches_inline) +
+         ", batches_pooled " + std::to_string(s.batches_pooled) + ", pool_starts " +
+         std::to_string(s.pool_starts) + "]";
+}
+
+// After every thread that freed remotely has exited or flushed, the counters
+// must add up. Call with every other test thread joined.
+void ExpectCountersConsistentAfterFlush() {
+  ferry_flush();
+  ferry_stats_t s = Stats();
+  EXPECT_EQ(s.blocks_returned, s.remote_frees)
+      << "after a flush with every other thread gone, every published remote free must have "
+         "reached its page";
+  // A reclaimer counts a batch just after applying it, so the flush may
+  // return a moment before the count; wait for the pool to be quiet.
+  const bool settled = WaitFor(
+      [&] {
+        s = Stats();
+        return s.batches_pooled + s.batches_inline == s.batches_published;
+      },
+      5s);
+  EXPECT_TRUE(settled) << "batches_pooled " << s.batches_pooled << " + batches_inline "
+                       << s.batches_inline << " != batches_published " << s.batches_published;
+  EXPECT_LE(s.steals, s.batches_pooled);
+  const int wanted = ferry_test::ExpectedReclaimers();
+  if (wanted == 0) {
+    EXPECT_EQ(s.batches_pooled, 0u);
+    EXPECT_EQ(s.steals, 0u);
+    EXPECT_EQ(s.reclaimer_threads, 0u);
+    EXPECT_EQ(s.pool_starts, 0u);
+  } else if (s.batches_published > 0) {
+    EXPECT_EQ(s.pool_starts, 1u) << "the pool starts once per process (no fork here)";
+    EXPECT_EQ(PoolThreadsProblem(true), "");
+  }
+  if (wanted == 1) {
+    EXPECT_EQ(s.steals, 0u) << "one reclaimer has no one to steal from";
+  }
+}
+
+// Runs `check` in a fresh copy of this test binary (a threadsafe death test
+// re-executes it), so that nothing earlier in this process has started the
+// pool. `check` returns "" or what went wrong.
+#define EXPECT_IN_FRESH_PROCESS(check)                                  \
+  do {                                                                  \
+    GTEST_FLAG_SET(death_test_style, "threadsafe");                     \
+    EXPECT_EXIT(                                                        \
+        {                                                               \
+          const std::string problem = (check)();                        \
+          if (!problem.empty()) fprintf(stderr, "%s\n", problem.c_str()); \
+          fflush(stderr);                                               \
+          _exit(problem.empty() ? 0 : 1);                               \
+        },                                                              \
+        testing::ExitedWithCode(0), "");                                \
+  } while (0)
+
+// --- flush: where remotely freed blocks are afterwards -------------------------------
+
+// Blocks of one size class allocated by the calling thread, in order, with
+// what their addresses tell about pages: a fresh page hands out its blocks
+// at ascending addresses one block size apart, so a jump marks a new page.
+struct OwnedBlocks {
+  std::vector<void*> blocks;
+  size_t size = 0;
+  size_t blocks_per_page = 0;
+  size_t on_last_page = 0;  // blocks handed out from the page of the last one
+  size_t pages = 0;         // pages the blocks came from
+};
+
+// Allocates blocks of `size` (a class nothing else in this process uses)
+// until at least `min_blocks` are out, over at least 3 pages, and the last
+// page has handed out `last_page_blocks(blocks_per_page)` blocks (a whole page
+// when that returns blocks_per_page). Fills every block.
+void AllocateWholePages(size_t size, size_t min_blocks,
+                        const std::function<size_t(size_t)>& last_page_blocks, OwnedBlocks* out) {
+  out->size = size;
+  std::vector<size_t> completed;  // blocks of each finished page
+  size_t run = 0;
+  size_t stride = 0;
+  auto allocate_one = [&] {
+    void* p = ferry_malloc(size);
+    ASSERT_NE(p, nullptr);
+    if (stride == 0) stride = ferry_usable_size(p);
+    FillBlock(p, size);
+    if (!out->blocks.empty() &&
+        reinterpret_cast<uintptr_t>(p) != reinterpret_cast<uintptr_t>(out->blocks.back()) + stride) {
+      completed.push_back(run);
+      run = 0;
+    }
+    ++run;
+    out->blocks.push_back(p);
+  };
+  while (completed.size() < 2) {
+    ASSERT_NO_FATAL_FAILURE(allocate_one());
+    ASSERT_LT(out->blocks.size(), 100000u) << "no page pattern in the addresses of " << size << " B blocks";
+  }
+  const size_t per_page = completed[1];
+  ASSERT_EQ(completed[0], per_page)
+      << "the first two pages of " << size << " B blocks hold different numbers of blocks "
+      << "(a class the test thought unused already had a page?)";
+  const size_t want_last = last_page_blocks(per_page);
+  ASSERT_GE(want_last, 1u);
+  ASSERT_LE(want_last, per_page);
+  while (completed.size() + 1 < 3 || out->blocks.size() < min_blocks || run != want_last) {
+    ASSERT_NO_FATAL_FAILURE(allocate_one());
+    ASSERT_LE(run, per_page) << "a page of " << size << " B blocks handed out more blocks than the first ones";
+    for (size_t c : completed) ASSERT_EQ(c, per_page);
+  }
+  out->blocks_per_page = per_page;
+  out->on_last_page = run;
+  out->pages = completed.size() + 1;
+}
+
+// Another thread checks and frees `blocks` and calls ferry_flush(), then
+// waits, alive, until `work` (run on the calling thread) is done: the frees
+// reach home by the flush alone, not by the freeing thread's exit.
+void FreeElsewhereFlushThen(const std::vector<void*>& blocks, size_t size,
+                            const std::function<void()>& work) {
+  std::latch flushed(1), done(1);
+  std::atomic<size_t> corrupt{0};
+  std::thread freer([&] {
+    for (void* p : blocks) {
+      corrupt += !BlockIntact(p, size);
+      ferry_free(p);
+    }
+    ferry_flush();
+    flushed.count_down();
+    done.wait();
+  });
+  flushed.wait();
+  work();
+  done.count_down();
+  freer.join();
+  EXPECT_EQ(corrupt.load(), 0u) << "blocks of " << size << " B changed before they were freed";
+}
+
+// After another thread freed `owned` and flushed, the owner's allocations
+// of that class: those the current page still had to give, then every freed
+// block, before any new page is touched.
+void ExpectOwnerReusesEveryFreedBlock(const OwnedBlocks& owned) {
+  const size_t n = owned.blocks.size();
+  const size_t left_on_page = owned.blocks_per_page - owned.on_last_page;
+  const std::set<void*> freed(owned.blocks.begin(), owned.blocks.end());
+  ASSERT_EQ(freed.size(), n);
+  std::vector<void*> again;
+  FreeElsewhereFlushThen(owned.blocks, owned.size, [&] {
+    for (size_t i = 0; i < n + left_on_page; ++i) {
+      void* p = ferry_malloc(owned.size);
+      ASSERT_NE(p, nullptr);
+      FillBlock(p, owned.size);
+      again.push_back(p);
+    }
+  });
+  ASSERT_EQ(again.size(), n + left_on_page);
+  size_t reused_in_first_n = 0;
+  for (size_t i = 0; i < n; ++i) reused_in_first_n += freed.count(again[i]);
+  size_t reused = 0;
+  for (void* p : again) reused += freed.count(p);
+  EXPECT_EQ(std::set<void*>(again.begin(), again.end()).size(), again.size())
+      << "a block was handed out twice";
+  EXPECT_GE(reused_in_first_n, n - left_on_page)
+      << owned.size << " B blocks: " << n << " freed on " << owned.pages << " pages of "
+      << owned.blocks_per_page << " (the last had " << left_on_page
+      << " blocks never handed out), but only " << reused_in_first_n << " of the owner's next " << n
+      << " allocations reused them";
+  EXPECT_EQ(reused, n) << owned.size << " B blocks: after the flush, the owner's next "
+                       << n + left_on_page << " allocations (the " << left_on_page
+                       << " its current page still had, then the returned ones) reused only "
+                       << reused << " of the " << n << " freed blocks";
+  for (void* p : again) {
+    EXPECT_TRUE(BlockIntact(p, owned.size));
+    ferry_free(p);
+  }
+}
+
+void OwnerOfWholePages(size_t size) {
+  OwnedBlocks owned;
+  ASSERT_NO_FATAL_FAILURE(AllocateWholePages(size, 600, [](size_t per_page) { return per_page; }, &owned));
+  ASSERT_NO_FATAL_FAILURE(ExpectOwnerReusesEveryFreedBlock(owned));
+}
+
+void OwnerOfPagesAndAHalf(size_t size) {
+  OwnedBlocks owned;
+  ASSERT_NO_FATAL_FAILURE(
+      AllocateWholePages(size, 600, [](size_t per_page) { return std::max<size_t>(1, per_page / 2); }, &owned));
+  ASSERT_NO_FATAL_FAILURE(ExpectOwnerReusesEveryFreedBlock(owned));
+}
+
+TEST(ReclaimerFlush, OwnerOfWholePagesGetsBackExactlyTheBlocksAnotherThreadFreedAndFlushed) {
+  // On a thread of its own, so that the owner is not the main thread.
+  for (size_t size : {size_t{208}, size_t{2560}, size_t{20480}}) {
+    std::thread([size] { OwnerOfWholePages(size); }).join();
+  }
+}
+
+TEST(ReclaimerFlush, OwnerFinishesItsCurrentPageThenGetsBackEveryFreedBlock) {
+  OwnerOfPagesAndAHalf(352);
+  std::thread([] { OwnerOfPagesAndAHalf(3584); }).join();
+}
+
+TEST(ReclaimerFlush, FlushOnAThirdThreadCoversFullBatchesOthersPublished) {
+  // The owner's blocks are freed by thread B in full batches only (no
+  // flush, and B stays alive); thread C, which freed nothing, flushes.
+  // Every batch B published before C's flush must have reached its page.
+  const size_t batch = BatchSize();
+  constexpr size_t kSize = 176;
+  std::thread([&] {
+    OwnedBlocks owned;
+    ASSERT_NO_FATAL_FAILURE(
+        AllocateWholePages(kSize, 2 * batch, [](size_t per_page) { return per_page; }, &owned));
+    const size_t m = owned.blocks.size() / batch * batch;
+    ASSERT_GE(m, batch);
+    const std::vector<void*> by_b(owned.blocks.begin(), owned.blocks.begin() + m);
+    const std::set<void*> freed(by_b.begin(), by_b.end());
+    std::latch freed_all(1), done(1);
+    std::atomic<size_t> corrupt{0};
+    std::thread b([&] {
+      for (void* p : by_b) {
+        corrupt += !BlockIntact(p, kSize);
+        ferry_free(p);
+      }
+      freed_all.count_down();
+      done.wait();
+    });
+    freed_all.wait();
+    std::thread c([] { ferry_flush(); });
+    c.join();
+    // Every page is used up (whole pages), so nothing fresh comes first.
+    std::vector<void*> again;
+    size_t reused = 0;
+    for (size_t i = 0; i < m; ++i) {
+      void* p = ferry_malloc(kSize);
+      ASSERT_NE(p, nullptr);
+      FillBlock(p, kSize);
+      reused += freed.count(p);
+      again.push_back(p);
+    }
+    done.count_down();
+    b.join();
+    EXPECT_EQ(corrupt.load(), 0u);
+    EXPECT_EQ(reused, m) << m << " blocks freed by B in full batches (" << batch
+                         << " each), flushed by C: the owner's next " << m << " allocations reused only "
+                         << reused;
+    for (void* p : again) {
+      EXPECT_TRUE(BlockIntact(p, kSize));
+      ferry_free(p);
+    }
+    for (size_t i = m; i < owned.blocks.size(); ++i) {
+      EXPECT_TRUE(BlockIntact(owned.blocks[i], kSize));
+      ferry_free(owned.blocks[i]);
+    }
+  }).join();
+}
+
+// --- when the pool's threads exist ---------------------------------------------------
+
+std::string SingleThreadedProgramHasNoReclaimer() {
+  if (ferry_test::TaskCount() != 1) {
+    return "the fresh test process does not start single-threaded: " + ferry_test::AllThreadNames();
+  }
+  // Everything a single-threaded program can do: every kind of block, local
+  // frees only, reallocs, flushes and collects.
+  std::vector<Item> live;
+  for (uint64_t i = 0; i < 20000; ++i) {
+    live.push_back(Make(StressSize(i)));
+    if (live.back().p == nullptr) return "out of memory";
+    if (i % 3 == 0) {
+      const size_t victim = Mix(i) % live.size();
+      if (!CheckAndFree(live[victim])) return "a block changed under a single thread";
+      live[victim] = live.back();
+      live.pop_back();
+    }
+    if (i % 5000 == 0) ferry_flush();
+  }
+  void* r = ferry_malloc(10);
+  for (size_t n = 16; n < 4 * kMiB; n *= 3) r = ferry_realloc(r, n);
+  ferry_free(r);
+  for (const Item& item : live) {
+    if (!CheckAndFree(item)) return "a block changed under a single thread";
+  }
+  ferry_flush();
+  ferry_collect();
+  std::this_thread::sleep_for(100ms);
+  if (ferry_test::TaskCount() != 1) {
+    return "a single-threaded program that never freed another thread's block has threads: " +
+           ferry_test::AllThreadNames();
+  }
+  ferry_stats_t s = Stats();
+  if (s.pool_starts != 0 || s.reclaimer_threads != 0 || s.remote_frees != 0 || s.batches_published != 0) {
+    return "single-threaded: pool_starts " + std::to_string(s.pool_starts) + ", reclaimer_threads " +
+           std::to_string(s.reclaimer_threads) + ", remote_frees " + std::to_string(s.remote_frees) +
+           ", batches_published " + std::to_string(s.batches_published) + " (all should be 0)";
+  }
+
+  // Threads that free only their own blocks (and exit, their heaps taken
+  // over by the next ones) hand no batch on either.
+  for (int wave = 0; wave < 4; ++wave) {
+    std::vector<std::thread> threads;
+    std::atomic<int> corrupt{0};
+    for (int t = 0; t < 3; ++t) {
+      threads.emplace_back([&, t] {
+        std::vector<Item> mine;
+        for (uint64_t i = 0; i < 2000; ++i) mine.push_back(Make(StressSize(i * 7 + t + wave)));
+        for (const Item& item : mine) corrupt += !CheckAndFree(item);
+        ferry_flush();
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    if (corrupt != 0) return "a block changed under its own thread";
+  }
+  ferry_collect();
+  std::string problem = PoolThreadsProblem(false);
+  if (!problem.empty()) return "threads that freed only their own blocks: " + problem;
+  s = Stats();
+  if (s.pool_starts != 0 || s.remote_frees != 0) {
+    return "threads that freed only their own blocks: pool_starts " + std::to_string(s.pool_starts) +
+           ", remote_frees " + std::to_string(s.remote_frees);
+  }
+  return "";
+}
+
+TEST(ReclaimerPool, ProgramWithoutRemoteFreesNeverStartsAThread) {
+  EXPECT_IN_FRESH_PROCESS(SingleThreadedProgramHasNoReclaimer);
+}
+
+// The first allocation of a size class this thread never used takes the
+// allocation slow path, where a pool that was asked for starts.
+void AllocateOnTheSlowPath() {
+  static size_t next_size = 5000;  // 5000, 5800, 6600, ...: a new class each time
+  void* p = ferry_malloc(next_size);
+  next_size += 800;
+  ferry_free(p);
+}
+
+// A helper thread frees some of the main thread's blocks and, if `flush`,
+// calls ferry_flush(); then the pool must run with the configured threads.
+std::string PoolStartsWhen(size_t remote_frees, bool flush) {
+  const size_t batch = BatchSize();
+  std::vector<Item> blocks;
+  for (size_t i = 0; i < 4 * batch; ++i) blocks.push_back(Make(96));
+  std::latch freed(1), checked(1), flushed(1), done(1);
+  std::atomic<size_t> corrupt{0};
+  std::thread helper([&] {
+    for (size_t i = 0; i < remote_frees; ++i) corrupt += !CheckAndFree(blocks[i]);
+    freed.count_down();
+    checked.wait();
+    if (flush) ferry_flush();
+    flushed.count_down();
+    done.wait();
+  });
+  freed.wait();
+  std::string problem;
+  if (remote_frees < batch) {
+    // A partial batch stays with its thread: no pool yet.
+    problem = PoolThreadsProblem(false);
+    if (!problem.empty()) problem = "after " + std::to_string(remote_frees) + " remote frees (batch " +
+                                    std::to_string(batch) + ") and no flush: " + problem;
+    if (problem.empty() && Stats().pool_starts != 0) problem = "pool_starts != 0 before any batch was handed on";
+  }
+  if (problem.empty() && remote_frees == batch) {
+    // The batch was handed on inside free(), which never creates a thread
+    // (README: glibc may hold a lock pthread_create needs); the threads come
+    // at the next allocation slow path.
+    problem = PoolThreadsProblem(false);
+    if (!problem.empty()) problem = "right after a full batch was handed on inside free(): " + problem;
+    if (problem.empty()) AllocateOnTheSlowPath();
+  }
+  checked.count_down();
+  flushed.wait();
+  if (problem.empty()) {
+    problem = PoolThreadsProblem(true);
+    if (!problem.empty()) {
+      problem = "after " + std::to_string(remote_frees) + " remote frees" + (flush ? " and a flush" : "") +
+                ": " + problem;
+    }
+  }
+  const uint64_t starts = Stats().pool_starts;
+  const uint64_t wanted_starts = ferry_test::ExpectedReclaimers() > 0 ? 1 : 0;
+  if (problem.empty() && starts != wanted_starts) {
+    problem = "pool_starts " + std::to_string(starts) + ", expected " + std::to_string(wanted_starts);
+  }
+  done.count_down();
+  helper.join();
+  if (corrupt != 0) return "blocks changed before their remote free";
+
+  // More remote work from several threads: still the same pool, started once.
+  if (problem.empty()) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+      threads.emplace_back([&, t] {
+        std::vector<Item> mine;
+        for (uint64_t i = 0; i < 3 * batch; ++i) mine.push_back(Make(StressSize(i + t)));
+        std::thread([&] {
+          for (const Item& item : mine) corrupt += !CheckAndFree(item);
+        }).join();
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    ferry_flush();
+    problem = PoolThreadsProblem(true);
+    if (!problem.empty()) problem = "after more remote frees: " + problem;
+    if (problem.empty() && Stats().pool_starts != wanted_starts) {
+      problem = "pool_starts " + std::to_string(Stats().pool_starts) + " after more remote frees, expected " +
+                std::to_string(wanted_starts);
+    }
+  }
+  for (size_t i = remote_frees; i < blocks.size(); ++i) corrupt += !CheckAndFree(blocks[i]);
+  if (corrupt != 0) return "blocks changed before their free";
+  return problem;
+}
+
+TEST(ReclaimerPool, StartsAtTheFirstFlushOfRemoteFreesWithTheConfiguredThreads) {
+  EXPECT_IN_FRESH_PROCESS([] { return PoolStartsWhen(10, /*flush=*/true); });
+}
+
+TEST(ReclaimerPool, StartsWhenTheFirstFullBatchIsHandedOn) {
+  EXPECT_IN_FRESH_PROCESS([] { return PoolStartsWhen(BatchSize(), /*flush=*/false); });
+}
+
+TEST(ReclaimerPool, StartsWhenAThreadExitsWithAPartialBatch) {
+  EXPECT_IN_FRESH_PROCESS([] {
+    std::vector<Item> blocks;
+    for (int i = 0; i < 10; ++i) blocks.push_back(Make(96));
+    std::atomic<size_t> corrupt{0};
+    std::thread([&] {
+      for (const Item& item : blocks) corrupt += !CheckAndFree(item);
+    }).join();
+    if (corrupt != 0) return std::string("blocks changed before their remote free");
+    AllocateOnTheSlowPath();
+    const std::string problem = PoolThreadsProblem(true);
+    return problem.empty() ? problem
+                           : "after a thread exited with 10 remote frees pending and an allocation "
+                             "slow path: " + problem;
+  });
+}
+
+// --- stress, with content checks ------------------------------------------------------
+
+// A bounded queue of chunks of blocks.
+class ChunkQueue {
+ public:
+  void Push(std::vector<Item> chunk) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return chunks_.size() < 32; });
+    chunks_.push_back(std::move(chunk));
+    not_empty_.notify_one();
+  }
+  bool Pop(std::vector<Item>* out) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait(lock, [&] { return !chunks_.empty() || open_producers_ == 0; });
+    if (chunks_.empty()) return false;
+    *out = std::move(chunks_.front());
+    chunks_.pop_front();
+    not_full_.notify_one();
+    return true;
+  }
+  void SetProducers(int n) { open_producers_ = n; }
+  void ProducerDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --open_producers_;
+    not_empty_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<std::vector<Item>> chunks_;
+  int open_producers_ = 0;
+};
+
+TEST(ReclaimerStress, ProducersAndConsumersWithContentChecks) {
+  constexpr int kProducers = 2, kConsumers = 2;
+  const uint64_t per_producer = 120000 / kSanitizerSlowdown;
+  ChunkQueue queue;
+  queue.SetProducers(kProducers);
+  std::atomic<uint64_t> corrupt{0}, failed{0}, consumed{0};
+  std::vector<std::thread> threads;
+  for (int p = 0; p < kProducers; ++p) {
+    threads.emplace_back([&, p] {
+      std::vector<Item> chunk;
+      for (uint64_t i = 0; i < per_producer; ++i) {
+        Item item = Make(StressSize(i * kProducers + p));
+        if (item.p == nullptr) {
+          failed++;
+          continue;
+        }
+        chunk.push_back(item);
+        if (chunk.size() == 48) {
+          queue.Push(std::move(chunk));
+          chunk.clear();
+        }
+      }
+      queue.Push(std::move(chunk));
+      queue.ProducerDone();
+      // Keep allocating over what the consumers sent home.
+      std::vector<Item> again;
+      for (uint64_t i = 0; i < 3000 / kSanitizerSlowdown; ++i) again.push_back(Make(StressSize(i + 17 * p)));
+      for (const Item& item : again) corrupt += !CheckAndFree(item);
+    });
+  }
+  for (int c = 0; c < kConsumers; ++c) {
+    threads.emplace_back([&, c] {
+      std::vector<Item> chunk;
+      while (queue.Pop(&chunk)) {
+        for (const Item& item : chunk) {
+          corrupt += !CheckAndFree(item);
+          consumed++;
+        }
+      }
+      // One consumer flushes; the other exits with its partial batch pending.
+      if (c == 0) ferry_flush();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+  EXPECT_EQ(consumed.load(), kProducers * per_producer);
+  ExpectCountersConsistentAfterFlush();
+}
+
+TEST(ReclaimerStress, AllToAllWithAFlushByOneThreadCoveringEveryThreadsBatches) {
+  constexpr int kThreads = 4;
+  const int rounds = std::max(6, 60 / kSanitizerSlowdown);
+  const uint64_t per_round = 1500;
+  std::vector<std::vector<Item>> owned(kThreads);
+  std::barrier sync(kThreads);
+  std::atomic<uint64_t> corrupt{0}, failed{0}, flush_misses{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < rounds; ++round) {
+        for (uint64_t i = 0; i < per_round; ++i) {
+          Item item = Make(StressSize(i * kThreads + t + round * 7919));
+          if (item.p == nullptr) {
+            failed++;
+            continue;
+          }
+          owned[t].push_back(item);
+        }
+        sync.arrive_and_wait();
+        for (int u = 0; u < kThreads; ++u) {
+          const std::vector<Item>& blocks = owned[(t + u) % kThreads];
+          for (size_t i = t; i < blocks.size(); i += kThreads) corrupt += !CheckAndFree(blocks[i]);
+        }
+        sync.arrive_and_wait();
+        if (round % 3 == 2 && t == round % kThreads) {
+          // Everyone else waits at the barrier: after this thread's flush,
+          // every batch any thread published has reached its page.
+          ferry_flush();
+          const ferry_stats_t s = Stats();
+          if (s.blocks_returned != s.remote_frees) {
+            flush_misses++;
+            ADD_FAILURE() << "round " << round << ": after thread " << t << "'s flush, blocks_returned "
+                          << s.blocks_returned << " != remote_frees " << s.remote_frees;
+          }
+        }
+        sync.arrive_and_wait();
+        owned[t].clear();
+        sync.arrive_and_wait();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+  EXPECT_EQ(flush_misses.load(), 0u);
+  ExpectCountersConsistentAfterFlush();
+}
+
+TEST(ReclaimerStress, HundredsOfShortLivedThreadsExitWithTheirPartialBatchPending) {
+  const int threads_total = std::max(80, 800 / kSanitizerSlowdown);
+  constexpr int kConcurrent = 4;
+  constexpr size_t kOwnerSize = 1280;  // this test's class alone
+  constexpr size_t kOwnerPerThread = 6;
+  const size_t batch = BatchSize();
+  ASSERT_GT(batch, kOwnerPerThread + 24) << "the test wants every thread's batch to stay partial";
+  std::vector<void*> owner_blocks;
+  for (int i = 0; i < threads_total * static_cast<int>(kOwnerPerThread); ++i) {
+    owner_blocks.push_back(ferry_malloc(kOwnerSize));
+    ASSERT_NE(owner_blocks.back(), nullptr);
+    FillBlock(owner_blocks.back(), kOwnerSize);
+  }
+  const std::set<void*> owner_set(owner_blocks.begin(), owner_blocks.end());
+  std::mutex mu;
+  std::vector<Item> pool;  // blocks of earlier threads, most of them exited
+  std::atomic<uint64_t> corrupt{0};
+  const ferry_stats_t before = Stats();
+  auto worker = [&](int id) {
+    for (size_t k = 0; k < kOwnerPerThread; ++k) {
+      void* p = owner_blocks[id * kOwnerPerThread + k];
+      corrupt += !BlockIntact(p, kOwnerSize);
+      ferry_free(p);
+    }
+    std::vector<Item> mine;
+    for (uint64_t i = 0; i < 32; ++i) mine.push_back(Make(StressSize(i + id * 32)));
+    std::vector<Item> theirs;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (int i = 0; i < 24 && !pool.empty(); ++i) {
+        theirs.push_back(pool.back());
+        pool.pop_back();
+      }
+      for (size_t i = 0; i < mine.size(); i += 2) pool.push_back(mine[i]);
+    }
+    for (size_t i = 1; i < mine.size(); i += 2) corrupt += !CheckAndFree(mine[i]);
+    for (const Item& item : theirs) corrupt += !CheckAndFree(item);
+    // Exits with at most 30 remote frees in its batch: handed on at exit.
+  };
+  for (int wave = 0; wave < threads_total / kConcurrent; ++wave) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kConcurrent; ++t) threads.emplace_back(worker, wave * kConcurrent + t);
+    for (std::thread& t : threads) t.join();
+  }
+  const ferry_stats_t exited = Stats();
+  EXPECT_GE(exited.heaps_abandoned - before.heaps_abandoned, static_cast<uint64_t>(threads_total));
+  // Nothing but exits handed those batches on; the flush waits for them.
+  ferry_flush();
+  std::vector<void*> again;
+  size_t reused = 0;
+  for (size_t i = 0; i < 2 * owner_blocks.size(); ++i) {
+    void* p = ferry_malloc(kOwnerSize);
+    ASSERT_NE(p, nullptr);
+    FillBlock(p, kOwnerSize);
+    reused += owner_set.count(p);
+    again.push_back(p);
+  }
+  EXPECT_EQ(reused, owner_blocks.size())
+      << "blocks freed by threads that exited with their batch pending did not all come back to "
+         "their owner";
+  for (void* p : again) {
+    corrupt += !BlockIntact(p, kOwnerSize);
+    ferry_free(p);
+  }
+  for (const Item& item : pool) corrupt += !CheckAndFree(item);
+  EXPECT_EQ(corrupt.load(), 0u);
+  ExpectCountersConsistentAfterFlush();
+}
+
+TEST(ReclaimerStress, OwnersAndFreersExitWhileTheirBlocksAreInFlight) {
+  const int rounds = std::max(10, 120 / kSanitizerSlowdown);
+  const uint64_t per_owner = 1200;
+  std::atomic<uint64_t> corrupt{0}, failed{0};
+  std::vector<Item> survivors;  // live across rounds, on heaps later taken over
+  std::mutex mu;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<Item> blocks;
+    std::latch handed(1);
+    // The owner allocates, hands its blocks over and exits at once.
+    std::thread owner([&] {
+      for (uint64_t i = 0; i < per_owner; ++i) {
+        Item item = Make(StressSize(i + round * 100003));
+        if (item.p == nullptr) {
+          failed++;
+          continue;
+        }
+        blocks.push_back(item);
+      }
+      handed.count_down();
+    });
+    handed.wait();
+    // Freers free them while the owner exits, and exit themselves with their
+    // batches still in the pool (no flush).
+    std::vector<std::thread> freers;
+    for (int f = 0; f < 2; ++f) {
+      freers.emplace_back([&, f] {
+        for (size_t i = f; i < blocks.size(); i += 2) {
+          if (i % 50 == 7) {
+            std::lock_guard<std::mutex> lock(mu);
+            survivors.push_back(blocks[i]);  // some stay live, owner long gone
+            continue;
+          }
+          corrupt += !CheckAndFree(blocks[i]);
+        }
+        // New blocks on this (perhaps taken-over) heap, freed by the next round.
+        std::lock_guard<std::mutex> lock(mu);
+        for (uint64_t i = 0; i < 40; ++i) survivors.push_back(Make(StressSize(i * 3 + f + round)));
+      });
+    }
+    owner.join();
+    for (std::thread& t : freers) t.join();
+    if (round % 5 == 4) ferry_flush();
+    // Survivors from earlier rounds are freed by this thread now and then.
+    if (round % 3 == 2) {
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = 0; i < survivors.size(); i += 2) corrupt += !CheckAndFree(survivors[i]);
+      std::vector<Item> kept;
+      for (size_t i = 1; i < survivors.size(); i += 2) kept.push_back(survivors[i]);
+      survivors.swap(kept);
+    }
+  }
+  ferry_flush();
+  const ferry_stats_t before_collect = Stats();
+  ferry_collect();
+  const ferry_stats_t after_collect = Stats();
+  EXPECT_GT(after_collect.abandoned_collections, before_collect.abandoned_collections)
+      << "ferry_collect must run the pool's housekeeping, which collects the exited threads' heaps";
+  // A last generation allocates over whatever came back, and checks.
+  std::thread([&] {
+    std::vector<Item> mine;
+    for (uint64_t i = 0; i < 4000; ++i) mine.push_back(Make(StressSize(i * 11)));
+    for (const Item& item : mine) corrupt += !CheckAndFree(item);
+  }).join();
+  for (const Item& item : survivors) corrupt += !CheckAndFree(item);
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+  ExpectCountersConsistentAfterFlush();
+}
+
+// --- statistics -------------------------------------------------------------------------
+
+TEST(ReclaimerStats, PoolCountersAfterARemoteFreeWorkload) {
+  const int wanted = ferry_test::ExpectedReclaimers();
+  const size_t batch = BatchSize();
+  const ferry_stats_t before = Stats();
+  ChunkQueue queue;
+  queue.SetProducers(2);
+  std::atomic<uint64_t> corrupt{0};
+  std::vector<std::thread> threads;
+  for (int p = 0; p < 2; ++p) {
+    threads.emplace_back([&, p] {
+      std::vector<Item> chunk;
+      for (uint64_t i = 0; i < 20 * batch; ++i) {
+        static constexpr size_t kSmall[] = {16, 48, 96, 144, 320, 1024};
+        chunk.push_back(Make(kSmall[(i * 2 + p) % std::size(kSmall)]));
+        if (chunk.size() == 64) {
+          queue.Push(std::move(chunk));
+          chunk.clear();
+        }
+      }
+      queue.Push(std::move(chunk));
+      queue.ProducerDone();
+    });
+  }
+  threads.emplace_back([&] {
+    std::vector<Item> chunk;
+    while (queue.Pop(&chunk)) {
+      for (const Item& item : chunk) corrupt += !CheckAndFree(item);
+    }
+    ferry_flush();
+  });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(corrupt.load(), 0u);
+  ferry_stats_t s;
+  WaitFor(
+      [&] {
+        s = Stats();
+        return s.batches_pooled + s.batches_inline == s.batches_published;
+      },
+      5s);
+  const uint64_t published = s.batches_published - before.batches_published;
+  EXPECT_GE(published, 40u) << "40 full batches of remote frees were made";
+  EXPECT_EQ(s.blocks_returned, s.remote_frees);
+  EXPECT_EQ(s.batches_pooled + s.batches_inline, s.batches_published);
+  EXPECT_LE(s.steals, s.batches_pooled);
+  if (wanted == 0) {
+    EXPECT_EQ(s.batches_pooled, 0u);
+    EXPECT_EQ(s.batches_inline - before.batches_inline, published);
+    EXPECT_EQ(s.reclaimer_threads, 0u);
+    EXPECT_EQ(s.pool_starts, 0u);
+    EXPECT_EQ(s.reclaimer_cpu_ns, 0u);
+    EXPECT_EQ(s.steals, 0u);
+    EXPECT_EQ(ferry_test::ReclaimerThreadCount(), 0) << ferry_test::AllThreadNames();
+  } else {
+    EXPECT_GT(s.batches_pooled - before.batches_pooled, 0u)
+        << "with " << wanted << " reclaimers, no batch went to the pool";
+    EXPECT_EQ(s.pool_starts, 1u);
+    // The tbb backend's work runs on oneTBB's shared workers: no CPU clock
+    // of ferry's own to read.
+    if (!ferry_test::BackendIsTbb()) {
+      EXPECT_GT(s.reclaimer_cpu_ns, 0u);
+    }
+    EXPECT_EQ(PoolThreadsProblem(true), "");
+    if (wanted == 1) {
+      EXPECT_EQ(s.steals, 0u);
+    }
+  }
+}
+
+}  // namespace

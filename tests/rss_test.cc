@@ -1,0 +1,327 @@
+// rss_test.cc — resident memory after cross-thread frees: memory freed by
+// another thread must go back to the OS without the owner's help, whether
+// the owner sleeps or has exited, and a process where several threads
+// allocate and one thread only frees must not grow past its live data
+// (mimalloc#1364: 4.9x live).
+//
+// Resident memory is read from /proc/self/statm. Each case runs in its own
+// process (one target per case, see BUILD), so that memory one case left
+// committed cannot hide another's growth, and so that each baseline is its
+// own. Blocks are written in full (memset) so that they are resident, and
+// carry a tag at both ends that the freeing thread checks.
+//
+// Not under sanitizers: their allocators and shadow memory make resident
+// memory meaningless.
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <latch>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/pool_test_util.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ferry_test::kKiB;
+using ferry_test::kMiB;
+using ferry_test::Mix;
+using ferry_test::ResidentBytes;
+
+constexpr size_t kGiB = size_t{1} << 30;
+
+// (a), (b): after everything was freed and flushed, resident memory must come
+// within this much of the baseline...
+constexpr size_t kReturnedAllowance = 100 * kMiB;
+// ...within this long, polled this often.
+constexpr auto kReturnDeadline = 2s;
+constexpr auto kPollStep = 100ms;
+
+// (c): steady resident memory <= kSteadyFactor x live bytes + kSteadyAllowance
+// (the allowance covers partly used pages of each size class and thread,
+// batches in flight, and the test's own bookkeeping in glibc's heap).
+constexpr double kSteadyFactor = 1.2;
+constexpr size_t kSteadyAllowance = 16 * kMiB;
+
+double MiB(size_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kMiB); }
+double MiB(int64_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kMiB); }
+
+int64_t Above(size_t rss, size_t baseline) {
+  return static_cast<int64_t>(rss) - static_cast<int64_t>(baseline);
+}
+
+// Writes the whole block (so it is resident) and a tag at both ends.
+void Touch(void* p, size_t n) {
+  memset(p, 0x5a, n);
+  const uint64_t tag = Mix(reinterpret_cast<uintptr_t>(p) ^ n);
+  memcpy(p, &tag, sizeof(tag));
+  memcpy(static_cast<char*>(p) + n - sizeof(tag), &tag, sizeof(tag));
+}
+
+bool TagsIntact(const void* p, size_t n) {
+  const uint64_t tag = Mix(reinterpret_cast<uintptr_t>(p) ^ n);
+  uint64_t head, tail;
+  memcpy(&head, p, sizeof(head));
+  memcpy(&tail, static_cast<const char*>(p) + n - sizeof(tail), sizeof(tail));
+  return head == tag && tail == tag;
+}
+
+// 64 B .. 4 KiB, spread evenly.
+size_t SmallSize(uint64_t i) { return 64 + Mix(i) % (4 * kKiB - 64 + 1); }
+size_t MediumSize(uint64_t) { return 256 * kKiB; }
+
+struct Block {
+  void* p;
+  size_t n;
+};
+
+enum class Owner { kStaysIdle, kExits };
+
+// (a) and (b): one thread allocates `total` bytes in blocks of `size(i)` and
+// hands them to a second thread, which frees them all and calls
+// ferry_flush(). The owner then sleeps (kStaysIdle) or has exited (kExits).
+// Resident memory must fall back near the baseline within kReturnDeadline.
+void ExpectFreedMemoryReturns(size_t total, size_t (*size)(uint64_t), Owner owner_fate) {
+  // Bookkeeping made resident before the baseline.
+  size_t planned = 0;
+  for (size_t bytes = 0; bytes < total; ++planned) bytes += size(planned);
+  std::vector<Block> blocks(planned, Block{nullptr, 0});
+  size_t count = 0;
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool handed = false, freed = false, owner_may_exit = false;
+  size_t corrupt = 0;
+
+  // The freeing thread exists (with its heap) before the owner allocates,
+  // so that it cannot take over the owner's heap when the owner exits.
+  std::thread freer([&] {
+    ferry_free(ferry_malloc(16));
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return handed; });
+    lock.unlock();
+    for (size_t i = 0; i < count; ++i) {
+      corrupt += !TagsIntact(blocks[i].p, blocks[i].n);
+      ferry_free(blocks[i].p);
+    }
+    ferry_flush();
+    lock.lock();
+    freed = true;
+    cv.notify_all();
+  });
+  const size_t baseline = ResidentBytes();
+  size_t peak = 0;
+
+  std::thread owner([&] {
+    for (uint64_t i = 0; i < planned; ++i) {
+      const size_t n = size(i);
+      void* p = ferry_malloc(n);
+      if (p == nullptr) {
+        failed = true;
+        break;
+      }
+      Touch(p, n);
+      blocks[count++] = {p, n};
+    }
+    peak = ResidentBytes();
+    std::unique_lock<std::mutex> lock(mu);
+    handed = true;
+    cv.notify_all();
+    if (owner_fate == Owner::kExits) return;
+    // Idle: alive, but never allocating or freeing again until the end.
+    cv.wait(lock, [&] { return owner_may_exit; });
+  });
+  if (owner_fate == Owner::kExits) owner.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return freed; });
+  }
+  EXPECT_FALSE(failed.load()) << "out of memory";
+  ASSERT_GT(Above(peak, baseline), static_cast<int64_t>(total * 9 / 10))
+      << "the blocks were not resident: the test measures nothing";
+
+  std::ostringstream samples;
+  size_t rss = ResidentBytes();
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    samples << " " << static_cast<int64_t>(MiB(Above(rss, baseline)));
+    if (Above(rss, baseline) < static_cast<int64_t>(kReturnedAllowance)) break;
+    if (std::chrono::steady_clock::now() - start >= kReturnDeadline) break;
+    std::this_thread::sleep_for(kPollStep);
+    rss = ResidentBytes();
+  }
+  const auto waited =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  const ferry_stats_t s = ferry_test::Stats();
+  printf("resident above baseline: peak %.1f MiB, %.1f MiB after %lld ms; samples (MiB):%s\n",
+         MiB(Above(peak, baseline)), MiB(Above(rss, baseline)), static_cast<long long>(waited.count()),
+         samples.str().c_str());
+  EXPECT_LT(Above(rss, baseline), static_cast<int64_t>(kReturnedAllowance))
+      << MiB(total) << " MiB allocated by one thread and freed by another, which flushed; the owner "
+      << (owner_fate == Owner::kExits ? "exited" : "sleeps") << ". Resident memory above the baseline: peak "
+      << MiB(Above(peak, baseline)) << " MiB, still " << MiB(Above(rss, baseline)) << " MiB after "
+      << waited.count() << " ms (limit " << MiB(kReturnedAllowance) << " MiB within "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(kReturnDeadline).count()
+      << " ms); samples (MiB):" << samples.str() << "; bytes_decommitted " << s.bytes_decommitted
+      << ", segments_live " << s.segments_live << ", reclaimer_threads " << s.reclaimer_threads;
+  EXPECT_EQ(corrupt, 0u);
+
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    owner_may_exit = true;
+    cv.notify_all();
+  }
+  if (owner.joinable()) owner.join();
+  freer.join();
+}
+
+TEST(Rss, MemoryFreedByAnotherThreadReturnsWhileItsOwnerSleepsSmallBlocks) {
+  ExpectFreedMemoryReturns(kGiB, SmallSize, Owner::kStaysIdle);
+}
+
+TEST(Rss, MemoryFreedByAnotherThreadReturnsWhileItsOwnerSleepsMediumBlocks) {
+  ExpectFreedMemoryReturns(kGiB, MediumSize, Owner::kStaysIdle);
+}
+
+TEST(Rss, MemoryFreedByAnotherThreadReturnsAfterItsOwnerExitedSmallBlocks) {
+  ExpectFreedMemoryReturns(kGiB, SmallSize, Owner::kExits);
+}
+
+TEST(Rss, MemoryFreedByAnotherThreadReturnsAfterItsOwnerExitedMediumBlocks) {
+  ExpectFreedMemoryReturns(kGiB, MediumSize, Owner::kExits);
+}
+
+// (c) Producers allocate, one thread frees the oldest blocks, live data
+// held near kLive and turned over kTurnovers times.
+TEST(Rss, ManyProducersOneFreerStayNearLiveData) {
+  constexpr int kProducers = 4;
+  constexpr size_t kLive = 64 * kMiB;
+  constexpr size_t kChunkBlocks = 128;  // ~260 KiB a chunk
+  constexpr int kTurnovers = 40;
+  constexpr size_t kTotal = kTurnovers * kLive;
+
+  std::mutex mu;
+  std::condition_variable room, work;
+  std::deque<std::vector<Block>> chunks;  // oldest first
+  std::atomic<size_t> live{0}, allocated{0};
+  bool producers_done = false;
+  std::atomic<size_t> corrupt{0};
+  std::atomic<bool> failed{false};
+
+  const size_t baseline = ResidentBytes();
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kProducers; ++t) {
+    producers.emplace_back([&, t] {
+      uint64_t i = static_cast<uint64_t>(t) << 40;
+      for (;;) {
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          room.wait(lock, [&] { return live.load() < kLive || allocated.load() >= kTotal; });
+          if (allocated.load() >= kTotal) return;
+        }
+        std::vector<Block> chunk;
+        chunk.reserve(kChunkBlocks);
+        size_t bytes = 0;
+        for (size_t k = 0; k < kChunkBlocks; ++k) {
+          const size_t n = SmallSize(i++);
+          void* p = ferry_malloc(n);
+          if (p == nullptr) {
+            failed = true;
+            continue;
+          }
+          Touch(p, n);
+          chunk.push_back({p, n});
+          bytes += n;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        chunks.push_back(std::move(chunk));
+        live += bytes;
+        allocated += bytes;
+        work.notify_one();
+      }
+    });
+  }
+  std::thread freer([&] {
+    for (;;) {
+      std::vector<Block> chunk;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        // Keep at least 90% of kLive live while producers run.
+        work.wait(lock, [&] { return live.load() > kLive * 9 / 10 || producers_done; });
+        if (chunks.empty()) return;
+        chunk = std::move(chunks.front());
+        chunks.pop_front();
+      }
+      size_t bytes = 0;
+      for (const Block& b : chunk) {
+        corrupt += !TagsIntact(b.p, b.n);
+        ferry_free(b.p);
+        bytes += b.n;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      live -= bytes;
+      room.notify_all();
+    }
+  });
+
+  // Sample during the steady phase: after the first full turnover.
+  size_t worst_rss = 0, live_at_worst = 0, max_live = 0, samples = 0;
+  std::ostringstream trace;
+  while (allocated.load() < kTotal) {
+    std::this_thread::sleep_for(5ms);
+    if (allocated.load() < 2 * kLive) continue;
+    const size_t rss = ResidentBytes();
+    const size_t now_live = live.load();
+    max_live = std::max(max_live, now_live);
+    ++samples;
+    if (samples % 20 == 0) {
+      const ferry_stats_t s = ferry_test::Stats();
+      trace << " " << static_cast<int64_t>(MiB(Above(rss, baseline))) << "/"
+            << static_cast<int64_t>(MiB(now_live)) << "/" << s.pages_made - s.pages_released;
+    }
+    if (Above(rss, baseline) > static_cast<int64_t>(worst_rss)) {
+      worst_rss = static_cast<size_t>(std::max<int64_t>(0, Above(rss, baseline)));
+      live_at_worst = now_live;
+    }
+  }
+  for (std::thread& t : producers) t.join();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    producers_done = true;
+    work.notify_all();
+  }
+  freer.join();
+  ferry_flush();
+
+  EXPECT_FALSE(failed.load());
+  EXPECT_EQ(corrupt.load(), 0u);
+  ASSERT_GE(samples, 20u) << "the steady phase was too short to sample";
+  printf("steady phase: %zu samples, resident above baseline at most %.1f MiB (live then %.1f MiB, "
+         "at most %.1f MiB); every 20th sample (rss MiB/live MiB/pages):%s\n",
+         samples, MiB(worst_rss), MiB(live_at_worst), MiB(max_live), trace.str().c_str());
+  const double limit = kSteadyFactor * static_cast<double>(max_live) + static_cast<double>(kSteadyAllowance);
+  if (static_cast<double>(worst_rss) > limit) ferry_stats_print(stdout);
+  EXPECT_LE(static_cast<double>(worst_rss), limit)
+      << kProducers << " producers, one thread freeing, ~" << MiB(kLive) << " MiB live turned over "
+      << kTurnovers << " times: resident memory above the baseline reached " << MiB(worst_rss)
+      << " MiB (live then " << MiB(live_at_worst) << " MiB, at most " << MiB(max_live)
+      << " MiB); the limit is " << kSteadyFactor << " x live + " << MiB(kSteadyAllowance)
+      << " MiB = " << limit / static_cast<double>(kMiB) << " MiB. Every 20th sample (rss MiB/live MiB/pages in use):"
+      << trace.str();
+}
+
+}  // namespace
