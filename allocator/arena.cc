@@ -39,12 +39,52 @@ constinit SpinLock g_arena_lock;
 constinit Arena g_arenas[kMaxArenas];
 constinit size_t g_arena_count = 0;
 
+// Calls fn(segment) for every segment handed out, lowest address first,
+// until fn returns true; the caller holds g_arena_lock.
+template <typename Fn>
+Segment* FindLiveSegment(Fn fn) {
+  for (size_t i = 0; i < g_arena_count; ++i) {
+    const Arena& arena = g_arenas[i];
+    for (uint32_t used = arena.used; used != 0; used &= used - 1) {
+      Segment* segment = reinterpret_cast<Segment*>(
+          arena.base + static_cast<size_t>(__builtin_ctz(used)) * kSegmentSize);
+      if (fn(segment)) return segment;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace
 
+// The first run of `count` free slices starting at a multiple of `align`.
+int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
+    if ((segment->used_slices.load(std::memory_order_acquire) & (run << start)) == 0) {
+      return static_cast<int>(start);
+    }
+  }
+  return -1;
+}
+
+// Takes the slices [start, start + count) if they are still free (the pool
+// may hold some for a moment while it purges them).
+bool TryTakeSlices(Segment* segment, int start, size_t count) {
+  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
+  uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
+  do {
+    if ((used & run) != 0) return false;
+  } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
+                                                       std::memory_order_relaxed));
+  segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
+  return true;
+}
+
 Segment* ArenaAllocateSegment() {
-  uintptr_t address = 0;
+  Segment* segment = nullptr;
   {
     SpinLockHolder hold(&g_arena_lock);
+    uintptr_t address = 0;
     for (size_t i = 0; i < g_arena_count && address == 0; ++i) {
       Arena& arena = g_arenas[i];
       if (arena.used == (uint32_t{1} << kSegmentsPerArena) - 1) continue;
@@ -62,29 +102,39 @@ Segment* ArenaAllocateSegment() {
         CounterAdd(g_counters.arena_bytes_reserved, kArenaSize);
       }
     }
+    if (address == 0) return nullptr;
+    // Under the lock: ArenaTakeSlicesAnywhere reads the header of every
+    // segment handed out, so it must be valid before the lock is dropped.
+    segment = reinterpret_cast<Segment*>(address);
+    segment->kind = SegmentKind::kNormal;
+    segment->heap.store(nullptr, std::memory_order_relaxed);
+    segment->heap_next = segment->heap_prev = nullptr;
+    segment->dirty_slices.store(0, std::memory_order_relaxed);
+    segment->purge_candidates = 0;
+    segment->used_slices.store(1, std::memory_order_release);  // the header
   }
-  if (address == 0) return nullptr;
   CounterAdd(g_counters.segments_mapped, 1);
   CounterAdd(g_counters.segments_live, 1);
-  Segment* segment = reinterpret_cast<Segment*>(address);
-  segment->kind = SegmentKind::kNormal;
-  segment->used_slices.store(1, std::memory_order_relaxed);  // the header
-  segment->dirty_slices.store(0, std::memory_order_relaxed);
-  segment->purge_candidates = 0;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(segment);
   SegmentMapSet(address, kMapSegment);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" mapped").WriteToStderr();
   return segment;
 }
 
 void ArenaReleaseSegment(Segment* segment) {
+  FERRY_CHECK(segment->used_slices.load(std::memory_order_relaxed) == kSegmentDetached);
   const uintptr_t address = reinterpret_cast<uintptr_t>(segment);
   SegmentMapSet(address, kMapNone);
-  OsDecommit(segment, kSegmentSize);
+  // All but the header first, outside the lock; the header (which reads as
+  // detached until it is decommitted, and as all free after) only once no
+  // scan can reach the segment.
+  OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
   CounterAdd(g_counters.bytes_decommitted, kSegmentSize);
   CounterAdd(g_counters.segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" released").WriteToStderr();
   SpinLockHolder hold(&g_arena_lock);
+  OsDecommit(segment, kSliceSize);
   for (size_t i = 0; i < g_arena_count; ++i) {
     Arena& arena = g_arenas[i];
     if (address >= arena.base && address < arena.base + kArenaSize) {
@@ -93,6 +143,20 @@ void ArenaReleaseSegment(Segment* segment) {
     }
   }
   FERRY_CHECK(false && "segment outside every arena");
+}
+
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start) {
+  SpinLockHolder hold(&g_arena_lock);
+  return FindLiveSegment([&](Segment* segment) {
+    for (;;) {
+      const int first = FindFreeSlices(segment, count, align);
+      if (first < 0) return false;
+      if (TryTakeSlices(segment, first, count)) {
+        *start = first;
+        return true;
+      }
+    }
+  });
 }
 
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
@@ -134,30 +198,26 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   size_t bytes = 0;
   SpinLockHolder hold(&g_arena_lock);
-  for (size_t i = 0; i < g_arena_count; ++i) {
-    const Arena& arena = g_arenas[i];
-    for (uint32_t used = arena.used; used != 0; used &= used - 1) {
-      Segment* segment = reinterpret_cast<Segment*>(
-          arena.base + static_cast<size_t>(__builtin_ctz(used)) * kSegmentSize);
-      const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
-                                  ~segment->used_slices.load(std::memory_order_acquire);
-      // Slices seen free at the last run and free still have waited long
-      // enough once delay_ms has passed since then.
-      uint64_t due = urgent ? free_dirty : segment->purge_candidates & free_dirty;
-      if (due != 0 && (urgent || now_ms - segment->purge_since_ms >= delay_ms)) {
-        bytes += PurgeSlices(segment, due);
-      } else {
-        due = 0;
-      }
-      const uint64_t waiting = free_dirty & ~due;
-      if (due != 0 || segment->purge_candidates == 0) {
-        segment->purge_candidates = waiting;
-        segment->purge_since_ms = now_ms;
-      } else {
-        segment->purge_candidates &= free_dirty;
-      }
+  FindLiveSegment([&](Segment* segment) {
+    const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
+                                ~segment->used_slices.load(std::memory_order_acquire);
+    // Slices seen free at the last run and free still have waited long
+    // enough once delay_ms has passed since then.
+    uint64_t due = urgent ? free_dirty : segment->purge_candidates & free_dirty;
+    if (due != 0 && (urgent || now_ms - segment->purge_since_ms >= delay_ms)) {
+      bytes += PurgeSlices(segment, due);
+    } else {
+      due = 0;
     }
-  }
+    const uint64_t waiting = free_dirty & ~due;
+    if (due != 0 || segment->purge_candidates == 0) {
+      segment->purge_candidates = waiting;
+      segment->purge_since_ms = now_ms;
+    } else {
+      segment->purge_candidates &= free_dirty;
+    }
+    return false;  // every segment
+  });
   return bytes;
 }
 

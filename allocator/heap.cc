@@ -18,7 +18,10 @@
 #include <errno.h>
 #include <pthread.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
 
 #include "allocator/page_return.h"
@@ -35,6 +38,7 @@ namespace ferry {
 constinit Page g_empty_page{};
 constinit Heap g_empty_heap;
 __thread Heap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+
 
 namespace {
 
@@ -98,67 +102,52 @@ void SyncDirect(Heap* heap, size_t size_class) {
 
 // --- segments and slices -----------------------------------------------------------
 
-// The first run of `count` free slices starting at a multiple of `align`.
-int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
-    if ((segment->used_slices.load(std::memory_order_acquire) & (run << start)) == 0) {
-      return static_cast<int>(start);
-    }
-  }
-  return -1;
-}
-
+// Appends: ClaimSlices looks at the oldest segments first, so that holes
+// low in the heap are filled before newer segments grow (and memory freed
+// by other threads is what the owner's next pages are made of).
 void SegmentListPush(Heap* heap, Segment* segment) {
-  segment->heap = heap;
-  segment->heap_prev = nullptr;
-  segment->heap_next = heap->segments;
-  if (heap->segments != nullptr) heap->segments->heap_prev = segment;
-  heap->segments = segment;
+  segment->heap.store(heap, std::memory_order_relaxed);
+  segment->heap_next = nullptr;
+  segment->heap_prev = heap->segments_tail;
+  if (heap->segments_tail != nullptr) heap->segments_tail->heap_next = segment;
+  else heap->segments = segment;
+  heap->segments_tail = segment;
 }
 
 void SegmentListRemove(Heap* heap, Segment* segment) {
   if (segment->heap_prev != nullptr) segment->heap_prev->heap_next = segment->heap_next;
   else heap->segments = segment->heap_next;
   if (segment->heap_next != nullptr) segment->heap_next->heap_prev = segment->heap_prev;
+  else heap->segments_tail = segment->heap_prev;
   segment->heap_next = segment->heap_prev = nullptr;
 }
 
 // Claims `count` slices aligned to `align` slices; returns the first slice's
 // page record with the continuation records pointing back to it.
-// Takes the slices [start, start + count) if they are still free (the pool
-// may hold some for a moment while it purges them).
-bool TryTakeSlices(Segment* segment, int start, size_t count) {
-  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
-  uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
-  do {
-    if ((used & run) != 0) return false;
-  } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
-                                                       std::memory_order_relaxed));
-  segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
-  return true;
-}
-
-// Claims `count` slices aligned to `align` slices; returns the first slice's
-// page record with the continuation records pointing back to it.
 Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
-  Segment* segment = heap->segments;
+  // Own segments first (their memory is likely warm), then free slices of
+  // any segment, so that pages another heap's threads emptied are reused
+  // before the process grows; then the spare; then a new segment.
   int start = -1;
+  Segment* segment = heap->segments;
   for (; segment != nullptr; segment = segment->heap_next) {
     start = FindFreeSlices(segment, count, align);
     if (start >= 0 && TryTakeSlices(segment, start, count)) break;
-    start = -1;
   }
+  if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, &start);
   if (segment == nullptr) {
     segment = heap->spare;
     heap->spare = nullptr;
-    if (segment == nullptr) segment = ArenaAllocateSegment();
-    if (segment == nullptr) return nullptr;
+    if (segment != nullptr) {
+      // Detached while it was the spare: nobody else could take its slices.
+      segment->used_slices.store(1, std::memory_order_release);
+    } else {
+      segment = ArenaAllocateSegment();
+      if (segment == nullptr) return nullptr;
+    }
     SegmentListPush(heap, segment);
-    do {
-      start = FindFreeSlices(segment, count, align);
-      FERRY_CHECK(start >= 0);  // the pool holds slices only briefly
-    } while (!TryTakeSlices(segment, start, count));
+    start = FindFreeSlices(segment, count, align);
+    FERRY_CHECK(start >= 0 && TryTakeSlices(segment, start, count));
   }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = static_cast<uint8_t>(k);
   Page* page = &segment->pages[start];
@@ -186,9 +175,19 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->queue_next = page->queue_prev = page->inbox_next = nullptr;
 }
 
+// A segment on this heap's list with only its header used leaves the list:
+// it becomes the spare, or goes back to its arena. Pages of other heaps may
+// live in it (ClaimSlices); detaching with one CAS settles who wins.
 void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
-  if (segment->used_slices.load(std::memory_order_acquire) != 1) return;
+  if (segment->heap.load(std::memory_order_relaxed) != heap) return;  // on another heap's list
+  uint64_t expected = 1;
+  if (!segment->used_slices.compare_exchange_strong(expected, kSegmentDetached,
+                                                    std::memory_order_acq_rel,
+                                                    std::memory_order_relaxed)) {
+    return;
+  }
   SegmentListRemove(heap, segment);
+  segment->heap.store(nullptr, std::memory_order_relaxed);
   if (heap->spare == nullptr) {
     heap->spare = segment;
   } else {
@@ -196,22 +195,6 @@ void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
   }
 }
 
-// Resets a page's record and frees its slices; nothing else of the heap.
-void ReleasePageSlices(Page* page) {
-  Segment* segment = SegmentOf(page->start);
-  const size_t start = static_cast<size_t>(page - segment->pages);
-  const size_t count = page->slice_count;
-  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = 0;
-  page->kind = PageKind::kNone;
-  page->heap = nullptr;
-  page->block_size = 0;
-  page->carved_bytes.store(0, std::memory_order_relaxed);
-  page->free = page->local_free = nullptr;
-  if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  segment->used_slices.fetch_and(~(run << start), std::memory_order_release);
-  CounterAdd(g_counters.pages_released, 1);
-}
 
 void ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
@@ -275,6 +258,7 @@ bool RefillPage(Page* page) {
 // Owner: the page has nothing to hand out. Returns false if a chain arrived
 // meanwhile (then the caller refills instead).
 bool TryMarkFull(Page* page) {
+  page->used_at_full.store(page->used, std::memory_order_relaxed);
   uintptr_t expected = 0;
   if (!page->returned.compare_exchange_strong(expected, kReturnedFull, std::memory_order_acq_rel,
                                               std::memory_order_relaxed)) {
@@ -284,21 +268,89 @@ bool TryMarkFull(Page* page) {
   return true;
 }
 
-void DrainInbox(Heap* heap) {
-  Page* page = heap->inbox.exchange(nullptr, std::memory_order_acquire);
+// Takes a queued page's returned chain onto its free lists. Returns false if
+// nothing had come back.
+bool AdoptOntoLists(Page* page) {
+  uint32_t count;
+  Block* chain = AdoptReturned(page, &count);
+  if (chain == nullptr) return false;
+  if (page->free == nullptr) {
+    page->free = chain;
+  } else {
+    Block* tail = chain;  // counted: a corrupted chain cannot loop forever
+    for (uint32_t k = 1; k < count; ++k) tail = DecodeNext(tail->next_encoded);
+    tail->next_encoded = EncodeNext(page->local_free);
+    page->local_free = chain;
+  }
+  return true;
+}
+
+// Pushes a list of pages (linked through inbox_next) onto an inbox.
+void InboxPushList(std::atomic<Page*>& inbox, Page* page) {
   while (page != nullptr) {
     Page* next = page->inbox_next;
+    InboxPush(inbox, page);
+    page = next;
+  }
+}
+
+// The owner takes back the pages on one class's inbox: full pages that got
+// some of their blocks back (ReturnChain), and pages whose blocks all came
+// back while they were on it. The first kind rejoin the queue with what
+// came back; the second go back to their segments.
+void DrainInbox(Heap* heap, size_t size_class, bool all) {
+  Page* page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
+  Page* keep = nullptr;
+  while (page != nullptr) {
+    Page* next = page->inbox_next;
+    const uintptr_t word = page->returned.load(std::memory_order_relaxed);
+    // Less than half back: leave it for the rest, which would free it whole.
+    if (!all && (word & kReturnedFull) != 0 && ReturnedCount(word) * 2 < page->used) {
+      page->inbox_next = keep;
+      keep = page;
+      page = next;
+      continue;
+    }
     page->inbox_next = nullptr;
     page->in_full = 0;
-    if (page->kind == PageKind::kLarge) {
-      AdoptReturned(page);
-      FERRY_CHECK(page->used == 0);
+    uint32_t count;
+    Block* chain = AdoptReturned(page, &count);  // clears the full and posted marks
+    if (page->used == 0) {
+      CounterAdd(g_counters.pages_freed_by_returns, 1);
       ReleasePage(heap, page);
     } else {
-      QueuePushBack(&heap->queues[page->size_class], page);
-      SyncDirect(heap, page->size_class);
+      page->free = chain;  // a full page had nothing else to hand out
+      QueuePushBack(&heap->queues[size_class], page);
     }
     page = next;
+  }
+  InboxPushList(heap->inbox[size_class], keep);
+  SyncDirect(heap, size_class);
+}
+
+void DrainAllInboxes(Heap* heap) {
+  for (size_t c = 0; c < kNumClasses; ++c) {
+    if (heap->inbox[c].load(std::memory_order_relaxed) != nullptr) DrainInbox(heap, c, true);
+  }
+}
+
+// The classes whose pages other threads hinted at (Heap::sweep_classes):
+// returned blocks join their pages' lists, and a page with nothing left out
+// goes back to its segment, where any heap may take its slices; the queue's
+// first page stays, as the class's current page.
+void SweepClasses(Heap* heap, size_t word) {
+  uint64_t classes = heap->sweep_classes[word].exchange(0, std::memory_order_relaxed);
+  for (; classes != 0; classes &= classes - 1) {
+    const size_t c = word * 64 + static_cast<size_t>(__builtin_ctzll(classes));
+    PageQueue* q = &heap->queues[c];
+    for (Page* page = q->head; page != nullptr;) {
+      Page* next = page->queue_next;
+      if (AdoptOntoLists(page) && page->used == 0 && page != q->head) {
+        QueueRemove(q, page);
+        ReleasePage(heap, page);
+      }
+      page = next;
+    }
   }
 }
 
@@ -448,7 +500,7 @@ void PublishBatch(Heap* heap) {
 // Gives back everything of this heap that is free now: adopts returned
 // chains, merges local frees, releases empty pages and the spare segment.
 void CollectHeap(Heap* heap) {
-  DrainInbox(heap);
+  DrainAllInboxes(heap);
   for (size_t c = 0; c < kNumClasses; ++c) {
     PageQueue* q = &heap->queues[c];
     for (Page* page = q->head; page != nullptr;) {
@@ -470,6 +522,12 @@ void CollectHeap(Heap* heap) {
       page = next;
     }
     SyncDirect(heap, c);
+  }
+  // Segments that pages of other heaps, or the pool, emptied meanwhile.
+  for (Segment* segment = heap->segments; segment != nullptr;) {
+    Segment* next = segment->heap_next;
+    ReleaseSegmentIfEmpty(heap, segment);
+    segment = next;
   }
   if (heap->spare != nullptr) {
     ArenaReleaseSegment(heap->spare);
@@ -515,58 +573,40 @@ void AbandonOrphanedHeapsInChild() {
 // pool owns them; it takes the whole list, applies what came back to their
 // pages, gives empty pages and segments back, and returns the heaps to the
 // list for new threads to take over.
-// Pool side, for a live heap whose owner has not looked at its inbox since
-// the last run (an idle thread never reaches a slow path): the pool takes
-// the inbox, and with it sole charge of those full pages. It applies what
-// came back to each; a page with nothing left out goes back to its segment
-// with its memory decommitted; the others go back to the inbox with the
-// returned blocks on their local_free, ready for the owner.
-void CollectIdleInbox(Heap* heap) {
-  Page* head = heap->inbox.load(std::memory_order_acquire);
-  const bool idle = head != nullptr && head == heap->pool_seen_inbox;
-  heap->pool_seen_inbox = head;
-  if (!idle) return;
-  Page* page = heap->inbox.exchange(nullptr, std::memory_order_acquire);
-  heap->pool_seen_inbox = nullptr;
-  Page* keep = nullptr;
-  while (page != nullptr) {
-    Page* next = page->inbox_next;
-    uint32_t count;
-    Block* chain = AdoptReturned(page, &count);
-    for (; count > 0; --count) {  // counted: a cycle cannot hold the pool
-      Block* following = DecodeNext(chain->next_encoded);
-      chain->next_encoded = EncodeNext(page->local_free);
-      page->local_free = chain;
-      chain = following;
+// Pool side, for every live heap: pages on an inbox whose blocks have all
+// come back wait for their owner, who may not allocate that class again for
+// a long time; the pool frees them (their slices are then purged like any
+// free slices). It takes each inbox for a moment and puts the other pages
+// back as they were.
+void CollectInboxes(Heap* heap) {
+  for (size_t c = 0; c < kNumClasses; ++c) {
+    if (heap->inbox[c].load(std::memory_order_relaxed) == nullptr) continue;
+    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acquire);
+    Page* keep = nullptr;
+    while (page != nullptr) {
+      Page* next = page->inbox_next;
+      // Posted without the full mark: every block is back and nobody else
+      // will touch the page (ReturnChain).
+      if ((page->returned.load(std::memory_order_acquire) & kReturnedFull) == 0) {
+        AdoptReturned(page);
+        FERRY_CHECK(page->used == 0);
+        page->in_full = 0;
+        CounterAdd(g_counters.pages_freed_by_returns, 1);
+        ReleasePageSlices(page);
+      } else {
+        page->inbox_next = keep;
+        keep = page;
+      }
+      page = next;
     }
-    if (page->used == 0) {
-      Segment* segment = SegmentOf(page->start);
-      const size_t first = static_cast<size_t>(page - segment->pages);
-      const size_t count = page->slice_count;
-      SegmentDecommitSlices(segment, first, count);  // still held as used
-      page->in_full = 0;
-      ReleasePageSlices(page);
-    } else {
-      page->inbox_next = keep;
-      keep = page;
-    }
-    page = next;
-  }
-  while (keep != nullptr) {
-    Page* next = keep->inbox_next;
-    Page* first = heap->inbox.load(std::memory_order_relaxed);
-    do {
-      keep->inbox_next = first;
-    } while (!heap->inbox.compare_exchange_weak(first, keep, std::memory_order_release,
-                                                std::memory_order_relaxed));
-    keep = next;
+    InboxPushList(heap->inbox[c], keep);
   }
 }
 
 void HousekeepingDuty(uint64_t now_ms, bool urgent) {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
-    CollectIdleInbox(heap);
+    CollectInboxes(heap);
   }
   CollectAbandonedHeaps();
   ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
@@ -592,9 +632,6 @@ void CollectAbandonedHeaps() {
 }
 
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
-  // Large blocks freed by other threads come back through the inbox: take
-  // them first, or a thread that only allocates large blocks never would.
-  if (heap->inbox.load(std::memory_order_relaxed) != nullptr) DrainInbox(heap);
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
   Page* page = ClaimSlices(heap, slices, align_slices);
@@ -607,9 +644,11 @@ void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
   page->capacity = 1;
   page->used = 1;
   page->carved_bytes.store(static_cast<uint32_t>(slices * kSliceSize), std::memory_order_relaxed);
-  // Never on a queue: full from birth, so a remote free posts it to the inbox.
+  // Never on a queue: full from birth, so the free that returns its block
+  // frees its slices (ReturnChain).
   page->in_full = 1;
-  page->returned.store(kReturnedFull, std::memory_order_relaxed);
+  page->used_at_full.store(1, std::memory_order_relaxed);
+  page->returned.store(kReturnedFull, std::memory_order_release);
   CounterAdd(g_counters.large_allocs, 1);
   // The slices may have held a freed block before: a live block must never
   // look free (see LooksFree).
@@ -688,7 +727,9 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
       return nullptr;
     }
   }
-  if (heap->inbox.load(std::memory_order_relaxed) != nullptr) DrainInbox(heap);
+  for (size_t w = 0; w < std::size(heap->sweep_classes); ++w) {
+    if (heap->sweep_classes[w].load(std::memory_order_relaxed) != 0) SweepClasses(heap, w);
+  }
   PageQueue* q = &heap->queues[size_class];
   Page* page = q->head;
   while (page != nullptr) {
@@ -705,6 +746,16 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
       QueueRemove(q, page);
       page = next;
     }  // else a chain just arrived: refill this page again
+  }
+  // Before the heap grows: pages of this class that are waiting for the
+  // rest of their blocks (ReturnChain) have some to give now.
+  if (heap->inbox[size_class].load(std::memory_order_relaxed) != nullptr) {
+    DrainInbox(heap, size_class, false);
+    page = q->head;
+    if (page != nullptr && (page->free != nullptr || RefillPage(page))) {
+      heap->direct[size_class] = page;
+      return PopBlock(page, page->free);
+    }
   }
   page = ClaimSlices(heap, kPageSlices[size_class], 1);
   if (page == nullptr) {

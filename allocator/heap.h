@@ -47,18 +47,23 @@ struct Heap {
   size_t batch_bytes = 0;
   size_t batch_bytes_limit = 0;
   PageQueue queues[kNumClasses] = {};
-  Segment* segments = nullptr;     // segments with pages of this heap
+  Segment* segments = nullptr;     // segments with pages of this heap, oldest first
+  Segment* segments_tail = nullptr;
   Segment* spare = nullptr;        // one empty segment kept to avoid churn
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)
-  Page* pool_seen_inbox = nullptr; // the pool's: inbox head at its last run
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
   // --- written by other threads ------------------------------------------------
-  alignas(64) std::atomic<Page*> inbox{nullptr};  // full pages that got remote frees
+  // Per class: full pages that got some of their blocks back (ReturnChain).
+  alignas(64) std::atomic<Page*> inbox[kNumClasses] = {};
+  // Bit c: a page of class c on this heap's queue has half a page or more
+  // of returned blocks waiting; the owner's next slow path sweeps that
+  // class's queue (SweepClass), giving wholly free pages back.
+  std::atomic<uint64_t> sweep_classes[(kNumClasses + 63) / 64] = {};
 };
 
 extern Heap g_empty_heap;

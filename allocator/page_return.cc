@@ -5,7 +5,9 @@
 //   - the owner, finding a page with nothing left to hand out, CASes 0 ->
 //     kReturnedFull and takes the page off its queue (in_full = 1);
 //   - a pusher swaps in its chain; if the old word had kReturnedFull, the new
-//     word drops it, and exactly that pusher posts the page to the inbox;
+//     word drops it, and exactly that pusher takes charge of the page: it
+//     frees the page's slices if every block is back, else posts the page
+//     to the inbox;
 //   - the owner adopts a chain with exchange(0), or, on a local free into a
 //     full page, CASes kReturnedFull -> 0 and requeues the page itself.
 // So a full page goes back to its queue exactly once, by whoever cleared the
@@ -13,33 +15,98 @@
 #include "allocator/page_return.h"
 
 #include "allocator/heap.h"
+#include "common/diag.h"
 #include "common/stats.h"
 
 namespace ferry {
 
+
+void ReleasePageSlices(Page* page) {
+  Segment* segment = SegmentOf(page->start);
+  const size_t start = static_cast<size_t>(page - segment->pages);
+  const size_t count = page->slice_count;
+  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = 0;
+  page->kind = PageKind::kNone;
+  page->heap = nullptr;
+  page->block_size = 0;
+  page->carved_bytes.store(0, std::memory_order_relaxed);
+  page->free = page->local_free = nullptr;
+  if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
+  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
+  segment->used_slices.fetch_and(~(run << start), std::memory_order_release);
+  CounterAdd(g_counters.pages_released, 1);
+}
+
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
-  uintptr_t old = page->returned.load(std::memory_order_relaxed);
+  // Read before the push: once the chain is on a page its owner holds, the
+  // owner may take it, free the page and reuse its record at once.
+  const bool small = page->kind == PageKind::kSmall;
+  const uint32_t reserved = page->reserved;
+  const size_t size_class = page->size_class;
+  Heap* const owner = page->heap;
+  // acquire: when the word carries kReturnedFull, used_at_full (written
+  // before the release that set the mark) is current below.
+  uintptr_t old = page->returned.load(std::memory_order_acquire);
   uintptr_t word;
+  uint32_t back;
+  uint32_t out = 0;  // blocks of a full page out when it was marked
   do {
     tail->next_encoded = EncodeNext(ReturnedChain(old));
-    word = reinterpret_cast<uintptr_t>(head) |
-           (uintptr_t{ReturnedCount(old) + count} << kReturnedCountShift);
+    back = ReturnedCount(old) + count;
+    word = reinterpret_cast<uintptr_t>(head) | (uintptr_t{back} << kReturnedCountShift) |
+           (old & kReturnedPosted);
+    if ((old & kReturnedFull) != 0) {
+      out = page->used_at_full.load(std::memory_order_relaxed);
+      // A full page stays full until every block is back, so that it is
+      // freed for every heap rather than handed piecemeal to an owner that
+      // may not need it (many threads allocating, one freeing: the owners'
+      // partly returned pages would pile up). The owner takes stranded pages
+      // back from its inbox when it runs short of that class (heap.cc,
+      // DrainInbox).
+      if (back < out) word |= kReturnedFull | kReturnedPosted;
+    }
     // acq_rel: release publishes the chain's links to the owner; acquire
     // orders this push after the owner's last handling of the page (its
     // inbox link, when the owner marked it full), so that posting it again
     // below cannot race with the owner's earlier drain.
   } while (!page->returned.compare_exchange_weak(old, word,
                                                  std::memory_order_acq_rel,
-                                                 std::memory_order_relaxed));
+                                                 std::memory_order_acquire));
   CounterAdd(g_counters.chains_pushed, 1);
-  if ((old & kReturnedFull) == 0) return;
-  Heap* owner = page->heap;
-  Page* first = owner->inbox.load(std::memory_order_relaxed);
-  do {
-    page->inbox_next = first;
-  } while (!owner->inbox.compare_exchange_weak(first, page, std::memory_order_release,
-                                               std::memory_order_relaxed));
-  CounterAdd(g_counters.pages_posted, 1);
+  if ((old & kReturnedFull) != 0 && back > out) {
+    FatalBadPointer("free", head, "double free (more blocks returned than were handed out)");
+  }
+  if ((old & kReturnedFull) == 0) {
+    // On its owner's queue (or its inbox). Half a page or more waiting: have
+    // the owner look (`reserved` is fixed while blocks are out).
+    if (small && (old & kReturnedPosted) == 0 && back * 2 >= reserved &&
+        ReturnedCount(old) * 2 < reserved) {
+      std::atomic<uint64_t>& classes = owner->sweep_classes[size_class / 64];
+      const uint64_t bit = uint64_t{1} << (size_class % 64);
+      if ((classes.load(std::memory_order_relaxed) & bit) == 0) {
+        classes.fetch_or(bit, std::memory_order_relaxed);
+      }
+    }
+    return;
+  }
+  if ((word & kReturnedFull) != 0) {
+    if ((old & kReturnedPosted) != 0) return;  // on the inbox already
+    // The first return to a full page: post it, so that the owner can find
+    // it should the rest never come back.
+    InboxPush(owner->inbox[size_class], page);
+    CounterAdd(g_counters.pages_posted, 1);
+    return;
+  }
+  // Every block is back and the mark is gone: the page is ours. On the inbox,
+  // its owner (or the pool) frees it when it drains; otherwise free it now,
+  // and a heap that is short of memory (not only its owner) may take its
+  // slices.
+  if ((old & kReturnedPosted) != 0) return;
+  page->returned.store(0, std::memory_order_relaxed);
+  page->used = 0;
+  page->in_full = 0;
+  CounterAdd(g_counters.pages_freed_by_returns, 1);
+  ReleasePageSlices(page);
 }
 
 }  // namespace ferry

@@ -8,11 +8,26 @@
 namespace ferry {
 
 // Pushes the chain head..tail of `count` blocks (already linked through the
-// blocks, tail's link is overwritten here) onto page->returned with one CAS. If the owner had
-// marked the page full, the push clears the mark and this call posts the page
-// to the owner's inbox, so the owner finds it without scanning.
+// blocks, tail's link is overwritten here) onto page->returned with one CAS.
+// If the owner had marked the page full, the push clears the mark and this
+// call has the page: when every block the page handed out is back, it frees
+// the page's slices at once (any heap may take them); otherwise it posts the
+// page to the owner's inbox, so the owner finds it without scanning.
 // Safe from any thread while the chain's blocks are still counted as used.
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count);
+
+// Pushes a page onto an inbox (a lock-free stack linked through inbox_next).
+inline void InboxPush(std::atomic<Page*>& inbox, Page* page) {
+  Page* first = inbox.load(std::memory_order_relaxed);
+  do {
+    page->inbox_next = first;
+  } while (!inbox.compare_exchange_weak(first, page, std::memory_order_release,
+                                        std::memory_order_relaxed));
+}
+
+// Resets a page's record and frees its slices (heap.cc); nothing else of the
+// heap. The caller has the page to itself and nothing of it is in use.
+void ReleasePageSlices(Page* page);
 
 }  // namespace ferry
 

@@ -54,18 +54,21 @@ enum class PageKind : uint8_t {
   kHuge,   // one block on its own mapping
 };
 
-// Page::returned packs three things in one word, so that one CAS pushes a
+// Page::returned packs four things in one word, so that one CAS pushes a
 // chain and one exchange takes it with its length (the owner never walks a
 // returned chain to count it):
-//   bit 0       kReturnedFull: the owner found the page full and took it off
-//               its queue; whoever clears it by pushing posts the page back to
-//               the owner's inbox
-//   bits 1..47  the chain's first block (blocks are 8-byte aligned, and
+//   bit 0       kReturnedFull: the owner found the page full and let go of
+//               it; returns collect on the page until every block is back
+//               (then the pusher frees the page) or the owner takes it back
+//   bit 1       kReturnedPosted: the page is on its owner's inbox
+//   bits 3..47  the chain's first block (blocks are 8-byte aligned, and
 //               segments lie below 2^47)
 //   bits 48..63 blocks in the chain (a page holds at most 8192)
 inline constexpr uintptr_t kReturnedFull = 1;
+inline constexpr uintptr_t kReturnedPosted = 2;
 inline constexpr int kReturnedCountShift = 48;
-inline constexpr uintptr_t kReturnedChainMask = ((uintptr_t{1} << kReturnedCountShift) - 1) & ~kReturnedFull;
+inline constexpr uintptr_t kReturnedChainMask =
+    ((uintptr_t{1} << kReturnedCountShift) - 1) & ~(kReturnedFull | kReturnedPosted);
 
 struct Block;
 inline Block* ReturnedChain(uintptr_t word) {
@@ -107,6 +110,9 @@ struct Page {
   Page* queue_prev;
   Page* inbox_next;        // link in the owner's inbox
   std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
+  // `used` when the owner marked the page full (written before the mark):
+  // what the returns to a full page count against, readable by any thread.
+  std::atomic<uint32_t> used_at_full;
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
@@ -121,7 +127,9 @@ struct alignas(64) Segment {
   Page pages[kSlicesPerSegment];
   SegmentKind kind;
   std::atomic<bool> huge_freed;  // kHuge: set once, by the free that unmaps it
-  Heap* heap;                  // owner (kNormal)
+  // The heap whose list holds the segment (kNormal). Pages of other heaps
+  // may live in it and read this to tell it is not theirs.
+  std::atomic<Heap*> heap;
   // Bit i: slice i belongs to a page (bit 0: the header), or the pool holds
   // it for a moment while it gives its memory back to the OS. The owner
   // claims free slices and releases its pages' slices with atomic
@@ -215,10 +223,28 @@ void SegmentMapSet(uintptr_t chunk_address, uint8_t value);
 
 // --- arenas -------------------------------------------------------------------
 
-// A zeroed, unowned segment, or nullptr when the OS refuses.
+// The first run of `count` free slices of `segment` starting at a multiple
+// of `align`, or -1.
+int FindFreeSlices(const Segment* segment, size_t count, size_t align);
+// Takes the slices [start, start + count) if they are still free (another
+// heap, or the pool purging, may take them first); marks them dirty.
+bool TryTakeSlices(Segment* segment, int start, size_t count);
+
+// used_slices of a segment that its owner is giving back (or holds as its
+// spare): every slice looks taken, so no other heap claims one meanwhile.
+inline constexpr uint64_t kSegmentDetached = ~uint64_t{0};
+
+// A zeroed segment with only its header slice used, or nullptr when the OS
+// refuses. Its header is written before any other heap can see it.
 Segment* ArenaAllocateSegment();
-// Gives an empty segment back; its memory is decommitted.
+// Gives back a segment whose used_slices the caller set to kSegmentDetached;
+// its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
+// Free slices anywhere: takes `count` free slices aligned to `align` in any
+// live segment, whoever's list it is on (pages belong to heaps, slices to
+// nobody), so that memory one heap's threads freed serves another heap.
+// Returns the segment and sets *start, or returns nullptr.
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when
 // `urgent`). Slices are held as used while their memory goes, so an owner

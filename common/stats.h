@@ -31,6 +31,7 @@ namespace ferry {
   X(blocks_returned, "blocks handed back to their owning pages")           \
   X(chains_pushed, "atomic pushes onto pages' returned lists")             \
   X(pages_posted, "full pages posted to their owner's inbox")              \
+  X(pages_freed_by_returns, "full pages freed by the return of their last blocks") \
   X(abandoned_collections, "times the pool collected an abandoned heap")   \
   X(bytes_decommitted, "bytes given back to the OS (MADV_DONTNEED)")
 

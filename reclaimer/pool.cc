@@ -259,6 +259,11 @@ void* ReclaimerMain(void* arg) {
 // otherwise re-enter itself when ferry starts its pool from that allocation.
 using PthreadCreate = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
 PthreadCreate RealPthreadCreate() {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  // The sanitizer's interceptor must see every thread start (it sets up the
+  // thread's shadow state); the C library's own one fails under it.
+  return &pthread_create;
+#endif
   void* f = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
   if (f == nullptr) f = dlsym(RTLD_NEXT, "pthread_create");
   if (f == nullptr) return &pthread_create;
@@ -323,6 +328,9 @@ void Start() {
   if (Verbose(1)) {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
         .Str(" threads").WriteToStderr();
+  }
+  if (started == 0 && wanted > 0) {
+    Warn("could not start the reclaimer threads; remote frees are returned by the freeing threads");
   }
   g_pool.state.store(started > 0 ? kRunning : kOff, std::memory_order_release);
 }

@@ -58,6 +58,15 @@ TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
   for (size_t n : {32, 256, 2048}) {
     for (int k = 0; k < 300; ++k) blocks.push_back(ferry_malloc(n));
   }
+  // One block of each page stays out, so that no page comes back whole
+  // (that page would be freed, and its chain with it: see the next test).
+  std::set<Page*> kept_pages;
+  std::vector<void*> kept;
+  std::erase_if(blocks, [&](void* p) {
+    if (!kept_pages.insert(PageOfBlock(p)).second) return false;
+    kept.push_back(p);
+    return true;
+  });
   std::set<Page*> pages;
   for (void* p : blocks) pages.insert(PageOfBlock(p));
   for (void* p : blocks) MarkRemotelyFreed(p);
@@ -96,6 +105,30 @@ TEST(Sorter, ReturnsEachPagesRunWithOneAtomicPush) {
   }
   EXPECT_EQ(reused, blocks.size());
   for (void* p : again) ferry_free(p);
+  for (void* p : kept) ferry_free(p);
+}
+
+// A run that brings back every block of a full page frees the page to its
+// segment at once (no chain is left on it), and the owner's next page of
+// that class is carved from free slices again.
+TEST(Sorter, ReturningAWholeFullPageFreesIt) {
+  constexpr size_t kSize = 2048;
+  std::vector<void*> blocks{ferry_malloc(kSize)};
+  Page* page = PageOfBlock(blocks[0]);
+  while (blocks.size() < page->reserved) blocks.push_back(ferry_malloc(kSize));
+  void* next_page_block = ferry_malloc(kSize);  // marks `page` full
+  ASSERT_EQ(page->in_full, 1);
+  for (void* p : blocks) MarkRemotelyFreed(p);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(7));
+  ferry_stats_t before, after;
+  ferry_stats_get(&before);
+  std::thread([&] { SortAndReturn(blocks.data(), blocks.size()); }).join();
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.chains_pushed - before.chains_pushed, 1u);
+  EXPECT_EQ(after.pages_freed_by_returns - before.pages_freed_by_returns, 1u);
+  EXPECT_EQ(page->kind, PageKind::kNone);
+  EXPECT_EQ(page->returned.load(), 0u);
+  ferry_free(next_page_block);
 }
 
 TEST(SorterDeathTest, ReportsTheSameBlockTwiceInABatch) {

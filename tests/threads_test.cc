@@ -294,6 +294,12 @@ TEST(Threads, HundredsOfShortLivedThreadsAllocateAndFreeEachOthersBlocks) {
             uint64_t{kThreads});
 }
 
+ferry_stats_t ThreadsTestStats() {
+  ferry_stats_t s;
+  ferry_stats_get(&s);
+  return s;
+}
+
 // The owner allocates `count` blocks of `size`; another thread frees them and
 // flushes; the owner's next `count` blocks must mostly reuse that memory.
 void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
@@ -311,6 +317,7 @@ void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
     }
     ferry_flush();
   }).join();
+  const ferry_stats_t flushed = ThreadsTestStats();
   std::vector<void*> second;
   size_t reused = 0;
   for (size_t i = 0; i < count; ++i) {
@@ -320,8 +327,12 @@ void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
     reused += freed.count(p);
     second.push_back(p);
   }
-  EXPECT_GT(reused, count / 2) << "only " << reused << " of " << count << " blocks of " << size
-                               << " B freed by another thread and flushed came back to their owner";
+  // Pages that came back whole went to their segments (any heap may take
+  // them): the owner's blocks may then sit elsewhere in that memory, but no
+  // new segment is needed for them.
+  EXPECT_TRUE(reused > count / 2 || ThreadsTestStats().segments_live <= flushed.segments_live)
+      << "only " << reused << " of " << count << " blocks of " << size
+      << " B freed by another thread and flushed came back to their owner, and the heap needed more segments";
   for (void* p : second) {
     EXPECT_TRUE(BlockIntact(p, size));
     ferry_free(p);

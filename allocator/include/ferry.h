@@ -117,6 +117,7 @@ typedef struct ferry_stats_s {
   uint64_t blocks_returned;       // blocks handed back to owning pages
   uint64_t chains_pushed;         // atomic pushes onto pages' returned lists
   uint64_t pages_posted;          // full pages posted to an owner's inbox
+  uint64_t pages_freed_by_returns;  // full pages freed when their last blocks came back
   uint64_t abandoned_collections; // times the pool collected an abandoned heap
   uint64_t bytes_decommitted;     // memory given back to the OS (madvise)
   // The reclaimer pool (zero while it has not started):
