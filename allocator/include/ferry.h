@@ -86,11 +86,15 @@ FERRY_API FERRY_ADDRESS_ONLY(1) size_t ferry_usable_size(const void* ptr);
 // Publishes the calling thread's pending remote frees and returns once every
 // remote free published before the call, by any thread, has reached its
 // owning page, so that the owner's next allocations can reuse that memory.
+// It waits for the reclaimer pool only (never for another application
+// thread), so it is safe under any lock of the program's; it cannot fail.
+// With FERRY_RECLAIMERS=0 it returns the caller's batch inline and returns.
 FERRY_API void ferry_flush(void);
 
 // ferry_flush, then takes back the calling thread's returned blocks, gives
 // its empty pages and segments back and returns memory that can be returned
-// to the operating system now.
+// to the operating system now (malloc_trim calls it). Slower than
+// ferry_flush (it visits the caller's pages); it cannot fail.
 FERRY_API void ferry_collect(void);
 
 // A snapshot of ferry's counters. Counters of other threads are read without
@@ -128,7 +132,8 @@ typedef struct ferry_stats_s {
   uint64_t pool_starts;           // times the pool started (again after a fork)
 } ferry_stats_t;
 
-// Fills *out with the current counters.
+// Fills *out with the current counters (out must not be NULL). Cheap: no
+// lock, no allocation.
 FERRY_API void ferry_stats_get(ferry_stats_t* out);
 
 // Writes a readable table of the counters to `out` (stderr when NULL). The
