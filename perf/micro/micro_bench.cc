@@ -1,0 +1,105 @@
+// micro_bench.cc — Google Benchmark micro-benchmarks of ferry's own paths:
+//   MallocFree/<size>      one ferry_malloc/ferry_free pair on the owner
+//   RemoteFree             the freeing thread's cost of freeing another
+//                          thread's block (append to its batch; a full batch
+//                          is handed to the pool, or sorted inline)
+//   Sorter/<batch>         SortAndReturn: pointers sorted and returned per second
+//   FlushLatency           ferry_flush after one batch of remote frees
+// The pool size is the process's FERRY_RECLAIMERS, read once; compare
+// pool sizes by running it once per setting (perf/micro/README in perf/BUILD):
+//   for r in 0 1 2 3 4; do FERRY_RECLAIMERS=$r bazel-bin/perf/micro_bench; done
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "allocator/segment.h"
+#include "ferry.h"
+#include "reclaimer/sorter.h"
+
+namespace {
+
+void MallocFree(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = ferry_malloc(size);
+    benchmark::DoNotOptimize(p);
+    ferry_free(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(MallocFree)->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192)->Arg(65536)->Arg(1 << 20);
+
+// Blocks of another thread's heap, made in chunks outside the timed region.
+std::vector<void*> BlocksOfAnotherThread(size_t count, size_t size) {
+  std::vector<void*> blocks(count);
+  std::thread([&] {
+    for (void*& p : blocks) p = ferry_malloc(size);
+  }).join();
+  return blocks;
+}
+
+void RemoteFree(benchmark::State& state) {
+  constexpr size_t kChunk = 1 << 15;
+  std::vector<void*> blocks;
+  size_t next = 0;
+  for (auto _ : state) {
+    if (next == blocks.size()) {
+      state.PauseTiming();
+      ferry_flush();
+      blocks = BlocksOfAnotherThread(kChunk, 64);
+      next = 0;
+      state.ResumeTiming();
+    }
+    ferry_free(blocks[next++]);
+  }
+  for (; next < blocks.size(); ++next) ferry_free(blocks[next]);  // after the timed loop
+  ferry_flush();
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(RemoteFree);
+
+void Sorter(benchmark::State& state) {
+  const size_t batch = static_cast<size_t>(state.range(0));
+  std::mt19937 random(42);
+  size_t sorted = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    // Blocks of this thread's heap, in mixed sizes and a shuffled order, as
+    // a remote batch looks; marked as remote frees do.
+    std::vector<void*> ptrs(batch);
+    for (size_t i = 0; i < batch; ++i) ptrs[i] = ferry_malloc(16 << (i % 5));
+    std::shuffle(ptrs.begin(), ptrs.end(), random);
+    for (void* p : ptrs) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+      static_cast<ferry::Block*>(p)->next_encoded =
+          ferry::RemoteFreeMark(ferry::PageOf(ferry::SegmentOf(address), address));
+    }
+    state.ResumeTiming();
+    ferry::SortAndReturn(ptrs.data(), ptrs.size());
+    sorted += batch;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(sorted));
+}
+BENCHMARK(Sorter)->Arg(64)->Arg(256)->Arg(1024)->Arg(4096);
+
+void FlushLatency(benchmark::State& state) {
+  ferry_stats_t stats;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::vector<void*> blocks = BlocksOfAnotherThread(256, 64);
+    for (void* p : blocks) ferry_free(p);  // one batch, handed on when full
+    state.ResumeTiming();
+    ferry_flush();
+  }
+  ferry_stats_get(&stats);
+  state.counters["reclaimers"] = static_cast<double>(stats.reclaimer_threads);
+}
+BENCHMARK(FlushLatency)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
