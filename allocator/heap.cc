@@ -297,20 +297,13 @@ void InboxPushList(std::atomic<Page*>& inbox, Page* page) {
 // The owner takes back the pages on one class's inbox: full pages that got
 // some of their blocks back (ReturnChain), and pages whose blocks all came
 // back while they were on it. The first kind rejoin the queue with what
-// came back; the second go back to their segments.
-void DrainInbox(Heap* heap, size_t size_class, bool all) {
+// came back; the second go back to their segments. Only when the owner runs
+// short of that class: until then, returns collect under the full mark, and
+// a page whose blocks all come back is freed for every heap.
+void DrainInbox(Heap* heap, size_t size_class) {
   Page* page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
-  Page* keep = nullptr;
   while (page != nullptr) {
     Page* next = page->inbox_next;
-    const uintptr_t word = page->returned.load(std::memory_order_relaxed);
-    // Less than half back: leave it for the rest, which would free it whole.
-    if (!all && (word & kReturnedFull) != 0 && ReturnedCount(word) * 2 < page->used) {
-      page->inbox_next = keep;
-      keep = page;
-      page = next;
-      continue;
-    }
     page->inbox_next = nullptr;
     page->in_full = 0;
     uint32_t count;
@@ -324,13 +317,12 @@ void DrainInbox(Heap* heap, size_t size_class, bool all) {
     }
     page = next;
   }
-  InboxPushList(heap->inbox[size_class], keep);
   SyncDirect(heap, size_class);
 }
 
 void DrainAllInboxes(Heap* heap) {
   for (size_t c = 0; c < kNumClasses; ++c) {
-    if (heap->inbox[c].load(std::memory_order_relaxed) != nullptr) DrainInbox(heap, c, true);
+    if (heap->inbox[c].load(std::memory_order_relaxed) != nullptr) DrainInbox(heap, c);
   }
 }
 
@@ -750,7 +742,7 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
   // Before the heap grows: pages of this class that are waiting for the
   // rest of their blocks (ReturnChain) have some to give now.
   if (heap->inbox[size_class].load(std::memory_order_relaxed) != nullptr) {
-    DrainInbox(heap, size_class, false);
+    DrainInbox(heap, size_class);
     page = q->head;
     if (page != nullptr && (page->free != nullptr || RefillPage(page))) {
       heap->direct[size_class] = page;

@@ -60,9 +60,8 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
       // A full page stays full until every block is back, so that it is
       // freed for every heap rather than handed piecemeal to an owner that
       // may not need it (many threads allocating, one freeing: the owners'
-      // partly returned pages would pile up). The owner takes stranded pages
-      // back from its inbox when it runs short of that class (heap.cc,
-      // DrainInbox).
+      // partly returned pages would pile up); an owner that runs short of
+      // that class takes it back sooner (heap.cc, DrainInbox).
       if (back < out) word |= kReturnedFull | kReturnedPosted;
     }
     // acq_rel: release publishes the chain's links to the owner; acquire
