@@ -80,7 +80,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count) {
   return true;
 }
 
-Segment* ArenaAllocateSegment() {
+Segment* ArenaAllocateSegment(uint64_t taken) {
   Segment* segment = nullptr;
   {
     SpinLockHolder hold(&g_arena_lock);
@@ -109,9 +109,9 @@ Segment* ArenaAllocateSegment() {
     segment->kind = SegmentKind::kNormal;
     segment->heap.store(nullptr, std::memory_order_relaxed);
     segment->heap_next = segment->heap_prev = nullptr;
-    segment->dirty_slices.store(0, std::memory_order_relaxed);
+    segment->dirty_slices.store(taken, std::memory_order_relaxed);
     segment->purge_candidates = 0;
-    segment->used_slices.store(1, std::memory_order_release);  // the header
+    segment->used_slices.store(1 | taken, std::memory_order_release);  // the header, and the caller's
   }
   CounterAdd(g_counters.segments_mapped, 1);
   CounterAdd(g_counters.segments_live, 1);

@@ -56,6 +56,29 @@ constinit SpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
 constinit Heap* g_abandoned = nullptr;
 
+// --- starting the pool from free ----------------------------------------------------
+
+// The dynamic loader's code (OsDynamicLoaderText), read at initialisation.
+constinit uintptr_t g_loader_text_begin = 0;
+constinit uintptr_t g_loader_text_end = 0;
+constinit std::atomic<bool> g_forking{false};
+
+// A batch handed on by free() asks for the pool; starting it there means
+// pthread_create inside free(). That is safe except where the C library
+// frees while holding its thread-stack lock, which pthread_create takes:
+// the dynamic loader freeing a dead thread's TLS (_dl_deallocate_tls, from
+// pthread_join, pthread_detach, a detached thread's exit or pthread_create
+// itself). So: never from the loader's code, never from an exiting thread,
+// never during fork(), and never in a static executable (whose loader code
+// cannot be told apart); the next allocation slow path starts it instead.
+bool FreeMayStartPool(const void* caller) {
+  if (tl_exiting || g_forking.load(std::memory_order_relaxed)) return false;
+  if (caller == nullptr) return true;  // ferry_free, operator delete
+  if (g_loader_text_end == 0) return false;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
+  return address < g_loader_text_begin || address >= g_loader_text_end;
+}
+
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
 // for at least eight blocks, capped at kMaxPageSlices.
 constexpr auto kPageSlices = [] {
@@ -136,18 +159,22 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   }
   if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, &start);
   if (segment == nullptr) {
+    // The first aligned run after the header; taken before any other heap
+    // can see the segment's free slices.
+    start = static_cast<int>(align);
+    FERRY_CHECK(start + count <= kSlicesPerSegment);
+    const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
     segment = heap->spare;
     heap->spare = nullptr;
     if (segment != nullptr) {
       // Detached while it was the spare: nobody else could take its slices.
-      segment->used_slices.store(1, std::memory_order_release);
+      segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
+      segment->used_slices.store(1 | run, std::memory_order_release);
     } else {
-      segment = ArenaAllocateSegment();
+      segment = ArenaAllocateSegment(run);
       if (segment == nullptr) return nullptr;
     }
     SegmentListPush(heap, segment);
-    start = FindFreeSlices(segment, count, align);
-    FERRY_CHECK(start >= 0 && TryTakeSlices(segment, start, count));
   }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = static_cast<uint8_t>(k);
   Page* page = &segment->pages[start];
@@ -258,13 +285,16 @@ bool RefillPage(Page* page) {
 // Owner: the page has nothing to hand out. Returns false if a chain arrived
 // meanwhile (then the caller refills instead).
 bool TryMarkFull(Page* page) {
+  // Everything written before the mark: from the CAS on, whoever clears the
+  // mark may have the page (and the pool may free it and reset its record).
   page->used_at_full.store(page->used, std::memory_order_relaxed);
+  page->in_full = 1;
   uintptr_t expected = 0;
   if (!page->returned.compare_exchange_strong(expected, kReturnedFull, std::memory_order_acq_rel,
                                               std::memory_order_relaxed)) {
+    page->in_full = 0;
     return false;
   }
-  page->in_full = 1;
   return true;
 }
 
@@ -372,6 +402,7 @@ void OnThreadExit(void* value) {
 // The pool quiesces first (its threads may take the allocator's locks in
 // their housekeeping), then the allocator's locks are held across fork().
 void AtForkPrepare() {
+  g_forking.store(true, std::memory_order_relaxed);
   PoolForkPrepare();
   g_exit_lock.Lock();
   g_abandoned_lock.Lock();
@@ -382,6 +413,7 @@ void AtForkParent() {
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
   PoolForkParent();
+  g_forking.store(false, std::memory_order_relaxed);
 }
 void AbandonOrphanedHeapsInChild();
 void AtForkChild() {
@@ -390,6 +422,7 @@ void AtForkChild() {
   g_exit_lock.Unlock();
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
+  g_forking.store(false, std::memory_order_relaxed);
 }
 
 Heap* CreateHeap() {
@@ -692,6 +725,11 @@ void EnsureGlobalInit() {
     } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
+    uintptr_t begin, end;
+    if (OsDynamicLoaderText(&begin, &end)) {
+      g_loader_text_begin = begin;
+      g_loader_text_end = end;
+    }
     PoolConfigure(PoolConfig{static_cast<int>(g_options.reclaimers),
                              static_cast<int>(g_options.reclaimer_backend),
                              static_cast<int>(g_options.purge_delay_ms)},
@@ -839,7 +877,12 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
   SortAndReturn(batch, 1);
 }
 
-void PublishBatchSlow(Heap* heap) { PublishBatch(heap); }
+void PublishBatchSlow(Heap* heap, const void* caller) {
+  PublishBatch(heap);
+  if (g_pool_start_requested.load(std::memory_order_relaxed) != 0 && FreeMayStartPool(caller)) {
+    PoolMaybeStart();
+  }
+}
 
 void FreeLocalSlow(Heap* heap, Page* page) {
   CounterAdd(g_counters.local_frees_slow, 1);

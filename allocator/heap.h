@@ -77,7 +77,7 @@ void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
-void PublishBatchSlow(Heap* heap);
+void PublishBatchSlow(Heap* heap, const void* caller);
 
 FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
   page->free = DecodeNext(block->next_encoded);
@@ -104,7 +104,12 @@ FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
 // A free of another heap's block: append it to this thread's batch. The
 // empty heap's batch_limit is 0, so a thread's first remote free makes its
 // heap in the slow path.
-FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char* call) {
+// `caller`: the code that called free(), when the free came from the C
+// library's own free() entry (override.cc); nullptr for ferry_free and
+// operator delete, which the C library never calls. It decides whether this
+// free may start the reclaimer pool (heap.cc, FreeMayStartPool).
+FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char* call,
+                                    const void* caller) {
   const uint32_t count = heap->batch_count;
   if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, page, p, call);
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
@@ -113,11 +118,11 @@ FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char*
   heap->batch_bytes += page->block_size;
   if (FERRY_UNLIKELY(count + 1 == heap->batch_limit ||
                      heap->batch_bytes >= heap->batch_bytes_limit)) {
-    PublishBatchSlow(heap);
+    PublishBatchSlow(heap, caller);
   }
 }
 
-FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
+FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* caller = nullptr) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   if (FERRY_UNLIKELY(SegmentMapLookup(address) != kMapSegment)) return FreeUnmapped(p, call);
   Page* page = PageOf(SegmentOf(address), address);
@@ -134,7 +139,7 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free") {
     return FreeChecksFailed(page, p, call);
   }
   Heap* heap = tl_heap;
-  if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call);
+  if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call, caller);
   if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call);
   block->next_encoded = EncodeNext(page->local_free);
   page->local_free = block;

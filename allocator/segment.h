@@ -234,9 +234,10 @@ bool TryTakeSlices(Segment* segment, int start, size_t count);
 // spare): every slice looks taken, so no other heap claims one meanwhile.
 inline constexpr uint64_t kSegmentDetached = ~uint64_t{0};
 
-// A zeroed segment with only its header slice used, or nullptr when the OS
-// refuses. Its header is written before any other heap can see it.
-Segment* ArenaAllocateSegment();
+// A zeroed segment with its header slice and the slices in `taken` used
+// (and dirty), or nullptr when the OS refuses. Its header is written before
+// any other heap can see it, so the caller's slices are its own.
+Segment* ArenaAllocateSegment(uint64_t taken);
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);

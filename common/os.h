@@ -44,6 +44,11 @@ void OsFutexWake(const void* word, int count);
 // Monotonic milliseconds and this thread's CPU nanoseconds.
 uint64_t OsMonotonicMs();
 
+// The executable code of the dynamic loader (ld.so) in this process, read
+// from its ELF headers in memory (no lock, no allocation). False in a
+// statically linked executable, which has none.
+bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end);
+
 }  // namespace ferry
 
 #endif  // FERRY_COMMON_OS_H_

@@ -1,7 +1,9 @@
 // os_linux.cc — the Linux implementation of os.h.
 #include "common/os.h"
 
+#include <elf.h>
 #include <errno.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -173,6 +175,24 @@ uint64_t OsMonotonicMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end) {
+  const uintptr_t base = getauxval(AT_BASE);
+  if (base == 0) return false;
+  const auto* header = reinterpret_cast<const Elf64_Ehdr*>(base);
+  const auto* phdrs = reinterpret_cast<const Elf64_Phdr*>(base + header->e_phoff);
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
+  for (int i = 0; i < header->e_phnum; ++i) {
+    if (phdrs[i].p_type != PT_LOAD || (phdrs[i].p_flags & PF_X) == 0) continue;
+    const uintptr_t start = base + phdrs[i].p_vaddr;
+    if (start < lo) lo = start;
+    if (start + phdrs[i].p_memsz > hi) hi = start + phdrs[i].p_memsz;
+  }
+  if (hi == 0) return false;
+  *begin = lo;
+  *end = hi;
+  return true;
 }
 
 }  // namespace ferry

@@ -32,9 +32,10 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool 
 // reclaimers. Returns false when the pool cannot take it (off, not started
 // yet, paused for fork, its queue full, or the caller is a reclaimer): the
 // caller then returns the batch inline. The first offer does not start the
-// threads: free() may run inside glibc holding a lock that pthread_create
-// needs (thread stacks are freed under dl_stack_cache_lock), so it only asks,
-// and the next allocation slow path (or ferry_flush) starts them.
+// threads itself, it asks: the caller starts them (PoolMaybeStart) where it
+// knows that pthread_create is safe (heap.cc, FreeMayStartPool: not inside
+// the dynamic loader's frees under dl_stack_cache_lock), else the next
+// allocation slow path or ferry_flush does.
 bool PoolOffer(Batch* batch, uint32_t home_hint);
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.

@@ -555,12 +555,12 @@ std::string PoolStartsWhen(size_t remote_frees, bool flush) {
     if (problem.empty() && Stats().pool_starts != 0) problem = "pool_starts != 0 before any batch was handed on";
   }
   if (problem.empty() && remote_frees == batch) {
-    // The batch was handed on inside free(), which never creates a thread
-    // (README: glibc may hold a lock pthread_create needs); the threads come
-    // at the next allocation slow path.
-    problem = PoolThreadsProblem(false);
-    if (!problem.empty()) problem = "right after a full batch was handed on inside free(): " + problem;
-    if (problem.empty()) AllocateOnTheSlowPath();
+    // The batch was handed on inside a free by the program (not by the
+    // dynamic loader, which frees under a lock pthread_create needs): that
+    // free starts the pool, so that memory goes home even if nothing is
+    // allocated again.
+    problem = PoolThreadsProblem(true);
+    if (!problem.empty()) problem = "right after a full batch was handed on inside a free: " + problem;
   }
   checked.count_down();
   flushed.wait();

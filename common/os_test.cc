@@ -1,0 +1,34 @@
+// os_test.cc — the parts of the OS layer whose answers a test can know.
+#include "common/os.h"
+
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+namespace {
+
+// free() started from the dynamic loader must not start the pool (heap.cc,
+// FreeMayStartPool), so the loader's code range must hold the loader's own
+// functions and nothing of the program or the C library.
+TEST(Os, DynamicLoaderTextHoldsTheLoaderAndNothingElse) {
+  uintptr_t begin = 0, end = 0;
+  ASSERT_TRUE(ferry::OsDynamicLoaderText(&begin, &end)) << "a dynamically linked test sees no loader";
+  ASSERT_LT(begin, end);
+  void* in_loader = dlsym(RTLD_DEFAULT, "__tls_get_addr");  // defined by ld.so
+  ASSERT_NE(in_loader, nullptr);
+  const auto loader = reinterpret_cast<uintptr_t>(in_loader);
+  EXPECT_TRUE(loader >= begin && loader < end);
+  const auto program = reinterpret_cast<uintptr_t>(&ferry::OsDynamicLoaderText);
+  EXPECT_FALSE(program >= begin && program < end);
+  const auto libc = reinterpret_cast<uintptr_t>(dlsym(RTLD_DEFAULT, "qsort"));
+  ASSERT_NE(libc, 0u);
+  EXPECT_FALSE(libc >= begin && libc < end);
+}
+
+TEST(Os, MonotonicMillisecondsDoNotGoBack) {
+  const uint64_t a = ferry::OsMonotonicMs();
+  const uint64_t b = ferry::OsMonotonicMs();
+  EXPECT_LE(a, b);
+}
+
+}  // namespace
