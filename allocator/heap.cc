@@ -889,25 +889,33 @@ void FreeLocalSlow(Heap* heap, Page* page) {
   RetirePage(heap, page);
 }
 
-// The owner frees a block of a page it had found full. Such a page is off
-// the owner's lists, and the pool may be applying frees to it (idle heaps,
-// below), so the owner does not touch its lists either: the block goes onto
-// `returned` like a remote free, which posts the page to the owner's inbox.
+// The owner frees a block of a page it had found full. If nothing has come
+// back to the page yet (the word is just the full mark), the owner takes it
+// back with one CAS and the free is an ordinary local one, as every later
+// free into the page will be. Otherwise other threads' returns are on the
+// page (and it is on the inbox, or about to be): the block joins them like a
+// remote free, and the page comes back through the inbox (DrainInbox).
 // A large block (one per page) that nobody else has freed is released at once.
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   Block* block = static_cast<Block*>(p);
+  uintptr_t expected = kReturnedFull;
+  const bool took_back = page->returned.compare_exchange_strong(
+      expected, 0, std::memory_order_acq_rel, std::memory_order_relaxed);
   if (page->kind == PageKind::kLarge) {
-    uintptr_t expected = kReturnedFull;
-    if (!page->returned.compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed)) {
-      FatalBadPointer(call, p, "double free (block already free)");
-    }
+    if (!took_back) FatalBadPointer(call, p, "double free (block already free)");
     page->in_full = 0;
     page->used = 0;
     ReleasePage(heap, page);
     return;
   }
-  ReturnChain(page, block, block, 1);
+  if (!took_back) return ReturnChain(page, block, block, 1);
+  page->in_full = 0;
+  PageQueue* q = &heap->queues[page->size_class];
+  QueuePushBack(q, page);
+  if (q->head == page) SyncDirect(heap, page->size_class);
+  block->next_encoded = EncodeNext(page->local_free);
+  page->local_free = block;
+  if (--page->used == 0) FreeLocalSlow(heap, page);
 }
 
 size_t UsableSize(uintptr_t address, const char* call) {

@@ -1,17 +1,22 @@
 // page_return.cc — see page_return.h.
 //
-// The protocol on Page::returned (a pointer to the chain's first block, with
-// kReturnedFull in its low bit):
-//   - the owner, finding a page with nothing left to hand out, CASes 0 ->
-//     kReturnedFull and takes the page off its queue (in_full = 1);
-//   - a pusher swaps in its chain; if the old word had kReturnedFull, the new
-//     word drops it, and exactly that pusher takes charge of the page: it
-//     frees the page's slices if every block is back, else posts the page
-//     to the inbox;
-//   - the owner adopts a chain with exchange(0), or, on a local free into a
-//     full page, CASes kReturnedFull -> 0 and requeues the page itself.
-// So a full page goes back to its queue exactly once, by whoever cleared the
-// mark, and the inbox never holds a page twice.
+// The protocol on Page::returned (chain | count << 48 | kReturnedPosted |
+// kReturnedFull, segment.h):
+//   - the owner, finding a page with nothing left to hand out, writes
+//     used_at_full and in_full, then CASes 0 -> kReturnedFull and takes the
+//     page off its queue: from then on the page belongs to its returns;
+//   - a pusher onto a full page keeps the mark while blocks are still out
+//     (counted against used_at_full); the first such push also sets
+//     kReturnedPosted and posts the page to the owner's per-class inbox;
+//   - the push that brings the last block back clears the mark: if the page
+//     was never posted, that pusher frees its slices at once (any heap may
+//     take them); if it is on the inbox, whoever drains it frees it;
+//   - the owner takes a posted page back (exchange(0)) when it runs short of
+//     the class (DrainInbox); a full page nothing has come back to it takes
+//     back with a CAS kReturnedFull -> 0 when it frees into it;
+//   - the pool frees posted pages whose mark is gone (CollectInboxes).
+// A page is on an inbox at most once (the posted bit), and only the holder
+// of the page (the owner, or whoever cleared the mark) touches its lists.
 #include "allocator/page_return.h"
 
 #include "allocator/heap.h"
