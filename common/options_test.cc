@@ -1,6 +1,7 @@
 // Tests of the options table: parsing, bounds, and that the README lists
 // every FERRY_* variable with its default and range.
 #include "common/options.h"
+#include "common/options_markdown.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -65,9 +66,9 @@ TEST(Options, EveryDefaultLiesWithinItsBounds) {
   }
 }
 
-// The README's table of variables has one row per option:
-// | `FERRY_NAME` | default | min..max | help |
-TEST(Options, ReadmeListsEveryVariableWithItsDefaultAndRange) {
+// The README's table of variables is exactly the one //common:options_table
+// prints from the options table (name, default, range or choices, meaning).
+TEST(Options, ReadmeHoldsTheGeneratedTableOfVariables) {
   const char* srcdir = getenv("TEST_SRCDIR");
   ASSERT_NE(srcdir, nullptr);
   std::ifstream in(std::string(srcdir) + "/ferry/README.md");
@@ -75,30 +76,16 @@ TEST(Options, ReadmeListsEveryVariableWithItsDefaultAndRange) {
   std::stringstream text;
   text << in.rdbuf();
   const std::string readme = text.str();
+  const std::string table = OptionsMarkdownTable();
+  EXPECT_NE(readme.find(table), std::string::npos)
+      << "README.md does not hold the table of variables as generated; run\n"
+         "  tools/bazel run //common:options_table\nand paste its output:\n"
+      << table;
   size_t count = 0;
-  const OptionInfo* table = OptionTable(&count);
+  const OptionInfo* options = OptionTable(&count);
   for (size_t i = 0; i < count; ++i) {
-    std::string row;
-    if (table[i].choices != nullptr) {
-      // | `FERRY_NAME` | default-word | word, word |
-      std::string choices = table[i].choices;
-      std::string words, first;
-      size_t start = 0;
-      for (int64_t k = 0;; ++k) {
-        const size_t bar = choices.find('|', start);
-        const std::string word = choices.substr(start, bar - start);
-        if (k == table[i].default_value) first = word;
-        words += (words.empty() ? "" : ", ") + word;
-        if (bar == std::string::npos) break;
-        start = bar + 1;
-      }
-      row = std::string("| `") + table[i].name + "` | " + first + " | " + words + " |";
-    } else {
-      row = std::string("| `") + table[i].name + "` | " + std::to_string(table[i].default_value) +
-            " | " + std::to_string(table[i].min_value) + "–" + std::to_string(table[i].max_value) +
-            " |";
-    }
-    EXPECT_NE(readme.find(row), std::string::npos) << "README lacks the row: " << row;
+    EXPECT_NE(readme.find(OptionMarkdownRow(options[i])), std::string::npos)
+        << "README lacks the row: " << OptionMarkdownRow(options[i]);
   }
 }
 
