@@ -519,7 +519,7 @@ void PublishBatch(Heap* heap) {
     if (PoolOffer(full, heap->home)) return;
   }
   CounterAdd(g_counters.batches_inline, 1);
-  SortAndReturn(full->ptrs, count);
+  ReturnBatch(full->ptrs, count);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -582,7 +582,7 @@ void AbandonOrphanedHeapsInChild() {
        heap = heap->all_next) {
     if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
     if (heap->batch_count != 0) {
-      SortAndReturn(heap->batch, heap->batch_count);
+      ReturnBatch(heap->batch, heap->batch_count);
       heap->batch_count = 0;
       heap->batch_bytes = 0;
     }
@@ -874,7 +874,7 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
   if (!tl_exiting && InitThreadHeap() != nullptr) return Free(p, call);  // may be the owner now
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   void* batch[1] = {p};
-  SortAndReturn(batch, 1);
+  ReturnBatch(batch, 1);
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {

@@ -141,7 +141,7 @@ uint32_t JoinEpoch() {
 
 // Returns the batch's blocks to their pages and gives the batch back.
 void Apply(Batch* batch) {
-  SortAndReturn(batch->ptrs, batch->count);
+  ReturnBatch(batch->ptrs, batch->count);
   const uint32_t slot = batch->epoch_slot;
   batch->in_flight.store(0, std::memory_order_release);  // the heap may reuse it now
   LeaveEpoch(slot);

@@ -1,14 +1,14 @@
 // sorter.cc — see sorter.h.
 //
-// Why sort: after sorting, the blocks of one page are adjacent, so a page's
-// whole run goes home with one atomic operation instead of one per block,
-// and the owner wakes once per page. Sorting pointers (8 bytes each, in one
-// contiguous buffer) is cheap; touching the freed blocks themselves would
-// pull their cache lines from the cores that used them, so blocks are
-// written exactly once, when they are linked.
+// Why group: a page's blocks go home as one chain with one atomic operation
+// instead of one per block, and the owner wakes once per page. Grouping needs
+// no order between pages nor within one, so instead of sorting the pointers
+// (std::sort cost about 160 instructions a pointer, most of the freeing
+// work; perf/RESULTS.md) the batch is dealt out to a small table of open
+// runs keyed by page, and each block is linked onto its page's run as it
+// comes. Each block is written exactly once, when it is linked, as before.
 #include "reclaimer/sorter.h"
 
-#include <algorithm>
 #include <cstdint>
 
 #include "allocator/page_return.h"
@@ -18,41 +18,74 @@
 
 namespace ferry {
 
-void SortAndReturn(void** ptrs, size_t n) {
-  uintptr_t* addresses = reinterpret_cast<uintptr_t*>(ptrs);
-  std::sort(addresses, addresses + n);
-  size_t i = 0;
-  while (i < n) {
-    const uintptr_t first = addresses[i];
-    Page* page = PageOf(SegmentOf(first), first);
-    const uintptr_t page_end = page->end();
-    size_t j = i + 1;
-    while (j < n && addresses[j] < page_end) ++j;
-    // The run [i, j) belongs to `page`. Each pointer was checked to be a
-    // block start of a live page when it was freed, and the free marked the
-    // block (RemoteFreeMark); a block whose mark is gone was freed again or
-    // written after its free, and two equal pointers are one block freed
-    // twice.
-    const uintptr_t mark = RemoteFreeMark(page);
-    Block* head = reinterpret_cast<Block*>(first);
-    if (head->next_encoded != mark) {
-      FatalBadPointer("free", head, "double free (or a write after free) of a remotely freed block");
-    }
-    Block* tail = head;
-    for (size_t k = i + 1; k < j; ++k) {
-      Block* block = reinterpret_cast<Block*>(addresses[k]);
-      if (addresses[k] == addresses[k - 1]) {
-        FatalBadPointer("free", block, "double free (freed twice by one thread)");
+namespace {
+
+// Open runs at once: a batch touches few pages (its blocks were freed
+// together); a batch that touches more flushes the table and goes on, at
+// the price of a second chain for a page now and then.
+constexpr size_t kOpenRuns = 64;  // a power of two
+
+struct Run {
+  Page* page;
+  Block* head;
+  Block* tail;
+  uint32_t count;
+};
+
+[[noreturn]] FERRY_COLD void ReportDoubleFree(Block* block, const char* what) {
+  FatalBadPointer("free", block, what);
+}
+
+void PushRun(const Run& run) {
+  ReturnChain(run.page, run.head, run.tail, run.count);
+  CounterAdd(g_counters.blocks_returned, static_cast<int64_t>(run.count));
+}
+
+}  // namespace
+
+void ReturnBatch(void** ptrs, size_t n) {
+  Run runs[kOpenRuns];
+  for (Run& run : runs) run.page = nullptr;
+  size_t open = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(ptrs[i]);
+    Page* page = PageOf(SegmentOf(address), address);
+    Block* block = reinterpret_cast<Block*>(address);
+    // Page records are 128 bytes apart: their address, shifted, is the key.
+    size_t slot = (reinterpret_cast<uintptr_t>(page) >> 7) & (kOpenRuns - 1);
+    for (size_t probe = 0; runs[slot].page != nullptr && runs[slot].page != page; ++probe) {
+      if (probe == kOpenRuns) {  // full: hand every open run home, start over
+        for (Run& run : runs) {
+          if (run.page != nullptr) PushRun(run);
+          run.page = nullptr;
+        }
+        open = 0;
+        break;
       }
-      if (block->next_encoded != mark) {
-        FatalBadPointer("free", block, "double free (or a write after free) of a remotely freed block");
-      }
-      tail->next_encoded = EncodeNext(block);
-      tail = block;
+      slot = (slot + 1) & (kOpenRuns - 1);
     }
-    ReturnChain(page, head, tail, static_cast<uint32_t>(j - i));
-    CounterAdd(g_counters.blocks_returned, static_cast<int64_t>(j - i));
-    i = j;
+    // Each pointer was checked to be a block start of a live page when it was
+    // freed, and the free marked the block (RemoteFreeMark). A block whose
+    // mark is gone was freed twice (its first copy got a successor, or went
+    // home) or written after its free; a block equal to its run's tail was
+    // freed twice in a row.
+    if (block->next_encoded != RemoteFreeMark(page)) {
+      ReportDoubleFree(block, "double free (or a write after free) of a remotely freed block");
+    }
+    Run& run = runs[slot];
+    if (run.page == nullptr) {
+      run = Run{page, block, block, 1};
+      ++open;
+      continue;
+    }
+    if (block == run.tail) ReportDoubleFree(block, "double free (freed twice by one thread)");
+    run.tail->next_encoded = EncodeNext(block);
+    run.tail = block;
+    ++run.count;
+  }
+  if (open == 0) return;
+  for (const Run& run : runs) {
+    if (run.page != nullptr) PushRun(run);
   }
 }
 

@@ -9,13 +9,14 @@
 
 namespace ferry {
 
-// Sorts ptrs[0..n) by address (reordering the array, never touching the
-// blocks while sorting), then links each page's run into a chain through
-// the blocks and pushes it onto that page's returned list with one CAS.
-// Every block must carry its page's RemoteFreeMark (the remote free wrote
-// it); two equal pointers, or a block without the mark, is a double free (or
-// a write after free): reported with ferry's one-line diagnostic, then abort.
-void SortAndReturn(void** ptrs, size_t n);
+// Groups ptrs[0..n) by page (the array is read, not reordered), links each
+// page's blocks into a chain through the blocks and pushes it onto that
+// page's returned list with one CAS (a batch touching more than 64 pages at
+// once may give a page two chains). Every block must carry its page's
+// RemoteFreeMark (the remote free wrote it); a pointer given twice, or a
+// block without the mark, is a double free (or a write after free):
+// reported with ferry's one-line diagnostic, then abort.
+void ReturnBatch(void** ptrs, size_t n);
 
 }  // namespace ferry
 

@@ -3,7 +3,7 @@
 //   RemoteFree             the freeing thread's cost of freeing another
 //                          thread's block (append to its batch; a full batch
 //                          is handed to the pool, or sorted inline)
-//   Sorter/<batch>         SortAndReturn: pointers sorted and returned per second
+//   Sorter/<batch>         ReturnBatch: pointers sorted and returned per second
 //   FlushLatency           ferry_flush after one batch of remote frees
 // The pool size is the process's FERRY_RECLAIMERS, read once; compare
 // pool sizes by running it once per setting (perf/micro/README in perf/BUILD):
@@ -79,7 +79,7 @@ void Sorter(benchmark::State& state) {
           ferry::RemoteFreeMark(ferry::PageOf(ferry::SegmentOf(address), address));
     }
     state.ResumeTiming();
-    ferry::SortAndReturn(ptrs.data(), ptrs.size());
+    ferry::ReturnBatch(ptrs.data(), ptrs.size());
     sorted += batch;
   }
   state.SetItemsProcessed(static_cast<int64_t>(sorted));
