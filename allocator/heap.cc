@@ -61,6 +61,8 @@ constinit Heap* g_abandoned = nullptr;
 // The dynamic loader's code (OsDynamicLoaderText), read at initialisation.
 constinit uintptr_t g_loader_text_begin = 0;
 constinit uintptr_t g_loader_text_end = 0;
+constinit uintptr_t g_libc_text_begin = 0;
+constinit uintptr_t g_libc_text_end = 0;
 constinit std::atomic<bool> g_forking{false};
 
 // A batch handed on by free() asks for the pool; starting it there means
@@ -68,15 +70,19 @@ constinit std::atomic<bool> g_forking{false};
 // frees while holding its thread-stack lock, which pthread_create takes:
 // the dynamic loader freeing a dead thread's TLS (_dl_deallocate_tls, from
 // pthread_join, pthread_detach, a detached thread's exit or pthread_create
-// itself). So: never from the loader's code, never from an exiting thread,
+// itself). So: never from the loader's code, nor from the C library's
+// (the loader may tail-call free, leaving a return address in libc's
+// thread code, which may hold that lock), never from an exiting thread,
 // never during fork(), and never in a static executable (whose loader code
 // cannot be told apart); the next allocation slow path starts it instead.
 bool FreeMayStartPool(const void* caller) {
   if (tl_exiting || g_forking.load(std::memory_order_relaxed)) return false;
   if (caller == nullptr) return true;  // ferry_free, operator delete
-  if (g_loader_text_end == 0) return false;
+  if (g_loader_text_end == 0 || g_libc_text_end == 0) return false;
   const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
-  return address < g_loader_text_begin || address >= g_loader_text_end;
+  const bool in_loader = address >= g_loader_text_begin && address < g_loader_text_end;
+  const bool in_libc = address >= g_libc_text_begin && address < g_libc_text_end;
+  return !in_loader && !in_libc;
 }
 
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
@@ -285,8 +291,9 @@ bool RefillPage(Page* page) {
 // Owner: the page has nothing to hand out. Returns false if a chain arrived
 // meanwhile (then the caller refills instead).
 bool TryMarkFull(Page* page) {
-  // Everything written before the mark: from the CAS on, whoever clears the
-  // mark may have the page (and the pool may free it and reset its record).
+  // Everything written before the mark (the page off its queue too): from
+  // the CAS on, whoever clears the mark may have the page, free it and let
+  // another heap reset its record.
   page->used_at_full.store(page->used, std::memory_order_relaxed);
   page->in_full = 1;
   uintptr_t expected = 0;
@@ -730,6 +737,10 @@ void EnsureGlobalInit() {
       g_loader_text_begin = begin;
       g_loader_text_end = end;
     }
+    if (OsLibcText(&begin, &end)) {
+      g_libc_text_begin = begin;
+      g_libc_text_end = end;
+    }
     PoolConfigure(PoolConfig{static_cast<int>(g_options.reclaimers),
                              static_cast<int>(g_options.reclaimer_backend),
                              static_cast<int>(g_options.purge_delay_ms)},
@@ -771,11 +782,15 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
       heap->direct[size_class] = page;
       return PopBlock(page, page->free);
     }
+    // Off the queue before the mark: once marked, the page may be freed and
+    // taken by another heap at any moment, links and all.
     Page* next = page->queue_next;
+    QueueRemove(q, page);
     if (TryMarkFull(page)) {
-      QueueRemove(q, page);
       page = next;
-    }  // else a chain just arrived: refill this page again
+    } else {
+      QueuePushFront(q, page);  // a chain just arrived: refill this page again
+    }
   }
   // Before the heap grows: pages of this class that are waiting for the
   // rest of their blocks (ReturnChain) have some to give now.

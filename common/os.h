@@ -48,6 +48,8 @@ uint64_t OsMonotonicMs();
 // from its ELF headers in memory (no lock, no allocation). False in a
 // statically linked executable, which has none.
 bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end);
+// The same for the C library (false in a static executable).
+bool OsLibcText(uintptr_t* begin, uintptr_t* end);
 
 }  // namespace ferry
 

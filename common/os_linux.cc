@@ -1,7 +1,9 @@
 // os_linux.cc — the Linux implementation of os.h.
 #include "common/os.h"
 
+#include <dlfcn.h>
 #include <elf.h>
+#include <gnu/libc-version.h>
 #include <errno.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -177,9 +179,11 @@ uint64_t OsMonotonicMs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
 }
 
-bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end) {
-  const uintptr_t base = getauxval(AT_BASE);
-  if (base == 0) return false;
+namespace {
+
+// The executable PT_LOAD range of the ELF object whose header is at `base`
+// (its load address: p_vaddr is relative to it for shared objects).
+bool ObjectText(uintptr_t base, uintptr_t* begin, uintptr_t* end) {
   const auto* header = reinterpret_cast<const Elf64_Ehdr*>(base);
   const auto* phdrs = reinterpret_cast<const Elf64_Phdr*>(base + header->e_phoff);
   uintptr_t lo = UINTPTR_MAX, hi = 0;
@@ -193,6 +197,23 @@ bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end) {
   *begin = lo;
   *end = hi;
   return true;
+}
+
+}  // namespace
+
+bool OsDynamicLoaderText(uintptr_t* begin, uintptr_t* end) {
+  const uintptr_t base = getauxval(AT_BASE);
+  return base != 0 && ObjectText(base, begin, end);
+}
+
+bool OsLibcText(uintptr_t* begin, uintptr_t* end) {
+  Dl_info info;
+  // A libc function nobody wraps, to find libc itself.
+  if (dladdr(reinterpret_cast<const void*>(&gnu_get_libc_version), &info) == 0 ||
+      info.dli_fbase == nullptr) {
+    return false;
+  }
+  return ObjectText(reinterpret_cast<uintptr_t>(info.dli_fbase), begin, end);
 }
 
 }  // namespace ferry

@@ -25,6 +25,17 @@ TEST(Os, DynamicLoaderTextHoldsTheLoaderAndNothingElse) {
   EXPECT_FALSE(libc >= begin && libc < end);
 }
 
+TEST(Os, LibcTextHoldsLibcAndNotTheLoader) {
+  uintptr_t begin = 0, end = 0;
+  ASSERT_TRUE(ferry::OsLibcText(&begin, &end));
+  const auto libc = reinterpret_cast<uintptr_t>(dlsym(RTLD_DEFAULT, "qsort"));
+  EXPECT_TRUE(libc >= begin && libc < end);
+  const auto loader = reinterpret_cast<uintptr_t>(dlsym(RTLD_DEFAULT, "__tls_get_addr"));
+  EXPECT_FALSE(loader >= begin && loader < end);
+  const auto program = reinterpret_cast<uintptr_t>(&ferry::OsLibcText);
+  EXPECT_FALSE(program >= begin && program < end);
+}
+
 TEST(Os, MonotonicMillisecondsDoNotGoBack) {
   const uint64_t a = ferry::OsMonotonicMs();
   const uint64_t b = ferry::OsMonotonicMs();
