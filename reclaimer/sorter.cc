@@ -6,7 +6,8 @@
 // (std::sort cost about 160 instructions a pointer, most of the freeing
 // work; perf/RESULTS.md) the batch is dealt out to a small table of open
 // runs keyed by page, and each block is linked onto its page's run as it
-// comes. Each block is written exactly once, when it is linked, as before.
+// comes. Each block is claimed with one CAS on its mark (double frees), then
+// linked.
 #include "reclaimer/sorter.h"
 
 #include <cstdint>
@@ -65,11 +66,16 @@ void ReturnBatch(void** ptrs, size_t n) {
       slot = (slot + 1) & (kOpenRuns - 1);
     }
     // Each pointer was checked to be a block start of a live page when it was
-    // freed, and the free marked the block (RemoteFreeMark). A block whose
-    // mark is gone was freed twice (its first copy got a successor, or went
-    // home) or written after its free; a block equal to its run's tail was
-    // freed twice in a row.
-    if (block->next_encoded != RemoteFreeMark(page)) {
+    // freed, and the free marked the block (RemoteFreeMark). Claiming the
+    // block swaps the mark for an end-of-chain link with one CAS, so of two
+    // claims of one block (the same pointer twice in a batch, or in two
+    // batches sorted at once after two threads freed it at the same moment)
+    // exactly one succeeds; a block without the mark was freed twice or
+    // written after its free. Without this a duplicate would count as a
+    // block back and could free a page that still has a block out.
+    uintptr_t expected = RemoteFreeMark(page);
+    if (!__atomic_compare_exchange_n(&block->next_encoded, &expected, EncodeNext(nullptr), false,
+                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
       ReportDoubleFree(block, "double free (or a write after free) of a remotely freed block");
     }
     Run& run = runs[slot];
@@ -78,7 +84,6 @@ void ReturnBatch(void** ptrs, size_t n) {
       ++open;
       continue;
     }
-    if (block == run.tail) ReportDoubleFree(block, "double free (freed twice by one thread)");
     run.tail->next_encoded = EncodeNext(block);
     run.tail = block;
     ++run.count;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <set>
 #include <thread>
@@ -178,6 +179,32 @@ void FreeOneBlockTwiceApartInABatch() {
 TEST(SorterDeathTest, ReportsTheSameBlockTwiceApartInABatch) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(FreeOneBlockTwiceApartInABatch(), "ferry: free\\(0x[0-9a-f]+\\): double free");
+}
+
+// Two threads freed one block at the same moment (both marks written, both
+// batches hold it) and two reclaimers return the batches at once: the CAS
+// that claims the block lets exactly one through, and the other reports.
+void ReturnOneBlockInTwoBatchesAtOnce() {
+  std::vector<void*> blocks;
+  for (int k = 0; k < 64; ++k) blocks.push_back(ferry_malloc(64));
+  for (void* p : blocks) MarkRemotelyFreed(p);
+  std::vector<void*> first(blocks.begin(), blocks.begin() + 33);
+  std::vector<void*> second(blocks.begin() + 32, blocks.end());  // blocks[32] in both
+  std::atomic<int> ready{0};
+  auto run = [&](std::vector<void*>* batch) {
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    ReturnBatch(batch->data(), batch->size());
+  };
+  std::thread a(run, &first), b(run, &second);
+  a.join();
+  b.join();
+}
+
+TEST(SorterDeathTest, ReportsOneBlockInTwoBatchesReturnedAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(ReturnOneBlockInTwoBatchesAtOnce(), "ferry: free\\(0x[0-9a-f]+\\): double free");
 }
 
 TEST(SorterDeathTest, ReportsTheSameBlockTwiceInABatch) {
