@@ -133,7 +133,11 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   const uint64_t carved = page->carved_bytes.load(std::memory_order_relaxed);
   const uint64_t offset = address - start;
   Block* block = static_cast<Block*>(p);
-  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
+  // Read before p is known to be a block start (it may be an interior,
+  // misaligned pointer): memcpy makes that read defined; it is one load.
+  uintptr_t first_word;
+  __builtin_memcpy(&first_word, p, sizeof(first_word));
+  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(first_word));
   if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic ||
                      next == 0 || next - start < carved)) {
     return FreeChecksFailed(page, p, call);
