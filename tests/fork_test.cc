@@ -50,22 +50,9 @@ using ferry_test::WaitFor;
 
 constexpr auto kChildDeadline = 20s;
 
-struct Item {
-  void* p;
-  size_t n;
-};
-
-Item Make(size_t n) {
-  void* p = ferry_malloc(n);
-  if (p != nullptr) FillBlock(p, n);
-  return {p, n};
-}
-
-bool CheckAndFree(const Item& item) {
-  const bool ok = BlockIntact(item.p, item.n);
-  ferry_free(item.p);
-  return ok;
-}
+using ferry_test::CheckAndFree;
+using ferry_test::Item;
+using ferry_test::Make;
 
 size_t TrafficSize(uint64_t i) {
   static constexpr size_t kSizes[] = {16, 32, 64, 96, 128, 256, 512, 1024, 4096, 12288};

@@ -52,22 +52,9 @@ using ferry_test::Mix;
 using ferry_test::Stats;
 using ferry_test::WaitFor;
 
-struct Item {
-  void* p;
-  size_t n;
-};
-
-Item Make(size_t n) {
-  void* p = ferry_malloc(n);
-  if (p != nullptr) FillBlock(p, n);
-  return {p, n};
-}
-
-bool CheckAndFree(const Item& item) {
-  const bool ok = BlockIntact(item.p, item.n);
-  ferry_free(item.p);
-  return ok;
-}
+using ferry_test::CheckAndFree;
+using ferry_test::Item;
+using ferry_test::Make;
 
 // Sizes for the stress tests: mostly small, some medium with multi-slice
 // pages, now and then large (a run of slices of its own) and, rarely, huge.

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "ferry.h"
+
 namespace ferry_test {
 
 // splitmix64's finaliser: a cheap bijective mix of 64 bits.
@@ -74,6 +76,27 @@ inline void FillBlock(void* p, size_t n) { FillRange(p, 0, n, SeedFor(p, n)); }
 // True when [p, p + n) still holds what FillBlock(p, n) wrote.
 inline bool BlockIntact(const void* p, size_t n) {
   return FirstMismatch(p, 0, n, SeedFor(p, n)) == SIZE_MAX;
+}
+
+// A block a test made with ferry_malloc and filled (Make), to be checked and
+// freed later, perhaps by another thread (CheckAndFree).
+struct Item {
+  void* p;
+  size_t n;
+};
+
+// Allocates n bytes with ferry_malloc and fills them with the block's pattern.
+inline Item Make(size_t n) {
+  void* p = ferry_malloc(n);
+  if (p != nullptr) FillBlock(p, n);
+  return {p, n};
+}
+
+// Checks a block's pattern, then frees it. Returns false on a mismatch.
+inline bool CheckAndFree(const Item& item) {
+  const bool ok = BlockIntact(item.p, item.n);
+  ferry_free(item.p);
+  return ok;
 }
 
 // True when every byte of [p, p + n) is zero.

@@ -32,24 +32,9 @@ using ferry_test::kKiB;
 using ferry_test::kMiB;
 using ferry_test::Mix;
 
-struct Item {
-  void* p;
-  size_t n;
-};
-
-// Allocates n bytes and fills them with the block's pattern.
-Item Make(size_t n) {
-  void* p = ferry_malloc(n);
-  if (p != nullptr) FillBlock(p, n);
-  return {p, n};
-}
-
-// Checks a block's pattern, then frees it. Returns false on a mismatch.
-bool CheckAndFree(const Item& item) {
-  const bool ok = BlockIntact(item.p, item.n);
-  ferry_free(item.p);
-  return ok;
-}
+using ferry_test::CheckAndFree;
+using ferry_test::Item;
+using ferry_test::Make;
 
 // The i-th size of a mix: mostly small, some medium, now and then large
 // (hundreds of KiB) and, when `huge_every` > 0, huge (> 2 MiB).
