@@ -58,9 +58,8 @@ Segment* FindLiveSegment(Fn fn) {
 
 // The first run of `count` free slices starting at a multiple of `align`.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
   for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
-    if ((segment->used_slices.load(std::memory_order_acquire) & (run << start)) == 0) {
+    if ((segment->used_slices.load(std::memory_order_acquire) & SliceRun(start, count)) == 0) {
       return static_cast<int>(start);
     }
   }
@@ -70,7 +69,7 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
 // Takes the slices [start, start + count) if they are still free (the pool
 // may hold some for a moment while it purges them).
 bool TryTakeSlices(Segment* segment, int start, size_t count) {
-  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
+  const uint64_t run = SliceRun(static_cast<size_t>(start), count);
   uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
   do {
     if ((used & run) != 0) return false;
@@ -161,7 +160,7 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start) {
 
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
   OsDecommit(reinterpret_cast<char*>(segment) + first * kSliceSize, count * kSliceSize);
-  const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << first;
+  const uint64_t run = SliceRun(first, count);
   segment->dirty_slices.fetch_and(~run, std::memory_order_relaxed);
   CounterAdd(g_counters.bytes_decommitted, static_cast<int64_t>(count * kSliceSize));
 }
@@ -185,7 +184,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
     while (first + count < 64 && (rest >> (first + count) & 1) != 0) ++count;
     SegmentDecommitSlices(segment, static_cast<size_t>(first), static_cast<size_t>(count));
     bytes += static_cast<size_t>(count) * kSliceSize;
-    rest &= ~((count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << first);
+    rest &= ~SliceRun(static_cast<size_t>(first), static_cast<size_t>(count));
   }
   segment->used_slices.fetch_and(~held, std::memory_order_release);
   return bytes;

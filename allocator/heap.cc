@@ -18,8 +18,6 @@
 #include <errno.h>
 #include <pthread.h>
 
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <new>
@@ -169,7 +167,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     // can see the segment's free slices.
     start = static_cast<int>(align);
     FERRY_CHECK(start + count <= kSlicesPerSegment);
-    const uint64_t run = (count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << start;
+    const uint64_t run = SliceRun(static_cast<size_t>(start), count);
     segment = heap->spare;
     heap->spare = nullptr;
     if (segment != nullptr) {
@@ -537,16 +535,7 @@ void CollectHeap(Heap* heap) {
     PageQueue* q = &heap->queues[c];
     for (Page* page = q->head; page != nullptr;) {
       Page* next = page->queue_next;
-      uint32_t count;
-      Block* chain = AdoptReturned(page, &count);
-      if (page->used != 0 && chain != nullptr) {
-        // Keep the returned blocks: they join local_free (counted walk to
-        // the chain's tail; a page with nothing out is released instead).
-        Block* tail = chain;
-        for (uint32_t k = 1; k < count; ++k) tail = DecodeNext(tail->next_encoded);
-        tail->next_encoded = EncodeNext(page->local_free);
-        page->local_free = chain;
-      }
+      AdoptOntoLists(page);
       if (page->used == 0) {
         QueueRemove(q, page);
         ReleasePage(heap, page);

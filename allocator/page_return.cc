@@ -37,8 +37,7 @@ void ReleasePageSlices(Page* page) {
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->free = page->local_free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
-  const uint64_t run = count == 64 ? ~uint64_t{0} : (uint64_t{1} << count) - 1;
-  segment->used_slices.fetch_and(~(run << start), std::memory_order_release);
+  segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
   CounterAdd(g_counters.pages_released, 1);
 }
 

@@ -223,6 +223,11 @@ void SegmentMapSet(uintptr_t chunk_address, uint8_t value);
 
 // --- arenas -------------------------------------------------------------------
 
+// The bits of slices [first, first + count) in a segment's slice bitmaps.
+inline constexpr uint64_t SliceRun(size_t first, size_t count) {
+  return (count == kSlicesPerSegment ? ~uint64_t{0} : (uint64_t{1} << count) - 1) << first;
+}
+
 // The first run of `count` free slices of `segment` starting at a multiple
 // of `align`, or -1.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align);
