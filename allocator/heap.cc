@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <new>
@@ -312,8 +313,14 @@ bool AdoptOntoLists(Page* page) {
   if (page->free == nullptr) {
     page->free = chain;
   } else {
-    Block* tail = chain;  // counted: a corrupted chain cannot loop forever
-    for (uint32_t k = 1; k < count; ++k) tail = DecodeNext(tail->next_encoded);
+    // Counted, and each link checked, so that a block written after its
+    // free can neither loop the walk nor steer the write below.
+    Block* tail = chain;
+    for (uint32_t k = 1; k < count; ++k) {
+      Block* next = DecodeNext(tail->next_encoded);
+      if (!IsInCarvedRange(page, next)) ReportCorruptFreeList(page, tail, next);
+      tail = next;
+    }
     tail->next_encoded = EncodeNext(page->local_free);
     page->local_free = chain;
   }
@@ -858,6 +865,27 @@ void FreeUnmapped(void* p, const char* call) {
     return FreeHuge(segment, &segment->pages[0], p, call);
   }
   FatalBadPointer(call, p, "pointer not allocated by ferry");
+}
+
+void ReportCorruptFreeList(Page* page, Block* block, Block* next) {
+  DiagLine()
+      .Str("ferry: malloc: free list of the page at ")
+      .Hex(page->start)
+      .Str(" corrupted: the free block ")
+      .Ptr(block)
+      .Str(" links to ")
+      .Ptr(next)
+      .Str(", outside its page (a write after free?)")
+      .WriteToStderr();
+  abort();
+}
+
+void* PopLastBlock(Page* page, Block* block, Block* next) {
+  if (next != nullptr) ReportCorruptFreeList(page, block, next);
+  page->free = nullptr;
+  block->next_encoded = 0;
+  page->used++;
+  return block;
 }
 
 void FreeChecksFailed(Page* page, void* p, const char* call) {

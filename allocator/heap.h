@@ -79,8 +79,24 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
 void PublishBatchSlow(Heap* heap, const void* caller);
 
+// "ferry: malloc: free list of the page at … corrupted …" and abort: the free
+// block's link decodes to `next`, outside the page.
+[[noreturn]] FERRY_COLD void ReportCorruptFreeList(Page* page, Block* block, Block* next);
+
+// Out of line: PopBlock for the list's last block, or an abort when its link
+// points outside the page (heap.cc).
+FERRY_COLD void* PopLastBlock(Page* page, Block* block, Block* next);
+
 FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
-  page->free = DecodeNext(block->next_encoded);
+  // A write after free into `block` could name any address as the next
+  // block; the key makes a chosen address unguessable, and this check keeps
+  // the allocator inside the page whatever the word decodes to. The list's
+  // end (nullptr) fails the range test too and goes out of line, once per
+  // list, so that the common pop pays one compare (a tail call: no
+  // registers to save).
+  Block* next = DecodeNext(block->next_encoded);
+  if (FERRY_UNLIKELY(!IsInCarvedRange(page, next))) return PopLastBlock(page, block, next);
+  page->free = next;
   block->next_encoded = 0;  // a live block never looks free (see LooksFree)
   page->used++;
   return block;

@@ -164,9 +164,10 @@ FERRY_ALWAYS_INLINE Page* PageOf(Segment* segment, uintptr_t p) {
 // One XOR with a per-process random key: enough that a user's data almost
 // never decodes to a link of its own page (so a freed block is recognisable)
 // and that a stray write cannot name an address without knowing the key.
-// The owner checks every link it adopts from another thread against its
-// page; a rotate-and-add encoding cost five more instructions per pair on
-// the fast paths for little more (see perf/RESULTS.md when it exists).
+// Every link is checked against its page as it is followed (PopBlock, and
+// the walk in AdoptOntoLists), so even a write that guesses the key keeps
+// the allocator inside that page's carved blocks. A rotate-and-add encoding
+// cost five more instructions per pair on the fast paths for little more.
 struct FreeListKeys {
   uint64_t xor_key;
 };
@@ -179,13 +180,19 @@ FERRY_ALWAYS_INLINE Block* DecodeNext(uintptr_t encoded) {
   return reinterpret_cast<Block*>(encoded ^ g_keys.xor_key);
 }
 
+// True when `b` lies in the part of the page carved into blocks.
+FERRY_ALWAYS_INLINE bool IsInCarvedRange(const Page* page, const Block* b) {
+  return reinterpret_cast<uintptr_t>(b) - page->start <
+         page->carved_bytes.load(std::memory_order_relaxed);
+}
+
 // True when `b`'s first word decodes to a list link of this page (or to the
 // end of a list): the block is, with overwhelming likelihood, already free.
 // A live block's first word is zeroed when it is handed out, and a user value
 // passes only by matching the secret encoding.
 FERRY_ALWAYS_INLINE bool LooksFree(const Page* page, const Block* b) {
-  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(b->next_encoded));
-  return next == 0 || next - page->start < page->carved_bytes.load(std::memory_order_relaxed);
+  const Block* next = DecodeNext(b->next_encoded);
+  return next == nullptr || IsInCarvedRange(page, next);
 }
 
 // What a remote free writes into a block's first word while the block waits

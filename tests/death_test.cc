@@ -331,6 +331,50 @@ TEST_F(Death, FreeByAnotherThreadOfAnInteriorPointerAborts) {
 }
 
 // ---------------------------------------------------------------------------
+// Writes after free: a freed block's first word is its list link. A write
+// that names an address outside the block's page is caught when the link is
+// followed, before the allocator hands that address out.
+
+// Writes `target` over the freed block `p`'s link, then allocates `size`
+// until the allocator reaches p's link; if it never aborts, exits normally
+// so the test fails.
+void WriteAfterFreeThenAllocate(void* p, void* target, size_t size) {
+  Expect(p);
+  memcpy(Launder(p), &target, sizeof(target));
+  for (int i = 0; i < 100000; ++i) Launder(ferry_malloc(size));
+  fprintf(stderr, "no report after 100000 allocations\n");
+  exit(0);
+}
+
+TEST_F(Death, AWriteAfterFreeThatRedirectsTheOwnersFreeListAborts) {
+  EXPECT_EXIT(
+      {
+        void* keep = ferry_malloc(64);  // the page stays in use
+        void* p = ferry_malloc(64);
+        ferry_free(p);
+        WriteAfterFreeThenAllocate(p, global_buffer, 64);
+        ferry_free(keep);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, AWriteAfterARemoteFreeThatRedirectsTheReturnedChainAborts) {
+  EXPECT_EXIT(
+      {
+        void* keep = ferry_malloc(96);
+        void* p = ferry_malloc(96);
+        std::thread([p] {
+          ferry_free(p);
+          ferry_flush();  // p is on its page's returned chain now
+        }).join();
+        char on_stack[64];
+        WriteAfterFreeThenAllocate(p, on_stack, 96);
+        ferry_free(keep);
+      },
+      kAborted, NamesBadPointer());
+}
+
+// ---------------------------------------------------------------------------
 // realloc of bad pointers.
 
 // Calls ferry_realloc on a bad pointer; if ferry does not abort, exits
