@@ -9,6 +9,7 @@
 #include "common/diag.h"
 #include "common/options.h"
 #include "common/stats.h"
+#include "common/valgrind.h"
 #include "reclaimer/pool.h"
 #include "ferry.h"
 
@@ -17,7 +18,8 @@ const Options& CurrentOptions();  // heap.cc
 }  // namespace ferry
 
 using ferry::Allocate;
-using ferry::Free;
+using ferry::FreeUserBlock;
+using ferry::VgAllocated;
 
 namespace {
 
@@ -36,7 +38,7 @@ extern "C" {
 
 // Sizes past PTRDIFF_MAX need no test here: they are huge, and the huge
 // path refuses anything it could never map (ENOMEM).
-FERRY_EXPORT void* ferry_malloc(size_t size) { return Allocate(size); }
+FERRY_EXPORT void* ferry_malloc(size_t size) { return VgAllocated(Allocate(size), size); }
 
 FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
   size_t total;
@@ -45,6 +47,7 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
   }
   void* p = Allocate(total);
   if (FERRY_LIKELY(p != nullptr)) {
+    VgAllocated(p, total, /*zeroed=*/true);
     // Huge blocks are fresh mappings, zero already; everything else may be reused.
     if (total <= ferry::kLargeMax) memset(p, 0, total);
   }
@@ -55,18 +58,21 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   if (ptr == nullptr) return ferry_malloc(size);
   if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
   const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc");
-  // Keep the block when the new size fits and does not waste more than half.
-  if (size <= usable && size >= usable / 2) return ptr;
-  void* fresh = Allocate(size);
+  // Keep the block when the new size fits and does not waste more than half
+  // (not under memcheck, which would need the block's old size to follow).
+  if (!ferry::kValgrind && size <= usable && size >= usable / 2) return ptr;
+  void* fresh = VgAllocated(Allocate(size), size);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
+  ferry::VgQuietBegin();  // the copy may read past what the caller wrote
   memcpy(fresh, ptr, size < usable ? size : usable);
-  Free(ptr, "realloc");
+  ferry::VgQuietEnd();
+  FreeUserBlock(ptr, "realloc");
   return fresh;
 }
 
-FERRY_EXPORT void ferry_free(void* ptr) { Free(ptr); }
+FERRY_EXPORT void ferry_free(void* ptr) { FreeUserBlock(ptr, "free"); }
 
-FERRY_EXPORT void ferry_free_sized(void* ptr, size_t /*size*/) { Free(ptr); }
+FERRY_EXPORT void ferry_free_sized(void* ptr, size_t /*size*/) { FreeUserBlock(ptr, "free"); }
 
 FERRY_EXPORT void* ferry_aligned_alloc(size_t alignment, size_t size) {
   if (FERRY_UNLIKELY(!ferry::IsPowerOfTwo(alignment))) {
@@ -74,7 +80,7 @@ FERRY_EXPORT void* ferry_aligned_alloc(size_t alignment, size_t size) {
     return nullptr;
   }
   if (FERRY_UNLIKELY(size > kMaxRequest || alignment > kMaxRequest / 2)) return FailTooLarge();
-  return ferry::AllocateAligned(alignment, size);
+  return VgAllocated(ferry::AllocateAligned(alignment, size), size);
 }
 
 FERRY_EXPORT int ferry_posix_memalign(void** out, size_t alignment, size_t size) {
@@ -84,7 +90,7 @@ FERRY_EXPORT int ferry_posix_memalign(void** out, size_t alignment, size_t size)
   void* p = ferry::AllocateAligned(alignment, size);
   errno = saved_errno;
   if (p == nullptr) return ENOMEM;
-  *out = p;
+  *out = VgAllocated(p, size);
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include "common/os.h"
 #include "common/spin_lock.h"
 #include "common/stats.h"
+#include "common/valgrind.h"
 
 namespace ferry {
 
@@ -98,6 +99,10 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
         arena.base = reinterpret_cast<uintptr_t>(base);
         arena.used = 1;
         address = arena.base;
+        // Once per arena, for every segment it will hold (common/valgrind.h).
+        for (size_t k = 0; k < kSegmentsPerArena; ++k) {
+          VgHideMetadata(reinterpret_cast<void*>(arena.base + k * kSegmentSize), sizeof(Segment));
+        }
         CounterAdd(g_counters.arena_bytes_reserved, kArenaSize);
       }
     }

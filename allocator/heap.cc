@@ -259,6 +259,9 @@ void ExtendPage(Page* page) {
   const size_t remaining = size_t{page->reserved} - page->capacity;
   if (count > remaining) count = remaining;
   const uintptr_t first = page->start + page->capacity * size;
+  if (kValgrind) {
+    for (size_t k = 0; k < count; ++k) VgLinkWord(reinterpret_cast<void*>(first + k * size));
+  }
   for (size_t k = 0; k + 1 < count; ++k) {
     reinterpret_cast<Block*>(first + k * size)->next_encoded =
         EncodeNext(reinterpret_cast<Block*>(first + (k + 1) * size));
@@ -681,6 +684,7 @@ void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
   // The slices may have held a freed block before: a live block must never
   // look free (see LooksFree).
   Block* block = reinterpret_cast<Block*>(page->start);
+  VgLinkWord(block);
   block->next_encoded = 0;
   return block;
 }

@@ -21,6 +21,7 @@
 #include "allocator/segment.h"
 #include "allocator/size_class.h"
 #include "common/base.h"
+#include "common/valgrind.h"
 #include "reclaimer/batch.h"
 
 namespace ferry {
@@ -164,6 +165,13 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   block->next_encoded = EncodeNext(page->local_free);
   page->local_free = block;
   if (FERRY_UNLIKELY(--page->used == 0)) FreeLocalSlow(heap, page);
+}
+
+// A free by the user (the malloc family's and operator delete's entry
+// points): memcheck learns of it first (FERRY_VALGRIND builds), then Free.
+FERRY_ALWAYS_INLINE void FreeUserBlock(void* p, const char* call, const void* caller = nullptr) {
+  VgFreeing(p);
+  Free(p, call, caller);
 }
 
 // Everything else the API needs, out of line in heap.cc.

@@ -14,6 +14,7 @@
 #include "common/diag.h"
 #include "common/os.h"
 #include "common/stats.h"
+#include "common/valgrind.h"
 
 namespace ferry {
 
@@ -61,6 +62,7 @@ void* AllocateHuge(size_t n, size_t alignment) {
     page = &segment->pages[0];
     page->slice_count = 1;
   }
+  VgHideMetadata(segment, sizeof(Segment));
   segment->kind = SegmentKind::kHuge;
   segment->mapping = mapping;
   segment->mapping_size = mapping_size;

@@ -20,7 +20,9 @@ FERRY_EXPORT int ferry_override_anchor = 0;
 FERRY_EXPORT void* malloc(size_t size) { return ferry_malloc(size); }
 // The return address tells a free by the dynamic loader (which frees thread
 // stacks' TLS under a lock that pthread_create needs) from any other.
-FERRY_EXPORT void free(void* ptr) { ferry::Free(ptr, "free", __builtin_return_address(0)); }
+FERRY_EXPORT void free(void* ptr) {
+  ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0));
+}
 FERRY_EXPORT void* calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
 FERRY_EXPORT void* realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
 

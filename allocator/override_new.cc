@@ -36,7 +36,7 @@ void* NewSlow(std::size_t size, std::size_t alignment, bool nothrow) {
 
 inline void* New(std::size_t size) {
   void* p = size <= ferry::kMediumMax ? ferry::AllocateSmall(size) : nullptr;
-  if (FERRY_LIKELY(p != nullptr)) return p;
+  if (FERRY_LIKELY(p != nullptr)) return ferry::VgAllocated(p, size);
   return NewSlow(size, 0, false);
 }
 
@@ -76,23 +76,23 @@ FERRY_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t alignme
   return NewAligned(size, alignment, true);
 }
 
-FERRY_NEW_EXPORT void operator delete(void* p) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete[](void* p) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete(void* p, std::size_t) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete[](void* p, std::size_t) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete(void* p, std::align_val_t) noexcept { ferry::Free(p, "delete"); }
-FERRY_NEW_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { ferry::Free(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete(void* p) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete[](void* p) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete(void* p, std::size_t) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete[](void* p, std::size_t) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete(void* p, std::align_val_t) noexcept { ferry::FreeUserBlock(p, "delete"); }
+FERRY_NEW_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { ferry::FreeUserBlock(p, "delete"); }
 FERRY_NEW_EXPORT void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-  ferry::Free(p, "delete");
+  ferry::FreeUserBlock(p, "delete");
 }
 FERRY_NEW_EXPORT void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-  ferry::Free(p, "delete");
+  ferry::FreeUserBlock(p, "delete");
 }
 FERRY_NEW_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  ferry::Free(p, "delete");
+  ferry::FreeUserBlock(p, "delete");
 }
 FERRY_NEW_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  ferry::Free(p, "delete");
+  ferry::FreeUserBlock(p, "delete");
 }
