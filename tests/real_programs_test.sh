@@ -9,6 +9,8 @@
 # Then proves that those checks can fail: the same tool with mimalloc passed
 # off as ferry (a working allocator, but not ferry), and with a library that
 # is no allocator at all, must exit 1 and say why.
+#
+#   real_programs_test.sh LIBFERRY_SO REAL_PROGRAMS COMPARE_CC   (rootpaths)
 set -euo pipefail
 
 fail() {
@@ -16,21 +18,9 @@ fail() {
   exit 1
 }
 
-runfile() {
-  local rel="$1" f
-  for f in "${TEST_SRCDIR:-}/ferry/$rel" "${RUNFILES_DIR:-}/ferry/$rel" "${TEST_SRCDIR:-}"/*/"$rel"; do
-    if [[ -e "$f" ]]; then
-      echo "$f"
-      return 0
-    fi
-  done
-  return 1
-}
-
-lib="$(runfile libferry.so)" || fail "libferry.so not found in runfiles"
-tool="$(runfile tools/real_programs)" || fail "tools/real_programs not found in runfiles"
-runfile perf/compare.cc >/dev/null || fail "perf/compare.cc (g++'s input) not found in runfiles"
-lib="$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")"  # LD_PRELOAD wants it absolute
+lib="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"  # LD_PRELOAD wants it absolute
+tool="$2"
+[[ -e "$3" ]] || fail "$3 (g++'s input, found by the tool next to it) is missing"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 start=$SECONDS
 
