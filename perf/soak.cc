@@ -113,9 +113,10 @@ constexpr ProgramInfo kPrograms[] = {
 // onefree: median and largest sample of RSS / live bytes (ferry measures
 // 1.3-1.4 here; glibc 1.14), when the live data is large enough (>= 32 MiB)
 // for the fixed costs not to dominate. The median is the steady state (the
-// growth of mimalloc#1364 reached 4.9). Single samples spike: 3.9-5.3 in
-// the first soaks, every time with the oneTBB backend (medians 1.37-1.41),
-// not yet explained; the bound on the largest sample only catches worse.
+// growth of mimalloc#1364 reached 4.9). Single samples spike: 3.9-5.4 in
+// the first soaks, on a loaded machine, mostly with the oneTBB backend but
+// once with threads (medians 1.37-1.52), not yet explained; the bound on the
+// largest sample only catches worse.
 constexpr double kOnefreeMedian = 2.0;
 constexpr double kOnefreeMax = 6.0;
 // idle with the threads backend and a pool: RSS 2 s after the last free,
