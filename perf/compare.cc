@@ -68,9 +68,13 @@
 #include <string_view>
 #include <vector>
 
+#include "perf/driver_util.h"
+
 extern char** environ;
 
 namespace {
+
+using namespace ferry::perf_driver;
 
 // ---------------------------------------------------------------------------
 // The allocators, in the order they run. `library` is what goes into
@@ -83,7 +87,6 @@ struct Allocator {
 constexpr char kFromRunfiles[] = "<runfiles>";
 constexpr char kFerryRunfile[] = "libferry.so";  // relative to the workspace
 constexpr char kWorkloadRunfile[] = "perf/workload";
-constexpr const char* kWorkspaceNames[] = {"ferry", "__main__"};
 
 constexpr Allocator kAllocators[] = {
     {"ferry", kFromRunfiles},
@@ -218,15 +221,6 @@ bool StandardVariant(const std::string& name) {
                      [&](const Variant& v) { return name == v.name; });
 }
 
-std::vector<std::string> Split(const std::string& text, char separator) {
-  std::vector<std::string> parts;
-  std::string part;
-  std::istringstream in(text);
-  while (std::getline(in, part, separator)) parts.push_back(part);
-  if (!text.empty() && text.back() == separator) parts.push_back("");
-  return parts;
-}
-
 bool ValidName(const std::string& name) {
   return !name.empty() && name.size() <= 32 &&
          std::all_of(name.begin(), name.end(),
@@ -351,30 +345,7 @@ Flags ParseFlags(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------
-// Small helpers.
-
-double Now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-double Seconds(const timeval& tv) {
-  return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
-}
-
-bool IsFile(const std::string& path) {
-  struct stat st;
-  return !path.empty() && stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-std::string RealPath(const std::string& path) {
-  char* resolved = realpath(path.c_str(), nullptr);
-  if (resolved == nullptr) return path;
-  std::string result = resolved;
-  std::free(resolved);
-  return result;
-}
+// Small helpers (more in driver_util.h).
 
 std::string Format(const char* format, double value) {
   char buffer[64];
@@ -386,141 +357,6 @@ double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   size_t n = values.size();
   return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-// Finds `relative` (a path inside the workspace) in the runfiles tree of this
-// binary: $RUNFILES_DIR or $TEST_SRCDIR (bazel test), else <argv0>.runfiles
-// or <executable>.runfiles (bazel run, or run by hand from bazel-bin).
-std::string FindRunfile(const char* argv0, const std::string& relative) {
-  std::vector<std::string> roots;
-  for (const char* var : {"RUNFILES_DIR", "TEST_SRCDIR"}) {
-    if (const char* dir = std::getenv(var); dir != nullptr && *dir != '\0') roots.push_back(dir);
-  }
-  roots.push_back(std::string(argv0) + ".runfiles");
-  roots.push_back(RealPath("/proc/self/exe") + ".runfiles");
-  for (const std::string& root : roots) {
-    for (const char* workspace : kWorkspaceNames) {
-      std::string path = root + "/" + workspace + "/" + relative;
-      if (IsFile(path)) return path;
-    }
-  }
-  return "";
-}
-
-// ---------------------------------------------------------------------------
-// Running one child process.
-
-struct ProcessResult {
-  bool exited = false;      // exited normally (else killed by a signal)
-  int status = -1;          // exit status, or the signal number
-  bool timed_out = false;
-  double wall_s = 0;
-  double user_s = 0;
-  double sys_s = 0;
-  long max_rss_kib = 0;
-  std::string out;          // what it wrote to stdout
-  std::string err;          // what it wrote to stderr, when captured
-
-  bool ok() const { return exited && status == 0 && !timed_out; }
-  std::string Describe() const {
-    if (timed_out) return "timed out";
-    if (!exited) return std::string("killed by signal ") + strsignal(status);
-    if (status == 127) return "could not be started (exit status 127)";
-    return "exit status " + std::to_string(status);
-  }
-};
-
-// Runs argv with exactly `env` as its environment; its stdout is captured,
-// its stderr passes through unless `capture_stderr`. Kills it after
-// `timeout_s`.
-std::string ReadBack(int fd) {
-  std::string text;
-  lseek(fd, 0, SEEK_SET);
-  char buffer[4096];
-  for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;) text.append(buffer, n);
-  close(fd);
-  return text;
-}
-
-ProcessResult RunProcess(const std::vector<std::string>& argv,
-                         const std::vector<std::string>& env, double timeout_s,
-                         bool capture_stderr = false) {
-  // Everything the child needs is built before fork.
-  std::vector<char*> child_argv, child_env;
-  for (const std::string& s : argv) child_argv.push_back(const_cast<char*>(s.c_str()));
-  for (const std::string& s : env) child_env.push_back(const_cast<char*>(s.c_str()));
-  child_argv.push_back(nullptr);
-  child_env.push_back(nullptr);
-  int out_fd = memfd_create("workload-stdout", MFD_CLOEXEC);
-  int err_fd = capture_stderr ? memfd_create("workload-stderr", MFD_CLOEXEC) : -2;
-  if (out_fd < 0 || err_fd == -1) {
-    std::perror("compare: memfd_create");
-    std::exit(1);
-  }
-  std::fflush(nullptr);
-
-  ProcessResult result;
-  double start = Now();
-  pid_t pid = fork();
-  if (pid < 0) {
-    std::perror("compare: fork");
-    std::exit(1);
-  }
-  if (pid == 0) {
-    dup2(out_fd, STDOUT_FILENO);
-    if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
-    execve(child_argv[0], child_argv.data(), child_env.data());
-    _exit(127);
-  }
-
-  // Wait with a deadline through a pidfd; without one (old kernels), wait.
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd >= 0) {
-    pollfd pfd = {pidfd, POLLIN, 0};
-    double deadline = start + timeout_s;
-    for (;;) {
-      int left_ms = static_cast<int>((deadline - Now()) * 1000);
-      int ready = poll(&pfd, 1, std::max(left_ms, 0));
-      if (ready > 0) break;
-      if (ready == 0) {
-        result.timed_out = true;
-        kill(pid, SIGKILL);
-        break;
-      }
-      if (errno != EINTR) break;
-    }
-    close(pidfd);
-  }
-  int status = 0;
-  rusage usage{};
-  while (wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
-  }
-  result.wall_s = Now() - start;
-  result.exited = WIFEXITED(status);
-  result.status = result.exited ? WEXITSTATUS(status) : WTERMSIG(status);
-  result.user_s = Seconds(usage.ru_utime);
-  result.sys_s = Seconds(usage.ru_stime);
-  result.max_rss_kib = usage.ru_maxrss;
-
-  result.out = ReadBack(out_fd);
-  if (err_fd >= 0) result.err = ReadBack(err_fd);
-  return result;
-}
-
-// The `key=value` fields of the first stdout line that starts with `tag`.
-std::map<std::string, std::string> Fields(const std::string& out, const std::string& tag) {
-  std::map<std::string, std::string> fields;
-  std::istringstream lines(out);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(tag + " ", 0) != 0) continue;
-    std::istringstream words(line.substr(tag.size() + 1));
-    for (std::string word; words >> word;) {
-      size_t eq = word.find('=');
-      if (eq != std::string::npos) fields[word.substr(0, eq)] = word.substr(eq + 1);
-    }
-    break;
-  }
-  return fields;
 }
 
 // ---------------------------------------------------------------------------
@@ -552,7 +388,6 @@ struct Candidate {
   int reclaimers_seen = -1;       // most reclaimer threads ferry reported in a check run
 };
 
-using Extras = std::vector<std::pair<std::string, double>>;
 
 struct RunRecord {
   std::string job;      // its label
@@ -568,23 +403,6 @@ struct RunRecord {
   std::string failure;  // empty when the run counts
 };
 
-// The `key=value` words of the first stdout line that starts with `tag`, in
-// order, values as numbers.
-Extras NumberFields(const std::string& out, const std::string& tag) {
-  Extras fields;
-  std::istringstream lines(out);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(tag + " ", 0) != 0) continue;
-    std::istringstream words(line.substr(tag.size() + 1));
-    for (std::string word; words >> word;) {
-      size_t eq = word.find('=');
-      if (eq != std::string::npos) fields.push_back({word.substr(0, eq), std::atof(word.c_str() + eq + 1)});
-    }
-    break;
-  }
-  return fields;
-}
-
 // The rest of the first stdout line that starts with `tag`.
 std::string LineAfter(const std::string& out, const std::string& tag) {
   std::istringstream lines(out);
@@ -592,20 +410,6 @@ std::string LineAfter(const std::string& out, const std::string& tag) {
     if (line.rfind(tag + " ", 0) == 0) return line.substr(tag.size() + 1);
   }
   return "";
-}
-
-// Sets KEY=VALUE in `env`, replacing an earlier KEY.
-void SetEnv(std::vector<std::string>& env, const std::string& kv) {
-  std::string key = kv.substr(0, kv.find('=') + 1);
-  env.erase(std::remove_if(env.begin(), env.end(), [&](const std::string& e) { return e.rfind(key, 0) == 0; }),
-            env.end());
-  env.push_back(kv);
-}
-
-std::string Join(const std::vector<std::string>& parts, const std::string& separator) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
-  return out;
 }
 
 const ExtraColumn* KnownExtra(const std::string& key) {
@@ -810,13 +614,7 @@ class Compare {
   }
 
   // The environment of every child: ours without LD_PRELOAD and FERRY_*.
-  static std::vector<std::string> BaseEnv() {
-    std::vector<std::string> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      if (std::strncmp(*e, "LD_PRELOAD=", 11) != 0 && std::strncmp(*e, "FERRY_", 6) != 0) env.push_back(*e);
-    }
-    return env;
-  }
+  static std::vector<std::string> BaseEnv() { return EnvWithoutAllocatorSettings(); }
 
   std::vector<std::string> EnvFor(const Candidate& c) const {
     std::vector<std::string> env = BaseEnv();

@@ -3,7 +3,7 @@
 //
 //   workload NAME [--scale tiny|quick|full|<number>] [--seed N] [--pairs N]
 //                 [--no-pin] [--check-preload glibc|<library path>] [--verbose]
-//   workload --list
+//   workload --list | --list-soak
 //
 // Output on stdout, one line each, `key=value` separated by spaces:
 //   PRELOAD ok=1 malloc=<object that defines malloc> ...   (--check-preload)
@@ -11,9 +11,11 @@
 //   EXTRA key=value ...          (workloads with extra figures, e.g. RSS)
 //   SERIES v v v ...             (workloads with a time series)
 // `--list` prints one line per workload: NAME, TAB, summary, TAB, "pairs"
-// when --pairs sizes it (else "-").
+// when --pairs sizes it (else "-"). `--list-soak` lists the soak's programs
+// (forkloop, threadchurn) the same way; they run like any workload.
 // Exit status: 0 ok, 2 bad arguments, 3 objects found corrupted, 4 the
-// expected allocator is not the one in use.
+// expected allocator is not the one in use, 5 a child process of a soak
+// program failed or hung.
 #include <dlfcn.h>
 #include <sched.h>
 #include <limits.h>
@@ -43,7 +45,14 @@ struct Workload {
 
 #define FERRY_WORKLOAD_ENTRY(name, pairs, summary) {#name, pairs, summary, &name::Run},
 constexpr Workload kWorkloads[] = {FERRY_WORKLOADS(FERRY_WORKLOAD_ENTRY)};
+constexpr Workload kSoakPrograms[] = {FERRY_SOAK_PROGRAMS(FERRY_WORKLOAD_ENTRY)};
 #undef FERRY_WORKLOAD_ENTRY
+
+// Prints one line per entry for --list and --list-soak.
+template <size_t N>
+void List(const Workload (&entries)[N]) {
+  for (const Workload& w : entries) std::printf("%s\t%s\t%s\n", w.name, w.summary, w.pairs ? "pairs" : "-");
+}
 
 constexpr int kExitUsage = 2;
 constexpr int kExitWrongAllocator = 4;
@@ -63,7 +72,7 @@ constexpr const char* kLibcSymbols[] = {"malloc", "free", "calloc", "realloc"};
                "workload: %s\n"
                "usage: workload NAME [--scale tiny|quick|full|N] [--seed N] [--pairs N]\n"
                "                [--no-pin] [--check-preload glibc|LIBRARY] [--verbose]\n"
-               "       workload --list\n",
+               "       workload --list | --list-soak\n",
                message);
   std::exit(kExitUsage);
 }
@@ -255,9 +264,10 @@ int main(int argc, char** argv) {
     };
     long number = 0;
     if (arg == "--list") {
-      for (const Workload& w : kWorkloads) {
-        std::printf("%s\t%s\t%s\n", w.name, w.summary, w.pairs ? "pairs" : "-");
-      }
+      List(kWorkloads);
+      return 0;
+    } else if (arg == "--list-soak") {
+      List(kSoakPrograms);
       return 0;
     } else if (arg == "--scale") {
       if (!ParseScale(value(), &options.scale)) Usage("--scale wants tiny, quick, full or a number > 0");
@@ -275,6 +285,9 @@ int main(int argc, char** argv) {
       options.verbose = true;
     } else if (!arg.empty() && arg[0] != '-' && workload == nullptr) {
       for (const Workload& w : kWorkloads) {
+        if (arg == w.name) workload = &w;
+      }
+      for (const Workload& w : kSoakPrograms) {
         if (arg == w.name) workload = &w;
       }
       if (workload == nullptr) Usage(("unknown workload " + std::string(arg) + " (see --list)").c_str());

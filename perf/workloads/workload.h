@@ -12,6 +12,10 @@
 // `Result ferry::perf::<name>::Run(const Options&)` and add one line to
 // FERRY_WORKLOADS below. The BUILD globs the sources; the driver asks the
 // binary for its list (`workload --list`), so nothing else changes.
+//
+// FERRY_SOAK_PROGRAMS are built the same way but are no benchmarks: they
+// stress paths the workloads do not take (fork, thread exit) and only the
+// soak (perf/soak.cc, `workload --list-soak`) runs them; compare never does.
 #ifndef FERRY_PERF_WORKLOADS_WORKLOAD_H_
 #define FERRY_PERF_WORKLOADS_WORKLOAD_H_
 
@@ -49,10 +53,23 @@
   X(idle, false, "one thread allocates 512 MiB in 16 B-16 KiB blocks, another " \
                  "frees them all, then both idle 3 s; RSS every 100 ms")
 
+// The soak's programs, in the same form as FERRY_WORKLOADS.
+#define FERRY_SOAK_PROGRAMS(X)                                                 \
+  X(forkloop, true, "2 x pairs threads allocate and free across threads "      \
+                    "while the main thread forks again and again; each child " \
+                    "frees what the parent's threads made, churns across its " \
+                    "own threads and exits; a child that hangs is a failure")  \
+  X(threadchurn, true, "threads come and go (pairs + 2 alive at a time), "     \
+                       "each exiting with blocks still live, blocks it "       \
+                       "freed of others still in its batch, and blocks freed " \
+                       "by others after it is gone; RSS must not grow")
+
 namespace ferry::perf {
 
 // Exit status of a workload whose objects were found corrupted.
 inline constexpr int kExitCorrupted = 3;
+// Exit status of a soak program whose child process failed or hung.
+inline constexpr int kExitChildFailed = 5;
 
 struct Options {
   double scale = 1.0;    // multiplies the amount of work; 1.0 = full size
@@ -158,6 +175,7 @@ void VerifyZero(const char* workload, const void* p, size_t size);
   Result Run(const Options& options);         \
   }
 FERRY_WORKLOADS(FERRY_DECLARE_WORKLOAD)
+FERRY_SOAK_PROGRAMS(FERRY_DECLARE_WORKLOAD)
 #undef FERRY_DECLARE_WORKLOAD
 
 }  // namespace ferry::perf
