@@ -144,7 +144,17 @@ FERRY_API void ferry_stats_print(FILE* out);
 }  // extern "C"
 
 #include <cstddef>
+#include <cstdlib>
 #include <new>
+
+// Code built without exceptions (-fno-exceptions, as libferry itself is)
+// aborts where the allocator below would throw, as libstdc++ does; clang,
+// unlike GCC, rejects a throw there even in a template never instantiated.
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#define FERRY_THROW_(exception) throw exception
+#else
+#define FERRY_THROW_(exception) std::abort()
+#endif
 
 namespace ferry {
 
@@ -158,10 +168,10 @@ struct allocator {
   allocator(const allocator<U>&) noexcept {}
 
   T* allocate(std::size_t n) {
-    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
+    if (n > static_cast<std::size_t>(-1) / sizeof(T)) FERRY_THROW_(std::bad_array_new_length());
     void* p = alignof(T) > 16 ? ferry_aligned_alloc(alignof(T), n * sizeof(T))
                               : ferry_malloc(n * sizeof(T));
-    if (p == nullptr) throw std::bad_alloc();
+    if (p == nullptr) FERRY_THROW_(std::bad_alloc());
     return static_cast<T*>(p);
   }
   void deallocate(T* p, std::size_t) noexcept { ferry_free(p); }
