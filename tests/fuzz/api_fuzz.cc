@@ -39,13 +39,14 @@
 #include <thread>
 
 #include "ferry.h"
+#include "tests/fuzz/block_pattern.h"
 #include "tests/test_util.h"
 
 namespace {
 
-using ferry_test::AllZero;
-using ferry_test::FillRange;
-using ferry_test::FirstMismatch;
+using ferry_fuzz::AllZeroBytes;
+using ferry_fuzz::FillPattern;
+using ferry_fuzz::PatternMismatch;
 using ferry_test::IsAligned;
 using ferry_test::kKiB;
 using ferry_test::kMiB;
@@ -54,7 +55,7 @@ using ferry_test::Mix;
 constexpr int kWorkers = 3;
 constexpr size_t kMainSlots = 32;
 constexpr size_t kWorkerSlots = 16;
-constexpr size_t kByteBudget = 96 * kMiB;
+constexpr size_t kByteBudget = 32 * kMiB;
 constexpr size_t kMaxRequest = PTRDIFF_MAX;
 // Every size from here up is one no allocator can honour (the fuzzer asks
 // for nothing between 9 MiB and this).
@@ -148,7 +149,7 @@ void Check(const Block& b) {
   if (!IsAligned(b.p, b.alignment)) Fail("misaligned block", b, 0);
   const size_t usable = ferry_usable_size(b.p);
   if (usable != b.usable) Fail("usable size changed", b, usable);
-  const size_t bad = FirstMismatch(b.p, 0, b.usable, SeedOf(b));
+  const size_t bad = PatternMismatch(b.p, 0, b.usable, SeedOf(b));
   if (bad != SIZE_MAX) Fail("block corrupted at offset", b, bad);
 }
 
@@ -159,7 +160,7 @@ Block Made(void* p, size_t n, size_t alignment, uint64_t id) {
   if (!IsAligned(p, alignment)) Fail("new block misaligned", b, 0);
   b.usable = ferry_usable_size(p);
   if (b.usable < n) Fail("usable size below the size asked for", b, b.usable);
-  FillRange(p, 0, b.usable, SeedOf(b));
+  FillPattern(p, 0, b.usable, SeedOf(b));
   return b;
 }
 
@@ -389,7 +390,7 @@ void Program::Allocate(const Command& c, Table& table) {
       if (__builtin_mul_overflow(c.count, c.size, &total) || total >= kImpossible) {
         return ExpectNull(p, ENOMEM, c.count, c.size);
       }
-      if (p != nullptr && !AllZero(p, total)) Fail("calloc block not zero", total, 0);
+      if (p != nullptr && !AllZeroBytes(p, total)) Fail("calloc block not zero", total, 0);
       return Store(table, c.slot, Made(p, total, DefaultAlignment(total), c.id));
     }
     case kAlignedAlloc: {
@@ -461,11 +462,11 @@ void Program::Realloc(const Command& c, Table& table) {
   if (q == nullptr) Fail("realloc of a possible size failed", b, c.size);
   if (!IsAligned(q, moved.alignment)) Fail("realloc'd block misaligned", moved, 0);
   const size_t kept = b.n < c.size ? b.n : c.size;
-  const size_t bad = FirstMismatch(q, 0, kept, SeedOf(moved));
+  const size_t bad = PatternMismatch(q, 0, kept, SeedOf(moved));
   if (bad != SIZE_MAX) Fail("realloc lost the block's bytes at offset", moved, bad);
   moved.usable = ferry_usable_size(q);
   if (moved.usable < c.size) Fail("realloc: usable size below the size asked for", moved, moved.usable);
-  FillRange(q, kept, moved.usable, SeedOf(moved));
+  FillPattern(q, kept, moved.usable, SeedOf(moved));
   b = moved;
 }
 

@@ -18,5 +18,5 @@ rm -rf "$work/corpus"
 mkdir -p "$work/corpus" "$artifacts"
 cp -L "$corpus"/* "$work/corpus/"
 
-exec "$fuzzer" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=3072 \
+exec "$fuzzer" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=3072 -detect_leaks=0 \
   -print_final_stats=1 -artifact_prefix="$artifacts/" "$work/corpus"
