@@ -458,13 +458,12 @@ void Program::Realloc(const Command& c, Table& table) {
   }
   // The block keeps its id, so its pattern: the first min(old, new) bytes
   // must have come along; the rest is written afresh.
-  Block moved{q, c.size, 0, DefaultAlignment(c.size), b.id};
   if (q == nullptr) Fail("realloc of a possible size failed", b, c.size);
-  if (!IsAligned(q, moved.alignment)) Fail("realloc'd block misaligned", moved, 0);
+  Block moved{q, c.size, ferry_usable_size(q), DefaultAlignment(c.size), b.id};
+  if (!IsAligned(q, moved.alignment)) Fail("realloc'd block misaligned", moved, b.usable);
   const size_t kept = b.n < c.size ? b.n : c.size;
   const size_t bad = PatternMismatch(q, 0, kept, SeedOf(moved));
   if (bad != SIZE_MAX) Fail("realloc lost the block's bytes at offset", moved, bad);
-  moved.usable = ferry_usable_size(q);
   if (moved.usable < c.size) Fail("realloc: usable size below the size asked for", moved, moved.usable);
   FillPattern(q, kept, moved.usable, SeedOf(moved));
   b = moved;
