@@ -181,6 +181,8 @@ struct allocator {
 };
 
 }  // namespace ferry
+
+#undef FERRY_THROW_
 #endif  // __cplusplus
 
 #endif  // FERRY_H_
