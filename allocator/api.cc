@@ -58,9 +58,14 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   if (ptr == nullptr) return ferry_malloc(size);
   if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
   const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc");
-  // Keep the block when the new size fits and does not waste more than half
-  // (not under memcheck, which would need the block's old size to follow).
-  if (!ferry::kValgrind && size <= usable && size >= usable / 2) return ptr;
+  // Keep the block when the new size fits, does not waste more than half, and
+  // has the alignment malloc gives that size (a 104-byte block may sit 8
+  // bytes off 16: no place for 64 bytes). Not under memcheck, which would
+  // need the block's old size to follow.
+  if (!ferry::kValgrind && size <= usable && size >= usable / 2 &&
+      (size % 16 != 0 || reinterpret_cast<uintptr_t>(ptr) % 16 == 0)) {
+    return ptr;
+  }
   void* fresh = VgAllocated(Allocate(size), size);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote

@@ -16,7 +16,15 @@
 
 namespace ferry {
 
+// constinit where the compiler can check it. clang gives up evaluating the
+// 64 Mi atomics' constructors (its constexpr step limit) and rejects
+// constinit, though it too zero-initializes the map statically (in .bss,
+// with no dynamic initializer; checked with clang 14).
+#if defined(__clang__)
+std::atomic<uint8_t> g_segment_map[kMapEntries];
+#else
 constinit std::atomic<uint8_t> g_segment_map[kMapEntries];
+#endif
 constinit FreeListKeys g_keys{};  // set once, in EnsureGlobalInit
 
 void SegmentMapSet(uintptr_t chunk_address, uint8_t value) {
@@ -37,7 +45,7 @@ struct Arena {
 };
 
 constinit SpinLock g_arena_lock;
-constinit Arena g_arenas[kMaxArenas];
+constinit Arena g_arenas[kMaxArenas] = {};  // clang: every member initialized
 constinit size_t g_arena_count = 0;
 
 // Calls fn(segment) for every segment handed out, lowest address first,

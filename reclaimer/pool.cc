@@ -50,7 +50,8 @@
 namespace boost {
 // Boost.Lockfree throws only on runtime-sized allocation, which ferry never
 // uses; without exceptions Boost asks the program to define this.
-[[noreturn]] void throw_exception(const std::exception&) { abort(); }
+// BOOST_NORETURN, as Boost declares it (clang rejects [[noreturn]] here).
+BOOST_NORETURN void throw_exception(const std::exception&) { abort(); }
 }  // namespace boost
 #endif
 

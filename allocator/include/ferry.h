@@ -42,8 +42,9 @@
 extern "C" {
 #endif
 
-// Allocates `size` bytes, aligned to 16 bytes when size is a multiple of 16
-// and to 8 bytes otherwise (the alignment any object of that size can need).
+// Allocates `size` bytes, aligned to 16 bytes when size is a nonzero multiple
+// of 16 and to 8 bytes otherwise (the alignment any object of that size can
+// need).
 // ferry_malloc(0) returns a unique pointer. Returns NULL with errno = ENOMEM
 // when the size cannot be honoured (over PTRDIFF_MAX, or the OS refuses).
 FERRY_API FERRY_MALLOC_ATTR void* ferry_malloc(size_t size);
@@ -144,7 +145,17 @@ FERRY_API void ferry_stats_print(FILE* out);
 }  // extern "C"
 
 #include <cstddef>
+#include <cstdlib>
 #include <new>
+
+// Code built without exceptions (-fno-exceptions, as libferry itself is)
+// aborts where the allocator below would throw, as libstdc++ does; clang,
+// unlike GCC, rejects a throw there even in a template never instantiated.
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#define FERRY_THROW_(exception) throw exception
+#else
+#define FERRY_THROW_(exception) std::abort()
+#endif
 
 namespace ferry {
 
@@ -158,10 +169,10 @@ struct allocator {
   allocator(const allocator<U>&) noexcept {}
 
   T* allocate(std::size_t n) {
-    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
+    if (n > static_cast<std::size_t>(-1) / sizeof(T)) FERRY_THROW_(std::bad_array_new_length());
     void* p = alignof(T) > 16 ? ferry_aligned_alloc(alignof(T), n * sizeof(T))
                               : ferry_malloc(n * sizeof(T));
-    if (p == nullptr) throw std::bad_alloc();
+    if (p == nullptr) FERRY_THROW_(std::bad_alloc());
     return static_cast<T*>(p);
   }
   void deallocate(T* p, std::size_t) noexcept { ferry_free(p); }
@@ -171,6 +182,8 @@ struct allocator {
 };
 
 }  // namespace ferry
+
+#undef FERRY_THROW_
 #endif  // __cplusplus
 
 #endif  // FERRY_H_
