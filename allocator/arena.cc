@@ -123,13 +123,18 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
     segment->heap_next = segment->heap_prev = nullptr;
     segment->dirty_slices.store(taken, std::memory_order_relaxed);
     segment->purge_candidates = 0;
+    // In the map before any other heap can take slices here (under this
+    // lock, ArenaTakeSlicesAnywhere): a block of such a slice may be freed
+    // by a third thread at once, and a free that found no map entry would
+    // report a good pointer as foreign (the soak saw it: "delete(…):
+    // pointer not allocated by ferry", when the map was written after the
+    // lock was dropped).
+    SegmentMapSet(address, kMapSegment);
     segment->used_slices.store(1 | taken, std::memory_order_release);  // the header, and the caller's
   }
   CounterAdd(g_counters.segments_mapped, 1);
   CounterAdd(g_counters.segments_live, 1);
-  const uintptr_t address = reinterpret_cast<uintptr_t>(segment);
-  SegmentMapSet(address, kMapSegment);
-  if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" mapped").WriteToStderr();
+  if (Verbose(1)) DiagLine().Str("ferry: segment ").Ptr(segment).Str(" mapped").WriteToStderr();
   return segment;
 }
 

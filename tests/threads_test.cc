@@ -382,4 +382,59 @@ TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
   for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
 }
 
+// Four heaps make segments at once while each block goes straight to another
+// thread that frees it: a block from slices one heap took in a segment
+// another heap just made must be freeable by a third thread at once. The soak
+// once saw "pointer not allocated by ferry" here, when the segment map was
+// written after the segment could be shared; that window is narrow, so this
+// catches it only when a thread is preempted inside it, as under load.
+TEST(Threads, BlocksInSegmentsJustMadeCanBeFreedByAnyThreadAtOnce) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 60;
+  constexpr int kBurst = 8;
+  std::atomic<void*> mailbox[kThreads] = {};
+  std::atomic<int> bad{0};
+  std::atomic<int> finished{0};
+  auto free_mail = [&](int t) {
+    void* p = mailbox[t].exchange(nullptr, std::memory_order_acquire);
+    if (p == nullptr) return;
+    if (*static_cast<uint64_t*>(p) != reinterpret_cast<uintptr_t>(p)) bad++;
+    ferry_free(p);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        // Bursts of large blocks, two or three to a segment: every heap
+        // makes segments, and gives them back once the bursts are freed.
+        void* burst[kBurst];
+        for (int k = 0; k < kBurst; ++k) {
+          burst[k] = ferry_malloc(1200 * kKiB + static_cast<size_t>((i * 7 + k + t) % 13) * 64 * kKiB);
+          *static_cast<uint64_t*>(burst[k]) = reinterpret_cast<uintptr_t>(burst[k]);
+        }
+        for (void* p : burst) {
+          std::atomic<void*>& next = mailbox[(t + 1) % kThreads];
+          void* expected = nullptr;
+          while (!next.compare_exchange_weak(expected, p, std::memory_order_release)) {
+            expected = nullptr;
+            free_mail(t);
+            std::this_thread::yield();
+          }
+          free_mail(t);
+        }
+      }
+      // Keep taking mail until every thread is done posting.
+      finished++;
+      while (finished.load() < kThreads) {
+        free_mail(t);
+        std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) free_mail(t);
+  ferry_flush();
+  EXPECT_EQ(bad.load(), 0);
+}
+
 }  // namespace
