@@ -114,13 +114,15 @@ constexpr ProgramInfo kPrograms[] = {
 // 1.3-1.4 here; glibc 1.14), when the live data is large enough (>= 48 MiB)
 // for the fixed costs not to dominate (a median of 2.22 was seen with 33 MiB
 // live, at scale 0.203 on a loaded machine). The median is the steady state (the
-// growth of mimalloc#1364 reached 4.9). Single samples spike: 3.9-5.4 in
-// the first soaks, on a loaded machine, mostly with the oneTBB backend but
-// once with threads (medians 1.37-1.52), not yet explained; the bound on the
-// largest sample only catches worse.
+// growth of mimalloc#1364 reached 4.9). Single samples spiked to 3.9-5.4 in
+// the first soaks, on a loaded machine: a producer that finished its steady
+// phase first sent its whole set away while a lagging one kept the sampling
+// going, so live data fell by a quarter or more under an unchanged RSS. The
+// producers now wait for each other before they drain (onefree.cc); since,
+// the largest sample stays within a few percent of the median.
 constexpr double kOnefreeMinLiveMiB = 48;
 constexpr double kOnefreeMedian = 2.0;
-constexpr double kOnefreeMax = 6.0;
+constexpr double kOnefreeMax = 3.0;
 // idle with the threads backend and a pool: RSS 2 s after the last free,
 // over the RSS before the burst (ferry: 5-10 MiB; the purge delay is at most
 // 1 s here). With FERRY_RECLAIMERS=0 or the oneTBB backend nothing runs while
