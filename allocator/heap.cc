@@ -886,10 +886,7 @@ void ReportCorruptFreeList(Page* page, Block* block, Block* next) {
 
 void* PopLastBlock(Page* page, Block* block, Block* next) {
   if (next != nullptr) ReportCorruptFreeList(page, block, next);
-  page->free = nullptr;
-  block->next_encoded = 0;
-  page->used++;
-  return block;
+  return HandOutBlock(page, block, nullptr);
 }
 
 void FreeChecksFailed(Page* page, void* p, const char* call) {

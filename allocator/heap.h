@@ -88,6 +88,14 @@ void PublishBatchSlow(Heap* heap, const void* caller);
 // points outside the page (heap.cc).
 FERRY_COLD void* PopLastBlock(Page* page, Block* block, Block* next);
 
+// Hands `block`, the head of page->free, to the user; `next` follows it.
+FERRY_ALWAYS_INLINE void* HandOutBlock(Page* page, Block* block, Block* next) {
+  page->free = next;
+  block->next_encoded = 0;  // a live block never looks free (see LooksFree)
+  page->used++;
+  return block;
+}
+
 FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
   // A write after free into `block` could name any address as the next
   // block; the key makes a chosen address unguessable, and this check keeps
@@ -97,10 +105,7 @@ FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
   // registers to save).
   Block* next = DecodeNext(block->next_encoded);
   if (FERRY_UNLIKELY(!IsInCarvedRange(page, next))) return PopLastBlock(page, block, next);
-  page->free = next;
-  block->next_encoded = 0;  // a live block never looks free (see LooksFree)
-  page->used++;
-  return block;
+  return HandOutBlock(page, block, next);
 }
 
 // n <= kMediumMax.
