@@ -53,6 +53,12 @@ struct Heap {
   Segment* spare = nullptr;        // one empty segment kept to avoid churn
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
+  // Classes whose only page, spanning several slices, is empty and kept a
+  // little while (RetirePage): released once kRetainSlowPaths more slow
+  // paths have passed without the class using it again.
+  uint64_t retained_classes[(kNumClasses + 63) / 64] = {};
+  uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
+  uint32_t retained_until = 0;     // slow_paths value at which they go
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)

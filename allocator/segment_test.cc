@@ -209,6 +209,66 @@ TEST(PageLists, LocalFreeIntoAFullPageWithReturnsJoinsThem) {
   ferry_free(extra);
 }
 
+// Blocks freed on an older page of the class are handed out before the
+// newest page carves more: carving makes memory resident, reuse does not.
+TEST(PageLists, FreeBlocksOfOlderPagesAreUsedBeforeNewBlocksAreCarved) {
+  constexpr size_t kSize = 1792;  // a class no other test here uses
+  std::thread([] {
+    Page* older;
+    void* extra;
+    std::vector<void*> blocks = FillOnePage(kSize, &older, &extra);
+    ASSERT_EQ(older->in_full, 1);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(extra);
+    Page* newest = PageOf(SegmentOf(address), address);
+    ASSERT_NE(newest, older);
+    std::vector<void*> more{extra};
+    while (newest->used < newest->capacity) more.push_back(ferry_malloc(kSize));
+    const uint16_t carved = newest->capacity;
+    ASSERT_LT(carved, newest->reserved) << "the newest page is carved in steps";
+    constexpr size_t kFreed = 4;
+    std::set<void*> freed(blocks.begin(), blocks.begin() + kFreed);
+    for (void* p : freed) ferry_free(p);  // local frees: the older page is back on the queue
+    for (size_t k = 0; k < kFreed; ++k) {
+      void* p = ferry_malloc(kSize);
+      EXPECT_TRUE(freed.count(p)) << "allocation " << k << " did not reuse a freed block";
+      more.push_back(p);
+    }
+    EXPECT_EQ(newest->capacity, carved) << "the newest page carved new blocks while freed ones waited";
+    for (size_t k = kFreed; k < blocks.size(); ++k) ferry_free(blocks[k]);
+    for (void* p : more) ferry_free(p);
+  }).join();
+}
+
+// A class keeps its only page when it empties; a page of several slices (a
+// medium class, up to 2 MiB) only until the heap has taken a few hundred
+// slow paths in other classes.
+TEST(PageLists, AnEmptyMediumPageIsKeptAWhileThenReleased) {
+  std::thread([] {
+    void* p = ferry_malloc(200 << 10);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    Page* page = PageOf(SegmentOf(address), address);
+    ASSERT_EQ(page->kind, PageKind::kSmall);
+    ASSERT_GT(page->slice_count, 1);
+    const size_t size_class = page->size_class;
+    ASSERT_EQ(tl_heap->queues[size_class].head, page);
+    ASSERT_EQ(tl_heap->queues[size_class].tail, page) << "not the class's only page";
+    ferry_free(p);
+    // A block freed and allocated again in a loop keeps its page.
+    void* again = ferry_malloc(200 << 10);
+    EXPECT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(again)), reinterpret_cast<uintptr_t>(again)), page);
+    ferry_free(again);
+    EXPECT_EQ(page->kind, PageKind::kSmall);
+    // 8 KiB blocks are carved two at a time: a slow path every other one.
+    std::vector<void*> others;
+    for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));
+    EXPECT_EQ(tl_heap->queues[size_class].head, nullptr);
+    // (Its slices may already serve the 8 KiB blocks.)
+    EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
+        << "the empty medium page stayed";
+    for (void* q : others) ferry_free(q);
+  }).join();
+}
+
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {
   ferry_stats_t before, after;
   ferry_stats_get(&before);
