@@ -43,6 +43,7 @@ namespace {
 
 constexpr size_t kExtendBytes = 16 << 10;  // carve at most this much at a time
 constexpr uint32_t kRetainSlowPaths = 256;  // RetirePage
+constexpr size_t kWakeBytes = 256 << 10;    // PublishBatch
 
 constinit Options g_options{};
 constinit std::atomic<int> g_init_state{0};  // 0 none, 1 running, 2 done
@@ -551,21 +552,31 @@ void PublishBatch(Heap* heap) {
   if (count == 0) return;
   Batch* full = heap->current;
   full->count = count;
+  full->bytes = heap->batch_bytes;
   heap->batch_count = 0;
   heap->batch_bytes = 0;
   CounterAdd(g_counters.remote_frees, count);
   CounterAdd(g_counters.batches_published, 1);
   Batch* spare = nullptr;
+  int spares = 0;
+  size_t waiting_bytes = full->bytes;  // freed by this heap, not yet back home
   for (Batch& b : heap->batches) {
-    if (&b != full && b.in_flight.load(std::memory_order_acquire) == 0) {
-      spare = &b;
-      break;
+    if (&b == full) continue;
+    if (b.in_flight.load(std::memory_order_acquire) == 0) {
+      if (spare == nullptr) spare = &b;
+      ++spares;
+    } else {
+      waiting_bytes += b.bytes;
     }
   }
   if (spare != nullptr) {
     heap->current = spare;
     heap->batch = spare->ptrs;
-    if (PoolOffer(full, heap->home)) return;
+    // A sleeping reclaimer is woken when this heap would have no spare
+    // left, or when the memory its batches hold reaches kWakeBytes: many
+    // small blocks per wake-up, but never much memory kept from its owners.
+    const bool wake_now = spares == 1 || waiting_bytes >= kWakeBytes;
+    if (PoolOffer(full, heap->home, wake_now)) return;
   }
   CounterAdd(g_counters.batches_inline, 1);
   ReturnBatch(full->ptrs, count);

@@ -23,6 +23,7 @@ struct Batch {
   uint32_t count = 0;        // pointers in ptrs
   uint32_t epoch_slot = 0;   // the flush epoch the batch joined (pool.cc)
   uint32_t home = 0;         // the reclaimer queue it was offered to
+  size_t bytes = 0;          // the blocks' sizes, summed
   void** ptrs = nullptr;     // capacity FERRY_BATCH, right after the heap
 };
 

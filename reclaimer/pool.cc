@@ -73,12 +73,14 @@ namespace {
 constexpr int kMaxReclaimers = 64;
 constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 constexpr size_t kStackBytes = 256 << 10;
+constexpr uint32_t kWakeQueued = 8;     // PoolOffer
 
 using BatchQueue = boost::lockfree::queue<Batch*, boost::lockfree::capacity<128>>;
 
 struct alignas(64) Reclaimer {
   BatchQueue queue;
   alignas(64) std::atomic<uint32_t> sleeping{0};  // futex word
+  std::atomic<uint32_t> queued{0};    // batches in `queue` (pushes minus pops)
   std::atomic<uint64_t> batches{0};
   std::atomic<uint64_t> steals{0};
   pthread_t thread{};
@@ -186,7 +188,10 @@ bool Steal(Reclaimer* self, Batch** out) {
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int k = 1; k < count; ++k) {
     Reclaimer* victim = g_pool.reclaimers[(self->index + k) % count];
-    if (victim->queue.pop(*out)) return true;
+    if (victim->queue.pop(*out)) {
+      victim->queued.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
   }
   return false;
 }
@@ -236,6 +241,7 @@ void* ReclaimerMain(void* arg) {
     }
     Batch* batch = nullptr;
     if (self->queue.pop(batch)) {
+      self->queued.fetch_sub(1, std::memory_order_relaxed);
       Apply(batch);
       self->batches.fetch_add(1, std::memory_order_relaxed);
       Housekeeping();
@@ -352,7 +358,7 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 
-bool PoolOffer(Batch* batch, uint32_t home_hint) {
+bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
   if (tl_is_reclaimer) return false;  // a reclaimer's own frees never wait on its pool
   const uint32_t state = g_pool.state.load(std::memory_order_acquire);
   if (FERRY_UNLIKELY(state != kRunning)) {
@@ -389,6 +395,13 @@ bool PoolOffer(Batch* batch, uint32_t home_hint) {
     LeaveEpoch(batch->epoch_slot);
     return false;
   }
+  // Waking a sleeping reclaimer costs a futex call and a context switch, one
+  // per batch when each offer woke it (producer/consumer on two cores: 30k
+  // of each a second). So an offer wakes it only when the offering heap
+  // asks (it has no spare batch left, or its batches hold kWakeBytes) or
+  // kWakeQueued batches wait; others wait at most the idle tick.
+  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (!wake_now && queued < kWakeQueued) return true;
   if (target->sleeping.load(std::memory_order_seq_cst) != 0) {
     Wake(target);
   } else {
@@ -410,6 +423,7 @@ void PoolFlush() {
   const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
   g_pool.epoch.store(epoch + 1, std::memory_order_seq_cst);
   const uint32_t slot = epoch & 1;
+  if (!g_pool.use_tbb) WakeAll();  // batches may be waiting for a wake (PoolOffer)
   g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
   for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
     OsFutexWait(&g_pool.in_flight[slot], pending, 100);
@@ -505,6 +519,7 @@ void PoolForkChild() {
       Reclaimer* r = g_pool.reclaimers[i];
       Batch* batch;
       while (r->queue.pop(batch)) Apply(batch);
+      r->queued.store(0, std::memory_order_relaxed);
       g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);

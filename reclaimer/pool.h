@@ -36,7 +36,10 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool 
 // knows that pthread_create is safe (heap.cc, FreeMayStartPool: not inside
 // the dynamic loader's frees under dl_stack_cache_lock), else the next
 // allocation slow path or ferry_flush does.
-bool PoolOffer(Batch* batch, uint32_t home_hint);
+// `wake_now`: the caller has no spare batch left, so a sleeping reclaimer
+// is woken at once; otherwise batches may wait for a few more (or for the
+// reclaimer's idle tick) so that one wake-up applies several.
+bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now);
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;

@@ -618,6 +618,48 @@ TEST(ReclaimerPool, StartsWhenAThreadExitsWithAPartialBatch) {
   });
 }
 
+// A batch handed on need not wake a sleeping reclaimer at once (PoolOffer
+// lets a few gather); such batches still reach home with no flush, no exit
+// and no further free: at the reclaimer's idle tick at the latest.
+TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
+  EXPECT_IN_FRESH_PROCESS([] {
+    // Start the pool first, so that the batches below are queued, not
+    // returned inline by a pool that is not running yet.
+    std::vector<Item> warm;
+    for (size_t i = 0; i < BatchSize(); ++i) warm.push_back(Make(96));
+    std::thread([&] {
+      for (const Item& item : warm) CheckAndFree(item);
+      ferry_flush();
+    }).join();
+    std::this_thread::sleep_for(200ms);  // the reclaimers go to sleep
+    // Two full batches of small blocks: the freeing heap keeps spares and
+    // holds far less than the wake threshold, so neither offer wakes anyone.
+    std::vector<Item> blocks;
+    for (size_t i = 0; i < 2 * BatchSize(); ++i) blocks.push_back(Make(64));
+    const uint64_t before = Stats().blocks_returned;
+    std::latch freed(1);
+    std::latch done(1);
+    std::atomic<size_t> corrupt{0};
+    std::thread freer([&] {
+      for (const Item& item : blocks) corrupt += !CheckAndFree(item);
+      freed.count_down();
+      done.wait();  // alive, no flush: nothing else hands the batches on
+    });
+    freed.wait();
+    const bool home = WaitFor([&] { return Stats().blocks_returned >= before + 2 * BatchSize(); },
+                              10000ms * kSanitizerSlowdown);
+    const uint64_t returned = Stats().blocks_returned - before;
+    done.count_down();
+    freer.join();
+    if (corrupt != 0) return std::string("blocks changed before their remote free");
+    if (!home) {
+      return "two full batches handed on without a flush: " + std::to_string(returned) + " of " +
+             std::to_string(2 * BatchSize()) + " blocks home after 10 s";
+    }
+    return std::string();
+  });
+}
+
 // --- stress, with content checks ------------------------------------------------------
 
 // A bounded queue of chunks of blocks.
