@@ -65,10 +65,13 @@ Segment* FindLiveSegment(Fn fn) {
 
 }  // namespace
 
-// The first run of `count` free slices starting at a multiple of `align`.
-int FindFreeSlices(const Segment* segment, size_t count, size_t align) {
+// The first run of `count` free slices starting at a multiple of `align`;
+// with `dirty_only`, only a run whose memory may still be committed.
+int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
+  const uint64_t dirty = dirty_only ? segment->dirty_slices.load(std::memory_order_relaxed) : ~uint64_t{0};
   for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
-    if ((segment->used_slices.load(std::memory_order_acquire) & SliceRun(start, count)) == 0) {
+    const uint64_t run = SliceRun(start, count);
+    if ((segment->used_slices.load(std::memory_order_acquire) & run) == 0 && (dirty & run) == run) {
       return static_cast<int>(start);
     }
   }
@@ -164,16 +167,20 @@ void ArenaReleaseSegment(Segment* segment) {
 
 Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start) {
   SpinLockHolder hold(&g_arena_lock);
-  return FindLiveSegment([&](Segment* segment) {
-    for (;;) {
-      const int first = FindFreeSlices(segment, count, align);
-      if (first < 0) return false;
-      if (TryTakeSlices(segment, first, count)) {
-        *start = first;
-        return true;
+  for (const bool dirty_only : {true, false}) {
+    Segment* found = FindLiveSegment([&](Segment* segment) {
+      for (;;) {
+        const int first = FindFreeSlices(segment, count, align, dirty_only);
+        if (first < 0) return false;
+        if (TryTakeSlices(segment, first, count)) {
+          *start = first;
+          return true;
+        }
       }
-    }
-  });
+    });
+    if (found != nullptr) return found;
+  }
+  return nullptr;
 }
 
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {

@@ -41,7 +41,7 @@ __thread Heap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_hea
 
 namespace {
 
-constexpr size_t kExtendBytes = 16 << 10;  // carve at most this much at a time
+constexpr size_t kExtendBytes = 4 << 10;  // carve at most this much at a time
 constexpr uint32_t kRetainSlowPaths = 256;  // RetirePage
 constexpr size_t kWakeBytes = 256 << 10;    // PublishBatch
 
@@ -155,14 +155,18 @@ void SegmentListRemove(Heap* heap, Segment* segment) {
 // Claims `count` slices aligned to `align` slices; returns the first slice's
 // page record with the continuation records pointing back to it.
 Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
-  // Own segments first (their memory is likely warm), then free slices of
-  // any segment, so that pages another heap's threads emptied are reused
-  // before the process grows; then the spare; then a new segment.
+  // Own segments first (their memory is likely warm), slices still
+  // committed before decommitted ones; then free slices of any segment, so
+  // that pages another heap's threads emptied are reused before the process
+  // grows; then the spare; then a new segment.
   int start = -1;
-  Segment* segment = heap->segments;
-  for (; segment != nullptr; segment = segment->heap_next) {
-    start = FindFreeSlices(segment, count, align);
-    if (start >= 0 && TryTakeSlices(segment, start, count)) break;
+  Segment* segment = nullptr;
+  for (const bool dirty_only : {true, false}) {
+    for (segment = heap->segments; segment != nullptr; segment = segment->heap_next) {
+      start = FindFreeSlices(segment, count, align, dirty_only);
+      if (start >= 0 && TryTakeSlices(segment, start, count)) break;
+    }
+    if (segment != nullptr) break;
   }
   if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, &start);
   if (segment == nullptr) {

@@ -236,8 +236,10 @@ inline constexpr uint64_t SliceRun(size_t first, size_t count) {
 }
 
 // The first run of `count` free slices of `segment` starting at a multiple
-// of `align`, or -1.
-int FindFreeSlices(const Segment* segment, size_t count, size_t align);
+// of `align`, or -1; with `dirty_only`, only a run that may still be
+// committed (reusing it keeps the resident set from growing while other
+// free slices wait for their purge).
+int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only);
 // Takes the slices [start, start + count) if they are still free (another
 // heap, or the pool purging, may take them first); marks them dirty.
 bool TryTakeSlices(Segment* segment, int start, size_t count);

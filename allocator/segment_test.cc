@@ -269,6 +269,53 @@ TEST(PageLists, AnEmptyMediumPageIsKeptAWhileThenReleased) {
   }).join();
 }
 
+// A new page takes free slices whose memory is still committed before ones
+// the purge has given back to the OS, even when those come first: reusing
+// them keeps the resident set from growing while they wait for their purge.
+TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
+  std::thread([] {
+    constexpr size_t kSize = 3072;  // one-slice pages; no other test here uses it
+    std::vector<void*> blocks;
+    for (int k = 0; k < 64; ++k) blocks.push_back(ferry_malloc(kSize));
+    auto page_of = [](void* p) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+      return PageOf(SegmentOf(address), address);
+    };
+    Page* first = page_of(blocks.front());
+    Page* second = nullptr;
+    for (void* p : blocks) {
+      if (page_of(p) != first) {
+        second = page_of(p);
+        break;
+      }
+    }
+    ASSERT_NE(second, nullptr);
+    ASSERT_EQ(first->slice_count, 1);
+    const uintptr_t first_start = first->start, second_start = second->start;
+    auto free_page = [&](uintptr_t start) {
+      for (void*& p : blocks) {
+        if (p != nullptr && page_of(p)->start == start) {
+          ferry_free(p);
+          p = nullptr;
+        }
+      }
+    };
+    free_page(first_start);
+    ferry_collect();  // the first page's slice goes back to the OS now
+    free_page(second_start);  // the second's stays committed (the purge waits)
+    Segment* segment = SegmentOf(second_start);
+    const size_t second_slice = (second_start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
+    ASSERT_NE(segment->dirty_slices.load() & (uint64_t{1} << second_slice), 0u);
+    ASSERT_EQ(segment->used_slices.load() & (uint64_t{1} << second_slice), 0u) << "the page was not released";
+    void* fresh = ferry_malloc(2560);  // a class this thread has no page of yet
+    EXPECT_EQ(page_of(fresh)->start, second_start)
+        << "the new page went to slice " << (page_of(fresh)->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize
+        << ", not to the committed free slice " << second_slice;
+    ferry_free(fresh);
+    for (void* p : blocks) ferry_free(p);
+  }).join();
+}
+
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {
   ferry_stats_t before, after;
   ferry_stats_get(&before);
