@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -78,6 +79,41 @@ TEST(Preload, MallocFamilyKeepsItsContract) {
   errno = 0;
   EXPECT_EQ(malloc(too_big), nullptr);
   EXPECT_EQ(errno, ENOMEM);
+}
+
+// libferry.so throws std::bad_alloc through the C++ ABI by hand and runs a
+// nothrow form's new-handler under the C++ runtime's own catch (it does not
+// link libstdc++); the program must not be able to tell.
+int g_handler_calls = 0;
+void GiveUpOnTheThirdCall() {
+  if (++g_handler_calls == 3) std::set_new_handler(nullptr);
+}
+void ThrowBadAlloc() { throw std::bad_alloc(); }
+
+TEST(Preload, OperatorNewThrowsBadAllocAndNothrowFormsReturnNull) {
+  volatile size_t too_big = SIZE_MAX / 2;
+  EXPECT_THROW(::operator delete(::operator new(too_big)), std::bad_alloc);
+  EXPECT_THROW(::operator delete[](::operator new[](too_big, std::align_val_t{64}), std::align_val_t{64}),
+               std::bad_alloc);
+  try {
+    ::operator delete(::operator new(too_big));
+    ADD_FAILURE() << "no exception";
+  } catch (const std::exception& e) {
+    EXPECT_STREQ(e.what(), "std::bad_alloc");  // caught as its base, what() through the vtable
+  }
+  g_handler_calls = 0;
+  std::set_new_handler(GiveUpOnTheThirdCall);
+  EXPECT_THROW(::operator delete(::operator new(too_big)), std::bad_alloc);
+  EXPECT_EQ(g_handler_calls, 3);
+  g_handler_calls = 0;
+  std::set_new_handler(GiveUpOnTheThirdCall);
+  EXPECT_EQ(::operator new(too_big, std::nothrow), nullptr);
+  EXPECT_EQ(g_handler_calls, 3);
+  std::set_new_handler(ThrowBadAlloc);
+  EXPECT_EQ(::operator new(too_big, std::nothrow), nullptr);
+  EXPECT_EQ(::operator new[](too_big, std::align_val_t{128}, std::nothrow), nullptr);
+  std::set_new_handler(nullptr);
+  EXPECT_EQ(::operator new(too_big, std::nothrow), nullptr);
 }
 
 TEST(Preload, ThreadsShareContainersAndFreeEachOthersMemory) {

@@ -67,6 +67,19 @@ expect_stats() {
   echo "ok: $name under FERRY_STATS=1: $(head -n 1 "$tmp/$name.stats.err")"
 }
 
+# 0. libferry.so needs nothing but the C library: a C program run on it does
+#    not load libstdc++ (operator new reaches the C++ runtime weakly).
+if command -v readelf >/dev/null; then
+  needed="$(readelf -d "$lib" | awk '/NEEDED/ {print $NF}' | tr -d '[]' | tr '\n' ' ')"
+  [[ "$needed" == "libc.so.6 " ]] || fail "libferry.so needs more than libc.so.6: $needed"
+  echo "ok: libferry.so needs only: $needed"
+fi
+if LD_PRELOAD="$lib" cat /proc/self/maps | grep -q 'libstdc++'; then
+  fail "a C program (cat) run on libferry.so maps libstdc++"
+fi
+LD_PRELOAD="$lib" cat /proc/self/maps | grep -q 'libferry' || fail "cat did not map libferry.so"
+echo "ok: cat on libferry.so maps libferry.so and no libstdc++"
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
