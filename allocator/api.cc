@@ -2,6 +2,7 @@
 #include <errno.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -77,7 +78,30 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
 
 FERRY_EXPORT void ferry_free(void* ptr) { FreeUserBlock(ptr, "free"); }
 
-FERRY_EXPORT void ferry_free_sized(void* ptr, size_t /*size*/) { FreeUserBlock(ptr, "free"); }
+namespace {
+
+// "ferry: free_sized(0x…): size N is larger than the block (M bytes): not the
+// size that was asked for", then abort.
+[[noreturn]] FERRY_COLD void ReportWrongFreeSize(void* ptr, size_t size, size_t usable) {
+  ferry::DiagLine().Str("ferry: free_sized(").Ptr(ptr).Str("): size ").Dec(size)
+      .Str(" is larger than the block (").Dec(usable).Str(" bytes): not the size that was asked for")
+      .WriteToStderr();
+  abort();
+}
+
+}  // namespace
+
+// ferry needs no size to free a block, so it checks the one it is given: a
+// size the block cannot hold is a caller's bookkeeping error (which would
+// free the wrong size class on an allocator that trusts it). A smaller size
+// cannot be told apart from a correct one: every request rounds up.
+FERRY_EXPORT void ferry_free_sized(void* ptr, size_t size) {
+  if (ptr != nullptr) {
+    const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "free_sized");
+    if (FERRY_UNLIKELY(size > usable)) ReportWrongFreeSize(ptr, size, usable);
+  }
+  FreeUserBlock(ptr, "free_sized");
+}
 
 FERRY_EXPORT void* ferry_aligned_alloc(size_t alignment, size_t size) {
   if (FERRY_UNLIKELY(!ferry::IsPowerOfTwo(alignment))) {

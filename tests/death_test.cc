@@ -419,6 +419,22 @@ TEST_F(Death, ReallocOfAGlibcBlockAborts) {
   EXPECT_EXIT(ReallocBad(malloc(32)), kAborted, NamesBadPointer());
 }
 
+// ---------------------------------------------------------------------------
+// free_sized with a size that cannot have been asked for.
+
+TEST_F(Death, FreeSizedWithASizeLargerThanTheBlockAborts) {
+  void* p = ferry_malloc(100);  // a 104-byte block
+  EXPECT_EXIT(ferry_free_sized(p, 200), kAborted,
+              "ferry: free_sized\\(0x[0-9a-f]+\\): size 200 is larger than the block \\(104 bytes\\)");
+  ferry_free_sized(p, 100);
+}
+
+TEST_F(Death, FreeSizedOfAFreedBlockAborts) {
+  void* p = ferry_malloc(100);
+  ferry_free(p);
+  EXPECT_EXIT(ferry_free_sized(p, 100), kAborted, "ferry: free_sized\\(0x[0-9a-f]+\\): double free");
+}
+
 // The reports are the only output: a good program prints nothing.
 TEST(NoDeath, CorrectUseWritesNothingToStderr) {
   testing::internal::CaptureStderr();

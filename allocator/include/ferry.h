@@ -68,6 +68,8 @@ FERRY_API void* ferry_realloc(void* ptr, size_t size);
 FERRY_API void ferry_free(void* ptr);
 
 // ferry_free for a caller that knows the size it asked for (C23 free_sized).
+// A size larger than the block's usable size cannot be the one asked for:
+// it prints one line naming the pointer and both sizes, and aborts.
 FERRY_API void ferry_free_sized(void* ptr, size_t size);
 
 // Allocates `size` bytes aligned to `alignment`, which must be a power of two
