@@ -80,6 +80,18 @@ fi
 LD_PRELOAD="$lib" cat /proc/self/maps | grep -q 'libferry' || fail "cat did not map libferry.so"
 echo "ok: cat on libferry.so maps libferry.so and no libstdc++"
 
+# 0b. C++ loaded after ferry: a C program dlopens a C++ plugin, whose
+#     runtime ferry's operator new must find then (bad_alloc, new-handler).
+plugin="$(runfile tests/libpreload_cxx_plugin.so)" || fail "the C++ plugin is not in runfiles"
+dlopen_main="$(runfile tests/preload_dlopen_main)" || fail "preload_dlopen_main is not in runfiles"
+plugin="$(cd "$(dirname "$plugin")" && pwd)/$(basename "$plugin")"
+if readelf -d "$dlopen_main" 2>/dev/null | grep -q 'libstdc++'; then
+  fail "preload_dlopen_main links libstdc++ itself: it would not test a runtime that comes later"
+fi
+for mode in local global; do
+  LD_PRELOAD="$lib" "$dlopen_main" "$plugin" "$mode" || fail "C++ plugin dlopened ($mode) on ferry"
+done
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
