@@ -377,6 +377,13 @@ void DrainAllInboxes(Heap* heap) {
   }
 }
 
+// An empty page of several slices that is its class's only page: released
+// by ReleaseRetainedPages unless the class uses it again first.
+void RetainForAWhile(Heap* heap, Page* page) {
+  heap->retained_classes[page->size_class / 64] |= uint64_t{1} << (page->size_class % 64);
+  heap->retained_until = heap->slow_paths + kRetainSlowPaths;
+}
+
 // The classes whose pages other threads hinted at (Heap::sweep_classes):
 // returned blocks join their pages' lists, and a page with nothing left out
 // goes back to its segment, where any heap may take its slices; the queue's
@@ -393,6 +400,12 @@ void SweepClasses(Heap* heap, size_t word) {
         ReleasePage(heap, page);
       }
       page = next;
+    }
+    // The head stays as the class's current page; emptied by other threads
+    // while it spans several slices and is alone, it goes in a while too.
+    Page* head = q->head;
+    if (head != nullptr && head == q->tail && head->used == 0 && head->slice_count > 1) {
+      RetainForAWhile(heap, head);
     }
   }
 }
@@ -411,10 +424,7 @@ void RetirePage(Heap* heap, Page* page) {
     // realloc workload's peak RSS grew 14 -> 17 MiB (medium runs broken up
     // by one-slice pages while their slices waited); after 256, 14.
     if (q->head == page && q->tail == page) {
-      if (page->slice_count > 1) {
-        heap->retained_classes[page->size_class / 64] |= uint64_t{1} << (page->size_class % 64);
-        heap->retained_until = heap->slow_paths + kRetainSlowPaths;
-      }
+      if (page->slice_count > 1) RetainForAWhile(heap, page);
       return;
     }
     QueueRemove(q, page);

@@ -269,6 +269,33 @@ TEST(PageLists, AnEmptyMediumPageIsKeptAWhileThenReleased) {
   }).join();
 }
 
+// The same when other threads empty it: the sweep that takes the returned
+// blocks back keeps it as the class's current page, but only a while.
+TEST(PageLists, AMediumPageEmptiedByAnotherThreadIsReleasedAfterAWhile) {
+  std::thread([] {
+    constexpr size_t kSize = 200 << 10;  // 8 blocks to a page of 26 slices
+    std::vector<void*> blocks;
+    for (int k = 0; k < 4; ++k) blocks.push_back(ferry_malloc(kSize));
+    const uintptr_t address = reinterpret_cast<uintptr_t>(blocks[0]);
+    Page* page = PageOf(SegmentOf(address), address);
+    const size_t size_class = page->size_class;
+    ASSERT_GT(page->slice_count, 1);
+    ASSERT_LE(page->reserved, 2 * blocks.size()) << "four returns must reach half the page";
+    for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
+    std::thread([&] {
+      for (void* p : blocks) ferry_free(p);
+      ferry_flush();
+    }).join();
+    // Slow paths in other classes: the first sweeps the page back, empty; the
+    // rest (8 KiB blocks are carved one or two at a time) outlast the wait.
+    std::vector<void*> others;
+    for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));
+    EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
+        << "the emptied medium page stayed";
+    for (void* q : others) ferry_free(q);
+  }).join();
+}
+
 // A new page takes free slices whose memory is still committed before ones
 // the purge has given back to the OS, even when those come first: reusing
 // them keeps the resident set from growing while they wait for their purge.
