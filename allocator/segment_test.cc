@@ -239,6 +239,18 @@ TEST(PageLists, FreeBlocksOfOlderPagesAreUsedBeforeNewBlocksAreCarved) {
   }).join();
 }
 
+// Takes several hundred allocation slow paths in another class (8 KiB
+// blocks are carved one at a time), then expects `page`, an empty medium
+// page kept as its class's only page, to have gone back to its segment (its
+// slices may serve the 8 KiB blocks by then).
+void ExpectReleasedAfterSlowPathsInOtherClasses(Page* page, size_t size_class) {
+  std::vector<void*> others;
+  for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));
+  EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
+      << "the empty medium page stayed";
+  for (void* q : others) ferry_free(q);
+}
+
 // A class keeps its only page when it empties; a page of several slices (a
 // medium class, up to 2 MiB) only until the heap has taken a few hundred
 // slow paths in other classes.
@@ -258,14 +270,8 @@ TEST(PageLists, AnEmptyMediumPageIsKeptAWhileThenReleased) {
     EXPECT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(again)), reinterpret_cast<uintptr_t>(again)), page);
     ferry_free(again);
     EXPECT_EQ(page->kind, PageKind::kSmall);
-    // 8 KiB blocks are carved two at a time: a slow path every other one.
-    std::vector<void*> others;
-    for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));
+    ExpectReleasedAfterSlowPathsInOtherClasses(page, size_class);
     EXPECT_EQ(tl_heap->queues[size_class].head, nullptr);
-    // (Its slices may already serve the 8 KiB blocks.)
-    EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
-        << "the empty medium page stayed";
-    for (void* q : others) ferry_free(q);
   }).join();
 }
 
@@ -286,13 +292,8 @@ TEST(PageLists, AMediumPageEmptiedByAnotherThreadIsReleasedAfterAWhile) {
       for (void* p : blocks) ferry_free(p);
       ferry_flush();
     }).join();
-    // Slow paths in other classes: the first sweeps the page back, empty; the
-    // rest (8 KiB blocks are carved one or two at a time) outlast the wait.
-    std::vector<void*> others;
-    for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));
-    EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
-        << "the emptied medium page stayed";
-    for (void* q : others) ferry_free(q);
+    // The first slow path sweeps the page back, empty.
+    ExpectReleasedAfterSlowPathsInOtherClasses(page, size_class);
   }).join();
 }
 
