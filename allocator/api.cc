@@ -2,8 +2,8 @@
 #include <errno.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "allocator/heap.h"

@@ -184,14 +184,19 @@ bool AnyWork() {
          g_pool.paused.load(std::memory_order_relaxed) != 0;
 }
 
+// Pops a batch from r's queue, keeping r->queued (which PoolOffer reads to
+// decide on a wake-up) in step with it.
+bool PopBatch(Reclaimer* r, Batch** out) {
+  if (!r->queue.pop(*out)) return false;
+  r->queued.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
 bool Steal(Reclaimer* self, Batch** out) {
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int k = 1; k < count; ++k) {
     Reclaimer* victim = g_pool.reclaimers[(self->index + k) % count];
-    if (victim->queue.pop(*out)) {
-      victim->queued.fetch_sub(1, std::memory_order_relaxed);
-      return true;
-    }
+    if (PopBatch(victim, out)) return true;
   }
   return false;
 }
@@ -240,8 +245,7 @@ void* ReclaimerMain(void* arg) {
       continue;
     }
     Batch* batch = nullptr;
-    if (self->queue.pop(batch)) {
-      self->queued.fetch_sub(1, std::memory_order_relaxed);
+    if (PopBatch(self, &batch)) {
       Apply(batch);
       self->batches.fetch_add(1, std::memory_order_relaxed);
       Housekeeping();
@@ -518,8 +522,7 @@ void PoolForkChild() {
     for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
       Reclaimer* r = g_pool.reclaimers[i];
       Batch* batch;
-      while (r->queue.pop(batch)) Apply(batch);
-      r->queued.store(0, std::memory_order_relaxed);
+      while (PopBatch(r, &batch)) Apply(batch);
       g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);
