@@ -107,7 +107,7 @@ struct Pool {
   std::atomic<uint32_t> offers_in_progress{0};
   // Housekeeping.
   std::atomic<uint64_t> last_duty_ms{0};
-  std::atomic<uint32_t> duty_running{0};
+  std::atomic<uint32_t> duty_running{0};  // futex word
   std::atomic<uint32_t> collect_requested{0};
   std::atomic<uint32_t> collect_done{0};  // futex word
   // FERRY_RECLAIMER_BACKEND=tbb: batches run as tasks in a oneTBB arena and
@@ -201,26 +201,53 @@ bool Steal(Reclaimer* self, Batch** out) {
   return false;
 }
 
-void RunDuty(uint64_t now, bool urgent) {
-  if (g_pool.duty == nullptr) return;
-  if (g_pool.duty_running.exchange(1, std::memory_order_acquire) != 0) return;
+// One duty at a time (duty_running): the duty takes lists off the heaps.
+bool TryTakeDutyTurn() { return g_pool.duty_running.exchange(1, std::memory_order_acquire) == 0; }
+void WaitForDutyTurn() {
+  while (!TryTakeDutyTurn()) OsFutexWait(&g_pool.duty_running, 1, 10);
+}
+void EndDutyTurn() {
+  g_pool.duty_running.store(0, std::memory_order_release);
+  OsFutexWake(&g_pool.duty_running, INT_MAX);  // a collect may wait its turn
+}
+void RunDutyInTurn(uint64_t now, bool urgent) {
   g_pool.duty(now, urgent);
   g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
-  g_pool.duty_running.store(0, std::memory_order_release);
 }
 
-// Between batches: the periodic duty, and a collect that ferry_collect asked for.
+void RunDuty(uint64_t now, bool urgent) {
+  if (g_pool.duty == nullptr || !TryTakeDutyTurn()) return;
+  RunDutyInTurn(now, urgent);
+  EndDutyTurn();
+}
+
+// The duty ferry_collect waits for. A duty already running does not count:
+// it may have taken the abandoned heaps and inboxes before the caller's
+// frees came back, and they are off their lists until it ends. So this
+// waits for it to end, then runs one.
+void RunDutyForCollect() {
+  WaitForDutyTurn();
+  RunDutyInTurn(OsMonotonicMs(), true);
+  EndDutyTurn();
+}
+
+// Between batches: the periodic duty, and the collects ferry_collect asked for.
 void Housekeeping() {
-  const uint32_t requested = g_pool.collect_requested.load(std::memory_order_acquire);
-  const uint64_t now = OsMonotonicMs();
-  if (requested != g_pool.collect_done.load(std::memory_order_acquire)) {
-    if (g_pool.duty_running.load(std::memory_order_relaxed) == 0) {
-      RunDuty(now, true);
-      g_pool.collect_done.store(requested, std::memory_order_release);
+  if (g_pool.collect_requested.load(std::memory_order_acquire) !=
+      g_pool.collect_done.load(std::memory_order_acquire)) {
+    WaitForDutyTurn();
+    // Every request made by now is covered by a duty that starts now. Read
+    // and marked done in turn, so collect_done only grows.
+    const uint32_t covered = g_pool.collect_requested.load(std::memory_order_acquire);
+    if (covered != g_pool.collect_done.load(std::memory_order_relaxed)) {
+      RunDutyInTurn(OsMonotonicMs(), true);
+      g_pool.collect_done.store(covered, std::memory_order_release);
       OsFutexWake(&g_pool.collect_done, INT_MAX);
     }
+    EndDutyTurn();
     return;
   }
+  const uint64_t now = OsMonotonicMs();
   if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs) RunDuty(now, false);
 }
 
@@ -439,7 +466,7 @@ void PoolFlush() {
 void PoolCollectNow() {
   PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) {
-    if (g_pool.duty != nullptr) g_pool.duty(OsMonotonicMs(), true);
+    if (g_pool.duty != nullptr) RunDutyForCollect();
     return;
   }
   const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_acq_rel) + 1;

@@ -14,7 +14,8 @@ namespace ferry {
 bool TbbBackendAvailable();
 
 // Makes the arena with room for `concurrency` workers (raising oneTBB's
-// max_allowed_parallelism so that it can have them). False when it cannot.
+// max_allowed_parallelism so that it can have them, never lowering it).
+// False when it cannot.
 bool TbbBackendStart(int concurrency);
 
 // Runs fn(arg) as a task in the arena; never waits. May allocate (oneTBB's

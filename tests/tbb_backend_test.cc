@@ -1,0 +1,115 @@
+// tbb_backend_test.cc — FERRY_RECLAIMER_BACKEND=tbb in a program that runs
+// oneTBB itself: the pool's arena gets the workers FERRY_RECLAIMERS asks for,
+// and the program's own max_allowed_parallelism stays what it set.
+//
+// oneTBB's active max_allowed_parallelism is the smallest value of all live
+// global_control objects, so a control the pool made unconditionally would
+// cap the program's parallel algorithms at the pool's size. Each case runs in
+// a child process, so that the pool (and oneTBB's scheduler) starts fresh
+// after the case has set up its own control.
+//
+// Runs with FERRY_RECLAIMERS=3 and the tbb backend (see BUILD).
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <oneapi/tbb/global_control.h>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/pool_test_util.h"
+
+namespace {
+
+using tbb::global_control;
+
+size_t ActiveParallelism() {
+  return global_control::active_value(global_control::max_allowed_parallelism);
+}
+
+// Starts the pool the way a program does: another thread's blocks freed here
+// (the first batch asks for the pool and is applied inline), then more of
+// them, and a flush (which returns once the pool has applied them). The
+// counters afterwards.
+ferry_stats_t StartPoolWithRemoteFrees() {
+  for (int round = 0; round < 2; ++round) {
+    std::vector<void*> blocks(8 * ferry_test::BatchSize());
+    std::thread([&] {
+      for (void*& p : blocks) p = ferry_malloc(64);
+    }).join();
+    for (void* p : blocks) ferry_free(p);
+    ferry_flush();
+  }
+  return ferry_test::Stats();
+}
+
+// The pool runs on oneTBB: batches applied, and no ferry-reclaim* thread.
+bool PoolOnTbb(const ferry_stats_t& s) {
+  const int own_threads = ferry_test::ReclaimerThreadCount();
+  if (s.batches_pooled > 0 && own_threads == 0) return true;
+  fprintf(stderr, "not on oneTBB: %llu batches pooled, %d ferry-reclaim threads\n",
+          static_cast<unsigned long long>(s.batches_pooled), own_threads);
+  return false;
+}
+
+// Runs `body` in a child process; its exit status (0: as expected).
+int InChild(const std::function<int()>& body) {
+  fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+TEST(TbbBackend, ArenaGetsTheWorkersFerryReclaimersAsksFor) {
+  ASSERT_TRUE(ferry_test::BackendIsTbb());
+  const size_t reclaimers = static_cast<size_t>(ferry_test::ExpectedReclaimers());
+  EXPECT_EQ(InChild([&] {
+              if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              // An arena of N workers needs a limit of N + 1 (one slot is
+              // the master's, unused here).
+              const size_t active = ActiveParallelism();
+              fprintf(stderr, "reclaimers %zu, max_allowed_parallelism %zu, CPUs %d\n",
+                      reclaimers, active, ferry_test::AffinityCpus());
+              return active >= reclaimers + 1 ? 0 : 2;
+            }),
+            0);
+}
+
+TEST(TbbBackend, ProgramsOwnHigherParallelismStaysInForce) {
+  const size_t wanted = static_cast<size_t>(ferry_test::AffinityCpus()) +
+                        static_cast<size_t>(ferry_test::ExpectedReclaimers()) + 3;
+  EXPECT_EQ(InChild([&] {
+              global_control mine(global_control::max_allowed_parallelism, wanted);
+              if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              const size_t active = ActiveParallelism();
+              fprintf(stderr, "program asked for %zu, active %zu\n", wanted, active);
+              return active == wanted ? 0 : 2;
+            }),
+            0)
+      << "ferry's backend lowered the program's own max_allowed_parallelism";
+}
+
+// max_allowed_parallelism 1 (a program debugging its oneTBB code serially)
+// allows oneTBB no worker for parallel algorithms, but an arena's enqueued
+// tasks still get one: the pool keeps working on oneTBB, its flushes return,
+// and the program's limit stays 1.
+TEST(TbbBackend, ProgramThatLimitsOneTbbToOneThreadKeepsItsLimitAndItsFlushes) {
+  EXPECT_EQ(InChild([&] {
+              global_control mine(global_control::max_allowed_parallelism, 1);
+              if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              const size_t active = ActiveParallelism();
+              fprintf(stderr, "program asked for 1, active %zu\n", active);
+              return active == 1 ? 0 : 2;
+            }),
+            0)
+      << "ferry's backend raised the limit the program had set";
+}
+
+}  // namespace
