@@ -996,6 +996,9 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
   if (!tl_exiting && InitThreadHeap() != nullptr) return Free(p, call);  // may be the owner now
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   void* batch[1] = {p};
+  CounterAdd(g_counters.remote_frees, 1);
+  CounterAdd(g_counters.batches_published, 1);
+  CounterAdd(g_counters.batches_inline, 1);
   ReturnBatch(batch, 1);
 }
 

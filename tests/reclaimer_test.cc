@@ -14,6 +14,7 @@
 // test's own blocks. They use 176, 208, 352, 2560, 3584 and 20480 bytes
 // (one class each); the stress tests draw from StressSize(), which avoids
 // those classes, and the churn test uses 1280 alone.
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -989,6 +990,37 @@ TEST(ReclaimerCollect, FreesAnExitedThreadsPagesEvenWhileAnotherThreadCollects) 
 }
 
 // --- statistics -------------------------------------------------------------------------
+
+// A thread whose heap is gone (abandoned at exit, and glibc or a TLS
+// destructor frees afterwards) returns another thread's block at once, as a
+// batch of one: that is a remote free, counted like the rest.
+TEST(ReclaimerStats, FreeAfterTheThreadsHeapWasAbandonedCountsAsARemoteFree) {
+  static constexpr int kBlocks = 3;
+  // Made after ferry's own key (made when the allocator starts up), so its
+  // destructor runs after the one that abandons the heap.
+  ferry_free(ferry_malloc(1));
+  pthread_key_t key;
+  ASSERT_EQ(pthread_key_create(&key, [](void* value) {
+              void** blocks = static_cast<void**>(value);
+              for (int i = 0; i < kBlocks; ++i) ferry_free(blocks[i]);
+            }),
+            0);
+  void* blocks[kBlocks];
+  for (void*& p : blocks) p = ferry_malloc(96);
+  ferry_flush();
+  const ferry_stats_t before = Stats();
+  std::thread([&] {
+    ferry_free(ferry_malloc(96));  // a heap of its own, abandoned at exit
+    pthread_setspecific(key, blocks);
+  }).join();
+  ferry_flush();
+  const ferry_stats_t after = Stats();
+  pthread_key_delete(key);
+  EXPECT_EQ(after.remote_frees - before.remote_frees, static_cast<uint64_t>(kBlocks));
+  EXPECT_EQ(after.blocks_returned - before.blocks_returned, static_cast<uint64_t>(kBlocks));
+  EXPECT_EQ(after.batches_published - before.batches_published,
+            (after.batches_pooled - before.batches_pooled) + (after.batches_inline - before.batches_inline));
+}
 
 TEST(ReclaimerStats, PoolCountersAfterARemoteFreeWorkload) {
   const int wanted = ferry_test::ExpectedReclaimers();
