@@ -219,27 +219,28 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
 
 // Under the arena lock, so that no segment is released to its arena or
 // handed out again while its header is read here.
+// A free dirty slice goes back to the OS once the runs have seen it free for
+// delay_ms, counted from the first run that saw it: at most delay_ms plus
+// two runs' spacing after its page was freed. (One timestamp per segment,
+// as before, let slices freed after it wait for the next round: up to twice
+// the delay.)
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   size_t bytes = 0;
   SpinLockHolder hold(&g_arena_lock);
   FindLiveSegment([&](Segment* segment) {
     const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
                                 ~segment->used_slices.load(std::memory_order_acquire);
-    // Slices seen free at the last run and free still have waited long
-    // enough once delay_ms has passed since then.
-    uint64_t due = urgent ? free_dirty : segment->purge_candidates & free_dirty;
-    if (due != 0 && (urgent || now_ms - segment->purge_since_ms >= delay_ms)) {
-      bytes += PurgeSlices(segment, due);
-    } else {
-      due = 0;
+    for (uint64_t fresh = free_dirty & ~segment->purge_candidates; fresh != 0; fresh &= fresh - 1) {
+      segment->purge_seen_ms[__builtin_ctzll(fresh)] = now_ms;
     }
-    const uint64_t waiting = free_dirty & ~due;
-    if (due != 0 || segment->purge_candidates == 0) {
-      segment->purge_candidates = waiting;
-      segment->purge_since_ms = now_ms;
-    } else {
-      segment->purge_candidates &= free_dirty;
+    uint64_t due = urgent ? free_dirty : 0;
+    for (uint64_t waiting = free_dirty & ~due; waiting != 0; waiting &= waiting - 1) {
+      const int slice = __builtin_ctzll(waiting);
+      const uint64_t seen = segment->purge_seen_ms[slice];
+      if (now_ms >= seen && now_ms - seen >= delay_ms) due |= uint64_t{1} << slice;
     }
+    if (due != 0) bytes += PurgeSlices(segment, due);
+    segment->purge_candidates = free_dirty & ~due;
     return false;  // every segment
   });
   return bytes;

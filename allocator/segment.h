@@ -138,10 +138,10 @@ struct alignas(64) Segment {
   // Bit i: slice i may hold committed memory (set when claimed, cleared when
   // the pool decommits it).
   std::atomic<uint64_t> dirty_slices;
-  // The pool's own bookkeeping (one housekeeping run at a time): free dirty
-  // slices it saw, and since when.
+  // The pool's own bookkeeping (one housekeeping run at a time): the free
+  // dirty slices its last run saw, and when a run first saw each of them.
   uint64_t purge_candidates;
-  uint64_t purge_since_ms;
+  uint64_t purge_seen_ms[kSlicesPerSegment];
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
   void* mapping;               // kHuge: the whole OS mapping

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "allocator/heap.h"
+#include "common/os.h"
 #include "ferry.h"
 
 namespace ferry {
@@ -340,6 +341,62 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
         << "the new page went to slice " << (page_of(fresh)->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize
         << ", not to the committed free slice " << second_slice;
     ferry_free(fresh);
+    for (void* p : blocks) ferry_free(p);
+  }).join();
+}
+
+// The purge gives a free slice back to the OS once it has been seen free for
+// the purge delay, counted from when it was first seen: a slice freed late
+// does not wait for the slices freed before it to go first. (This binary
+// runs with FERRY_RECLAIMERS=0, so no housekeeping but these calls runs.)
+TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
+  std::thread([] {
+    constexpr size_t kSize = 2048;  // one-slice pages; no other test here uses it
+    constexpr uint64_t kDelay = 1000;
+    auto page_of = [](void* p) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+      return PageOf(SegmentOf(address), address);
+    };
+    // Pages until a fourth is started: the first two are emptied below and go
+    // back to their segment (the class still uses the others).
+    std::vector<void*> blocks;
+    std::vector<Page*> pages;
+    while (pages.size() < 4) {
+      void* p = ferry_malloc(kSize);
+      blocks.push_back(p);
+      if (pages.empty() || pages.back() != page_of(p)) pages.push_back(page_of(p));
+    }
+    auto free_page = [&](Page* page) {
+      for (void*& p : blocks) {
+        if (p != nullptr && page_of(p) == page) {
+          ferry_free(p);
+          p = nullptr;
+        }
+      }
+    };
+    Segment* segment = SegmentOf(pages[0]->start);
+    ASSERT_EQ(SegmentOf(pages[1]->start), segment);
+    auto slice_bit = [&](Page* page) {
+      return uint64_t{1} << ((page->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize);
+    };
+    const uint64_t early = slice_bit(pages[0]), late = slice_bit(pages[1]);
+    auto committed = [&](uint64_t bit) { return (segment->dirty_slices.load() & bit) != 0; };
+    const uint64_t t0 = OsMonotonicMs();
+    free_page(pages[0]);
+    ASSERT_EQ(segment->used_slices.load() & early, 0u) << "the emptied page kept its slice";
+    ArenaPurge(t0, kDelay, false);  // sees the early slice free
+    free_page(pages[1]);
+    ASSERT_EQ(segment->used_slices.load() & late, 0u) << "the emptied page kept its slice";
+    ArenaPurge(t0 + 900, kDelay, false);  // sees the late one
+    EXPECT_TRUE(committed(early));
+    EXPECT_TRUE(committed(late));
+    ArenaPurge(t0 + 1000, kDelay, false);
+    EXPECT_FALSE(committed(early)) << "free for the whole delay, yet not purged";
+    EXPECT_TRUE(committed(late)) << "purged after 100 ms of a 1000 ms delay";
+    ArenaPurge(t0 + 1899, kDelay, false);
+    EXPECT_TRUE(committed(late)) << "purged before its delay was up";
+    ArenaPurge(t0 + 1900, kDelay, false);
+    EXPECT_FALSE(committed(late)) << "free for the whole delay, yet not purged";
     for (void* p : blocks) ferry_free(p);
   }).join();
 }

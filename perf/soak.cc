@@ -124,9 +124,12 @@ constexpr double kOnefreeMinLiveMiB = 48;
 constexpr double kOnefreeMedian = 2.0;
 constexpr double kOnefreeMax = 3.0;
 // idle with the threads backend and a pool: RSS 2 s after the last free,
-// over the RSS before the burst (ferry: 5-10 MiB; the purge delay is at most
-// 1 s here). With FERRY_RECLAIMERS=0 or the oneTBB backend nothing runs while
-// the process idles (README), so it only must not grow while idle.
+// over the RSS before the burst (ferry: 5-10 MiB). A free slice goes back to
+// the OS at most the purge delay plus two housekeeping ticks (50 ms) after it
+// is freed; with FERRY_PURGE_DELAY_MS=1000 that leaves too little room on a
+// loaded machine, so those runs are judged at 3 s. With FERRY_RECLAIMERS=0
+// or the oneTBB backend nothing runs while the process idles (README), so it
+// only must not grow while idle.
 constexpr double kIdleReturnedMiB = 48;
 constexpr double kIdleGrowthMiB = 16;
 // threadchurn: RSS when all threads are done <= factor x RSS after a quarter
@@ -555,11 +558,13 @@ class Soak {
       }
     } else if (program == "idle" && flags_.ferry && x["idle_s"] >= 3) {
       if (config.reclaimers > 0 && !config.tbb) {
-        idle_returned_.See(x["rss_2s"] - x["rss_base"], run);
-        if (x["rss_2s"] > x["rss_base"] + kIdleReturnedMiB) {
-          std::snprintf(text, sizeof text, "idle RSS 2 s after the burst %.1f MiB, %.1f over the %.1f before it "
-                        "(bound %.0f; %.1f MiB right after the burst)", x["rss_2s"], x["rss_2s"] - x["rss_base"],
-                        x["rss_base"], kIdleReturnedMiB, x["rss_0s"]);
+        const bool long_delay = !config.purge.empty() && std::stol(config.purge) > 500;
+        const double rss = long_delay ? x["rss_3s"] : x["rss_2s"];
+        idle_returned_.See(rss - x["rss_base"], run);
+        if (rss > x["rss_base"] + kIdleReturnedMiB) {
+          std::snprintf(text, sizeof text, "idle RSS %d s after the burst %.1f MiB, %.1f over the %.1f before it "
+                        "(bound %.0f; %.1f MiB right after the burst)", long_delay ? 3 : 2, rss,
+                        rss - x["rss_base"], x["rss_base"], kIdleReturnedMiB, x["rss_0s"]);
           problems = text;
         }
       } else if (x["rss_3s"] > x["rss_0s"] + kIdleGrowthMiB) {
@@ -715,8 +720,8 @@ class Soak {
     for (const std::string& column : columns) std::printf(" %4d", column_totals[column]);
     std::printf("\n");
     std::printf("highest figures (run): peak RSS / bound above; onefree RSS/live median %.2f (#%ld, bound %.1f), "
-                "largest sample %.2f (#%ld, bound %.1f); idle RSS 2 s after the burst, over the base, with a "
-                "threads pool %.1f MiB (#%ld, bound %.0f); threadchurn RSS late/early %.2f (#%ld)\n",
+                "largest sample %.2f (#%ld, bound %.1f); idle RSS 2 s (3 s with a 1 s purge delay) after the "
+                "burst, over the base, with a threads pool %.1f MiB (#%ld, bound %.0f); threadchurn RSS late/early %.2f (#%ld)\n",
                 onefree_median_.value, onefree_median_.run, kOnefreeMedian, onefree_max_.value, onefree_max_.run,
                 kOnefreeMax, idle_returned_.value, idle_returned_.run, kIdleReturnedMiB, churn_growth_.value,
                 churn_growth_.run);
