@@ -114,8 +114,10 @@ void ExpectFreedMemoryReturns(size_t total, size_t (*size)(uint64_t), Owner owne
 
   // The freeing thread exists (with its heap) before the owner allocates,
   // so that it cannot take over the owner's heap when the owner exits.
+  std::latch freer_has_heap(1);
   std::thread freer([&] {
     ferry_free(ferry_malloc(16));
+    freer_has_heap.count_down();
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return handed; });
     lock.unlock();
@@ -128,6 +130,7 @@ void ExpectFreedMemoryReturns(size_t total, size_t (*size)(uint64_t), Owner owne
     freed = true;
     cv.notify_all();
   });
+  freer_has_heap.wait();
   const size_t baseline = ResidentBytes();
   size_t peak = 0;
 
