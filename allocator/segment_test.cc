@@ -357,14 +357,17 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
       const uintptr_t address = reinterpret_cast<uintptr_t>(p);
       return PageOf(SegmentOf(address), address);
     };
-    // Pages until a fourth is started: the first two are emptied below and go
-    // back to their segment (the class still uses the others).
+    // Pages until a sixth is started: two of the first five in one segment
+    // are emptied below and go back to it (the class still uses the others).
     std::vector<void*> blocks;
     std::vector<Page*> pages;
-    while (pages.size() < 4) {
+    while (pages.size() < 6) {
       void* p = ferry_malloc(kSize);
       blocks.push_back(p);
       if (pages.empty() || pages.back() != page_of(p)) pages.push_back(page_of(p));
+    }
+    for (size_t i = 0; i < 3 && SegmentOf(pages[0]->start) != SegmentOf(pages[1]->start); ++i) {
+      pages.erase(pages.begin());  // a segment boundary between the first two
     }
     auto free_page = [&](Page* page) {
       for (void*& p : blocks) {

@@ -110,6 +110,9 @@ struct Pool {
   std::atomic<uint32_t> duty_running{0};  // futex word
   std::atomic<uint32_t> collect_requested{0};
   std::atomic<uint32_t> collect_done{0};  // futex word
+  // A reclaimer is taking care of the collects asked for: the others go on
+  // with batches rather than queue up behind it for the duty.
+  std::atomic<uint32_t> collect_claimed{0};
   // FERRY_RECLAIMER_BACKEND=tbb: batches run as tasks in a oneTBB arena and
   // the threads above are not used; housekeeping is a task too, sent along
   // with an offer once a tick has passed (an idle process has no offers, so
@@ -179,8 +182,9 @@ bool AnyWork() {
   for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
     if (!g_pool.reclaimers[i]->queue.empty()) return true;
   }
-  return g_pool.collect_requested.load(std::memory_order_relaxed) !=
-             g_pool.collect_done.load(std::memory_order_relaxed) ||
+  return (g_pool.collect_requested.load(std::memory_order_relaxed) !=
+              g_pool.collect_done.load(std::memory_order_relaxed) &&
+          g_pool.collect_claimed.load(std::memory_order_relaxed) == 0) ||
          g_pool.paused.load(std::memory_order_relaxed) != 0;
 }
 
@@ -234,7 +238,8 @@ void RunDutyForCollect() {
 // Between batches: the periodic duty, and the collects ferry_collect asked for.
 void Housekeeping() {
   if (g_pool.collect_requested.load(std::memory_order_acquire) !=
-      g_pool.collect_done.load(std::memory_order_acquire)) {
+          g_pool.collect_done.load(std::memory_order_acquire) &&
+      g_pool.collect_claimed.exchange(1, std::memory_order_acquire) == 0) {
     WaitForDutyTurn();
     // Every request made by now is covered by a duty that starts now. Read
     // and marked done in turn, so collect_done only grows.
@@ -245,6 +250,9 @@ void Housekeeping() {
       OsFutexWake(&g_pool.collect_done, INT_MAX);
     }
     EndDutyTurn();
+    // A collect asked for from here on finds no claim: AnyWork keeps this
+    // reclaimer (or another) from sleeping on it.
+    g_pool.collect_claimed.store(0, std::memory_order_release);
     return;
   }
   const uint64_t now = OsMonotonicMs();
@@ -506,16 +514,13 @@ void PoolStatsGet(PoolStats* out) {
   out->starts = g_pool.starts.load(std::memory_order_relaxed);
 }
 
-void PoolForkPrepare() {
-  pthread_mutex_lock(&g_pool.flush_mutex);
-  // A pool being started by another thread finishes starting first.
-  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
-  if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
+// Stops the running pool between batches: no batch half applied, no queue
+// mid-push.
+void QuiescePool() {
   g_pool.paused.store(1, std::memory_order_seq_cst);
   while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
   if (g_pool.use_tbb) {
-    // No task half done: wait for every batch sent to the arena, and for a
-    // housekeeping task that may be running.
+    // No task half done: wait for every batch sent to the arena.
     for (int slot = 0; slot < 2; ++slot) {
       g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
       for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
@@ -523,7 +528,6 @@ void PoolForkPrepare() {
       }
       g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
     }
-    while (g_pool.duty_running.load(std::memory_order_acquire) != 0) sched_yield();
     return;
   }
   WakeAll();
@@ -533,7 +537,20 @@ void PoolForkPrepare() {
   }
 }
 
+void PoolForkPrepare() {
+  pthread_mutex_lock(&g_pool.flush_mutex);
+  // A pool being started by another thread finishes starting first.
+  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
+  if (g_pool.state.load(std::memory_order_acquire) == kRunning) QuiescePool();
+  // No housekeeping half done either (a oneTBB task's, or a ferry_collect's
+  // on an application thread, pool or no pool): it holds heaps' inboxes and
+  // the abandoned heaps off their lists, which the child would lose. Taken
+  // after the reclaimers parked: one waiting for its turn would not park.
+  WaitForDutyTurn();
+}
+
 void PoolForkParent() {
+  EndDutyTurn();
   if (g_pool.paused.load(std::memory_order_relaxed) != 0) {
     g_pool.paused.store(0, std::memory_order_seq_cst);
     OsFutexWake(&g_pool.paused, INT_MAX);
@@ -562,6 +579,7 @@ void PoolForkChild() {
   g_pool.parked.store(0, std::memory_order_relaxed);
   g_pool.offers_in_progress.store(0, std::memory_order_relaxed);
   g_pool.duty_running.store(0, std::memory_order_relaxed);
+  g_pool.collect_claimed.store(0, std::memory_order_relaxed);
   g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_relaxed);

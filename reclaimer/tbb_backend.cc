@@ -10,6 +10,7 @@
 
 #include <new>
 #include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
 
 // oneTBB's exported functions used by the inline code below, and the sized
@@ -20,6 +21,7 @@ asm(".weak _ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE");
 asm(".weak _ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm");
 asm(".weak _ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE");
 asm(".weak _ZN3tbb6detail2r16createERNS0_2d114global_controlE");
+asm(".weak _ZN3tbb6detail2r124numa_default_concurrencyEi");
 asm(".weak _ZN3tbb6detail2r127global_control_active_valueEi");
 asm(".weak _ZN3tbb6detail2r117assertion_failureEPKciS3_S3_");
 asm(".weak _ZdlPvmSt11align_val_t");
@@ -31,10 +33,6 @@ alignas(tbb::task_arena) unsigned char g_arena_storage[sizeof(tbb::task_arena)];
 alignas(tbb::global_control) unsigned char g_control_storage[sizeof(tbb::global_control)];
 tbb::task_arena* g_arena = nullptr;
 
-size_t ActiveParallelism() {
-  return tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
-}
-
 }  // namespace
 
 bool TbbBackendAvailable() {
@@ -44,6 +42,7 @@ bool TbbBackendAvailable() {
       "_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm",
       "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE",
       "_ZN3tbb6detail2r16createERNS0_2d114global_controlE",
+      "_ZN3tbb6detail2r124numa_default_concurrencyEi",
       "_ZN3tbb6detail2r127global_control_active_valueEi",
   };
   for (const char* name : kNeeded) {
@@ -55,12 +54,15 @@ bool TbbBackendAvailable() {
 bool TbbBackendStart(int concurrency) {
   if (g_arena != nullptr) return true;
   // oneTBB gives an arena at most max_allowed_parallelism - 1 workers
-  // (hardware concurrency - 1 by default); allow the ones asked for. Only
-  // to raise the limit: the process's active value is the smallest of all
-  // live controls, so one made always would cap the program's own oneTBB
-  // work at the pool's size.
+  // (its default concurrency - 1 unless a control says otherwise); allow the
+  // ones asked for. Only where neither the default nor a control of the
+  // program's allows them: the active value is the smallest of all live
+  // controls, so a control made otherwise would cap the program's own oneTBB
+  // work at the pool's size, for good (ferry's lives as long as the process,
+  // after the program's own are gone).
   const size_t wanted = static_cast<size_t>(concurrency) + 1;
-  if (ActiveParallelism() < wanted) {
+  if (static_cast<size_t>(tbb::info::default_concurrency()) < wanted &&
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism) < wanted) {
     new (g_control_storage) tbb::global_control(tbb::global_control::max_allowed_parallelism, wanted);
   }
   // No slot reserved for an application thread: the batches run on workers.

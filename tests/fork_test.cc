@@ -199,7 +199,8 @@ std::string WaitForChild(pid_t pid) {
 }
 
 // Two threads that keep allocating and freeing each other's blocks, with
-// content checks, until stopped: the pool stays busy.
+// content checks, until stopped: the pool stays busy. One of them also calls
+// ferry_collect now and then.
 class Traffic {
  public:
   void Start() {
@@ -233,6 +234,9 @@ class Traffic {
       }
       for (const Item& item : mine) corrupt_ += !CheckAndFree(item);
       if (round % 50 == 49) ferry_flush();
+      // Housekeeping too (the pool's, or with no pool this thread's own), so
+      // that forks land while it runs.
+      if (t == 1 && round % 8 == 7) ferry_collect();
       rounds_++;
       // Keep the inboxes bounded if one side runs ahead.
       while (!stop_) {

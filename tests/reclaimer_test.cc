@@ -996,17 +996,22 @@ TEST(ReclaimerCollect, FreesAnExitedThreadsPagesEvenWhileAnotherThreadCollects) 
 // batch of one: that is a remote free, counted like the rest.
 TEST(ReclaimerStats, FreeAfterTheThreadsHeapWasAbandonedCountsAsARemoteFree) {
   static constexpr int kBlocks = 3;
-  // Made after ferry's own key (made when the allocator starts up), so its
-  // destructor runs after the one that abandons the heap.
-  ferry_free(ferry_malloc(1));
-  pthread_key_t key;
+  // The frees run in the second round of the thread's key destructors, after
+  // ferry's destructor abandoned the heap in the first (whichever of the two
+  // keys glibc calls first).
+  static pthread_key_t key;
   ASSERT_EQ(pthread_key_create(&key, [](void* value) {
               void** blocks = static_cast<void**>(value);
+              if (blocks[kBlocks] == nullptr) {
+                blocks[kBlocks] = blocks;  // first round: mark, and come back
+                pthread_setspecific(key, blocks);
+                return;
+              }
               for (int i = 0; i < kBlocks; ++i) ferry_free(blocks[i]);
             }),
             0);
-  void* blocks[kBlocks];
-  for (void*& p : blocks) p = ferry_malloc(96);
+  void* blocks[kBlocks + 1] = {};  // the last: the destructor's round mark
+  for (int i = 0; i < kBlocks; ++i) blocks[i] = ferry_malloc(96);
   ferry_flush();
   const ferry_stats_t before = Stats();
   std::thread([&] {

@@ -13,10 +13,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/info.h>
 #include <thread>
 #include <vector>
 
@@ -110,6 +112,28 @@ TEST(TbbBackend, ProgramThatLimitsOneTbbToOneThreadKeepsItsLimitAndItsFlushes) {
             }),
             0)
       << "ferry's backend raised the limit the program had set";
+}
+
+// A limit the program holds only for a while (a serial phase) when the pool
+// starts must not leave ferry's own control behind as a cap once it is gone:
+// the limit is then oneTBB's default, or FERRY_RECLAIMERS + 1 if that is
+// higher. (On a machine with fewer than FERRY_RECLAIMERS + 2 CPUs the two
+// coincide, and this cannot tell.)
+TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
+  const size_t reclaimers = static_cast<size_t>(ferry_test::ExpectedReclaimers());
+  EXPECT_EQ(InChild([&] {
+              {
+                global_control serial_phase(global_control::max_allowed_parallelism, 1);
+                if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              }
+              const size_t expected =
+                  std::max(static_cast<size_t>(tbb::info::default_concurrency()), reclaimers + 1);
+              const size_t active = ActiveParallelism();
+              fprintf(stderr, "after the program's control: active %zu, expected %zu\n", active, expected);
+              return active == expected ? 0 : 2;
+            }),
+            0)
+      << "ferry's backend left a limit behind";
 }
 
 }  // namespace
