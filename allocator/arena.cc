@@ -88,6 +88,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count) {
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
   segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
+  segment->claimed_slices.fetch_or(run, std::memory_order_relaxed);
   return true;
 }
 
@@ -125,6 +126,7 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
     segment->heap.store(nullptr, std::memory_order_relaxed);
     segment->heap_next = segment->heap_prev = nullptr;
     segment->dirty_slices.store(taken, std::memory_order_relaxed);
+    segment->claimed_slices.store(0, std::memory_order_relaxed);
     segment->purge_candidates = 0;
     // In the map before any other heap can take slices here (under this
     // lock, ArenaTakeSlicesAnywhere): a block of such a slice may be freed
@@ -223,14 +225,17 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
 // delay_ms, counted from the first run that saw it: at most delay_ms plus
 // two runs' spacing after its page was freed. (One timestamp per segment,
 // as before, let slices freed after it wait for the next round: up to twice
-// the delay.)
+// the delay.) A slice claimed again meanwhile starts over.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   size_t bytes = 0;
   SpinLockHolder hold(&g_arena_lock);
   FindLiveSegment([&](Segment* segment) {
     const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
                                 ~segment->used_slices.load(std::memory_order_acquire);
-    for (uint64_t fresh = free_dirty & ~segment->purge_candidates; fresh != 0; fresh &= fresh - 1) {
+    // Taken and freed again since the last run: free only since then.
+    const uint64_t reused = segment->claimed_slices.exchange(0, std::memory_order_relaxed);
+    for (uint64_t fresh = free_dirty & ~(segment->purge_candidates & ~reused); fresh != 0;
+         fresh &= fresh - 1) {
       segment->purge_seen_ms[__builtin_ctzll(fresh)] = now_ms;
     }
     uint64_t due = urgent ? free_dirty : 0;

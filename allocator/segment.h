@@ -138,6 +138,9 @@ struct alignas(64) Segment {
   // Bit i: slice i may hold committed memory (set when claimed, cleared when
   // the pool decommits it).
   std::atomic<uint64_t> dirty_slices;
+  // Bit i: slice i was claimed since the last purge run (which clears it):
+  // free then, it has not been free since that run saw it.
+  std::atomic<uint64_t> claimed_slices;
   // The pool's own bookkeeping (one housekeeping run at a time): the free
   // dirty slices its last run saw, and when a run first saw each of them.
   uint64_t purge_candidates;

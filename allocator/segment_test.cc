@@ -347,7 +347,8 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
 
 // The purge gives a free slice back to the OS once it has been seen free for
 // the purge delay, counted from when it was first seen: a slice freed late
-// does not wait for the slices freed before it to go first. (This binary
+// does not wait for the slices freed before it to go first, and a slice
+// taken and freed again between two runs waits the delay anew. (This binary
 // runs with FERRY_RECLAIMERS=0, so no housekeeping but these calls runs.)
 TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
   std::thread([] {
@@ -396,9 +397,17 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
     ArenaPurge(t0 + 1000, kDelay, false);
     EXPECT_FALSE(committed(early)) << "free for the whole delay, yet not purged";
     EXPECT_TRUE(committed(late)) << "purged after 100 ms of a 1000 ms delay";
-    ArenaPurge(t0 + 1899, kDelay, false);
-    EXPECT_TRUE(committed(late)) << "purged before its delay was up";
+    // The late slice is taken by a page and given back between two runs
+    // (as a heap's new page would): free only since then, it waits anew.
+    const int late_index = __builtin_ctzll(late);
+    ASSERT_TRUE(TryTakeSlices(segment, late_index, 1));
+    segment->used_slices.fetch_and(~late);
+    ArenaPurge(t0 + 1100, kDelay, false);
     ArenaPurge(t0 + 1900, kDelay, false);
+    EXPECT_TRUE(committed(late)) << "purged 800 ms after it was last freed, with a 1000 ms delay";
+    ArenaPurge(t0 + 2099, kDelay, false);
+    EXPECT_TRUE(committed(late)) << "purged before its delay was up";
+    ArenaPurge(t0 + 2100, kDelay, false);
     EXPECT_FALSE(committed(late)) << "free for the whole delay, yet not purged";
     for (void* p : blocks) ferry_free(p);
   }).join();
