@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -346,6 +347,21 @@ void InboxPushList(std::atomic<Page*>& inbox, Page* page) {
   }
 }
 
+FERRY_COLD void WaitForBorrowedInboxes(Heap* heap) {
+  while (heap->inbox_borrowed.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+// The owner's inbox of a class, waiting for it if the housekeeping holds it.
+// The exchange that emptied it is ordered after inbox_borrowed was set, so
+// an owner that read the emptied inbox then sees the flag set, or cleared
+// after the pages went back; either way the second read finds them.
+Page* InboxHead(Heap* heap, size_t size_class) {
+  Page* head = heap->inbox[size_class].load(std::memory_order_acquire);
+  if (head != nullptr) return head;
+  if (heap->inbox_borrowed.load(std::memory_order_acquire) != 0) WaitForBorrowedInboxes(heap);
+  return heap->inbox[size_class].load(std::memory_order_acquire);
+}
+
 // The owner takes back the pages on one class's inbox: full pages that got
 // some of their blocks back (ReturnChain), and pages whose blocks all came
 // back while they were on it. The first kind rejoin the queue with what
@@ -374,7 +390,7 @@ void DrainInbox(Heap* heap, size_t size_class) {
 
 void DrainAllInboxes(Heap* heap) {
   for (size_t c = 0; c < kNumClasses; ++c) {
-    if (heap->inbox[c].load(std::memory_order_relaxed) != nullptr) DrainInbox(heap, c);
+    if (InboxHead(heap, c) != nullptr) DrainInbox(heap, c);
   }
 }
 
@@ -670,9 +686,16 @@ void AbandonOrphanedHeapsInChild() {
 // free slices). It takes each inbox for a moment and puts the other pages
 // back as they were.
 void CollectInboxes(Heap* heap) {
+  bool borrowed = false;
   for (size_t c = 0; c < kNumClasses; ++c) {
     if (heap->inbox[c].load(std::memory_order_relaxed) == nullptr) continue;
-    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acquire);
+    if (!borrowed) {
+      // Before the exchange below (its release orders it): an owner that
+      // sees the inbox it empties sees this too (InboxHead).
+      heap->inbox_borrowed.store(1, std::memory_order_relaxed);
+      borrowed = true;
+    }
+    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
     Page* keep = nullptr;
     while (page != nullptr) {
       Page* next = page->inbox_next;
@@ -692,6 +715,7 @@ void CollectInboxes(Heap* heap) {
     }
     InboxPushList(heap->inbox[c], keep);
   }
+  if (borrowed) heap->inbox_borrowed.store(0, std::memory_order_release);
 }
 
 void HousekeepingDuty(uint64_t now_ms, bool urgent) {
@@ -883,7 +907,7 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
   if (page != nullptr) return AllocateFromQueuedPage(heap, size_class, page);
   // Pages of this class that are waiting for the rest of their blocks
   // (ReturnChain) have some to give now.
-  if (heap->inbox[size_class].load(std::memory_order_relaxed) != nullptr) {
+  if (InboxHead(heap, size_class) != nullptr) {
     DrainInbox(heap, size_class);
     page = FindPageWithFreeBlocks(q, &growable);
     if (page != nullptr) return AllocateFromQueuedPage(heap, size_class, page);

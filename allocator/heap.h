@@ -71,6 +71,10 @@ struct Heap {
   // of returned blocks waiting; the owner's next slow path sweeps that
   // class's queue (SweepClass), giving wholly free pages back.
   std::atomic<uint64_t> sweep_classes[(kNumClasses + 63) / 64] = {};
+  // The pool's housekeeping holds some of the inboxes for a moment
+  // (CollectInboxes); an owner that finds one empty waits for them to come
+  // back rather than make a new page while its returned blocks are away.
+  std::atomic<uint32_t> inbox_borrowed{0};
 };
 
 extern Heap g_empty_heap;

@@ -4,11 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "allocator/heap.h"
+#include "allocator/page_return.h"
 #include "common/os.h"
 #include "ferry.h"
 
@@ -110,6 +114,54 @@ TEST(PageLists, RemoteFreesIntoAFullPageGoBackToTheOwnerWhenItRunsShort) {
   EXPECT_EQ(owner->inbox[size_class].load(), nullptr);
   for (size_t k = 0; k < half; ++k) {
     EXPECT_TRUE(fresh.count(blocks[k])) << "remotely freed block " << k << " was not reused";
+  }
+  for (size_t k = half; k < blocks.size(); ++k) ferry_free(blocks[k]);
+  for (void* p : fresh) ferry_free(p);
+  ferry_free(extra);
+}
+
+// The pool's housekeeping takes a live heap's inboxes for a moment
+// (CollectInboxes) and puts back the pages it keeps. An owner that runs
+// short of the class just then waits for them rather than carve and make
+// new pages while its returned blocks are away. The housekeeping's part is
+// played by hand here, with a long pause.
+TEST(PageLists, AnOwnerShortOfAClassWaitsForTheInboxTheHousekeepingHolds) {
+  constexpr size_t kSize = 6144;  // no other test here uses it
+  Page* page;
+  void* extra;
+  std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
+  ASSERT_EQ(page->in_full, 1);
+  Heap* owner = tl_heap;
+  const size_t size_class = page->size_class;
+  const size_t half = blocks.size() / 2;
+  std::thread([&] {
+    for (size_t k = 0; k < half; ++k) ferry_free(blocks[k]);
+    ferry_flush();
+  }).join();
+  ASSERT_EQ(owner->inbox[size_class].load(), page);
+  owner->inbox_borrowed.store(1);
+  Page* held = owner->inbox[size_class].exchange(nullptr);
+  std::atomic<bool> put_back{false};
+  std::thread housekeeping([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    put_back.store(true);
+    InboxPush(owner->inbox[size_class], held);
+    owner->inbox_borrowed.store(0);
+  });
+  // The owner's other page (extra's) runs dry, then the returned blocks.
+  std::set<void*> fresh;
+  bool reused_after_put_back = true;
+  for (uint32_t k = 0; k < 2 * uint32_t{page->reserved}; ++k) {
+    void* p = ferry_malloc(kSize);
+    const bool returned_block = std::find(blocks.begin(), blocks.begin() + half, p) != blocks.begin() + half;
+    if (returned_block && !put_back.load()) reused_after_put_back = false;
+    fresh.insert(p);
+  }
+  housekeeping.join();
+  EXPECT_TRUE(reused_after_put_back) << "a block came back before the inbox did";
+  for (size_t k = 0; k < half; ++k) {
+    EXPECT_TRUE(fresh.count(blocks[k])) << "remotely freed block " << k
+                                        << " was not reused: the owner did not wait for its inbox";
   }
   for (size_t k = half; k < blocks.size(); ++k) ferry_free(blocks[k]);
   for (void* p : fresh) ferry_free(p);
