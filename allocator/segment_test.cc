@@ -75,6 +75,15 @@ TEST(Segment, FreeListLinksRoundTripAndFreedBlocksLookFree) {
   EXPECT_TRUE(LooksFree(page, static_cast<Block*>(p)));
 }
 
+// Frees blocks[first, last) on a thread of its own, which then flushes: the
+// frees are remote ones, and they have reached their pages on return.
+void FreeElsewhereAndFlush(const std::vector<void*>& blocks, size_t first, size_t last) {
+  std::thread([&] {
+    for (size_t k = first; k < last; ++k) ferry_free(blocks[k]);
+    ferry_flush();
+  }).join();
+}
+
 // Fills one page of `size` (the page is marked full and leaves its queue)
 // and one block more; returns the page's blocks.
 std::vector<void*> FillOnePage(size_t size, Page** page_out, void** extra) {
@@ -101,10 +110,7 @@ TEST(PageLists, RemoteFreesIntoAFullPageGoBackToTheOwnerWhenItRunsShort) {
   Heap* owner = tl_heap;
   const size_t size_class = page->size_class;
   const size_t half = blocks.size() / 2;
-  std::thread([&] {
-    for (size_t k = 0; k < half; ++k) ferry_free(blocks[k]);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 0, half);
   EXPECT_EQ(owner->inbox[size_class].load(), page);
   EXPECT_EQ(ReturnedCount(page->returned.load()), half);
   EXPECT_NE(page->returned.load() & kReturnedFull, 0u) << "the page left the full state early";
@@ -134,10 +140,7 @@ TEST(PageLists, AnOwnerShortOfAClassWaitsForTheInboxTheHousekeepingHolds) {
   Heap* owner = tl_heap;
   const size_t size_class = page->size_class;
   const size_t half = blocks.size() / 2;
-  std::thread([&] {
-    for (size_t k = 0; k < half; ++k) ferry_free(blocks[k]);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 0, half);
   ASSERT_EQ(owner->inbox[size_class].load(), page);
   owner->inbox_borrowed.store(1);
   Page* held = owner->inbox[size_class].exchange(nullptr);
@@ -179,18 +182,12 @@ TEST(PageLists, AFullPageWhoseBlocksAllComeBackIsFreedForEveryHeap) {
   ASSERT_EQ(page->in_full, 1);
   const size_t size_class = page->size_class;
   Heap* owner = tl_heap;
-  std::thread([&] {
-    ferry_free(blocks[0]);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 0, 1);
   EXPECT_EQ(owner->inbox[size_class].load(), page);
   EXPECT_NE(page->returned.load() & kReturnedFull, 0u);
   ferry_stats_t before, after;
   ferry_stats_get(&before);
-  std::thread([&] {
-    for (size_t k = 1; k < blocks.size(); ++k) ferry_free(blocks[k]);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 1, blocks.size());
   // (The pool's housekeeping may already have freed it.)
   EXPECT_TRUE(page->kind == PageKind::kNone || (page->returned.load() & kReturnedFull) == 0)
       << "every block is back: the mark goes";
@@ -210,10 +207,7 @@ TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   ASSERT_EQ(page->in_full, 1);
   ferry_stats_t before, after;
   ferry_stats_get(&before);
-  std::thread([&] {
-    for (void* p : blocks) ferry_free(p);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 0, blocks.size());
   ferry_stats_get(&after);
   EXPECT_EQ(after.pages_freed_by_returns, before.pages_freed_by_returns + 1);
   EXPECT_EQ(page->kind, PageKind::kNone);
@@ -244,10 +238,7 @@ TEST(PageLists, LocalFreeIntoAFullPageWithReturnsJoinsThem) {
   void* extra;
   std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
   ASSERT_EQ(page->in_full, 1);
-  std::thread([&] {
-    ferry_free(blocks[0]);
-    ferry_flush();
-  }).join();
+  FreeElsewhereAndFlush(blocks, 0, 1);
   ferry_free(blocks[1]);
   EXPECT_EQ(ReturnedCount(page->returned.load()), 2u);
   EXPECT_EQ(tl_heap->inbox[page->size_class].load(), page);
@@ -341,10 +332,7 @@ TEST(PageLists, AMediumPageEmptiedByAnotherThreadIsReleasedAfterAWhile) {
     ASSERT_GT(page->slice_count, 1);
     ASSERT_LE(page->reserved, 2 * blocks.size()) << "four returns must reach half the page";
     for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
-    std::thread([&] {
-      for (void* p : blocks) ferry_free(p);
-      ferry_flush();
-    }).join();
+    FreeElsewhereAndFlush(blocks, 0, blocks.size());
     // The first slow path sweeps the page back, empty.
     ExpectReleasedAfterSlowPathsInOtherClasses(page, size_class);
   }).join();
