@@ -87,8 +87,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count) {
     if ((used & run) != 0) return false;
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
-  segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
-  segment->claimed_slices.fetch_or(run, std::memory_order_relaxed);
+  NoteSlicesClaimed(segment, run);
   return true;
 }
 

@@ -180,8 +180,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     heap->spare = nullptr;
     if (segment != nullptr) {
       // Detached while it was the spare: nobody else could take its slices.
-      segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
-      segment->claimed_slices.fetch_or(run, std::memory_order_relaxed);
+      NoteSlicesClaimed(segment, run);
       segment->used_slices.store(1 | run, std::memory_order_release);
     } else {
       segment = ArenaAllocateSegment(run);

@@ -246,6 +246,12 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // Takes the slices [start, start + count) if they are still free (another
 // heap, or the pool purging, may take them first); marks them dirty.
 bool TryTakeSlices(Segment* segment, int start, size_t count);
+// What every claim of slices records besides used_slices: they may hold
+// committed memory from now on, and the purge must see them as reused.
+inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
+  segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
+  segment->claimed_slices.fetch_or(run, std::memory_order_relaxed);
+}
 
 // used_slices of a segment that its owner is giving back (or holds as its
 // spare): every slice looks taken, so no other heap claims one meanwhile.
