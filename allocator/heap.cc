@@ -188,9 +188,9 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     }
     SegmentListPush(heap, segment);
   }
-  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = static_cast<uint8_t>(k);
+  for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);
   Page* page = &segment->pages[start];
-  page->slice_back = 0;
+  page->record_back = 0;
   page->slice_count = static_cast<uint8_t>(count);
   page->start = reinterpret_cast<uintptr_t>(segment) + static_cast<size_t>(start) * kSliceSize;
   page->heap = heap;
@@ -930,7 +930,8 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
   return PopBlock(page, page->free);
 }
 
-void* AllocateLargeOrHuge(size_t n) {
+void* AllocateAboveLookup(size_t n) {
+  if (n <= kMediumMax) return AllocateInClass(ComputeSizeClass(n));
   if (n <= kLargeMax) {
     if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) return AllocateWhileExiting(n, 0);
     Heap* heap = CurrentHeapOrInit();

@@ -82,7 +82,6 @@ extern __thread Heap* tl_heap __attribute__((tls_model("initial-exec")));
 
 // Slow paths.
 void* AllocateSlow(Heap* heap, size_t size_class);
-void* AllocateLargeOrHuge(size_t size);
 void FreeUnmapped(void* p, const char* call);
 void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
@@ -118,19 +117,23 @@ FERRY_ALWAYS_INLINE void* PopBlock(Page* page, Block* block) {
   return HandOutBlock(page, block, next);
 }
 
-// n <= kMediumMax.
-FERRY_ALWAYS_INLINE void* AllocateSmall(size_t n) {
+// A block of a small or medium class.
+FERRY_ALWAYS_INLINE void* AllocateInClass(size_t size_class) {
   Heap* heap = tl_heap;
-  const size_t size_class = SizeClassOf(n);
   Page* page = heap->direct[size_class];
   Block* block = page->free;
   if (FERRY_LIKELY(block != nullptr)) return PopBlock(page, block);
   return AllocateSlow(heap, size_class);
 }
 
+// n > kSmallLookupMax: medium classes by arithmetic, then large and huge.
+void* AllocateAboveLookup(size_t n);
+
 FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
-  if (FERRY_LIKELY(n <= kMediumMax)) return AllocateSmall(n);
-  return AllocateLargeOrHuge(n);
+  // Sizes the class table covers first, so that the common request pays
+  // one compare; the rest out of line (a tail call).
+  if (FERRY_LIKELY(n <= kSmallLookupMax)) return AllocateInClass(kSmallClassTable[(n + 7) >> 3]);
+  return AllocateAboveLookup(n);
 }
 
 // A free of another heap's block: append it to this thread's batch. The

@@ -47,7 +47,7 @@ void* AllocateHuge(size_t n, size_t alignment) {
     // Interior pointers within the first chunk find this page and are
     // rejected by the start check; further chunks are not in the map.
     for (size_t k = slice + 1; k < kSlicesPerSegment; ++k) {
-      segment->pages[k].slice_back = static_cast<uint8_t>(k - slice);
+      segment->pages[k].record_back = RecordBack(k - slice);
     }
     page->slice_count = static_cast<uint8_t>(kSlicesPerSegment - slice);
   } else {

@@ -192,7 +192,7 @@ void* NewSlowNothrow(std::size_t size, std::size_t alignment) noexcept {
 }
 
 inline void* New(std::size_t size) {
-  void* p = size <= ferry::kMediumMax ? ferry::AllocateSmall(size) : nullptr;
+  void* p = ferry::Allocate(size);
   if (FERRY_LIKELY(p != nullptr)) return ferry::VgAllocated(p, size);
   return NewSlow(size, 0);
 }

@@ -30,7 +30,7 @@ void ReleasePageSlices(Page* page) {
   Segment* segment = SegmentOf(page->start);
   const size_t start = static_cast<size_t>(page - segment->pages);
   const size_t count = page->slice_count;
-  for (size_t k = 1; k < count; ++k) segment->pages[start + k].slice_back = 0;
+  for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = 0;
   page->kind = PageKind::kNone;
   page->heap = nullptr;
   page->block_size = 0;

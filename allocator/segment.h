@@ -7,7 +7,7 @@
 //    which includes one Page record per slice.
 //  - A page is a run of slices that serves one size class. Its record sits at
 //    the page's first slice; the records of the other slices point back to it
-//    (slice_back), so a pointer finds its page in two loads.
+//    (record_back), so a pointer finds its page in two loads.
 //  - Blocks are the user's memory. A free block's first word links it into a
 //    list, encoded with a per-process key (EncodeNext) so that a stray write
 //    cannot steer the allocator and so that a freed block is recognisable.
@@ -92,7 +92,10 @@ struct Page {
   PageKind kind;
   uint8_t slice_count;     // slices this page spans
   uint8_t in_full;         // off its queue because it was full
-  uint8_t slice_back;      // on a continuation slice: slices back to the page
+  // On a continuation slice: how far back the page's record is, in bytes
+  // (RecordBack), so that PageOf subtracts it without scaling; 0 on a page's
+  // first slice and on free slices.
+  uint16_t record_back;
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
   // block), and so immutable while a block is out -------------------------
@@ -117,6 +120,11 @@ struct Page {
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
 static_assert(sizeof(Page) == 128);
+inline constexpr int kPageRecordShift = 7;  // log2(sizeof(Page))
+static_assert(sizeof(Page) == size_t{1} << kPageRecordShift);
+
+// Page::record_back of the record `slices` after a page's first.
+inline uint16_t RecordBack(size_t slices) { return static_cast<uint16_t>(slices * sizeof(Page)); }
 static_assert(offsetof(Page, block_size) < 64, "the free path reads one line");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
@@ -156,10 +164,17 @@ FERRY_ALWAYS_INLINE Segment* SegmentOf(uintptr_t p) {
   return reinterpret_cast<Segment*>(p & ~(kSegmentSize - 1));
 }
 
-// The page record for an address inside a live segment.
+// The page record for an address inside a live segment. The slice's record
+// is at byte (slice index << kPageRecordShift) of the segment, and a segment
+// is aligned to its size, so one shift and one mask of `p` give that offset;
+// record_back is in bytes for the same reason (three instructions fewer on
+// the free path than indexing and scaling).
 FERRY_ALWAYS_INLINE Page* PageOf(Segment* segment, uintptr_t p) {
-  Page* page = &segment->pages[(p - reinterpret_cast<uintptr_t>(segment)) >> kSliceShift];
-  return page - page->slice_back;
+  static_assert(offsetof(Segment, pages) == 0);
+  constexpr uintptr_t kRecordMask = (kSlicesPerSegment - 1) << kPageRecordShift;
+  const uintptr_t record = reinterpret_cast<uintptr_t>(segment) +
+                           ((p >> (kSliceShift - kPageRecordShift)) & kRecordMask);
+  return reinterpret_cast<Page*>(record - reinterpret_cast<const Page*>(record)->record_back);
 }
 
 // --- free-list pointer encoding --------------------------------------------
