@@ -49,7 +49,8 @@ constexpr size_t kWakeBytes = 256 << 10;    // PublishBatch
 constinit Options g_options{};
 constinit std::atomic<int> g_init_state{0};  // 0 none, 1 running, 2 done
 constinit pthread_key_t g_thread_key{};
-constinit std::atomic<bool> g_atfork_registered{false};
+constinit std::atomic<int> g_fork_handlers{0};  // 0 none, 1 being registered, 2 registered
+__thread bool tl_registering_fork_handlers __attribute__((tls_model("initial-exec"))) = false;
 constinit std::atomic<Heap*> g_all_heaps{nullptr};
 constinit SpinLock g_abandoned_lock;
 __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
@@ -550,6 +551,26 @@ void PushAbandoned(Heap* heap) {
 }
 
 // The calling thread's heap, made on first use. nullptr if the OS refuses.
+// The fork handlers, registered by the first thread that makes a heap or
+// calls ferry_collect (which takes the pool's duty turn even in a program
+// that never allocated with ferry). Not in EnsureGlobalInit, which the first
+// malloc runs: pthread_atfork may allocate. Callers wait until registration
+// is complete, so no fork can slip between a thread's check and the
+// handlers' existence; an allocation by pthread_atfork itself passes.
+void EnsureForkHandlers() {
+  if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == 2)) return;
+  int expected = 0;
+  if (g_fork_handlers.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    tl_registering_fork_handlers = true;
+    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+    tl_registering_fork_handlers = false;
+    g_fork_handlers.store(2, std::memory_order_release);
+    return;
+  }
+  if (tl_registering_fork_handlers) return;
+  while (g_fork_handlers.load(std::memory_order_acquire) != 2) sched_yield();
+}
+
 Heap* InitThreadHeap() {
   EnsureGlobalInit();
   // A reclaimer never takes over an abandoned heap: the pool looks after
@@ -567,9 +588,7 @@ Heap* InitThreadHeap() {
   tl_heap = heap;
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
   pthread_setspecific(g_thread_key, heap);
-  if (!g_atfork_registered.exchange(true, std::memory_order_acq_rel)) {
-    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
-  }
+  EnsureForkHandlers();
   return heap;
 }
 
@@ -1095,6 +1114,7 @@ void CollectThisThread() {
   Heap* heap = tl_heap;
   if (heap != &g_empty_heap) CollectHeap(heap);
   EnsureGlobalInit();
+  EnsureForkHandlers();  // the collect takes the duty turn, which fork() must see
   PoolCollectNow();
 }
 

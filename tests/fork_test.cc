@@ -438,4 +438,36 @@ TEST(Fork, BatchesQueuedAtForkReachTheirPagesInTheChild) {
   }
 }
 
+// A program that calls ferry's API but has never allocated with it (no
+// thread has a heap): ferry_collect still runs the pool's housekeeping, in
+// its turn. A fork while another thread holds that turn must not leave the
+// child waiting for a thread it does not have. Runs in a fresh process (a
+// threadsafe death test re-executes the binary), since every other case
+// makes heaps.
+TEST(Fork, ChildOfAProgramWithoutHeapsCanCollectWhileTheParentCollects) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::atomic<bool> stop{false};
+        std::thread collector([&] {
+          while (!stop.load()) ferry_collect();
+        });
+        std::string problem;
+        for (int i = 0; i < 300 && problem.empty(); ++i) {
+          const pid_t pid = fork();
+          if (pid == 0) {
+            ferry_collect();
+            _exit(0);
+          }
+          problem = WaitForChild(pid);
+          if (!problem.empty()) problem = "fork " + std::to_string(i) + ": " + problem;
+        }
+        stop = true;
+        collector.join();
+        fprintf(stderr, "%s\n", problem.empty() ? "every child collected" : problem.c_str());
+        exit(problem.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "every child collected");
+}
+
 }  // namespace
