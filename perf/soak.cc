@@ -42,7 +42,9 @@
 // and its stdout, stderr and backtraces go to a file in the log directory.
 //
 // The soak stops by itself: it starts no run after --time seconds (but goes
-// on until --min-cycles cycles are done), lets the current run finish, and
+// on until --min-cycles cycles are done), or, with --every-pair, after
+// programs x 10 runs (each program under each configuration once: the same
+// runs every time for a given seed), lets the current run finish, and
 // prints a summary: runs per program and configuration, the failures, the
 // highest RSS ratios, the total time. SIGINT or SIGTERM kill the current run
 // and print the summary too. Exit status: 0 when every run passed, 1 when
@@ -62,6 +64,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -146,6 +149,8 @@ constexpr char kUsage[] =
     "  --time S          start no run after S seconds (default 60)\n"
     "  --seed N          seed of every choice (default 1)\n"
     "  --min-cycles N    go on past --time until N cycles (each program once) are done (default 0)\n"
+    "  --every-pair      instead of --time: run each program under each configuration exactly\n"
+    "                    once (programs x 10 runs, a fixed set for a given seed; CI's form)\n"
     "  --max-scale S     largest --scale a run draws (default 0.5; at least each program's minimum)\n"
     "  --scale S         run every program at this scale instead\n"
     "  --timeout S       a run that takes longer has hung: backtraces, kill, failure (default 120)\n"
@@ -163,6 +168,7 @@ struct Flags {
   double time_s = 60;
   uint64_t seed = 1;
   long min_cycles = 0;
+  bool every_pair = false;
   double max_scale = 0.5;
   std::optional<double> scale;
   double timeout_s = 120;
@@ -214,6 +220,8 @@ Flags ParseFlags(int argc, char** argv) {
       flags.seed = static_cast<uint64_t>(NumberOrDie(arg, value(), 0, 1e15));
     } else if (arg == "--min-cycles") {
       flags.min_cycles = static_cast<long>(NumberOrDie(arg, value(), 0, 1e6));
+    } else if (arg == "--every-pair") {
+      flags.every_pair = true;
     } else if (arg == "--max-scale") {
       flags.max_scale = NumberOrDie(arg, value(), 0.001, 10);
     } else if (arg == "--scale") {
@@ -412,8 +420,12 @@ class Soak {
     const double start = Now();
     const double deadline = start + flags_.time_s;
     const long min_runs = flags_.min_cycles * static_cast<long>(programs_.size());
+    // Run i is program i mod P under configuration i mod kConfigs; with P
+    // and kConfigs coprime, runs 0 .. P x kConfigs - 1 meet every pair once.
+    const long fixed_runs = flags_.every_pair ? static_cast<long>(programs_.size()) * kConfigs : -1;
     std::mt19937_64 rng(flags_.seed);
-    for (long run = 0; !g_stop && (Now() < deadline || run < min_runs); ++run) {
+    for (long run = 0; !g_stop && (fixed_runs >= 0 ? run < fixed_runs : Now() < deadline || run < min_runs);
+         ++run) {
       const std::string& program = programs_[run % programs_.size()];
       Config config = Draw(rng, run, program);
       RunOne(run, program, config);
@@ -471,16 +483,26 @@ class Soak {
       std::fprintf(stderr, "soak: no programs\n");
       return false;
     }
+    if (flags_.every_pair && std::gcd(programs_.size(), static_cast<size_t>(kConfigs)) != 1) {
+      std::fprintf(stderr,
+                   "soak: --every-pair needs a program count coprime with the %d configurations "
+                   "(%zu programs): some pairs would never meet; change the order in Soak::Main\n",
+                   kConfigs, programs_.size());
+      return false;
+    }
     log_dir_ = flags_.log_dir;
     if (log_dir_.empty()) {
       const char* outputs = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR");
       log_dir_ = outputs != nullptr ? outputs : "";
     }
-    std::fprintf(stderr, "soak: %zu programs, %s, seed %llu, %.0f s%s\n  workload: %s\n", programs_.size(),
+    const std::string length =
+        flags_.every_pair
+            ? std::to_string(programs_.size() * kConfigs) + " runs (every program under every configuration)"
+            : std::to_string(static_cast<long>(flags_.time_s)) + " s" +
+                  (flags_.min_cycles > 0 ? ", at least " + std::to_string(flags_.min_cycles) + " cycles" : "");
+    std::fprintf(stderr, "soak: %zu programs, %s, seed %llu, %s\n  workload: %s\n", programs_.size(),
                  flags_.ferry ? ("ferry " + ferry_lib_).c_str() : "glibc",
-                 static_cast<unsigned long long>(flags_.seed), flags_.time_s,
-                 flags_.min_cycles > 0 ? (", at least " + std::to_string(flags_.min_cycles) + " cycles").c_str() : "",
-                 workload_bin_.c_str());
+                 static_cast<unsigned long long>(flags_.seed), length.c_str(), workload_bin_.c_str());
     return true;
   }
 
