@@ -166,22 +166,18 @@ void ArenaReleaseSegment(Segment* segment) {
   FERRY_CHECK(false && "segment outside every arena");
 }
 
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start) {
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start) {
   SpinLockHolder hold(&g_arena_lock);
-  for (const bool dirty_only : {true, false}) {
-    Segment* found = FindLiveSegment([&](Segment* segment) {
-      for (;;) {
-        const int first = FindFreeSlices(segment, count, align, dirty_only);
-        if (first < 0) return false;
-        if (TryTakeSlices(segment, first, count)) {
-          *start = first;
-          return true;
-        }
+  return FindLiveSegment([&](Segment* segment) {
+    for (;;) {
+      const int first = FindFreeSlices(segment, count, align, dirty_only);
+      if (first < 0) return false;
+      if (TryTakeSlices(segment, first, count)) {
+        *start = first;
+        return true;
       }
-    });
-    if (found != nullptr) return found;
-  }
-  return nullptr;
+    }
+  });
 }
 
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {

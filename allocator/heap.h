@@ -71,6 +71,11 @@ struct Heap {
   // of returned blocks waiting; the owner's next slow path sweeps that
   // class's queue (SweepClass), giving wholly free pages back.
   std::atomic<uint64_t> sweep_classes[(kNumClasses + 63) / 64] = {};
+  // Bit c: a page on inbox[c] has had every block come back (ReturnChain);
+  // the owner's next slow path, of any class, gives such pages back to
+  // their segments (FreeCompletedInboxPages), so that their slices serve any
+  // heap at once rather than wait for a shortage in that class.
+  std::atomic<uint64_t> inbox_complete[(kNumClasses + 63) / 64] = {};
   // The pool's housekeeping holds some of the inboxes for a moment
   // (CollectInboxes); an owner that finds one empty waits for them to come
   // back rather than make a new page while its returned blocks are away.

@@ -10,11 +10,14 @@
 //     kReturnedPosted and posts the page to the owner's per-class inbox;
 //   - the push that brings the last block back clears the mark: if the page
 //     was never posted, that pusher frees its slices at once (any heap may
-//     take them); if it is on the inbox, whoever drains it frees it;
+//     take them); if it is on the inbox, whoever drains it frees it, and the
+//     pusher sets the class's bit in the owner's inbox_complete so that the
+//     owner's next slow path does (FreeCompletedInboxPages);
 //   - the owner takes a posted page back (exchange(0)) when it runs short of
 //     the class (DrainInbox); a full page nothing has come back to it takes
 //     back with a CAS kReturnedFull -> 0 when it frees into it;
-//   - the pool frees posted pages whose mark is gone (CollectInboxes).
+//   - the pool frees posted pages whose mark is gone (CollectInboxes), and
+//     so does the owner for the classes flagged in inbox_complete.
 // A page is on an inbox at most once (the posted bit), and only the holder
 // of the page (the owner, or whoever cleared the mark) touches its lists.
 #include "allocator/page_return.h"
@@ -104,7 +107,17 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   // its owner (or the pool) frees it when it drains; otherwise free it now,
   // and a heap that is short of memory (not only its owner) may take its
   // slices.
-  if ((old & kReturnedPosted) != 0) return;
+  if ((old & kReturnedPosted) != 0) {
+    // Still linked on the inbox, so only the owner (or the pool) may free
+    // it: tell the owner. The page may be freed and reused from here on;
+    // owner and class were read before the push.
+    std::atomic<uint64_t>& classes = owner->inbox_complete[size_class / 64];
+    const uint64_t bit = uint64_t{1} << (size_class % 64);
+    if ((classes.load(std::memory_order_relaxed) & bit) == 0) {
+      classes.fetch_or(bit, std::memory_order_relaxed);
+    }
+    return;
+  }
   page->returned.store(0, std::memory_order_relaxed);
   page->used = 0;
   page->in_full = 0;

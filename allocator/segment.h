@@ -281,9 +281,10 @@ Segment* ArenaAllocateSegment(uint64_t taken);
 void ArenaReleaseSegment(Segment* segment);
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
-// nobody), so that memory one heap's threads freed serves another heap.
-// Returns the segment and sets *start, or returns nullptr.
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, int* start);
+// nobody), so that memory one heap's threads freed serves another heap;
+// with `dirty_only`, only slices that may still be committed. Returns the
+// segment and sets *start, or returns nullptr.
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when
 // `urgent`). Slices are held as used while their memory goes, so an owner

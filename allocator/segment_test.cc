@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <latch>
 #include <set>
 #include <thread>
 #include <vector>
@@ -198,6 +199,67 @@ TEST(PageLists, AFullPageWhoseBlocksAllComeBackIsFreedForEveryHeap) {
   ferry_free(extra);
 }
 
+// A posted page whose last blocks come back stays linked on its owner's
+// inbox, so the freeing side cannot free it; it tells the owner instead, and
+// the owner's next slow path of any class gives the page back to its
+// segment. Pages on the same inbox with blocks still out stay there.
+TEST(PageLists, AnInboxPageWithEveryBlockBackIsFreedAtTheOwnersNextSlowPath) {
+  constexpr size_t kSize = 3584;  // no other test here uses it
+  std::thread([] {
+    Page* partial;
+    Page* complete;
+    void* extra;
+    void* extra2;
+    std::vector<void*> partial_blocks = FillOnePage(kSize, &partial, &extra);
+    std::vector<void*> complete_blocks = FillOnePage(kSize, &complete, &extra2);
+    ASSERT_NE(partial, complete);
+    ASSERT_EQ(partial->in_full, 1);
+    ASSERT_EQ(complete->in_full, 1);
+    Heap* owner = tl_heap;
+    const size_t size_class = complete->size_class;
+    const uint64_t class_bit = uint64_t{1} << (size_class % 64);
+    const size_t half = partial_blocks.size() / 2;
+    // The second page began with the first call's extra block; the second
+    // call's last block went to a third page.
+    std::vector<void*> on_complete{extra}, elsewhere{extra2};
+    for (void* p : complete_blocks) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+      (PageOf(SegmentOf(address), address) == complete ? on_complete : elsewhere).push_back(p);
+    }
+    ASSERT_EQ(on_complete.size(), size_t{complete->reserved});
+    FreeElsewhereAndFlush(partial_blocks, 0, half);
+    FreeElsewhereAndFlush(on_complete, 0, 1);  // posted
+    FreeElsewhereAndFlush(on_complete, 1, on_complete.size());
+    ASSERT_EQ(complete->kind, PageKind::kSmall) << "freed while linked on the inbox";
+    ASSERT_NE(owner->inbox_complete[size_class / 64].load() & class_bit, 0u) << "the owner was not told";
+    ferry_stats_t before, after;
+    ferry_stats_get(&before);
+    void* other = ferry_malloc(7168);  // a class this thread has no page of: a slow path
+    ferry_stats_get(&after);
+    // Freed, and perhaps taken at once by that new page (committed slices first).
+    const uintptr_t other_address = reinterpret_cast<uintptr_t>(other);
+    EXPECT_TRUE(complete->kind == PageKind::kNone || PageOf(SegmentOf(other_address), other_address) == complete)
+        << "the emptied page was not freed";
+    EXPECT_EQ(after.pages_freed_by_returns, before.pages_freed_by_returns + 1);
+    EXPECT_EQ(owner->inbox_complete[size_class / 64].load() & class_bit, 0u);
+    Page* left = owner->inbox[size_class].load();
+    EXPECT_EQ(left, partial) << "the page with blocks still out left the inbox";
+    if (left != nullptr) {
+      EXPECT_EQ(left->inbox_next, nullptr);
+    }
+    // Its returned blocks are still handed out when the owner runs short.
+    std::set<void*> fresh;
+    for (uint32_t k = 0; k < 2 * uint32_t{partial->reserved}; ++k) fresh.insert(ferry_malloc(kSize));
+    for (size_t k = 0; k < half; ++k) {
+      EXPECT_TRUE(fresh.count(partial_blocks[k])) << "remotely freed block " << k << " was not reused";
+    }
+    for (size_t k = half; k < partial_blocks.size(); ++k) ferry_free(partial_blocks[k]);
+    for (void* p : fresh) ferry_free(p);
+    for (void* p : elsewhere) ferry_free(p);
+    ferry_free(other);
+  }).join();
+}
+
 // Without a mark: every block back at once frees the page at the last free.
 TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   constexpr size_t kSize = 4096;
@@ -383,6 +445,70 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
     ferry_free(fresh);
     for (void* p : blocks) ferry_free(p);
   }).join();
+}
+
+// Resident memory grows only when no committed slice is free anywhere: a
+// heap whose own segment has untouched free slices still takes the slice
+// another heap's thread freed a moment ago.
+TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
+  auto page_of = [](void* p) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    return PageOf(SegmentOf(address), address);
+  };
+  std::latch b_allocated(1), a_ready(1), b_freed(1), a_allocated(1);
+  uintptr_t freed_start = 0, fresh_start = 0;
+  size_t own_clean = 0;
+  // B: pages of its own, placed before A has a segment, so none is in A's.
+  std::thread b([&] {
+    constexpr size_t kSize = 2304;  // one-slice pages; no other test here uses it
+    std::vector<void*> blocks;
+    for (int k = 0; k < 64; ++k) blocks.push_back(ferry_malloc(kSize));
+    b_allocated.count_down();
+    a_ready.wait();
+    ferry_collect();  // every free slice anywhere goes back to the OS now
+    freed_start = page_of(blocks.front())->start;
+    for (void*& p : blocks) {  // the first page's blocks: the page goes back to its segment
+      if (page_of(p)->start == freed_start) {
+        ferry_free(p);
+        p = nullptr;
+      }
+    }
+    Segment* segment = SegmentOf(freed_start);
+    const uint64_t bit = uint64_t{1} << ((freed_start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize);
+    EXPECT_EQ(segment->used_slices.load() & bit, 0u) << "the page was not released";
+    EXPECT_NE(segment->dirty_slices.load() & bit, 0u);
+    b_freed.count_down();
+    a_allocated.wait();
+    for (void* p : blocks) ferry_free(p);
+  });
+  b_allocated.wait();
+  // A: large blocks until one needs a segment of A's own (no segment had a
+  // run of 32 free slices): the rest of that segment is free and untouched.
+  std::thread a([&] {
+    std::vector<void*> large;
+    auto count_own_clean = [] {
+      size_t count = 0;
+      for (Segment* segment = tl_heap->segments; segment != nullptr; segment = segment->heap_next) {
+        const uint64_t free_clean = ~segment->used_slices.load() & ~segment->dirty_slices.load();
+        count += static_cast<size_t>(__builtin_popcountll(free_clean));
+      }
+      return count;
+    };
+    for (int k = 0; k < 64 && count_own_clean() == 0; ++k) large.push_back(ferry_malloc(kLargeMax));
+    a_ready.count_down();
+    b_freed.wait();
+    own_clean = count_own_clean();
+    void* fresh = ferry_malloc(2816);  // a class no thread here has a page of: a new page
+    fresh_start = page_of(fresh)->start;
+    a_allocated.count_down();
+    ferry_free(fresh);
+    for (void* p : large) ferry_free(p);
+  });
+  a.join();
+  b.join();
+  ASSERT_GT(own_clean, 0u) << "thread A got no segment of its own";
+  EXPECT_EQ(fresh_start, freed_start)
+      << "the new page took an untouched slice while another heap's committed slice was free";
 }
 
 // The purge gives a free slice back to the OS once it has been seen free for
