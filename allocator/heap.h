@@ -33,6 +33,10 @@ struct PageQueue {
 
 extern Page g_empty_page;
 
+// Heap::retained_until's distance ahead when no page is retained: far
+// enough that the wrapping compare does not come due for 2^30 slow paths.
+inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
+
 struct Heap {
   // Every class starts at the empty page, whose free list is empty, so the
   // first allocation of each class takes the slow path.
@@ -58,7 +62,8 @@ struct Heap {
   // paths have passed without the class using it again.
   uint64_t retained_classes[(kNumClasses + 63) / 64] = {};
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
-  uint32_t retained_until = 0;     // slow_paths value at which they go
+  // slow_paths value at which they go; kNothingRetained ahead when none is.
+  uint32_t retained_until = kNothingRetained;
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)
