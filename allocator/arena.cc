@@ -3,8 +3,11 @@
 // An arena is kArenaSize of address space, reserved once and never unmapped;
 // segments are handed out lowest address first (keeping the heap compact) and
 // come back decommitted, so a released segment costs address space only.
-// Arena growth is a rare slow path under one lock; the lock is never held
-// across a call that can allocate.
+// Arena growth, the search of every segment for free slices
+// (ArenaTakeSlicesAnywhere: only when the heap's own segments have none of
+// the kind wanted, and for committed ones only while the hint says some
+// exist) and the purge run under one lock; it is never held across a call
+// that can allocate.
 #include <cstring>
 
 #include "allocator/segment.h"
@@ -65,6 +68,8 @@ Segment* FindLiveSegment(Fn fn) {
 
 }  // namespace
 
+constinit std::atomic<int64_t> g_free_dirty_slices_hint{0};
+
 // The first run of `count` free slices starting at a multiple of `align`;
 // with `dirty_only`, only a run whose memory may still be committed.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
@@ -87,6 +92,9 @@ bool TryTakeSlices(Segment* segment, int start, size_t count) {
     if ((used & run) != 0) return false;
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
+  if (const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & run; dirty != 0) {
+    g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(dirty), std::memory_order_relaxed);
+  }
   NoteSlicesClaimed(segment, run);
   return true;
 }
@@ -167,8 +175,9 @@ void ArenaReleaseSegment(Segment* segment) {
 }
 
 Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start) {
+  if (dirty_only && g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0) return nullptr;
   SpinLockHolder hold(&g_arena_lock);
-  return FindLiveSegment([&](Segment* segment) {
+  Segment* found = FindLiveSegment([&](Segment* segment) {
     for (;;) {
       const int first = FindFreeSlices(segment, count, align, dirty_only);
       if (first < 0) return false;
@@ -178,6 +187,10 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
       }
     }
   });
+  // None of the size asked for: a smaller run may remain, but a hint that
+  // stays positive would send every claim here.
+  if (found == nullptr && dirty_only) g_free_dirty_slices_hint.store(0, std::memory_order_relaxed);
+  return found;
 }
 
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
@@ -209,6 +222,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
     rest &= ~SliceRun(static_cast<size_t>(first), static_cast<size_t>(count));
   }
   segment->used_slices.fetch_and(~held, std::memory_order_release);
+  g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(held), std::memory_order_relaxed);
   return bytes;
 }
 
@@ -223,6 +237,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
 // the delay.) A slice claimed again meanwhile starts over.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   size_t bytes = 0;
+  int64_t still_dirty = 0;
   SpinLockHolder hold(&g_arena_lock);
   FindLiveSegment([&](Segment* segment) {
     const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
@@ -241,8 +256,10 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
     }
     if (due != 0) bytes += PurgeSlices(segment, due);
     segment->purge_candidates = free_dirty & ~due;
+    still_dirty += __builtin_popcountll(free_dirty & ~due);
     return false;  // every segment
   });
+  g_free_dirty_slices_hint.store(still_dirty, std::memory_order_relaxed);
   return bytes;
 }
 

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -47,10 +48,32 @@ constexpr uint32_t kRetainSlowPaths = 256;  // RetirePage
 constexpr size_t kWakeBytes = 256 << 10;    // PublishBatch
 
 constinit Options g_options{};
-constinit std::atomic<int> g_init_state{0};  // 0 none, 1 running, 2 done
+// Run-once steps that a fork cannot wedge (OnceBegin): kOnceNotRun,
+// kOnceDone, or the pid of the process one of whose threads is running it.
+constexpr int64_t kOnceNotRun = 0;
+constexpr int64_t kOnceDone = -1;
+constinit std::atomic<int64_t> g_init_state{kOnceNotRun};
 constinit pthread_key_t g_thread_key{};
-constinit std::atomic<int> g_fork_handlers{0};  // 0 none, 1 being registered, 2 registered
+constinit std::atomic<int64_t> g_fork_handlers{kOnceNotRun};
 __thread bool tl_registering_fork_handlers __attribute__((tls_model("initial-exec"))) = false;
+
+// True when the caller is to run the step guarded by `state` (and then
+// store kOnceDone); false once it is done, after waiting for another thread
+// of this process that is running it. A state naming another pid was left
+// by a thread of the parent this process was forked from, mid-step: that
+// thread does not exist here, so the step is run again.
+bool OnceBegin(std::atomic<int64_t>& state) {
+  for (;;) {
+    int64_t seen = state.load(std::memory_order_acquire);
+    if (seen == kOnceDone) return false;
+    const int64_t self = getpid();
+    if (seen != self) {
+      if (state.compare_exchange_strong(seen, self, std::memory_order_acq_rel)) return true;
+      continue;
+    }
+    sched_yield();
+  }
+}
 constinit std::atomic<Heap*> g_all_heaps{nullptr};
 constinit SpinLock g_abandoned_lock;
 __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
@@ -160,7 +183,8 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   // Slices that may still be committed first, in the heap's own segments
   // (their memory is likely warm), then in any segment; only then slices
   // never touched or decommitted, own segments first again. Resident
-  // memory grows only when no committed slice is free anywhere: taking an
+  // memory grows only when no live segment has a committed free slice (the
+  // spare, taken last, may have some too): taking an
   // own clean slice while another heap's segments held freed, committed
   // ones let the resident set ratchet up (one freeing thread, four
   // allocating: RSS crept 87 -> 96 MiB over a run with FERRY_RECLAIMERS=0
@@ -435,7 +459,7 @@ void SweepClasses(Heap* heap, size_t word) {
 // (Heap::inbox_complete): those pages go back to their segments; the other
 // pages go back on the inbox as they were.
 void FreeCompletedInboxPages(Heap* heap, size_t word) {
-  uint64_t classes = heap->inbox_complete[word].exchange(0, std::memory_order_relaxed);
+  uint64_t classes = heap->inbox_complete[word].exchange(0, std::memory_order_acquire);
   for (; classes != 0; classes &= classes - 1) {
     const size_t c = word * 64 + static_cast<size_t>(__builtin_ctzll(classes));
     Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acquire);
@@ -457,6 +481,9 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
       page = next;
     }
     InboxPushList(heap->inbox[c], keep);
+    // The housekeeping may hold some of this inbox (CollectInboxes), and a
+    // page in its hands may complete after it looked: look again next time.
+    if (heap->inbox_borrowed.load(std::memory_order_acquire) != 0) NoteInboxPageComplete(heap, c);
   }
 }
 
@@ -534,6 +561,9 @@ void AtForkParent() {
 }
 void AbandonOrphanedHeapsInChild();
 void AtForkChild() {
+  // This handler ran, so the handlers are registered here whatever state
+  // the registering thread (absent here) had reached (EnsureForkHandlers).
+  g_fork_handlers.store(kOnceDone, std::memory_order_relaxed);
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
@@ -586,26 +616,25 @@ void PushAbandoned(Heap* heap) {
   g_abandoned = heap;
 }
 
-// The calling thread's heap, made on first use. nullptr if the OS refuses.
 // The fork handlers, registered by the first thread that makes a heap or
 // calls ferry_collect (which takes the pool's duty turn even in a program
 // that never allocated with ferry). Not in EnsureGlobalInit, which the first
 // malloc runs: pthread_atfork may allocate. Callers wait until registration
 // is complete, so no fork can slip between a thread's check and the
-// handlers' existence; an allocation by pthread_atfork itself passes.
+// handlers' existence; an allocation by pthread_atfork itself passes. A
+// child forked mid-registration registers them itself, unless they made it
+// into the parent's list in time (then AtForkChild marks them done).
 void EnsureForkHandlers() {
-  if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == 2)) return;
-  int expected = 0;
-  if (g_fork_handlers.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
-    tl_registering_fork_handlers = true;
-    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
-    tl_registering_fork_handlers = false;
-    g_fork_handlers.store(2, std::memory_order_release);
-    return;
-  }
+  if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == kOnceDone)) return;
   if (tl_registering_fork_handlers) return;
-  while (g_fork_handlers.load(std::memory_order_acquire) != 2) sched_yield();
+  if (!OnceBegin(g_fork_handlers)) return;
+  tl_registering_fork_handlers = true;
+  pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+  tl_registering_fork_handlers = false;
+  g_fork_handlers.store(kOnceDone, std::memory_order_release);
 }
+
+// The calling thread's heap, made on first use. nullptr if the OS refuses.
 
 Heap* InitThreadHeap() {
   EnsureGlobalInit();
@@ -859,9 +888,11 @@ size_t HugeUsableSize(Page* page, uintptr_t address, const char* call);
 // --- global state ---------------------------------------------------------------
 
 void EnsureGlobalInit() {
-  if (FERRY_LIKELY(g_init_state.load(std::memory_order_acquire) == 2)) return;
-  int expected = 0;
-  if (g_init_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+  if (FERRY_LIKELY(g_init_state.load(std::memory_order_acquire) == kOnceDone)) return;
+  // No heap exists before this is done (the first allocation of each thread
+  // comes here), so a child that finds it half done by a thread of its
+  // parent can run it again from the start.
+  if (OnceBegin(g_init_state)) {
     ReadOptionsFromEnvironment(&g_options);
     g_verbose_level = static_cast<int>(g_options.verbose);
     FreeListKeys keys;
@@ -883,10 +914,8 @@ void EnsureGlobalInit() {
                              static_cast<int>(g_options.reclaimer_backend),
                              static_cast<int>(g_options.purge_delay_ms)},
                   HousekeepingDuty);
-    g_init_state.store(2, std::memory_order_release);
-    return;
+    g_init_state.store(kOnceDone, std::memory_order_release);
   }
-  while (g_init_state.load(std::memory_order_acquire) != 2) sched_yield();
 }
 
 const Options& CurrentOptions() {

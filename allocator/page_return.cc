@@ -41,7 +41,15 @@ void ReleasePageSlices(Page* page) {
   page->free = page->local_free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
   segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+  g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count), std::memory_order_relaxed);
   CounterAdd(g_counters.pages_released, 1);
+}
+
+void NoteInboxPageComplete(Heap* owner, size_t size_class) {
+  // Release: the owner's acquiring exchange of the bit then sees the push
+  // that cleared the page's full mark.
+  owner->inbox_complete[size_class / 64].fetch_or(uint64_t{1} << (size_class % 64),
+                                                  std::memory_order_release);
 }
 
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
@@ -101,6 +109,13 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
     // it should the rest never come back.
     InboxPush(owner->inbox[size_class], page);
     CounterAdd(g_counters.pages_posted, 1);
+    // The rest may have come back between the CAS above and the push: that
+    // return told the owner, which may have looked before the page was
+    // linked. Tell it again. (The page may be taken and reused by now; a
+    // stale read only costs the owner a look at that inbox.)
+    if ((page->returned.load(std::memory_order_acquire) & kReturnedFull) == 0) {
+      NoteInboxPageComplete(owner, size_class);
+    }
     return;
   }
   // Every block is back and the mark is gone: the page is ours. On the inbox,
@@ -108,14 +123,10 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   // and a heap that is short of memory (not only its owner) may take its
   // slices.
   if ((old & kReturnedPosted) != 0) {
-    // Still linked on the inbox, so only the owner (or the pool) may free
-    // it: tell the owner. The page may be freed and reused from here on;
-    // owner and class were read before the push.
-    std::atomic<uint64_t>& classes = owner->inbox_complete[size_class / 64];
-    const uint64_t bit = uint64_t{1} << (size_class % 64);
-    if ((classes.load(std::memory_order_relaxed) & bit) == 0) {
-      classes.fetch_or(bit, std::memory_order_relaxed);
-    }
+    // Still linked on the inbox (or about to be), so only the owner (or the
+    // pool) may free it: tell the owner. The page may be freed and reused
+    // from here on; owner and class were read before the push.
+    NoteInboxPageComplete(owner, size_class);
     return;
   }
   page->returned.store(0, std::memory_order_relaxed);

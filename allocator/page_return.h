@@ -9,12 +9,19 @@ namespace ferry {
 
 // Pushes the chain head..tail of `count` blocks (already linked through the
 // blocks, tail's link is overwritten here) onto page->returned with one CAS.
-// If the owner had marked the page full, the push clears the mark and this
-// call has the page: when every block the page handed out is back, it frees
-// the page's slices at once (any heap may take them); otherwise it posts the
-// page to the owner's inbox, so the owner finds it without scanning.
-// Safe from any thread while the chain's blocks are still counted as used.
+// If the owner had marked the page full, the mark stays while blocks are
+// still out: the first such push posts the page to the owner's inbox, so
+// the owner finds it without scanning. The push that brings the last block
+// back clears the mark: it frees the page's slices at once (any heap may
+// take them) if the page was never posted, and otherwise tells the owner,
+// whose next slow path frees it (the page_return.cc header has the whole
+// protocol). Safe from any thread while the chain's blocks are still
+// counted as used.
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count);
+
+// Sets the class's bit in the owner's inbox_complete: a page on that inbox
+// has every block back (heap.cc, FreeCompletedInboxPages).
+void NoteInboxPageComplete(Heap* owner, size_t size_class);
 
 // Pushes a page onto an inbox (a lock-free stack linked through inbox_next).
 inline void InboxPush(std::atomic<Page*>& inbox, Page* page) {

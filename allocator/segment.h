@@ -164,7 +164,8 @@ FERRY_ALWAYS_INLINE Segment* SegmentOf(uintptr_t p) {
   return reinterpret_cast<Segment*>(p & ~(kSegmentSize - 1));
 }
 
-// The page record for an address inside a live segment. The slice's record
+// The page record for an address inside a live segment; `segment` must be
+// SegmentOf(p) (the record's offset is taken from p alone). The slice's record
 // is at byte (slice index << kPageRecordShift) of the segment, and a segment
 // is aligned to its size, so one shift and one mask of `p` give that offset;
 // record_back is in bytes for the same reason (three instructions fewer on
@@ -279,6 +280,13 @@ Segment* ArenaAllocateSegment(uint64_t taken);
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
+// About how many free slices, across all segments, may still hold committed
+// memory. A hint kept without locks: releases add, claims and purges
+// subtract, and every purge run and every fruitless search sets it right.
+// When it is 0 a heap does not search other heaps' segments (under the
+// arena lock) for such slices.
+extern std::atomic<int64_t> g_free_dirty_slices_hint;
+
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
 // nobody), so that memory one heap's threads freed serves another heap;

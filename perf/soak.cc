@@ -43,8 +43,8 @@
 //
 // The soak stops by itself: it starts no run after --time seconds (but goes
 // on until --min-cycles cycles are done), or, with --every-pair, after
-// programs x 10 runs (each program under each configuration once: the same
-// runs every time for a given seed), lets the current run finish, and
+// programs x 10 runs (cycle k runs every program under configuration k: the
+// same runs every time for a given seed), lets the current run finish, and
 // prints a summary: runs per program and configuration, the failures, the
 // highest RSS ratios, the total time. SIGINT or SIGTERM kill the current run
 // and print the summary too. Exit status: 0 when every run passed, 1 when
@@ -64,7 +64,6 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <numeric>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -149,8 +148,9 @@ constexpr char kUsage[] =
     "  --time S          start no run after S seconds (default 60)\n"
     "  --seed N          seed of every choice (default 1)\n"
     "  --min-cycles N    go on past --time until N cycles (each program once) are done (default 0)\n"
-    "  --every-pair      instead of --time: run each program under each configuration exactly\n"
-    "                    once (programs x 10 runs, a fixed set for a given seed; CI's form)\n"
+    "  --every-pair      instead of --time and --min-cycles: run each program under each\n"
+    "                    configuration exactly once (programs x 10 runs, a fixed set for a\n"
+    "                    given seed; CI's form)\n"
     "  --max-scale S     largest --scale a run draws (default 0.5; at least each program's minimum)\n"
     "  --scale S         run every program at this scale instead\n"
     "  --timeout S       a run that takes longer has hung: backtraces, kill, failure (default 120)\n"
@@ -420,8 +420,8 @@ class Soak {
     const double start = Now();
     const double deadline = start + flags_.time_s;
     const long min_runs = flags_.min_cycles * static_cast<long>(programs_.size());
-    // Run i is program i mod P under configuration i mod kConfigs; with P
-    // and kConfigs coprime, runs 0 .. P x kConfigs - 1 meet every pair once.
+    // --every-pair: P x kConfigs runs, each program under each configuration
+    // once (Draw); --time and --min-cycles do not apply.
     const long fixed_runs = flags_.every_pair ? static_cast<long>(programs_.size()) * kConfigs : -1;
     std::mt19937_64 rng(flags_.seed);
     for (long run = 0; !g_stop && (fixed_runs >= 0 ? run < fixed_runs : Now() < deadline || run < min_runs);
@@ -483,13 +483,6 @@ class Soak {
       std::fprintf(stderr, "soak: no programs\n");
       return false;
     }
-    if (flags_.every_pair && std::gcd(programs_.size(), static_cast<size_t>(kConfigs)) != 1) {
-      std::fprintf(stderr,
-                   "soak: --every-pair needs a program count coprime with the %d configurations "
-                   "(%zu programs): some pairs would never meet; change the order in Soak::Main\n",
-                   kConfigs, programs_.size());
-      return false;
-    }
     log_dir_ = flags_.log_dir;
     if (log_dir_.empty()) {
       const char* outputs = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR");
@@ -515,7 +508,10 @@ class Soak {
 
   Config Draw(std::mt19937_64& rng, long run, const std::string& program) const {
     Config config;
-    const int combo = static_cast<int>(run % kConfigs);
+    // --every-pair: each cycle of the programs under one configuration, so
+    // that programs x kConfigs runs meet every pair once whatever the count.
+    const long slot = flags_.every_pair ? run / static_cast<long>(programs_.size()) : run;
+    const int combo = static_cast<int>(slot % kConfigs);
     config.reclaimers = combo % 5;
     config.tbb = combo >= 5;
     config.purge = kPurgeDelays[rng() % std::size(kPurgeDelays)];
