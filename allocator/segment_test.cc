@@ -260,6 +260,49 @@ TEST(PageLists, AnInboxPageWithEveryBlockBackIsFreedAtTheOwnersNextSlowPath) {
   }).join();
 }
 
+// The same page while its owner takes no slow path at all (blocked, or off
+// the CPU): another heap about to take a new page frees it first, so that
+// memory freed for a sleeping owner serves the heaps that need it.
+TEST(PageLists, AnotherHeapFreesASleepingOwnersCompletedInboxPageBeforeTakingANewPage) {
+  constexpr size_t kSize = 4608;  // no other test here uses it
+  Page* page = nullptr;
+  Heap* owner = nullptr;
+  std::vector<void*> on_page;
+  std::vector<void*> others;
+  std::latch filled(1), done(1);
+  std::thread owner_thread([&] {
+    void* extra;
+    std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
+    on_page = blocks;
+    others.push_back(extra);
+    owner = tl_heap;
+    filled.count_down();
+    done.wait();  // no allocation, so no slow path, until the end
+    for (void* p : others) ferry_free(p);
+  });
+  filled.wait();
+  ASSERT_EQ(page->in_full, 1);
+  const size_t size_class = page->size_class;
+  const uint64_t class_bit = uint64_t{1} << (size_class % 64);
+  FreeElsewhereAndFlush(on_page, 0, 1);  // posted
+  FreeElsewhereAndFlush(on_page, 1, on_page.size());
+  EXPECT_EQ(page->kind, PageKind::kSmall) << "freed while linked on the inbox";
+  EXPECT_NE(owner->inbox_complete[size_class / 64].load() & class_bit, 0u);
+  ferry_stats_t before, after;
+  ferry_stats_get(&before);
+  void* fresh = nullptr;
+  std::thread([&] { fresh = ferry_malloc(5120); }).join();  // a class nobody has a page of
+  ferry_stats_get(&after);
+  const uintptr_t fresh_address = reinterpret_cast<uintptr_t>(fresh);
+  EXPECT_TRUE(page->kind == PageKind::kNone || PageOf(SegmentOf(fresh_address), fresh_address) == page)
+      << "the sleeping owner's emptied page was not freed";
+  EXPECT_EQ(after.pages_freed_by_returns, before.pages_freed_by_returns + 1);
+  EXPECT_EQ(owner->inbox[size_class].load(), nullptr);
+  ferry_free(fresh);
+  done.count_down();
+  owner_thread.join();
+}
+
 // Without a mark: every block back at once frees the page at the last free.
 TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   constexpr size_t kSize = 4096;

@@ -455,6 +455,13 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
   return true;
 }
 
+bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {
+  if (!TryTakeDutyTurn()) return false;
+  fn(arg);
+  EndDutyTurn();
+  return true;
+}
+
 void PoolFlush() {
   PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;

@@ -57,6 +57,10 @@ void PoolFlush();
 // overdue, and waits for that run to finish. No-op without a pool.
 void PoolCollectNow();
 
+// Runs fn(arg) in the housekeeping's turn if nobody holds it now (one
+// housekeeping at a time; fork() waits for the turn); returns whether it ran.
+bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
+
 // True on the pool's own threads.
 bool IsReclaimerThread();
 
