@@ -379,7 +379,8 @@ FERRY_COLD void WaitForBorrowedInboxes(Heap* heap) {
   while (heap->inbox_borrowed.load(std::memory_order_acquire) != 0) sched_yield();
 }
 
-// The owner's inbox of a class, waiting for it if the housekeeping holds it.
+// The owner's inbox of a class, waiting for it if the housekeeping (or
+// another heap, in its turn) holds it.
 // The exchange that emptied it is ordered after inbox_borrowed was set, so
 // an owner that read the emptied inbox then sees the flag set, or cleared
 // after the pages went back; either way the second read finds them.
@@ -460,9 +461,12 @@ void SweepClasses(Heap* heap, size_t word) {
 // pages go back on the inbox as they were.
 void FreeCompletedInboxPages(Heap* heap, size_t word) {
   uint64_t classes = heap->inbox_complete[word].exchange(0, std::memory_order_acquire);
+  // Before the exchanges below (they release it): another heap whose
+  // exchange finds an inbox emptied by them sees the flag.
+  heap->inbox_owner_holding.store(1, std::memory_order_relaxed);
   for (; classes != 0; classes &= classes - 1) {
     const size_t c = word * 64 + static_cast<size_t>(__builtin_ctzll(classes));
-    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acquire);
+    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
     Page* keep = nullptr;
     while (page != nullptr) {
       Page* next = page->inbox_next;
@@ -481,10 +485,12 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
       page = next;
     }
     InboxPushList(heap->inbox[c], keep);
-    // The housekeeping may hold some of this inbox (CollectInboxes), and a
-    // page in its hands may complete after it looked: look again next time.
+    // The housekeeping or another heap may hold some of this inbox
+    // (CollectInboxes, FreeOtherHeapsCompletedPages), and a page in its
+    // hands may complete after it looked: look again next time.
     if (heap->inbox_borrowed.load(std::memory_order_acquire) != 0) NoteInboxPageComplete(heap, c);
   }
+  heap->inbox_owner_holding.store(0, std::memory_order_release);
 }
 
 // All of this page's blocks are free (used == 0).
@@ -769,9 +775,9 @@ void AbandonOrphanedHeapsInChild() {
 // free slices). It takes each inbox for a moment and puts the other pages
 // back as they were.
 // In the housekeeping's turn, with heap->inbox_borrowed set: frees the
-// pages on one of a live heap's inboxes whose blocks have all come back
-// (their slices only: the heap's segment list is its owner's) and puts the
-// others back as they were.
+// pages on one of a heap's inboxes whose blocks have all come back (their
+// slices only: the heap's segment list is its owner's, or the pool's for an
+// abandoned heap) and puts the others back as they were.
 void FreeCompletedPagesOfInbox(Heap* heap, size_t c) {
   Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
   Page* keep = nullptr;
@@ -822,6 +828,9 @@ bool HasCompletedInboxPages(const Heap* heap) {
 // in the housekeeping's turn, like CollectInboxes, and skipped when the
 // housekeeping holds it.
 void FreeOtherHeapsCompletedPages(Heap* self) {
+  // Most new pages find nothing to do: one load, not a walk of every heap.
+  if (g_inbox_complete_pending.load(std::memory_order_relaxed) == 0) return;
+  g_inbox_complete_pending.store(0, std::memory_order_relaxed);  // notes from now on set it again
   bool any = false;
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr && !any;
        heap = heap->all_next) {
@@ -838,7 +847,13 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
           for (size_t w = 0; w < std::size(heap->inbox_complete); ++w) {
             uint64_t classes = heap->inbox_complete[w].exchange(0, std::memory_order_acquire);
             for (; classes != 0; classes &= classes - 1) {
-              FreeCompletedPagesOfInbox(heap, w * 64 + static_cast<size_t>(__builtin_ctzll(classes)));
+              const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(classes));
+              FreeCompletedPagesOfInbox(heap, c);
+              // The owner may hold the list this bit was about (its own
+              // FreeCompletedInboxPages): leave the bit for it.
+              if (heap->inbox_owner_holding.load(std::memory_order_acquire) != 0) {
+                NoteInboxPageComplete(heap, c);
+              }
             }
           }
           heap->inbox_borrowed.store(0, std::memory_order_release);

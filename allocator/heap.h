@@ -78,13 +78,19 @@ struct Heap {
   std::atomic<uint64_t> sweep_classes[(kNumClasses + 63) / 64] = {};
   // Bit c: a page on inbox[c] has had every block come back (ReturnChain);
   // the owner's next slow path, of any class, gives such pages back to
-  // their segments (FreeCompletedInboxPages), so that their slices serve any
-  // heap at once rather than wait for a shortage in that class.
+  // their segments (FreeCompletedInboxPages), and so does another heap about
+  // to take a new page (FreeOtherHeapsCompletedPages), so that their slices
+  // serve any heap at once rather than wait for a shortage in that class.
   std::atomic<uint64_t> inbox_complete[(kNumClasses + 63) / 64] = {};
-  // The pool's housekeeping holds some of the inboxes for a moment
-  // (CollectInboxes); an owner that finds one empty waits for them to come
-  // back rather than make a new page while its returned blocks are away.
+  // Set while the housekeeping, or another heap in its turn, holds some of
+  // the inboxes for a moment (CollectInboxes, FreeOtherHeapsCompletedPages);
+  // an owner that finds one empty waits for them to come back rather than
+  // make a new page while its returned blocks are away.
   std::atomic<uint32_t> inbox_borrowed{0};
+  // Set while the owner holds one of its inboxes' lists to free its emptied
+  // pages (FreeCompletedInboxPages): another heap that took the class's bit
+  // meanwhile and found the inbox empty sets the bit again.
+  std::atomic<uint32_t> inbox_owner_holding{0};
 };
 
 extern Heap g_empty_heap;

@@ -17,7 +17,9 @@
 //     the class (DrainInbox); a full page nothing has come back to it takes
 //     back with a CAS kReturnedFull -> 0 when it frees into it;
 //   - the pool frees posted pages whose mark is gone (CollectInboxes), and
-//     so does the owner for the classes flagged in inbox_complete.
+//     so do the owner (FreeCompletedInboxPages) and any heap about to take a
+//     new page (FreeOtherHeapsCompletedPages) for the classes flagged in
+//     inbox_complete.
 // A page is on an inbox at most once (the posted bit), and only the holder
 // of the page (the owner, or whoever cleared the mark) touches its lists.
 #include "allocator/page_return.h"
@@ -45,11 +47,16 @@ void ReleasePageSlices(Page* page) {
   CounterAdd(g_counters.pages_released, 1);
 }
 
+constinit std::atomic<uint32_t> g_inbox_complete_pending{0};
+
 void NoteInboxPageComplete(Heap* owner, size_t size_class) {
   // Release: the owner's acquiring exchange of the bit then sees the push
   // that cleared the page's full mark.
   owner->inbox_complete[size_class / 64].fetch_or(uint64_t{1} << (size_class % 64),
                                                   std::memory_order_release);
+  if (g_inbox_complete_pending.load(std::memory_order_relaxed) == 0) {
+    g_inbox_complete_pending.store(1, std::memory_order_relaxed);
+  }
 }
 
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {

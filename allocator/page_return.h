@@ -14,14 +14,17 @@ namespace ferry {
 // the owner finds it without scanning. The push that brings the last block
 // back clears the mark: it frees the page's slices at once (any heap may
 // take them) if the page was never posted, and otherwise tells the owner,
-// whose next slow path frees it (the page_return.cc header has the whole
-// protocol). Safe from any thread while the chain's blocks are still
+// whose next slow path, or another heap's about to take a new page, frees
+// it (the page_return.cc header has the whole protocol). Safe from any thread while the chain's blocks are still
 // counted as used.
 void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count);
 
 // Sets the class's bit in the owner's inbox_complete: a page on that inbox
-// has every block back (heap.cc, FreeCompletedInboxPages).
+// has every block back (heap.cc: FreeCompletedInboxPages on the owner,
+// FreeOtherHeapsCompletedPages on a heap about to take a new page), and
+// raises g_inbox_complete_pending, which tells the latter to look.
 void NoteInboxPageComplete(Heap* owner, size_t size_class);
+extern std::atomic<uint32_t> g_inbox_complete_pending;
 
 // Pushes a page onto an inbox (a lock-free stack linked through inbox_next).
 inline void InboxPush(std::atomic<Page*>& inbox, Page* page) {

@@ -303,6 +303,50 @@ TEST(PageLists, AnotherHeapFreesASleepingOwnersCompletedInboxPageBeforeTakingANe
   owner_thread.join();
 }
 
+// A heap freeing another heap's emptied inbox pages takes the class's bit;
+// if the owner holds that inbox's list just then (its own pass over its
+// emptied pages, played by hand here), the bit is set again for the owner,
+// so that a page that completed meanwhile is not left on the inbox unseen.
+TEST(PageLists, AHeapThatFindsTheOwnerHoldingItsInboxLeavesTheBitForIt) {
+  constexpr size_t kSize = 5632;  // no other test here uses it
+  Page* page = nullptr;
+  Heap* owner = nullptr;
+  std::vector<void*> on_page;
+  void* extra = nullptr;
+  std::latch filled(1), done(1);
+  std::thread owner_thread([&] {
+    on_page = FillOnePage(kSize, &page, &extra);
+    owner = tl_heap;
+    filled.count_down();
+    done.wait();  // no slow path until the end
+    ferry_free(extra);
+  });
+  filled.wait();
+  const size_t size_class = page->size_class;
+  const uint64_t class_bit = uint64_t{1} << (size_class % 64);
+  FreeElsewhereAndFlush(on_page, 0, 1);  // posted
+  owner->inbox_owner_holding.store(1);
+  Page* held = owner->inbox[size_class].exchange(nullptr);
+  ASSERT_EQ(held, page);
+  FreeElsewhereAndFlush(on_page, 1, on_page.size());  // complete: the bit is set
+  ASSERT_NE(owner->inbox_complete[size_class / 64].load() & class_bit, 0u);
+  void* first = nullptr;
+  std::thread([&] { first = ferry_malloc(6656); }).join();  // a new page: takes the bit
+  EXPECT_NE(owner->inbox_complete[size_class / 64].load() & class_bit, 0u)
+      << "the bit was taken while the owner held the inbox, and not set again";
+  InboxPush(owner->inbox[size_class], held);
+  owner->inbox_owner_holding.store(0);
+  void* second = nullptr;
+  std::thread([&] { second = ferry_malloc(7680); }).join();  // the next new page frees it
+  const uintptr_t second_address = reinterpret_cast<uintptr_t>(second);
+  EXPECT_TRUE(page->kind == PageKind::kNone || PageOf(SegmentOf(second_address), second_address) == page)
+      << "the emptied page stayed on the inbox";
+  ferry_free(first);
+  ferry_free(second);
+  done.count_down();
+  owner_thread.join();
+}
+
 // Without a mark: every block back at once frees the page at the last free.
 TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   constexpr size_t kSize = 4096;

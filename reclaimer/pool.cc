@@ -108,6 +108,7 @@ struct Pool {
   // Housekeeping.
   std::atomic<uint64_t> last_duty_ms{0};
   std::atomic<uint32_t> duty_running{0};  // futex word
+  std::atomic<uint32_t> duty_waiters{0};  // threads in WaitForDutyTurn
   std::atomic<uint32_t> collect_requested{0};
   std::atomic<uint32_t> collect_done{0};  // futex word
   // A reclaimer is taking care of the collects asked for: the others go on
@@ -206,13 +207,22 @@ bool Steal(Reclaimer* self, Batch** out) {
 }
 
 // One duty at a time (duty_running): the duty takes lists off the heaps.
-bool TryTakeDutyTurn() { return g_pool.duty_running.exchange(1, std::memory_order_acquire) == 0; }
+bool TryTakeDutyTurn() { return g_pool.duty_running.exchange(1, std::memory_order_seq_cst) == 0; }
 void WaitForDutyTurn() {
+  if (TryTakeDutyTurn()) return;
+  g_pool.duty_waiters.fetch_add(1, std::memory_order_seq_cst);
   while (!TryTakeDutyTurn()) OsFutexWait(&g_pool.duty_running, 1, 10);
+  g_pool.duty_waiters.fetch_sub(1, std::memory_order_relaxed);
 }
+// A futex wake only when someone waits: heaps take the turn briefly before
+// new pages (PoolTryRunInDutyTurn), and a system call each time would cost
+// more than their work. Store, then load (both seq_cst): a waiter counted
+// after the load then finds the turn free on its own exchange.
 void EndDutyTurn() {
-  g_pool.duty_running.store(0, std::memory_order_release);
-  OsFutexWake(&g_pool.duty_running, INT_MAX);  // a collect may wait its turn
+  g_pool.duty_running.store(0, std::memory_order_seq_cst);
+  if (g_pool.duty_waiters.load(std::memory_order_seq_cst) != 0) {
+    OsFutexWake(&g_pool.duty_running, INT_MAX);  // a collect may wait its turn
+  }
 }
 void RunDutyInTurn(uint64_t now, bool urgent) {
   g_pool.duty(now, urgent);
@@ -586,6 +596,7 @@ void PoolForkChild() {
   g_pool.parked.store(0, std::memory_order_relaxed);
   g_pool.offers_in_progress.store(0, std::memory_order_relaxed);
   g_pool.duty_running.store(0, std::memory_order_relaxed);
+  g_pool.duty_waiters.store(0, std::memory_order_relaxed);
   g_pool.collect_claimed.store(0, std::memory_order_relaxed);
   g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);

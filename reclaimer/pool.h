@@ -58,7 +58,8 @@ void PoolFlush();
 void PoolCollectNow();
 
 // Runs fn(arg) in the housekeeping's turn if nobody holds it now (one
-// housekeeping at a time; fork() waits for the turn); returns whether it ran.
+// housekeeping at a time; fork() waits for the turn once the allocator's
+// fork handlers are registered); returns whether it ran.
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
 
 // True on the pool's own threads.
