@@ -456,9 +456,40 @@ void SweepClasses(Heap* heap, size_t word) {
   }
 }
 
-// The classes whose inboxes hold pages with every block back
-// (Heap::inbox_complete): those pages go back to their segments; the other
-// pages go back on the inbox as they were.
+// Frees the pages on one of a heap's inboxes whose blocks have all come back
+// and puts the others back as they were. The owner gives the pages back
+// through ReleasePage; anyone else (the housekeeping, or another heap, in
+// its turn and with heap->inbox_borrowed set) frees their slices only, since
+// the segment list is the owner's (the pool's for an abandoned heap).
+void FreeCompletedPagesOfInbox(Heap* heap, size_t c, bool caller_is_owner) {
+  Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
+  Page* keep = nullptr;
+  while (page != nullptr) {
+    Page* next = page->inbox_next;
+    // Posted without the full mark: every block is back and nobody else
+    // will touch the page (ReturnChain).
+    if ((page->returned.load(std::memory_order_acquire) & kReturnedFull) == 0) {
+      page->inbox_next = nullptr;
+      page->in_full = 0;
+      AdoptReturned(page);  // clears the posted mark; checks the count
+      FERRY_CHECK(page->used == 0);
+      CounterAdd(g_counters.pages_freed_by_returns, 1);
+      if (caller_is_owner) {
+        ReleasePage(heap, page);
+      } else {
+        ReleasePageSlices(page);
+      }
+    } else {
+      page->inbox_next = keep;
+      keep = page;
+    }
+    page = next;
+  }
+  InboxPushList(heap->inbox[c], keep);
+}
+
+// The owner, for the classes whose inboxes hold pages with every block back
+// (Heap::inbox_complete).
 void FreeCompletedInboxPages(Heap* heap, size_t word) {
   uint64_t classes = heap->inbox_complete[word].exchange(0, std::memory_order_acquire);
   // Before the exchanges below (they release it): another heap whose
@@ -466,25 +497,7 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
   heap->inbox_owner_holding.store(1, std::memory_order_relaxed);
   for (; classes != 0; classes &= classes - 1) {
     const size_t c = word * 64 + static_cast<size_t>(__builtin_ctzll(classes));
-    Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
-    Page* keep = nullptr;
-    while (page != nullptr) {
-      Page* next = page->inbox_next;
-      // Posted without the full mark: every block is back (ReturnChain).
-      if ((page->returned.load(std::memory_order_acquire) & kReturnedFull) == 0) {
-        page->inbox_next = nullptr;
-        page->in_full = 0;
-        AdoptReturned(page);  // clears the posted mark; checks the count
-        FERRY_CHECK(page->used == 0);
-        CounterAdd(g_counters.pages_freed_by_returns, 1);
-        ReleasePage(heap, page);
-      } else {
-        page->inbox_next = keep;
-        keep = page;
-      }
-      page = next;
-    }
-    InboxPushList(heap->inbox[c], keep);
+    FreeCompletedPagesOfInbox(heap, c, /*caller_is_owner=*/true);
     // The housekeeping or another heap may hold some of this inbox
     // (CollectInboxes, FreeOtherHeapsCompletedPages), and a page in its
     // hands may complete after it looked: look again next time.
@@ -774,32 +787,6 @@ void AbandonOrphanedHeapsInChild() {
 // a long time; the pool frees them (their slices are then purged like any
 // free slices). It takes each inbox for a moment and puts the other pages
 // back as they were.
-// In the housekeeping's turn, with heap->inbox_borrowed set: frees the
-// pages on one of a heap's inboxes whose blocks have all come back (their
-// slices only: the heap's segment list is its owner's, or the pool's for an
-// abandoned heap) and puts the others back as they were.
-void FreeCompletedPagesOfInbox(Heap* heap, size_t c) {
-  Page* page = heap->inbox[c].exchange(nullptr, std::memory_order_acq_rel);
-  Page* keep = nullptr;
-  while (page != nullptr) {
-    Page* next = page->inbox_next;
-    // Posted without the full mark: every block is back and nobody else
-    // will touch the page (ReturnChain).
-    if ((page->returned.load(std::memory_order_acquire) & kReturnedFull) == 0) {
-      AdoptReturned(page);
-      FERRY_CHECK(page->used == 0);
-      page->in_full = 0;
-      CounterAdd(g_counters.pages_freed_by_returns, 1);
-      ReleasePageSlices(page);
-    } else {
-      page->inbox_next = keep;
-      keep = page;
-    }
-    page = next;
-  }
-  InboxPushList(heap->inbox[c], keep);
-}
-
 void CollectInboxes(Heap* heap) {
   bool borrowed = false;
   for (size_t c = 0; c < kNumClasses; ++c) {
@@ -810,7 +797,7 @@ void CollectInboxes(Heap* heap) {
       heap->inbox_borrowed.store(1, std::memory_order_relaxed);
       borrowed = true;
     }
-    FreeCompletedPagesOfInbox(heap, c);
+    FreeCompletedPagesOfInbox(heap, c, /*caller_is_owner=*/false);
   }
   if (borrowed) heap->inbox_borrowed.store(0, std::memory_order_release);
 }
@@ -848,7 +835,7 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
             uint64_t classes = heap->inbox_complete[w].exchange(0, std::memory_order_acquire);
             for (; classes != 0; classes &= classes - 1) {
               const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(classes));
-              FreeCompletedPagesOfInbox(heap, c);
+              FreeCompletedPagesOfInbox(heap, c, /*caller_is_owner=*/false);
               // The owner may hold the list this bit was about (its own
               // FreeCompletedInboxPages): leave the bit for it.
               if (heap->inbox_owner_holding.load(std::memory_order_acquire) != 0) {
