@@ -824,7 +824,7 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
     any = heap != self && HasCompletedInboxPages(heap);
   }
   if (!any) return;
-  PoolTryRunInDutyTurn(
+  const bool ran = PoolTryRunInDutyTurn(
       [](void* arg) {
         Heap* self = static_cast<Heap*>(arg);
         for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
@@ -847,6 +847,9 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
         }
       },
       self);
+  // The housekeeping held the turn: the flags stay set, and so must the
+  // notice, or the next heap to take a new page would not look.
+  if (!ran) g_inbox_complete_pending.store(1, std::memory_order_relaxed);
 }
 
 void HousekeepingDuty(uint64_t now_ms, bool urgent) {
