@@ -43,6 +43,13 @@ void OsFutexWake(const void* word, int count);
 
 // Monotonic milliseconds and this thread's CPU nanoseconds.
 uint64_t OsMonotonicMs();
+// Monotonic nanoseconds: precise, and coarse (a few milliseconds of
+// resolution, cheaper still; neither makes a system call).
+uint64_t OsMonotonicNs();
+uint64_t OsCoarseMonotonicNs();
+// Involuntary context switches of this process's threads so far (times the
+// scheduler took a CPU from one of them while it could still run).
+uint64_t OsPreemptions();
 
 // The executable code of the dynamic loader (ld.so) in this process, read
 // from its ELF headers in memory (no lock, no allocation). False in a

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sched.h>
@@ -177,6 +178,23 @@ uint64_t OsMonotonicMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+namespace {
+uint64_t ClockNs(clockid_t clock) {
+  timespec ts;
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+}  // namespace
+
+uint64_t OsMonotonicNs() { return ClockNs(CLOCK_MONOTONIC); }
+uint64_t OsCoarseMonotonicNs() { return ClockNs(CLOCK_MONOTONIC_COARSE); }
+
+uint64_t OsPreemptions() {
+  rusage usage;
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_nivcsw);
 }
 
 namespace {

@@ -4,7 +4,13 @@
 #include <dlfcn.h>
 #include <gnu/libc-version.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -41,6 +47,48 @@ TEST(Os, MonotonicMillisecondsDoNotGoBack) {
   const uint64_t a = ferry::OsMonotonicMs();
   const uint64_t b = ferry::OsMonotonicMs();
   EXPECT_LE(a, b);
+}
+
+TEST(Os, MonotonicNanosecondsAgreeWithMilliseconds) {
+  const uint64_t ms = ferry::OsMonotonicMs();
+  const uint64_t ns = ferry::OsMonotonicNs();
+  const uint64_t coarse = ferry::OsCoarseMonotonicNs();
+  EXPECT_GE(ns / 1000000, ms);
+  EXPECT_LT(ns / 1000000, ms + 1000);
+  // The coarse clock lags by at most its tick (a few ms; say 100).
+  EXPECT_LE(coarse, ferry::OsMonotonicNs());
+  EXPECT_GT(coarse + 100000000, ns);
+}
+
+// Three threads that never block, on one CPU: the scheduler must take the
+// CPU from them, and the count of involuntary context switches grows.
+TEST(Os, PreemptionsCountThreadsThatLoseTheirCpu) {
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &mine)) ++cpu;
+  const uint64_t before = ferry::OsPreemptions();
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> spinners;
+  for (int i = 0; i < 3; ++i) {
+    spinners.emplace_back([&] {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  }
+  const uint64_t start = ferry::OsMonotonicMs();
+  uint64_t after = before;
+  while (after == before && ferry::OsMonotonicMs() - start < 5000) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = ferry::OsPreemptions();
+  }
+  stop = true;
+  for (std::thread& t : spinners) t.join();
+  EXPECT_GT(after, before);
 }
 
 }  // namespace

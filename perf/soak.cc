@@ -141,6 +141,9 @@ constexpr double kChurnGrowthMiB = 32;
 
 constexpr const char* kPurgeDelays[] = {"", "0", "50", "1000"};  // "" = default (250)
 constexpr const char* kBatches[] = {"", "", "8", "4096"};         // "" = default (256)
+// FERRY_INLINE_WHEN_BUSY: "" = default (1: a crowded machine, as the soak's
+// is, sends batches back inline); "0" keeps the pool at work.
+constexpr const char* kInlineWhenBusy[] = {"", "0"};
 constexpr int kConfigs = 10;  // FERRY_RECLAIMERS 0-4 x {threads, tbb}
 
 constexpr char kUsage[] =
@@ -254,6 +257,7 @@ struct Config {
   bool tbb = false;
   std::string purge;  // FERRY_PURGE_DELAY_MS, "" for the default
   std::string batch;  // FERRY_BATCH, "" for the default
+  std::string inline_when_busy;  // FERRY_INLINE_WHEN_BUSY, "" for the default
   bool pin = true;
   int pairs = 1;
   double scale = 0.2;
@@ -516,6 +520,7 @@ class Soak {
     config.tbb = combo >= 5;
     config.purge = kPurgeDelays[rng() % std::size(kPurgeDelays)];
     config.batch = kBatches[rng() % std::size(kBatches)];
+    config.inline_when_busy = kInlineWhenBusy[rng() % std::size(kInlineWhenBusy)];
     config.pin = rng() % 3 != 0;
     config.pairs = 1 + static_cast<int>(rng() % 4);
     const double low = std::max(0.01, Info(program)->min_scale);
@@ -538,6 +543,7 @@ class Soak {
                                     "FERRY_STATS=1"};
     if (!config.purge.empty()) env.push_back("FERRY_PURGE_DELAY_MS=" + config.purge);
     if (!config.batch.empty()) env.push_back("FERRY_BATCH=" + config.batch);
+    if (!config.inline_when_busy.empty()) env.push_back("FERRY_INLINE_WHEN_BUSY=" + config.inline_when_busy);
     env.push_back("LD_PRELOAD=" + ferry_lib_ + (config.tbb ? std::string(":") + kTbbLibrary : ""));
     return env;
   }

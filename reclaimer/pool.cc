@@ -22,6 +22,18 @@
 // else one sleeping reclaimer that may steal. Store-then-load on both sides
 // (seq_cst) means at least one of them sees the other.
 //
+// Crowded CPUs. A reclaimer woken while the program's threads keep every
+// CPU busy runs only by preempting one of them: on two CPUs,
+// producer/consumer with one reclaimer made ~10k involuntary context
+// switches a second (under 100 with FERRY_RECLAIMERS=0) and took 1.2-1.35x
+// the user+sys time. So every kLoadSampleNs the first offer reads the
+// process's involuntary context switches. A sample taken while batches go to
+// the pool that finds more than kCrowdedPreemptionsPerCpu a second per
+// usable CPU turns offers away (the freeing threads apply their batches, as
+// with FERRY_RECLAIMERS=0) for a hold; then the pool gets one sample's
+// trial, and a crowded trial doubles the hold, up to kMaxHoldNs.
+// FERRY_INLINE_WHEN_BUSY=0 turns this off.
+//
 // Fork. Prepare takes the flush mutex, raises `paused`, waits until no offer
 // is mid-push and every reclaimer has parked between batches. The parent
 // lowers `paused`; the child, which has no reclaimer threads, applies what
@@ -74,6 +86,9 @@ constexpr int kMaxReclaimers = 64;
 constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 constexpr size_t kStackBytes = 256 << 10;
 constexpr uint32_t kWakeQueued = 8;     // PoolOffer
+constexpr uint64_t kLoadSampleNs = 10'000'000;
+constexpr uint64_t kMinHoldNs = 20'000'000;
+constexpr uint64_t kMaxHoldNs = 640'000'000;
 
 using BatchQueue = boost::lockfree::queue<Batch*, boost::lockfree::capacity<128>>;
 
@@ -120,6 +135,20 @@ struct Pool {
   // with this backend idle memory waits for the next activity or ferry_collect).
   bool use_tbb = false;
   std::atomic<uint64_t> tbb_batches{0};
+  // Crowded CPUs (see the top of this file).
+  bool inline_when_busy = false;
+  int usable_cpus = 1;
+  std::atomic<uint64_t> load_sample_due_ns{0};
+  std::atomic<uint32_t> load_sampling{0};
+  std::atomic<uint32_t> crowded{0};       // offers turned away
+  uint64_t load_sample_ns = 0;            // these four: under load_sampling
+  uint64_t load_sample_preemptions = 0;
+  uint64_t crowded_hold_ns = 0;
+  uint64_t crowded_until_ns = 0;
+  // The watch's sources (tests put their own).
+  uint64_t (*coarse_now_ns)() = OsCoarseMonotonicNs;
+  uint64_t (*now_ns)() = OsMonotonicNs;
+  uint64_t (*preemptions)() = OsPreemptions;
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -326,6 +355,35 @@ PthreadCreate RealPthreadCreate() {
   return reinterpret_cast<PthreadCreate>(f);
 }
 
+// One sample of the crowded-CPUs watch (see the top of this file).
+FERRY_NOINLINE void SampleLoad(uint64_t now) {
+  if (g_pool.load_sampling.exchange(1, std::memory_order_acquire) != 0) return;
+  if (now >= g_pool.load_sample_due_ns.load(std::memory_order_relaxed)) {
+    const uint64_t wall = g_pool.now_ns();
+    const uint64_t preemptions = g_pool.preemptions();
+    if (g_pool.load_sample_ns != 0 && wall > g_pool.load_sample_ns &&
+        preemptions >= g_pool.load_sample_preemptions) {
+      if (g_pool.crowded.load(std::memory_order_relaxed) == 0) {
+        if (CpusCrowded(preemptions - g_pool.load_sample_preemptions, wall - g_pool.load_sample_ns,
+                        g_pool.usable_cpus)) {
+          const uint64_t hold = g_pool.crowded_hold_ns;
+          g_pool.crowded_hold_ns = hold == 0 ? kMinHoldNs : hold * 2 > kMaxHoldNs ? kMaxHoldNs : hold * 2;
+          g_pool.crowded_until_ns = wall + g_pool.crowded_hold_ns;
+          g_pool.crowded.store(1, std::memory_order_relaxed);
+        } else {
+          g_pool.crowded_hold_ns = 0;  // a clean sample with the pool at work
+        }
+      } else if (wall >= g_pool.crowded_until_ns) {
+        g_pool.crowded.store(0, std::memory_order_relaxed);  // the pool's trial
+      }
+    }
+    g_pool.load_sample_ns = wall;
+    g_pool.load_sample_preemptions = preemptions;
+    g_pool.load_sample_due_ns.store(now + kLoadSampleNs, std::memory_order_relaxed);
+  }
+  g_pool.load_sampling.store(0, std::memory_order_release);
+}
+
 int DefaultReclaimers() {
   const int half = OsUsableCpus() / 2;
   return half < 1 ? 1 : half > 4 ? 4 : half;
@@ -333,6 +391,7 @@ int DefaultReclaimers() {
 
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
 void Start() {
+  g_pool.usable_cpus = OsUsableCpus();
   int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
   if (g_pool.config.backend == 1) {
@@ -404,6 +463,7 @@ void PoolStartRequested() {
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
+  g_pool.inline_when_busy = config.inline_when_busy;
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 
@@ -414,6 +474,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
     if (state == kNotStarted) g_pool_start_requested.store(1, std::memory_order_relaxed);
     return false;
   }
+  if (PoolCpusCrowded()) return false;
   g_pool.offers_in_progress.fetch_add(1, std::memory_order_seq_cst);
   if (g_pool.paused.load(std::memory_order_seq_cst) != 0) {
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
@@ -463,6 +524,30 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
     }
   }
   return true;
+}
+
+bool PoolCpusCrowded() {
+  if (!g_pool.inline_when_busy) return false;
+  const uint64_t now = g_pool.coarse_now_ns();
+  if (now >= g_pool.load_sample_due_ns.load(std::memory_order_relaxed)) SampleLoad(now);
+  return g_pool.crowded.load(std::memory_order_relaxed) != 0;
+}
+
+static void ResetLoadWatch() {
+  g_pool.load_sampling.store(0, std::memory_order_relaxed);
+  g_pool.load_sample_due_ns.store(0, std::memory_order_relaxed);
+  g_pool.load_sample_ns = 0;
+  g_pool.crowded_hold_ns = 0;
+  g_pool.crowded.store(0, std::memory_order_relaxed);
+}
+
+void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), uint64_t (*preemptions)()) {
+  while (g_pool.load_sampling.exchange(1, std::memory_order_acquire) != 0) sched_yield();
+  g_pool.coarse_now_ns = now_ns != nullptr ? now_ns : OsCoarseMonotonicNs;
+  g_pool.now_ns = now_ns != nullptr ? now_ns : OsMonotonicNs;
+  g_pool.preemptions = preemptions != nullptr ? preemptions : OsPreemptions;
+  g_pool.usable_cpus = OsUsableCpus();
+  ResetLoadWatch();  // also lets the next sampler in
 }
 
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {
@@ -598,6 +683,7 @@ void PoolForkChild() {
   g_pool.duty_running.store(0, std::memory_order_relaxed);
   g_pool.duty_waiters.store(0, std::memory_order_relaxed);
   g_pool.collect_claimed.store(0, std::memory_order_relaxed);
+  ResetLoadWatch();  // the child's own counts and times; a sampler may have been mid-way
   g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_relaxed);

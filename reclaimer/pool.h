@@ -23,7 +23,15 @@ struct PoolConfig {
   int reclaimers;          // 0: the pool never runs
   int backend;             // 0 threads, 1 tbb
   int purge_delay_ms;
+  bool inline_when_busy;   // FERRY_INLINE_WHEN_BUSY (pool.cc, "Crowded CPUs")
 };
+
+// Involuntary context switches a second per usable CPU above which the
+// process's CPUs count as crowded (pool.cc).
+inline constexpr uint64_t kCrowdedPreemptionsPerCpu = 500;
+inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int usable_cpus) {
+  return preemptions * 1000000000 > kCrowdedPreemptionsPerCpu * static_cast<uint64_t>(usable_cpus) * wall_ns;
+}
 
 // Called once, from the allocator's global initialisation (no allocation).
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool urgent));
@@ -61,6 +69,15 @@ void PoolCollectNow();
 // housekeeping at a time; fork() waits for the turn once the allocator's
 // fork handlers are registered); returns whether it ran.
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
+
+// True while the pool turns offers away because handing batches on made the
+// program's threads lose their CPUs (pool.cc, "Crowded CPUs"); samples the
+// process's involuntary context switches when one is due. Always false with
+// FERRY_INLINE_WHEN_BUSY=0.
+bool PoolCpusCrowded();
+// Tests: the watch's clock and its count of involuntary context switches
+// (nullptr: the OS's), and a fresh start of the watch.
+void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), uint64_t (*preemptions)());
 
 // True on the pool's own threads.
 bool IsReclaimerThread();
