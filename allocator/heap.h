@@ -115,6 +115,11 @@ FERRY_COLD void* PopLastBlock(Page* page, Block* block, Block* next);
 
 // Hands `block`, the head of page->free, to the user; `next` follows it.
 FERRY_ALWAYS_INLINE void* HandOutBlock(Page* page, Block* block, Block* next) {
+  // The next pop of this class reads `next`'s link; on a list freed in
+  // random order that block is cold, and the load stalled malloc (90% of
+  // its time in churn). Started now, the miss overlaps the caller's work.
+  // Never faults, whatever `next` is.
+  __builtin_prefetch(next, 1);
   page->free = next;
   block->next_encoded = 0;  // a live block never looks free (see LooksFree)
   page->used++;

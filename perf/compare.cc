@@ -113,6 +113,8 @@ constexpr char kPreloadKey[] = "PRELOAD=";
 constexpr Variant kFerryVariants[] = {
     {"ferry-r0", "FERRY_RECLAIMERS=0"},
     {"ferry-r1", "FERRY_RECLAIMERS=1"},
+    // One reclaimer that takes every batch, however crowded the CPUs.
+    {"ferry-r1-pool", "FERRY_RECLAIMERS=1,FERRY_INLINE_WHEN_BUSY=0"},
     {"ferry-r2", "FERRY_RECLAIMERS=2"},
     {"ferry-tbb", "FERRY_RECLAIMER_BACKEND=tbb,FERRY_RECLAIMERS=1,"
                   "PRELOAD=/usr/lib/x86_64-linux-gnu/libtbb.so.12"},
@@ -151,8 +153,9 @@ constexpr char kUsage[] =
     "  --alloc NAME      run only this allocator or variant (repeatable; default all\n"
     "                    allocators and the variants asked for)\n"
     "  --ferry-variants  add ferry rows with other settings: ferry-r0 (FERRY_RECLAIMERS=0),\n"
-    "                    ferry-r1, ferry-r2, ferry-tbb (FERRY_RECLAIMER_BACKEND=tbb,\n"
-    "                    FERRY_RECLAIMERS=1); --alloc ferry-r1 adds just that one\n"
+    "                    ferry-r1, ferry-r1-pool (FERRY_RECLAIMERS=1, FERRY_INLINE_WHEN_BUSY=0),\n"
+    "                    ferry-r2, ferry-tbb (FERRY_RECLAIMER_BACKEND=tbb, FERRY_RECLAIMERS=1);\n"
+    "                    --alloc ferry-r1 adds just that one\n"
     "  --variant NAME:KEY=VAL[,KEY=VAL...]\n"
     "                    add a ferry row NAME with these variables (repeatable);\n"
     "                    PRELOAD=LIB also preloads LIB after libferry.so\n"
