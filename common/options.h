@@ -25,10 +25,10 @@ namespace ferry {
     "who runs the pool's work: ferry's own threads, or tasks in a dedicated "   \
     "oneTBB task_arena")                                                        \
   X(inline_when_busy, "FERRY_INLINE_WHEN_BUSY", 1, 0, 1, nullptr,               \
-    "1: while handing batches to the pool makes the program's threads lose "   \
-    "their CPUs (more than 500 involuntary context switches a second per "     \
-    "usable CPU), freeing threads apply their batches themselves for a "       \
-    "while; 0: always hand them to the pool")                                  \
+    "1: while the process's threads lose their CPUs with the pool at work "   \
+    "(more than 500 involuntary context switches a second per usable CPU), "   \
+    "freeing threads apply their batches themselves for a while; 0: always "   \
+    "hand them to the pool")                                                   \
   X(batch, "FERRY_BATCH", 256, 1, 4096, nullptr,                                \
     "frees of other threads' memory gathered per batch before it is sorted "    \
     "and returned to the owning pages")                                         \

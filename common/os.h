@@ -32,9 +32,16 @@ uint64_t OsRandom64();
 // Writes all of buf to standard error; never allocates.
 void OsWriteStderr(const char* buf, size_t len);
 
-// CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
-// (v2 cpu.max or v1 cfs_quota_us / cfs_period_us), at least 1.
-int OsUsableCpus();
+// A CPU affinity mask (the bytes of a cpu_set_t: up to 1024 CPUs).
+struct OsCpuMask {
+  unsigned char bytes[128];
+};
+// The calling thread's mask; false when the system call fails.
+bool OsThreadCpuMask(OsCpuMask* mask);
+// CPUs this process may use: the CPUs in `mask` (nullptr: the calling
+// thread's affinity mask), capped by a cgroup CPU quota (v2 cpu.max or v1
+// cfs_quota_us / cfs_period_us), at least 1.
+int OsUsableCpus(const OsCpuMask* mask = nullptr);
 
 // Futex on a 32-bit word: wait while *word == expected (at most timeout_ms
 // when >= 0), wake up to `count` waiters. Spurious wake-ups happen.
@@ -48,8 +55,9 @@ uint64_t OsMonotonicMs();
 uint64_t OsMonotonicNs();
 uint64_t OsCoarseMonotonicNs();
 // Involuntary context switches of this process's threads so far (times the
-// scheduler took a CPU from one of them while it could still run).
-uint64_t OsPreemptions();
+// scheduler took a CPU from one of them while it could still run); false
+// when the system call fails. Leaves errno as it was.
+bool OsPreemptions(uint64_t* count);
 
 // The executable code of the dynamic loader (ld.so) in this process, read
 // from its ELF headers in memory (no lock, no allocation). False in a

@@ -143,11 +143,25 @@ int CgroupCpuQuota() {
 
 }  // namespace
 
-int OsUsableCpus() {
+static_assert(sizeof(OsCpuMask) == sizeof(cpu_set_t));
+
+bool OsThreadCpuMask(OsCpuMask* mask) {
+  const int saved_errno = errno;
+  const bool ok = sched_getaffinity(0, sizeof(cpu_set_t), reinterpret_cast<cpu_set_t*>(mask->bytes)) == 0;
+  errno = saved_errno;
+  return ok;
+}
+
+int OsUsableCpus(const OsCpuMask* mask) {
   const int saved_errno = errno;
   cpu_set_t set;
   int cpus = 0;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (mask != nullptr) {
+    __builtin_memcpy(&set, mask->bytes, sizeof(set));
+    cpus = CPU_COUNT(&set);
+  } else if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    cpus = CPU_COUNT(&set);
+  }
   if (cpus <= 0) cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   const int quota = CgroupCpuQuota();
   if (quota > 0 && quota < cpus) cpus = quota;
@@ -181,9 +195,10 @@ uint64_t OsMonotonicMs() {
 }
 
 namespace {
+// Both clocks are read in the vDSO: no system call, errno untouched.
 uint64_t ClockNs(clockid_t clock) {
   timespec ts;
-  if (clock_gettime(clock, &ts) != 0) return 0;
+  clock_gettime(clock, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
 }
 }  // namespace
@@ -191,10 +206,13 @@ uint64_t ClockNs(clockid_t clock) {
 uint64_t OsMonotonicNs() { return ClockNs(CLOCK_MONOTONIC); }
 uint64_t OsCoarseMonotonicNs() { return ClockNs(CLOCK_MONOTONIC_COARSE); }
 
-uint64_t OsPreemptions() {
+bool OsPreemptions(uint64_t* count) {
+  const int saved_errno = errno;
   rusage usage;
-  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
-  return static_cast<uint64_t>(usage.ru_nivcsw);
+  const bool ok = getrusage(RUSAGE_SELF, &usage) == 0;
+  errno = saved_errno;  // called from free()
+  if (ok) *count = static_cast<uint64_t>(usage.ru_nivcsw);
+  return ok;
 }
 
 namespace {

@@ -49,6 +49,15 @@ TEST(Os, MonotonicMillisecondsDoNotGoBack) {
   EXPECT_LE(a, b);
 }
 
+TEST(Os, UsableCpusCountTheMaskGiven) {
+  ferry::OsCpuMask mask;
+  ASSERT_TRUE(ferry::OsThreadCpuMask(&mask));
+  EXPECT_EQ(ferry::OsUsableCpus(&mask), ferry::OsUsableCpus());
+  ferry::OsCpuMask one = {};
+  one.bytes[0] = 1;
+  EXPECT_EQ(ferry::OsUsableCpus(&one), 1);
+}
+
 TEST(Os, MonotonicNanosecondsAgreeWithMilliseconds) {
   const uint64_t ms = ferry::OsMonotonicMs();
   const uint64_t ns = ferry::OsMonotonicNs();
@@ -67,7 +76,8 @@ TEST(Os, PreemptionsCountThreadsThatLoseTheirCpu) {
   ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
   int cpu = 0;
   while (!CPU_ISSET(cpu, &mine)) ++cpu;
-  const uint64_t before = ferry::OsPreemptions();
+  uint64_t before = 0;
+  ASSERT_TRUE(ferry::OsPreemptions(&before));
   std::atomic<bool> stop{false};
   std::vector<std::thread> spinners;
   for (int i = 0; i < 3; ++i) {
@@ -84,7 +94,7 @@ TEST(Os, PreemptionsCountThreadsThatLoseTheirCpu) {
   uint64_t after = before;
   while (after == before && ferry::OsMonotonicMs() - start < 5000) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    after = ferry::OsPreemptions();
+    ASSERT_TRUE(ferry::OsPreemptions(&after));
   }
   stop = true;
   for (std::thread& t : spinners) t.join();

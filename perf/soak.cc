@@ -269,6 +269,7 @@ struct Config {
     std::snprintf(scale_text, sizeof scale_text, "%.3g", scale);
     return "r" + std::to_string(reclaimers) + "/" + (tbb ? "tbb" : "threads") +
            " purge=" + (purge.empty() ? "default" : purge) + " batch=" + (batch.empty() ? "default" : batch) +
+           (inline_when_busy.empty() ? "" : " inline_when_busy=" + inline_when_busy) +
            " scale=" + scale_text + " pairs=" + std::to_string(pairs) + " seed=" + std::to_string(seed) +
            (pin ? "" : " no-pin");
   }

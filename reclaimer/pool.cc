@@ -4,8 +4,9 @@
 // fixed capacity, living in OS memory, so pushing never allocates). A freeing
 // thread pushes its full batch to the queue its heap hashes to; an idle
 // reclaimer pops its own queue first, then steals from the others. A full
-// queue, a pool that is off or not yet started, or a fork in progress makes
-// PoolOffer refuse, and the freeing thread applies the batch itself.
+// queue, a pool that is off or not yet started, a fork in progress, or
+// crowded CPUs (below) make PoolOffer refuse, and the freeing thread applies
+// the batch itself.
 //
 // Flush barrier. Every offered batch joins the current flush epoch: it bumps
 // in_flight[epoch & 1] and re-reads the epoch, retrying if a flush moved it
@@ -24,14 +25,17 @@
 //
 // Crowded CPUs. A reclaimer woken while the program's threads keep every
 // CPU busy runs only by preempting one of them: on two CPUs,
-// producer/consumer with one reclaimer made ~10k involuntary context
-// switches a second (under 100 with FERRY_RECLAIMERS=0) and took 1.2-1.35x
+// producer/consumer with one reclaimer made 5-10k involuntary context
+// switches a second (30-300 with FERRY_RECLAIMERS=0) and took 1.2-1.35x
 // the user+sys time. So every kLoadSampleNs the first offer reads the
-// process's involuntary context switches. A sample taken while batches go to
-// the pool that finds more than kCrowdedPreemptionsPerCpu a second per
-// usable CPU turns offers away (the freeing threads apply their batches, as
-// with FERRY_RECLAIMERS=0) for a hold; then the pool gets one sample's
-// trial, and a crowded trial doubles the hold, up to kMaxHoldNs.
+// process's involuntary context switches, whatever their cause (the pool,
+// other processes, more runnable threads than CPUs): all say that a woken
+// reclaimer would wait for a CPU or take one. A sample of 5-100 ms taken
+// while batches go to the pool that finds more than
+// kCrowdedPreemptionsPerCpu a second per usable CPU (Pool::cpus) turns
+// offers away (the freeing threads apply their batches, as with
+// FERRY_RECLAIMERS=0) for a hold; then the pool gets one sample's trial, and
+// a crowded trial doubles the hold, up to kMaxHoldNs.
 // FERRY_INLINE_WHEN_BUSY=0 turns this off.
 //
 // Fork. Prepare takes the flush mutex, raises `paused`, waits until no offer
@@ -42,6 +46,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <time.h>
@@ -87,6 +92,9 @@ constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 constexpr size_t kStackBytes = 256 << 10;
 constexpr uint32_t kWakeQueued = 8;     // PoolOffer
 constexpr uint64_t kLoadSampleNs = 10'000'000;
+// A longer window (offers were rare) says little about the pool's own cost:
+// it only starts a new one.
+constexpr uint64_t kMaxLoadWindowNs = 100'000'000;
 constexpr uint64_t kMinHoldNs = 20'000'000;
 constexpr uint64_t kMaxHoldNs = 640'000'000;
 
@@ -135,6 +143,13 @@ struct Pool {
   // with this backend idle memory waits for the next activity or ferry_collect).
   bool use_tbb = false;
   std::atomic<uint64_t> tbb_batches{0};
+  // The CPUs the process may use: the affinity mask of the thread that
+  // initialised ferry (before the program pinned any thread, as a rule), for
+  // the default pool size, the crowded-CPUs watch and the reclaimers' own
+  // affinity (else they would share the CPU of whichever freeing thread
+  // started them, pinned or not).
+  OsCpuMask cpus{};
+  bool have_cpus = false;
   // Crowded CPUs (see the top of this file).
   bool inline_when_busy = false;
   int usable_cpus = 1;
@@ -148,7 +163,7 @@ struct Pool {
   // The watch's sources (tests put their own).
   uint64_t (*coarse_now_ns)() = OsCoarseMonotonicNs;
   uint64_t (*now_ns)() = OsMonotonicNs;
-  uint64_t (*preemptions)() = OsPreemptions;
+  bool (*preemptions)(uint64_t*) = OsPreemptions;
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -313,6 +328,11 @@ void* ReclaimerMain(void* arg) {
   char buf[16] = {};
   for (size_t i = 0; i < name.size() && i < sizeof(buf) - 1; ++i) buf[i] = name.data()[i];
   prctl(PR_SET_NAME, buf, 0, 0, 0);
+  // The process's CPUs, not those of the thread that started the pool
+  // (which may be pinned to one: the reclaimer would only ever share it).
+  if (g_pool.have_cpus) {
+    sched_setaffinity(0, sizeof(cpu_set_t), reinterpret_cast<const cpu_set_t*>(g_pool.cpus.bytes));
+  }
   for (;;) {
     if (g_pool.paused.load(std::memory_order_acquire) != 0) {
       Park();
@@ -360,38 +380,43 @@ FERRY_NOINLINE void SampleLoad(uint64_t now) {
   if (g_pool.load_sampling.exchange(1, std::memory_order_acquire) != 0) return;
   if (now >= g_pool.load_sample_due_ns.load(std::memory_order_relaxed)) {
     const uint64_t wall = g_pool.now_ns();
-    const uint64_t preemptions = g_pool.preemptions();
-    if (g_pool.load_sample_ns != 0 && wall > g_pool.load_sample_ns &&
-        preemptions >= g_pool.load_sample_preemptions) {
-      if (g_pool.crowded.load(std::memory_order_relaxed) == 0) {
-        if (CpusCrowded(preemptions - g_pool.load_sample_preemptions, wall - g_pool.load_sample_ns,
-                        g_pool.usable_cpus)) {
-          const uint64_t hold = g_pool.crowded_hold_ns;
-          g_pool.crowded_hold_ns = hold == 0 ? kMinHoldNs : hold * 2 > kMaxHoldNs ? kMaxHoldNs : hold * 2;
-          g_pool.crowded_until_ns = wall + g_pool.crowded_hold_ns;
-          g_pool.crowded.store(1, std::memory_order_relaxed);
-        } else {
-          g_pool.crowded_hold_ns = 0;  // a clean sample with the pool at work
-        }
-      } else if (wall >= g_pool.crowded_until_ns) {
-        g_pool.crowded.store(0, std::memory_order_relaxed);  // the pool's trial
+    uint64_t preemptions = 0;
+    const bool counted = g_pool.preemptions(&preemptions);
+    const uint64_t window = wall - g_pool.load_sample_ns;
+    const bool judged = counted && g_pool.load_sample_ns != 0 && wall > g_pool.load_sample_ns &&
+                        window >= kLoadSampleNs / 2 && window <= kMaxLoadWindowNs &&
+                        preemptions >= g_pool.load_sample_preemptions;
+    if (g_pool.crowded.load(std::memory_order_relaxed) != 0) {
+      if (wall >= g_pool.crowded_until_ns) g_pool.crowded.store(0, std::memory_order_relaxed);  // a trial
+    } else if (judged) {
+      if (CpusCrowded(preemptions - g_pool.load_sample_preemptions, window, g_pool.usable_cpus)) {
+        const uint64_t hold = g_pool.crowded_hold_ns;
+        g_pool.crowded_hold_ns = hold == 0 ? kMinHoldNs : hold * 2 > kMaxHoldNs ? kMaxHoldNs : hold * 2;
+        g_pool.crowded_until_ns = wall + g_pool.crowded_hold_ns;
+        g_pool.crowded.store(1, std::memory_order_relaxed);
+      } else {
+        g_pool.crowded_hold_ns = 0;  // a calm sample with the pool at work
       }
     }
-    g_pool.load_sample_ns = wall;
+    g_pool.load_sample_ns = counted ? wall : 0;  // a failed count: start again
     g_pool.load_sample_preemptions = preemptions;
-    g_pool.load_sample_due_ns.store(now + kLoadSampleNs, std::memory_order_relaxed);
+    // From the precise clock: the coarse one, which `now` comes from, may lag
+    // it by a tick, and the window would be that much shorter.
+    g_pool.load_sample_due_ns.store(wall + kLoadSampleNs, std::memory_order_relaxed);
   }
   g_pool.load_sampling.store(0, std::memory_order_release);
 }
 
+const OsCpuMask* ProcessCpus() { return g_pool.have_cpus ? &g_pool.cpus : nullptr; }
+
 int DefaultReclaimers() {
-  const int half = OsUsableCpus() / 2;
+  const int half = OsUsableCpus(ProcessCpus()) / 2;
   return half < 1 ? 1 : half > 4 ? 4 : half;
 }
 
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
 void Start() {
-  g_pool.usable_cpus = OsUsableCpus();
+  g_pool.usable_cpus = OsUsableCpus(ProcessCpus());
   int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
   if (g_pool.config.backend == 1) {
@@ -464,6 +489,7 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
   g_pool.inline_when_busy = config.inline_when_busy;
+  g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 
@@ -533,21 +559,23 @@ bool PoolCpusCrowded() {
   return g_pool.crowded.load(std::memory_order_relaxed) != 0;
 }
 
+// A fresh start of the watch; the caller holds load_sampling (or is alone:
+// a fork child), and this lets the next sampler in.
 static void ResetLoadWatch() {
-  g_pool.load_sampling.store(0, std::memory_order_relaxed);
-  g_pool.load_sample_due_ns.store(0, std::memory_order_relaxed);
   g_pool.load_sample_ns = 0;
   g_pool.crowded_hold_ns = 0;
+  g_pool.load_sample_due_ns.store(0, std::memory_order_relaxed);
   g_pool.crowded.store(0, std::memory_order_relaxed);
+  g_pool.load_sampling.store(0, std::memory_order_release);
 }
 
-void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), uint64_t (*preemptions)()) {
+void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_t*)) {
   while (g_pool.load_sampling.exchange(1, std::memory_order_acquire) != 0) sched_yield();
   g_pool.coarse_now_ns = now_ns != nullptr ? now_ns : OsCoarseMonotonicNs;
   g_pool.now_ns = now_ns != nullptr ? now_ns : OsMonotonicNs;
   g_pool.preemptions = preemptions != nullptr ? preemptions : OsPreemptions;
-  g_pool.usable_cpus = OsUsableCpus();
-  ResetLoadWatch();  // also lets the next sampler in
+  g_pool.usable_cpus = OsUsableCpus(ProcessCpus());
+  ResetLoadWatch();
 }
 
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {

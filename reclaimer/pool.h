@@ -38,7 +38,8 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool 
 
 // Hands a full batch to the pool; `home_hint` spreads heaps over the
 // reclaimers. Returns false when the pool cannot take it (off, not started
-// yet, paused for fork, its queue full, or the caller is a reclaimer): the
+// yet, paused for fork, its queue full, the CPUs crowded (PoolCpusCrowded),
+// or the caller is a reclaimer): the
 // caller then returns the batch inline. The first offer does not start the
 // threads itself, it asks: the caller starts them (PoolMaybeStart) where it
 // knows that pthread_create is safe (heap.cc, FreeMayStartPool: not inside
@@ -77,7 +78,9 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
 bool PoolCpusCrowded();
 // Tests: the watch's clock and its count of involuntary context switches
 // (nullptr: the OS's), and a fresh start of the watch.
-void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), uint64_t (*preemptions)());
+// The usable CPUs are those of the thread that initialised ferry, as for
+// the pool (pool.cc, Pool::cpus).
+void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_t*));
 
 // True on the pool's own threads.
 bool IsReclaimerThread();
