@@ -48,7 +48,7 @@ int OsUsableCpus(const OsCpuMask* mask = nullptr);
 void OsFutexWait(const void* word, uint32_t expected, int timeout_ms);
 void OsFutexWake(const void* word, int count);
 
-// Monotonic milliseconds and this thread's CPU nanoseconds.
+// Monotonic milliseconds.
 uint64_t OsMonotonicMs();
 // Monotonic nanoseconds: precise, and coarse (a few milliseconds of
 // resolution, cheaper still; neither makes a system call).

@@ -150,8 +150,8 @@ struct Pool {
   // started them, pinned or not).
   OsCpuMask cpus{};
   bool have_cpus = false;
-  // Crowded CPUs (see the top of this file).
-  bool inline_when_busy = false;
+  // Crowded CPUs (see the top of this file); config.inline_when_busy turns
+  // the watch on.
   int usable_cpus = 1;
   std::atomic<uint64_t> load_sample_due_ns{0};
   std::atomic<uint32_t> load_sampling{0};
@@ -488,7 +488,6 @@ void PoolStartRequested() {
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
-  g_pool.inline_when_busy = config.inline_when_busy;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
@@ -553,7 +552,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
 }
 
 bool PoolCpusCrowded() {
-  if (!g_pool.inline_when_busy) return false;
+  if (!g_pool.config.inline_when_busy) return false;
   const uint64_t now = g_pool.coarse_now_ns();
   if (now >= g_pool.load_sample_due_ns.load(std::memory_order_relaxed)) SampleLoad(now);
   return g_pool.crowded.load(std::memory_order_relaxed) != 0;
