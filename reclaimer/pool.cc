@@ -410,13 +410,13 @@ FERRY_NOINLINE void SampleLoad(uint64_t now) {
 const OsCpuMask* ProcessCpus() { return g_pool.have_cpus ? &g_pool.cpus : nullptr; }
 
 int DefaultReclaimers() {
-  const int half = OsUsableCpus(ProcessCpus()) / 2;
+  const int half = g_pool.usable_cpus / 2;
   return half < 1 ? 1 : half > 4 ? 4 : half;
 }
 
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
 void Start() {
-  g_pool.usable_cpus = OsUsableCpus(ProcessCpus());
+  g_pool.usable_cpus = OsUsableCpus(ProcessCpus());  // read by DefaultReclaimers too
   int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
   if (g_pool.config.backend == 1) {
