@@ -33,6 +33,20 @@ FERRY_COLD void* FailTooLarge() {
   return nullptr;
 }
 
+// What realloc asks for when it must move a block to `size` bytes. A block
+// outgrown by less than a quarter of its size is being appended to (a log,
+// a string builder growing by a few hundred bytes at a time): its new home
+// gets a quarter more than asked for, so that the caller's next steps fit.
+// Size classes are only 12.5% apart, and without that room such a buffer was
+// copied at nearly every class it crossed (realloc benchmark: memmove took
+// 22% of the samples, against 8% under tbbmalloc). Larger jumps are the
+// caller's own geometric growth and get what they ask for; so does anything
+// above the medium classes, where a quarter would be whole pages.
+constexpr size_t GrowthRequest(size_t size, size_t usable) {
+  const bool appending = size > usable && size - usable < usable / 4;
+  return appending && size <= ferry::kMediumMax / 5 * 4 ? size + size / 4 : size;
+}
+
 }  // namespace
 
 extern "C" {
@@ -67,7 +81,7 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
       (size % 16 != 0 || reinterpret_cast<uintptr_t>(ptr) % 16 == 0)) {
     return ptr;
   }
-  void* fresh = VgAllocated(Allocate(size), size);
+  void* fresh = VgAllocated(Allocate(GrowthRequest(size, usable)), size);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote
   memcpy(fresh, ptr, size < usable ? size : usable);
