@@ -181,14 +181,14 @@ void SegmentListRemove(Heap* heap, Segment* segment) {
 // page record with the continuation records pointing back to it.
 Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   // Slices that may still be committed first, in the heap's own segments
-  // (their memory is likely warm), then in any segment; only then slices
-  // never touched or decommitted, own segments first again. Resident
-  // memory grows only when no live segment has a committed free slice (the
-  // spare, taken last, may have some too): taking an
-  // own clean slice while another heap's segments held freed, committed
-  // ones let the resident set ratchet up (one freeing thread, four
-  // allocating: RSS crept 87 -> 96 MiB over a run with FERRY_RECLAIMERS=0
-  // at a steady ~1300 pages in use). Then the spare; then a new segment.
+  // (their memory is likely warm; the heap's empty spare is one of them),
+  // then in any segment; only then slices never touched or decommitted, own
+  // segments first again. Resident memory grows only when no live segment
+  // has a committed free slice: taking an own clean slice while another
+  // heap's segments held freed, committed ones let the resident set ratchet
+  // up (one freeing thread, four allocating: RSS crept 87 -> 96 MiB over a
+  // run with FERRY_RECLAIMERS=0 at a steady ~1300 pages in use). Then a new
+  // segment.
   int start = -1;
   Segment* segment = nullptr;
   for (const bool dirty_only : {true, false}) {
@@ -204,17 +204,8 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     // can see the segment's free slices.
     start = static_cast<int>(align);
     FERRY_CHECK(start + count <= kSlicesPerSegment);
-    const uint64_t run = SliceRun(static_cast<size_t>(start), count);
-    segment = heap->spare;
-    heap->spare = nullptr;
-    if (segment != nullptr) {
-      // Detached while it was the spare: nobody else could take its slices.
-      NoteSlicesClaimed(segment, run);
-      segment->used_slices.store(1 | run, std::memory_order_release);
-    } else {
-      segment = ArenaAllocateSegment(run);
-      if (segment == nullptr) return nullptr;
-    }
+    segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count));
+    if (segment == nullptr) return nullptr;
     SegmentListPush(heap, segment);
   }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);
@@ -243,31 +234,44 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->queue_next = page->queue_prev = page->inbox_next = nullptr;
 }
 
-// A segment on this heap's list with only its header used leaves the list:
-// it becomes the spare, or goes back to its arena. Pages of other heaps may
+// A segment on this heap's list with only its header used goes back to its
+// arena, unless it can be the heap's spare: one empty segment stays on the
+// list, so that a heap whose use swings across a segment boundary does not
+// map and release one each time. The spare is a segment like the others:
+// its committed slices are the first a new page takes, and the pool purges
+// them once they have been free for FERRY_PURGE_DELAY_MS. (Detached from
+// the list, as it was before 2026-12-02, it did neither: its committed
+// slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
+// while new pages touched clean memory elsewhere.) Pages of other heaps may
 // live in it (ClaimSlices); detaching with one CAS settles who wins.
-void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment) {
+void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment, bool keep_spare) {
   if (segment->heap.load(std::memory_order_relaxed) != heap) return;  // on another heap's list
+  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
+  if (keep_spare) {
+    Segment* spare = heap->spare;
+    if (spare == segment) return;
+    // A spare that pages use again is a spare no longer.
+    if (spare == nullptr || spare->used_slices.load(std::memory_order_relaxed) != 1) {
+      heap->spare = segment;
+      return;
+    }
+  }
   uint64_t expected = 1;
   if (!segment->used_slices.compare_exchange_strong(expected, kSegmentDetached,
                                                     std::memory_order_acq_rel,
                                                     std::memory_order_relaxed)) {
     return;
   }
+  if (heap->spare == segment) heap->spare = nullptr;
   SegmentListRemove(heap, segment);
   segment->heap.store(nullptr, std::memory_order_relaxed);
-  if (heap->spare == nullptr) {
-    heap->spare = segment;
-  } else {
-    ArenaReleaseSegment(segment);
-  }
+  ArenaReleaseSegment(segment);
 }
-
 
 void ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
-  ReleaseSegmentIfEmpty(heap, segment);
+  ReleaseSegmentIfEmpty(heap, segment, /*keep_spare=*/true);
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -732,16 +736,14 @@ void CollectHeap(Heap* heap) {
     }
     SyncDirect(heap, c);
   }
-  // Segments that pages of other heaps, or the pool, emptied meanwhile.
+  // Every empty segment, the spare too, and those that pages of other
+  // heaps, or the pool, emptied meanwhile.
   for (Segment* segment = heap->segments; segment != nullptr;) {
     Segment* next = segment->heap_next;
-    ReleaseSegmentIfEmpty(heap, segment);
+    ReleaseSegmentIfEmpty(heap, segment, /*keep_spare=*/false);
     segment = next;
   }
-  if (heap->spare != nullptr) {
-    ArenaReleaseSegment(heap->spare);
-    heap->spare = nullptr;
-  }
+  heap->spare = nullptr;  // released above, or in use again
 }
 
 void AbandonHeap(Heap* heap) {

@@ -54,7 +54,7 @@ struct Heap {
   PageQueue queues[kNumClasses] = {};
   Segment* segments = nullptr;     // segments with pages of this heap, oldest first
   Segment* segments_tail = nullptr;
-  Segment* spare = nullptr;        // one empty segment kept to avoid churn
+  Segment* spare = nullptr;        // one empty segment kept on the list (ReleaseSegmentIfEmpty)
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
   // Classes whose only page, spanning several slices, is empty and kept a
