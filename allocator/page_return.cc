@@ -26,6 +26,7 @@
 
 #include "allocator/heap.h"
 #include "common/diag.h"
+#include "common/os.h"
 #include "common/stats.h"
 
 namespace ferry {
@@ -42,7 +43,7 @@ void ReleasePageSlices(Page* page) {
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->free = page->local_free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
-  segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+  FreeSlices(segment, start, count, OsMonotonicMs());
   g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count), std::memory_order_relaxed);
   CounterAdd(g_counters.pages_released, 1);
 }

@@ -146,13 +146,10 @@ struct alignas(64) Segment {
   // Bit i: slice i may hold committed memory (set when claimed, cleared when
   // the pool decommits it).
   std::atomic<uint64_t> dirty_slices;
-  // Bit i: slice i was claimed since the last purge run (which clears it):
-  // free then, it has not been free since that run saw it.
-  std::atomic<uint64_t> claimed_slices;
-  // The pool's own bookkeeping (one housekeeping run at a time): the free
-  // dirty slices its last run saw, and when a run first saw each of them.
-  uint64_t purge_candidates;
-  uint64_t purge_seen_ms[kSlicesPerSegment];
+  // When slice i was last freed (OsMonotonicMs, written before the bit in
+  // used_slices is cleared): the purge gives a free dirty slice back to the
+  // OS once it has been free for FERRY_PURGE_DELAY_MS.
+  std::atomic<uint64_t> freed_ms[kSlicesPerSegment];
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
   void* mapping;               // kHuge: the whole OS mapping
@@ -263,14 +260,21 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // heap, or the pool purging, may take them first); marks them dirty.
 bool TryTakeSlices(Segment* segment, int start, size_t count);
 // What every claim of slices records besides used_slices: they may hold
-// committed memory from now on, and the purge must see them as reused.
+// committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
   segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
-  segment->claimed_slices.fetch_or(run, std::memory_order_relaxed);
 }
 
-// used_slices of a segment that its owner is giving back (or holds as its
-// spare): every slice looks taken, so no other heap claims one meanwhile.
+// Frees the slices [start, start + count), stamped `now_ms` for the purge
+// (ArenaPurge). The stamps are written before the release that clears the
+// bits, which the purge acquires.
+inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
+  for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
+  segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+}
+
+// used_slices of a segment that its owner is giving back: every slice looks
+// taken, so no other heap claims one meanwhile.
 inline constexpr uint64_t kSegmentDetached = ~uint64_t{0};
 
 // A zeroed segment with its header slice and the slices in `taken` used
@@ -295,9 +299,17 @@ extern std::atomic<int64_t> g_free_dirty_slices_hint;
 Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when
-// `urgent`). Slices are held as used while their memory goes, so an owner
-// never claims a slice mid-purge. Returns the bytes decommitted.
+// `urgent`), those free for less than kEagerWindowMs only up to
+// kEagerBytesPerRun a run. Slices are held as used while their memory goes,
+// so an owner never claims a slice mid-purge. Returns the bytes decommitted.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
+// The budget for slices freed recently: a program that frees and takes back
+// much memory every few runs would otherwise fault it all in again each
+// time (with the default delay, 0). 8 MiB a run (50 ms apart) is at most
+// 160 MiB a second faulted in again, some 40k page faults; the benchmarks
+// purge under 1 MiB a run (larson: 4 MiB).
+inline constexpr uint64_t kEagerWindowMs = 250;
+inline constexpr size_t kEagerBytesPerRun = size_t{8} << 20;
 // Decommits the slices [first, first + count) of a segment whose caller holds
 // them as used; afterwards they are no longer dirty.
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count);

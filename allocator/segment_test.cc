@@ -598,12 +598,12 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
       << "the new page took an untouched slice while another heap's committed slice was free";
 }
 
-// The purge gives a free slice back to the OS once it has been seen free for
-// the purge delay, counted from when it was first seen: a slice freed late
-// does not wait for the slices freed before it to go first, and a slice
-// taken and freed again between two runs waits the delay anew. (This binary
-// runs with FERRY_RECLAIMERS=0, so no housekeeping but these calls runs.)
-TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
+// The purge gives a free slice back to the OS once it has been free for the
+// purge delay, counted from when its page was released: a slice freed late
+// does not go with the slices freed before it, and a slice taken and freed
+// again waits the delay anew. (This binary runs with FERRY_RECLAIMERS=0, so
+// no housekeeping but these calls runs.)
+TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
   std::thread([] {
     constexpr size_t kSize = 2048;  // one-slice pages; no other test here uses it
     constexpr uint64_t kDelay = 1000;
@@ -637,32 +637,83 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFirstSeenFree) {
       return uint64_t{1} << ((page->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize);
     };
     const uint64_t early = slice_bit(pages[0]), late = slice_bit(pages[1]);
+    const int early_index = __builtin_ctzll(early), late_index = __builtin_ctzll(late);
     auto committed = [&](uint64_t bit) { return (segment->dirty_slices.load() & bit) != 0; };
-    const uint64_t t0 = OsMonotonicMs();
     free_page(pages[0]);
     ASSERT_EQ(segment->used_slices.load() & early, 0u) << "the emptied page kept its slice";
-    ArenaPurge(t0, kDelay, false);  // sees the early slice free
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
     free_page(pages[1]);
     ASSERT_EQ(segment->used_slices.load() & late, 0u) << "the emptied page kept its slice";
-    ArenaPurge(t0 + 900, kDelay, false);  // sees the late one
-    EXPECT_TRUE(committed(early));
+    const uint64_t early_freed = segment->freed_ms[early_index].load();
+    const uint64_t late_freed = segment->freed_ms[late_index].load();
+    ASSERT_GE(late_freed, early_freed + 20) << "release times were not stamped";
+    ArenaPurge(early_freed + kDelay - 1, kDelay, false);
+    EXPECT_TRUE(committed(early)) << "purged before its delay was up";
     EXPECT_TRUE(committed(late));
-    ArenaPurge(t0 + 1000, kDelay, false);
+    ArenaPurge(early_freed + kDelay, kDelay, false);
     EXPECT_FALSE(committed(early)) << "free for the whole delay, yet not purged";
-    EXPECT_TRUE(committed(late)) << "purged after 100 ms of a 1000 ms delay";
-    // The late slice is taken by a page and given back between two runs
-    // (as a heap's new page would): free only since then, it waits anew.
-    const int late_index = __builtin_ctzll(late);
+    EXPECT_TRUE(committed(late)) << "purged 20 ms early, with the slice freed before it";
+    // The late slice is taken by a page and given back (as a heap's new
+    // page would): free only since then, it waits anew.
     ASSERT_TRUE(TryTakeSlices(segment, late_index, 1));
-    segment->used_slices.fetch_and(~late);
-    ArenaPurge(t0 + 1100, kDelay, false);
-    ArenaPurge(t0 + 1900, kDelay, false);
-    EXPECT_TRUE(committed(late)) << "purged 800 ms after it was last freed, with a 1000 ms delay";
-    ArenaPurge(t0 + 2099, kDelay, false);
+    FreeSlices(segment, static_cast<size_t>(late_index), 1, late_freed + 900);
+    ArenaPurge(late_freed + 1000, kDelay, false);
+    EXPECT_TRUE(committed(late)) << "purged 100 ms after it was last freed, with a 1000 ms delay";
+    ArenaPurge(late_freed + 1899, kDelay, false);
     EXPECT_TRUE(committed(late)) << "purged before its delay was up";
-    ArenaPurge(t0 + 2100, kDelay, false);
+    ArenaPurge(late_freed + 1900, kDelay, false);
     EXPECT_FALSE(committed(late)) << "free for the whole delay, yet not purged";
     for (void* p : blocks) ferry_free(p);
+  }).join();
+}
+
+// Slices freed within kEagerWindowMs go back at most kEagerBytesPerRun a
+// run, so that a program that frees and takes back much memory is not made
+// to fault it all in again at every run; older ones all go.
+TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
+  std::thread([] {
+    constexpr size_t kSize = 3584;  // one-slice pages; no other test here uses it
+    constexpr size_t kPages = kEagerBytesPerRun / kSliceSize * 2;
+    ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // nothing free and committed before
+    std::vector<void*> blocks;
+    std::vector<uintptr_t> starts;
+    while (starts.size() < kPages + 1) {
+      void* p = ferry_malloc(kSize);
+      ASSERT_NE(p, nullptr);
+      blocks.push_back(p);
+      const uintptr_t start = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p))->start;
+      if (starts.empty() || starts.back() != start) starts.push_back(start);
+    }
+    // One block of each segment stays, so that no segment empties and goes
+    // back to its arena (which decommits it whole, outside the purge).
+    std::set<Segment*> kept_segments;
+    std::vector<void*> kept;
+    const uint64_t freed_by = OsMonotonicMs();
+    for (void* p : blocks) {
+      if (kept_segments.insert(SegmentOf(reinterpret_cast<uintptr_t>(p))).second) {
+        kept.push_back(p);
+      } else {
+        ferry_free(p);
+      }
+    }
+    uint64_t last_freed = 0;
+    size_t free_dirty = 0;
+    for (uintptr_t start : starts) {
+      Segment* segment = SegmentOf(start);
+      const size_t slice = (start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
+      const uint64_t bit = uint64_t{1} << slice;
+      if ((segment->used_slices.load() & bit) != 0 || (segment->dirty_slices.load() & bit) == 0) continue;
+      ++free_dirty;
+      last_freed = std::max(last_freed, segment->freed_ms[slice].load());
+    }
+    ASSERT_GT(free_dirty * kSliceSize, kEagerBytesPerRun + kSliceSize)
+        << "the emptied pages did not go back to their segments: the test measures nothing";
+    ASSERT_GE(last_freed, freed_by);
+    EXPECT_EQ(ArenaPurge(last_freed, 0, false), kEagerBytesPerRun)
+        << "slices freed a moment ago went back past the run's budget";
+    EXPECT_EQ(ArenaPurge(last_freed + kEagerWindowMs, 0, false), (free_dirty * kSliceSize) - kEagerBytesPerRun)
+        << "slices free for the whole window must all go back";
+    for (void* p : kept) ferry_free(p);
   }).join();
 }
 

@@ -34,9 +34,10 @@ namespace ferry {
     "and returned to the owning pages")                                         \
   X(batch_bytes, "FERRY_BATCH_BYTES", 1 << 20, 4096, 1 << 30, nullptr,          \
     "bytes of freed blocks a batch may hold before it is handed on early")     \
-  X(purge_delay_ms, "FERRY_PURGE_DELAY_MS", 250, 0, 60000, nullptr,             \
+  X(purge_delay_ms, "FERRY_PURGE_DELAY_MS", 0, 0, 60000, nullptr,               \
     "milliseconds free memory stays committed before the pool gives it back "   \
-    "to the OS")                                                                \
+    "to the OS, at its next housekeeping run (every 50 ms); memory freed less " \
+    "than 250 ms ago goes back at most 8 MiB a run")                            \
   X(stats, "FERRY_STATS", 0, 0, 1, nullptr,                                     \
     "1 prints a statistics table to stderr at exit")                            \
   X(verbose, "FERRY_VERBOSE", 0, 0, 2, nullptr,                                 \

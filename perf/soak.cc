@@ -16,7 +16,7 @@
 // within 10 cycles, and the first cycle alone has every configuration. Each
 // run also draws, from --seed and its index: the workload's seed, its scale
 // (log-uniform between the program's minimum and --max-scale), --pairs 1-4,
-// pinned or not (1 in 3 not), FERRY_PURGE_DELAY_MS (default, 0, 50 or 1000)
+// pinned or not (1 in 3 not), FERRY_PURGE_DELAY_MS (default 0, 250, 50 or 1000)
 // and FERRY_BATCH (default, 8 or 4096). FERRY_STATS=1 always.
 //
 // A run fails when
@@ -127,8 +127,9 @@ constexpr double kOnefreeMedian = 2.0;
 constexpr double kOnefreeMax = 3.0;
 // idle with the threads backend and a pool: RSS 2 s after the last free,
 // over the RSS before the burst (ferry: 5-10 MiB). A free slice goes back to
-// the OS at most the purge delay plus two housekeeping ticks (50 ms) after it
-// is freed; with FERRY_PURGE_DELAY_MS=1000 that leaves too little room on a
+// the OS at most a housekeeping tick (50 ms) after it has been free for the
+// purge delay (for 250 ms, when the delay is shorter and more than 8 MiB was
+// freed at once); with FERRY_PURGE_DELAY_MS=1000 that leaves too little room on a
 // loaded machine, so those runs are judged at 3 s. With FERRY_RECLAIMERS=0
 // or the oneTBB backend nothing runs while the process idles (README), so it
 // only must not grow while idle.
@@ -139,7 +140,7 @@ constexpr double kIdleGrowthMiB = 16;
 constexpr double kChurnGrowthFactor = 1.5;
 constexpr double kChurnGrowthMiB = 32;
 
-constexpr const char* kPurgeDelays[] = {"", "0", "50", "1000"};  // "" = default (250)
+constexpr const char* kPurgeDelays[] = {"", "250", "50", "1000"};  // "" = default (0)
 constexpr const char* kBatches[] = {"", "", "8", "4096"};         // "" = default (256)
 // FERRY_INLINE_WHEN_BUSY: "" = default (1: a crowded machine, as the soak's
 // is, sends batches back inline); "0" keeps the pool at work.
