@@ -709,6 +709,10 @@ TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
     ASSERT_GT(free_dirty * kSliceSize, kEagerBytesPerRun + kSliceSize)
         << "the emptied pages did not go back to their segments: the test measures nothing";
     ASSERT_GE(last_freed, freed_by);
+    if (last_freed - freed_by >= kEagerWindowMs / 2) {
+      for (void* p : kept) ferry_free(p);
+      GTEST_SKIP() << "the frees took " << last_freed - freed_by << " ms: some slices are past the window";
+    }
     EXPECT_EQ(ArenaPurge(last_freed, 0, false), kEagerBytesPerRun)
         << "slices freed a moment ago went back past the run's budget";
     EXPECT_EQ(ArenaPurge(last_freed + kEagerWindowMs, 0, false), (free_dirty * kSliceSize) - kEagerBytesPerRun)

@@ -441,11 +441,31 @@ TEST(Api, ReallocToAMultipleOf16IsAligned16) {
   }
 }
 
+// The same when realloc moves a growing block with room to spare: the room
+// must not land a size that is a multiple of 16 in a class that is not
+// (a review found realloc(72-byte block, 80) asking for 100: class 104).
+TEST(Api, ReallocGrowingToAMultipleOf16IsAligned16) {
+  for (size_t n = 8; n <= 4096; n += 8) {
+    for (size_t step = 8; step <= 64; step += 8) {
+      void* p = ferry_malloc(n);
+      ASSERT_NE(p, nullptr);
+      const size_t target = (ferry_usable_size(p) + step + 15) / 16 * 16;
+      p = ferry_realloc(p, target);
+      ASSERT_NE(p, nullptr);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 16, 0u) << "realloc of a " << n << " B block to " << target;
+      ferry_free(p);
+    }
+  }
+}
+
 // A buffer appended to a few bytes at a time (a log, a string builder) must
 // not be copied at every size class it crosses (classes are 12.5% apart).
 // Growing 16 B -> 64 KiB by 48 B steps it moved 66 times without headroom;
 // with a quarter more room at each move it moves 23 times.
 TEST(Api, ReallocAppendingSmallStepsMovesTheBlockRarely) {
+#if FERRY_VALGRIND
+  GTEST_SKIP() << "a FERRY_VALGRIND build moves every realloc'd block";
+#endif
   const uint64_t seed = 0xa99e;
   size_t size = 16;
   void* p = PatternedBlock(size, seed);
