@@ -187,5 +187,34 @@ TEST_F(CrowdedTest, CrowdedBatchesAreAppliedByTheFreeingThread) {
   EXPECT_EQ(calm.blocks_returned, calm.remote_frees);
 }
 
+// While the offers are turned away the pool's housekeeping still runs: free
+// slices go back to the OS. ferry's threads run it on their own timer; the
+// oneTBB backend has none and sends it along with offers, crowded or not
+// (crowded_test_tbb; before 2026-12-02 it purged nothing while crowded).
+TEST_F(CrowdedTest, TheHousekeepingGoesOnWhileCrowded) {
+  if (!WatchOn()) GTEST_SKIP();
+  At(0, 0);
+  FreeBlocksOfAnotherThread(8 * 256, 64);
+  ferry_flush();
+  At(10, 0);
+  ASSERT_TRUE(At(20, Crowding()));
+  // Pages of this thread emptied: their slices are free and committed.
+  std::vector<void*> blocks;
+  for (int i = 0; i < 2048; ++i) blocks.push_back(ferry_malloc(3000));
+  for (void* p : blocks) ferry_free(p);
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  ferry_stats_t after = before;
+  for (int i = 0; i < 200 && after.bytes_decommitted == before.bytes_decommitted; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    FreeBlocksOfAnotherThread(256, 64);  // a batch offered, and turned away
+    ferry_stats_get(&after);
+  }
+  EXPECT_TRUE(PoolCpusCrowded()) << "the hold ended: the test measures nothing";
+  EXPECT_GT(after.bytes_decommitted, before.bytes_decommitted)
+      << "no housekeeping ran in 2 s of a crowded pool";
+  EXPECT_EQ(after.batches_pooled, before.batches_pooled) << "the pool got batches while crowded";
+}
+
 }  // namespace
 }  // namespace ferry

@@ -499,18 +499,23 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
     if (state == kNotStarted) g_pool_start_requested.store(1, std::memory_order_relaxed);
     return false;
   }
-  if (PoolCpusCrowded()) return false;
+  // The oneTBB backend's housekeeping rides on offers (it has no timer), so
+  // a crowded offer still sends it along: the batch is turned away, not the
+  // duty. (Until 2026-12-02 a crowded process on that backend purged
+  // nothing and collected no abandoned heap while the hold lasted.)
+  const bool crowded = PoolCpusCrowded();
+  if (crowded && !g_pool.use_tbb) return false;
   g_pool.offers_in_progress.fetch_add(1, std::memory_order_seq_cst);
   if (g_pool.paused.load(std::memory_order_seq_cst) != 0) {
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
     return false;
   }
-  const int count = g_pool.count.load(std::memory_order_acquire);
-  const uint32_t home = home_hint % static_cast<uint32_t>(count);
-  batch->epoch_slot = JoinEpoch();
   if (g_pool.use_tbb) {
-    batch->in_flight.store(1, std::memory_order_relaxed);
-    TbbBackendSubmit(ApplyTask, batch);
+    if (!crowded) {
+      batch->epoch_slot = JoinEpoch();
+      batch->in_flight.store(1, std::memory_order_relaxed);
+      TbbBackendSubmit(ApplyTask, batch);
+    }
     const uint64_t now = OsMonotonicMs();
     if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs &&
         g_pool.duty_running.load(std::memory_order_relaxed) == 0) {
@@ -518,8 +523,11 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
       TbbBackendSubmit(DutyTask, nullptr);
     }
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
-    return true;
+    return !crowded;
   }
+  const int count = g_pool.count.load(std::memory_order_acquire);
+  const uint32_t home = home_hint % static_cast<uint32_t>(count);
+  batch->epoch_slot = JoinEpoch();
   batch->home = home;
   batch->in_flight.store(1, std::memory_order_relaxed);
   Reclaimer* target = g_pool.reclaimers[home];
