@@ -3,8 +3,8 @@
 //
 // Life of a page (owner thread only, except `returned` and the inbox):
 //   made from free slices of one of the heap's segments -> on its class queue,
-//   refilled from local_free, then from `returned`, then by carving more
-//   blocks -> when nothing is left, marked full and taken off the queue ->
+//   its free list fed by the owner's frees, refilled from `returned`, then by
+//   carving more blocks -> when nothing is left, marked full and taken off the queue ->
 //   back on the queue at the first local free (owner clears the mark) or via
 //   the inbox (a remote chain cleared it) -> released to its segment when all
 //   its blocks are free, unless it is the only page of its class.
@@ -226,7 +226,7 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->block_size = block_size;
   page->divisor_magic = ~uint64_t{0} / block_size + 1;
   page->reserved = static_cast<uint16_t>(reserved);
-  page->free = page->local_free = nullptr;
+  page->free = nullptr;
   page->used = page->capacity = 0;
   page->in_full = 0;
   page->carved_bytes.store(0, std::memory_order_relaxed);
@@ -312,17 +312,13 @@ void ExtendPage(Page* page) {
   page->carved_bytes.store(static_cast<uint32_t>(page->capacity * size), std::memory_order_relaxed);
 }
 
-// Gives page->free blocks that were freed before, if it has any. page->free
-// is empty on entry. Carving new blocks (ExtendPage) is the caller's last
-// resort: blocks already carved and free, on any page of the class, come
-// first, or every class's newest page would grow while its older pages keep
-// free blocks in RAM (onefree: 9 MiB of free blocks on queued pages).
+// Gives page->free blocks that other threads freed, if it has any.
+// page->free is empty on entry. Carving new blocks (ExtendPage) is the
+// caller's last resort: blocks already carved and free, on any page of the
+// class, come first, or every class's newest page would grow while its
+// older pages keep free blocks in RAM (onefree: 9 MiB of free blocks on
+// queued pages).
 bool RefillPage(Page* page) {
-  if (page->local_free != nullptr) {
-    page->free = page->local_free;
-    page->local_free = nullptr;
-    return true;
-  }
   if (page->returned.load(std::memory_order_relaxed) != 0) {
     page->free = AdoptReturned(page);
     if (page->free != nullptr) return true;
@@ -347,7 +343,7 @@ bool TryMarkFull(Page* page) {
   return true;
 }
 
-// Takes a queued page's returned chain onto its free lists. Returns false if
+// Takes a queued page's returned chain onto its free list. Returns false if
 // nothing had come back.
 bool AdoptOntoLists(Page* page) {
   uint32_t count;
@@ -364,8 +360,8 @@ bool AdoptOntoLists(Page* page) {
       if (!IsInCarvedRange(page, next)) ReportCorruptFreeList(page, tail, next);
       tail = next;
     }
-    tail->next_encoded = EncodeNext(page->local_free);
-    page->local_free = chain;
+    tail->next_encoded = EncodeNext(page->free);
+    page->free = chain;
   }
   return true;
 }
@@ -1022,7 +1018,9 @@ Page* FindPageWithFreeBlocks(PageQueue* q, Page** growable) {
 // Everything AllocateSlow does but its shortcut: hints from other threads,
 // retained pages, then blocks from any page of the class, the inbox,
 // carving, a new page.
-FERRY_NOINLINE void* AllocateSlowFull(Heap* heap, size_t size_class) {
+// The class's current page ran dry: the owner's own frees have all been
+// handed out again (they go straight back on page->free).
+void* AllocateSlow(Heap* heap, size_t size_class) {
   PoolMaybeStart();
   if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
     if (tl_exiting) return AllocateWhileExiting(kClassSize[size_class], 0);
@@ -1071,30 +1069,6 @@ FERRY_NOINLINE void* AllocateSlowFull(Heap* heap, size_t size_class) {
   heap->direct[size_class] = page;
   ExtendPage(page);
   return PopBlock(page, page->free);
-}
-
-static_assert((kNumClasses + 63) / 64 == 2, "AllocateSlow and ReleaseRetainedPages read two words");
-
-// The current page ran dry. Most often the owner has freed blocks into it
-// since (a single thread's malloc/free churn): those are taken here in a few
-// instructions, unless other threads left hints or retained pages are due,
-// which the full path handles first. churn under callgrind: 181k slow
-// paths of ~140 instructions each; now 56% of them take this shortcut
-// (~20), and the whole run 1288.2 M -> 1277.6 M instructions.
-void* AllocateSlow(Heap* heap, size_t size_class) {
-  Page* page = heap->direct[size_class];
-  Block* block = page->local_free;
-  if (block != nullptr && static_cast<int32_t>(heap->slow_paths + 1 - heap->retained_until) < 0 &&
-      (heap->sweep_classes[0].load(std::memory_order_relaxed) |
-       heap->sweep_classes[1].load(std::memory_order_relaxed) |
-       heap->inbox_complete[0].load(std::memory_order_relaxed) |
-       heap->inbox_complete[1].load(std::memory_order_relaxed)) == 0) {
-    ++heap->slow_paths;
-    page->free = block;
-    page->local_free = nullptr;
-    return PopBlock(page, block);
-  }
-  return AllocateSlowFull(heap, size_class);
 }
 
 void* AllocateAboveLookup(size_t n) {
@@ -1230,8 +1204,8 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   PageQueue* q = &heap->queues[page->size_class];
   QueuePushBack(q, page);
   if (q->head == page) SyncDirect(heap, page->size_class);
-  block->next_encoded = EncodeNext(page->local_free);
-  page->local_free = block;
+  block->next_encoded = EncodeNext(page->free);
+  page->free = block;
   if (--page->used == 0) FreeLocalSlow(heap, page);
 }
 

@@ -8,7 +8,7 @@
 // Fast paths (everything else is out of line, in heap.cc; `git grep Slow`):
 //   Allocate: size class -> heap->direct[class] -> pop page->free.
 //   Free:     segment map says ferry -> page by arithmetic -> owner check ->
-//             block checks -> push page->local_free.
+//             block checks -> push page->free.
 // A free of another thread's block goes into this thread's remote batch;
 // a full batch is sorted and handed back (reclaimer/sorter.h).
 #ifndef FERRY_ALLOCATOR_HEAP_H_
@@ -201,8 +201,13 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   Heap* heap = tl_heap;
   if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call, caller);
   if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call);
-  block->next_encoded = EncodeNext(page->local_free);
-  page->local_free = block;
+  // Onto the list the next allocation pops: a block freed by its owner is
+  // handed out again while it is still in cache (realloc: the buffer just
+  // copied out of). Kept on a list of its own until this one ran dry (as
+  // mimalloc's local_free), it came back only after every older free block
+  // of the page, cold by then (perf/RESULTS.md, 2026-12-02).
+  block->next_encoded = EncodeNext(page->free);
+  page->free = block;
   if (FERRY_UNLIKELY(--page->used == 0)) FreeLocalSlow(heap, page);
 }
 

@@ -41,7 +41,7 @@ void ReleasePageSlices(Page* page) {
   page->heap = nullptr;
   page->block_size = 0;
   page->carved_bytes.store(0, std::memory_order_relaxed);
-  page->free = page->local_free = nullptr;
+  page->free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
   FreeSlices(segment, start, count, OsMonotonicMs());
   g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count), std::memory_order_relaxed);

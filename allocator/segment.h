@@ -16,7 +16,7 @@
 //  - The segment map (one byte per 4 MiB of address space) tells a live ferry
 //    segment from a foreign pointer in one load.
 //
-// Who touches what (DESIGN.md invariant 1): a page's free, local_free, used,
+// Who touches what (DESIGN.md invariant 1): a page's free list, used,
 // and its heap's queues are the owner thread's alone. Other threads reach a
 // page only through `returned` (CAS push by a sorter, exchange by the owner)
 // and the owning heap only through its inbox.
@@ -83,8 +83,10 @@ inline uint32_t ReturnedCount(uintptr_t word) {
 // the fields other threads write sit in the second line.
 struct Page {
   // --- owner thread only -------------------------------------------------
-  Block* free;             // blocks ready to hand out (decoded pointer)
-  Block* local_free;       // blocks freed by the owner since the last refill
+  // Blocks ready to hand out (decoded pointer). The owner's frees go on its
+  // head, so that the next allocation of the class gets the block it freed
+  // last, while it is still in cache (see Free in heap.h).
+  Block* free;
   uint16_t used;           // blocks handed out and not yet back on a list
   uint16_t capacity;       // blocks carved so far
   uint16_t reserved;       // blocks the page can hold (at most 8192)

@@ -363,6 +363,23 @@ TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   ferry_free(extra);
 }
 
+// The owner's frees go on the list its allocations pop: the block freed last
+// is handed out first, while it is still in cache, in every kind of class.
+TEST(PageLists, TheOwnersLastFreedBlockIsHandedOutFirst) {
+  for (size_t size : {size_t{48}, size_t{1000}, size_t{20000}, size_t{300000}}) {
+    void* keep = ferry_malloc(size);  // the page never empties, so it stays
+    std::vector<void*> blocks(3);
+    for (void*& p : blocks) p = ferry_malloc(size);
+    for (void* p : blocks) ferry_free(p);
+    for (size_t k = blocks.size(); k-- > 0;) {
+      void* p = ferry_malloc(size);
+      EXPECT_EQ(p, blocks[k]) << size << " B, block " << k;
+    }
+    for (void* p : blocks) ferry_free(p);
+    ferry_free(keep);
+  }
+}
+
 // The owner's free into a full page that nothing has come back to takes the
 // page back at once (one CAS), and every later free into it is a plain local
 // one; once other threads' returns are on the page, the owner's free joins
@@ -376,7 +393,7 @@ TEST(PageLists, LocalFreeIntoAFullPageTakesItBack) {
   ferry_free(blocks[0]);
   EXPECT_EQ(page->in_full, 0);
   EXPECT_EQ(page->returned.load(), 0u);
-  EXPECT_EQ(page->local_free, static_cast<Block*>(blocks[0]));
+  EXPECT_EQ(page->free, static_cast<Block*>(blocks[0]));
   for (size_t k = 1; k < blocks.size(); ++k) ferry_free(blocks[k]);
   ferry_free(extra);
 }

@@ -460,8 +460,9 @@ TEST(Api, ReallocGrowingToAMultipleOf16IsAligned16) {
 
 // A buffer appended to a few bytes at a time (a log, a string builder) must
 // not be copied at every size class it crosses (classes are 12.5% apart).
-// Growing 16 B -> 64 KiB by 48 B steps it moved 66 times without headroom;
-// with a quarter more room at each move it moves 23 times.
+// Growing 16 B -> 64 KiB by 48 B steps it moved 66 times without headroom,
+// 23 times with a quarter more room at each move, and moves 16 times with
+// half as much again.
 TEST(Api, ReallocAppendingSmallStepsMovesTheBlockRarely) {
 #if FERRY_VALGRIND
   GTEST_SKIP() << "a FERRY_VALGRIND build moves every realloc'd block";
@@ -486,7 +487,7 @@ TEST(Api, ReallocAppendingSmallStepsMovesTheBlockRarely) {
 }
 
 // The headroom is for appending only: a caller that grows its buffer
-// geometrically gets the class of what it asked for, not a quarter more.
+// geometrically gets the class of what it asked for, no more.
 TEST(Api, ReallocGrowingByAQuarterOrMoreGetsNoHeadroom) {
   for (size_t n = 64; n <= 256 * kKiB; n = n * 3 / 2) {
     void* p = ferry_malloc(n);
