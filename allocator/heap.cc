@@ -44,7 +44,6 @@ __thread Heap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_hea
 namespace {
 
 constexpr size_t kExtendBytes = 4 << 10;  // carve at most this much at a time
-constexpr uint32_t kRetainSlowPaths = 256;  // RetirePage
 constexpr size_t kWakeBytes = 256 << 10;    // PublishBatch
 
 constinit Options g_options{};
@@ -716,7 +715,7 @@ void PublishBatch(Heap* heap) {
 }
 
 // Gives back everything of this heap that is free now: adopts returned
-// chains, merges local frees, releases empty pages and the spare segment.
+// chains, releases empty pages and the spare segment.
 void CollectHeap(Heap* heap) {
   DrainAllInboxes(heap);
   for (size_t c = 0; c < kNumClasses; ++c) {
@@ -1013,14 +1012,28 @@ Page* FindPageWithFreeBlocks(PageQueue* q, Page** growable) {
   return nullptr;
 }
 
+static_assert((kNumClasses + 63) / 64 == 2, "ReleaseRetainedPages and HasCompletedInboxPages read two words");
+
+// The owner's checkpoint, at every slow path and every kFreesPerCheckpoint
+// local frees: hints from other threads (pages they emptied), then retained
+// pages that are due. `keep`: a class whose retained page stays (the one
+// being allocated), or kNumClasses.
+void TendHeap(Heap* heap, size_t keep) {
+  for (size_t w = 0; w < std::size(heap->sweep_classes); ++w) {
+    if (heap->sweep_classes[w].load(std::memory_order_relaxed) != 0) SweepClasses(heap, w);
+    if (heap->inbox_complete[w].load(std::memory_order_relaxed) != 0) FreeCompletedInboxPages(heap, w);
+  }
+  if (static_cast<int32_t>(++heap->slow_paths - heap->retained_until) >= 0) {
+    ReleaseRetainedPages(heap, keep);
+  }
+}
+
 }  // namespace
 
-// Everything AllocateSlow does but its shortcut: hints from other threads,
-// retained pages, then blocks from any page of the class, the inbox,
-// carving, a new page.
-// The class's current page ran dry: the owner's own frees have all been
-// handed out again (they go straight back on page->free).
-void* AllocateSlow(Heap* heap, size_t size_class) {
+// The class's current page ran dry (the owner's own frees go straight back
+// on page->free, so it has handed all of them out again): the checkpoint,
+// then blocks from any page of the class, the inbox, carving, a new page.
+FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   PoolMaybeStart();
   if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
     if (tl_exiting) return AllocateWhileExiting(kClassSize[size_class], 0);
@@ -1030,13 +1043,7 @@ void* AllocateSlow(Heap* heap, size_t size_class) {
       return nullptr;
     }
   }
-  for (size_t w = 0; w < std::size(heap->sweep_classes); ++w) {
-    if (heap->sweep_classes[w].load(std::memory_order_relaxed) != 0) SweepClasses(heap, w);
-    if (heap->inbox_complete[w].load(std::memory_order_relaxed) != 0) FreeCompletedInboxPages(heap, w);
-  }
-  if (static_cast<int32_t>(++heap->slow_paths - heap->retained_until) >= 0) {
-    ReleaseRetainedPages(heap, size_class);
-  }
+  TendHeap(heap, size_class);
   // Blocks already carved and free come first, on any page of the class
   // (those on its inbox too), and carving new blocks last: carved blocks
   // are resident memory.
@@ -1178,6 +1185,11 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
 void FreeLocalSlow(Heap* heap, Page* page) {
   CounterAdd(g_counters.local_frees_slow, 1);
   RetirePage(heap, page);
+}
+
+void FreeCheckpoint(Heap* heap) {
+  heap->frees_to_checkpoint = kFreesPerCheckpoint;
+  TendHeap(heap, kNumClasses);
 }
 
 // The owner frees a block of a page it had found full. If nothing has come

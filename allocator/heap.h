@@ -37,6 +37,12 @@ extern Page g_empty_page;
 // enough that the wrapping compare does not come due for 2^30 slow paths.
 inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
 
+// Slow paths (and checkpoints) a retained empty page waits (RetirePage).
+inline constexpr uint32_t kRetainSlowPaths = 256;
+
+// Local frees between two of the owner's checkpoints (Heap::frees_to_checkpoint).
+inline constexpr uint32_t kFreesPerCheckpoint = 256;
+
 struct Heap {
   // Every class starts at the empty page, whose free list is empty, so the
   // first allocation of each class takes the slow path.
@@ -46,6 +52,12 @@ struct Heap {
 
   // --- owner thread only (hot first) -----------------------------------------
   Page* direct[kNumClasses] = {};  // first page of each class, or the empty page
+  // Counts local frees down to the next checkpoint (TendHeap), the work
+  // every slow path does first. A thread whose frees feed its own
+  // allocations never runs out of blocks and so never takes a slow path:
+  // without this, pages other threads emptied and retained pages would
+  // wait for it for good.
+  uint32_t frees_to_checkpoint = kFreesPerCheckpoint;
   void** batch = nullptr;          // current->ptrs: remote frees waiting to be handed on
   uint32_t batch_count = 0;
   uint32_t batch_limit = 0;
@@ -101,6 +113,7 @@ void* AllocateSlow(Heap* heap, size_t size_class);
 void FreeUnmapped(void* p, const char* call);
 void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
+void FreeCheckpoint(Heap* heap);
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
 void PublishBatchSlow(Heap* heap, const void* caller);
@@ -208,7 +221,8 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   // of the page, cold by then (perf/RESULTS.md, 2026-12-02).
   block->next_encoded = EncodeNext(page->free);
   page->free = block;
-  if (FERRY_UNLIKELY(--page->used == 0)) FreeLocalSlow(heap, page);
+  if (FERRY_UNLIKELY(--page->used == 0)) return FreeLocalSlow(heap, page);
+  if (FERRY_UNLIKELY(--heap->frees_to_checkpoint == 0)) FreeCheckpoint(heap);
 }
 
 // A free by the user (the malloc family's and operator delete's entry

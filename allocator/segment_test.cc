@@ -368,9 +368,18 @@ TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
 TEST(PageLists, TheOwnersLastFreedBlockIsHandedOutFirst) {
   for (size_t size : {size_t{48}, size_t{1000}, size_t{20000}, size_t{300000}}) {
     void* keep = ferry_malloc(size);  // the page never empties, so it stays
+    const uintptr_t address = reinterpret_cast<uintptr_t>(keep);
+    Page* page = PageOf(SegmentOf(address), address);
     std::vector<void*> blocks(3);
-    for (void*& p : blocks) p = ferry_malloc(size);
-    for (void* p : blocks) ferry_free(p);
+    for (void*& p : blocks) {
+      p = ferry_malloc(size);
+      ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page)
+          << size << " B: the blocks are not on one page";
+    }
+    for (void* p : blocks) {
+      ferry_free(p);
+      EXPECT_EQ(page->free, static_cast<Block*>(p)) << size << " B: not on the list malloc pops";
+    }
     for (size_t k = blocks.size(); k-- > 0;) {
       void* p = ferry_malloc(size);
       EXPECT_EQ(p, blocks[k]) << size << " B, block " << k;
@@ -485,22 +494,74 @@ TEST(PageLists, AnEmptyMediumPageIsKeptAWhileThenReleased) {
   }).join();
 }
 
+// A thread whose frees feed its own allocations never runs short of blocks,
+// so it takes no slow path; its checkpoint every kFreesPerCheckpoint local
+// frees lets the retained page go all the same.
+void ExpectReleasedWhileChurningOwnBlocks(Page* page, size_t size_class) {
+  for (uint32_t k = 0; k < 2 * (kRetainSlowPaths + 1) * kFreesPerCheckpoint; ++k) {
+    void* p = ferry_malloc(64);
+    ferry_free(p);
+  }
+  EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
+      << "the empty medium page stayed while the thread churned 64 B blocks";
+}
+
+TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadOnlyChurnsItsOwnBlocks) {
+  std::thread([] {
+    void* warm = ferry_malloc(64);  // the 64 B class's page exists first
+    void* p = ferry_malloc(200 << 10);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    Page* page = PageOf(SegmentOf(address), address);
+    ASSERT_GT(page->slice_count, 1);
+    const size_t size_class = page->size_class;
+    ASSERT_EQ(tl_heap->queues[size_class].tail, page) << "not the class's only page";
+    ferry_free(p);
+    ASSERT_EQ(page->kind, PageKind::kSmall) << "not retained";
+    ExpectReleasedWhileChurningOwnBlocks(page, size_class);
+    ferry_free(warm);
+  }).join();
+}
+
+// Fills half of a fresh medium page of this thread's and has another
+// thread free those blocks and flush: the page has every block back, on a
+// returned chain the owner has not taken yet.
+void EmptyAMediumPageFromAnotherThread(Page** page_out, size_t* size_class_out) {
+  constexpr size_t kSize = 200 << 10;  // 8 blocks to a page of 26 slices
+  std::vector<void*> blocks;
+  for (int k = 0; k < 4; ++k) blocks.push_back(ferry_malloc(kSize));
+  const uintptr_t address = reinterpret_cast<uintptr_t>(blocks[0]);
+  Page* page = PageOf(SegmentOf(address), address);
+  ASSERT_GT(page->slice_count, 1);
+  ASSERT_LE(page->reserved, 2 * blocks.size()) << "four returns must reach half the page";
+  for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
+  *page_out = page;
+  *size_class_out = page->size_class;
+  FreeElsewhereAndFlush(blocks, 0, blocks.size());
+}
+
 // The same when other threads empty it: the sweep that takes the returned
 // blocks back keeps it as the class's current page, but only a while.
 TEST(PageLists, AMediumPageEmptiedByAnotherThreadIsReleasedAfterAWhile) {
   std::thread([] {
-    constexpr size_t kSize = 200 << 10;  // 8 blocks to a page of 26 slices
-    std::vector<void*> blocks;
-    for (int k = 0; k < 4; ++k) blocks.push_back(ferry_malloc(kSize));
-    const uintptr_t address = reinterpret_cast<uintptr_t>(blocks[0]);
-    Page* page = PageOf(SegmentOf(address), address);
-    const size_t size_class = page->size_class;
-    ASSERT_GT(page->slice_count, 1);
-    ASSERT_LE(page->reserved, 2 * blocks.size()) << "four returns must reach half the page";
-    for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
-    FreeElsewhereAndFlush(blocks, 0, blocks.size());
+    Page* page;
+    size_t size_class;
+    EmptyAMediumPageFromAnotherThread(&page, &size_class);
+    if (::testing::Test::HasFatalFailure()) return;
     // The first slow path sweeps the page back, empty.
     ExpectReleasedAfterSlowPathsInOtherClasses(page, size_class);
+  }).join();
+}
+
+// Swept back and let go by the checkpoints of a thread that takes no slow
+// path: the sweep hint waits for nothing else.
+TEST(PageLists, AMediumPageEmptiedByAnotherThreadGoesWhileTheOwnerOnlyChurnsItsOwnBlocks) {
+  std::thread([] {
+    void* warm = ferry_malloc(64);  // the 64 B class's page exists first
+    Page* page;
+    size_t size_class;
+    EmptyAMediumPageFromAnotherThread(&page, &size_class);
+    if (!::testing::Test::HasFatalFailure()) ExpectReleasedWhileChurningOwnBlocks(page, size_class);
+    ferry_free(warm);
   }).join();
 }
 

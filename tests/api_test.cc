@@ -483,7 +483,7 @@ TEST(Api, ReallocAppendingSmallStepsMovesTheBlockRarely) {
     size = n;
   }
   ferry_free(p);
-  EXPECT_LE(moves, 45) << "an appended buffer moved at nearly every size class";
+  EXPECT_LE(moves, 20) << "an appended buffer moved at nearly every size class";
 }
 
 // The headroom is for appending only: a caller that grows its buffer
