@@ -85,6 +85,9 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
       (size % 16 != 0 || reinterpret_cast<uintptr_t>(ptr) % 16 == 0)) {
     return ptr;
   }
+  if (!ferry::kValgrind && usable > ferry::kLargeMax && size > ferry::kLargeMax) {
+    if (void* remapped = ferry::ReallocHuge(ptr, size)) return remapped;
+  }
   void* fresh = VgAllocated(Allocate(GrowthRequest(size, usable)), size);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote

@@ -234,6 +234,9 @@ FERRY_ALWAYS_INLINE void FreeUserBlock(void* p, const char* call, const void* ca
 
 // Everything else the API needs, out of line in heap.cc.
 void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
+// realloc of a huge block to a huge size (n > kLargeMax) without copying;
+// nullptr when it cannot (then nothing changed): huge.cc.
+void* ReallocHuge(void* p, size_t n);
 // The usable size of the block at `address`; aborts with a diagnostic naming
 // `call` when it is not a live ferry block. Takes an address, not a pointer:
 // it never reads the block's bytes.

@@ -11,6 +11,15 @@
 //    an absurd malloc fails with ENOMEM instead of succeeding on paper);
 //    without it the range is reserved regardless (arenas, metadata).
 //  - OsRelease gives back a range that OsReserve returned, whole.
+//  - OsResizeInPlace grows or shrinks a range that OsReserve returned,
+//    keeping its contents, or fails (nullptr, the range as it was). It sets
+//    *no_room when growing failed only because something is mapped after
+//    the range; other failures (the range split by the program's mprotect
+//    or madvise, the kernel's accounting) leave it false.
+//  - OsMoveOnto moves such a range, contents and all, onto `target` (a range
+//    of new_size bytes from OsReserve) without copying: the kernel moves the
+//    page tables, and the old range is gone. On failure it returns nullptr,
+//    the old range is as it was, and `target` has been given back.
 //  - OsDecommit drops the physical pages of a range (it stays reserved and
 //    reads as zero afterwards); resident memory falls at once (MADV_DONTNEED,
 //    not MADV_FREE, so RSS tells the truth).
@@ -25,6 +34,8 @@ namespace ferry {
 
 void* OsReserve(size_t size, size_t alignment, bool overcommit_check = false);
 void OsRelease(void* base, size_t size);
+void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
+void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 void OsDecommit(void* base, size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).

@@ -54,6 +54,54 @@ void OsRelease(void* base, size_t size) {
   errno = saved_errno;
 }
 
+void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room) {
+  const int saved_errno = errno;
+  void* p = mremap(base, old_size, new_size, 0);
+  *no_room = p == MAP_FAILED && errno == ENOMEM;
+  errno = saved_errno;
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+namespace {
+
+// Whether every page of [base, base + size) is mapped (mincore fails with
+// ENOMEM on a range with a gap), a few hundred pages per call.
+bool WhollyMapped(uintptr_t base, size_t size) {
+  const size_t page = OsPageSize();
+  unsigned char residency[256];
+  for (uintptr_t at = base; at < base + size;) {
+    const size_t chunk = base + size - at < sizeof residency * page ? base + size - at : sizeof residency * page;
+    if (mincore(reinterpret_cast<void*>(at), chunk, residency) != 0) return false;
+    at += chunk;
+  }
+  return true;
+}
+
+}  // namespace
+
+void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target) {
+  const int saved_errno = errno;
+  void* p = mremap(base, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+  if (p == MAP_FAILED) {
+    // Older kernels unmap the target before they check the old range, so a
+    // failed move may leave a hole where `target` was, which another thread
+    // may have mapped since: munmap(target) could take its memory. Newer
+    // ones (6.18 here) check first and leave the target whole. Claim the
+    // hole back first: if that works, it was all free, and goes back.
+    void* hole = mmap(target, new_size, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (hole != MAP_FAILED) {
+      munmap(hole, new_size);  // elsewhere on kernels before 4.17: ours all the same
+    } else if (errno == EEXIST && WhollyMapped(reinterpret_cast<uintptr_t>(target), new_size)) {
+      munmap(target, new_size);  // the target, still whole
+    }
+    // Otherwise part of the hole is another thread's now: leave it alone.
+    p = nullptr;
+  }
+  errno = saved_errno;
+  return p;
+}
+
 void OsDecommit(void* base, size_t size) {
   const int saved_errno = errno;
   madvise(base, size, MADV_DONTNEED);

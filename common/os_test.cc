@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <thread>
@@ -99,6 +101,59 @@ TEST(Os, PreemptionsCountThreadsThatLoseTheirCpu) {
   stop = true;
   for (std::thread& t : spinners) t.join();
   EXPECT_GT(after, before);
+}
+
+// The contents of a resized or moved range come through; a growth blocked
+// by another mapping fails with no_room and leaves the range as it was.
+TEST(Os, ResizeInPlaceAndMoveOntoKeepTheContents) {
+  constexpr size_t kSize = size_t{4} << 20;
+  char* base = static_cast<char*>(ferry::OsReserve(kSize, kSize));
+  ASSERT_NE(base, nullptr);
+  memset(base, 0x5a, kSize);
+  void* blocker = mmap(base + kSize, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (blocker != MAP_FAILED && blocker != base + kSize) {
+    munmap(blocker, 4096);
+    ferry::OsRelease(base, kSize);
+    GTEST_SKIP() << "MAP_FIXED_NOREPLACE is only a hint on this kernel";
+  }
+  bool no_room = false;
+  EXPECT_EQ(ferry::OsResizeInPlace(base, kSize, 2 * kSize, &no_room), nullptr);
+  EXPECT_TRUE(no_room);
+  EXPECT_EQ(base[kSize - 1], 0x5a);
+  char* target = static_cast<char*>(ferry::OsReserve(2 * kSize, kSize));
+  ASSERT_NE(target, nullptr);
+  char* moved = static_cast<char*>(ferry::OsMoveOnto(base, kSize, 2 * kSize, target));
+  ASSERT_EQ(moved, target);
+  for (size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(moved[i], 0x5a) << i;
+  EXPECT_EQ(moved[2 * kSize - 1], 0) << "the grown part reads as zero";
+  char* shrunk = static_cast<char*>(ferry::OsResizeInPlace(moved, 2 * kSize, kSize, &no_room));
+  ASSERT_EQ(shrunk, moved) << "shrinking in place never needs room";
+  EXPECT_EQ(shrunk[kSize - 1], 0x5a);
+  ferry::OsRelease(shrunk, kSize);
+  if (blocker != MAP_FAILED) munmap(blocker, 4096);
+}
+
+// A range the program split (mprotect on part of it) cannot be resized; the
+// failure says so (no_room stays false), and a failed move gives its target
+// back without touching the range.
+TEST(Os, ASplitRangeIsNotResizedAndAFailedMoveReturnsItsTarget) {
+  constexpr size_t kSize = size_t{4} << 20;
+  char* base = static_cast<char*>(ferry::OsReserve(kSize, kSize));
+  ASSERT_NE(base, nullptr);
+  memset(base, 0x33, kSize);
+  ASSERT_EQ(mprotect(base + kSize / 2, 4096, PROT_READ), 0);
+  bool no_room = true;
+  EXPECT_EQ(ferry::OsResizeInPlace(base, kSize, 2 * kSize, &no_room), nullptr);
+  EXPECT_FALSE(no_room);
+  char* target = static_cast<char*>(ferry::OsReserve(2 * kSize, kSize));
+  ASSERT_NE(target, nullptr);
+  EXPECT_EQ(ferry::OsMoveOnto(base, kSize, 2 * kSize, target), nullptr);
+  EXPECT_EQ(base[kSize - 1], 0x33);
+  // The target's range is free again: a fixed mapping there succeeds.
+  void* again = mmap(target, 2 * kSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  EXPECT_EQ(again, static_cast<void*>(target));
+  if (again != MAP_FAILED) munmap(again, 2 * kSize);
+  ferry::OsRelease(base, kSize);
 }
 
 }  // namespace

@@ -5,6 +5,9 @@
 //                          is handed to the pool, or sorted inline)
 //   Sorter/<batch>         ReturnBatch: pointers sorted and returned per second
 //   FlushLatency           ferry_flush after one batch of remote frees
+//   ReallocHugeGrowth      a huge buffer grown by 1 MiB steps, 8 -> 64 MiB,
+//                          each step's new MiB written (the kernel remaps
+//                          the block instead of ferry copying it)
 // The pool size is the process's FERRY_RECLAIMERS, read once; compare
 // pool sizes by running it once per setting (perf/micro/README in perf/BUILD):
 //   for r in 0 1 2 3 4; do FERRY_RECLAIMERS=$r bazel-bin/perf/micro_bench; done
@@ -99,6 +102,32 @@ void FlushLatency(benchmark::State& state) {
   state.counters["reclaimers"] = static_cast<double>(stats.reclaimer_threads);
 }
 BENCHMARK(FlushLatency)->Unit(benchmark::kMicrosecond);
+
+void ReallocHugeGrowth(benchmark::State& state) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  for (auto _ : state) {
+    size_t size = 8 * kMiB;
+    char* p = static_cast<char*>(ferry_malloc(size));
+    if (p == nullptr) {
+      state.SkipWithError("malloc failed");
+      return;
+    }
+    p[0] = 1;
+    while (size < 64 * kMiB) {
+      p = static_cast<char*>(ferry_realloc(p, size + kMiB));
+      if (p == nullptr) {
+        state.SkipWithError("realloc failed");
+        return;
+      }
+      for (size_t i = size; i < size + kMiB; i += 4096) p[i] = 1;  // as an appending caller would
+      size += kMiB;
+    }
+    benchmark::DoNotOptimize(p);
+    ferry_free(p);
+  }
+  state.SetItemsProcessed(state.iterations() * 56);  // reallocs
+}
+BENCHMARK(ReallocHugeGrowth)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
