@@ -47,13 +47,24 @@ inline uint32_t SoakSize(Rng& rng) {
   return static_cast<uint32_t>(std::exp2(log2));
 }
 
-// malloc, then the tag pattern over every byte.
+// malloc, then the tag pattern over every byte. A 5 MiB object is grown to
+// its size by realloc from 3 MiB (its pattern checked on the way), so that
+// huge blocks are resized (remapped) under every configuration, forks and
+// exiting threads included.
 inline SoakObject MakeSoakObject(const char* name, Rng& rng, uint64_t tag, LiveBytes& live) {
   SoakObject object;
   object.size = SoakSize(rng);
   object.tag = TagFor(tag);
-  object.p = std::malloc(object.size);
-  if (object.p == nullptr) AllocationFailed(name, object.size);
+  const uint32_t first_size = object.size > (uint32_t{4} << 20) ? uint32_t{3} << 20 : object.size;
+  object.p = std::malloc(first_size);
+  if (object.p == nullptr) AllocationFailed(name, first_size);
+  if (first_size != object.size) {
+    Fill(object.p, first_size, object.tag);
+    void* grown = std::realloc(object.p, object.size);
+    if (grown == nullptr) AllocationFailed(name, object.size);
+    Verify(name, grown, first_size, object.tag);  // all of it must have been kept
+    object.p = grown;
+  }
   Fill(object.p, object.size, object.tag);
   live.Add(object.size);
   return object;
