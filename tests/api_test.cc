@@ -532,12 +532,6 @@ TEST(Api, ReallocToZeroGivesUniqueMinimalBlocks) {
 // Huge blocks (past 2 MiB) are resized by the kernel, not copied: their
 // mapping grows or shrinks in place, or moves whole when something is
 // mapped right after it. Their contents must come through either way.
-uint64_t HugeAllocs() {
-  ferry_stats_t stats;
-  ferry_stats_get(&stats);
-  return stats.huge_allocs;
-}
-
 // Maps a page at `end` so that the mapping before it cannot grow in place.
 // nullptr when something is mapped there already (blocked all the same);
 // skips the test on a kernel that takes MAP_FIXED_NOREPLACE as a hint.
@@ -557,7 +551,7 @@ TEST(Api, ReallocOfAHugeBlockGrowsAndShrinksWithItsContent) {
   size_t size = 3 * kMiB;
   void* p = PatternedBlock(size, seed);
   ASSERT_NE(p, nullptr);
-  const uint64_t huge_allocs = HugeAllocs();
+  const uint64_t huge_allocs = Stats().huge_allocs;
   auto resize = [&](size_t n) {
     void* q = ferry_realloc(p, n);
     ASSERT_NE(q, nullptr) << size << " -> " << n;
@@ -568,7 +562,7 @@ TEST(Api, ReallocOfAHugeBlockGrowsAndShrinksWithItsContent) {
     size = n;
   };
   for (size_t n = 4 * kMiB; n <= 48 * kMiB; n += kMiB + 4096 + 16) resize(n);
-  EXPECT_EQ(HugeAllocs(), huge_allocs) << "a huge block was copied to a new one to grow";
+  EXPECT_EQ(Stats().huge_allocs, huge_allocs) << "a huge block was copied to a new one to grow";
   // Shrinking a mapping never needs room: the block stays where it is.
   while (size > 6 * kMiB) {
     void* before = p;
@@ -588,11 +582,11 @@ TEST(Api, AHugeBlockThatCannotGrowInPlaceMovesWithItsContent) {
   ASSERT_NE(p, nullptr);
   void* blocker = BlockGrowthAt(reinterpret_cast<uintptr_t>(p) + ferry_usable_size(p));
   if (blocker == MAP_FAILED) GTEST_SKIP() << "MAP_FIXED_NOREPLACE is only a hint on this kernel";
-  const uint64_t huge_allocs = HugeAllocs();
+  const uint64_t huge_allocs = Stats().huge_allocs;
   void* q = ferry_realloc(p, 2 * size);
   ASSERT_NE(q, nullptr);
   EXPECT_NE(q, p) << "grew in place through a mapping";
-  EXPECT_EQ(HugeAllocs(), huge_allocs) << "copied instead of moved";
+  EXPECT_EQ(Stats().huge_allocs, huge_allocs) << "copied instead of moved";
   EXPECT_EQ(FirstMismatch(q, 0, size, seed), SIZE_MAX);
   EXPECT_TRUE(IsAligned(q, 16));
   EXPECT_GE(ferry_usable_size(q), 2 * size);
@@ -635,10 +629,10 @@ TEST(Api, AHugeBlockThatTheProgramSplitIsCopied) {
   ASSERT_NE(bystander, nullptr);
   const uintptr_t middle = reinterpret_cast<uintptr_t>(p) + 2 * kMiB;
   ASSERT_EQ(mprotect(reinterpret_cast<void*>(middle), 4096, PROT_READ), 0);
-  const uint64_t huge_allocs = HugeAllocs();
+  const uint64_t huge_allocs = Stats().huge_allocs;
   void* q = ferry_realloc(p, 3 * size);
   ASSERT_NE(q, nullptr);
-  EXPECT_EQ(HugeAllocs(), huge_allocs + 1) << "not copied";
+  EXPECT_EQ(Stats().huge_allocs, huge_allocs + 1) << "not copied";
   EXPECT_EQ(FirstMismatch(q, 0, size, seed), SIZE_MAX);
   FillRange(q, size, 3 * size, seed);  // all of it writable: a new mapping
   EXPECT_EQ(FirstMismatch(bystander, 0, size, seed + 1), SIZE_MAX);
