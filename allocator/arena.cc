@@ -69,6 +69,7 @@ Segment* FindLiveSegment(Fn fn) {
 }  // namespace
 
 constinit std::atomic<int64_t> g_free_dirty_slices_hint{0};
+constinit std::atomic<bool> g_idle_empty_segments{false};
 
 // The first run of `count` free slices starting at a multiple of `align`;
 // with `dirty_only`, only a run whose memory may still be committed.
@@ -243,9 +244,14 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   size_t eager_budget = kEagerBytesPerRun;
   int64_t still_dirty = 0;
   SpinLockHolder hold(&g_arena_lock);
+  bool idle_empty = false;
   FindLiveSegment([&](Segment* segment) {
-    const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) &
-                                ~segment->used_slices.load(std::memory_order_acquire);
+    const uint64_t used = segment->used_slices.load(std::memory_order_acquire);
+    if (used == 1 && !idle_empty &&
+        (urgent || EmptySegmentIdleMs(segment, now_ms) >= EmptySegmentKeepMs(delay_ms))) {
+      idle_empty = true;
+    }
+    const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) & ~used;
     uint64_t due = urgent ? free_dirty : 0;
     for (uint64_t waiting = free_dirty & ~due; waiting != 0; waiting &= waiting - 1) {
       const uint64_t freed = segment->freed_ms[__builtin_ctzll(waiting)].load(std::memory_order_relaxed);
@@ -262,6 +268,7 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
     return false;  // every segment
   });
   g_free_dirty_slices_hint.store(still_dirty, std::memory_order_relaxed);
+  if (idle_empty) g_idle_empty_segments.store(true, std::memory_order_relaxed);
   return bytes;
 }
 

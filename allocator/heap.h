@@ -21,6 +21,7 @@
 #include "allocator/segment.h"
 #include "allocator/size_class.h"
 #include "common/base.h"
+#include "common/spin_lock.h"
 #include "common/valgrind.h"
 #include "reclaimer/batch.h"
 
@@ -64,6 +65,8 @@ struct Heap {
   size_t batch_bytes = 0;
   size_t batch_bytes_limit = 0;
   PageQueue queues[kNumClasses] = {};
+  // Under segments_lock: the owner's, and the housekeeping's when it gives
+  // back segments that other threads emptied (ReleaseIdleEmptySegments).
   Segment* segments = nullptr;     // segments with pages of this heap, oldest first
   Segment* segments_tail = nullptr;
   Segment* spare = nullptr;        // one empty segment kept on the list (ReleaseSegmentIfEmpty)
@@ -103,6 +106,11 @@ struct Heap {
   // pages (FreeCompletedInboxPages): another heap that took the class's bit
   // meanwhile and found the inbox empty sets the bit again.
   std::atomic<uint32_t> inbox_owner_holding{0};
+  // Guards the segment list above (segments, segments_tail, spare, and the
+  // segments' heap_next and heap_prev). The owner takes it only where it
+  // claims slices or gives a segment back, never on a fast path; the
+  // housekeeping only tries it, and looks again at its next run.
+  SpinLock segments_lock;
 };
 
 extern Heap g_empty_heap;
@@ -117,6 +125,9 @@ void FreeCheckpoint(Heap* heap);
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
 void PublishBatchSlow(Heap* heap, const void* caller);
+// The housekeeping's turn to give back segments that other threads emptied
+// (heap.cc); run after ArenaPurge, which tells it whether any are due.
+void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent);
 
 // "ferry: malloc: free list of the page at … corrupted …" and abort: the free
 // block's link decodes to `next`, outside the page.

@@ -304,6 +304,7 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
 // `urgent`), those free for less than kEagerWindowMs only up to
 // kEagerBytesPerRun a run. Slices are held as used while their memory goes,
 // so an owner never claims a slice mid-purge. Returns the bytes decommitted.
+// Sets g_idle_empty_segments when it passes a segment that can go back.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 // The budget for slices freed recently: a program that frees and takes back
 // much memory every few runs would otherwise fault it all in again each
@@ -312,6 +313,29 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 // purge under 1 MiB a run (larson: 4 MiB).
 inline constexpr uint64_t kEagerWindowMs = 250;
 inline constexpr size_t kEagerBytesPerRun = size_t{8} << 20;
+// How long a segment with nothing but its header in use has been so: the
+// time since the latest of its slices was freed. Its owner gives such a
+// segment back at once when it frees the last page itself; one that other
+// threads emptied (their returns freed its pages, or its pages were taken
+// by other heaps and freed) waits on the owner's list, header resident,
+// until the housekeeping gives it back (ReleaseIdleEmptySegments, heap.cc)
+// once it is this old: kEagerWindowMs, or FERRY_PURGE_DELAY_MS if longer,
+// so that a heap that fills it again soon finds it still there.
+inline uint64_t EmptySegmentIdleMs(const Segment* segment, uint64_t now_ms) {
+  uint64_t latest = 0;
+  for (size_t i = 1; i < kSlicesPerSegment; ++i) {
+    const uint64_t freed = segment->freed_ms[i].load(std::memory_order_relaxed);
+    if (freed > latest) latest = freed;
+  }
+  return now_ms >= latest ? now_ms - latest : 0;
+}
+inline uint64_t EmptySegmentKeepMs(uint64_t delay_ms) {
+  return delay_ms > kEagerWindowMs ? delay_ms : kEagerWindowMs;
+}
+// Set by the purge when it saw a segment that has had nothing but its
+// header in use for EmptySegmentKeepMs (any such segment when `urgent`);
+// the housekeeping clears it and gives those segments back.
+extern std::atomic<bool> g_idle_empty_segments;
 // Decommits the slices [first, first + count) of a segment whose caller holds
 // them as used; afterwards they are no longer dirty.
 void SegmentDecommitSlices(Segment* segment, size_t first, size_t count);

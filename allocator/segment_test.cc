@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <latch>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "allocator/heap.h"
 #include "allocator/page_return.h"
 #include "common/os.h"
+#include "common/spin_lock.h"
 #include "ferry.h"
 
 namespace ferry {
@@ -797,6 +800,139 @@ TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
         << "slices free for the whole window must all go back";
     for (void* p : kept) ferry_free(p);
   }).join();
+}
+
+// Segments on `heap`'s list with nothing but their header in use, read
+// under the list's lock (the owner may be anywhere but in it).
+size_t EmptySegmentsOf(Heap* heap) {
+  SpinLockHolder hold(&heap->segments_lock);
+  size_t count = 0;
+  for (Segment* segment = heap->segments; segment != nullptr; segment = segment->heap_next) {
+    if (segment->used_slices.load() == 1) ++count;
+  }
+  return count;
+}
+
+// A thread allocates four segments' worth and sleeps; another thread frees
+// it all, page by page (each page's blocks come back in one push and free
+// the page). The owner never frees a page itself, so only the housekeeping
+// can give those segments back: not while they have been empty for less
+// than EmptySegmentKeepMs, all of them once they have.
+TEST(Purge, SegmentsAnotherThreadEmptiedGoBackWhileTheirOwnerSleeps) {
+  constexpr size_t kSize = 7168;  // one-slice pages; no other test here uses it
+  std::vector<void*> blocks;
+  blocks.reserve(1 << 14);  // so that the owner does not grow it
+  Heap* owner_heap = nullptr;
+  std::latch allocated(1), done(1);
+  std::thread owner([&] {
+    auto own_segments = [] {
+      size_t count = 0;
+      SpinLockHolder hold(&tl_heap->segments_lock);
+      for (Segment* s = tl_heap->segments; s != nullptr; s = s->heap_next) ++count;
+      return count;
+    };
+    const size_t first = own_segments();
+    while (own_segments() < first + 4 && blocks.size() < blocks.capacity()) blocks.push_back(ferry_malloc(kSize));
+    owner_heap = tl_heap;
+    allocated.count_down();
+    done.wait();
+  });
+  allocated.wait();
+  const size_t empty_before = EmptySegmentsOf(owner_heap);
+  std::thread([&] {
+    auto page_of = [](void* p) {
+      return PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p));
+    };
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      ferry_free(blocks[k]);
+      if (k + 1 == blocks.size() || page_of(blocks[k + 1]) != page_of(blocks[k])) ferry_flush();
+    }
+  }).join();
+  const uint64_t emptied = OsMonotonicMs();
+  const size_t empty_after_frees = EmptySegmentsOf(owner_heap);
+  ASSERT_GE(empty_after_frees, empty_before + 3) << "the frees did not empty the segments: the test measures nothing";
+  ferry_stats_t before, after;
+  ferry_stats_get(&before);
+  ArenaPurge(emptied, 0, false);
+  ReleaseIdleEmptySegments(emptied, false);
+  EXPECT_EQ(EmptySegmentsOf(owner_heap), empty_after_frees) << "segments emptied a moment ago went back";
+  const uint64_t later = emptied + EmptySegmentKeepMs(0);
+  ArenaPurge(later, 0, false);
+  ReleaseIdleEmptySegments(later, false);
+  ferry_stats_get(&after);
+  EXPECT_EQ(EmptySegmentsOf(owner_heap), 0u) << "empty segments stayed on a sleeping owner's list";
+  EXPECT_GE(after.segments_released - before.segments_released, empty_after_frees);
+  done.count_down();
+  owner.join();
+}
+
+// The housekeeping gives back empty segments of heaps whose owners are
+// claiming slices and releasing pages at the same moment: the list lock
+// and the detaching CAS keep every block intact (contents checked) and
+// every segment on one list. Blocks of several slices, so that segments
+// fill and empty quickly; half of them freed by the other owner.
+TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimAndReleaseSlices) {
+  constexpr int kRounds = 60;
+  constexpr int kBlocks = 48;
+  std::atomic<bool> stop{false};
+  std::mutex handoff_lock;
+  std::vector<std::pair<void*, size_t>> handoff[2];
+  auto fill = [](void* p, size_t n, uint8_t tag) { std::memset(p, tag, n); };
+  auto check = [](void* p, size_t n, uint8_t tag) {
+    const auto* bytes = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; i += 509) {
+      if (bytes[i] != tag) return false;
+    }
+    return bytes[n - 1] == tag;
+  };
+  std::atomic<int> corrupt{0};
+  auto owner = [&](int self) {
+    uint64_t rng = 0x9e3779b97f4a7c15ULL * (self + 1);
+    for (int round = 0; round < kRounds; ++round) {
+      std::vector<std::pair<void*, size_t>> mine;
+      for (int k = 0; k < kBlocks; ++k) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        const size_t n = (size_t{64} << 10) + rng % (size_t{960} << 10);  // 64 KiB - 1 MiB
+        void* p = ferry_malloc(n);
+        ASSERT_NE(p, nullptr);
+        fill(p, n, static_cast<uint8_t>(n));
+        mine.emplace_back(p, n);
+      }
+      {
+        std::lock_guard<std::mutex> hold(handoff_lock);
+        for (int k = 0; k < kBlocks / 2; ++k) handoff[1 - self].push_back(mine[k]);
+      }
+      for (int k = kBlocks / 2; k < kBlocks; ++k) {
+        if (!check(mine[k].first, mine[k].second, static_cast<uint8_t>(mine[k].second))) ++corrupt;
+        ferry_free(mine[k].first);
+      }
+      std::vector<std::pair<void*, size_t>> theirs;
+      {
+        std::lock_guard<std::mutex> hold(handoff_lock);
+        theirs.swap(handoff[self]);
+      }
+      for (auto& [p, n] : theirs) {
+        if (!check(p, n, static_cast<uint8_t>(n))) ++corrupt;
+        ferry_free(p);
+      }
+      ferry_flush();
+    }
+  };
+  std::thread collector([&] {
+    while (!stop.load()) ferry_collect();  // urgent: every empty segment is due
+  });
+  std::thread a(owner, 0), b(owner, 1);
+  a.join();
+  b.join();
+  stop.store(true);
+  collector.join();
+  for (auto& list : handoff) {
+    for (auto& [p, n] : list) {
+      if (!check(p, n, static_cast<uint8_t>(n))) ++corrupt;
+      ferry_free(p);
+    }
+  }
+  EXPECT_EQ(corrupt.load(), 0);
 }
 
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {

@@ -1,5 +1,5 @@
 // spin_lock.h — a tiny test-and-test-and-set lock for the allocator's rare
-// global slow paths (arena growth, the abandoned-heap list). It never
+// slow paths (arena growth, the abandoned-heap list, a heap's segment list). It never
 // allocates and has a constant initialiser, so it works before main().
 #ifndef FERRY_COMMON_SPIN_LOCK_H_
 #define FERRY_COMMON_SPIN_LOCK_H_
@@ -29,6 +29,10 @@ class SpinLock {
         else CpuRelax();
       }
     }
+  }
+  // For a caller that has other work to do rather than wait.
+  bool TryLock() {
+    return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire);
   }
   void Unlock() { locked_.store(false, std::memory_order_release); }
 
