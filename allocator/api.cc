@@ -88,6 +88,10 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   if (!ferry::kValgrind && usable > ferry::kLargeMax && size > ferry::kLargeMax) {
     if (void* remapped = ferry::ReallocHuge(ptr, size)) return remapped;
   }
+  if (!ferry::kValgrind && usable > ferry::kMediumMax && usable <= ferry::kLargeMax &&
+      size > ferry::kMediumMax && size <= ferry::kLargeMax && ferry::ResizeLargeInPlace(ptr, size)) {
+    return ptr;
+  }
   void* fresh = VgAllocated(Allocate(GrowthRequest(size, usable)), size);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote

@@ -984,6 +984,41 @@ void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
   }
 }
 
+// A large block is the one block of its run of slices, so it can grow into
+// the free slices right after the run, or give back the slices past its new
+// end, without a copy. Any thread may do it: the caller holds the block,
+// and nobody else reads the page record while the block is out (its free,
+// local or remote, comes after this call in the program's order). Slices
+// are claimed with the same CAS every claim uses, so another heap's claim,
+// or the purge holding them, wins or loses cleanly.
+bool ResizeLargeInPlace(void* p, size_t n) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  Segment* segment = SegmentOf(address);
+  Page* page = PageOf(segment, address);
+  if (page->kind != PageKind::kLarge || page->start != address) return false;
+  const size_t first = (page->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
+  const size_t count = page->slice_count;
+  const size_t wanted = (n + kSliceSize - 1) / kSliceSize;
+  if (wanted == count) return true;
+  if (wanted > kMaxPageSlices || first + wanted > kSlicesPerSegment) return false;
+  if (wanted > count) {
+    if (!TryTakeSlices(segment, static_cast<int>(first + count), wanted - count)) return false;
+    for (size_t k = count; k < wanted; ++k) segment->pages[first + k].record_back = RecordBack(k);
+  } else {
+    for (size_t k = wanted; k < count; ++k) segment->pages[first + k].record_back = 0;
+  }
+  page->slice_count = static_cast<uint8_t>(wanted);
+  page->block_size = wanted * kSliceSize;
+  page->divisor_magic = ~uint64_t{0} / page->block_size + 1;
+  page->carved_bytes.store(static_cast<uint32_t>(page->block_size), std::memory_order_relaxed);
+  if (wanted < count) {
+    // The record first: once the slices are free, another heap may take them.
+    FreeSlices(segment, first + wanted, count - wanted, OsMonotonicMs());
+    g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count - wanted), std::memory_order_relaxed);
+  }
+  return true;
+}
+
 // --- huge blocks: defined in huge.cc --------------------------------------------
 void* AllocateHuge(size_t n, size_t alignment);
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call);

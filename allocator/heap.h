@@ -248,6 +248,11 @@ void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
 // realloc of a huge block to a huge size (n > kLargeMax) without copying;
 // nullptr when it cannot (then nothing changed): huge.cc.
 void* ReallocHuge(void* p, size_t n);
+// realloc of a large block to a large size (kMediumMax < n <= kLargeMax):
+// true when it now spans the slices n needs, grown into the free slices
+// after it or shrunk; false when it cannot grow in place (then nothing
+// changed).
+bool ResizeLargeInPlace(void* p, size_t n);
 // The usable size of the block at `address`; aborts with a diagnostic naming
 // `call` when it is not a live ferry block. Takes an address, not a pointer:
 // it never reads the block's bytes.

@@ -867,12 +867,13 @@ TEST(Purge, SegmentsAnotherThreadEmptiedGoBackWhileTheirOwnerSleeps) {
 }
 
 // The housekeeping gives back empty segments of heaps whose owners are
-// claiming slices and releasing pages at the same moment: the list lock
-// and the detaching CAS keep every block intact (contents checked) and
-// every segment on one list. Blocks of several slices, so that segments
-// fill and empty quickly; half of them freed by the other owner.
-TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimAndReleaseSlices) {
-  constexpr int kRounds = 60;
+// claiming slices, releasing pages and resizing large blocks in place at the
+// same moment: the list lock and the CASes on used_slices keep every block
+// intact (contents checked) and every segment on one list. Blocks of
+// several slices, so that segments fill and empty quickly; each resized
+// once by realloc, half of them (again) by the other owner, which frees them.
+TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimReleaseAndResizeSlices) {
+  constexpr int kRounds = 30;
   constexpr int kBlocks = 48;
   std::atomic<bool> stop{false};
   std::mutex handoff_lock;
@@ -886,18 +887,31 @@ TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimAndReleaseSlices) {
     return bytes[n - 1] == tag;
   };
   std::atomic<int> corrupt{0};
+  auto random_size = [](uint64_t& rng) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (size_t{64} << 10) + rng % (size_t{1984} << 10);  // 64 KiB - 2 MiB
+  };
+  // realloc to another size: the kept part is checked, the whole refilled.
+  auto resize = [&](std::pair<void*, size_t>& block, size_t m) {
+    auto [p, n] = block;
+    void* q = ferry_realloc(p, m);
+    ASSERT_NE(q, nullptr);
+    if (!check(q, std::min(n, m), static_cast<uint8_t>(n))) ++corrupt;
+    fill(q, m, static_cast<uint8_t>(m));
+    block = {q, m};
+  };
   auto owner = [&](int self) {
     uint64_t rng = 0x9e3779b97f4a7c15ULL * (self + 1);
     for (int round = 0; round < kRounds; ++round) {
       std::vector<std::pair<void*, size_t>> mine;
       for (int k = 0; k < kBlocks; ++k) {
-        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-        const size_t n = (size_t{64} << 10) + rng % (size_t{960} << 10);  // 64 KiB - 1 MiB
+        const size_t n = random_size(rng);
         void* p = ferry_malloc(n);
         ASSERT_NE(p, nullptr);
         fill(p, n, static_cast<uint8_t>(n));
         mine.emplace_back(p, n);
       }
+      for (auto& block : mine) resize(block, random_size(rng));
       {
         std::lock_guard<std::mutex> hold(handoff_lock);
         for (int k = 0; k < kBlocks / 2; ++k) handoff[1 - self].push_back(mine[k]);
@@ -911,9 +925,10 @@ TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimAndReleaseSlices) {
         std::lock_guard<std::mutex> hold(handoff_lock);
         theirs.swap(handoff[self]);
       }
-      for (auto& [p, n] : theirs) {
-        if (!check(p, n, static_cast<uint8_t>(n))) ++corrupt;
-        ferry_free(p);
+      for (auto& block : theirs) {
+        resize(block, random_size(rng));
+        if (!check(block.first, block.second, static_cast<uint8_t>(block.second))) ++corrupt;
+        ferry_free(block.first);
       }
       ferry_flush();
     }
@@ -933,6 +948,64 @@ TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimAndReleaseSlices) {
     }
   }
   EXPECT_EQ(corrupt.load(), 0);
+}
+
+// A large block grows into the free slices after it and gives back the
+// slices past its new end, keeping its address and contents; when another
+// heap holds the next slice, it moves (copied) instead.
+TEST(LargeBlocks, ReallocResizesALargeBlockInItsOwnSlices) {
+  std::thread([] {
+    constexpr size_t kSlice = kSliceSize;
+    auto pattern = [](size_t i) { return static_cast<uint8_t>(i * 131 + (i >> 12)); };
+    auto fill = [&](void* p, size_t from, size_t to) {
+      for (size_t i = from; i < to; ++i) static_cast<uint8_t*>(p)[i] = pattern(i);
+    };
+    auto intact = [&](const void* p, size_t n) {
+      for (size_t i = 0; i < n; ++i) {
+        if (static_cast<const uint8_t*>(p)[i] != pattern(i)) return false;
+      }
+      return true;
+    };
+    // Aligned to half a segment, a 2 MiB block spans slices 32-63 of its
+    // segment: after it shrinks, the slices it gave back are the only ones
+    // it can grow into, and nothing else here takes slices meanwhile (no
+    // pool in this binary).
+    void* p = ferry_aligned_alloc(kLargeMax, kLargeMax);
+    ASSERT_NE(p, nullptr);
+    Segment* segment = SegmentOf(reinterpret_cast<uintptr_t>(p));
+    const size_t first = (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(segment)) / kSlice;
+    ASSERT_EQ(first, 32u);
+    fill(p, 0, kLargeMax);
+    size_t size = 600 << 10;
+    ASSERT_EQ(ferry_realloc(p, size), p) << "a large block moved to shrink";
+    EXPECT_EQ(ferry_usable_size(p), 10 * kSlice);
+    EXPECT_EQ(segment->used_slices.load() & SliceRun(32, 32), SliceRun(32, 10))
+        << "the slices past the new end did not go back";
+    EXPECT_TRUE(intact(p, size));
+    for (size_t n = 700 << 10; n <= kLargeMax; n += (100 << 10) + 16) {
+      ASSERT_EQ(ferry_realloc(p, n), p) << "a large block with free slices after it moved to grow to " << n;
+      ASSERT_GE(ferry_usable_size(p), n);
+      ASSERT_TRUE(intact(p, size)) << size << " -> " << n;
+      fill(p, size, n);
+      size = n;
+    }
+    const size_t spanned = (size + kSlice - 1) / kSlice;
+    EXPECT_EQ(segment->used_slices.load() & SliceRun(32, 32), SliceRun(32, spanned));
+    // Every slice of the block finds the block: a free of the new end's
+    // neighbourhood is judged against the whole block.
+    const uintptr_t last_slice = reinterpret_cast<uintptr_t>(p) + (spanned - 1) * kSlice;
+    EXPECT_EQ(PageOf(segment, last_slice)->start, reinterpret_cast<uintptr_t>(p));
+    // Another heap takes the slice after the block: the block moves.
+    ASSERT_EQ(ferry_realloc(p, 600 << 10), p);
+    size = 600 << 10;
+    ASSERT_TRUE(TryTakeSlices(segment, 42, 1));
+    void* q = ferry_realloc(p, 1 << 20);
+    ASSERT_NE(q, nullptr);
+    EXPECT_NE(q, p) << "grew over a slice another heap holds";
+    EXPECT_TRUE(intact(q, size));
+    FreeSlices(segment, 42, 1, OsMonotonicMs());
+    ferry_free(q);
+  }).join();
 }
 
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {

@@ -8,6 +8,9 @@
 //   ReallocHugeGrowth      a huge buffer grown by 1 MiB steps, 8 -> 64 MiB,
 //                          each step's new MiB written (the kernel remaps
 //                          the block instead of ferry copying it)
+//   ReallocLargeGrowth     a large buffer grown by 16 KiB steps, 520 KiB ->
+//                          2 MiB, each step's new bytes written (it grows
+//                          into the free slices after it instead of moving)
 // The pool size is the process's FERRY_RECLAIMERS, read once; compare
 // pool sizes by running it once per setting (perf/micro/README in perf/BUILD):
 //   for r in 0 1 2 3 4; do FERRY_RECLAIMERS=$r bazel-bin/perf/micro_bench; done
@@ -103,31 +106,44 @@ void FlushLatency(benchmark::State& state) {
 }
 BENCHMARK(FlushLatency)->Unit(benchmark::kMicrosecond);
 
-void ReallocHugeGrowth(benchmark::State& state) {
-  constexpr size_t kMiB = size_t{1} << 20;
+// A buffer grown from `first` to `last` bytes by `step`, each step's new
+// bytes written as an appending caller would.
+void ReallocGrowth(benchmark::State& state, size_t first, size_t last, size_t step) {
   for (auto _ : state) {
-    size_t size = 8 * kMiB;
+    size_t size = first;
     char* p = static_cast<char*>(ferry_malloc(size));
     if (p == nullptr) {
       state.SkipWithError("malloc failed");
       return;
     }
     p[0] = 1;
-    while (size < 64 * kMiB) {
-      p = static_cast<char*>(ferry_realloc(p, size + kMiB));
+    while (size < last) {
+      p = static_cast<char*>(ferry_realloc(p, size + step));
       if (p == nullptr) {
         state.SkipWithError("realloc failed");
         return;
       }
-      for (size_t i = size; i < size + kMiB; i += 4096) p[i] = 1;  // as an appending caller would
-      size += kMiB;
+      for (size_t i = size; i < size + step; i += 4096) p[i] = 1;
+      size += step;
     }
     benchmark::DoNotOptimize(p);
     ferry_free(p);
   }
-  state.SetItemsProcessed(state.iterations() * 56);  // reallocs
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>((last - first) / step));  // reallocs
+}
+
+void ReallocHugeGrowth(benchmark::State& state) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  ReallocGrowth(state, 8 * kMiB, 64 * kMiB, kMiB);
 }
 BENCHMARK(ReallocHugeGrowth)->Unit(benchmark::kMillisecond);
+
+// 520 KiB is past the medium classes (a large block); 2 MiB the largest.
+void ReallocLargeGrowth(benchmark::State& state) {
+  constexpr size_t kKiB = size_t{1} << 10;
+  ReallocGrowth(state, 520 * kKiB, 2048 * kKiB, 16 * kKiB);
+}
+BENCHMARK(ReallocLargeGrowth)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
