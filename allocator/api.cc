@@ -14,10 +14,6 @@
 #include "reclaimer/pool.h"
 #include "ferry.h"
 
-namespace ferry {
-const Options& CurrentOptions();  // heap.cc
-}  // namespace ferry
-
 using ferry::Allocate;
 using ferry::FreeUserBlock;
 using ferry::VgAllocated;

@@ -247,7 +247,7 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   bool idle_empty = false;
   FindLiveSegment([&](Segment* segment) {
     const uint64_t used = segment->used_slices.load(std::memory_order_acquire);
-    if (used == 1 && !idle_empty &&
+    if (used == 1 && !idle_empty && !segment->is_spare.load(std::memory_order_relaxed) &&
         (urgent || EmptySegmentIdleMs(segment, now_ms) >= EmptySegmentKeepMs(delay_ms))) {
       idle_empty = true;
     }

@@ -254,7 +254,9 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
     if (spare == segment) return;
     // A spare that pages use again is a spare no longer.
     if (spare == nullptr || spare->used_slices.load(std::memory_order_relaxed) != 1) {
+      if (spare != nullptr) spare->is_spare.store(false, std::memory_order_relaxed);
       heap->spare = segment;
+      segment->is_spare.store(true, std::memory_order_relaxed);
       return;
     }
   }
@@ -265,6 +267,7 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
     return;
   }
   if (heap->spare == segment) heap->spare = nullptr;
+  segment->is_spare.store(false, std::memory_order_relaxed);
   SegmentListRemove(heap, segment);
   segment->heap.store(nullptr, std::memory_order_relaxed);
   ArenaReleaseSegment(segment);
@@ -749,6 +752,7 @@ void CollectHeap(Heap* heap) {
     ReleaseSegmentIfEmptyLocked(heap, segment, /*keep_spare=*/false);
     segment = next;
   }
+  if (heap->spare != nullptr) heap->spare->is_spare.store(false, std::memory_order_relaxed);
   heap->spare = nullptr;  // released above, or in use again
 }
 
@@ -947,17 +951,15 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 // by another thread left 130 of them (1.7 MiB of headers) for as long as
 // the allocating thread slept. Those that have stayed empty for
 // EmptySegmentKeepMs (any, when `urgent`) go back to their arena here; the
-// heap's spare stays. A heap whose owner holds its list is left for the
-// next run, and so is every segment when this run cannot look at them all.
+// heap's spare stays (and the purge does not count it, so that a heap's
+// spare does not have this walk every heap at every run). A heap whose
+// owner holds its list is left for the next run.
 void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
   if (!g_idle_empty_segments.exchange(false, std::memory_order_relaxed)) return;
   const uint64_t keep_ms = urgent ? 0 : EmptySegmentKeepMs(static_cast<uint64_t>(g_options.purge_delay_ms));
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
-    if (!heap->segments_lock.TryLock()) {
-      g_idle_empty_segments.store(true, std::memory_order_relaxed);  // the next purge would see it too
-      continue;
-    }
+    if (!heap->segments_lock.TryLock()) continue;  // the next purge flags its segments again
     Segment* released = nullptr;
     for (Segment* segment = heap->segments; segment != nullptr;) {
       Segment* next = segment->heap_next;

@@ -260,6 +260,8 @@ size_t UsableSize(uintptr_t address, const char* call);
 void FlushThisThread();                              // publish the remote batch
 void CollectThisThread();
 void EnsureGlobalInit();
+struct Options;
+const Options& CurrentOptions();  // read from the environment on first use
 
 }  // namespace ferry
 

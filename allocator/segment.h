@@ -92,7 +92,7 @@ struct Page {
   uint16_t reserved;       // blocks the page can hold (at most 8192)
   uint8_t size_class;
   PageKind kind;
-  uint8_t slice_count;     // slices this page spans
+  uint8_t slice_count;     // slices this page spans (a large block's: see below)
   uint8_t in_full;         // off its queue because it was full
   // On a continuation slice: how far back the page's record is, in bytes
   // (RecordBack), so that PageOf subtracts it without scaling; 0 on a page's
@@ -100,7 +100,10 @@ struct Page {
   uint16_t record_back;
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
-  // block), and so immutable while a block is out -------------------------
+  // block), and so immutable while a block is out; except that realloc of
+  // a large block, on whichever thread holds it, resizes its page in place
+  // (slice_count too: ResizeLargeInPlace), which nobody else reads while
+  // that one block is out ------------------------------------------------
   // Bytes of the page carved into blocks so far; the owner grows it, other
   // threads read it to reject pointers past it.
   std::atomic<uint32_t> carved_bytes;
@@ -140,6 +143,10 @@ struct alignas(64) Segment {
   // The heap whose list holds the segment (kNormal). Pages of other heaps
   // may live in it and read this to tell it is not theirs.
   std::atomic<Heap*> heap;
+  // The segment is its heap's spare (Heap::spare; written under the heap's
+  // segments_lock): empty on purpose, so the purge does not count it as a
+  // segment to give back (g_idle_empty_segments).
+  std::atomic<bool> is_spare;
   // Bit i: slice i belongs to a page (bit 0: the header), or the pool holds
   // it for a moment while it gives its memory back to the OS. The owner
   // claims free slices and releases its pages' slices with atomic

@@ -16,6 +16,7 @@
 
 #include "allocator/heap.h"
 #include "allocator/page_return.h"
+#include "common/options.h"
 #include "common/os.h"
 #include "common/spin_lock.h"
 #include "ferry.h"
@@ -656,6 +657,7 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
     std::vector<void*> large;
     auto count_own_clean = [] {
       size_t count = 0;
+      SpinLockHolder hold(&tl_heap->segments_lock);
       for (Segment* segment = tl_heap->segments; segment != nullptr; segment = segment->heap_next) {
         const uint64_t free_clean = ~segment->used_slices.load() & ~segment->dirty_slices.load();
         count += static_cast<size_t>(__builtin_popcountll(free_clean));
@@ -853,17 +855,55 @@ TEST(Purge, SegmentsAnotherThreadEmptiedGoBackWhileTheirOwnerSleeps) {
   ASSERT_GE(empty_after_frees, empty_before + 3) << "the frees did not empty the segments: the test measures nothing";
   ferry_stats_t before, after;
   ferry_stats_get(&before);
-  ArenaPurge(emptied, 0, false);
+  const uint64_t delay = CurrentOptions().purge_delay_ms;  // FERRY_PURGE_DELAY_MS
+  ArenaPurge(emptied, delay, false);
   ReleaseIdleEmptySegments(emptied, false);
   EXPECT_EQ(EmptySegmentsOf(owner_heap), empty_after_frees) << "segments emptied a moment ago went back";
-  const uint64_t later = emptied + EmptySegmentKeepMs(0);
-  ArenaPurge(later, 0, false);
+  const uint64_t later = emptied + EmptySegmentKeepMs(delay);
+  ArenaPurge(later, delay, false);
   ReleaseIdleEmptySegments(later, false);
   ferry_stats_get(&after);
   EXPECT_EQ(EmptySegmentsOf(owner_heap), 0u) << "empty segments stayed on a sleeping owner's list";
   EXPECT_GE(after.segments_released - before.segments_released, empty_after_frees);
   done.count_down();
   owner.join();
+}
+
+// A heap's spare is empty on purpose: the housekeeping keeps it, and the
+// purge does not count it as a segment to give back (else every heap with
+// a spare would have the housekeeping walk every heap's list at every run).
+TEST(Purge, AHeapsSpareStaysAndDoesNotCallForTheHousekeeping) {
+  std::thread([] {
+    const uint64_t now = OsMonotonicMs();
+    ArenaPurge(now, 0, /*urgent=*/true);  // every empty segment but the spares goes
+    ReleaseIdleEmptySegments(now, /*urgent=*/true);
+    // A block that has a segment of this heap to itself; freed, that
+    // segment empties and the owner keeps it as its spare.
+    std::vector<void*> blocks;
+    Segment* alone = nullptr;
+    for (int k = 0; k < 64 && alone == nullptr; ++k) {
+      void* p = ferry_aligned_alloc(kLargeMax, kLargeMax);
+      ASSERT_NE(p, nullptr);
+      blocks.push_back(p);
+      Segment* segment = SegmentOf(reinterpret_cast<uintptr_t>(p));
+      if (segment->heap.load() == tl_heap && segment->used_slices.load() == (1 | SliceRun(32, 32))) alone = segment;
+    }
+    ASSERT_NE(alone, nullptr) << "no segment of this heap held only one block";
+    for (void* p : blocks) ferry_free(p);
+    {
+      SpinLockHolder hold(&tl_heap->segments_lock);
+      ASSERT_EQ(tl_heap->spare, alone) << "the emptied segment did not become the spare";
+    }
+    EXPECT_TRUE(alone->is_spare.load());
+    g_idle_empty_segments.store(false);
+    const uint64_t later = OsMonotonicMs() + 60'000;
+    ArenaPurge(later, 0, false);
+    EXPECT_FALSE(g_idle_empty_segments.load()) << "the purge counted a spare (or another heap's empty segment)";
+    ReleaseIdleEmptySegments(later, /*urgent=*/true);
+    SpinLockHolder hold(&tl_heap->segments_lock);
+    EXPECT_EQ(tl_heap->spare, alone);
+    EXPECT_EQ(alone->heap.load(), tl_heap) << "the housekeeping gave the spare back";
+  }).join();
 }
 
 // The housekeeping gives back empty segments of heaps whose owners are
