@@ -75,6 +75,11 @@ constinit std::atomic<bool> g_idle_empty_segments{false};
 // with `dirty_only`, only a run whose memory may still be committed.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
   const uint64_t dirty = dirty_only ? segment->dirty_slices.load(std::memory_order_relaxed) : ~uint64_t{0};
+  // One look rules out most segments (full ones above all: a big heap's
+  // claims pass many), and finds a single slice at once.
+  const uint64_t candidates = ~segment->used_slices.load(std::memory_order_acquire) & dirty & ~uint64_t{1};
+  if (static_cast<size_t>(__builtin_popcountll(candidates)) < count) return -1;
+  if (count == 1 && align == 1) return __builtin_ctzll(candidates);
   for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
     const uint64_t run = SliceRun(start, count);
     if ((segment->used_slices.load(std::memory_order_acquire) & run) == 0 && (dirty & run) == run) {
@@ -220,7 +225,11 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
     bytes += static_cast<size_t>(count) * kSliceSize;
     rest &= ~SliceRun(static_cast<size_t>(first), static_cast<size_t>(count));
   }
-  segment->used_slices.fetch_and(~held, std::memory_order_release);
+  // Holding the last free slices made the segment look full for a moment:
+  // a heap whose claims skipped it then must look again.
+  if (segment->used_slices.fetch_and(~held, std::memory_order_release) == kSegmentFull) {
+    NoteRoomInFullSegment(segment);
+  }
   g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(held), std::memory_order_relaxed);
   return bytes;
 }

@@ -169,6 +169,7 @@ void SegmentListPush(Heap* heap, Segment* segment) {
 }
 
 void SegmentListRemove(Heap* heap, Segment* segment) {
+  if (heap->claim_from == segment) heap->claim_from = nullptr;
   if (segment->heap_prev != nullptr) segment->heap_prev->heap_next = segment->heap_next;
   else heap->segments = segment->heap_next;
   if (segment->heap_next != nullptr) segment->heap_next->heap_prev = segment->heap_prev;
@@ -191,8 +192,24 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   // segment.
   int start = -1;
   Segment* segment = nullptr;
+  // Past the full segments at the front (they cannot have become empty,
+  // and so cannot have left the list, without a free telling this heap).
+  Segment* from = heap->claim_from;
+  if (heap->room_in_full_segment.load(std::memory_order_relaxed) != 0 &&
+      heap->room_in_full_segment.exchange(0, std::memory_order_acquire) != 0) {
+    from = nullptr;
+  }
+  if (from == nullptr) from = heap->segments;
+  Segment* last_full = nullptr;
+  while (from != nullptr && from->used_slices.load(std::memory_order_relaxed) == kSegmentFull) {
+    last_full = from;
+    from = from->heap_next;
+  }
+  // All full: the next claim starts at the last of them, before whatever
+  // segment this one appends.
+  heap->claim_from = from != nullptr ? from : last_full;
   for (const bool dirty_only : {true, false}) {
-    for (segment = heap->segments; segment != nullptr; segment = segment->heap_next) {
+    for (segment = from; segment != nullptr; segment = segment->heap_next) {
       start = FindFreeSlices(segment, count, align, dirty_only);
       if (start >= 0 && TryTakeSlices(segment, start, count)) break;
     }

@@ -70,6 +70,11 @@ struct Heap {
   Segment* segments = nullptr;     // segments with pages of this heap, oldest first
   Segment* segments_tail = nullptr;
   Segment* spare = nullptr;        // one empty segment kept on the list (ReleaseSegmentIfEmpty)
+  // Where claims start on the list: every segment before it had no free
+  // slice when a claim passed it. Without it a heap that grows walked all
+  // of its full segments for each new page (4 GiB of 1 KiB blocks: the
+  // fourth GiB took 5.8 s, mimalloc 0.7). nullptr: the list's head.
+  Segment* claim_from = nullptr;
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
   // Classes whose only page, spanning several slices, is empty and kept a
@@ -106,6 +111,9 @@ struct Heap {
   // pages (FreeCompletedInboxPages): another heap that took the class's bit
   // meanwhile and found the inbox empty sets the bit again.
   std::atomic<uint32_t> inbox_owner_holding{0};
+  // Set when slices are freed in a segment of this heap's list that had
+  // none free (NoteRoomInFullSegment): the next claim starts at the head.
+  std::atomic<uint32_t> room_in_full_segment{0};
   // Guards the segment list above (segments, segments_tail, spare, and the
   // segments' heap_next and heap_prev). The owner takes it only where it
   // claims slices or gives a segment back, never on a fast path; the

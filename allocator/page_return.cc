@@ -48,6 +48,13 @@ void ReleasePageSlices(Page* page) {
   CounterAdd(g_counters.pages_released, 1);
 }
 
+void NoteRoomInFullSegment(Segment* segment) {
+  // The heap whose list holds the segment: its claims may skip it.
+  // Release: a claim that sees the flag sees the freed slices too.
+  Heap* heap = segment->heap.load(std::memory_order_relaxed);
+  if (heap != nullptr) heap->room_in_full_segment.store(1, std::memory_order_release);
+}
+
 constinit std::atomic<uint32_t> g_inbox_complete_pending{0};
 
 void NoteInboxPageComplete(Heap* owner, size_t size_class) {

@@ -274,12 +274,21 @@ inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
   segment->dirty_slices.fetch_or(run, std::memory_order_relaxed);
 }
 
+// used_slices of a segment with no free slice: what a heap's claims skip
+// (Heap::claim_from).
+inline constexpr uint64_t kSegmentFull = ~uint64_t{0};
+
+// A segment that had no free slice has some now: its heap's claims look at
+// it again (heap.cc).
+void NoteRoomInFullSegment(Segment* segment);
+
 // Frees the slices [start, start + count), stamped `now_ms` for the purge
 // (ArenaPurge). The stamps are written before the release that clears the
 // bits, which the purge acquires.
 inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
   for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
-  segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+  const uint64_t used = segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+  if (FERRY_UNLIKELY(used == kSegmentFull)) NoteRoomInFullSegment(segment);
 }
 
 // used_slices of a segment that its owner is giving back: every slice looks

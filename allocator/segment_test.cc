@@ -12,6 +12,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "allocator/heap.h"
@@ -1045,6 +1046,80 @@ TEST(LargeBlocks, ReallocResizesALargeBlockInItsOwnSlices) {
     EXPECT_TRUE(intact(q, size));
     FreeSlices(segment, 42, 1, OsMonotonicMs());
     ferry_free(q);
+  }).join();
+}
+
+// A heap's claims skip the full segments at the front of its list
+// (Heap::claim_from), so that a growing heap does not walk them all for
+// each new page. A slice freed in one of them by another thread's frees
+// tells the heap to look from the head again: the next new page takes it,
+// oldest segment first, rather than a slice of a newer segment.
+TEST(PageLists, ASliceFreedInASkippedFullSegmentIsTakenFirst) {
+  constexpr size_t kSize = 1280;  // one-slice pages; no other test here uses it
+  constexpr size_t kFreshSize = 1536;  // nor this: the new page
+  std::vector<void*> blocks;
+  blocks.reserve(1 << 16);  // so that the owner does not grow it
+  Heap* heap = nullptr;
+  std::latch filled(1), freed(1);
+  std::atomic<uintptr_t> fresh_page{0};
+  std::thread owner([&] {
+    // Two full segments, and a newer one with free slices after them.
+    auto filled_enough = [] {
+      size_t full = 0;
+      SpinLockHolder hold(&tl_heap->segments_lock);
+      for (Segment* s = tl_heap->segments; s != nullptr; s = s->heap_next) {
+        if (s->used_slices.load() == kSegmentFull) ++full;
+      }
+      return full >= 2 && tl_heap->segments_tail->used_slices.load() != kSegmentFull;
+    };
+    while (!filled_enough() && blocks.size() < blocks.capacity()) blocks.push_back(ferry_malloc(kSize));
+    heap = tl_heap;
+    filled.count_down();
+    freed.wait();
+    void* fresh = ferry_malloc(kFreshSize);
+    fresh_page.store(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(fresh)), reinterpret_cast<uintptr_t>(fresh))->start);
+    ferry_free(fresh);
+  });
+  filled.wait();
+  // The first full segment on the owner's list, and a page of it that
+  // holds only blocks of `blocks`.
+  Segment* full = nullptr;
+  {
+    SpinLockHolder hold(&heap->segments_lock);
+    for (Segment* s = heap->segments; s != nullptr && full == nullptr; s = s->heap_next) {
+      if (s->used_slices.load() == kSegmentFull) full = s;
+    }
+    ASSERT_NE(full, nullptr) << "the owner filled no segment";
+    ASSERT_NE(heap->claim_from, full) << "the claims did not skip the full segment: the test measures nothing";
+  }
+  auto page_of = [](void* p) {
+    return PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p));
+  };
+  Page* victim = nullptr;
+  for (void* p : blocks) {
+    Page* page = page_of(p);
+    if (SegmentOf(page->start) == full && page->heap == heap && page->kind == PageKind::kSmall &&
+        page->block_size == kSize && page->used == page->reserved) {
+      victim = page;
+      break;
+    }
+  }
+  ASSERT_NE(victim, nullptr) << "no full page of the class in the full segment";
+  const uintptr_t victim_start = victim->start;
+  std::vector<void*> victims;
+  for (void*& p : blocks) {
+    if (page_of(p) == victim) victims.push_back(std::exchange(p, nullptr));
+  }
+  FreeElsewhereAndFlush(victims, 0, victims.size());  // one batch: the page goes back to its segment
+  const uint64_t bit = uint64_t{1} << ((victim_start - reinterpret_cast<uintptr_t>(full)) / kSliceSize);
+  ASSERT_EQ(full->used_slices.load() & bit, 0u) << "the emptied page did not go back to its segment";
+  ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // every free slice clean: no committed one wins
+  freed.count_down();
+  owner.join();
+  EXPECT_EQ(fresh_page.load(), victim_start)
+      << "the new page did not take the slice freed in the oldest full segment";
+  std::thread([&] {
+    for (void* p : blocks) ferry_free(p);
   }).join();
 }
 
