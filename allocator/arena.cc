@@ -227,7 +227,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   }
   // Holding the last free slices made the segment look full for a moment:
   // a heap whose claims skipped it then must look again.
-  if (segment->used_slices.fetch_and(~held, std::memory_order_release) == kSegmentFull) {
+  if (segment->used_slices.fetch_and(~held, std::memory_order_acq_rel) == kSegmentFull) {
     NoteRoomInFullSegment(segment);
   }
   g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(held), std::memory_order_relaxed);

@@ -50,9 +50,10 @@ void ReleasePageSlices(Page* page) {
 
 void NoteRoomInFullSegment(Segment* segment) {
   // The heap whose list holds the segment: its claims may skip it.
-  // Release: a claim that sees the flag sees the freed slices too.
+  // A read-modify-write, not a store: the claim's acquiring exchange then
+  // sees the freed slices of every notice before it, not just the last.
   Heap* heap = segment->heap.load(std::memory_order_relaxed);
-  if (heap != nullptr) heap->room_in_full_segment.store(1, std::memory_order_release);
+  if (heap != nullptr) heap->room_in_full_segment.exchange(1, std::memory_order_acq_rel);
 }
 
 constinit std::atomic<uint32_t> g_inbox_complete_pending{0};

@@ -287,7 +287,9 @@ void NoteRoomInFullSegment(Segment* segment);
 // bits, which the purge acquires.
 inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
   for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
-  const uint64_t used = segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_release);
+  // acq_rel: the read of the segment's heap in the notice comes after
+  // (a release alone would let it run ahead of the clear on some CPUs).
+  const uint64_t used = segment->used_slices.fetch_and(~SliceRun(start, count), std::memory_order_acq_rel);
   if (FERRY_UNLIKELY(used == kSegmentFull)) NoteRoomInFullSegment(segment);
 }
 
