@@ -60,6 +60,10 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
   if (FERRY_UNLIKELY(__builtin_mul_overflow(count, size, &total) || total > kMaxRequest)) {
     return FailTooLarge();
   }
+  if (total > ferry::kMediumMax && total <= ferry::kLargeMax) {
+    // Cleared there unless its slices read as zeros already.
+    return VgAllocated(ferry::AllocateLargeZeroed(total), total, /*zeroed=*/true);
+  }
   void* p = Allocate(total);
   if (FERRY_LIKELY(p != nullptr)) {
     VgAllocated(p, total, /*zeroed=*/true);

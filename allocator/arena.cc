@@ -91,14 +91,18 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 
 // Takes the slices [start, start + count) if they are still free (the pool
 // may hold some for a moment while it purges them).
-bool TryTakeSlices(Segment* segment, int start, size_t count) {
+bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
   const uint64_t run = SliceRun(static_cast<size_t>(start), count);
   uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
   do {
     if ((used & run) != 0) return false;
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
-  if (const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & run; dirty != 0) {
+  // Ours now: the purge (which clears dirty bits only for slices it holds)
+  // cannot change these bits until we free the slices.
+  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & run;
+  if (was_clean != nullptr) *was_clean = dirty == 0;
+  if (dirty != 0) {
     g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(dirty), std::memory_order_relaxed);
   }
   NoteSlicesClaimed(segment, run);
@@ -178,14 +182,14 @@ void ArenaReleaseSegment(Segment* segment) {
   FERRY_CHECK(false && "segment outside every arena");
 }
 
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start) {
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start, bool* was_clean) {
   if (dirty_only && g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0) return nullptr;
   SpinLockHolder hold(&g_arena_lock);
   Segment* found = FindLiveSegment([&](Segment* segment) {
     for (;;) {
       const int first = FindFreeSlices(segment, count, align, dirty_only);
       if (first < 0) return false;
-      if (TryTakeSlices(segment, first, count)) {
+      if (TryTakeSlices(segment, first, count, was_clean)) {
         *start = first;
         return true;
       }

@@ -178,8 +178,10 @@ void SegmentListRemove(Heap* heap, Segment* segment) {
 }
 
 // Claims `count` slices aligned to `align` slices; returns the first slice's
-// page record with the continuation records pointing back to it.
-Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
+// page record with the continuation records pointing back to it. *zeroed
+// (if given): the slices read as zeros (TryTakeSlices), or are a new
+// segment's.
+Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr) {
   SpinLockHolder hold(&heap->segments_lock);
   // Slices that may still be committed first, in the heap's own segments
   // (their memory is likely warm; the heap's empty spare is one of them),
@@ -211,9 +213,9 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
   for (const bool dirty_only : {true, false}) {
     for (segment = from; segment != nullptr; segment = segment->heap_next) {
       start = FindFreeSlices(segment, count, align, dirty_only);
-      if (start >= 0 && TryTakeSlices(segment, start, count)) break;
+      if (start >= 0 && TryTakeSlices(segment, start, count, zeroed)) break;
     }
-    if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, dirty_only, &start);
+    if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, dirty_only, &start, zeroed);
     if (segment != nullptr) break;
   }
   if (segment == nullptr) {
@@ -223,6 +225,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align) {
     FERRY_CHECK(start + count <= kSlicesPerSegment);
     segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count));
     if (segment == nullptr) return nullptr;
+    if (zeroed != nullptr) *zeroed = true;  // fresh, or decommitted whole when released
     SegmentListPush(heap, segment);
   }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);
@@ -910,10 +913,11 @@ void CollectAbandonedHeaps() {
   g_abandoned = taken;
 }
 
-void* AllocateLarge(Heap* heap, size_t n, size_t alignment) {
+// *zeroed (if given): the block reads as zeros (ClaimSlices).
+void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullptr) {
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
-  Page* page = ClaimSlices(heap, slices, align_slices);
+  Page* page = ClaimSlices(heap, slices, align_slices, zeroed);
   if (page == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -1200,6 +1204,27 @@ void* AllocateAboveLookup(size_t n) {
     return AllocateLarge(heap, n, kSliceSize);
   }
   return AllocateHuge(n, 0);
+}
+
+// calloc of a large size (kMediumMax < n <= kLargeMax): slices that read as
+// zeros already (never touched, or decommitted) are not written, so that
+// they become resident only as the program uses them, as with glibc's
+// mmapped chunks; others are cleared.
+void* AllocateLargeZeroed(size_t n) {
+  void* p;
+  bool zeroed = false;
+  if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) {
+    p = AllocateWhileExiting(n, 0);
+  } else {
+    Heap* heap = CurrentHeapOrInit();
+    if (heap == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    p = AllocateLarge(heap, n, kSliceSize, &zeroed);
+  }
+  if (p != nullptr && !zeroed) memset(p, 0, n);
+  return p;
 }
 
 void* AllocateAligned(size_t alignment, size_t n) {

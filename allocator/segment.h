@@ -267,7 +267,9 @@ inline constexpr uint64_t SliceRun(size_t first, size_t count) {
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only);
 // Takes the slices [start, start + count) if they are still free (another
 // heap, or the pool purging, may take them first); marks them dirty.
-bool TryTakeSlices(Segment* segment, int start, size_t count);
+// *was_clean (if given): none of them was dirty, so they read as zeros
+// (never touched, or decommitted with MADV_DONTNEED).
+bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = nullptr);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
@@ -316,7 +318,8 @@ extern std::atomic<int64_t> g_free_dirty_slices_hint;
 // nobody), so that memory one heap's threads freed serves another heap;
 // with `dirty_only`, only slices that may still be committed. Returns the
 // segment and sets *start, or returns nullptr.
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start);
+Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start,
+                                 bool* was_clean = nullptr);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when
 // `urgent`), those free for less than kEagerWindowMs only up to

@@ -3,10 +3,12 @@
 #include "allocator/segment.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <latch>
 #include <mutex>
@@ -912,7 +914,8 @@ TEST(Purge, AHeapsSpareStaysAndDoesNotCallForTheHousekeeping) {
 // same moment: the list lock and the CASes on used_slices keep every block
 // intact (contents checked) and every segment on one list. Blocks of
 // several slices, so that segments fill and empty quickly; each resized
-// once by realloc, half of them (again) by the other owner, which frees them.
+// once by realloc, half of them (again) by the other owner, which frees them;
+// a third made by calloc and checked to read as zeros.
 TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimReleaseAndResizeSlices) {
   constexpr int kRounds = 30;
   constexpr int kBlocks = 48;
@@ -947,8 +950,12 @@ TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimReleaseAndResizeSlices) {
       std::vector<std::pair<void*, size_t>> mine;
       for (int k = 0; k < kBlocks; ++k) {
         const size_t n = random_size(rng);
-        void* p = ferry_malloc(n);
+        // A third by calloc: large ones on slices the purge just gave back
+        // are not written, so they must read as zeros.
+        const bool zeroed = k % 3 == 0;
+        void* p = zeroed ? ferry_calloc(1, n) : ferry_malloc(n);
         ASSERT_NE(p, nullptr);
+        if (zeroed && !check(p, n, 0)) ++corrupt;
         fill(p, n, static_cast<uint8_t>(n));
         mine.emplace_back(p, n);
       }
@@ -1120,6 +1127,52 @@ TEST(PageLists, ASliceFreedInASkippedFullSegmentIsTakenFirst) {
       << "the new page did not take the slice freed in the oldest full segment";
   std::thread([&] {
     for (void* p : blocks) ferry_free(p);
+  }).join();
+}
+
+// OS pages of [p, p + n) that are resident.
+size_t ResidentPages(const void* p, size_t n) {
+  const size_t page = 4096;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const size_t count = (reinterpret_cast<uintptr_t>(p) + n - first + page - 1) / page;
+  std::vector<unsigned char> residency(count);
+  if (mincore(reinterpret_cast<void*>(first), count * page, residency.data()) != 0) return SIZE_MAX;
+  return static_cast<size_t>(std::count_if(residency.begin(), residency.end(), [](unsigned char r) { return r & 1; }));
+}
+
+bool AllZero(const void* p, size_t n) {
+  const auto* bytes = static_cast<const unsigned char*>(p);
+  return std::all_of(bytes, bytes + n, [](unsigned char b) { return b == 0; });
+}
+
+// calloc of a large size does not write slices that read as zeros already
+// (never touched, or decommitted): they become resident only as the program
+// uses them. Slices that held a block before are cleared.
+TEST(LargeBlocks, CallocWritesOnlySlicesThatMayHoldOldData) {
+  std::thread([] {
+    constexpr size_t kSize = 1536 << 10;  // 24 slices
+    ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // every free slice decommitted
+    void* p = ferry_calloc(1, kSize);
+    ASSERT_NE(p, nullptr);
+    // With transparent huge pages always on, the first write may bring in 2 MiB.
+    std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char mode[128] = {};
+    if (thp != nullptr) {
+      if (std::fgets(mode, sizeof(mode), thp) == nullptr) mode[0] = 0;
+      std::fclose(thp);
+    }
+    if (std::strstr(mode, "[always]") == nullptr) {
+      EXPECT_LE(ResidentPages(p, kSize), 1u) << "calloc wrote slices that read as zeros already";
+    }
+    EXPECT_TRUE(AllZero(p, kSize));
+    std::memset(p, 0xab, kSize);
+    ferry_free(p);
+    // The same slices again, holding the old block's bytes (no pool purges
+    // in this binary): cleared.
+    void* q = ferry_calloc(1, kSize);
+    ASSERT_EQ(q, p) << "calloc did not reuse the freed slices: the test measures nothing";
+    EXPECT_TRUE(AllZero(q, kSize)) << "calloc handed out a reused block uncleared";
+    ferry_free(q);
   }).join();
 }
 
