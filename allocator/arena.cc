@@ -45,6 +45,9 @@ constexpr size_t kMaxArenas = 4096;       // 256 GiB of small and large blocks
 struct Arena {
   uintptr_t base;
   uint32_t used;  // bit i: segment i is handed out
+  // Bit i: segment i came back but the kernel would not decommit it all
+  // (locked memory), so it may hold old bytes, header included.
+  uint32_t not_zero;
 };
 
 constinit SpinLock g_arena_lock;
@@ -109,8 +112,9 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
   return true;
 }
 
-Segment* ArenaAllocateSegment(uint64_t taken) {
+Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
   Segment* segment = nullptr;
+  bool not_zero = false;
   {
     SpinLockHolder hold(&g_arena_lock);
     uintptr_t address = 0;
@@ -119,6 +123,8 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
       if (arena.used == (uint32_t{1} << kSegmentsPerArena) - 1) continue;
       const int slot = __builtin_ctz(~arena.used);
       arena.used |= uint32_t{1} << slot;
+      not_zero = (arena.not_zero >> slot & 1) != 0;
+      arena.not_zero &= ~(uint32_t{1} << slot);
       address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
     }
     if (address == 0 && g_arena_count < kMaxArenas) {
@@ -139,10 +145,14 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
     // Under the lock: ArenaTakeSlicesAnywhere reads the header of every
     // segment handed out, so it must be valid before the lock is dropped.
     segment = reinterpret_cast<Segment*>(address);
+    // Every slice may hold old bytes: the header is cleared as the kernel
+    // would have, the slices are marked dirty (so the purge tries again, and
+    // calloc clears them).
+    if (not_zero) memset(static_cast<void*>(segment), 0, sizeof(Segment));
     segment->kind = SegmentKind::kNormal;
     segment->heap.store(nullptr, std::memory_order_relaxed);
     segment->heap_next = segment->heap_prev = nullptr;
-    segment->dirty_slices.store(taken, std::memory_order_relaxed);
+    segment->dirty_slices.store(not_zero ? ~uint64_t{1} : taken, std::memory_order_relaxed);
     // In the map before any other heap can take slices here (under this
     // lock, ArenaTakeSlicesAnywhere): a block of such a slice may be freed
     // by a third thread at once, and a free that found no map entry would
@@ -155,6 +165,7 @@ Segment* ArenaAllocateSegment(uint64_t taken) {
   CounterAdd(g_counters.segments_mapped, 1);
   CounterAdd(g_counters.segments_live, 1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Ptr(segment).Str(" mapped").WriteToStderr();
+  if (zeroed != nullptr) *zeroed = !not_zero;
   return segment;
 }
 
@@ -165,17 +176,19 @@ void ArenaReleaseSegment(Segment* segment) {
   // All but the header first, outside the lock; the header (which reads as
   // detached until it is decommitted, and as all free after) only once no
   // scan can reach the segment.
-  OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
-  CounterAdd(g_counters.bytes_decommitted, kSegmentSize);
+  bool zero = OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
+  if (zero) CounterAdd(g_counters.bytes_decommitted, kSegmentSize);
   CounterAdd(g_counters.segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" released").WriteToStderr();
   SpinLockHolder hold(&g_arena_lock);
-  OsDecommit(segment, kSliceSize);
+  zero = OsDecommit(segment, kSliceSize) && zero;
   for (size_t i = 0; i < g_arena_count; ++i) {
     Arena& arena = g_arenas[i];
     if (address >= arena.base && address < arena.base + kArenaSize) {
-      arena.used &= ~(uint32_t{1} << ((address - arena.base) / kSegmentSize));
+      const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
+      arena.used &= ~bit;
+      if (!zero) arena.not_zero |= bit;
       return;
     }
   }
@@ -201,11 +214,13 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
   return found;
 }
 
-void SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
-  OsDecommit(reinterpret_cast<char*>(segment) + first * kSliceSize, count * kSliceSize);
+bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
+  // Refused (locked memory): the slices keep their bytes, so they stay dirty.
+  if (!OsDecommit(reinterpret_cast<char*>(segment) + first * kSliceSize, count * kSliceSize)) return false;
   const uint64_t run = SliceRun(first, count);
   segment->dirty_slices.fetch_and(~run, std::memory_order_relaxed);
   CounterAdd(g_counters.bytes_decommitted, static_cast<int64_t>(count * kSliceSize));
+  return true;
 }
 
 namespace {
@@ -221,20 +236,24 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   } while (!segment->used_slices.compare_exchange_weak(used, used | held, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
   size_t bytes = 0;
+  uint64_t purged = 0;
   for (uint64_t rest = held; rest != 0;) {
     const int first = __builtin_ctzll(rest);
     int count = 0;
     while (first + count < 64 && (rest >> (first + count) & 1) != 0) ++count;
-    SegmentDecommitSlices(segment, static_cast<size_t>(first), static_cast<size_t>(count));
-    bytes += static_cast<size_t>(count) * kSliceSize;
-    rest &= ~SliceRun(static_cast<size_t>(first), static_cast<size_t>(count));
+    const uint64_t run = SliceRun(static_cast<size_t>(first), static_cast<size_t>(count));
+    if (SegmentDecommitSlices(segment, static_cast<size_t>(first), static_cast<size_t>(count))) {
+      bytes += static_cast<size_t>(count) * kSliceSize;
+      purged |= run;
+    }
+    rest &= ~run;
   }
   // Holding the last free slices made the segment look full for a moment:
   // a heap whose claims skipped it then must look again.
   if (segment->used_slices.fetch_and(~held, std::memory_order_acq_rel) == kSegmentFull) {
     NoteRoomInFullSegment(segment);
   }
-  g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(held), std::memory_order_relaxed);
+  g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(purged), std::memory_order_relaxed);
   return bytes;
 }
 

@@ -223,9 +223,8 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     // can see the segment's free slices.
     start = static_cast<int>(align);
     FERRY_CHECK(start + count <= kSlicesPerSegment);
-    segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count));
+    segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
     if (segment == nullptr) return nullptr;
-    if (zeroed != nullptr) *zeroed = true;  // fresh, or decommitted whole when released
     SegmentListPush(heap, segment);
   }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);

@@ -301,8 +301,10 @@ inline constexpr uint64_t kSegmentDetached = ~uint64_t{0};
 
 // A zeroed segment with its header slice and the slices in `taken` used
 // (and dirty), or nullptr when the OS refuses. Its header is written before
-// any other heap can see it, so the caller's slices are its own.
-Segment* ArenaAllocateSegment(uint64_t taken);
+// any other heap can see it, so the caller's slices are its own. *zeroed:
+// its slices read as zeros (false for a segment whose decommit the kernel
+// refused when it came back: then every slice is marked dirty).
+Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed = nullptr);
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
@@ -358,8 +360,9 @@ inline uint64_t EmptySegmentKeepMs(uint64_t delay_ms) {
 // the housekeeping clears it and gives those segments back.
 extern std::atomic<bool> g_idle_empty_segments;
 // Decommits the slices [first, first + count) of a segment whose caller holds
-// them as used; afterwards they are no longer dirty.
-void SegmentDecommitSlices(Segment* segment, size_t first, size_t count);
+// them as used; afterwards they are no longer dirty. False when the kernel
+// refused (locked memory): then they stay dirty.
+bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count);
 // For fork: hold and release the arena lock around fork().
 void ArenaLockForFork();
 void ArenaUnlockAfterFork();

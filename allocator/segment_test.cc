@@ -1176,6 +1176,32 @@ TEST(LargeBlocks, CallocWritesOnlySlicesThatMayHoldOldData) {
   }).join();
 }
 
+// Memory the program locked (mlock, mlockall) cannot be decommitted: the
+// kernel refuses MADV_DONTNEED. Such slices keep their bytes, so they must
+// stay dirty, and calloc must clear a block made of them.
+TEST(LargeBlocks, CallocClearsSlicesTheKernelWouldNotDecommit) {
+  std::thread([] {
+    constexpr size_t kSize = 1 << 20;  // 16 slices
+    void* p = ferry_calloc(1, kSize);
+    ASSERT_NE(p, nullptr);
+    if (mlock(p, kSize) != 0) {
+      ferry_free(p);
+      GTEST_SKIP() << "mlock refused (RLIMIT_MEMLOCK)";
+    }
+    std::memset(p, 0xab, kSize);
+    ferry_free(p);  // still locked: the program never unlocked it
+    ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // tries to decommit it
+    void* q = ferry_calloc(1, kSize);
+    ASSERT_NE(q, nullptr);
+    const bool overlaps = static_cast<char*>(q) < static_cast<char*>(p) + kSize &&
+                          static_cast<char*>(p) < static_cast<char*>(q) + kSize;
+    EXPECT_TRUE(AllZero(q, kSize)) << "calloc handed out locked memory uncleared";
+    ferry_free(q);
+    munlock(p, kSize);
+    if (!overlaps) GTEST_SKIP() << "calloc did not reuse the locked slices: the test measured nothing";
+  }).join();
+}
+
 TEST(PageLists, EmptyPagesGoBackToTheirSegment) {
   ferry_stats_t before, after;
   ferry_stats_get(&before);

@@ -22,7 +22,8 @@
 //    the old range is as it was, and `target` has been given back.
 //  - OsDecommit drops the physical pages of a range (it stays reserved and
 //    reads as zero afterwards); resident memory falls at once (MADV_DONTNEED,
-//    not MADV_FREE, so RSS tells the truth).
+//    not MADV_FREE, so RSS tells the truth). False when the kernel refused
+//    (memory locked by mlock or mlockall): then the range keeps its bytes.
 //  - None of these allocate or take locks.
 #ifndef FERRY_COMMON_OS_H_
 #define FERRY_COMMON_OS_H_
@@ -36,7 +37,7 @@ void* OsReserve(size_t size, size_t alignment, bool overcommit_check = false);
 void OsRelease(void* base, size_t size);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
-void OsDecommit(void* base, size_t size);
+bool OsDecommit(void* base, size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();

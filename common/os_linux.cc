@@ -102,10 +102,11 @@ void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target) {
   return p;
 }
 
-void OsDecommit(void* base, size_t size) {
+bool OsDecommit(void* base, size_t size) {
   const int saved_errno = errno;
-  madvise(base, size, MADV_DONTNEED);
+  const bool done = madvise(base, size, MADV_DONTNEED) == 0;
   errno = saved_errno;
+  return done;
 }
 
 size_t OsPageSize() {
