@@ -263,6 +263,23 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
 // slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
 // while new pages touched clean memory elsewhere.) Pages of other heaps may
 // live in it (ClaimSlices); detaching with one CAS settles who wins.
+// Takes an empty segment (only its header in use) off the heap's list, for
+// ArenaReleaseSegment; false if a page took one of its slices first. The
+// caller holds heap->segments_lock.
+bool DetachEmptySegmentLocked(Heap* heap, Segment* segment) {
+  uint64_t expected = 1;
+  if (!segment->used_slices.compare_exchange_strong(expected, kSegmentDetached,
+                                                    std::memory_order_acq_rel,
+                                                    std::memory_order_relaxed)) {
+    return false;
+  }
+  if (heap->spare == segment) heap->spare = nullptr;
+  segment->is_spare.store(false, std::memory_order_relaxed);
+  SegmentListRemove(heap, segment);
+  segment->heap.store(nullptr, std::memory_order_relaxed);
+  return true;
+}
+
 // The caller holds heap->segments_lock.
 void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) {
   // On another heap's list, or given back by the housekeeping (then nullptr).
@@ -279,17 +296,7 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
       return;
     }
   }
-  uint64_t expected = 1;
-  if (!segment->used_slices.compare_exchange_strong(expected, kSegmentDetached,
-                                                    std::memory_order_acq_rel,
-                                                    std::memory_order_relaxed)) {
-    return;
-  }
-  if (heap->spare == segment) heap->spare = nullptr;
-  segment->is_spare.store(false, std::memory_order_relaxed);
-  SegmentListRemove(heap, segment);
-  segment->heap.store(nullptr, std::memory_order_relaxed);
-  ArenaReleaseSegment(segment);
+  if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
 }
 
 void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment, bool keep_spare) {
@@ -983,14 +990,8 @@ void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
     Segment* released = nullptr;
     for (Segment* segment = heap->segments; segment != nullptr;) {
       Segment* next = segment->heap_next;
-      uint64_t expected = 1;
       if (segment != heap->spare && segment->used_slices.load(std::memory_order_relaxed) == 1 &&
-          EmptySegmentIdleMs(segment, now_ms) >= keep_ms &&
-          segment->used_slices.compare_exchange_strong(expected, kSegmentDetached,
-                                                       std::memory_order_acq_rel,
-                                                       std::memory_order_relaxed)) {
-        SegmentListRemove(heap, segment);
-        segment->heap.store(nullptr, std::memory_order_relaxed);
+          EmptySegmentIdleMs(segment, now_ms) >= keep_ms && DetachEmptySegmentLocked(heap, segment)) {
         segment->heap_next = released;
         released = segment;
       }
