@@ -212,8 +212,12 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   heap->claim_from = from != nullptr ? from : last_full;
   for (const bool dirty_only : {true, false}) {
     for (segment = from; segment != nullptr; segment = segment->heap_next) {
-      start = FindFreeSlices(segment, count, align, dirty_only);
-      if (start >= 0 && TryTakeSlices(segment, start, count, zeroed)) break;
+      // A run another thread took first (a heap of another list, the purge,
+      // a large block growing in place) leaves others here to look at.
+      do {
+        start = FindFreeSlices(segment, count, align, dirty_only);
+      } while (start >= 0 && !TryTakeSlices(segment, start, count, zeroed));
+      if (start >= 0) break;
     }
     if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, dirty_only, &start, zeroed);
     if (segment != nullptr) break;
@@ -295,6 +299,17 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
       segment->is_spare.store(true, std::memory_order_relaxed);
       return;
     }
+    // With reclaimer threads ticking, giving memory back is their job: the
+    // segment stays on the list, its slices are purged like any free
+    // slices (FERRY_PURGE_DELAY_MS, young ones 8 MiB a run) and the
+    // housekeeping releases it once it has been empty for
+    // EmptySegmentKeepMs (ReleaseIdleEmptySegments). A program whose use
+    // swings by more than a segment takes its committed slices back
+    // instead of faulting in fresh ones: 128 MiB of 1 KiB blocks
+    // allocated and freed ten times, 3x faster (perf/RESULTS.md,
+    // 2026-12-02). Without such a pool (a single-threaded program, the
+    // oneTBB backend, FERRY_RECLAIMERS=0) nobody else would give it back.
+    if (PoolHousekeepsOnATimer()) return;
   }
   if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
 }
@@ -971,12 +986,13 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 
 }  // namespace
 
-// Pool side: segments that other threads emptied wait on their heap's list
-// (only the owner gives back a segment as it frees its last page), each with
-// its header resident and its 4 MiB of address space held, until the owner
-// next frees a page there: for good, if it idles. A burst of 512 MiB freed
-// by another thread left 130 of them (1.7 MiB of headers) for as long as
-// the allocating thread slept. Those that have stayed empty for
+// Pool side: empty segments wait on their heap's list, each with its header
+// resident and its 4 MiB of address space held: those other threads
+// emptied (before this, until the owner next freed a page there: for good,
+// if it idled; a burst of 512 MiB freed by another thread left 130 of them,
+// 1.7 MiB of headers, for as long as the allocating thread slept), and
+// those the owner emptied while reclaimer threads tick
+// (ReleaseSegmentIfEmptyLocked). Those that have stayed empty for
 // EmptySegmentKeepMs (any, when `urgent`) go back to their arena here; the
 // heap's spare stays (and the purge does not count it, so that a heap's
 // spare does not have this walk every heap at every run). A heap whose
@@ -1022,6 +1038,9 @@ bool ResizeLargeInPlace(void* p, size_t n) {
   const size_t first = (page->start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
   const size_t count = page->slice_count;
   const size_t wanted = (n + kSliceSize - 1) / kSliceSize;
+  // A large block keeps more slices than a medium page may have: never
+  // down to none, whose record another heap could then take under it.
+  if (n <= kMediumMax) return false;
   if (wanted == count) return true;
   if (wanted > kMaxPageSlices || first + wanted > kSlicesPerSegment) return false;
   if (wanted > count) {

@@ -337,13 +337,12 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 inline constexpr uint64_t kEagerWindowMs = 250;
 inline constexpr size_t kEagerBytesPerRun = size_t{8} << 20;
 // How long a segment with nothing but its header in use has been so: the
-// time since the latest of its slices was freed. Its owner gives such a
-// segment back at once when it frees the last page itself; one that other
-// threads emptied (their returns freed its pages, or its pages were taken
-// by other heaps and freed) waits on the owner's list, header resident,
-// until the housekeeping gives it back (ReleaseIdleEmptySegments, heap.cc)
-// once it is this old: kEagerWindowMs, or FERRY_PURGE_DELAY_MS if longer,
-// so that a heap that fills it again soon finds it still there.
+// time since the latest of its slices was freed. Such a segment waits on
+// its heap's list until the housekeeping gives it back
+// (ReleaseIdleEmptySegments, heap.cc) once it is this old: kEagerWindowMs,
+// or FERRY_PURGE_DELAY_MS if longer, so that a heap that fills it again
+// soon finds it still there. (Where no reclaimer thread ticks, the owner
+// gives back one it emptied itself at once: ReleaseSegmentIfEmptyLocked.)
 inline uint64_t EmptySegmentIdleMs(const Segment* segment, uint64_t now_ms) {
   uint64_t latest = 0;
   for (size_t i = 1; i < kSlicesPerSegment; ++i) {

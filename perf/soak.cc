@@ -108,6 +108,7 @@ constexpr ProgramInfo kPrograms[] = {
     {"realloc", 16, 0.01, false},  // 256 buffers of up to 64 KiB
     {"medium", 16, 0.01, false},   // 1024 slots of 1-64 KiB, log-uniform: ~9 MiB
     {"idle", 0, 0.2, false},       // the burst: scale x 512 MiB, at least 4; 3 s of idle from 0.2 on
+    {"phases", 0, 0.01, false},    // EXTRA live_mib (2 x 64 MiB from scale 0.2 on)
     {"forkloop", 0, 0.01, false},  // EXTRA live_mib_max
     {"threadchurn", 0, 0.01, false},  // EXTRA live_mib_max
 };

@@ -624,6 +624,11 @@ void PoolCollectNow() {
 
 bool IsReclaimerThread() { return tl_is_reclaimer; }
 
+bool PoolHousekeepsOnATimer() {
+  return g_pool.state.load(std::memory_order_acquire) == kRunning && !g_pool.use_tbb &&
+         g_pool.count.load(std::memory_order_relaxed) > 0;
+}
+
 int PoolThreadCount() {
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return 0;
   return g_pool.count.load(std::memory_order_acquire);

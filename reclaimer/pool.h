@@ -85,6 +85,13 @@ void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_
 // True on the pool's own threads.
 bool IsReclaimerThread();
 
+// True while reclaimer threads run the housekeeping on their own tick (the
+// threads backend, started): memory left for it to give back goes back
+// within a tick or two even if the program makes no further call. The
+// oneTBB backend's housekeeping rides on offers, so an idle program would
+// keep such memory: false there.
+bool PoolHousekeepsOnATimer();
+
 // Threads running now (0 before the pool starts), and the pool's counters.
 int PoolThreadCount();
 struct PoolStats {

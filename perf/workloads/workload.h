@@ -51,7 +51,10 @@
   X(medium, false, "1 thread: free a random slot of a working set, allocate " \
                    "a new 1-64 KiB object (log-uniform)")                      \
   X(idle, false, "one thread allocates 512 MiB in 16 B-16 KiB blocks, another " \
-                 "frees them all, then both idle 3 s; RSS every 100 ms")
+                 "frees them all, then both idle 3 s; RSS every 100 ms")      \
+  X(phases, false, "2 threads build 64 MiB sets of 64 B-4 KiB objects and "    \
+                   "tear them down, a few freed by the other thread; 12 "     \
+                   "rounds: is freed memory reused or faulted in again?")
 
 // The soak's programs, in the same form as FERRY_WORKLOADS.
 #define FERRY_SOAK_PROGRAMS(X)                                                 \
