@@ -314,6 +314,18 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
   if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
 }
 
+// The empty segments an owner left for the pool's housekeeping
+// (ReleaseSegmentIfEmptyLocked) go back now, but the spare: in a fork child,
+// which has no pool and may never start one, they would stay for good.
+void ReleaseKeptEmptySegments(Heap* heap) {
+  SpinLockHolder hold(&heap->segments_lock);
+  for (Segment* segment = heap->segments; segment != nullptr;) {
+    Segment* next = segment->heap_next;
+    ReleaseSegmentIfEmptyLocked(heap, segment, /*keep_spare=*/true);
+    segment = next;
+  }
+}
+
 void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment, bool keep_spare) {
   // Most released pages leave others in their segment: no lock for those.
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
@@ -641,6 +653,7 @@ void AtForkChild() {
   g_exit_lock.Unlock();
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
+  ReleaseKeptEmptySegments(tl_heap);
   g_forking.store(false, std::memory_order_relaxed);
 }
 

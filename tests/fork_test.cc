@@ -295,19 +295,23 @@ TEST(Fork, ChildrenOfABusyProcessWorkAcrossTheirOwnThreadsAndStartTheirOwnPool) 
   }
 }
 
+// The parent's pool runs (remote frees and a flush start it), with as many
+// threads as the environment asked for.
+void StartParentPool() {
+  std::vector<Item> blocks;
+  for (int i = 0; i < 300; ++i) blocks.push_back(Make(TrafficSize(i)));
+  std::thread([&] {
+    for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+    ferry_flush();
+  }).join();
+  const int wanted = ferry_test::ExpectedReclaimers();
+  ASSERT_TRUE(WaitFor([&] { return ferry_test::ReclaimerThreadCount() == wanted; }, 5s))
+      << ferry_test::AllThreadNames();
+}
+
 TEST(Fork, ChildStartsWithoutReclaimersAndStartsAPoolOnlyWhenItNeedsOne) {
   const int wanted = ferry_test::ExpectedReclaimers();
-  // The parent's pool runs (remote frees and a flush start it).
-  {
-    std::vector<Item> blocks;
-    for (int i = 0; i < 300; ++i) blocks.push_back(Make(TrafficSize(i)));
-    std::thread([&] {
-      for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
-      ferry_flush();
-    }).join();
-    ASSERT_TRUE(WaitFor([&] { return ferry_test::ReclaimerThreadCount() == wanted; }, 5s))
-        << ferry_test::AllThreadNames();
-  }
+  ASSERT_NO_FATAL_FAILURE(StartParentPool());
   const uint64_t parent_starts = Stats().pool_starts;
   auto child = [&](int generation) -> std::string {
     if (ferry_test::TaskCount() != 1) return "starts with threads: " + ferry_test::AllThreadNames();
@@ -374,6 +378,34 @@ TEST(Fork, ChildStartsWithoutReclaimersAndStartsAPoolOnlyWhenItNeedsOne) {
   }
   EXPECT_EQ(WaitForChild(pid), "");
   EXPECT_EQ(Stats().pool_starts, parent_starts) << "a child's pool is not the parent's";
+}
+
+// While the pool runs, segments a thread empties stay on its list for the
+// pool's housekeeping to give back. The child has no pool (and may never
+// start one), so the forking thread's are given back in the child at once.
+TEST(Fork, SegmentsLeftForThePoolGoBackInTheChild) {
+  ASSERT_NO_FATAL_FAILURE(StartParentPool());
+  constexpr size_t kBytes = size_t{48} << 20;
+  std::vector<void*> blocks;
+  blocks.reserve(kBytes / 1000);
+  const uint64_t live_before = Stats().segments_live;
+  for (size_t i = 0; i < kBytes / 1000; ++i) {
+    blocks.push_back(ferry_malloc(1000));
+    ASSERT_NE(blocks.back(), nullptr);
+  }
+  for (void* p : blocks) ferry_free(p);
+  const uint64_t live_at_fork = Stats().segments_live;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The spare, and the segment of each current page.
+    const uint64_t live = Stats().segments_live;
+    ChildExit(live <= live_before + 2 ? ""
+                                      : "segments live in the child " + std::to_string(live) + ", " +
+                                            std::to_string(live_before) + " before the 48 MiB, " +
+                                            std::to_string(live_at_fork) + " in the parent at fork");
+  }
+  EXPECT_EQ(WaitForChild(pid), "");
 }
 
 TEST(Fork, BatchesQueuedAtForkReachTheirPagesInTheChild) {

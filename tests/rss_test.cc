@@ -326,9 +326,9 @@ TEST(Rss, MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles) {
 
 // (e) With reclaimer threads running, a segment its owner empties stays on
 // the owner's list until the housekeeping gives it back (EmptySegmentKeepMs,
-// 250 ms): a thread that frees 64 MiB and allocates it again at once takes
-// back its committed slices rather than new segments whose memory it must
-// fault in again. (Until 2026-12-02 the owner released every emptied segment
+// 250 ms; 1 s in this case's settings, see BUILD): a thread that frees
+// 64 MiB and allocates it again at once takes back its committed slices
+// rather than new segments whose memory it must fault in again. (Until 2026-12-02 the owner released every emptied segment
 // but one on the spot: 15 segments mapped again and about 15 000 page
 // faults here.) Then, idle, the memory must still go back within
 // kReturnDeadline with no call from the program.
@@ -384,7 +384,8 @@ TEST(Rss, SegmentsAThreadEmptiedAreTakenAgainThenGoBackWhenIdle) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return freed; });
   }
-  ASSERT_FALSE(failed) << "out of memory";
+  // (No ASSERT before the owner is joined: a joinable thread would abort the test.)
+  EXPECT_FALSE(failed) << "out of memory";
   EXPECT_EQ(corrupt, 0u);
   printf("allocated again: %llu segments mapped, %ld page faults\n",
          static_cast<unsigned long long>(mapped_again), faults_again);
