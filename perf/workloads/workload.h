@@ -53,8 +53,9 @@
   X(idle, false, "one thread allocates 512 MiB in 16 B-16 KiB blocks, another " \
                  "frees them all, then both idle 3 s; RSS every 100 ms")      \
   X(phases, false, "2 threads build 64 MiB sets of 64 B-4 KiB objects and "    \
-                   "tear them down, a few freed by the other thread; 12 "     \
-                   "rounds: is freed memory reused or faulted in again?")
+                   "tear them down, a few freed by the other thread, 12 "     \
+                   "rounds; shows whether freed memory is reused or "        \
+                   "faulted in again")
 
 // The soak's programs, in the same form as FERRY_WORKLOADS.
 #define FERRY_SOAK_PROGRAMS(X)                                                 \
