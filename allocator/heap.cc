@@ -80,6 +80,8 @@ __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 constinit SpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
 constinit Heap* g_abandoned = nullptr;
+constinit Heap* g_abandoned_tail = nullptr;  // collected heaps go here (CollectAbandonedHeaps)
+constinit uint64_t g_abandoned_pass = 0;     // in the duty turn
 
 // --- starting the pool from free ----------------------------------------------------
 
@@ -683,22 +685,30 @@ Heap* CreateHeap() {
   return heap;
 }
 
-Heap* TakeAbandonedHeap() {
-  SpinLockHolder hold(&g_abandoned_lock);
+Heap* PopAbandonedLocked() {
   Heap* heap = g_abandoned;
   if (heap != nullptr) {
     g_abandoned = heap->abandoned_next;
+    if (g_abandoned == nullptr) g_abandoned_tail = nullptr;
     heap->abandoned_next = nullptr;
-    heap->abandoned = false;
   }
+  return heap;
+}
+
+Heap* TakeAbandonedHeap() {
+  SpinLockHolder hold(&g_abandoned_lock);
+  Heap* heap = PopAbandonedLocked();
+  if (heap != nullptr) heap->abandoned = false;
   return heap;
 }
 
 void PushAbandoned(Heap* heap) {
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned = true;
+  heap->collected_in_pass = 0;  // a front heap from this pass would end the pass
   heap->abandoned_next = g_abandoned;
   g_abandoned = heap;
+  if (g_abandoned_tail == nullptr) g_abandoned_tail = heap;
 }
 
 // The fork handlers, registered by the first thread that makes a heap or
@@ -928,23 +938,33 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
   ReleaseIdleEmptySegments(now_ms, urgent);
 }
 
+// One heap at a time, the rest staying on the list: a new thread takes over
+// an abandoned heap rather than make one, and while the whole list was off
+// it for the collect (until 2026-12-03) a thread that called ferry_collect
+// in a loop kept it off nearly all the time, so each new thread made a heap,
+// each collect had one more to walk, and a program starting threads at
+// that moment slowed down round by round. Collected heaps go to the back;
+// a heap abandoned meanwhile goes to the front and is collected too.
 void CollectAbandonedHeaps() {
-  Heap* taken;
-  {
-    SpinLockHolder hold(&g_abandoned_lock);
-    taken = g_abandoned;
-    g_abandoned = nullptr;
-  }
-  if (taken == nullptr) return;
-  Heap* last = nullptr;
-  for (Heap* heap = taken; heap != nullptr; heap = heap->abandoned_next) {
+  const uint64_t pass = ++g_abandoned_pass;  // in the duty turn: one pass at a time
+  for (;;) {
+    Heap* heap;
+    {
+      SpinLockHolder hold(&g_abandoned_lock);
+      if (g_abandoned == nullptr || g_abandoned->collected_in_pass == pass) return;
+      heap = PopAbandonedLocked();
+    }
     CollectHeap(heap);
     CounterAdd(g_counters.abandoned_collections, 1);
-    last = heap;
+    heap->collected_in_pass = pass;
+    SpinLockHolder hold(&g_abandoned_lock);
+    if (g_abandoned_tail != nullptr) {
+      g_abandoned_tail->abandoned_next = heap;
+    } else {
+      g_abandoned = heap;
+    }
+    g_abandoned_tail = heap;
   }
-  SpinLockHolder hold(&g_abandoned_lock);
-  last->abandoned_next = g_abandoned;
-  g_abandoned = taken;
 }
 
 // *zeroed (if given): the block reads as zeros (ClaimSlices).

@@ -279,13 +279,38 @@ void RunDuty(uint64_t now, bool urgent) {
   EndDutyTurn();
 }
 
-// The duty ferry_collect waits for. A duty already running does not count:
-// it may have taken the abandoned heaps and inboxes before the caller's
-// frees came back, and they are off their lists until it ends. So this
-// waits for it to end, then runs one.
-void RunDutyForCollect() {
-  WaitForDutyTurn();
+// A duty that covers every collect asked for before it began: the
+// requests are read in turn, and collect_done only grows.
+void RunCollectDutyInTurn() {
+  const uint32_t covered = g_pool.collect_requested.load(std::memory_order_acquire);
   RunDutyInTurn(OsMonotonicMs(), true);
+  if (static_cast<int32_t>(covered - g_pool.collect_done.load(std::memory_order_relaxed)) > 0) {
+    g_pool.collect_done.store(covered, std::memory_order_release);
+    OsFutexWake(&g_pool.collect_done, INT_MAX);
+  }
+}
+
+// The duty ferry_collect waits for, without reclaimer threads. A duty
+// already running does not count: it may have taken the abandoned heaps and
+// inboxes before the caller's frees came back, and they are off their lists
+// until it ends. Any collect duty that starts after the request does: the
+// turn is a plain exchange, not a queue, so a thread that calls
+// ferry_collect in a loop would take it again before a woken waiter runs,
+// and the waiter's collect (and its heap, its thread) would wait for as long
+// as the loop went on.
+void RunDutyForCollect() {
+  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_acq_rel) + 1;
+  auto covered = [ticket] {
+    return static_cast<int32_t>(g_pool.collect_done.load(std::memory_order_acquire) - ticket) >= 0;
+  };
+  if (!TryTakeDutyTurn()) {
+    g_pool.duty_waiters.fetch_add(1, std::memory_order_seq_cst);
+    bool mine = false;
+    while (!covered() && !(mine = TryTakeDutyTurn())) OsFutexWait(&g_pool.duty_running, 1, 10);
+    g_pool.duty_waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (!mine) return;
+  }
+  RunCollectDutyInTurn();
   EndDutyTurn();
 }
 
@@ -295,13 +320,10 @@ void Housekeeping() {
           g_pool.collect_done.load(std::memory_order_acquire) &&
       g_pool.collect_claimed.exchange(1, std::memory_order_acquire) == 0) {
     WaitForDutyTurn();
-    // Every request made by now is covered by a duty that starts now. Read
-    // and marked done in turn, so collect_done only grows.
-    const uint32_t covered = g_pool.collect_requested.load(std::memory_order_acquire);
-    if (covered != g_pool.collect_done.load(std::memory_order_relaxed)) {
-      RunDutyInTurn(OsMonotonicMs(), true);
-      g_pool.collect_done.store(covered, std::memory_order_release);
-      OsFutexWake(&g_pool.collect_done, INT_MAX);
+    // Every request made by now is covered by a duty that starts now.
+    if (g_pool.collect_requested.load(std::memory_order_acquire) !=
+        g_pool.collect_done.load(std::memory_order_relaxed)) {
+      RunCollectDutyInTurn();
     }
     EndDutyTurn();
     // A collect asked for from here on finds no claim: AnyWork keeps this

@@ -989,6 +989,45 @@ TEST(ReclaimerCollect, FreesAnExitedThreadsPagesEvenWhileAnotherThreadCollects) 
   EXPECT_EQ(kept, 0);
 }
 
+// A new thread takes over an exited thread's heap. While a collect works
+// through the abandoned heaps they must stay on their list for that, one
+// heap off it at a time: until 2026-12-03 the collect took the whole list,
+// and with another thread calling ferry_collect in a loop each new thread
+// found it empty nearly every time and made a heap of its own (one more a
+// round, and one more for each collect to walk, until the rounds crawled).
+TEST(ReclaimerCollect, NewThreadsTakeOverExitedThreadsHeapsWhileAnotherThreadCollects) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> collects{0};
+  std::thread collector([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      ferry_collect();
+      collects.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  // A few exited threads' heaps, then wait until the collector is going.
+  for (int t = 0; t < 4; ++t) std::thread([] { ferry_free(ferry_malloc(64)); }).join();
+  while (collects.load(std::memory_order_relaxed) < 2) std::this_thread::yield();
+  const ferry_stats_t before = Stats();
+  const int rounds = std::max(50, 300 / kSanitizerSlowdown);
+  for (int round = 0; round < rounds; ++round) {
+    std::thread([] {
+      void* blocks[8];
+      for (void*& p : blocks) p = ferry_malloc(200);
+      for (void* p : blocks) ferry_free(p);
+    }).join();
+  }
+  const uint64_t collected = collects.load(std::memory_order_relaxed);
+  stop.store(true);
+  collector.join();
+  const ferry_stats_t after = Stats();
+  // At least four heaps wait on the list and a collect holds one of them at
+  // a time, so every thread here finds one. (A oneTBB worker or reclaimer
+  // that starts meanwhile makes its own: slack of two.)
+  EXPECT_LE(after.heaps_created - before.heaps_created, 2u)
+      << rounds << " threads, during " << collected << " collects by another thread";
+  EXPECT_GE(after.heaps_reused - before.heaps_reused, static_cast<uint64_t>(rounds) - 2);
+}
+
 // --- statistics -------------------------------------------------------------------------
 
 // A thread whose heap is gone (abandoned at exit, and glibc or a TLS
