@@ -81,7 +81,9 @@ constinit SpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
 constinit Heap* g_abandoned = nullptr;
 constinit Heap* g_abandoned_tail = nullptr;  // collected heaps go here (CollectAbandonedHeaps)
-constinit uint64_t g_abandoned_pass = 0;     // in the duty turn
+// CollectAbandonedHeaps' passes so far; changed under g_abandoned_lock.
+constinit std::atomic<uint64_t> g_abandoned_pass{0};
+constexpr uint64_t kNoPass = ~uint64_t{0};
 
 // --- starting the pool from free ----------------------------------------------------
 
@@ -702,10 +704,32 @@ Heap* TakeAbandonedHeap() {
   return heap;
 }
 
-void PushAbandoned(Heap* heap) {
+void AppendAbandonedLocked(Heap* heap) {
+  heap->abandoned_next = nullptr;
+  if (g_abandoned_tail != nullptr) {
+    g_abandoned_tail->abandoned_next = heap;
+  } else {
+    g_abandoned = heap;
+  }
+  g_abandoned_tail = heap;
+}
+
+// pass_before_collect: g_abandoned_pass as read before the heap's last
+// CollectHeap began. A collect pass that had begun by then needs no second
+// look at the heap (whatever its collects were asked to cover came back
+// before), so it joins the pass's collected heaps at the back; otherwise
+// it goes to the front, for the pass now running, if any, to collect too.
+// Collecting it again instead would let threads that take a heap and exit
+// at once keep a pass (and the duty turn) going for as long as they ran.
+void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned = true;
-  heap->collected_in_pass = 0;  // a front heap from this pass would end the pass
+  if (pass_before_collect == g_abandoned_pass.load(std::memory_order_relaxed)) {
+    heap->collected_in_pass = pass_before_collect;
+    AppendAbandonedLocked(heap);
+    return;
+  }
+  heap->collected_in_pass = 0;  // a collected heap at the front would end the pass
   heap->abandoned_next = g_abandoned;
   g_abandoned = heap;
   if (g_abandoned_tail == nullptr) g_abandoned_tail = heap;
@@ -822,11 +846,12 @@ void CollectHeap(Heap* heap) {
 
 void AbandonHeap(Heap* heap) {
   PublishBatch(heap);
+  const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
   CollectHeap(heap);
   tl_heap = &g_empty_heap;
   CounterAdd(g_counters.heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned by its exiting thread").WriteToStderr();
-  PushAbandoned(heap);
+  PushAbandoned(heap, pass);
 }
 
 // After fork, in the child: the reclaimers did not come along, but they
@@ -849,7 +874,7 @@ void AbandonOrphanedHeapsInChild() {
     CollectHeap(heap);
     heap->is_reclaimer = false;
     CounterAdd(g_counters.heaps_abandoned, 1);
-    PushAbandoned(heap);
+    PushAbandoned(heap, kNoPass);
   }
 }
 
@@ -946,7 +971,12 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
 // that moment slowed down round by round. Collected heaps go to the back;
 // a heap abandoned meanwhile goes to the front and is collected too.
 void CollectAbandonedHeaps() {
-  const uint64_t pass = ++g_abandoned_pass;  // in the duty turn: one pass at a time
+  uint64_t pass;
+  {
+    SpinLockHolder hold(&g_abandoned_lock);  // in the duty turn: one pass at a time
+    pass = g_abandoned_pass.load(std::memory_order_relaxed) + 1;
+    g_abandoned_pass.store(pass, std::memory_order_release);
+  }
   for (;;) {
     Heap* heap;
     {
@@ -958,12 +988,7 @@ void CollectAbandonedHeaps() {
     CounterAdd(g_counters.abandoned_collections, 1);
     heap->collected_in_pass = pass;
     SpinLockHolder hold(&g_abandoned_lock);
-    if (g_abandoned_tail != nullptr) {
-      g_abandoned_tail->abandoned_next = heap;
-    } else {
-      g_abandoned = heap;
-    }
-    g_abandoned_tail = heap;
+    AppendAbandonedLocked(heap);
   }
 }
 
