@@ -181,12 +181,18 @@ void SegmentListRemove(Heap* heap, Segment* segment) {
   segment->heap_next = segment->heap_prev = nullptr;
 }
 
+void ReleaseKeptSegmentsLocked(Heap* heap, uint64_t now_ms, const Segment* except);
+
 // Claims `count` slices aligned to `align` slices; returns the first slice's
 // page record with the continuation records pointing back to it. *zeroed
 // (if given): the slices read as zeros (TryTakeSlices), or are a new
 // segment's.
 Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr) {
   SpinLockHolder hold(&heap->segments_lock);
+  if (heap->kept_any) {
+    const uint64_t now_ms = OsMonotonicMs();
+    if (now_ms >= heap->kept_check_ms) ReleaseKeptSegmentsLocked(heap, now_ms, nullptr);
+  }
   // Slices that may still be committed first, in the heap's own segments
   // (their memory is likely warm; the heap's empty spare is one of them),
   // then in any segment; only then slices never touched or decommitted, own
@@ -261,16 +267,6 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->queue_next = page->queue_prev = page->inbox_next = nullptr;
 }
 
-// A segment on this heap's list with only its header used goes back to its
-// arena, unless it can be the heap's spare: one empty segment stays on the
-// list, so that a heap whose use swings across a segment boundary does not
-// map and release one each time. The spare is a segment like the others:
-// its committed slices are the first a new page takes, and the pool purges
-// them once they have been free for FERRY_PURGE_DELAY_MS. (Detached from
-// the list, as it was before 2026-12-02, it did neither: its committed
-// slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
-// while new pages touched clean memory elsewhere.) Pages of other heaps may
-// live in it (ClaimSlices); detaching with one CAS settles who wins.
 // Takes an empty segment (only its header in use) off the heap's list, for
 // ArenaReleaseSegment; false if a page took one of its slices first. The
 // caller holds heap->segments_lock.
@@ -283,17 +279,98 @@ bool DetachEmptySegmentLocked(Heap* heap, Segment* segment) {
   }
   if (heap->spare == segment) heap->spare = nullptr;
   segment->is_spare.store(false, std::memory_order_relaxed);
+  if (heap->kept_any) {
+    for (Segment*& slot : heap->kept) {
+      if (slot == segment) slot = nullptr;
+    }
+  }
   SegmentListRemove(heap, segment);
   segment->heap.store(nullptr, std::memory_order_relaxed);
   return true;
 }
 
+// Where no reclaimer thread ticks: gives back the segments named by the
+// heap's slots that have been empty for EmptySegmentKeepMs, whoever emptied
+// them (a kept segment's committed slices are the first other heaps' claims
+// take, too), but `except`, which the caller is about to keep. A slot whose
+// segment is in use again stays, so that the segment is looked at once it
+// empties; KeepEmptySegmentLocked may take it over. The caller holds
+// heap->segments_lock.
+void ReleaseKeptSegmentsLocked(Heap* heap, uint64_t now_ms, const Segment* except) {
+  const uint64_t keep_ms = EmptySegmentKeepMs(static_cast<uint64_t>(g_options.purge_delay_ms));
+  bool any = false;
+  for (Segment*& slot : heap->kept) {
+    Segment* segment = slot;
+    if (segment == nullptr) continue;
+    if (segment == heap->spare) {
+      slot = nullptr;  // the spare stays without a slot
+      continue;
+    }
+    if (segment != except && segment->used_slices.load(std::memory_order_relaxed) == 1 &&
+        EmptySegmentIdleMs(segment, now_ms) >= keep_ms && DetachEmptySegmentLocked(heap, segment)) {
+      ArenaReleaseSegment(segment);
+      continue;  // the detach cleared the slot
+    }
+    any = true;
+  }
+  heap->kept_any = any;
+  heap->kept_check_ms = now_ms + keep_ms / 4;
+}
+
+// Where no reclaimer thread ticks, nobody else would ever give back an
+// empty segment the owner leaves on its list, so the owner keeps a few
+// (kKeptEmptySegments) and gives each back once it has been empty for
+// EmptySegmentKeepMs, when it next claims slices or empties another
+// segment (ClaimSlices; ferry_collect and the thread's exit give back all).
+// A single-threaded program whose use swings by tens of MiB takes its
+// committed slices back rather than fault them in again: 64 MiB of 1 KiB
+// blocks allocated and freed ten times, 3.6x faster (perf/RESULTS.md,
+// 2026-12-03). False when every slot names a segment that is still empty.
+bool KeepEmptySegmentLocked(Heap* heap, Segment* segment) {
+  const uint64_t now_ms = OsMonotonicMs();
+  if (heap->kept_any) ReleaseKeptSegmentsLocked(heap, now_ms, segment);
+  Segment** free_slot = nullptr;
+  Segment** in_use_slot = nullptr;
+  for (Segment*& slot : heap->kept) {
+    if (slot == segment) return true;
+    if (slot == nullptr) {
+      if (free_slot == nullptr) free_slot = &slot;
+    } else if (in_use_slot == nullptr && slot->used_slices.load(std::memory_order_relaxed) != 1) {
+      in_use_slot = &slot;
+    }
+  }
+  if (free_slot == nullptr) free_slot = in_use_slot;  // that segment goes untracked
+  if (free_slot == nullptr) return false;
+  *free_slot = segment;
+  heap->kept_any = true;
+  return true;
+}
+
+// What an emptied segment may stay on its heap's list as.
+enum class KeepEmpty {
+  kNothing,       // every empty segment goes back (CollectHeap)
+  kSpare,         // the spare stays (ReleaseKeptEmptySegments)
+  kSpareAndMore,  // and, while it is recent, any other (ReleasePage)
+};
+
+// A segment on this heap's list with only its header used goes back to its
+// arena, unless it can be the heap's spare or, as `keep` allows, stay a
+// while for the housekeeping or as one the owner keeps (below and
+// KeepEmptySegmentLocked). The spare: one empty segment stays on the
+// list, so that a heap whose use swings across a segment boundary does not
+// map and release one each time. The spare is a segment like the others:
+// its committed slices are the first a new page takes, and the pool purges
+// them once they have been free for FERRY_PURGE_DELAY_MS. (Detached from
+// the list, as it was before 2026-12-02, it did neither: its committed
+// slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
+// while new pages touched clean memory elsewhere.) Pages of other heaps may
+// live in it (ClaimSlices); detaching with one CAS settles who wins.
 // The caller holds heap->segments_lock.
-void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) {
+void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
   // On another heap's list, or given back by the housekeeping (then nullptr).
   if (segment->heap.load(std::memory_order_relaxed) != heap) return;
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
-  if (keep_spare) {
+  if (keep != KeepEmpty::kNothing) {
     Segment* spare = heap->spare;
     if (spare == segment) return;
     // A spare that pages use again is a spare no longer.
@@ -303,6 +380,8 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
       segment->is_spare.store(true, std::memory_order_relaxed);
       return;
     }
+  }
+  if (keep == KeepEmpty::kSpareAndMore) {
     // With reclaimer threads ticking, giving memory back is their job: the
     // segment stays on the list, its slices are purged like any free
     // slices (FERRY_PURGE_DELAY_MS, young ones 8 MiB a run) and the
@@ -311,36 +390,33 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, bool keep_spare) 
     // swings by more than a segment takes its committed slices back
     // instead of faulting in fresh ones: 128 MiB of 1 KiB blocks
     // allocated and freed ten times, 3x faster (perf/RESULTS.md,
-    // 2026-12-02). Without such a pool (a single-threaded program, the
-    // oneTBB backend, FERRY_RECLAIMERS=0) nobody else would give it back.
-    if (PoolHousekeepsOnATimer()) return;
+    // 2026-12-02). Without such a pool the owner keeps a few itself.
+    if (PoolHousekeepsOnATimer() || KeepEmptySegmentLocked(heap, segment)) return;
   }
   if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
 }
 
-// The empty segments an owner left for the pool's housekeeping
-// (ReleaseSegmentIfEmptyLocked) go back now, but the spare: in a fork child,
-// which has no pool and may never start one, they would stay for good.
+// The empty segments an owner left for the pool's housekeeping, or kept
+// itself (ReleaseSegmentIfEmptyLocked), go back now, but one that stays as
+// the spare (a new one, if the spare was in use): in a fork child, which
+// has no pool and may never start one, those left for the pool would stay
+// for good.
 void ReleaseKeptEmptySegments(Heap* heap) {
   SpinLockHolder hold(&heap->segments_lock);
   for (Segment* segment = heap->segments; segment != nullptr;) {
     Segment* next = segment->heap_next;
-    ReleaseSegmentIfEmptyLocked(heap, segment, /*keep_spare=*/true);
+    ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpare);
     segment = next;
   }
-}
-
-void ReleaseSegmentIfEmpty(Heap* heap, Segment* segment, bool keep_spare) {
-  // Most released pages leave others in their segment: no lock for those.
-  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
-  SpinLockHolder hold(&heap->segments_lock);
-  ReleaseSegmentIfEmptyLocked(heap, segment, keep_spare);
 }
 
 void ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
-  ReleaseSegmentIfEmpty(heap, segment, /*keep_spare=*/true);
+  // Most released pages leave others in their segment: no lock for those.
+  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
+  SpinLockHolder hold(&heap->segments_lock);
+  ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -837,7 +913,7 @@ void CollectHeap(Heap* heap) {
   SpinLockHolder hold(&heap->segments_lock);
   for (Segment* segment = heap->segments; segment != nullptr;) {
     Segment* next = segment->heap_next;
-    ReleaseSegmentIfEmptyLocked(heap, segment, /*keep_spare=*/false);
+    ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kNothing);
     segment = next;
   }
   if (heap->spare != nullptr) heap->spare->is_spare.store(false, std::memory_order_relaxed);
@@ -1050,7 +1126,8 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 // if it idled; a burst of 512 MiB freed by another thread left 130 of them,
 // 1.7 MiB of headers, for as long as the allocating thread slept), and
 // those the owner emptied while reclaimer threads tick
-// (ReleaseSegmentIfEmptyLocked). Those that have stayed empty for
+// (ReleaseSegmentIfEmptyLocked), and those it kept itself while none did
+// (KeepEmptySegmentLocked), once a pool runs or the oneTBB backend's duty. Those that have stayed empty for
 // EmptySegmentKeepMs (any, when `urgent`) go back to their arena here; the
 // heap's spare stays (and the purge does not count it, so that a heap's
 // spare does not have this walk every heap at every run). A heap whose

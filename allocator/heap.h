@@ -40,6 +40,12 @@ inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
 
 // Slow paths (and checkpoints) a retained empty page waits (RetirePage).
 inline constexpr uint32_t kRetainSlowPaths = 256;
+// Where no reclaimer thread ticks (a single-threaded program, the oneTBB
+// backend, FERRY_RECLAIMERS=0), the empty segments an owner keeps besides
+// its spare (KeepEmptySegmentLocked, heap.cc): 16, 64 MiB, the most a
+// thread that then idles holds on to. glibc's heap keeps up to as much at
+// its top when its dynamic trim threshold is at its highest.
+inline constexpr size_t kKeptEmptySegments = 16;
 
 // Local frees between two of the owner's checkpoints (Heap::frees_to_checkpoint).
 inline constexpr uint32_t kFreesPerCheckpoint = 256;
@@ -69,7 +75,13 @@ struct Heap {
   // back segments that other threads emptied (ReleaseIdleEmptySegments).
   Segment* segments = nullptr;     // segments with pages of this heap, oldest first
   Segment* segments_tail = nullptr;
-  Segment* spare = nullptr;        // one empty segment kept on the list (ReleaseSegmentIfEmpty)
+  Segment* spare = nullptr;        // one empty segment kept on the list (ReleaseSegmentIfEmptyLocked)
+  // Where no reclaimer thread ticks: segments the owner emptied and keeps on
+  // the list for a while (KeepEmptySegmentLocked). A slot names a segment
+  // of this list (a detach clears it), empty or in use again.
+  Segment* kept[kKeptEmptySegments] = {};
+  bool kept_any = false;           // some slot is set
+  uint64_t kept_check_ms = 0;      // when ClaimSlices next looks at their age
   // Where claims start on the list: every segment before it had no free
   // slice when a claim passed it. Without it a heap that grows walked all
   // of its full segments for each new page (4 GiB of 1 KiB blocks: the
@@ -115,8 +127,8 @@ struct Heap {
   // Set when slices are freed in a segment of this heap's list that had
   // none free (NoteRoomInFullSegment): the next claim starts at the head.
   std::atomic<uint32_t> room_in_full_segment{0};
-  // Guards the segment list above (segments, segments_tail, spare, and the
-  // segments' heap_next and heap_prev). The owner takes it only where it
+  // Guards the segment list above (segments, segments_tail, spare, kept,
+  // kept_any, kept_check_ms, and the segments' heap_next and heap_prev). The owner takes it only where it
   // claims slices or gives a segment back, never on a fast path; the
   // housekeeping only tries it, and looks again at its next run.
   SpinLock segments_lock;

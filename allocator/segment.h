@@ -342,7 +342,8 @@ inline constexpr size_t kEagerBytesPerRun = size_t{8} << 20;
 // (ReleaseIdleEmptySegments, heap.cc) once it is this old: kEagerWindowMs,
 // or FERRY_PURGE_DELAY_MS if longer, so that a heap that fills it again
 // soon finds it still there. (Where no reclaimer thread ticks, the owner
-// gives back one it emptied itself at once: ReleaseSegmentIfEmptyLocked.)
+// keeps a few it emptied itself for as long, and gives them back on its
+// own slow paths: KeepEmptySegmentLocked, heap.cc.)
 inline uint64_t EmptySegmentIdleMs(const Segment* segment, uint64_t now_ms) {
   uint64_t latest = 0;
   for (size_t i = 1; i < kSlicesPerSegment; ++i) {
