@@ -1028,6 +1028,78 @@ TEST(ReclaimerCollect, NewThreadsTakeOverExitedThreadsHeapsWhileAnotherThreadCol
   EXPECT_GE(after.heaps_reused - before.heaps_reused, static_cast<uint64_t>(rounds) - 2);
 }
 
+// The abandoned list under load: threads exit (their heaps joining the
+// list, mid-pass or between passes) and start (taking heaps off it) on three
+// threads at once while another thread's collects walk it in a loop, and
+// blocks cross between those short-lived threads. A heap lost from the list
+// would never be taken over again (heaps_created grows), one on it twice
+// would make a later walk collect a heap its thread owns (TSan, content
+// checks) or loop (timeout).
+TEST(ReclaimerStress, ThreadsExitAndTakeOverHeapsWhileCollectsRunInALoop) {
+  constexpr int kChurners = 3;
+  const int rounds = std::max(30, 240 / kSanitizerSlowdown);
+  std::atomic<bool> stop{false};
+  std::thread collector([&] {
+    while (!stop.load(std::memory_order_relaxed)) ferry_collect();
+  });
+  std::mutex mu;
+  std::vector<Item> shared;  // blocks whose owners have mostly exited
+  std::atomic<uint64_t> corrupt{0}, failed{0};
+  // Heaps for the churners' children to take over from the start.
+  for (int t = 0; t < 2 * kChurners; ++t) std::thread([] { ferry_free(ferry_malloc(64)); }).join();
+  const ferry_stats_t before = Stats();
+  std::vector<std::thread> churners;
+  for (int c = 0; c < kChurners; ++c) {
+    churners.emplace_back([&, c] {
+      for (int round = 0; round < rounds; ++round) {
+        std::thread([&] {
+          std::vector<Item> mine;
+          for (uint64_t i = 0; i < 48; ++i) {
+            Item item = Make(StressSize(i * 13 + round * 31 + c));
+            if (item.p == nullptr) {
+              failed++;
+              continue;
+            }
+            mine.push_back(item);
+          }
+          std::vector<Item> theirs;
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            for (int i = 0; i < 16 && !shared.empty(); ++i) {
+              theirs.push_back(shared.back());
+              shared.pop_back();
+            }
+            for (size_t i = 0; i < mine.size(); i += 3) shared.push_back(mine[i]);
+          }
+          for (const Item& item : theirs) corrupt += !CheckAndFree(item);
+          for (size_t i = 0; i < mine.size(); ++i) {
+            if (i % 3 != 0) corrupt += !CheckAndFree(mine[i]);
+          }
+        }).join();
+      }
+    });
+  }
+  for (std::thread& t : churners) t.join();
+  stop.store(true);
+  collector.join();
+  const ferry_stats_t after = Stats();
+  // Three children live at once, each finding a heap on the list (at least
+  // six wait there, one at a time off it for a collect); slack for the
+  // churners' own heaps and a reclaimer or oneTBB worker starting meanwhile.
+  EXPECT_LE(after.heaps_created - before.heaps_created, static_cast<uint64_t>(kChurners + 3))
+      << kChurners * rounds << " threads started while collects ran";
+  for (const Item& item : shared) corrupt += !CheckAndFree(item);
+  EXPECT_EQ(failed.load(), 0u);
+  EXPECT_EQ(corrupt.load(), 0u);
+  // Every heap on the list is collected by a collect that starts after this.
+  const ferry_stats_t before_collect = Stats();
+  ferry_collect();
+  const ferry_stats_t after_collect = Stats();
+  const uint64_t waiting = after_collect.heaps_abandoned - after_collect.heaps_reused;
+  EXPECT_GE(after_collect.abandoned_collections - before_collect.abandoned_collections, waiting);
+  ExpectCountersConsistentAfterFlush();
+}
+
 // --- statistics -------------------------------------------------------------------------
 
 // A thread whose heap is gone (abandoned at exit, and glibc or a TLS
