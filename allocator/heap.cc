@@ -79,8 +79,12 @@ __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 // Allocations of exiting threads come from this heap, one thread at a time.
 constinit SpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
+// Heaps of exited threads, for new threads to take over, on two lists (the
+// lock guards both): those the current collect pass (CollectAbandonedHeaps)
+// has still to look at, and those it has collected or needs not look at.
 constinit Heap* g_abandoned = nullptr;
-constinit Heap* g_abandoned_tail = nullptr;  // collected heaps go here (CollectAbandonedHeaps)
+constinit Heap* g_abandoned_done = nullptr;
+constinit Heap* g_abandoned_done_tail = nullptr;
 // CollectAbandonedHeaps' passes so far; changed under g_abandoned_lock.
 constinit std::atomic<uint64_t> g_abandoned_pass{0};
 constexpr uint64_t kNoPass = ~uint64_t{0};
@@ -763,52 +767,48 @@ Heap* CreateHeap() {
   return heap;
 }
 
-Heap* PopAbandonedLocked() {
-  Heap* heap = g_abandoned;
-  if (heap != nullptr) {
-    g_abandoned = heap->abandoned_next;
-    if (g_abandoned == nullptr) g_abandoned_tail = nullptr;
-    heap->abandoned_next = nullptr;
-  }
-  return heap;
-}
-
+// The most recently abandoned heap first: a thread that takes over the heap
+// of the thread that just exited (larson hands its objects to a fresh
+// thread) frees that thread's blocks as its own, not as remote frees (taking
+// the oldest instead doubled larson's remote frees).
 Heap* TakeAbandonedHeap() {
   SpinLockHolder hold(&g_abandoned_lock);
-  Heap* heap = PopAbandonedLocked();
-  if (heap != nullptr) heap->abandoned = false;
+  Heap* heap = g_abandoned_done;
+  if (heap != nullptr) {
+    g_abandoned_done = heap->abandoned_next;
+    if (g_abandoned_done == nullptr) g_abandoned_done_tail = nullptr;
+  } else {
+    heap = g_abandoned;
+    if (heap == nullptr) return nullptr;
+    g_abandoned = heap->abandoned_next;
+  }
+  heap->abandoned_next = nullptr;
+  heap->abandoned = false;
   return heap;
 }
 
-void AppendAbandonedLocked(Heap* heap) {
-  heap->abandoned_next = nullptr;
-  if (g_abandoned_tail != nullptr) {
-    g_abandoned_tail->abandoned_next = heap;
-  } else {
-    g_abandoned = heap;
-  }
-  g_abandoned_tail = heap;
+void PushAbandonedDoneLocked(Heap* heap) {
+  heap->abandoned_next = g_abandoned_done;
+  g_abandoned_done = heap;
+  if (g_abandoned_done_tail == nullptr) g_abandoned_done_tail = heap;
 }
 
 // pass_before_collect: g_abandoned_pass as read before the heap's last
 // CollectHeap began. A collect pass that had begun by then needs no second
 // look at the heap (whatever its collects were asked to cover came back
-// before), so it joins the pass's collected heaps at the back; otherwise
-// it goes to the front, for the pass now running, if any, to collect too.
-// Collecting it again instead would let threads that take a heap and exit
-// at once keep a pass (and the duty turn) going for as long as they ran.
+// before); otherwise the pass now running, if any, collects it too.
+// Collecting every heap abandoned during a pass instead would let threads
+// that take a heap and exit at once keep a pass (and the duty turn) going
+// for as long as they ran.
 void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned = true;
   if (pass_before_collect == g_abandoned_pass.load(std::memory_order_relaxed)) {
-    heap->collected_in_pass = pass_before_collect;
-    AppendAbandonedLocked(heap);
+    PushAbandonedDoneLocked(heap);
     return;
   }
-  heap->collected_in_pass = 0;  // a collected heap at the front would end the pass
   heap->abandoned_next = g_abandoned;
   g_abandoned = heap;
-  if (g_abandoned_tail == nullptr) g_abandoned_tail = heap;
 }
 
 // The fork handlers, registered by the first thread that makes a heap or
@@ -1039,32 +1039,37 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
   ReleaseIdleEmptySegments(now_ms, urgent);
 }
 
-// One heap at a time, the rest staying on the list: a new thread takes over
-// an abandoned heap rather than make one, and while the whole list was off
-// it for the collect (until 2026-12-03) a thread that called ferry_collect
-// in a loop kept it off nearly all the time, so each new thread made a heap,
-// each collect had one more to walk, and a program starting threads at
-// that moment slowed down round by round. Collected heaps go to the back;
-// a heap abandoned meanwhile goes to the front and is collected too.
+// One heap at a time, the rest staying on the lists: a new thread takes
+// over an abandoned heap rather than make one, and while the whole list was
+// off them for the collect (until 2026-12-03) a thread that called
+// ferry_collect in a loop kept it off nearly all the time, so each new
+// thread made a heap, each collect had one more to walk, and a program
+// starting threads at that moment slowed down round by round.
 void CollectAbandonedHeaps() {
-  uint64_t pass;
   {
     SpinLockHolder hold(&g_abandoned_lock);  // in the duty turn: one pass at a time
-    pass = g_abandoned_pass.load(std::memory_order_relaxed) + 1;
-    g_abandoned_pass.store(pass, std::memory_order_release);
+    g_abandoned_pass.store(g_abandoned_pass.load(std::memory_order_relaxed) + 1,
+                           std::memory_order_release);
+    // Every heap is to be looked at again; the most recent stay in front.
+    if (g_abandoned_done != nullptr) {
+      g_abandoned_done_tail->abandoned_next = g_abandoned;
+      g_abandoned = g_abandoned_done;
+      g_abandoned_done = g_abandoned_done_tail = nullptr;
+    }
   }
   for (;;) {
     Heap* heap;
     {
       SpinLockHolder hold(&g_abandoned_lock);
-      if (g_abandoned == nullptr || g_abandoned->collected_in_pass == pass) return;
-      heap = PopAbandonedLocked();
+      heap = g_abandoned;
+      if (heap == nullptr) return;
+      g_abandoned = heap->abandoned_next;
+      heap->abandoned_next = nullptr;
     }
     CollectHeap(heap);
     CounterAdd(g_counters.abandoned_collections, 1);
-    heap->collected_in_pass = pass;
     SpinLockHolder hold(&g_abandoned_lock);
-    AppendAbandonedLocked(heap);
+    PushAbandonedDoneLocked(heap);
   }
 }
 

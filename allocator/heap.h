@@ -101,7 +101,6 @@ struct Heap {
   bool abandoned = false;          // on the abandoned list (under its lock)
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
-  uint64_t collected_in_pass = 0;  // CollectAbandonedHeaps; in the duty turn
   // --- written by other threads ------------------------------------------------
   // Per class: full pages that got some of their blocks back (ReturnChain).
   alignas(64) std::atomic<Page*> inbox[kNumClasses] = {};
