@@ -252,11 +252,20 @@ bool Steal(Reclaimer* self, Batch** out) {
 
 // One duty at a time (duty_running): the duty takes lists off the heaps.
 bool TryTakeDutyTurn() { return g_pool.duty_running.exchange(1, std::memory_order_seq_cst) == 0; }
-void WaitForDutyTurn() {
-  if (TryTakeDutyTurn()) return;
+// True with the turn held; false, without it, once `no_longer_needed()`.
+template <typename Predicate>
+bool WaitForDutyTurnUnless(Predicate no_longer_needed) {
+  if (TryTakeDutyTurn()) return true;
   g_pool.duty_waiters.fetch_add(1, std::memory_order_seq_cst);
-  while (!TryTakeDutyTurn()) OsFutexWait(&g_pool.duty_running, 1, 10);
+  bool mine = false;
+  while (!no_longer_needed() && !(mine = TryTakeDutyTurn())) {
+    OsFutexWait(&g_pool.duty_running, 1, 10);
+  }
   g_pool.duty_waiters.fetch_sub(1, std::memory_order_relaxed);
+  return mine;
+}
+void WaitForDutyTurn() {
+  WaitForDutyTurnUnless([] { return false; });
 }
 // A futex wake only when someone waits: heaps take the turn briefly before
 // new pages (PoolTryRunInDutyTurn), and a system call each time would cost
@@ -291,9 +300,9 @@ void RunCollectDutyInTurn() {
 }
 
 // The duty ferry_collect waits for, without reclaimer threads. A duty
-// already running does not count: it may have taken the abandoned heaps and
-// inboxes before the caller's frees came back, and they are off their lists
-// until it ends. Any collect duty that starts after the request does: the
+// already running does not count: it may have looked at the abandoned heaps
+// and inboxes before the caller's frees came back. Any collect duty that
+// starts after the request does: the
 // turn is a plain exchange, not a queue, so a thread that calls
 // ferry_collect in a loop would take it again before a woken waiter runs,
 // and the waiter's collect (and its heap, its thread) would wait for as long
@@ -303,13 +312,7 @@ void RunDutyForCollect() {
   auto covered = [ticket] {
     return static_cast<int32_t>(g_pool.collect_done.load(std::memory_order_acquire) - ticket) >= 0;
   };
-  if (!TryTakeDutyTurn()) {
-    g_pool.duty_waiters.fetch_add(1, std::memory_order_seq_cst);
-    bool mine = false;
-    while (!covered() && !(mine = TryTakeDutyTurn())) OsFutexWait(&g_pool.duty_running, 1, 10);
-    g_pool.duty_waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (!mine) return;
-  }
+  if (!WaitForDutyTurnUnless(covered)) return;
   RunCollectDutyInTurn();
   EndDutyTurn();
 }
