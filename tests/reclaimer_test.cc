@@ -56,6 +56,7 @@ using ferry_test::WaitFor;
 using ferry_test::CheckAndFree;
 using ferry_test::Item;
 using ferry_test::Make;
+using ferry_test::SwapWithShared;
 
 // Sizes for the stress tests: mostly small, some medium with multi-slice
 // pages, now and then large (a run of slices of its own) and, rarely, huge.
@@ -820,15 +821,7 @@ TEST(ReclaimerStress, HundredsOfShortLivedThreadsExitWithTheirPartialBatchPendin
     }
     std::vector<Item> mine;
     for (uint64_t i = 0; i < 32; ++i) mine.push_back(Make(StressSize(i + id * 32)));
-    std::vector<Item> theirs;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      for (int i = 0; i < 24 && !pool.empty(); ++i) {
-        theirs.push_back(pool.back());
-        pool.pop_back();
-      }
-      for (size_t i = 0; i < mine.size(); i += 2) pool.push_back(mine[i]);
-    }
+    const std::vector<Item> theirs = SwapWithShared(mu, pool, mine, 24, 2);
     for (size_t i = 1; i < mine.size(); i += 2) corrupt += !CheckAndFree(mine[i]);
     for (const Item& item : theirs) corrupt += !CheckAndFree(item);
     // Exits with at most 30 remote frees in its batch: handed on at exit.
@@ -1101,15 +1094,7 @@ TEST(ReclaimerStress, ThreadsExitAndTakeOverHeapsWhileCollectsRunInALoop) {
             }
             mine.push_back(item);
           }
-          std::vector<Item> theirs;
-          {
-            std::lock_guard<std::mutex> lock(mu);
-            for (int i = 0; i < 16 && !shared.empty(); ++i) {
-              theirs.push_back(shared.back());
-              shared.pop_back();
-            }
-            for (size_t i = 0; i < mine.size(); i += 3) shared.push_back(mine[i]);
-          }
+          const std::vector<Item> theirs = SwapWithShared(mu, shared, mine, 16, 3);
           for (const Item& item : theirs) corrupt += !CheckAndFree(item);
           for (size_t i = 0; i < mine.size(); ++i) {
             if (i % 3 != 0) corrupt += !CheckAndFree(mine[i]);

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "ferry.h"
 
@@ -97,6 +99,21 @@ inline bool CheckAndFree(const Item& item) {
   const bool ok = BlockIntact(item.p, item.n);
   ferry_free(item.p);
   return ok;
+}
+
+// Blocks passed between short-lived threads: takes up to `take` of the
+// shared blocks (most of them other, perhaps exited, threads') and leaves
+// every `every`-th of `mine` there in their place.
+inline std::vector<Item> SwapWithShared(std::mutex& mu, std::vector<Item>& shared,
+                                 const std::vector<Item>& mine, size_t take, size_t every) {
+  std::vector<Item> theirs;
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 0; i < take && !shared.empty(); ++i) {
+    theirs.push_back(shared.back());
+    shared.pop_back();
+  }
+  for (size_t i = 0; i < mine.size(); i += every) shared.push_back(mine[i]);
+  return theirs;
 }
 
 // True when every byte of [p, p + n) is zero.

@@ -35,6 +35,7 @@ using ferry_test::Mix;
 using ferry_test::CheckAndFree;
 using ferry_test::Item;
 using ferry_test::Make;
+using ferry_test::SwapWithShared;
 
 // The i-th size of a mix: mostly small, some medium, now and then large
 // (hundreds of KiB) and, when `huge_every` > 0, huge (> 2 MiB).
@@ -246,15 +247,7 @@ TEST(Threads, HundredsOfShortLivedThreadsAllocateAndFreeEachOthersBlocks) {
   auto worker = [&](int id) {
     std::vector<Item> mine;
     for (uint64_t i = 0; i < 64; ++i) mine.push_back(Make(MixedSize(i + id * 64, 0)));
-    std::vector<Item> theirs;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      for (int i = 0; i < 32 && !pool.empty(); ++i) {
-        theirs.push_back(pool.back());
-        pool.pop_back();
-      }
-      for (size_t i = 0; i < mine.size(); i += 2) pool.push_back(mine[i]);
-    }
+    const std::vector<Item> theirs = SwapWithShared(mu, pool, mine, 32, 2);
     for (size_t i = 1; i < mine.size(); i += 2) corrupt += !CheckAndFree(mine[i]);
     for (const Item& item : theirs) corrupt += !CheckAndFree(item);
   };
