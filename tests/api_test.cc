@@ -39,6 +39,7 @@ using ferry_test::FirstMismatch;
 using ferry_test::IsAligned;
 using ferry_test::kKiB;
 using ferry_test::kMiB;
+using ferry_test::kSanitizerSlowdown;
 using ferry_test::Launder;
 
 constexpr size_t kPtrdiffMax = static_cast<size_t>(PTRDIFF_MAX);
@@ -253,7 +254,8 @@ TEST(Api, CallocZeroesReusedMemory) {
                           kMiB,  kHugeThreshold + 1, 3 * kMiB, 8 * kMiB};
   for (size_t n : sizes) {
     const int count = n >= kMiB ? 3 : n >= 65536 ? 8 : 64;
-    for (int round = 0; round < 20; ++round) {
+    const int rounds = n >= kMiB ? 20 / kSanitizerSlowdown + 1 : 20;
+    for (int round = 0; round < rounds; ++round) {
       std::vector<void*> blocks;
       for (int i = 0; i < count; ++i) {
         void* p = ferry_malloc(n);
@@ -729,7 +731,9 @@ TEST(Api, UsableSizeCoversTheRequestAndIsAllWritable) {
     char* p;
     size_t usable;
   };
-  for (size_t n : SizeSweep(64 * kMiB)) {
+  // Up to 8 MiB under ThreadSanitizer, where filling 64 MiB blocks took
+  // most of a minute and judges no thread.
+  for (size_t n : SizeSweep(kSanitizerSlowdown > 1 ? 8 * kMiB : 64 * kMiB)) {
     // A few live neighbours, each filled over its whole usable size: if one
     // overstated its usable size, writing it would overwrite another.
     const int count = n > 4 * kMiB ? 2 : n > 64 * kKiB ? 4 : 8;

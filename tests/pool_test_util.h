@@ -28,22 +28,9 @@
 #include <vector>
 
 #include "ferry.h"
+#include "tests/test_util.h"
 
 namespace ferry_test {
-
-// Work is divided by this under ThreadSanitizer (10-20x slower, and the
-// tests must stay under a minute there).
-#if defined(__SANITIZE_THREAD__)
-inline constexpr int kSanitizerSlowdown = 8;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-inline constexpr int kSanitizerSlowdown = 8;
-#else
-inline constexpr int kSanitizerSlowdown = 1;
-#endif
-#else
-inline constexpr int kSanitizerSlowdown = 1;
-#endif
 
 // An integer environment variable, or `fallback` when unset or empty.
 inline long EnvInt(const char* name, long fallback) {

@@ -20,6 +20,22 @@
 
 namespace ferry_test {
 
+// Work is divided by this under ThreadSanitizer, which makes every access
+// to memory 10-20x slower: the tests must stay under a minute there, and
+// single-threaded sweeps of big blocks add nothing it judges (the plain,
+// ASan and UBSan runs take them whole).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr int kSanitizerSlowdown = 8;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr int kSanitizerSlowdown = 8;
+#else
+inline constexpr int kSanitizerSlowdown = 1;
+#endif
+#else
+inline constexpr int kSanitizerSlowdown = 1;
+#endif
+
 // splitmix64's finaliser: a cheap bijective mix of 64 bits.
 inline uint64_t Mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
