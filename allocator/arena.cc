@@ -74,6 +74,23 @@ Segment* FindLiveSegment(Fn fn) {
 constinit std::atomic<int64_t> g_free_dirty_slices_hint{0};
 constinit std::atomic<bool> g_idle_empty_segments{false};
 
+namespace {
+
+// Takes `n` committed slices off the hint, never below zero. A fruitless
+// search sets it to zero while smaller committed runs remain; claims of
+// those took it below zero, where the releases that followed did not lift
+// it above zero, so no heap looked for other heaps' committed slices again
+// (new pages faulted in fresh memory meanwhile) until a purge run set it
+// right: never, without reclaimer threads.
+void HintSlicesTaken(int64_t n) {
+  int64_t hint = g_free_dirty_slices_hint.load(std::memory_order_relaxed);
+  while (hint > 0 && !g_free_dirty_slices_hint.compare_exchange_weak(
+                         hint, hint > n ? hint - n : 0, std::memory_order_relaxed)) {
+  }
+}
+
+}  // namespace
+
 // The first run of `count` free slices starting at a multiple of `align`;
 // with `dirty_only`, only a run whose memory may still be committed.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
@@ -106,7 +123,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
   const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & run;
   if (was_clean != nullptr) *was_clean = dirty == 0;
   if (dirty != 0) {
-    g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(dirty), std::memory_order_relaxed);
+    HintSlicesTaken(__builtin_popcountll(dirty));
   }
   NoteSlicesClaimed(segment, run);
   return true;
@@ -253,7 +270,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   if (segment->used_slices.fetch_and(~held, std::memory_order_acq_rel) == kSegmentFull) {
     NoteRoomInFullSegment(segment);
   }
-  g_free_dirty_slices_hint.fetch_sub(__builtin_popcountll(purged), std::memory_order_relaxed);
+  HintSlicesTaken(__builtin_popcountll(purged));
   return bytes;
 }
 

@@ -622,6 +622,18 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
 // Resident memory grows only when no committed slice is free anywhere: a
 // heap whose own segment has untouched free slices still takes the slice
 // another heap's thread freed a moment ago.
+// Free slices of the calling thread's own segments that were never
+// touched or were decommitted.
+size_t OwnUntouchedFreeSlices() {
+  size_t count = 0;
+  SpinLockHolder hold(&tl_heap->segments_lock);
+  for (Segment* segment = tl_heap->segments; segment != nullptr; segment = segment->heap_next) {
+    const uint64_t free_clean = ~segment->used_slices.load() & ~segment->dirty_slices.load();
+    count += static_cast<size_t>(__builtin_popcountll(free_clean));
+  }
+  return count;
+}
+
 TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   auto page_of = [](void* p) {
     const uintptr_t address = reinterpret_cast<uintptr_t>(p);
@@ -658,19 +670,10 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   // run of 32 free slices): the rest of that segment is free and untouched.
   std::thread a([&] {
     std::vector<void*> large;
-    auto count_own_clean = [] {
-      size_t count = 0;
-      SpinLockHolder hold(&tl_heap->segments_lock);
-      for (Segment* segment = tl_heap->segments; segment != nullptr; segment = segment->heap_next) {
-        const uint64_t free_clean = ~segment->used_slices.load() & ~segment->dirty_slices.load();
-        count += static_cast<size_t>(__builtin_popcountll(free_clean));
-      }
-      return count;
-    };
-    for (int k = 0; k < 64 && count_own_clean() == 0; ++k) large.push_back(ferry_malloc(kLargeMax));
+    for (int k = 0; k < 64 && OwnUntouchedFreeSlices() == 0; ++k) large.push_back(ferry_malloc(kLargeMax));
     a_ready.count_down();
     b_freed.wait();
-    own_clean = count_own_clean();
+    own_clean = OwnUntouchedFreeSlices();
     void* fresh = ferry_malloc(2816);  // a class no thread here has a page of: a new page
     fresh_start = page_of(fresh)->start;
     a_allocated.count_down();
@@ -681,6 +684,90 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   b.join();
   ASSERT_GT(own_clean, 0u) << "thread A got no segment of its own";
   EXPECT_EQ(fresh_start, freed_start)
+      << "the new page took an untouched slice while another heap's committed slice was free";
+}
+
+// The hint that committed free slices exist somewhere survives a search
+// that found no run long enough (which sets it to zero) followed by a claim
+// of a shorter committed run: that claim took it below zero, the next
+// release only back to zero, and with no purge run to set it right
+// (FERRY_RECLAIMERS=0 here) no heap looked for other heaps' committed
+// slices again.
+TEST(PageLists, NewPagesFindCommittedSlicesAfterAFruitlessSearchAndAClaimOfAShorterRun) {
+  auto page_of = [](void* p) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    return PageOf(SegmentOf(address), address);
+  };
+  constexpr size_t kSize = 3328;  // one-slice pages, 19 blocks; no other test here uses these sizes
+  constexpr size_t kOtherSize = 3840;
+  constexpr size_t kFreshSize = 1920;
+  std::latch b_allocated(1), a_ready(1), b_freed_first(1), a_searched(1), b_freed_second(1), a_allocated(1);
+  uintptr_t first_start = 0, reused_start = 0, second_start = 0, fresh_start = 0;
+  size_t own_clean = 0;
+  auto free_page = [&](std::vector<void*>& blocks, uintptr_t start) {
+    for (void*& p : blocks) {
+      if (p != nullptr && page_of(p)->start == start) {
+        ferry_free(p);
+        p = nullptr;
+      }
+    }
+  };
+  // B: three pages of one class (the last stays: a class's only page is
+  // kept), in a segment of its own list: with no committed slice anywhere,
+  // a claim takes B's own untouched slices first.
+  std::thread b([&] {
+    ferry_collect();
+    std::vector<void*> blocks;
+    for (int k = 0; k < 3 * 19; ++k) blocks.push_back(ferry_malloc(kSize));
+    b_allocated.count_down();
+    a_ready.wait();
+    ferry_collect();  // every free slice anywhere goes back to the OS now
+    first_start = page_of(blocks.front())->start;
+    free_page(blocks, first_start);  // one committed free slice
+    b_freed_first.count_down();
+    a_searched.wait();
+    // A new page of B's takes its own committed slice: the claim of a run
+    // shorter than the one A's search asked for.
+    void* other = ferry_malloc(kOtherSize);
+    reused_start = page_of(other)->start;
+    for (void* p : blocks) {
+      if (p != nullptr && page_of(p)->start != page_of(blocks.back())->start) {
+        second_start = page_of(p)->start;
+        break;
+      }
+    }
+    free_page(blocks, second_start);  // the only committed free slice now
+    b_freed_second.count_down();
+    a_allocated.wait();
+    ferry_free(other);
+    for (void* p : blocks) ferry_free(p);
+  });
+  b_allocated.wait();
+  std::thread a([&] {
+    // Large blocks until a segment of A's own has free untouched slices.
+    std::vector<void*> large;
+    for (int k = 0; k < 64 && OwnUntouchedFreeSlices() < 16; ++k) large.push_back(ferry_malloc(kLargeMax));
+    a_ready.count_down();
+    b_freed_first.wait();
+    // Ten slices: no committed free run that long anywhere, so the search
+    // finds none and sets the hint to zero; the block takes clean slices.
+    void* ten_slices = ferry_malloc(600 << 10);
+    a_searched.count_down();
+    b_freed_second.wait();
+    own_clean = OwnUntouchedFreeSlices();
+    void* fresh = ferry_malloc(kFreshSize);  // a class no thread here has a page of: a new page
+    fresh_start = page_of(fresh)->start;
+    a_allocated.count_down();
+    ferry_free(fresh);
+    ferry_free(ten_slices);
+    for (void* p : large) ferry_free(p);
+  });
+  a.join();
+  b.join();
+  ASSERT_EQ(reused_start, first_start) << "B's new page did not take its own committed slice";
+  ASSERT_NE(second_start, 0u);
+  ASSERT_GT(own_clean, 0u) << "thread A had no untouched slice of its own";
+  EXPECT_EQ(fresh_start, second_start)
       << "the new page took an untouched slice while another heap's committed slice was free";
 }
 
