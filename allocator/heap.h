@@ -235,8 +235,12 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   Block* block = static_cast<Block*>(p);
   // Read before p is known to be a block start (it may be an interior,
   // misaligned pointer): memcpy makes that read defined; it is one load.
+  // The aligned word that holds p's first byte, which is the block's first
+  // word when p is a block (blocks start 8-aligned) and never crosses into
+  // the next page: a misaligned p in the last bytes of a mapping (a huge
+  // block's, an arena's last segment) read past its end and faulted.
   uintptr_t first_word;
-  __builtin_memcpy(&first_word, p, sizeof(first_word));
+  __builtin_memcpy(&first_word, reinterpret_cast<const void*>(address & ~uintptr_t{7}), sizeof(first_word));
   const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(first_word));
   if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic ||
                      next == 0 || next - start < carved)) {

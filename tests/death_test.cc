@@ -312,6 +312,17 @@ TEST_F(Death, FreeOfAnInteriorPointerOfAHugeBlockAborts) {
       kAborted, NamesBadPointer());
 }
 
+// The last byte of a huge block is the last byte of its mapping: the free's
+// look at the pointer's first word must not read past it.
+TEST_F(Death, FreeOfAPointerToTheLastByteOfAHugeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(3 * kMiB));
+        FreeBad(p + ferry_usable_size(p) - 1);
+      },
+      kAborted, NamesBadPointer());
+}
+
 TEST_F(Death, FreeOfAnInteriorPointerOfAnAlignedBlockAborts) {
   EXPECT_EXIT(
       {
