@@ -110,7 +110,9 @@ struct alignas(64) Reclaimer {
   int index = 0;
 };
 
-enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning };
+// kHeldForFork: not started, and held so between fork's prepare and parent
+// handlers (PoolForkPrepare).
+enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork };
 
 struct Pool {
   PoolConfig config{};
@@ -706,9 +708,25 @@ void QuiescePool() {
 
 void PoolForkPrepare() {
   pthread_mutex_lock(&g_pool.flush_mutex);
-  // A pool being started by another thread finishes starting first.
-  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
-  if (g_pool.state.load(std::memory_order_acquire) == kRunning) QuiescePool();
+  // A pool being started by another thread finishes starting first. One not
+  // started yet stays so until the fork is done: started meanwhile (by any
+  // thread's allocation slow path, flush or collect, while this one waits
+  // for the duty turn below), its reclaimers would apply batches across the
+  // fork, and the child would lose a batch half applied.
+  uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  for (;;) {
+    if (state == kStarting) {
+      sched_yield();
+      state = g_pool.state.load(std::memory_order_acquire);
+      continue;
+    }
+    if (state == kNotStarted &&
+        !g_pool.state.compare_exchange_weak(state, kHeldForFork, std::memory_order_acq_rel)) {
+      continue;
+    }
+    break;
+  }
+  if (state == kRunning) QuiescePool();
   // No housekeeping half done either (a oneTBB task's, or a ferry_collect's
   // on an application thread, pool or no pool): it holds heaps' inboxes and
   // the abandoned heaps off their lists, which the child would lose. Taken
@@ -718,6 +736,10 @@ void PoolForkPrepare() {
 
 void PoolForkParent() {
   EndDutyTurn();
+  // Offers meanwhile did not ask for a start (they ask only of a pool not
+  // started); the next one does.
+  uint32_t held = kHeldForFork;
+  g_pool.state.compare_exchange_strong(held, kNotStarted, std::memory_order_acq_rel);
   if (g_pool.paused.load(std::memory_order_relaxed) != 0) {
     g_pool.paused.store(0, std::memory_order_seq_cst);
     OsFutexWake(&g_pool.paused, INT_MAX);
