@@ -9,6 +9,7 @@
 // after the case has set up its own control.
 //
 // Runs with FERRY_RECLAIMERS=3 and the tbb backend (see BUILD).
+#include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
+#include <oneapi/tbb/parallel_for.h>
 #include <thread>
 #include <vector>
 
@@ -134,6 +136,37 @@ TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
             }),
             0)
       << "ferry's backend left a limit behind";
+}
+
+// ferry_flush called from inside the program's own oneTBB tasks, on every
+// thread oneTBB has: the pool's tasks need a worker too, and a flush that
+// only waited for them would wait for good once every worker sat in such a
+// flush (oneTBB does not move a worker out of a task that blocks).
+TEST(TbbBackend, FlushesFromInsideEveryOneTbbTaskReturn) {
+  EXPECT_EQ(InChild([&] {
+              if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              constexpr int kChunks = 64;
+              const size_t per_chunk = 2 * ferry_test::BatchSize() + 3;
+              std::vector<std::vector<void*>> blocks(kChunks);
+              std::thread([&] {  // another thread's blocks: every free below is remote
+                for (auto& chunk : blocks) {
+                  for (size_t i = 0; i < per_chunk; ++i) chunk.push_back(ferry_malloc(48));
+                }
+              }).join();
+              alarm(20);  // a hang ends the child (status 100 + SIGALRM)
+              tbb::parallel_for(0, kChunks, 1, [&](int c) {
+                for (void* p : blocks[c]) ferry_free(p);
+                ferry_flush();
+              });
+              alarm(0);
+              const ferry_stats_t s = ferry_test::Stats();
+              fprintf(stderr, "remote frees %llu, returned %llu\n",
+                      static_cast<unsigned long long>(s.remote_frees),
+                      static_cast<unsigned long long>(s.blocks_returned));
+              return s.blocks_returned == s.remote_frees ? 0 : 2;
+            }),
+            0)
+      << "status 114: a flush from inside a oneTBB task never returned";
 }
 
 }  // namespace
