@@ -139,9 +139,11 @@ TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
 }
 
 // ferry_flush called from inside the program's own oneTBB tasks, on every
-// thread oneTBB has: the pool's tasks need a worker too, and a flush that
-// only waited for them would wait for good once every worker sat in such a
-// flush (oneTBB does not move a worker out of a task that blocks).
+// thread oneTBB has: the pool's tasks need a thread too, while every worker
+// may sit in such a flush (oneTBB does not move a worker out of a task that
+// blocks). oneTBB gives enqueued tasks a thread of their own when none is
+// free (the same guarantee the one-thread limit case above relies on);
+// this keeps that promise checked.
 TEST(TbbBackend, FlushesFromInsideEveryOneTbbTaskReturn) {
   EXPECT_EQ(InChild([&] {
               if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
