@@ -619,9 +619,6 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
   }).join();
 }
 
-// Resident memory grows only when no committed slice is free anywhere: a
-// heap whose own segment has untouched free slices still takes the slice
-// another heap's thread freed a moment ago.
 // Free slices of the calling thread's own segments that were never
 // touched or were decommitted.
 size_t OwnUntouchedFreeSlices() {
@@ -634,6 +631,9 @@ size_t OwnUntouchedFreeSlices() {
   return count;
 }
 
+// Resident memory grows only when no committed slice is free anywhere: a
+// heap whose own segment has untouched free slices still takes the slice
+// another heap's thread freed a moment ago.
 TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   auto page_of = [](void* p) {
     const uintptr_t address = reinterpret_cast<uintptr_t>(p);

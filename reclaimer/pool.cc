@@ -145,6 +145,14 @@ struct Pool {
   // with this backend idle memory waits for the next activity or ferry_collect).
   bool use_tbb = false;
   std::atomic<uint64_t> tbb_batches{0};
+  // The batches offered to the arena wait here, each with a task that
+  // applies one from here (ApplyQueuedTask), so that a thread waiting for
+  // them (PoolFlush, QuiescePool) can apply them itself: oneTBB may have no
+  // thread for the arena while every one of its threads sits in a flush
+  // from inside the program's own tasks (a program limit of two threads, a
+  // parallel_for whose bodies call ferry_flush: it waited for good).
+  // Storage only: made in Start, in OS memory like the reclaimers.
+  BatchQueue* tbb_queue = nullptr;
   // The CPUs the process may use: the affinity mask of the thread that
   // initialised ferry (before the program pinned any thread, as a rule), for
   // the default pool size, the crowded-CPUs watch and the reclaimers' own
@@ -202,10 +210,22 @@ void Apply(Batch* batch) {
 
 void RunDuty(uint64_t now, bool urgent);
 
-void ApplyTask(void* arg) {
-  Apply(static_cast<Batch*>(arg));
-  g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
+// Applies the batches waiting for the oneTBB arena, one or all; false if
+// there was none. Each offer sends a task for one, so a task that finds
+// none left (a waiting thread took it) has nothing to do.
+bool ApplyQueuedTbbBatches(bool all) {
+  bool any = false;
+  Batch* batch;
+  while (g_pool.tbb_queue->pop(batch)) {
+    Apply(batch);
+    g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
+    any = true;
+    if (!all) break;
+  }
+  return any;
 }
+
+void ApplyQueuedTask(void*) { ApplyQueuedTbbBatches(/*all=*/false); }
 
 void DutyTask(void*) {
   RunDuty(OsMonotonicMs(), false);
@@ -447,7 +467,11 @@ void Start() {
   int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
   if (g_pool.config.backend == 1) {
-    if (TbbBackendAvailable() && TbbBackendStart(wanted)) {
+    if (g_pool.tbb_queue == nullptr) {  // kept across fork
+      void* memory = OsReserve(AlignUp(sizeof(BatchQueue), OsPageSize()), alignof(BatchQueue));
+      if (memory != nullptr) g_pool.tbb_queue = new (memory) BatchQueue();
+    }
+    if (g_pool.tbb_queue != nullptr && TbbBackendAvailable() && TbbBackendStart(wanted)) {
       g_pool.use_tbb = true;
       g_pool.count.store(wanted, std::memory_order_release);
       g_pool.starts.fetch_add(1, std::memory_order_relaxed);
@@ -509,7 +533,12 @@ constinit std::atomic<uint32_t> g_pool_start_requested{0};
 void PoolStartRequested() {
   if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
   uint32_t expected = kNotStarted;
-  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) Start();
+  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
+    Start();
+  } else if (expected == kHeldForFork) {
+    // Asked for before the fork began: still asked for after it.
+    g_pool_start_requested.store(1, std::memory_order_relaxed);
+  }
 }
 
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
@@ -538,10 +567,17 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
     return false;
   }
   if (g_pool.use_tbb) {
+    bool accepted = false;
     if (!crowded) {
       batch->epoch_slot = JoinEpoch();
       batch->in_flight.store(1, std::memory_order_relaxed);
-      TbbBackendSubmit(ApplyTask, batch);
+      accepted = g_pool.tbb_queue->bounded_push(batch);
+      if (accepted) {
+        TbbBackendSubmit(ApplyQueuedTask, nullptr);
+      } else {
+        batch->in_flight.store(0, std::memory_order_relaxed);
+        LeaveEpoch(batch->epoch_slot);
+      }
     }
     const uint64_t now = OsMonotonicMs();
     if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs &&
@@ -550,7 +586,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
       TbbBackendSubmit(DutyTask, nullptr);
     }
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
-    return !crowded;
+    return accepted;
   }
   const int count = g_pool.count.load(std::memory_order_acquire);
   const uint32_t home = home_hint % static_cast<uint32_t>(count);
@@ -629,6 +665,9 @@ void PoolFlush() {
   if (!g_pool.use_tbb) WakeAll();  // batches may be waiting for a wake (PoolOffer)
   g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
   for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+    // On oneTBB, what no task has taken yet is applied here (a task that
+    // took one is running: its end wakes this wait).
+    if (g_pool.use_tbb && ApplyQueuedTbbBatches(/*all=*/true)) continue;
     OsFutexWait(&g_pool.in_flight[slot], pending, 100);
   }
   g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
@@ -693,6 +732,7 @@ void QuiescePool() {
     for (int slot = 0; slot < 2; ++slot) {
       g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
       for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+        if (ApplyQueuedTbbBatches(/*all=*/true)) continue;  // as PoolFlush
         OsFutexWait(&g_pool.in_flight[slot], pending, 10);
       }
       g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
@@ -737,7 +777,8 @@ void PoolForkPrepare() {
 void PoolForkParent() {
   EndDutyTurn();
   // Offers meanwhile did not ask for a start (they ask only of a pool not
-  // started); the next one does.
+  // started): the next one does. A request made before the hold and met
+  // during it stays (PoolStartRequested).
   uint32_t held = kHeldForFork;
   g_pool.state.compare_exchange_strong(held, kNotStarted, std::memory_order_acq_rel);
   if (g_pool.paused.load(std::memory_order_relaxed) != 0) {

@@ -139,11 +139,11 @@ TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
 }
 
 // ferry_flush called from inside the program's own oneTBB tasks, on every
-// thread oneTBB has: the pool's tasks need a thread too, while every worker
-// may sit in such a flush (oneTBB does not move a worker out of a task that
-// blocks). oneTBB gives enqueued tasks a thread of their own when none is
-// free (the same guarantee the one-thread limit case above relies on);
-// this keeps that promise checked.
+// thread oneTBB has (a program limit of two: the main thread and one
+// worker): the pool's tasks need a thread too, and oneTBB does not move a
+// worker out of a task that blocks. A flush that only waited for them
+// waited for good (status 114 here); it now applies the batches no task
+// has taken yet itself (pool.cc, ApplyQueuedTbbBatches).
 TEST(TbbBackend, FlushesFromInsideEveryOneTbbTaskReturn) {
   EXPECT_EQ(InChild([&] {
               if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
@@ -155,6 +155,8 @@ TEST(TbbBackend, FlushesFromInsideEveryOneTbbTaskReturn) {
                   for (size_t i = 0; i < per_chunk; ++i) chunk.push_back(ferry_malloc(48));
                 }
               }).join();
+              // Two threads for oneTBB in all: the parallel_for can hold both.
+              global_control two(global_control::max_allowed_parallelism, 2);
               alarm(20);  // a hang ends the child (status 100 + SIGALRM)
               tbb::parallel_for(0, kChunks, 1, [&](int c) {
                 for (void* p : blocks[c]) ferry_free(p);
