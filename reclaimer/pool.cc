@@ -210,22 +210,18 @@ void Apply(Batch* batch) {
 
 void RunDuty(uint64_t now, bool urgent);
 
-// Applies the batches waiting for the oneTBB arena, one or all; false if
-// there was none. Each offer sends a task for one, so a task that finds
-// none left (a waiting thread took it) has nothing to do.
-bool ApplyQueuedTbbBatches(bool all) {
-  bool any = false;
+// Applies one of the batches waiting for the oneTBB arena; false if there
+// was none. Each offer sends a task for one, so a task that finds none left
+// (a waiting thread took it) has nothing to do.
+bool ApplyQueuedTbbBatch() {
   Batch* batch;
-  while (g_pool.tbb_queue->pop(batch)) {
-    Apply(batch);
-    g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
-    any = true;
-    if (!all) break;
-  }
-  return any;
+  if (!g_pool.tbb_queue->pop(batch)) return false;
+  Apply(batch);
+  g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
-void ApplyQueuedTask(void*) { ApplyQueuedTbbBatches(/*all=*/false); }
+void ApplyQueuedTask(void*) { ApplyQueuedTbbBatch(); }
 
 void DutyTask(void*) {
   RunDuty(OsMonotonicMs(), false);
@@ -569,14 +565,20 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
   if (g_pool.use_tbb) {
     bool accepted = false;
     if (!crowded) {
-      batch->epoch_slot = JoinEpoch();
+      const uint32_t slot = JoinEpoch();
+      batch->epoch_slot = slot;
       batch->in_flight.store(1, std::memory_order_relaxed);
       accepted = g_pool.tbb_queue->bounded_push(batch);
       if (accepted) {
         TbbBackendSubmit(ApplyQueuedTask, nullptr);
+        // A flush of this epoch that found the queue empty before the push
+        // would otherwise sleep out its timeout before it applied the batch.
+        if (g_pool.flush_waiters.load(std::memory_order_seq_cst) != 0) {
+          OsFutexWake(&g_pool.in_flight[slot], INT_MAX);
+        }
       } else {
         batch->in_flight.store(0, std::memory_order_relaxed);
-        LeaveEpoch(batch->epoch_slot);
+        LeaveEpoch(slot);
       }
     }
     const uint64_t now = OsMonotonicMs();
@@ -666,8 +668,9 @@ void PoolFlush() {
   g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
   for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
     // On oneTBB, what no task has taken yet is applied here (a task that
-    // took one is running: its end wakes this wait).
-    if (g_pool.use_tbb && ApplyQueuedTbbBatches(/*all=*/true)) continue;
+    // took one is running: its end wakes this wait); one at a time, so that
+    // the flush ends with its epoch, however fast other threads offer more.
+    if (g_pool.use_tbb && ApplyQueuedTbbBatch()) continue;
     OsFutexWait(&g_pool.in_flight[slot], pending, 100);
   }
   g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
@@ -732,7 +735,7 @@ void QuiescePool() {
     for (int slot = 0; slot < 2; ++slot) {
       g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
       for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
-        if (ApplyQueuedTbbBatches(/*all=*/true)) continue;  // as PoolFlush
+        if (ApplyQueuedTbbBatch()) continue;  // as PoolFlush
         OsFutexWait(&g_pool.in_flight[slot], pending, 10);
       }
       g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);

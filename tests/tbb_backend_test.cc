@@ -143,7 +143,7 @@ TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
 // worker): the pool's tasks need a thread too, and oneTBB does not move a
 // worker out of a task that blocks. A flush that only waited for them
 // waited for good (status 114 here); it now applies the batches no task
-// has taken yet itself (pool.cc, ApplyQueuedTbbBatches).
+// has taken yet itself (pool.cc, ApplyQueuedTbbBatch).
 TEST(TbbBackend, FlushesFromInsideEveryOneTbbTaskReturn) {
   EXPECT_EQ(InChild([&] {
               if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
