@@ -223,6 +223,20 @@ bool ApplyQueuedTbbBatch() {
 
 void ApplyQueuedTask(void*) { ApplyQueuedTbbBatch(); }
 
+// Returns once every batch that joined the epoch slot has been applied
+// (PoolFlush, and fork's QuiescePool on oneTBB). On oneTBB, what no task has
+// taken yet is applied here (a task that took one is running: its end wakes
+// this wait); one at a time, so that the wait ends with its epoch, however
+// fast other threads offer more.
+void WaitForEpochSlot(uint32_t slot, int timeout_ms) {
+  g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
+  for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+    if (g_pool.use_tbb && ApplyQueuedTbbBatch()) continue;
+    OsFutexWait(&g_pool.in_flight[slot], pending, timeout_ms);
+  }
+  g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
+}
+
 void DutyTask(void*) {
   RunDuty(OsMonotonicMs(), false);
 }
@@ -665,15 +679,7 @@ void PoolFlush() {
   g_pool.epoch.store(epoch + 1, std::memory_order_seq_cst);
   const uint32_t slot = epoch & 1;
   if (!g_pool.use_tbb) WakeAll();  // batches may be waiting for a wake (PoolOffer)
-  g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
-  for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
-    // On oneTBB, what no task has taken yet is applied here (a task that
-    // took one is running: its end wakes this wait); one at a time, so that
-    // the flush ends with its epoch, however fast other threads offer more.
-    if (g_pool.use_tbb && ApplyQueuedTbbBatch()) continue;
-    OsFutexWait(&g_pool.in_flight[slot], pending, 100);
-  }
-  g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
+  WaitForEpochSlot(slot, 100);
   pthread_mutex_unlock(&g_pool.flush_mutex);
 }
 
@@ -732,14 +738,7 @@ void QuiescePool() {
   while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
   if (g_pool.use_tbb) {
     // No task half done: wait for every batch sent to the arena.
-    for (int slot = 0; slot < 2; ++slot) {
-      g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
-      for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
-        if (ApplyQueuedTbbBatch()) continue;  // as PoolFlush
-        OsFutexWait(&g_pool.in_flight[slot], pending, 10);
-      }
-      g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
-    }
+    for (uint32_t slot = 0; slot < 2; ++slot) WaitForEpochSlot(slot, 10);
     return;
   }
   WakeAll();
@@ -756,18 +755,15 @@ void PoolForkPrepare() {
   // thread's allocation slow path, flush or collect, while this one waits
   // for the duty turn below), its reclaimers would apply batches across the
   // fork, and the child would lose a batch half applied.
-  uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  uint32_t state;
   for (;;) {
+    state = g_pool.state.load(std::memory_order_acquire);
     if (state == kStarting) {
       sched_yield();
-      state = g_pool.state.load(std::memory_order_acquire);
-      continue;
+    } else if (state != kNotStarted ||
+               g_pool.state.compare_exchange_strong(state, kHeldForFork, std::memory_order_acq_rel)) {
+      break;
     }
-    if (state == kNotStarted &&
-        !g_pool.state.compare_exchange_weak(state, kHeldForFork, std::memory_order_acq_rel)) {
-      continue;
-    }
-    break;
   }
   if (state == kRunning) QuiescePool();
   // No housekeeping half done either (a oneTBB task's, or a ferry_collect's
