@@ -3,8 +3,9 @@
 // Blocks are filled with a pattern that depends on a seed and on each byte's
 // offset, so a check finds a byte written by anyone else: a neighbour that
 // overlaps, a stale free-list link, a copy that moved the wrong bytes. The
-// helpers never allocate, so they are safe to call while the allocator under
-// test is being exercised from several threads.
+// content helpers never allocate, so they are safe to call while the
+// allocator under test is being exercised from several threads;
+// SwapWithShared does (a std::vector), so call it from test code only.
 #ifndef FERRY_TESTS_TEST_UTIL_H_
 #define FERRY_TESTS_TEST_UTIL_H_
 
@@ -121,7 +122,7 @@ inline bool CheckAndFree(const Item& item) {
 // shared blocks (most of them other, perhaps exited, threads') and leaves
 // every `every`-th of `mine` there in their place.
 inline std::vector<Item> SwapWithShared(std::mutex& mu, std::vector<Item>& shared,
-                                 const std::vector<Item>& mine, size_t take, size_t every) {
+                                        const std::vector<Item>& mine, size_t take, size_t every) {
   std::vector<Item> theirs;
   std::lock_guard<std::mutex> lock(mu);
   for (size_t i = 0; i < take && !shared.empty(); ++i) {
