@@ -935,12 +935,17 @@ void AbandonHeap(Heap* heap) {
 // abandoned list for the child's threads. Heaps of the parent's other
 // threads stay as they are: such a thread may have been inside malloc when
 // fork() ran, so its heap cannot be trusted (its memory stays unused, as
-// with any allocator).
+// with any allocator). One flag of theirs is cleared: a thread caught
+// holding one of its inboxes' lists (FreeCompletedInboxPages) would leave
+// inbox_owner_holding set for good, and every heap of the child's that then
+// took a new page would set that heap's inbox bits again and walk its
+// inboxes once more.
 void CollectAbandonedHeaps();
 
 void AbandonOrphanedHeapsInChild() {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
+    if (heap != tl_heap) heap->inbox_owner_holding.store(0, std::memory_order_relaxed);
     if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
     if (heap->batch_count != 0) {
       ReturnBatch(heap->batch, heap->batch_count);

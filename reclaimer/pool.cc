@@ -799,6 +799,9 @@ void PoolForkChild() {
       g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);
+      // An offer caught between its push and its count (PoolOffer) left it
+      // one off; a pool started in the child uses these records again.
+      r->queued.store(0, std::memory_order_relaxed);
     }
   }
   g_pool.in_flight[0].store(0, std::memory_order_relaxed);
