@@ -1,6 +1,7 @@
 // api.cc — the C API of ferry.h, on top of the heap fast paths.
 #include <errno.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -157,22 +158,34 @@ FERRY_EXPORT void ferry_flush(void) { ferry::FlushThisThread(); }
 
 FERRY_EXPORT void ferry_collect(void) { ferry::CollectThisThread(); }
 
-FERRY_EXPORT void ferry_stats_get(ferry_stats_t* out) {
-  if (out == nullptr) return;
-  memset(out, 0, sizeof(*out));
-  out->version = FERRY_VERSION;
+FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
+  if (out == nullptr || size == 0) return;
+  ferry_stats_t stats;
+  memset(&stats, 0, sizeof(stats));
+  stats.version = FERRY_VERSION;
 #define FERRY_COPY_COUNTER(field, description) \
-  out->field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
+  stats.field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
   ferry::PoolStats pool;
   ferry::PoolStatsGet(&pool);
-  out->batches_pooled = pool.batches_pooled;
-  out->steals = pool.steals;
-  out->reclaimer_threads = pool.threads;
-  out->reclaimer_cpu_ns = pool.cpu_ns;
-  out->pool_starts = pool.starts;
+  stats.batches_pooled = pool.batches_pooled;
+  stats.steals = pool.steals;
+  stats.reclaimer_threads = pool.threads;
+  stats.reclaimer_cpu_ns = pool.cpu_ns;
+  stats.pool_starts = pool.starts;
+  // A caller built against a newer header: what it has beyond ours is 0.
+  const size_t known = size < sizeof(stats) ? size : sizeof(stats);
+  memcpy(out, &stats, known);
+  if (size > known) memset(reinterpret_cast<char*>(out) + known, 0, size - known);
 }
+
+// The layout of 0.1, which binaries built before the ferry_stats_get macro
+// passed without a size: fields may be added after it, never before.
+constexpr size_t kStatsSizeOfVersion0_1 = offsetof(ferry_stats_t, pool_starts) + sizeof(uint64_t);
+static_assert(kStatsSizeOfVersion0_1 == 232, "ferry.h promises 232 bytes to ferry_stats_get");
+
+FERRY_EXPORT void(ferry_stats_get)(ferry_stats_t* out) { ferry_stats_get_sized(out, kStatsSizeOfVersion0_1); }
 
 FERRY_EXPORT void ferry_stats_print(FILE* out) {
   if (out == nullptr) out = stderr;

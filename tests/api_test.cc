@@ -912,6 +912,41 @@ TEST(Api, StatisticsDescribeHeapsSegmentsAndPages) {
   ferry_free(p);
 }
 
+// A program built against an older header (a smaller ferry_stats_t) or a
+// newer one (a larger) gets exactly its own size written: nothing past it,
+// and zeroes for fields the library does not know.
+TEST(Api, StatisticsWriteOnlyTheCallersSize) {
+  constexpr size_t kSlack = 64;
+  unsigned char buffer[sizeof(ferry_stats_t) + kSlack];
+  auto* stats = reinterpret_cast<ferry_stats_t*>(buffer);
+
+  memset(buffer, 0xA5, sizeof(buffer));
+  ferry_stats_get_sized(stats, 16);  // an older program's: version and heaps_created
+  EXPECT_EQ(stats->version, static_cast<uint64_t>(FERRY_VERSION));
+  EXPECT_GE(stats->heaps_created, 1u);
+  for (size_t i = 16; i < sizeof(buffer); ++i) ASSERT_EQ(buffer[i], 0xA5) << "byte " << i << " written";
+
+  memset(buffer, 0xA5, sizeof(buffer));
+  ferry_stats_get_sized(stats, sizeof(buffer));  // a newer program's
+  EXPECT_EQ(stats->version, static_cast<uint64_t>(FERRY_VERSION));
+  for (size_t i = sizeof(ferry_stats_t); i < sizeof(buffer); ++i) {
+    ASSERT_EQ(buffer[i], 0) << "byte " << i << " of a field the library does not know";
+  }
+
+  // The function of the same name (programs built before the macro) writes
+  // the 0.1 layout: 232 bytes.
+  memset(buffer, 0xA5, sizeof(buffer));
+  (ferry_stats_get)(stats);
+  EXPECT_EQ(stats->version, static_cast<uint64_t>(FERRY_VERSION));
+  EXPECT_NE(buffer[231], 0xA5);  // pool_starts' top byte: 0 unless the pool started 2^56 times
+  for (size_t i = 232; i < sizeof(buffer); ++i) ASSERT_EQ(buffer[i], 0xA5) << "byte " << i << " written";
+
+  memset(buffer, 0xA5, sizeof(buffer));
+  ferry_stats_get_sized(stats, 0);
+  ferry_stats_get_sized(nullptr, sizeof(ferry_stats_t));
+  for (size_t i = 0; i < sizeof(buffer); ++i) ASSERT_EQ(buffer[i], 0xA5) << "byte " << i << " written";
+}
+
 TEST(Api, StatisticsCountHugeAllocations) {
   const ferry_stats_t before = Stats();
   void* p = ferry_malloc(8 * kMiB);

@@ -135,9 +135,21 @@ typedef struct ferry_stats_s {
   uint64_t pool_starts;           // times the pool started (again after a fork)
 } ferry_stats_t;
 
-// Fills *out with the current counters (out must not be NULL). Cheap: no
-// lock, no allocation.
-FERRY_API void ferry_stats_get(ferry_stats_t* out);
+// Fills *out with the current counters. Cheap: no lock, no allocation.
+//
+// Later versions add fields at the end of ferry_stats_t, so the struct a
+// program was compiled with may be smaller or larger than the library's.
+// ferry_stats_get is therefore a macro that passes the caller's size:
+// ferry_stats_get_sized writes the first `size` bytes of *out and nothing
+// past them, and zeroes fields the library does not know (a program newer
+// than the library reads 0 there; `version` says which library it is).
+// `size` 0 or `out` NULL: nothing is written.
+FERRY_API void ferry_stats_get_sized(ferry_stats_t* out, size_t size);
+#define ferry_stats_get(out) ferry_stats_get_sized((out), sizeof(*(out)))
+// The function ferry_stats_get, for programs built before the macro (and
+// for a pointer to it): fills the first 232 bytes, the struct as of
+// version 0.1 (version through pool_starts), whatever the library adds.
+FERRY_API void(ferry_stats_get)(ferry_stats_t* out);
 
 // Writes a readable table of the counters to `out` (stderr when NULL). The
 // first line names ferry and its version.
