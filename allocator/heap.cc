@@ -1510,7 +1510,10 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
     ReleasePage(heap, page);
     return;
   }
-  if (!took_back) return ReturnChain(page, block, block, 1);
+  if (!took_back) {
+    CounterAdd(g_counters.chains_pushed, 1);
+    return ReturnChain(page, block, block, 1);
+  }
   page->in_full = 0;
   PageQueue* q = &heap->queues[page->size_class];
   QueuePushBack(q, page);

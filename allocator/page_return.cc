@@ -102,7 +102,6 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   } while (!page->returned.compare_exchange_weak(old, word,
                                                  std::memory_order_acq_rel,
                                                  std::memory_order_acquire));
-  CounterAdd(g_counters.chains_pushed, 1);
   if ((old & kReturnedFull) != 0 && back > out) {
     FatalBadPointer("free", head, "double free (more blocks returned than were handed out)");
   }
