@@ -79,25 +79,14 @@ inline uint32_t ReturnedCount(uintptr_t word) {
 }
 
 // 128 bytes, so a slice index becomes a record address by a shift. The
-// first 64 bytes hold everything the free fast path reads, local or remote;
-// the fields other threads write sit in the second line.
+// first 64 bytes hold everything the free fast path reads, local or remote,
+// and nothing the owner writes on every allocation and free: those fields
+// (free, used) sit in the second line, with the ones other threads write.
+// A thread freeing another's block then reads a line its owner rarely
+// writes; with `free` and `used` in the first line, each such free missed
+// on the line the owner had just written (producer/consumer: see
+// perf/RESULTS.md, 2026-12-03).
 struct Page {
-  // --- owner thread only -------------------------------------------------
-  // Blocks ready to hand out (decoded pointer). The owner's frees go on its
-  // head, so that the next allocation of the class gets the block it freed
-  // last, while it is still in cache (see Free in heap.h).
-  Block* free;
-  uint16_t used;           // blocks handed out and not yet back on a list
-  uint16_t capacity;       // blocks carved so far
-  uint16_t reserved;       // blocks the page can hold (at most 8192)
-  uint8_t size_class;
-  PageKind kind;
-  uint8_t slice_count;     // slices this page spans (a large block's: see below)
-  uint8_t in_full;         // off its queue because it was full
-  // On a continuation slice: how far back the page's record is, in bytes
-  // (RecordBack), so that PageOf subtracts it without scaling; 0 on a page's
-  // first slice and on free slices.
-  uint16_t record_back;
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
   // block), and so immutable while a block is out; except that realloc of
@@ -107,14 +96,30 @@ struct Page {
   // Bytes of the page carved into blocks so far; the owner grows it, other
   // threads read it to reject pointers past it.
   std::atomic<uint32_t> carved_bytes;
+  uint16_t reserved;       // blocks the page can hold (at most 8192)
+  uint8_t size_class;
+  PageKind kind;
   Heap* heap;              // owner; nullptr for kNone and kHuge
   uintptr_t start;         // address of block 0
   // ceil(2^64 / block_size): an offset below 2^32 is a multiple of the block
   // size exactly when offset * divisor_magic (mod 2^64) < divisor_magic.
   uint64_t divisor_magic;
   size_t block_size;
-  // --- second cache line ----------------------------------------------------
-  alignas(64) Page* queue_next;  // owner only
+  uint8_t slice_count;     // slices this page spans (a large block's: see below)
+  uint8_t in_full;         // owner: off its queue because it was full
+  // On a continuation slice: how far back the page's record is, in bytes
+  // (RecordBack), so that PageOf subtracts it without scaling; 0 on a page's
+  // first slice and on free slices.
+  uint16_t record_back;
+  uint16_t capacity;       // owner: blocks carved so far
+  // --- second cache line: the owner's hot fields, and those other threads
+  // write ---------------------------------------------------------------------
+  // Blocks ready to hand out (decoded pointer). The owner's frees go on its
+  // head, so that the next allocation of the class gets the block it freed
+  // last, while it is still in cache (see Free in heap.h).
+  alignas(64) Block* free;
+  uint16_t used;           // owner: blocks handed out and not yet back on a list
+  Page* queue_next;        // owner only
   Page* queue_prev;
   Page* inbox_next;        // link in the owner's inbox
   std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
@@ -130,7 +135,8 @@ static_assert(sizeof(Page) == size_t{1} << kPageRecordShift);
 
 // Page::record_back of the record `slices` after a page's first.
 inline uint16_t RecordBack(size_t slices) { return static_cast<uint16_t>(slices * sizeof(Page)); }
-static_assert(offsetof(Page, block_size) < 64, "the free path reads one line");
+static_assert(offsetof(Page, record_back) < 64 && offsetof(Page, free) == 64,
+              "the free path's checks read one line, which holds nothing written per allocation");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
 
