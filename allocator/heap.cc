@@ -590,6 +590,16 @@ void SweepClasses(Heap* heap, size_t word) {
     PageQueue* q = &heap->queues[c];
     for (Page* page = q->head; page != nullptr;) {
       Page* next = page->queue_next;
+      // The class's current page keeps a chain that does not bring every
+      // block back where it is, while its list still has blocks: joining
+      // the two meant walking the chain to its tail, a miss per block on
+      // lines the freeing thread wrote (7% of producer/consumer's time).
+      // RefillPage takes the chain with one exchange when the list runs dry.
+      if (page == q->head && page->free != nullptr &&
+          ReturnedCount(page->returned.load(std::memory_order_relaxed)) < page->used) {
+        page = next;
+        continue;
+      }
       if (AdoptOntoLists(page) && page->used == 0 && page != q->head) {
         QueueRemove(q, page);
         ReleasePage(heap, page);
