@@ -180,8 +180,8 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   if (size > known) memset(reinterpret_cast<char*>(out) + known, 0, size - known);
 }
 
-// The layout of 0.1, which binaries built before the ferry_stats_get macro
-// passed without a size: fields may be added after it, never before.
+// 0.1.0's last layout, which binaries built before the ferry_stats_get
+// macro passed without a size: fields may be added after it, never before.
 constexpr size_t kStatsSizeOfVersion0_1 = offsetof(ferry_stats_t, pool_starts) + sizeof(uint64_t);
 static_assert(kStatsSizeOfVersion0_1 == 232, "ferry.h promises 232 bytes to ferry_stats_get");
 

@@ -933,13 +933,16 @@ TEST(Api, StatisticsWriteOnlyTheCallersSize) {
     ASSERT_EQ(buffer[i], 0) << "byte " << i << " of a field the library does not know";
   }
 
-  // The function of the same name (programs built before the macro) writes
-  // the 0.1 layout: 232 bytes.
+  // The function of the same name (programs built against 0.1.0, before the
+  // macro) writes 0.1.0's last layout: 232 bytes.
   memset(buffer, 0xA5, sizeof(buffer));
   (ferry_stats_get)(stats);
   EXPECT_EQ(stats->version, static_cast<uint64_t>(FERRY_VERSION));
   EXPECT_NE(buffer[231], 0xA5);  // pool_starts' top byte: 0 unless the pool started 2^56 times
   for (size_t i = 232; i < sizeof(buffer); ++i) ASSERT_EQ(buffer[i], 0xA5) << "byte " << i << " written";
+
+  // The macro passes the header's size: a NULL (or untyped) pointer works.
+  ferry_stats_get(static_cast<ferry_stats_t*>(nullptr));
 
   memset(buffer, 0xA5, sizeof(buffer));
   ferry_stats_get_sized(stats, 0);

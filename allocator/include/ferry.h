@@ -17,7 +17,7 @@
 #include <stdio.h>
 
 #define FERRY_VERSION_MAJOR 0
-#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_MINOR 2
 #define FERRY_VERSION_PATCH 0
 // One number that grows with every release: major * 10000 + minor * 100 + patch.
 #define FERRY_VERSION \
@@ -137,18 +137,18 @@ typedef struct ferry_stats_s {
 
 // Fills *out with the current counters. Cheap: no lock, no allocation.
 //
-// Later versions add fields at the end of ferry_stats_t, so the struct a
-// program was compiled with may be smaller or larger than the library's.
-// ferry_stats_get is therefore a macro that passes the caller's size:
-// ferry_stats_get_sized writes the first `size` bytes of *out and nothing
-// past them, and zeroes fields the library does not know (a program newer
-// than the library reads 0 there; `version` says which library it is).
-// `size` 0 or `out` NULL: nothing is written.
+// From 0.2.0 on, fields are only ever added at the end of ferry_stats_t, so
+// the struct a program was compiled with may be smaller or larger than the
+// library's. ferry_stats_get is therefore a macro that passes the size of
+// the program's ferry_stats_t: ferry_stats_get_sized writes the first
+// `size` bytes of *out and nothing past them, and zeroes fields the library
+// does not know (a program newer than the library reads 0 there; `version`
+// says which library it is). `out` NULL or `size` 0: nothing is written.
 FERRY_API void ferry_stats_get_sized(ferry_stats_t* out, size_t size);
-#define ferry_stats_get(out) ferry_stats_get_sized((out), sizeof(*(out)))
-// The function ferry_stats_get, for programs built before the macro (and
-// for a pointer to it): fills the first 232 bytes, the struct as of
-// version 0.1 (version through pool_starts), whatever the library adds.
+#define ferry_stats_get(out) ferry_stats_get_sized((out), sizeof(ferry_stats_t))
+// The function ferry_stats_get, for programs built against 0.1.0, which
+// called it without a size (and for a pointer to it): fills the first 232
+// bytes, 0.1.0's last layout (version through pool_starts).
 FERRY_API void(ferry_stats_get)(ferry_stats_t* out);
 
 // Writes a readable table of the counters to `out` (stderr when NULL). The
