@@ -590,12 +590,17 @@ void SweepClasses(Heap* heap, size_t word) {
     PageQueue* q = &heap->queues[c];
     for (Page* page = q->head; page != nullptr;) {
       Page* next = page->queue_next;
-      // The class's current page keeps a chain that does not bring every
-      // block back where it is, while its list still has blocks: joining
-      // the two meant walking the chain to its tail, a miss per block on
-      // lines the freeing thread wrote (7% of producer/consumer's time).
-      // RefillPage takes the chain with one exchange when the list runs dry.
-      if (page == q->head && page->free != nullptr &&
+      // The class's only page, of one slice, keeps a chain that does not
+      // bring every block back where it is, while its list still has
+      // blocks: joining the two meant walking the chain to its tail, a miss
+      // per block on lines the freeing thread wrote (7% of
+      // producer/consumer's time). RefillPage takes the chain with one
+      // exchange when the list runs dry. The chain's blocks count in `used`
+      // until then, so the owner's own frees cannot bring it to 0; that
+      // changes nothing for this page only, which RetirePage keeps when
+      // empty. A page that RetirePage would give back (one of several, or
+      // of several slices) is swept as before.
+      if (page == q->head && page == q->tail && page->slice_count == 1 && page->free != nullptr &&
           ReturnedCount(page->returned.load(std::memory_order_relaxed)) < page->used) {
         page = next;
         continue;

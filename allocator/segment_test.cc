@@ -356,6 +356,44 @@ TEST(PageLists, AHeapThatFindsTheOwnerHoldingItsInboxLeavesTheBitForIt) {
   owner_thread.join();
 }
 
+// A page of several slices, alone on its queue, gets more than half of its
+// blocks back from another thread while its own list still has one: the
+// owner's next slow path sweeps the class and takes the chain, so that the
+// owner's own frees of the rest bring `used` to 0 and the page is retired
+// (kept a while, then given back). Left on the page instead, the chain's
+// blocks would count in `used` until the class allocated again, and the
+// owner's frees could never retire it.
+TEST(PageLists, ASweptPageOfSeveralSlicesIsRetiredWhenItsOwnerFreesTheRest) {
+  constexpr size_t kSize = 28672;  // no other test here uses it
+  void* first = ferry_malloc(kSize);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(first);
+  Page* page = PageOf(SegmentOf(address), address);
+  ASSERT_EQ(page->used, 1u) << "not a fresh page";
+  ASSERT_GT(page->slice_count, 1u);
+  ASSERT_GE(page->reserved, 4u);
+  std::vector<void*> blocks{first};
+  while (blocks.size() + 1 < page->reserved) blocks.push_back(ferry_malloc(kSize));
+  for (void* p : blocks) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    ASSERT_EQ(PageOf(SegmentOf(a), a), page);
+  }
+  ferry_free(blocks.back());  // the page's own list has a block again
+  blocks.pop_back();
+  ASSERT_NE(page->free, nullptr);
+  const size_t returned = (page->reserved + 1) / 2;  // past half: the owner is hinted
+  ASSERT_LT(returned, blocks.size());
+  FreeElsewhereAndFlush(blocks, 0, returned);
+  ASSERT_EQ(ReturnedCount(page->returned.load()), returned);
+  const size_t size_class = page->size_class;
+  ASSERT_NE(tl_heap->sweep_classes[size_class / 64].load() & (uint64_t{1} << (size_class % 64)), 0u);
+  void* other = ferry_malloc(9000);  // a class of its own: a slow path, which sweeps
+  for (size_t k = returned; k < blocks.size(); ++k) ferry_free(blocks[k]);
+  EXPECT_EQ(page->used, 0u) << "the returned blocks still count: the owner's frees could not retire the page";
+  EXPECT_NE(tl_heap->retained_classes[size_class / 64] & (uint64_t{1} << (size_class % 64)), 0u)
+      << "the emptied page was not retired";
+  ferry_free(other);
+}
+
 // Without a mark: every block back at once frees the page at the last free.
 TEST(PageLists, AFullPageEmptiedByOneBatchIsFreedAtOnce) {
   constexpr size_t kSize = 4096;
