@@ -70,25 +70,31 @@ void ReturnBatch(void** ptrs, size_t n) {
     }
     // Each pointer was checked to be a block start of a live page when it was
     // freed, and the free marked the block (RemoteFreeMark). Claiming the
-    // block swaps the mark for an end-of-chain link with one CAS, so of two
-    // claims of one block (the same pointer twice in a batch, or in two
-    // batches sorted at once after two threads freed it at the same moment)
-    // exactly one succeeds; a block without the mark was freed twice or
-    // written after its free. Without this a duplicate would count as a
-    // block back and could free a page that still has a block out.
+    // block swaps the mark for its link with one CAS, so of two claims of
+    // one block (the same pointer twice in a batch, or in two batches sorted
+    // at once after two threads freed it at the same moment) exactly one
+    // succeeds; a block without the mark was freed twice or written after
+    // its free. Without this a duplicate would count as a block back and
+    // could free a page that still has a block out.
+    //
+    // The block goes in front of its run, so a chain lists its blocks last
+    // freed first; with chains pushed in front of the page's returned list
+    // the owner hands them out in the reverse of the order they were freed
+    // in, the page walked one way.
+    Run& run = runs[slot];
+    const bool opens = run.page == nullptr;
     uintptr_t expected = RemoteFreeMark(page);
-    if (!__atomic_compare_exchange_n(&block->next_encoded, &expected, EncodeNext(nullptr), false,
+    if (!__atomic_compare_exchange_n(&block->next_encoded, &expected,
+                                     EncodeNext(opens ? nullptr : run.head), false,
                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
       ReportDoubleFree(block, "double free (or a write after free) of a remotely freed block");
     }
-    Run& run = runs[slot];
-    if (run.page == nullptr) {
+    if (opens) {
       run = Run{page, block, block, 1};
       ++open;
       continue;
     }
-    run.tail->next_encoded = EncodeNext(block);
-    run.tail = block;
+    run.head = block;
     ++run.count;
   }
   if (open != 0) {

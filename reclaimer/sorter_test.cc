@@ -108,6 +108,39 @@ TEST(Sorter, ReturnsEachPagesBlocksWithOneAtomicPush) {
   for (void* p : kept) ferry_free(p);
 }
 
+// A page's returned list holds its blocks last freed first, across batches:
+// the owner hands them out in that order, so a page's blocks go round in
+// one direction, not in runs that jump back (prodcons, perf/RESULTS.md
+// 2026-12-03: the consumer's reads of what the producer wrote cost less).
+TEST(Sorter, APagesReturnedListHoldsItsBlocksLastFreedFirst) {
+  constexpr size_t kSize = 96;
+  std::vector<void*> blocks{ferry_malloc(kSize)};
+  Page* page = PageOfBlock(blocks[0]);
+  std::vector<void*> elsewhere;
+  while (blocks.size() < 41) {
+    void* p = ferry_malloc(kSize);
+    (PageOfBlock(p) == page ? blocks : elsewhere).push_back(p);
+  }
+  void* kept = blocks.back();  // so that the page never comes back whole
+  blocks.pop_back();
+  for (void* p : blocks) MarkRemotelyFreed(p);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(11));
+  std::thread([&] {
+    ReturnBatch(blocks.data(), 25);
+    ReturnBatch(blocks.data() + 25, blocks.size() - 25);
+  }).join();
+  const uintptr_t word = page->returned.load();
+  EXPECT_EQ(ReturnedCount(word), blocks.size());
+  std::vector<void*> chain;
+  for (Block* b = ReturnedChain(word); b != nullptr && chain.size() <= blocks.size();
+       b = DecodeNext(b->next_encoded)) {
+    chain.push_back(b);
+  }
+  EXPECT_EQ(chain, std::vector<void*>(blocks.rbegin(), blocks.rend()));
+  ferry_free(kept);
+  for (void* p : elsewhere) ferry_free(p);
+}
+
 // A run that brings back every block of a full page frees the page to its
 // segment at once (no chain is left on it), and the owner's next page of
 // that class is carved from free slices again.
