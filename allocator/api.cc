@@ -65,11 +65,15 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
     // Cleared there unless its slices read as zeros already.
     return VgAllocated(ferry::AllocateLargeZeroed(total), total, /*zeroed=*/true);
   }
+  if (total > ferry::kLargeMax) {
+    // A fresh mapping, zero already, never one from the huge cache: its
+    // pages become resident only as the program touches them.
+    return VgAllocated(ferry::AllocateHuge(total, 0, /*may_reuse=*/false), total, /*zeroed=*/true);
+  }
   void* p = Allocate(total);
   if (FERRY_LIKELY(p != nullptr)) {
     VgAllocated(p, total, /*zeroed=*/true);
-    // Huge blocks are fresh mappings, zero already; everything else may be reused.
-    if (total <= ferry::kLargeMax) memset(p, 0, total);
+    memset(p, 0, total);
   }
   return p;
 }

@@ -734,8 +734,10 @@ void AtForkPrepare() {
   g_exit_lock.Lock();
   g_abandoned_lock.Lock();
   ArenaLockForFork();
+  HugeCacheLockForFork();
 }
 void AtForkParent() {
+  HugeCacheUnlockAfterFork();
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
@@ -747,6 +749,7 @@ void AtForkChild() {
   // This handler ran, so the handlers are registered here whatever state
   // the registering thread (absent here) had reached (EnsureForkHandlers).
   g_fork_handlers.store(kOnceDone, std::memory_order_relaxed);
+  HugeCacheUnlockAfterFork();
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
@@ -1057,6 +1060,7 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
   CollectAbandonedHeaps();
   ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
   ReleaseIdleEmptySegments(now_ms, urgent);
+  ReleaseIdleHugeMappings(now_ms, urgent);
 }
 
 // One heap at a time, the rest staying on the lists: a new thread takes
@@ -1222,7 +1226,6 @@ bool ResizeLargeInPlace(void* p, size_t n) {
 }
 
 // --- huge blocks: defined in huge.cc --------------------------------------------
-void* AllocateHuge(size_t n, size_t alignment);
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call);
 size_t HugeUsableSize(Page* page, uintptr_t address, const char* call);
 

@@ -270,6 +270,9 @@ FERRY_ALWAYS_INLINE void FreeUserBlock(void* p, const char* call, const void* ca
 // Everything else the API needs, out of line in heap.cc.
 void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
 void* AllocateLargeZeroed(size_t n);  // calloc, kMediumMax < n <= kLargeMax
+// A huge block (n > kLargeMax, huge.cc). may_reuse false: a fresh mapping,
+// zero already (calloc), never one from the huge cache.
+void* AllocateHuge(size_t n, size_t alignment, bool may_reuse = true);
 // realloc of a huge block to a huge size (n > kLargeMax) without copying;
 // nullptr when it cannot (then nothing changed): huge.cc.
 void* ReallocHuge(void* p, size_t n);

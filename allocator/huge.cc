@@ -1,24 +1,167 @@
 // huge.cc — blocks above kLargeMax: each on its own OS mapping, laid out as a
-// segment (header in slice 0) so that free finds it by the same arithmetic,
-// and unmapped as soon as it is freed. Any thread may free a huge block
-// directly: it has no owner and no free list.
+// segment (header in slice 0) so that free finds it by the same arithmetic.
+// Any thread may free a huge block directly: it has no owner and no free
+// list. A freed mapping of up to kHugeCacheMaxBytes stays mapped for a while
+// (the huge cache, below) so that the next huge block of its size takes it
+// with its pages resident; the rest are unmapped at once.
 //
 // A block over-aligned to kSegmentSize or more cannot sit in its header's
 // chunk; it starts exactly one chunk above the header instead, and the
 // segment map marks its chunk kMapHugeAlignedBlock.
 #include <errno.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstring>
 
+#include "allocator/heap.h"
 #include "allocator/segment.h"
 #include "common/diag.h"
+#include "common/options.h"
 #include "common/os.h"
+#include "common/spin_lock.h"
 #include "common/stats.h"
 #include "common/valgrind.h"
 
 namespace ferry {
 
-void* AllocateHuge(size_t n, size_t alignment) {
+namespace {
+
+// The huge cache. A program that allocates, fills and frees a buffer of a
+// few MiB over and over paid the kernel a fresh mapping and a page fault a
+// page each time: 3.8 ms a round for 5 MiB, ten times glibc, mimalloc,
+// jemalloc and tcmalloc, which all keep such memory (perf/RESULTS.md,
+// 2026-12-03). Freed mappings now wait here, mapped, for a block that needs
+// exactly as many bytes of mapping (whole segments, so sizes within 4 MiB of
+// each other match); they go back to the OS once they have waited
+// EmptySegmentKeepMs (the housekeeping, or the next huge free), at once on
+// ferry_collect, and the oldest first when the cache is full. 32 MiB, as
+// glibc's largest mmap threshold: what an idle process may keep.
+constexpr size_t kHugeCacheSlots = 8;
+constexpr size_t kHugeCacheMaxBytes = size_t{32} << 20;
+
+struct CachedMapping {
+  void* mapping;  // nullptr: a free slot
+  size_t size;
+  uint64_t freed_ms;
+};
+
+// A leaf lock: nothing else is taken under it, and no system call is made
+// under it (mappings leave the cache first, then go back to the OS).
+SpinLock g_huge_cache_lock;
+CachedMapping g_huge_cache[kHugeCacheSlots];
+size_t g_huge_cache_bytes;  // under the lock
+// Lets the housekeeping pass by an empty cache without the lock.
+std::atomic<bool> g_huge_cache_any{false};
+
+uint64_t HugeCacheKeepMs() {
+  return EmptySegmentKeepMs(static_cast<uint64_t>(CurrentOptions().purge_delay_ms));
+}
+
+// Takes slot `slot` out of the cache; the caller holds the lock.
+CachedMapping TakeSlotLocked(CachedMapping& slot) {
+  CachedMapping taken = slot;
+  slot.mapping = nullptr;
+  g_huge_cache_bytes -= taken.size;
+  CounterAdd(g_counters.huge_bytes_cached, -static_cast<int64_t>(taken.size));
+  return taken;
+}
+
+void UpdateAnyLocked() {
+  bool any = false;
+  for (const CachedMapping& slot : g_huge_cache) any |= slot.mapping != nullptr;
+  g_huge_cache_any.store(any, std::memory_order_relaxed);
+}
+
+// Moves the slots that have waited `keep_ms` (all, for 0) into `out`;
+// returns how many. The caller holds the lock.
+size_t TakeExpiredLocked(uint64_t now_ms, uint64_t keep_ms, CachedMapping* out) {
+  size_t taken = 0;
+  for (CachedMapping& slot : g_huge_cache) {
+    if (slot.mapping != nullptr && now_ms - slot.freed_ms >= keep_ms) out[taken++] = TakeSlotLocked(slot);
+  }
+  return taken;
+}
+
+void ReleaseTaken(const CachedMapping* taken, size_t count) {
+  for (size_t k = 0; k < count; ++k) OsRelease(taken[k].mapping, taken[k].size);
+}
+
+// A mapping of exactly `size` bytes from the cache, its pages as the last
+// block left them; nullptr when none waits.
+void* TakeCachedMapping(size_t size) {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
+  SpinLockHolder hold(&g_huge_cache_lock);
+  CachedMapping* newest = nullptr;
+  for (CachedMapping& slot : g_huge_cache) {
+    if (slot.mapping != nullptr && slot.size == size &&
+        (newest == nullptr || slot.freed_ms >= newest->freed_ms)) {
+      newest = &slot;
+    }
+  }
+  if (newest == nullptr) return nullptr;
+  void* mapping = TakeSlotLocked(*newest).mapping;
+  UpdateAnyLocked();
+  return mapping;
+}
+
+// Keeps a freed huge block's mapping for reuse; false when it is not to be
+// kept (too big, or the kernel would not make it plain read-write memory
+// again): the caller unmaps it.
+bool CacheHugeMapping(void* mapping, size_t size) {
+  // Under memcheck every huge block is a fresh mapping, as valgrind expects.
+  if (kValgrind || size > kHugeCacheMaxBytes) return false;
+  // The program may have changed what it held (AHugeBlockThatTheProgramSplitIsCopied,
+  // api_test.cc): the next block must not inherit a read-only page.
+  if (!OsResetForReuse(mapping, size)) return false;
+  const uint64_t now_ms = OsMonotonicMs();
+  CachedMapping out[kHugeCacheSlots];
+  size_t released;
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    released = TakeExpiredLocked(now_ms, HugeCacheKeepMs(), out);
+    // Room: the oldest go first.
+    CachedMapping* free_slot = nullptr;
+    for (;;) {
+      free_slot = nullptr;
+      CachedMapping* oldest = nullptr;
+      for (CachedMapping& slot : g_huge_cache) {
+        if (slot.mapping == nullptr) {
+          if (free_slot == nullptr) free_slot = &slot;
+        } else if (oldest == nullptr || slot.freed_ms < oldest->freed_ms) {
+          oldest = &slot;
+        }
+      }
+      if (free_slot != nullptr && g_huge_cache_bytes + size <= kHugeCacheMaxBytes) break;
+      out[released++] = TakeSlotLocked(*oldest);  // one is there: size <= the cap
+    }
+    *free_slot = CachedMapping{mapping, size, now_ms};
+    g_huge_cache_bytes += size;
+    CounterAdd(g_counters.huge_bytes_cached, static_cast<int64_t>(size));
+    g_huge_cache_any.store(true, std::memory_order_relaxed);
+  }
+  ReleaseTaken(out, released);
+  return true;
+}
+
+}  // namespace
+
+void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
+  CachedMapping out[kHugeCacheSlots];
+  size_t released;
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    released = TakeExpiredLocked(now_ms, urgent ? 0 : HugeCacheKeepMs(), out);
+    UpdateAnyLocked();
+  }
+  ReleaseTaken(out, released);
+}
+
+void HugeCacheLockForFork() { g_huge_cache_lock.Lock(); }
+void HugeCacheUnlockAfterFork() { g_huge_cache_lock.Unlock(); }
+
+void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   if (n > (size_t{1} << 46) || alignment > (size_t{1} << 40)) {
     errno = ENOMEM;
     return nullptr;
@@ -35,7 +178,15 @@ void* AllocateHuge(size_t n, size_t alignment) {
     // Whole chunks, so that every address of the chunk the segment map
     // marks is mapped: a bad pointer into its tail is reported, not a crash.
     mapping_size = AlignUp(offset + block_bytes, kSegmentSize);
-    mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+    mapping = may_reuse ? TakeCachedMapping(mapping_size) : nullptr;
+    if (mapping != nullptr) {
+      // As a fresh mapping's: the last block's header may have had its
+      // page at another slice.
+      memset(mapping, 0, sizeof(Segment));
+      CounterAdd(g_counters.huge_reused, 1);
+    } else {
+      mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+    }
     if (mapping == nullptr) {
       errno = ENOMEM;
       return nullptr;
@@ -92,6 +243,10 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
   CounterAdd(g_counters.huge_frees, 1);
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
+  // Over-aligned blocks' mappings have a layout of their own: never cached.
+  // The header stays as it is (huge_freed set) while the mapping waits, so
+  // a second free of the block is still reported as a double free.
+  if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
   OsRelease(segment->mapping, segment->mapping_size);
 }
 

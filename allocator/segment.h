@@ -372,6 +372,12 @@ bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count);
 // For fork: hold and release the arena lock around fork().
 void ArenaLockForFork();
 void ArenaUnlockAfterFork();
+// Freed huge mappings kept for reuse (huge.cc) that have waited
+// EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
+void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
+// For fork: hold and release the huge cache's lock around fork().
+void HugeCacheLockForFork();
+void HugeCacheUnlockAfterFork();
 
 }  // namespace ferry
 

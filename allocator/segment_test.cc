@@ -1373,5 +1373,173 @@ TEST(Fork, TheChildClearsTheInboxHoldOfAThreadThatDidNotComeAlong) {
 #endif
 }
 
+
+// --- the huge cache (huge.cc) ------------------------------------------------
+
+constexpr size_t kHugeMiB = size_t{1} << 20;
+
+ferry_stats_t HugeStats() {
+  ferry_stats_t s;
+  ferry_stats_get(&s);
+  return s;
+}
+
+// Whether [p, p + 4096) is mapped: msync fails with ENOMEM on a range
+// with no mapping.
+bool Mapped(const void* p) {
+  void* page = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t{4095});
+  return msync(page, 4096, MS_ASYNC) == 0;
+}
+
+void EmptyHugeCache() { ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/true); }
+
+// A freed huge block's mapping, pages and all, holds the next huge block
+// that needs as much mapping; calloc never takes one (its blocks are zero
+// without a write).
+TEST(HugeCache, AFreedMappingHoldsTheNextBlockOfItsSize) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  ASSERT_EQ(HugeStats().huge_bytes_cached, 0u);
+  char* p = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(p, nullptr);
+  memset(p, 0x5a, 5 * kHugeMiB);
+  const ferry_stats_t before = HugeStats();
+  ferry_free(p);
+  const ferry_stats_t freed = HugeStats();
+  EXPECT_EQ(freed.huge_frees - before.huge_frees, 1u);
+  EXPECT_EQ(freed.huge_bytes_cached, 8 * kHugeMiB);  // 64 KiB of header + 5 MiB, in whole segments
+  EXPECT_TRUE(Mapped(p)) << "unmapped at its free";
+  // calloc: a fresh mapping, zero.
+  char* zeroed = static_cast<char*>(ferry_calloc(1, 5 * kHugeMiB));
+  ASSERT_NE(zeroed, nullptr);
+  EXPECT_NE(zeroed, p);
+  for (size_t k = 0; k < 5 * kHugeMiB; k += 4096) ASSERT_EQ(zeroed[k], 0) << "at " << k;
+  EXPECT_EQ(HugeStats().huge_reused, freed.huge_reused);
+  // A little larger, the same mapping size: the same mapping, its bytes as
+  // they were.
+  char* q = static_cast<char*>(ferry_malloc(5 * kHugeMiB + 1000));
+  ASSERT_EQ(q, p);
+  EXPECT_EQ(q[4096], 0x5a) << "the pages were not kept";
+  const ferry_stats_t reused = HugeStats();
+  EXPECT_EQ(reused.huge_reused - freed.huge_reused, 1u);
+  EXPECT_EQ(reused.huge_bytes_cached, 0u);
+  EXPECT_GE(ferry_usable_size(q), 5 * kHugeMiB + 1000);
+  // Still a huge block like any other: freed twice, it is reported.
+  ferry_free(q);
+  EXPECT_DEATH(ferry_free(q), "double free|not allocated by ferry");
+  ferry_free(zeroed);
+  EmptyHugeCache();
+}
+
+// What the program did to a block's pages does not carry over to the next
+// block in its mapping: a read-only page, and a range not to be copied
+// into fork children.
+TEST(HugeCache, AReusedMappingIsPlainReadWriteMemory) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  const size_t size = 5 * kHugeMiB;
+  char* p = static_cast<char*>(ferry_malloc(size));
+  ASSERT_NE(p, nullptr);
+  ASSERT_EQ(mprotect(p + kHugeMiB, 4096, PROT_READ), 0);
+  ASSERT_EQ(madvise(p + 2 * kHugeMiB, 4096, MADV_DONTFORK), 0);
+  ferry_free(p);
+  char* q = static_cast<char*>(ferry_malloc(size));
+  ASSERT_EQ(q, p) << "not reused: the test measures nothing";
+  memset(q, 0x6b, size);  // a read-only page would stop this
+#if !defined(__SANITIZE_THREAD__)
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(q[kHugeMiB] == 0x6b && q[2 * kHugeMiB] == 0x6b ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the child could not read the block (status " << status << ")";
+#endif
+  ferry_free(q);
+  EmptyHugeCache();
+}
+
+// A cached mapping goes back to the OS once it has waited as long as an
+// empty segment would (the housekeeping), and at once on ferry_collect.
+TEST(HugeCache, CachedMappingsGoBackOnceTheyHaveWaited) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  void* p = ferry_malloc(5 * kHugeMiB);
+  ASSERT_NE(p, nullptr);
+  ferry_free(p);
+  const uint64_t freed_ms = OsMonotonicMs();
+  ReleaseIdleHugeMappings(freed_ms, /*urgent=*/false);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 8 * kHugeMiB) << "went back at once";
+  EXPECT_TRUE(Mapped(p));
+  const uint64_t keep_ms = EmptySegmentKeepMs(CurrentOptions().purge_delay_ms);
+  ReleaseIdleHugeMappings(freed_ms + keep_ms + 1, /*urgent=*/false);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 0u) << "stayed past its time";
+  EXPECT_FALSE(Mapped(p)) << "still mapped";
+
+  void* again = ferry_malloc(5 * kHugeMiB);
+  ASSERT_NE(again, nullptr);
+  ferry_free(again);
+  ASSERT_EQ(HugeStats().huge_bytes_cached, 8 * kHugeMiB);
+  ferry_collect();
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 0u) << "ferry_collect left it";
+}
+
+// The cache holds 32 MiB at most; a free that would pass that gives back
+// the mappings freed longest ago.
+TEST(HugeCache, AFullCacheGivesBackItsOldestFirst) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  std::vector<void*> blocks;
+  for (int k = 0; k < 5; ++k) blocks.push_back(ferry_malloc(5 * kHugeMiB));  // 8 MiB mappings
+  for (void* p : blocks) {
+    ASSERT_NE(p, nullptr);
+    ferry_free(p);
+  }
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 32 * kHugeMiB);
+  EXPECT_FALSE(Mapped(blocks[0])) << "the oldest stayed";
+  for (size_t k = 1; k < blocks.size(); ++k) EXPECT_TRUE(Mapped(blocks[k])) << k;
+  // Bigger than the whole cache: never kept, and nothing is given back for it.
+  void* big = ferry_malloc(40 * kHugeMiB);
+  ASSERT_NE(big, nullptr);
+  ferry_free(big);
+  EXPECT_FALSE(Mapped(big));
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 32 * kHugeMiB);
+  EmptyHugeCache();
+}
+
+// Threads that allocate, fill, check and free huge blocks of a few sizes at
+// once: a mapping handed to two of them at the same time would show as a
+// pattern overwritten.
+TEST(HugeCache, ThreadsNeverShareAMapping) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 60;
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &bad] {
+      for (int round = 0; round < kRounds; ++round) {
+        const size_t size = (3 + 2 * static_cast<size_t>((t + round) % 3)) * kHugeMiB;
+        const unsigned char tag = static_cast<unsigned char>(t * 64 + round % 64 + 1);
+        unsigned char* p = static_cast<unsigned char*>(ferry_malloc(size));
+        if (p == nullptr) {
+          bad.fetch_add(1);
+          return;
+        }
+        for (size_t k = 0; k < size; k += 4096) p[k] = tag;
+        p[size - 1] = tag;
+        std::this_thread::yield();
+        for (size_t k = 0; k < size; k += 4096) {
+          if (p[k] != tag) bad.fetch_add(1);
+        }
+        if (p[size - 1] != tag) bad.fetch_add(1);
+        ferry_free(p);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(bad.load(), 0);
+  EmptyHugeCache();
+}
+
 }  // namespace
 }  // namespace ferry

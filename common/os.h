@@ -38,6 +38,11 @@ void OsRelease(void* base, size_t size);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);
+// Read-write, and copied into fork children, again, whatever the program
+// set on the range since (mprotect, MADV_DONTFORK), so that it can hold a
+// new block; false when the kernel refused (the program unmapped part of
+// it): then it is fit only for OsRelease.
+bool OsResetForReuse(void* base, size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();

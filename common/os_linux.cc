@@ -54,6 +54,14 @@ void OsRelease(void* base, size_t size) {
   errno = saved_errno;
 }
 
+bool OsResetForReuse(void* base, size_t size) {
+  const int saved_errno = errno;
+  const bool done = mprotect(base, size, PROT_READ | PROT_WRITE) == 0 &&
+                    madvise(base, size, MADV_DOFORK) == 0;
+  errno = saved_errno;
+  return done;
+}
+
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room) {
   const int saved_errno = errno;
   void* p = mremap(base, old_size, new_size, 0);

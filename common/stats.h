@@ -22,7 +22,7 @@ namespace ferry {
   X(pages_released, "empty pages given back to segments")                  \
   X(large_allocs, "allocations on their own run of pages")                 \
   X(huge_allocs, "allocations on their own OS mapping")                    \
-  X(huge_frees, "huge blocks unmapped")                                    \
+  X(huge_frees, "huge blocks freed")                                       \
   X(huge_bytes_live, "bytes mapped for live huge blocks")                  \
   X(local_frees_slow, "local frees that took the slow path")               \
   X(remote_frees, "frees of another thread's block")                       \
@@ -33,7 +33,9 @@ namespace ferry {
   X(pages_posted, "full pages posted to their owner's inbox")              \
   X(pages_freed_by_returns, "full pages freed by the return of their last blocks") \
   X(abandoned_collections, "times the pool collected an abandoned heap")   \
-  X(bytes_decommitted, "bytes given back to the OS (MADV_DONTNEED)")
+  X(bytes_decommitted, "bytes given back to the OS (MADV_DONTNEED)")      \
+  X(huge_reused, "huge blocks placed in a mapping freed before")           \
+  X(huge_bytes_cached, "bytes of freed huge mappings kept for reuse")
 
 struct Counters {
 #define FERRY_COUNTER_FIELD(field, description) std::atomic<int64_t> field{0};

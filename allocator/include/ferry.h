@@ -18,7 +18,7 @@
 
 #define FERRY_VERSION_MAJOR 0
 #define FERRY_VERSION_MINOR 2
-#define FERRY_VERSION_PATCH 0
+#define FERRY_VERSION_PATCH 1
 // One number that grows with every release: major * 10000 + minor * 100 + patch.
 #define FERRY_VERSION \
   (FERRY_VERSION_MAJOR * 10000 + FERRY_VERSION_MINOR * 100 + FERRY_VERSION_PATCH)
@@ -115,7 +115,7 @@ typedef struct ferry_stats_s {
   uint64_t pages_released;        // empty pages given back to segments
   uint64_t large_allocs;          // allocations on their own run of pages
   uint64_t huge_allocs;           // allocations on their own OS mapping
-  uint64_t huge_frees;
+  uint64_t huge_frees;            // huge blocks freed
   uint64_t huge_bytes_live;       // bytes mapped for live huge blocks
   uint64_t local_frees_slow;      // local frees that took the slow path
   uint64_t remote_frees;          // frees of another thread's block
@@ -133,6 +133,9 @@ typedef struct ferry_stats_s {
   uint64_t reclaimer_threads;     // reclaimer threads running now
   uint64_t reclaimer_cpu_ns;      // CPU time the reclaimer threads have used
   uint64_t pool_starts;           // times the pool started (again after a fork)
+  // From 0.2.1 on:
+  uint64_t huge_reused;           // huge blocks placed in a mapping freed before
+  uint64_t huge_bytes_cached;     // bytes of freed huge mappings kept for reuse
 } ferry_stats_t;
 
 // Fills *out with the current counters. Cheap: no lock, no allocation.

@@ -11,6 +11,9 @@
 //   ReallocLargeGrowth     a large buffer grown by 16 KiB steps, 520 KiB ->
 //                          2 MiB, each step's new bytes written (it grows
 //                          into the free slices after it instead of moving)
+//   HugeRoundTrip/<MiB>    a huge buffer allocated, each page written, freed
+//                          (the huge cache hands the next one the same
+//                          mapping, its pages resident)
 // The pool size is the process's FERRY_RECLAIMERS, read once; compare
 // pool sizes by running it once per setting (perf/micro/README in perf/BUILD):
 //   for r in 0 1 2 3 4; do FERRY_RECLAIMERS=$r bazel-bin/perf/micro_bench; done
@@ -144,6 +147,22 @@ void ReallocLargeGrowth(benchmark::State& state) {
   ReallocGrowth(state, 520 * kKiB, 2048 * kKiB, 16 * kKiB);
 }
 BENCHMARK(ReallocLargeGrowth)->Unit(benchmark::kMicrosecond);
+
+void HugeRoundTrip(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0)) << 20;
+  for (auto _ : state) {
+    char* p = static_cast<char*>(ferry_malloc(size));
+    if (p == nullptr) {
+      state.SkipWithError("malloc failed");
+      return;
+    }
+    for (size_t i = 0; i < size; i += 4096) p[i] = 1;
+    benchmark::DoNotOptimize(p);
+    ferry_free(p);
+  }
+  state.SetItemsProcessed(state.iterations());  // rounds
+}
+BENCHMARK(HugeRoundTrip)->Arg(3)->Arg(5)->Arg(20)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
