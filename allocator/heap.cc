@@ -1149,6 +1149,8 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 
 }  // namespace
 
+void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
+
 // Pool side: empty segments wait on their heap's list, each with its header
 // resident and its 4 MiB of address space held: those other threads
 // emptied (before this, until the owner next freed a page there: for good,

@@ -290,6 +290,9 @@ void CollectThisThread();
 void EnsureGlobalInit();
 struct Options;
 const Options& CurrentOptions();  // read from the environment on first use
+// Registers the fork handlers once (heap.cc); for paths that take a lock
+// fork() must hold without making a heap (the huge cache).
+void EnsureForkHandlersRegistered();
 
 }  // namespace ferry
 

@@ -78,7 +78,11 @@ void UpdateAnyLocked() {
 size_t TakeExpiredLocked(uint64_t now_ms, uint64_t keep_ms, CachedMapping* out) {
   size_t taken = 0;
   for (CachedMapping& slot : g_huge_cache) {
-    if (slot.mapping != nullptr && now_ms - slot.freed_ms >= keep_ms) out[taken++] = TakeSlotLocked(slot);
+    // A slot may be newer than now_ms: its freeing thread read the clock
+    // after the caller did.
+    if (slot.mapping != nullptr && now_ms >= slot.freed_ms && now_ms - slot.freed_ms >= keep_ms) {
+      out[taken++] = TakeSlotLocked(slot);
+    }
   }
   return taken;
 }
@@ -114,12 +118,17 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   // The program may have changed what it held (AHugeBlockThatTheProgramSplitIsCopied,
   // api_test.cc): the next block must not inherit a read-only page.
   if (!OsResetForReuse(mapping, size)) return false;
+  // The lock is held across fork() from here on: a program whose threads
+  // only ever allocate huge blocks has no heap that would have registered
+  // the handlers.
+  EnsureForkHandlersRegistered();
+  const uint64_t keep_ms = HugeCacheKeepMs();  // not under the lock: it may initialise
   const uint64_t now_ms = OsMonotonicMs();
   CachedMapping out[kHugeCacheSlots];
   size_t released;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
-    released = TakeExpiredLocked(now_ms, HugeCacheKeepMs(), out);
+    released = TakeExpiredLocked(now_ms, keep_ms, out);
     // Room: the oldest go first.
     CachedMapping* free_slot = nullptr;
     for (;;) {
@@ -148,11 +157,12 @@ bool CacheHugeMapping(void* mapping, size_t size) {
 
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
+  const uint64_t keep_ms = urgent ? 0 : HugeCacheKeepMs();
   CachedMapping out[kHugeCacheSlots];
   size_t released;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
-    released = TakeExpiredLocked(now_ms, urgent ? 0 : HugeCacheKeepMs(), out);
+    released = TakeExpiredLocked(now_ms, keep_ms, out);
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
@@ -178,6 +188,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     // Whole chunks, so that every address of the chunk the segment map
     // marks is mapped: a bad pointer into its tail is reported, not a crash.
     mapping_size = AlignUp(offset + block_bytes, kSegmentSize);
+    ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
     mapping = may_reuse ? TakeCachedMapping(mapping_size) : nullptr;
     if (mapping != nullptr) {
       // As a fresh mapping's: the last block's header may have had its
@@ -244,10 +255,13 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   CounterAdd(g_counters.huge_frees, 1);
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
   // Over-aligned blocks' mappings have a layout of their own: never cached.
-  // The header stays as it is (huge_freed set) while the mapping waits, so
-  // a second free of the block is still reported as a double free.
+  // A second free of a block whose mapping waits finds it out of the
+  // segment map and is reported as a pointer ferry never returned.
   if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
   OsRelease(segment->mapping, segment->mapping_size);
+  // Where no pool ticks, huge frees and allocations are when the cache's
+  // expired mappings go back (CacheHugeMapping does it for those it keeps).
+  ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
 }
 
 // The huge block at `p` resized to hold n bytes (n > kLargeMax) without a

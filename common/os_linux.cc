@@ -58,6 +58,8 @@ bool OsResetForReuse(void* base, size_t size) {
   const int saved_errno = errno;
   const bool done = mprotect(base, size, PROT_READ | PROT_WRITE) == 0 &&
                     madvise(base, size, MADV_DOFORK) == 0;
+  // A kernel without MADV_WIPEONFORK refuses this too, and has nothing to undo.
+  (void)madvise(base, size, MADV_KEEPONFORK);
   errno = saved_errno;
   return done;
 }

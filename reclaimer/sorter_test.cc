@@ -117,10 +117,11 @@ TEST(Sorter, APagesReturnedListHoldsItsBlocksLastFreedFirst) {
   std::vector<void*> blocks{ferry_malloc(kSize)};
   Page* page = PageOfBlock(blocks[0]);
   std::vector<void*> elsewhere;
-  while (blocks.size() < 41) {
+  for (int k = 0; k < 10000 && blocks.size() < 41; ++k) {
     void* p = ferry_malloc(kSize);
     (PageOfBlock(p) == page ? blocks : elsewhere).push_back(p);
   }
+  ASSERT_EQ(blocks.size(), 41u) << "no page with 41 blocks of " << kSize << " bytes free";
   void* kept = blocks.back();  // so that the page never comes back whole
   blocks.pop_back();
   for (void* p : blocks) MarkRemotelyFreed(p);
