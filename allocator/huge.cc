@@ -29,14 +29,15 @@ namespace {
 
 // The huge cache. A program that allocates, fills and frees a buffer of a
 // few MiB over and over paid the kernel a fresh mapping and a page fault a
-// page each time: 3.8 ms a round for 5 MiB, ten times glibc, mimalloc,
+// page each time: 3.2 ms a round for 5 MiB, ten times glibc, mimalloc,
 // jemalloc and tcmalloc, which all keep such memory (perf/RESULTS.md,
 // 2026-12-03). Freed mappings now wait here, mapped, for a block that needs
-// exactly as many bytes of mapping (whole segments, so sizes within 4 MiB of
-// each other match); they go back to the OS once they have waited
-// EmptySegmentKeepMs (the housekeeping, or the next huge free), at once on
-// ferry_collect, and the oldest first when the cache is full. 32 MiB, as
-// glibc's largest mmap threshold: what an idle process may keep.
+// exactly as many bytes of mapping (whole segments: sizes that round up to
+// the same number of 4 MiB segments match); they go back to the OS once
+// they have waited EmptySegmentKeepMs (the housekeeping, or the next huge
+// allocation or free), at once on ferry_collect, and the oldest first when
+// the cache is full. 32 MiB, as glibc's largest mmap threshold: what an
+// idle process may keep.
 constexpr size_t kHugeCacheSlots = 8;
 constexpr size_t kHugeCacheMaxBytes = size_t{32} << 20;
 
@@ -67,11 +68,7 @@ CachedMapping TakeSlotLocked(CachedMapping& slot) {
   return taken;
 }
 
-void UpdateAnyLocked() {
-  bool any = false;
-  for (const CachedMapping& slot : g_huge_cache) any |= slot.mapping != nullptr;
-  g_huge_cache_any.store(any, std::memory_order_relaxed);
-}
+void UpdateAnyLocked() { g_huge_cache_any.store(g_huge_cache_bytes != 0, std::memory_order_relaxed); }
 
 // Moves the slots that have waited `keep_ms` (all, for 0) into `out`;
 // returns how many. The caller holds the lock.
@@ -147,7 +144,7 @@ bool CacheHugeMapping(void* mapping, size_t size) {
     *free_slot = CachedMapping{mapping, size, now_ms};
     g_huge_cache_bytes += size;
     CounterAdd(g_counters.huge_bytes_cached, static_cast<int64_t>(size));
-    g_huge_cache_any.store(true, std::memory_order_relaxed);
+    UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
   return true;
