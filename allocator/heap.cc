@@ -1441,6 +1441,22 @@ void* AllocateAligned(size_t alignment, size_t n) {
   return AllocateHuge(n, alignment);
 }
 
+namespace {
+
+// `p` is in no live segment: a block of a huge mapping the cache still
+// holds (its block start: `at_start`), or a pointer ferry never returned.
+[[noreturn]] FERRY_COLD void ReportFreedHugeOrForeign(const char* call, const void* p,
+                                                    const char* at_start) {
+  switch (FindInHugeCache(reinterpret_cast<uintptr_t>(p))) {
+    case FreedHugeHit::kBlockStart: FatalBadPointer(call, p, at_start);
+    case FreedHugeHit::kInside: FatalBadPointer(call, p, "pointer into a freed huge block");
+    case FreedHugeHit::kNone: break;
+  }
+  FatalBadPointer(call, p, "pointer not allocated by ferry");
+}
+
+}  // namespace
+
 void FreeUnmapped(void* p, const char* call) {
   if (p == nullptr) return;
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
@@ -1449,7 +1465,7 @@ void FreeUnmapped(void* p, const char* call) {
         reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
     return FreeHuge(segment, &segment->pages[0], p, call);
   }
-  FatalBadPointer(call, p, "pointer not allocated by ferry");
+  ReportFreedHugeOrForeign(call, p, "double free (huge block already free)");
 }
 
 void ReportCorruptFreeList(Page* page, Block* block, Block* next) {
@@ -1551,7 +1567,7 @@ size_t UsableSize(uintptr_t address, const char* call) {
         reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
     return HugeUsableSize(&segment->pages[0], address, call);
   }
-  if (kind != kMapSegment) FatalBadPointer(call, p, "pointer not allocated by ferry");
+  if (kind != kMapSegment) ReportFreedHugeOrForeign(call, p, "huge block already free (a double free, or a use after free)");
   Page* page = PageOf(SegmentOf(address), address);
   if (page->kind == PageKind::kHuge) return HugeUsableSize(page, address, call);
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");

@@ -165,6 +165,23 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
   ReleaseTaken(out, released);
 }
 
+FreedHugeHit FindInHugeCache(uintptr_t address) {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return FreedHugeHit::kNone;
+  SpinLockHolder hold(&g_huge_cache_lock);
+  for (const CachedMapping& slot : g_huge_cache) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(slot.mapping);
+    if (slot.mapping == nullptr || address < base || address - base >= slot.size) continue;
+    // Mapped while it is in the cache (and it cannot leave it while the
+    // lock is held); its header is as the freed block left it.
+    if (address - base < kSegmentSize) {
+      const Page* page = PageOf(static_cast<Segment*>(slot.mapping), address);
+      if (page->kind == PageKind::kHuge && page->start == address) return FreedHugeHit::kBlockStart;
+    }
+    return FreedHugeHit::kInside;
+  }
+  return FreedHugeHit::kNone;
+}
+
 void HugeCacheLockForFork() { g_huge_cache_lock.Lock(); }
 void HugeCacheUnlockAfterFork() { g_huge_cache_lock.Unlock(); }
 
@@ -253,7 +270,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
   // Over-aligned blocks' mappings have a layout of their own: never cached.
   // A second free of a block whose mapping waits finds it out of the
-  // segment map and is reported as a pointer ferry never returned.
+  // segment map; FreeUnmapped then finds it here and reports a double free.
   if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
   OsRelease(segment->mapping, segment->mapping_size);
   // Where no pool ticks, huge frees and allocations are when the cache's

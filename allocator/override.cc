@@ -3,6 +3,7 @@
 // LD_PRELOAD=libferry.so puts them ahead of libc's. Everything a program or
 // libc allocates then comes from ferry.
 #include <errno.h>
+#include <stdint.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -43,7 +44,17 @@ FERRY_EXPORT void* aligned_alloc(size_t alignment, size_t size) {
   return ferry_aligned_alloc(alignment, size);
 }
 
+// As glibc's, which programs written for it count on: an alignment that is
+// not a power of two is rounded up to one (0 and 1 ask for none); only one
+// above SIZE_MAX / 2 + 1 has none to round to, and fails with EINVAL.
 FERRY_EXPORT void* memalign(size_t alignment, size_t size) {
+  if (!ferry::IsPowerOfTwo(alignment)) {
+    if (alignment > SIZE_MAX / 2 + 1) {
+      errno = EINVAL;
+      return nullptr;
+    }
+    alignment = alignment <= 1 ? 1 : size_t{1} << (64 - __builtin_clzll(alignment - 1));
+  }
   return ferry_aligned_alloc(alignment, size);
 }
 

@@ -375,6 +375,11 @@ void ArenaUnlockAfterFork();
 // Freed huge mappings kept for reuse (huge.cc) that have waited
 // EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
+// Whether `address` lies in the mapping of a freed huge block that the
+// huge cache still holds (the segment map no longer knows it): at that
+// block's start, or elsewhere in it. For diagnostics only.
+enum class FreedHugeHit { kNone, kBlockStart, kInside };
+FreedHugeHit FindInHugeCache(uintptr_t address);
 // For fork: hold and release the huge cache's lock around fork().
 void HugeCacheLockForFork();
 void HugeCacheUnlockAfterFork();

@@ -298,7 +298,9 @@ TEST(Override, BadAlignmentsFailWithEinval) {
     EXPECT_EQ(errno, EINVAL) << "aligned_alloc alignment " << a;
     free(p);
   }
-  for (size_t a : {size_t{3}, size_t{24}, size_t{100}, kMiB + 16, SIZE_MAX}) {
+  // memalign, as glibc's, rounds an alignment up to a power of two and
+  // fails only where there is none to round to.
+  for (size_t a : {SIZE_MAX, SIZE_MAX / 2 + 2}) {
     errno = 0;
     void* p = memalign(Launder(a), 64);
     EXPECT_EQ(p, nullptr) << "memalign alignment " << a;
@@ -314,6 +316,26 @@ TEST(Override, BadAlignmentsFailWithEinval) {
     EXPECT_EQ(posix_memalign(&out, Launder(a), 64), EINVAL) << "posix_memalign alignment " << a;
     EXPECT_EQ(out, sentinel);
     EXPECT_EQ(errno, EDOM);
+  }
+}
+
+TEST(Override, MemalignRoundsAnAlignmentUpToAPowerOfTwoAsGlibcDoes) {
+  struct Case {
+    size_t asked;
+    size_t given;
+  };
+  for (Case c : {Case{0, 1}, Case{1, 1}, Case{3, 4}, Case{24, 32}, Case{100, 128}, Case{4095, 4096},
+                 Case{kMiB + 16, 2 * kMiB}, Case{6 * kMiB, 8 * kMiB}}) {
+    for (size_t n : {size_t{1}, size_t{100}, size_t{5000}, 3 * kMiB}) {
+      errno = 0;
+      char* p = static_cast<char*>(memalign(Launder(c.asked), n));
+      ASSERT_NE(p, nullptr) << "memalign(" << c.asked << ", " << n << ")";
+      EXPECT_TRUE(IsAligned(p, c.given)) << "memalign(" << c.asked << ", " << n << ") = " << static_cast<void*>(p);
+      EXPECT_GE(malloc_usable_size(p), n);
+      p[0] = 1;
+      p[n - 1] = 2;
+      free(p);
+    }
   }
 }
 
