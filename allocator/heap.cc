@@ -441,6 +441,96 @@ Block* AdoptReturned(Page* page, uint32_t* count_out = nullptr) {
   return chain;
 }
 
+// A chain that lists this many blocks or more is put in address order when
+// the owner takes it (OrderChain).
+constexpr uint32_t kOrderChainMin = 32;
+
+// A free-list link that no free block of the page can hold, `what` saying
+// where it points: one line, then abort (ReportCorruptFreeList, and
+// OrderChain's walk for links inside the page).
+[[noreturn]] FERRY_COLD void ReportBadChainLink(Page* page, Block* block, Block* next, const char* what) {
+  DiagLine()
+      .Str("ferry: malloc: free list of the page at ")
+      .Hex(page->start)
+      .Str(" corrupted: the free block ")
+      .Ptr(block)
+      .Str(" links to ")
+      .Ptr(next)
+      .Str(", ")
+      .Str(what)
+      .Str(" (a write after free?)")
+      .WriteToStderr();
+  abort();
+}
+
+// `chain`, `count` blocks of the page that came back from other threads (as
+// AdoptReturned took them), linked again in ascending address order.
+//
+// A chain lists its blocks last freed first, and a page is refilled with
+// whatever has come back whenever its list runs dry: so every partial
+// refill cut the order of the page's blocks once more, and after a few
+// rounds the owner handed them out in pieces of 3-10 blocks strewn over the
+// page. A thread reading them in the order they were made (producer and
+// consumer) then paid twice mimalloc's time for its reads; in address
+// order each refill is one pass up the page (perf/RESULTS.md, 2026-12-03).
+//
+// The cost is the walk, a dependent load per block on lines the freeing
+// thread wrote last (the owner's next allocations then find them in its
+// cache). Short chains, what random frees bring back (onefree: 8 blocks on
+// average), keep their order: the walk made that workload 20% dearer and
+// bought nothing. The walk checks every link as a pop would, and that no
+// block comes twice.
+// *tail_out, if given, is set to the ordered chain's last block (left alone
+// for a chain too short to order).
+Block* OrderChain(Page* page, Block* chain, uint32_t count, Block** tail_out = nullptr) {
+  static_assert(sizeof(Page::reserved) == 2);
+  if (count < kOrderChainMin) return chain;
+  uint64_t present[8192 / 64];
+  const size_t words = (size_t{page->reserved} + 63) / 64;
+  FERRY_CHECK(words <= std::size(present));
+  for (size_t w = 0; w < words; ++w) present[w] = 0;
+  // A block start's offset times the magic wraps below the magic (that is
+  // IsBlockStart), and its high half is the block's index.
+  auto index_of = [page](const Block* b) {
+    const uint64_t offset = reinterpret_cast<uintptr_t>(b) - page->start;
+    return static_cast<size_t>((static_cast<unsigned __int128>(offset) * page->divisor_magic) >> 64);
+  };
+  FERRY_CHECK(IsBlockStart(page, reinterpret_cast<uintptr_t>(chain)));  // ReturnChain's, not user memory
+  const size_t first = index_of(chain);
+  present[first / 64] |= uint64_t{1} << (first % 64);
+  Block* block = chain;
+  for (uint32_t k = 1; k < count; ++k) {
+    Block* next = DecodeNext(block->next_encoded);
+    if (!IsInCarvedRange(page, next)) ReportCorruptFreeList(page, block, next);
+    if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(next))) {
+      ReportBadChainLink(page, block, next, "inside a block, not at its start");
+    }
+    const size_t index = index_of(next);
+    const uint64_t bit = uint64_t{1} << (index % 64);
+    if ((present[index / 64] & bit) != 0) ReportBadChainLink(page, block, next, "a block already on the list");
+    present[index / 64] |= bit;
+    block = next;
+  }
+  // The last block ends the chain (ReturnChain linked the first push's tail
+  // to nothing); a link there now is a write after free, which the rewrite
+  // below would otherwise hide.
+  if (Block* after = DecodeNext(block->next_encoded); after != nullptr) ReportCorruptFreeList(page, block, after);
+  const uintptr_t start = page->start;
+  const size_t size = page->block_size;
+  Block* head = nullptr;
+  for (size_t w = words; w-- > 0;) {
+    for (uint64_t bits = present[w]; bits != 0;) {
+      const int top = 63 - __builtin_clzll(bits);
+      bits &= ~(uint64_t{1} << top);
+      Block* b = reinterpret_cast<Block*>(start + (w * 64 + static_cast<size_t>(top)) * size);
+      b->next_encoded = EncodeNext(head);
+      if (head == nullptr && tail_out != nullptr) *tail_out = b;
+      head = b;
+    }
+  }
+  return head;
+}
+
 void ExtendPage(Page* page) {
   const size_t size = page->block_size;
   size_t count = kExtendBytes / size;
@@ -469,8 +559,12 @@ void ExtendPage(Page* page) {
 // queued pages).
 bool RefillPage(Page* page) {
   if (page->returned.load(std::memory_order_relaxed) != 0) {
-    page->free = AdoptReturned(page);
-    if (page->free != nullptr) return true;
+    uint32_t count;
+    Block* chain = AdoptReturned(page, &count);
+    if (chain != nullptr) {
+      page->free = OrderChain(page, chain, count);
+      return true;
+    }
   }
   return false;
 }
@@ -498,20 +592,27 @@ bool AdoptOntoLists(Page* page) {
   uint32_t count;
   Block* chain = AdoptReturned(page, &count);
   if (chain == nullptr) return false;
+  Block* tail = nullptr;
+  // A page with every block back is mostly given back at once by the
+  // callers (SweepClasses, CollectHeap): no order to make for it.
+  if (page->used != 0) chain = OrderChain(page, chain, count, &tail);
   if (page->free == nullptr) {
     page->free = chain;
-  } else {
-    // Counted, and each link checked, so that a block written after its
-    // free can neither loop the walk nor steer the write below.
-    Block* tail = chain;
+    return true;
+  }
+  if (tail == nullptr) {
+    // Not ordered (short): walked to its tail here. Counted, and each link
+    // checked, so that a block written after its free can neither loop the
+    // walk nor steer the write below.
+    tail = chain;
     for (uint32_t k = 1; k < count; ++k) {
       Block* next = DecodeNext(tail->next_encoded);
       if (!IsInCarvedRange(page, next)) ReportCorruptFreeList(page, tail, next);
       tail = next;
     }
-    tail->next_encoded = EncodeNext(page->free);
-    page->free = chain;
   }
+  tail->next_encoded = EncodeNext(page->free);
+  page->free = chain;
   return true;
 }
 
@@ -558,7 +659,7 @@ void DrainInbox(Heap* heap, size_t size_class) {
       CounterAdd(g_counters.pages_freed_by_returns, 1);
       ReleasePage(heap, page);
     } else {
-      page->free = chain;  // a full page had nothing else to hand out
+      page->free = chain != nullptr ? OrderChain(page, chain, count) : nullptr;  // nothing else to hand out
       QueuePushBack(&heap->queues[size_class], page);
     }
     page = next;
@@ -594,8 +695,9 @@ void SweepClasses(Heap* heap, size_t word) {
       // bring every block back where it is, while its list still has
       // blocks: joining the two meant walking the chain to its tail, a miss
       // per block on lines the freeing thread wrote (7% of
-      // producer/consumer's time). RefillPage takes the chain with one
-      // exchange when the list runs dry. The chain's blocks count in `used`
+      // producer/consumer's time), while the list still had blocks to hand
+      // out. RefillPage takes the chain when the list runs dry (and orders
+      // it then, a walk that its next allocations repay, OrderChain). The chain's blocks count in `used`
       // until then, so the owner's own frees cannot bring it to 0; that
       // changes nothing for this page only, which RetirePage keeps when
       // empty. A page that RetirePage would give back (one of several, or
@@ -1469,16 +1571,7 @@ void FreeUnmapped(void* p, const char* call) {
 }
 
 void ReportCorruptFreeList(Page* page, Block* block, Block* next) {
-  DiagLine()
-      .Str("ferry: malloc: free list of the page at ")
-      .Hex(page->start)
-      .Str(" corrupted: the free block ")
-      .Ptr(block)
-      .Str(" links to ")
-      .Ptr(next)
-      .Str(", outside its page (a write after free?)")
-      .WriteToStderr();
-  abort();
+  ReportBadChainLink(page, block, next, "outside its page");
 }
 
 void* PopLastBlock(Page* page, Block* block, Block* next) {

@@ -195,8 +195,9 @@ FERRY_ALWAYS_INLINE Page* PageOf(Segment* segment, uintptr_t p) {
 // One XOR with a per-process random key: enough that a user's data almost
 // never decodes to a link of its own page (so a freed block is recognisable)
 // and that a stray write cannot name an address without knowing the key.
-// Every link is checked against its page as it is followed (PopBlock, and
-// the walk in AdoptOntoLists), so even a write that guesses the key keeps
+// Every link is checked against its page as it is followed (PopBlock, the
+// walk in AdoptOntoLists, and OrderChain's, which also wants a block start
+// and no block twice), so even a write that guesses the key keeps
 // the allocator inside that page's carved blocks. A rotate-and-add encoding
 // cost five more instructions per pair on the fast paths for little more.
 struct FreeListKeys {

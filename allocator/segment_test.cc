@@ -14,6 +14,7 @@
 #include <cstring>
 #include <latch>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 #include <utility>
@@ -134,6 +135,77 @@ TEST(PageLists, RemoteFreesIntoAFullPageGoBackToTheOwnerWhenItRunsShort) {
   for (size_t k = half; k < blocks.size(); ++k) ferry_free(blocks[k]);
   for (void* p : fresh) ferry_free(p);
   ferry_free(extra);
+}
+
+// Blocks that come back in any order are handed out again in address order
+// once the chain is long enough to be worth the walk (OrderChain): the
+// owner walks the page upwards instead of in the freeing thread's order.
+TEST(PageLists, ALongReturnedChainIsHandedOutInAddressOrder) {
+  constexpr size_t kSize = 1152;  // 56 blocks to a one-slice page; no other test here uses it
+  Page* page;
+  void* extra;
+  std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
+  ASSERT_EQ(page->in_full, 1);
+  ASSERT_GE(page->reserved, 41);
+  // 40 of them, in an order nothing sorted (a fixed shuffle), the rest stay out.
+  std::vector<void*> freed(blocks.begin() + 8, blocks.begin() + 48);
+  std::shuffle(freed.begin(), freed.end(), std::mt19937(1203));
+  FreeElsewhereAndFlush(freed, 0, freed.size());
+  ASSERT_EQ(ReturnedCount(page->returned.load()), freed.size());
+  // extra's page runs dry first; then this page's blocks, all of them, in
+  // address order.
+  std::vector<void*> again, others;
+  for (uint32_t k = 0; k < 2 * uint32_t{page->reserved} && again.size() < freed.size(); ++k) {
+    void* p = ferry_malloc(kSize);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    (PageOf(SegmentOf(a), a) == page ? again : others).push_back(p);
+  }
+  ASSERT_EQ(again.size(), freed.size()) << "the returned blocks were not reused";
+  EXPECT_TRUE(std::is_sorted(again.begin(), again.end())) << "handed out in the freeing order, not by address";
+  std::sort(freed.begin(), freed.end());
+  EXPECT_EQ(again, freed);
+  for (void* p : again) ferry_free(p);
+  for (void* p : others) ferry_free(p);
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    if (k < 8 || k >= 48) ferry_free(blocks[k]);
+  }
+  ferry_free(extra);
+}
+
+// Fills a page of `size` blocks and has 40 of them come back as one chain
+// linked by hand (what the sorter would push), after `spoil` has changed
+// links of the chain; then allocates until the owner has taken the chain.
+template <typename Spoil>
+void ReturnAHandMadeChainAndAllocate(size_t size, Spoil spoil) {
+  Page* page;
+  void* extra;
+  std::vector<void*> blocks = FillOnePage(size, &page, &extra);
+  std::vector<Block*> chain;
+  for (size_t k = 0; k < 40; ++k) chain.push_back(static_cast<Block*>(blocks[k]));
+  for (size_t k = 0; k + 1 < chain.size(); ++k) chain[k]->next_encoded = EncodeNext(chain[k + 1]);
+  spoil(chain);
+  ReturnChain(page, chain.front(), chain.back(), static_cast<uint32_t>(chain.size()));
+  for (uint32_t k = 0; k < 2 * uint32_t{page->reserved}; ++k) (void)!ferry_malloc(size);
+}
+
+// The walk that orders a chain follows every link: one that names a block
+// already on the chain (a write after free that guessed the encoding, or a
+// block returned twice past the other checks) is reported, not looped on,
+// and so is one into the middle of a block, which the pops (they check
+// only that a link stays in the page's carved bytes) would hand out.
+TEST(PageLists, AChainThatLinksBackToItselfOrIntoABlockIsReported) {
+  constexpr size_t kSize = 1408;  // 46 blocks to a one-slice page; no other test here uses it
+  EXPECT_DEATH(ReturnAHandMadeChainAndAllocate(
+                   kSize, [](std::vector<Block*>& chain) { chain[30]->next_encoded = EncodeNext(chain[10]); }),
+               "ferry: malloc: free list of the page at 0x[0-9a-f]+ corrupted: the free block 0x[0-9a-f]+ "
+               "links to 0x[0-9a-f]+, a block already on the list");
+  EXPECT_DEATH(ReturnAHandMadeChainAndAllocate(kSize,
+                                               [](std::vector<Block*>& chain) {
+                                                 chain[20]->next_encoded = EncodeNext(reinterpret_cast<Block*>(
+                                                     reinterpret_cast<char*>(chain[5]) + 64));
+                                               }),
+               "ferry: malloc: free list of the page at 0x[0-9a-f]+ corrupted: the free block 0x[0-9a-f]+ "
+               "links to 0x[0-9a-f]+, inside a block, not at its start");
 }
 
 // The pool's housekeeping takes a live heap's inboxes for a moment

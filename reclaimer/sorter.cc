@@ -79,8 +79,9 @@ void ReturnBatch(void** ptrs, size_t n) {
     //
     // The block goes in front of its run, so a chain lists its blocks last
     // freed first; with chains pushed in front of the page's returned list
-    // the owner hands them out in the reverse of the order they were freed
-    // in, the page walked one way.
+    // the owner gets them in the reverse of the order they were freed in
+    // (and puts 32 or more in address order as it takes them, OrderChain in
+    // heap.cc).
     Run& run = runs[slot];
     const bool opens = run.page == nullptr;
     uintptr_t expected = RemoteFreeMark(page);

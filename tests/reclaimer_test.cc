@@ -11,7 +11,7 @@
 //
 // Size classes: the flush tests need a class no other test in this binary
 // touches, so that the owner's pages of that class hold nothing but the
-// test's own blocks. They use 176, 208, 352, 2560, 3584 and 20480 bytes
+// test's own blocks. They use 176, 192, 208, 352, 1664, 2560, 3584 and 20480 bytes
 // (one class each); the stress tests draw from StressSize(), which avoids
 // those classes, and the churn test uses 1280 alone.
 #include <pthread.h>
@@ -29,6 +29,7 @@
 #include <functional>
 #include <latch>
 #include <mutex>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -357,6 +358,56 @@ void OwnerOfPagesAndAHalf(size_t size) {
   ASSERT_NO_FATAL_FAILURE(
       AllocateWholePages(size, 600, [](size_t per_page) { return std::max<size_t>(1, per_page / 2); }, &owned));
   ASSERT_NO_FATAL_FAILURE(ExpectOwnerReusesEveryFreedBlock(owned));
+}
+
+// Blocks another thread frees in a scrambled order, one block a page kept
+// out, come back to the owner page by page in address order: each page's
+// blocks consecutively and ascending (ferry orders a returned chain of 32
+// blocks or more as the owner takes it).
+void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
+  OwnedBlocks owned;
+  ASSERT_NO_FATAL_FAILURE(AllocateWholePages(size, 200, [](size_t per_page) { return per_page; }, &owned));
+  ASSERT_GE(owned.blocks_per_page, 33u) << "pages of " << size << " B blocks return chains too short to order";
+  std::vector<void*> kept, freed;
+  for (size_t i = 0; i < owned.blocks.size(); ++i) {
+    (i % owned.blocks_per_page == 0 ? kept : freed).push_back(owned.blocks[i]);
+  }
+  std::vector<void*> scrambled = freed;
+  std::shuffle(scrambled.begin(), scrambled.end(), std::mt19937(1203));
+  std::vector<void*> again;
+  FreeElsewhereFlushThen(scrambled, size, [&] {
+    for (size_t i = 0; i < freed.size(); ++i) {
+      void* p = ferry_malloc(size);
+      ASSERT_NE(p, nullptr);
+      FillBlock(p, size);
+      again.push_back(p);
+    }
+  });
+  const std::set<void*> freed_set(freed.begin(), freed.end());
+  size_t descents = 0, reused = 0;
+  for (size_t i = 0; i < again.size(); ++i) {
+    reused += freed_set.count(again[i]);
+    if (i > 0 && again[i] < again[i - 1]) ++descents;
+  }
+  EXPECT_EQ(reused, freed.size()) << size << " B blocks: the owner's next allocations did not reuse every freed block";
+  // Ascending within each page; a step down only where one page ends and
+  // the next (taken back in any order) begins.
+  EXPECT_LT(descents, owned.pages) << size << " B blocks on " << owned.pages
+                                    << " pages came back out of address order";
+  for (void* p : again) {
+    EXPECT_TRUE(BlockIntact(p, size));
+    ferry_free(p);
+  }
+  for (void* p : kept) {
+    EXPECT_TRUE(BlockIntact(p, size));
+    ferry_free(p);
+  }
+}
+
+TEST(ReclaimerFlush, BlocksFreedInAScrambledOrderComeBackInAddressOrder) {
+  for (size_t size : {size_t{192}, size_t{1664}}) {
+    std::thread([size] { OwnerGetsScrambledFreesBackInAddressOrder(size); }).join();
+  }
 }
 
 TEST(ReclaimerFlush, OwnerOfWholePagesGetsBackExactlyTheBlocksAnotherThreadFreedAndFlushedWhileOneBlockAPageIsOut) {
