@@ -1503,9 +1503,6 @@ TEST(HugeCache, AFreedMappingHoldsTheNextBlockOfItsSize) {
   EmptyHugeCache();
 }
 
-// What the program did to a block's pages does not carry over to the next
-// block in its mapping: a read-only page, and a range not to be copied
-// into fork children.
 // A block whose mapping waits in the cache is out of the segment map, like
 // memory ferry never handed out; it is still reported as what it is.
 TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {
@@ -1519,6 +1516,7 @@ TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {
   EXPECT_DEATH(ferry_free(p), "ferry: free\\(.*\\): double free \\(huge block already free\\)");
   EXPECT_DEATH(ferry_free(p + 4096), "pointer into a freed huge block");
   EXPECT_DEATH(ferry_free(p + 4 * kHugeMiB + 8), "pointer into a freed huge block");
+  EXPECT_DEATH(ferry_free(p - 16), "pointer into a freed huge block");  // the mapping's header
   EXPECT_DEATH(ferry_free_sized(p, 100), "huge block already free \\(a double free, or a use after free\\)");
   EXPECT_DEATH(ferry_usable_size(p), "huge block already free");
   EXPECT_DEATH(ferry_realloc(p, 10), "huge block already free");
@@ -1530,6 +1528,9 @@ TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {
   EXPECT_EQ(HugeStats().huge_bytes_cached, 0u);
 }
 
+// What the program did to a block's pages does not carry over to the next
+// block in its mapping: a read-only page, and a range not to be copied
+// into fork children.
 TEST(HugeCache, AReusedMappingIsPlainReadWriteMemory) {
   if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
   EmptyHugeCache();

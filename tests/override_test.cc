@@ -324,7 +324,8 @@ TEST(Override, MemalignRoundsAnAlignmentUpToAPowerOfTwoAsGlibcDoes) {
     size_t asked;
     size_t given;
   };
-  for (Case c : {Case{0, 1}, Case{1, 1}, Case{3, 4}, Case{24, 32}, Case{100, 128}, Case{4095, 4096},
+  // (0 and 1: as malloc's, at least 8.)
+  for (Case c : {Case{0, 8}, Case{1, 8}, Case{3, 4}, Case{24, 32}, Case{100, 128}, Case{4095, 4096},
                  Case{kMiB + 16, 2 * kMiB}, Case{6 * kMiB, 8 * kMiB}}) {
     for (size_t n : {size_t{1}, size_t{100}, size_t{5000}, 3 * kMiB}) {
       errno = 0;
@@ -336,6 +337,12 @@ TEST(Override, MemalignRoundsAnAlignmentUpToAPowerOfTwoAsGlibcDoes) {
       p[n - 1] = 2;
       free(p);
     }
+  }
+  // Rounded up to 2^63, or asked for it: no block can be that aligned.
+  for (size_t a : {SIZE_MAX / 2, SIZE_MAX / 2 + 1}) {
+    errno = 0;
+    EXPECT_EQ(memalign(Launder(a), 64), nullptr) << a;
+    EXPECT_EQ(errno, ENOMEM) << a;
   }
 }
 
