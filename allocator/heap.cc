@@ -520,7 +520,7 @@ Block* OrderChain(Page* page, Block* chain, uint32_t count, Block** tail_out = n
   Block* head = nullptr;
   for (size_t w = words; w-- > 0;) {
     for (uint64_t bits = present[w]; bits != 0;) {
-      const int top = 63 - __builtin_clzll(bits);
+      const int top = Log2Floor(bits);
       bits &= ~(uint64_t{1} << top);
       Block* b = reinterpret_cast<Block*>(start + (w * 64 + static_cast<size_t>(top)) * size);
       b->next_encoded = EncodeNext(head);
@@ -659,7 +659,7 @@ void DrainInbox(Heap* heap, size_t size_class) {
       CounterAdd(g_counters.pages_freed_by_returns, 1);
       ReleasePage(heap, page);
     } else {
-      page->free = chain != nullptr ? OrderChain(page, chain, count) : nullptr;  // nothing else to hand out
+      page->free = OrderChain(page, chain, count);  // a full page had nothing else to hand out
       QueuePushBack(&heap->queues[size_class], page);
     }
     page = next;

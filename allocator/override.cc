@@ -53,7 +53,7 @@ FERRY_EXPORT void* memalign(size_t alignment, size_t size) {
       errno = EINVAL;
       return nullptr;
     }
-    alignment = alignment <= 1 ? 1 : size_t{1} << (64 - __builtin_clzll(alignment - 1));
+    alignment = alignment <= 1 ? 1 : size_t{1} << (ferry::Log2Floor(alignment - 1) + 1);
   }
   return ferry_aligned_alloc(alignment, size);
 }

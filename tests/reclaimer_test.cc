@@ -266,6 +266,14 @@ void FreeElsewhereFlushThen(const std::vector<void*>& blocks, size_t size,
   EXPECT_EQ(corrupt.load(), 0u) << "blocks of " << size << " B changed before they were freed";
 }
 
+// Checks that each of `blocks` still holds what FillBlock wrote, and frees it.
+void ExpectIntactThenFree(const std::vector<void*>& blocks, size_t size) {
+  for (void* p : blocks) {
+    EXPECT_TRUE(BlockIntact(p, size));
+    ferry_free(p);
+  }
+}
+
 // After another thread freed `owned` and flushed, the owner's allocations
 // of that class: those the current page still had to give, then every freed
 // block, before any new page is touched.
@@ -309,14 +317,8 @@ void ExpectOwnerReusesEveryFreedBlock(const OwnedBlocks& all_owned) {
                        << n + left_on_page << " allocations (the " << left_on_page
                        << " its current page still had, then the returned ones) reused only "
                        << reused << " of the " << n << " freed blocks";
-  for (void* p : again) {
-    EXPECT_TRUE(BlockIntact(p, owned.size));
-    ferry_free(p);
-  }
-  for (void* p : kept) {
-    EXPECT_TRUE(BlockIntact(p, owned.size));
-    ferry_free(p);
-  }
+  ExpectIntactThenFree(again, owned.size);
+  ExpectIntactThenFree(kept, owned.size);
 }
 
 // Whole pages freed by another thread go back to their segments at once;
@@ -341,10 +343,7 @@ void OwnerGetsWholePagesBackAsFreeSlices(size_t size) {
   EXPECT_LE(after.segments_live, before.segments_live)
       << "the owner needed more segments although " << owned.pages << " pages of " << size
       << " B blocks had just come back";
-  for (void* p : again) {
-    EXPECT_TRUE(BlockIntact(p, owned.size));
-    ferry_free(p);
-  }
+  ExpectIntactThenFree(again, owned.size);
 }
 
 void OwnerOfWholePages(size_t size) {
@@ -394,14 +393,8 @@ void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
   // the next (taken back in any order) begins.
   EXPECT_LT(descents, owned.pages) << size << " B blocks on " << owned.pages
                                     << " pages came back out of address order";
-  for (void* p : again) {
-    EXPECT_TRUE(BlockIntact(p, size));
-    ferry_free(p);
-  }
-  for (void* p : kept) {
-    EXPECT_TRUE(BlockIntact(p, size));
-    ferry_free(p);
-  }
+  ExpectIntactThenFree(again, size);
+  ExpectIntactThenFree(kept, size);
 }
 
 TEST(ReclaimerFlush, BlocksFreedInAScrambledOrderComeBackInAddressOrder) {
@@ -478,14 +471,8 @@ TEST(ReclaimerFlush, FlushOnAThirdThreadCoversFullBatchesOthersPublished) {
     EXPECT_EQ(reused, m) << m << " blocks freed by B in full batches (" << batch
                          << " each), flushed by C: the owner's next " << m << " allocations reused only "
                          << reused;
-    for (void* p : again) {
-      EXPECT_TRUE(BlockIntact(p, kSize));
-      ferry_free(p);
-    }
-    for (void* p : kept) {
-      EXPECT_TRUE(BlockIntact(p, kSize));
-      ferry_free(p);
-    }
+    ExpectIntactThenFree(again, kSize);
+    ExpectIntactThenFree(kept, kSize);
   }).join();
 }
 
