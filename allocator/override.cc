@@ -85,4 +85,22 @@ FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
   return 1;
 }
 
+// glibc's statistics, printed on stderr as glibc's are: ferry's table.
+FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(nullptr); }
+
+// glibc exports its allocator under these names too, and some programs and
+// libraries call them directly (malloc hooks, debugging shims, code that
+// wants "the real malloc"). Left to glibc, such a block would meet ferry's
+// free (which reports it as foreign and aborts), or one of ferry's glibc's
+// __libc_free (which corrupts glibc's heap). cfree is glibc's old name for
+// free, still resolved by binaries built before glibc 2.26.
+FERRY_EXPORT void* __libc_malloc(size_t size) { return ferry_malloc(size); }
+FERRY_EXPORT void __libc_free(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
+FERRY_EXPORT void* __libc_calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
+FERRY_EXPORT void* __libc_realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
+FERRY_EXPORT void* __libc_memalign(size_t alignment, size_t size) { return memalign(alignment, size); }
+FERRY_EXPORT void* __libc_valloc(size_t size) { return valloc(size); }
+FERRY_EXPORT void* __libc_pvalloc(size_t size) { return pvalloc(size); }
+FERRY_EXPORT void cfree(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
+
 }  // extern "C"

@@ -31,6 +31,15 @@
 extern "C" {
 void free_sized(void* ptr, size_t size) noexcept;
 void free_aligned_sized(void* ptr, size_t alignment, size_t size) noexcept;
+// glibc's other names for its allocator, which no header declares.
+void* __libc_malloc(size_t size) noexcept;
+void __libc_free(void* ptr) noexcept;
+void* __libc_calloc(size_t count, size_t size) noexcept;
+void* __libc_realloc(void* ptr, size_t size) noexcept;
+void* __libc_memalign(size_t alignment, size_t size) noexcept;
+void* __libc_valloc(size_t size) noexcept;
+void* __libc_pvalloc(size_t size) noexcept;
+void cfree(void* ptr) noexcept;
 }
 
 namespace {
@@ -225,6 +234,58 @@ TEST(Override, FerryAndLibcNamesReleaseEachOthersBlocks) {
   ferry_free(p);
   void* q = ferry_aligned_alloc(4096, 4096);
   free(q);
+}
+
+// Without these a block from __libc_malloc was glibc's, and ferry's free
+// aborted on it as foreign; one of ferry's freed by __libc_free corrupted
+// glibc's heap.
+TEST(Override, GlibcsInternalNamesAreFerrys) {
+  for (size_t n : kSizes) {
+    void* p = __libc_malloc(n);
+    ASSERT_TRUE(IsFerryBlock(p, n)) << "__libc_malloc(" << n << ")";
+    memset(p, 0x5a, n);
+    p = __libc_realloc(p, n + 100);
+    ASSERT_TRUE(IsFerryBlock(p, n + 100)) << "__libc_realloc to " << n + 100;
+    EXPECT_EQ(std::count(static_cast<char*>(p), static_cast<char*>(p) + n, 0x5a), static_cast<ptrdiff_t>(n));
+    free(p);
+    void* q = malloc(n);
+    ASSERT_TRUE(IsFerryBlock(q, n));
+    __libc_free(q);
+    void* z = __libc_calloc(n, 3);
+    ASSERT_TRUE(IsFerryBlock(z, n * 3)) << "__libc_calloc(" << n << ", 3)";
+    EXPECT_TRUE(AllZero(z, n * 3));
+    cfree(z);
+  }
+  __libc_free(nullptr);
+  cfree(nullptr);
+  void* a = __libc_memalign(256, 1000);
+  ASSERT_TRUE(IsFerryBlock(a, 1000));
+  EXPECT_TRUE(IsAligned(a, 256));
+  ferry_free(a);
+  a = __libc_memalign(24, 10);  // rounded up to 32, as memalign does
+  ASSERT_TRUE(IsFerryBlock(a, 10));
+  EXPECT_TRUE(IsAligned(a, 32));
+  free(a);
+  void* v = __libc_valloc(100);
+  ASSERT_TRUE(IsFerryBlock(v, 100));
+  EXPECT_TRUE(IsAligned(v, PageSize()));
+  free(v);
+  void* pv = __libc_pvalloc(PageSize() + 1);
+  ASSERT_TRUE(IsFerryBlock(pv, 2 * PageSize()));
+  EXPECT_TRUE(IsAligned(pv, PageSize()));
+  free(pv);
+  errno = 0;
+  EXPECT_EQ(__libc_malloc(SIZE_MAX), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+}
+
+TEST(Override, MallocStatsPrintsFerrysTable) {
+  testing::internal::CaptureStderr();
+  malloc_stats();
+  const std::string printed = testing::internal::GetCapturedStderr();
+  ASSERT_FALSE(printed.empty());
+  EXPECT_NE(printed.substr(0, printed.find('\n')).find("ferry"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("remote_frees"), std::string::npos) << printed;
 }
 
 TEST(Override, StatisticsSeeLibcAllocations) {

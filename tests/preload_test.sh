@@ -92,6 +92,16 @@ for mode in local global; do
   LD_PRELOAD="$lib" "$dlopen_main" "$plugin" "$mode" || fail "C++ plugin dlopened ($mode) on ferry"
 done
 
+# 0c. glibc's other names for its allocator (__libc_malloc and co., and
+#     cfree as binaries from before glibc 2.26 bind it) must reach ferry too:
+#     a block from one name goes back through another.
+glibc_names="$(runfile tests/preload_glibc_names)" || fail "preload_glibc_names is not in runfiles"
+"$glibc_names" >/dev/null || fail "preload_glibc_names fails on glibc"
+LD_PRELOAD="$lib" "$glibc_names" ferry || fail "preload_glibc_names fails on ferry"
+"$glibc_names" ferry >/dev/null 2>&1 &&
+  fail "preload_glibc_names finds ferry without the preload: its check proves nothing"
+echo "ok: glibc's __libc_* names and cfree reach ferry"
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
