@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +32,13 @@ namespace ferry {
 namespace {
 
 int g_global = 0;
+
+// The death tests' children abort on purpose: no core files from them (they
+// inherit the limit from the fork).
+const bool g_no_core_files = [] {
+  const struct rlimit none = {0, 0};
+  return setrlimit(RLIMIT_CORE, &none) == 0;
+}();
 
 TEST(Segment, EveryBlockFindsItsSegmentAndPageByArithmetic) {
   std::vector<void*> blocks;
