@@ -949,9 +949,15 @@ void EnsureForkHandlers() {
   g_fork_handlers.store(kOnceDone, std::memory_order_release);
 }
 
-// The calling thread's heap, made on first use. nullptr if the OS refuses.
+}  // namespace
 
 Heap* InitThreadHeap() {
+  // The caller saw the empty heap, but an allocation nested in between may
+  // have made this thread's heap: AllocateSlow starts a pending pool first,
+  // and pthread_create allocates. A second heap would have overwritten the
+  // first in tl_heap, and the first, owned by nobody and never abandoned,
+  // was lost with every block it held.
+  if (tl_heap != &g_empty_heap) return tl_heap;
   EnsureGlobalInit();
   // A reclaimer never takes over an abandoned heap: the pool looks after
   // those, and its threads' heaps hold only their own memory.
@@ -971,6 +977,8 @@ Heap* InitThreadHeap() {
   EnsureForkHandlers();
   return heap;
 }
+
+namespace {
 
 // Hands the current batch on: to the pool when it takes it and the heap has
 // a spare batch to fill meanwhile, else sorted and returned right here. The

@@ -285,6 +285,9 @@ bool ResizeLargeInPlace(void* p, size_t n);
 // `call` when it is not a live ferry block. Takes an address, not a pointer:
 // it never reads the block's bytes.
 size_t UsableSize(uintptr_t address, const char* call);
+// The calling thread's heap, made (or taken over from an exited thread) on
+// first use; the one it has when it has one. nullptr if the OS refuses.
+Heap* InitThreadHeap();
 void FlushThisThread();                              // publish the remote batch
 void CollectThisThread();
 void EnsureGlobalInit();

@@ -1421,6 +1421,24 @@ TEST(PageLists, EmptyPagesGoBackToTheirSegment) {
   EXPECT_GT(after.pages_released, before.pages_released);
 }
 
+// An allocation nested in AllocateSlow before it makes the thread's heap
+// (it starts a pending pool first, and pthread_create allocates) makes the
+// heap itself; the outer call, which still holds the empty heap, then asks
+// again. It must get that heap: a second one replaced the first in
+// tl_heap, and the first (often an exited thread's, taken over) was owned
+// by nobody and never abandoned, with every block it held.
+TEST(Heaps, AThreadAskingForItsHeapAgainGetsTheSameOne) {
+  std::thread([] {
+    ASSERT_EQ(tl_heap, &g_empty_heap);
+    Heap* first = InitThreadHeap();
+    ASSERT_NE(first, nullptr);
+    ASSERT_NE(first, &g_empty_heap);
+    EXPECT_EQ(InitThreadHeap(), first);
+    EXPECT_EQ(tl_heap, first);
+    ferry_free(ferry_malloc(40));  // the heap works
+  }).join();
+}
+
 // fork() while another thread holds one of its inboxes' lists (its own pass
 // over its emptied pages, played by hand here): in the child, where that
 // thread did not come along, the hold is cleared. Left set, every heap of
