@@ -193,13 +193,18 @@ void ArenaReleaseSegment(Segment* segment) {
   // All but the header first, outside the lock; the header (which reads as
   // detached until it is decommitted, and as all free after) only once no
   // scan can reach the segment.
+  // Counted: the slices that could still hold memory (most were purged, and
+  // counted, while free before the segment emptied), then the header.
+  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & ~uint64_t{1};
   bool zero = OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
-  if (zero) CounterAdd(g_counters.bytes_decommitted, kSegmentSize);
+  if (zero) CounterAdd(g_counters.bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
   CounterAdd(g_counters.segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" released").WriteToStderr();
   SpinLockHolder hold(&g_arena_lock);
-  zero = OsDecommit(segment, kSliceSize) && zero;
+  const bool header_zero = OsDecommit(segment, kSliceSize);
+  if (header_zero) CounterAdd(g_counters.bytes_decommitted, kSliceSize);
+  zero = header_zero && zero;
   for (size_t i = 0; i < g_arena_count; ++i) {
     Arena& arena = g_arenas[i];
     if (address >= arena.base && address < arena.base + kArenaSize) {

@@ -1421,6 +1421,28 @@ TEST(PageLists, EmptyPagesGoBackToTheirSegment) {
   EXPECT_GT(after.pages_released, before.pages_released);
 }
 
+// bytes_decommitted counts memory once: a released segment adds the slices
+// that could still hold memory and its header, not 4 MiB whatever the purge
+// had already given back (a pool's counter showed more decommitted than was
+// ever committed).
+TEST(Segment, ReleasingASegmentCountsOnlyWhatWasStillCommitted) {
+  const uint64_t taken = SliceRun(1, 3);
+  Segment* segment = ArenaAllocateSegment(taken);
+  ASSERT_NE(segment, nullptr);
+  ASSERT_EQ(segment->dirty_slices.load() & ~uint64_t{1}, taken);
+  ferry_stats_t before, purged, released;
+  ferry_stats_get(&before);
+  ASSERT_TRUE(SegmentDecommitSlices(segment, 1, 1));  // as a purge of slice 1 would
+  ferry_stats_get(&purged);
+  EXPECT_EQ(purged.bytes_decommitted - before.bytes_decommitted, kSliceSize);
+  uint64_t expected = 1 | taken;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+  ArenaReleaseSegment(segment);
+  ferry_stats_get(&released);
+  EXPECT_EQ(released.bytes_decommitted - purged.bytes_decommitted, 3 * kSliceSize)
+      << "slices 2 and 3, and the header";
+}
+
 // An allocation nested in AllocateSlow before it makes the thread's heap
 // (it starts a pending pool first, and pthread_create allocates) makes the
 // heap itself; the outer call, which still holds the empty heap, then asks
