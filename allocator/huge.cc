@@ -113,8 +113,12 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   // Under memcheck every huge block is a fresh mapping, as valgrind expects.
   if (kValgrind || size > kHugeCacheMaxBytes) return false;
   // The program may have changed what it held (AHugeBlockThatTheProgramSplitIsCopied,
-  // api_test.cc): the next block must not inherit a read-only page.
-  if (!OsResetForReuse(mapping, size)) return false;
+  // api_test.cc): the next block must not inherit a read-only page, nor a
+  // file the program mapped over part of its block (the next block's writes
+  // went to the file), nor locked pages or a protection key. The reset
+  // undoes protections and fork flags; whatever else is left splits the
+  // mapping, and then it goes back to the OS as glibc's would.
+  if (!OsResetForReuse(mapping, size) || !OsIsOneMapping(mapping, size)) return false;
   // The lock is held across fork() from here on: a program whose threads
   // only ever allocate huge blocks has no heap that would have registered
   // the handlers.

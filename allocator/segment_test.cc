@@ -1551,6 +1551,49 @@ TEST(HugeCache, AFreedMappingHoldsTheNextBlockOfItsSize) {
   EmptyHugeCache();
 }
 
+// A program may map a file over part of its own huge block (glibc unmaps a
+// freed block, so that is harmless there). Kept in the cache, that mapping
+// held the next block of its size, whose writes went to the file: now a
+// mapping left in pieces goes back to the OS. So do mlock'd ones.
+TEST(HugeCache, AMappingTheProgramChangedInPartIsNotKept) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  const int fd = memfd_create("ferry_huge_overlay", 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kHugeMiB)), 0);
+  char* p = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(p, nullptr);
+  char* overlay = p + kHugeMiB;
+  ASSERT_EQ(mmap(overlay, kHugeMiB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0), overlay);
+  ferry_free(p);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 0u) << "the mapping was kept";
+  char* q = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(q, nullptr);
+  memset(q, 'X', 5 * kHugeMiB);
+  std::vector<char> file(kHugeMiB);
+  ASSERT_EQ(pread(fd, file.data(), file.size(), 0), static_cast<ssize_t>(file.size()));
+  EXPECT_EQ(std::count(file.begin(), file.end(), 'X'), 0) << "a new block wrote into the program's file";
+  ferry_free(q);
+  close(fd);
+  // Locked pages in part of a block: the next block would have them locked.
+  char* r = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(r, nullptr);
+  if (mlock(r, 4096) == 0) {
+    ferry_free(r);
+    EXPECT_EQ(HugeStats().huge_bytes_cached, 0u) << "a mapping with a locked page was kept";
+  } else {
+    ferry_free(r);  // RLIMIT_MEMLOCK 0 here: nothing to check
+  }
+  // A plain block, or one whose protection the program changed in part, is
+  // still kept (the reset makes it one mapping again).
+  char* s = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(s, nullptr);
+  ASSERT_EQ(mprotect(s + 2 * kHugeMiB, 4096, PROT_READ), 0);
+  ferry_free(s);
+  EXPECT_GT(HugeStats().huge_bytes_cached, 0u) << "a mapping the reset made whole was not kept";
+  EmptyHugeCache();
+}
+
 // A block whose mapping waits in the cache is out of the segment map, like
 // memory ferry never handed out; it is still reported as what it is.
 TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {

@@ -44,6 +44,11 @@ bool OsDecommit(void* base, size_t size);
 // new block; false when the kernel refused (the program unmapped part of
 // it): then it is fit only for OsRelease.
 bool OsResetForReuse(void* base, size_t size);
+// True when [base, base + size), a range OsReserve returned, is still one
+// mapping in the kernel (one VMA). After OsResetForReuse it is one exactly
+// when nothing the program did to part of it remains: a file mapped over
+// it, mlock, a protection key, MADV_DONTDUMP, MADV_HUGEPAGE, userfaultfd.
+bool OsIsOneMapping(void* base, size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();

@@ -64,6 +64,18 @@ bool OsResetForReuse(void* base, size_t size) {
   return done;
 }
 
+bool OsIsOneMapping(void* base, size_t size) {
+  const int saved_errno = errno;
+  // mremap refuses (EFAULT) a range that spans more than one VMA before it
+  // looks for room; with room, the page it grew by goes back at once.
+  const size_t page = OsPageSize();
+  void* grown = mremap(base, size, size + page, 0);
+  const bool one = grown != MAP_FAILED || errno != EFAULT;
+  if (grown != MAP_FAILED) (void)mremap(base, size + page, size, 0);
+  errno = saved_errno;
+  return one;
+}
+
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room) {
   const int saved_errno = errno;
   void* p = mremap(base, old_size, new_size, 0);
