@@ -239,6 +239,20 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     }
     block = AlignUp(reinterpret_cast<uintptr_t>(mapping) + kSegmentSize, alignment);
     segment = reinterpret_cast<Segment*>(block - kSegmentSize);
+    // Only the header's chunk and the block's whole chunks stay mapped: the
+    // rest was room to find the alignment in. Kept, it was address space
+    // and commit charge the size of the alignment (aligned_alloc(256 MiB,
+    // 1 MiB) held 268 MiB), counted as usable, and copied by realloc, which
+    // made it resident.
+    const uintptr_t kept_start = reinterpret_cast<uintptr_t>(segment);
+    const uintptr_t kept_end = block + AlignUp(block_bytes, kSegmentSize);
+    const uintptr_t mapping_end = reinterpret_cast<uintptr_t>(mapping) + mapping_size;
+    if (kept_start > reinterpret_cast<uintptr_t>(mapping)) {
+      OsRelease(mapping, kept_start - reinterpret_cast<uintptr_t>(mapping));
+    }
+    if (mapping_end > kept_end) OsRelease(reinterpret_cast<void*>(kept_end), mapping_end - kept_end);
+    mapping = segment;
+    mapping_size = kept_end - kept_start;
     page = &segment->pages[0];
     page->slice_count = 1;
   }
