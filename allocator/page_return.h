@@ -27,11 +27,16 @@ void NoteInboxPageComplete(Heap* owner, size_t size_class);
 extern std::atomic<uint32_t> g_inbox_complete_pending;
 
 // Pushes a page onto an inbox (a lock-free stack linked through inbox_next).
+// acq_rel, not release: a push that follows another heap's emptying
+// exchange then also sees what that heap wrote before it (inbox_borrowed),
+// which the owner's hand-back in FreeCompletedInboxPages reads next; with
+// release alone the C++ model let it read a stale 0 and nobody set the
+// class's complete bit again (the same instruction on x86).
 inline void InboxPush(std::atomic<Page*>& inbox, Page* page) {
   Page* first = inbox.load(std::memory_order_relaxed);
   do {
     page->inbox_next = first;
-  } while (!inbox.compare_exchange_weak(first, page, std::memory_order_release,
+  } while (!inbox.compare_exchange_weak(first, page, std::memory_order_acq_rel,
                                         std::memory_order_relaxed));
 }
 
