@@ -12,6 +12,39 @@
 #include "common/base.h"
 #include "ferry.h"
 
+namespace {
+
+// As glibc's, which programs written for it count on: an alignment that is
+// not a power of two is rounded up to one (0 and 1 ask for none); only one
+// above SIZE_MAX / 2 + 1 has none to round to, and fails with EINVAL.
+// (memalign and __libc_memalign call this, not each other: a program's own
+// memalign that calls __libc_memalign, in a library linked without
+// -Bsymbolic, would otherwise call itself.)
+void* Memalign(size_t alignment, size_t size) {
+  if (!ferry::IsPowerOfTwo(alignment)) {
+    if (alignment > SIZE_MAX / 2 + 1) {
+      errno = EINVAL;
+      return nullptr;
+    }
+    alignment = alignment <= 1 ? 1 : size_t{1} << (ferry::Log2Floor(alignment - 1) + 1);
+  }
+  return ferry_aligned_alloc(alignment, size);
+}
+
+void* Valloc(size_t size) { return ferry_aligned_alloc(static_cast<size_t>(sysconf(_SC_PAGESIZE)), size); }
+
+void* Pvalloc(size_t size) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t rounded = ferry::AlignUp(size == 0 ? 1 : size, page);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return ferry_aligned_alloc(page, rounded);
+}
+
+}  // namespace
+
 extern "C" {
 
 // Referenced by the operator new/delete object, so that linking one of the
@@ -44,33 +77,9 @@ FERRY_EXPORT void* aligned_alloc(size_t alignment, size_t size) {
   return ferry_aligned_alloc(alignment, size);
 }
 
-// As glibc's, which programs written for it count on: an alignment that is
-// not a power of two is rounded up to one (0 and 1 ask for none); only one
-// above SIZE_MAX / 2 + 1 has none to round to, and fails with EINVAL.
-FERRY_EXPORT void* memalign(size_t alignment, size_t size) {
-  if (!ferry::IsPowerOfTwo(alignment)) {
-    if (alignment > SIZE_MAX / 2 + 1) {
-      errno = EINVAL;
-      return nullptr;
-    }
-    alignment = alignment <= 1 ? 1 : size_t{1} << (ferry::Log2Floor(alignment - 1) + 1);
-  }
-  return ferry_aligned_alloc(alignment, size);
-}
-
-FERRY_EXPORT void* valloc(size_t size) {
-  return ferry_aligned_alloc(static_cast<size_t>(sysconf(_SC_PAGESIZE)), size);
-}
-
-FERRY_EXPORT void* pvalloc(size_t size) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t rounded = ferry::AlignUp(size == 0 ? 1 : size, page);
-  if (rounded < size) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  return ferry_aligned_alloc(page, rounded);
-}
+FERRY_EXPORT void* memalign(size_t alignment, size_t size) { return Memalign(alignment, size); }
+FERRY_EXPORT void* valloc(size_t size) { return Valloc(size); }
+FERRY_EXPORT void* pvalloc(size_t size) { return Pvalloc(size); }
 
 FERRY_EXPORT size_t malloc_usable_size(void* ptr) { return ferry_usable_size(ptr); }
 
@@ -86,7 +95,10 @@ FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
 }
 
 // glibc's statistics, printed on stderr as glibc's are: ferry's table.
-FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(nullptr); }
+// Weak, as cfree below: neither name is reserved, and a program that
+// defines its own and links libferry.a must still link (the dynamic loader
+// takes a weak definition as any other, so the preload still binds them).
+__attribute__((weak)) FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(nullptr); }
 
 // glibc exports its allocator under these names too, and some programs and
 // libraries call them directly (malloc hooks, debugging shims, code that
@@ -98,9 +110,11 @@ FERRY_EXPORT void* __libc_malloc(size_t size) { return ferry_malloc(size); }
 FERRY_EXPORT void __libc_free(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
 FERRY_EXPORT void* __libc_calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
 FERRY_EXPORT void* __libc_realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
-FERRY_EXPORT void* __libc_memalign(size_t alignment, size_t size) { return memalign(alignment, size); }
-FERRY_EXPORT void* __libc_valloc(size_t size) { return valloc(size); }
-FERRY_EXPORT void* __libc_pvalloc(size_t size) { return pvalloc(size); }
-FERRY_EXPORT void cfree(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
+FERRY_EXPORT void* __libc_memalign(size_t alignment, size_t size) { return Memalign(alignment, size); }
+FERRY_EXPORT void* __libc_valloc(size_t size) { return Valloc(size); }
+FERRY_EXPORT void* __libc_pvalloc(size_t size) { return Pvalloc(size); }
+__attribute__((weak)) FERRY_EXPORT void cfree(void* ptr) {
+  ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0));
+}
 
 }  // extern "C"

@@ -70,8 +70,13 @@ bool OsIsOneMapping(void* base, size_t size) {
   // looks for room; with room, the page it grew by goes back at once.
   const size_t page = OsPageSize();
   void* grown = mremap(base, size, size + page, 0);
-  const bool one = grown != MAP_FAILED || errno != EFAULT;
-  if (grown != MAP_FAILED) (void)mremap(base, size + page, size, 0);
+  bool one = grown != MAP_FAILED || errno != EFAULT;
+  if (grown != MAP_FAILED && mremap(base, size + page, size, 0) == MAP_FAILED) {
+    // Not shrunk (the kernel short of memory): the page goes on its own,
+    // and the mapping is not one to keep.
+    munmap(static_cast<char*>(base) + size, page);
+    one = false;
+  }
   errno = saved_errno;
   return one;
 }

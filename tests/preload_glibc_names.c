@@ -21,8 +21,18 @@ extern void* __libc_realloc(void* ptr, size_t size);
 extern void* __libc_memalign(size_t alignment, size_t size);
 extern void* __libc_valloc(size_t size);
 extern void* __libc_pvalloc(size_t size);
+/* cfree's last version: the architecture's first glibc. */
+#if defined(__x86_64__)
+#define OLD_CFREE "cfree@GLIBC_2.2.5"
+#elif defined(__aarch64__)
+#define OLD_CFREE "cfree@GLIBC_2.17"
+#endif
+#ifdef OLD_CFREE
 extern void cfree_as_old_binaries_bind_it(void* ptr);
-__asm__(".symver cfree_as_old_binaries_bind_it, cfree@GLIBC_2.2.5");
+__asm__(".symver cfree_as_old_binaries_bind_it, " OLD_CFREE);
+#else
+#define cfree_as_old_binaries_bind_it free
+#endif
 
 typedef size_t (*usable_size_fn)(const void*);
 static usable_size_fn ferry_usable;
