@@ -1442,7 +1442,6 @@ void TendHeap(Heap* heap, size_t keep) {
 // on page->free, so it has handed all of them out again): the checkpoint,
 // then blocks from any page of the class, the inbox, carving, a new page.
 FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
-  PoolMaybeStart();
   if (FERRY_UNLIKELY(heap == &g_empty_heap)) {
     if (tl_exiting) return AllocateWhileExiting(kClassSize[size_class], 0);
     heap = InitThreadHeap();
@@ -1451,6 +1450,12 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
       return nullptr;
     }
   }
+  // A pending pool start, once the thread has its heap (pthread_create's own
+  // allocations then use it), and never from an exiting thread: that one
+  // allocates from the exit heap under g_exit_lock, a spin lock that every
+  // other exiting thread would spin on through the thread creations (and
+  // FreeMayStartPool keeps exiting threads from starting it too).
+  if (!tl_exiting) PoolMaybeStart();
   TendHeap(heap, size_class);
   // Blocks already carved and free come first, on any page of the class
   // (those on its inbox too), and carving new blocks last: carved blocks

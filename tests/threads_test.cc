@@ -6,8 +6,13 @@
 //
 // Counts are modest: each test runs in a few seconds on two cores, also
 // under FERRY_RECLAIMERS=0 and FERRY_BATCH=1 (see BUILD).
+#include <pthread.h>
+#include <spawn.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,7 +20,9 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <latch>
 #include <set>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -78,6 +85,83 @@ class BatchQueue {
   std::deque<std::vector<Item>> batches_;
   bool closed_ = false;
 };
+
+// Runs this test program again in a new process, with only `test` and the
+// environment `env` (FERRY_* variables of the variant dropped): for
+// scenarios that need a process whose pool has never run. Returns whether
+// it passed.
+bool RunInFreshProcess(const char* test, std::vector<std::string> env) {
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (strncmp(*e, "FERRY_", 6) != 0) env.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string filter = std::string("--gtest_filter=") + test;
+  char self[] = "/proc/self/exe";
+  char* argv[] = {self, filter.data(), nullptr};
+  pid_t pid;
+  if (posix_spawn(&pid, self, nullptr, nullptr, argv, envp.data()) != 0) return false;
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+constexpr char kFreshProcess[] = "FERRY_TEST_FRESH_PROCESS";
+
+// A thread allocating in a TLS destructor after ferry's own has run (so from
+// the shared exit heap, under a spin lock) must not start a pool that was
+// asked for: the thread creations would run under that lock, with every
+// other exiting thread spinning on it.
+void ExitingThreadScenario() {
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  ASSERT_EQ(stats.pool_starts, 0u);
+  // The destructor sets its value again once, so that it allocates in the
+  // second round of destructors, after ferry's (in the first) whatever the
+  // keys' order.
+  static pthread_key_t key;
+  ASSERT_EQ(pthread_key_create(&key,
+                               [](void* value) {
+                                 if (value == &key) {
+                                   pthread_setspecific(key, &kFreshProcess);
+                                   return;
+                                 }
+                                 ferry_free(ferry_malloc(100));
+                               }),
+            0);
+  std::latch has_heap(1), pool_asked_for(1);
+  std::thread exiting([&] {
+    ferry_free(ferry_malloc(48));  // its heap (no pool asked for yet)
+    has_heap.count_down();
+    pool_asked_for.wait();
+    pthread_setspecific(key, &key);
+  });
+  has_heap.wait();
+  // A thread that exits with remote frees in its batch asks for the pool
+  // (an exiting thread never starts it).
+  std::vector<Item> blocks;
+  for (int i = 0; i < 100; ++i) blocks.push_back(Make(64));
+  std::thread([&] {
+    for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+  }).join();
+  ferry_stats_get(&stats);
+  ASSERT_EQ(stats.pool_starts, 0u) << "the pool started before the scenario";
+  pool_asked_for.count_down();
+  exiting.join();
+  ferry_stats_get(&stats);
+  EXPECT_EQ(stats.pool_starts, 0u) << "an exiting thread started the pool";
+  ferry_free(ferry_malloc(20000));  // a slow path of a live thread starts it
+  ferry_stats_get(&stats);
+  EXPECT_EQ(stats.pool_starts, 1u);
+}
+
+TEST(Threads, AnExitingThreadNeverStartsThePool) {
+  if (getenv(kFreshProcess) != nullptr) return ExitingThreadScenario();
+  EXPECT_TRUE(RunInFreshProcess("Threads.AnExitingThreadNeverStartsThePool",
+                                {std::string(kFreshProcess) + "=1", "FERRY_RECLAIMERS=1"}))
+      << "the scenario failed in its own process (its output is above)";
+}
 
 TEST(Threads, ProducersHandBlocksToConsumersThatFreeThem) {
   constexpr int kPairs = 2;
