@@ -795,8 +795,14 @@ void PoolForkChild() {
     for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
       Reclaimer* r = g_pool.reclaimers[i];
       Batch* batch;
-      while (PopBatch(r, &batch)) Apply(batch);
-      g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
+      // Counted as pooled, as the reclaimer would have: they were handed to
+      // it (batches_published counted them), and they are applied now.
+      uint64_t applied = 0;
+      while (PopBatch(r, &batch)) {
+        Apply(batch);
+        ++applied;
+      }
+      g_pool.retired_batches.fetch_add(r->batches.exchange(0) + applied, std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);
       // An offer caught between its push and its count (PoolOffer) left it

@@ -463,6 +463,13 @@ TEST(Fork, BatchesQueuedAtForkReachTheirPagesInTheChild) {
                   std::to_string(2 * n) + " allocations reused only " + std::to_string(reused) +
                   " (queued batches must be applied by the time the child runs)");
       }
+      // The batches the child applied for the reclaimers count as theirs.
+      const ferry_stats_t s = Stats();
+      if (s.batches_pooled + s.batches_inline != s.batches_published) {
+        ChildExit("batches_pooled " + std::to_string(s.batches_pooled) + " + batches_inline " +
+                  std::to_string(s.batches_inline) + " != batches_published " +
+                  std::to_string(s.batches_published));
+      }
       ChildExit("");
     }
     forked.count_down();
