@@ -984,7 +984,7 @@ namespace {
 // a spare batch to fill meanwhile, else sorted and returned right here. The
 // heap switches to the spare before offering, so any free made while the
 // pool starts (pthread_create allocates) lands in the spare.
-void PublishBatch(Heap* heap) {
+void PublishBatch(Heap* heap, bool may_spawn) {
   const uint32_t count = heap->batch_count;
   if (count == 0) return;
   Batch* full = heap->current;
@@ -1013,7 +1013,7 @@ void PublishBatch(Heap* heap) {
     // left, or when the memory its batches hold reaches kWakeBytes: many
     // small blocks per wake-up, but never much memory kept from its owners.
     const bool wake_now = spares == 1 || waiting_bytes >= kWakeBytes;
-    if (PoolOffer(full, heap->home, wake_now)) return;
+    if (PoolOffer(full, heap->home, wake_now, may_spawn)) return;
   }
   CounterAdd(g_counters.batches_inline, 1);
   ReturnBatch(full->ptrs, count);
@@ -1049,7 +1049,7 @@ void CollectHeap(Heap* heap) {
 }
 
 void AbandonHeap(Heap* heap) {
-  PublishBatch(heap);
+  PublishBatch(heap, /*may_spawn=*/false);  // an exiting thread (FreeMayStartPool)
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
   CollectHeap(heap);
   tl_heap = &g_empty_heap;
@@ -1617,10 +1617,9 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {
-  PublishBatch(heap);
-  if (g_pool_start_requested.load(std::memory_order_relaxed) != 0 && FreeMayStartPool(caller)) {
-    PoolMaybeStart();
-  }
+  const bool may_spawn = FreeMayStartPool(caller);
+  PublishBatch(heap, may_spawn);
+  if (may_spawn && g_pool_start_requested.load(std::memory_order_relaxed) != 0) PoolMaybeStart();
 }
 
 void FreeLocalSlow(Heap* heap, Page* page) {
@@ -1683,7 +1682,7 @@ size_t UsableSize(uintptr_t address, const char* call) {
 
 void FlushThisThread() {
   Heap* heap = tl_heap;
-  if (heap != &g_empty_heap) PublishBatch(heap);
+  if (heap != &g_empty_heap) PublishBatch(heap, /*may_spawn=*/true);
   PoolFlush();
 }
 

@@ -63,6 +63,42 @@ class CrowdedTest : public testing::Test {
   }
 };
 
+void FreeBlocksOfAnotherThread(size_t count, size_t size);
+ferry_stats_t StatsOnceEveryBatchIsCounted();
+
+bool TbbBackend() {
+  const char* value = getenv("FERRY_RECLAIMER_BACKEND");
+  return value != nullptr && strcmp(value, "tbb") == 0;
+}
+
+// oneTBB launches a worker it has not started yet inside enqueue, on the
+// calling thread: a batch published where no thread may be created (here by
+// a thread as it exits; also a free from inside the loader or libc) is
+// applied by that thread on that backend, never enqueued. ferry's own
+// threads only take it from a queue. First in the file, while the watch is
+// calm.
+TEST_F(CrowdedTest, ABatchPublishedAsAThreadExitsGoesToOneTbbNever) {
+  At(0, 0);
+  FreeBlocksOfAnotherThread(8 * 256, 64);
+  ferry_flush();
+  const ferry_stats_t before = StatsOnceEveryBatchIsCounted();
+  ASSERT_GT(before.batches_pooled, 0u) << "the pool takes no batches: the test measures nothing";
+  std::vector<void*> blocks(100);
+  for (void*& p : blocks) p = ferry_malloc(64);
+  std::thread([&] {
+    for (void* p : blocks) ferry_free(p);  // remote, fewer than a batch: published at exit
+  }).join();
+  const ferry_stats_t after = StatsOnceEveryBatchIsCounted();
+  EXPECT_EQ(after.batches_published - before.batches_published, 1u);
+  if (TbbBackend()) {
+    EXPECT_EQ(after.batches_inline - before.batches_inline, 1u);
+    EXPECT_EQ(after.batches_pooled, before.batches_pooled) << "enqueued from an exiting thread";
+  } else {
+    EXPECT_EQ(after.batches_pooled - before.batches_pooled, 1u);
+  }
+  EXPECT_EQ(after.blocks_returned, after.remote_frees);
+}
+
 TEST_F(CrowdedTest, HoldsOffTheCrowdedPoolAndDoublesTheHoldOnEachCrowdedTrial) {
   if (!WatchOn()) GTEST_SKIP() << "FERRY_INLINE_WHEN_BUSY=0: CrowdedTest.OffMeansNeverCrowded";
   const uint64_t crowd = Crowding();

@@ -558,13 +558,18 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 
-bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now) {
+bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) {
   if (tl_is_reclaimer) return false;  // a reclaimer's own frees never wait on its pool
   const uint32_t state = g_pool.state.load(std::memory_order_acquire);
   if (FERRY_UNLIKELY(state != kRunning)) {
     if (state == kNotStarted) g_pool_start_requested.store(1, std::memory_order_relaxed);
     return false;
   }
+  // oneTBB launches a worker it has not started yet from inside enqueue, on
+  // the calling thread: from a free inside the loader's TLS release (under
+  // dl_stack_cache_lock, which pthread_create takes) that thread deadlocked
+  // on itself.
+  if (g_pool.use_tbb && !may_spawn) return false;
   // The oneTBB backend's housekeeping rides on offers (it has no timer), so
   // a crowded offer still sends it along: the batch is turned away, not the
   // duty. (Until 2026-12-02 a crowded process on that backend purged

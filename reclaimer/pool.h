@@ -48,7 +48,11 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool 
 // `wake_now`: the caller has no spare batch left, so a sleeping reclaimer
 // is woken at once; otherwise batches may wait for a few more (or for the
 // reclaimer's idle tick) so that one wake-up applies several.
-bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now);
+// `may_spawn`: whether a thread may be created here (FreeMayStartPool).
+// The oneTBB backend's enqueue may create one of oneTBB's workers on the
+// calling thread, so without it that backend refuses the batch; ferry's own
+// threads only take it from a queue.
+bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn = true);
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
