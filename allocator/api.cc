@@ -204,7 +204,7 @@ FERRY_EXPORT void ferry_stats_print(FILE* out) {
   FERRY_PRINT_COUNTER(batches_pooled, "batches applied by the reclaimer pool")
   FERRY_PRINT_COUNTER(steals, "of those, stolen from another reclaimer")
   FERRY_PRINT_COUNTER(reclaimer_threads, "reclaimer threads running now")
-  FERRY_PRINT_COUNTER(reclaimer_cpu_ns, "CPU time of the reclaimer threads (ns)")
+  FERRY_PRINT_COUNTER(reclaimer_cpu_ns, "CPU time of the reclaimer threads, or of ferry's oneTBB tasks (ns)")
   FERRY_PRINT_COUNTER(pool_starts, "times the pool started")
 #undef FERRY_PRINT_COUNTER
   fflush(out);

@@ -145,6 +145,10 @@ struct Pool {
   // with this backend idle memory waits for the next activity or ferry_collect).
   bool use_tbb = false;
   std::atomic<uint64_t> tbb_batches{0};
+  // CPU time of ferry's tasks on oneTBB's workers (reclaimer_cpu_ns): those
+  // threads are oneTBB's, so their whole clocks would count the program's
+  // own tasks too.
+  std::atomic<uint64_t> tbb_cpu_ns{0};
   // The batches offered to the arena wait here, each with a task that
   // applies one from here (ApplyQueuedTask), so that a thread waiting for
   // them (PoolFlush, QuiescePool) can apply them itself: oneTBB may have no
@@ -221,7 +225,24 @@ bool ApplyQueuedTbbBatch() {
   return true;
 }
 
-void ApplyQueuedTask(void*) { ApplyQueuedTbbBatch(); }
+uint64_t ThisThreadCpuNs() {
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// A oneTBB task of ferry's: `work`, with its CPU time counted.
+template <typename Work>
+void RunCountedTask(Work work) {
+  const uint64_t begin = ThisThreadCpuNs();
+  work();
+  const uint64_t end = ThisThreadCpuNs();
+  if (end > begin) g_pool.tbb_cpu_ns.fetch_add(end - begin, std::memory_order_relaxed);
+}
+
+void ApplyQueuedTask(void*) {
+  RunCountedTask([] { ApplyQueuedTbbBatch(); });
+}
 
 // Returns once every batch that joined the epoch slot has been applied
 // (PoolFlush, and fork's QuiescePool on oneTBB). On oneTBB, what no task has
@@ -238,7 +259,7 @@ void WaitForEpochSlot(uint32_t slot, int timeout_ms) {
 }
 
 void DutyTask(void*) {
-  RunDuty(OsMonotonicMs(), false);
+  RunCountedTask([] { RunDuty(OsMonotonicMs(), false); });
 }
 
 void Wake(Reclaimer* r) {
@@ -719,6 +740,7 @@ void PoolStatsGet(PoolStats* out) {
   out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed) +
                         g_pool.tbb_batches.load(std::memory_order_relaxed);
   out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
+  out->cpu_ns = g_pool.tbb_cpu_ns.load(std::memory_order_relaxed);
   const int running = g_pool.use_tbb ? 0 : PoolThreadCount();
   for (int i = 0; i < kMaxReclaimers && g_pool.reclaimers[i] != nullptr; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];

@@ -131,7 +131,7 @@ typedef struct ferry_stats_s {
   uint64_t batches_pooled;        // batches applied by the pool
   uint64_t steals;                // of those, stolen from another reclaimer's queue
   uint64_t reclaimer_threads;     // reclaimer threads running now
-  uint64_t reclaimer_cpu_ns;      // CPU time the reclaimer threads have used
+  uint64_t reclaimer_cpu_ns;      // CPU time the reclaimer threads have used (oneTBB: ferry's tasks)
   uint64_t pool_starts;           // times the pool started (again after a fork)
   // From 0.2.1 on:
   uint64_t huge_reused;           // huge blocks placed in a mapping freed before
