@@ -77,6 +77,8 @@ uint64_t OsMonotonicMs();
 // resolution, cheaper still; neither makes a system call).
 uint64_t OsMonotonicNs();
 uint64_t OsCoarseMonotonicNs();
+// CPU time the calling thread has used, in nanoseconds.
+uint64_t OsThreadCpuNs();
 // Involuntary context switches of this process's threads so far (times the
 // scheduler took a CPU from one of them while it could still run); false
 // when the system call fails. Leaves errno as it was.

@@ -225,18 +225,12 @@ bool ApplyQueuedTbbBatch() {
   return true;
 }
 
-uint64_t ThisThreadCpuNs() {
-  timespec ts;
-  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 // A oneTBB task of ferry's: `work`, with its CPU time counted.
 template <typename Work>
 void RunCountedTask(Work work) {
-  const uint64_t begin = ThisThreadCpuNs();
+  const uint64_t begin = OsThreadCpuNs();
   work();
-  const uint64_t end = ThisThreadCpuNs();
+  const uint64_t end = OsThreadCpuNs();
   if (end > begin) g_pool.tbb_cpu_ns.fetch_add(end - begin, std::memory_order_relaxed);
 }
 
