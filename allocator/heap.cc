@@ -1605,9 +1605,12 @@ void FreeChecksFailed(Page* page, void* p, const char* call) {
 // thread's heap was abandoned at exit (glibc frees its per-thread buffers
 // after the TSD destructors have run), or with no memory for a heap. The
 // latter two return the block at once, as a batch of one.
-void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call) {
+// `caller` goes on with the free: a thread's first free may be the loader's,
+// of another thread's block (a dead thread's TLS), and a batch it fills
+// must not start the pool there (FreeMayStartPool).
+void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const void* caller) {
   FERRY_CHECK(heap == &g_empty_heap);
-  if (!tl_exiting && InitThreadHeap() != nullptr) return Free(p, call);  // may be the owner now
+  if (!tl_exiting && InitThreadHeap() != nullptr) return Free(p, call, caller);  // may be the owner now
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   void* batch[1] = {p};
   CounterAdd(g_counters.remote_frees, 1);
@@ -1678,6 +1681,21 @@ size_t UsableSize(uintptr_t address, const char* call) {
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
   if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
   return page->block_size;
+}
+
+void RequireNotFree(void* p, const char* call) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (SegmentMapLookup(address) != kMapSegment) return;  // huge: UsableSize judged it
+  Page* page = PageOf(SegmentOf(address), address);
+  if (page->kind == PageKind::kHuge) return;
+  // memcheck: the user may not have written the word yet, so the test and
+  // its branch run with reports off.
+  VgQuietBegin();
+  if (LooksFree(page, static_cast<const Block*>(p))) {
+    VgQuietEnd();
+    FatalBadPointer(call, p, "double free (block already free)");
+  }
+  VgQuietEnd();
 }
 
 void FlushThisThread() {

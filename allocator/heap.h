@@ -143,7 +143,7 @@ void FreeChecksFailed(Page* page, void* p, const char* call);
 void FreeLocalSlow(Heap* heap, Page* page);
 void FreeCheckpoint(Heap* heap);
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
-void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call);
+void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const void* caller);
 void PublishBatchSlow(Heap* heap, const void* caller);
 // The housekeeping's turn to give back segments that other threads emptied
 // (heap.cc); run after ArenaPurge, which tells it whether any are due.
@@ -211,7 +211,7 @@ FERRY_ALWAYS_INLINE void* Allocate(size_t n) {
 FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char* call,
                                     const void* caller) {
   const uint32_t count = heap->batch_count;
-  if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, page, p, call);
+  if (FERRY_UNLIKELY(count >= heap->batch_limit)) return FreeRemoteSlow(heap, page, p, call, caller);
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   heap->batch[count] = p;
   heap->batch_count = count + 1;
@@ -233,19 +233,15 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   const uint64_t carved = page->carved_bytes.load(std::memory_order_relaxed);
   const uint64_t offset = address - start;
   Block* block = static_cast<Block*>(p);
-  // Read before p is known to be a block start (it may be an interior,
-  // misaligned pointer): memcpy makes that read defined; it is one load.
-  // The aligned word that holds p's first byte, which is the block's first
-  // word when p is a block (blocks start 8-aligned) and never crosses into
-  // the next page: a misaligned p in the last bytes of a mapping (a huge
-  // block's, an arena's last segment) read past its end and faulted.
-  uintptr_t first_word;
-  __builtin_memcpy(&first_word, reinterpret_cast<const void*>(address & ~uintptr_t{7}), sizeof(first_word));
-  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(first_word));
-  if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic ||
-                     next == 0 || next - start < carved)) {
+  if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic)) {
     return FreeChecksFailed(page, p, call);
   }
+  // Only now, p being a block this page carved, its first word: a huge
+  // block (nothing carved) is never read, so one whose first page the
+  // program made inaccessible (a guard page under a stack) frees as it
+  // does on glibc; reading first faulted there.
+  const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
+  if (FERRY_UNLIKELY(next == 0 || next - start < carved)) return FreeChecksFailed(page, p, call);
   Heap* heap = tl_heap;
   if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call, caller);
   if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call);
@@ -282,9 +278,15 @@ void* ReallocHuge(void* p, size_t n);
 // changed).
 bool ResizeLargeInPlace(void* p, size_t n);
 // The usable size of the block at `address`; aborts with a diagnostic naming
-// `call` when it is not a live ferry block. Takes an address, not a pointer:
-// it never reads the block's bytes.
+// `call` when it is not a ferry block (foreign, interior, or a huge block
+// already freed). Takes an address, not a pointer: it never reads the
+// block's bytes, so a small or large block that is free passes
+// (RequireNotFree tells).
 size_t UsableSize(uintptr_t address, const char* call);
+// Aborts with a diagnostic naming `call` when the block at `address` (one
+// UsableSize accepted) is free: realloc, which may keep the block in place
+// and never reach free's checks.
+void RequireNotFree(void* p, const char* call);
 // The calling thread's heap, made (or taken over from an exited thread) on
 // first use; the one it has when it has one. nullptr if the OS refuses.
 Heap* InitThreadHeap();

@@ -1612,6 +1612,41 @@ TEST(HugeCache, AMappingTheProgramChangedInPartIsNotKept) {
   EmptyHugeCache();
 }
 
+// A stack with a guard page: the program makes a huge block's first page
+// inaccessible (mprotect, or a guard region of Linux 6.13) and frees the
+// block as it is. free read the block's first word before it knew the block
+// was huge, and faulted; and a guard region, which neither mprotect nor
+// MADV_DONTNEED clears, went with the cached mapping to the next block,
+// which faulted on its first write.
+TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  void* stack = nullptr;
+  ASSERT_EQ(ferry_posix_memalign(&stack, 4096, 8 * kHugeMiB), 0);
+  ASSERT_EQ(mprotect(stack, 4096, PROT_NONE), 0);
+  ferry_free(stack);  // faulted here
+  char* again = static_cast<char*>(ferry_malloc(8 * kHugeMiB));
+  ASSERT_NE(again, nullptr);
+  memset(again, 'a', 8 * kHugeMiB);  // the cached mapping's first page too
+  ferry_free(again);
+  constexpr int kMadvGuardInstall = 102;  // Linux 6.13
+  char* guarded = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(guarded, nullptr);
+  if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) {
+    ferry_free(guarded);
+    EmptyHugeCache();
+    GTEST_SKIP() << "no guard regions on this kernel (errno " << errno << ")";
+  }
+  ferry_free(guarded);
+  ASSERT_GT(HugeStats().huge_bytes_cached, 0u) << "a guard region splits no mapping: it should be kept";
+  char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next, guarded) << "not the cached mapping: nothing checked";
+  memset(next, 'b', 5 * kHugeMiB);  // faulted on the guard page
+  ferry_free(next);
+  EmptyHugeCache();
+}
+
 // A block whose mapping waits in the cache is out of the segment map, like
 // memory ferry never handed out; it is still reported as what it is.
 TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {

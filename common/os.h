@@ -39,8 +39,8 @@ void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_roo
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);
 // Read-write, and copied into fork children, again, whatever the program
-// set on the range since (mprotect, MADV_DONTFORK, MADV_WIPEONFORK; not
-// mlock or a protection key), so that it can hold a
+// set on the range since (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, guard
+// regions; not mlock or a protection key), so that it can hold a
 // new block; false when the kernel refused (the program unmapped part of
 // it): then it is fit only for OsRelease.
 bool OsResetForReuse(void* base, size_t size);

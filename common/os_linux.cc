@@ -54,12 +54,24 @@ void OsRelease(void* base, size_t size) {
   errno = saved_errno;
 }
 
+// Not in every libc's headers yet (Linux 6.13's uapi value).
+#ifdef MADV_GUARD_REMOVE
+constexpr int kMadvGuardRemove = MADV_GUARD_REMOVE;
+#else
+constexpr int kMadvGuardRemove = 103;
+#endif
+
 bool OsResetForReuse(void* base, size_t size) {
   const int saved_errno = errno;
   const bool done = mprotect(base, size, PROT_READ | PROT_WRITE) == 0 &&
                     madvise(base, size, MADV_DOFORK) == 0;
   // A kernel without MADV_WIPEONFORK refuses this too, and has nothing to undo.
   (void)madvise(base, size, MADV_KEEPONFORK);
+  // Guard regions (MADV_GUARD_INSTALL, Linux 6.13) are page-table markers:
+  // they split no mapping, and neither mprotect nor MADV_DONTNEED clears
+  // them, so the next block faulted on its first write. Older kernels
+  // refuse the advice, and have no guards to remove.
+  (void)madvise(base, size, kMadvGuardRemove);
   errno = saved_errno;
   return done;
 }

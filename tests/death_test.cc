@@ -447,6 +447,37 @@ TEST_F(Death, ReallocOfAFreedBlockAborts) {
       kAborted, NamesBadPointer());
 }
 
+// realloc to a size the block already fits keeps the block in place, and so
+// never reached free's double-free check: it handed the freed block back as
+// live, and the next malloc handed it out a second time.
+void ReallocInPlaceBad(void* p, size_t size) {
+  Expect(p);
+  void* q = ferry_realloc(Launder(p), size);
+  void* r = ferry_malloc(size);
+  fprintf(stderr, "ferry_realloc(%p) returned %p, then malloc %p\n", p, q, r);
+  exit(0);
+}
+
+TEST_F(Death, ReallocOfAFreedBlockToASizeItFitsAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(100);
+        ferry_free(p);
+        ReallocInPlaceBad(p, 100);
+      },
+      kAborted, NamesBadPointer());
+}
+
+TEST_F(Death, ReallocOfABlockAnotherThreadFreedAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(100);
+        std::thread([p] { ferry_free(p); }).join();
+        ReallocInPlaceBad(p, 90);
+      },
+      kAborted, NamesBadPointer());
+}
+
 TEST_F(Death, ReallocOfAGlibcBlockAborts) {
   EXPECT_EXIT(ReallocBad(malloc(32)), kAborted, NamesBadPointer());
 }

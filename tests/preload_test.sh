@@ -100,6 +100,18 @@ glibc_names="$(runfile tests/preload_glibc_names)" || fail "preload_glibc_names 
 LD_PRELOAD="$lib" "$glibc_names" ferry || fail "preload_glibc_names fails on ferry"
 "$glibc_names" ferry >/dev/null 2>&1 &&
   fail "preload_glibc_names finds ferry without the preload: its check proves nothing"
+
+# A thread whose first free is the loader's must not start the pool there
+# (it deadlocked: the loader holds the lock pthread_create takes). Each
+# remote free fills a batch; 30 s is far beyond the run's few milliseconds.
+loader_free="$(runfile tests/preload_loader_free)" || fail "preload_loader_free is not in runfiles"
+rc=0
+FERRY_BATCH=1 FERRY_RECLAIMERS=1 FERRY_STATS=1 LD_PRELOAD="$lib" timeout 30 "$loader_free" \
+  >"$tmp/loader_free.out" 2>"$tmp/loader_free.err" || rc=$?
+[[ $rc == 0 ]] || fail "preload_loader_free exited $rc on ferry (124: it hung)"
+grep -q '^joined$' "$tmp/loader_free.out" || fail "preload_loader_free printed no 'joined'"
+grep -Eq 'remote_frees +[1-9]' "$tmp/loader_free.err" ||
+  fail "preload_loader_free made no remote free on ferry: its check proves nothing"
 echo "ok: glibc's __libc_* names and cfree reach ferry"
 
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object

@@ -1,0 +1,48 @@
+// preload_loader_free.c — a thread whose first free is the dynamic loader's,
+// of another thread's block, must not start ferry's reclaimer pool from it
+// (preload_test.sh runs it under LD_PRELOAD with FERRY_BATCH=1 and
+// FERRY_RECLAIMERS=1, and a time limit).
+//
+// pthread_join trims glibc's thread-stack cache and frees dead threads' TLS
+// (which their creator allocated) while it holds the cache's lock, which
+// pthread_create takes. The joiner below has never allocated, so that free
+// is its first: it made the thread's heap and went on without knowing who
+// called it, the one-block batch it filled started the pool, and the
+// joiner deadlocked on itself. Plain C on glibc's names: the program knows
+// nothing of ferry.
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { kThreads = 8 };
+static pthread_t victims[kThreads];
+
+static void* Nothing(void* arg) { return arg; }
+
+static void* Joiner(void* arg) {
+  // Nothing allocated or freed on this thread before the joins.
+  for (int i = 0; i < kThreads; ++i) pthread_join(victims[i], NULL);
+  return arg;
+}
+
+int main(void) {
+  free(malloc(16));  // the main thread's heap, which the threads' TLS comes from
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  // 16 MiB stacks: the 40 MiB stack cache overflows at the third join.
+  pthread_attr_setstacksize(&attr, (size_t)16 << 20);
+  for (int i = 0; i < kThreads; ++i) {
+    if (pthread_create(&victims[i], &attr, Nothing, NULL) != 0) {
+      perror("pthread_create");
+      return 1;
+    }
+  }
+  pthread_attr_destroy(&attr);
+  pthread_t joiner;
+  if (pthread_create(&joiner, NULL, Joiner, NULL) != 0 || pthread_join(joiner, NULL) != 0) {
+    fputs("joiner failed\n", stderr);
+    return 1;
+  }
+  puts("joined");
+  return 0;
+}
