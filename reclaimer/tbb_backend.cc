@@ -2,11 +2,10 @@
 //
 // The oneTBB entry points this file reaches (through the inline code of
 // task_arena and global_control) are declared weak below, so that linking
-// ferry never requires oneTBB; availability is checked at run time with
-// dlsym before any of them is called.
+// ferry never requires oneTBB; availability is checked at run time, on
+// those references themselves, before any of them is called.
 #include "reclaimer/tbb_backend.h"
 
-#include <dlfcn.h>
 
 #include <new>
 #include <oneapi/tbb/global_control.h>
@@ -35,18 +34,29 @@ tbb::task_arena* g_arena = nullptr;
 
 }  // namespace
 
+// The same weak references, as the program resolved them when it was
+// loaded: what the calls below will jump to. A oneTBB loaded later (dlopen
+// of a plugin that needs it) is found by dlsym, but libferry.so is bound at
+// load time (and libferry.a's references are the executable's), so these
+// stay null and the calls jumped to address 0.
+extern "C" {
+void TbbInitializeRef() __asm__("_ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE") __attribute__((weak));
+void TbbEnqueueRef() __asm__("_ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE") __attribute__((weak));
+void TbbAllocateRef() __asm__("_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm") __attribute__((weak));
+void TbbDeallocateRef() __asm__(
+    "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE") __attribute__((weak));
+void TbbCreateControlRef() __asm__("_ZN3tbb6detail2r16createERNS0_2d114global_controlE") __attribute__((weak));
+void TbbDefaultConcurrencyRef() __asm__("_ZN3tbb6detail2r124numa_default_concurrencyEi") __attribute__((weak));
+void TbbActiveValueRef() __asm__("_ZN3tbb6detail2r127global_control_active_valueEi") __attribute__((weak));
+}
+
 bool TbbBackendAvailable() {
-  static const char* const kNeeded[] = {
-      "_ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE",
-      "_ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE",
-      "_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm",
-      "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE",
-      "_ZN3tbb6detail2r16createERNS0_2d114global_controlE",
-      "_ZN3tbb6detail2r124numa_default_concurrencyEi",
-      "_ZN3tbb6detail2r127global_control_active_valueEi",
+  void (*const needed[])() = {
+      &TbbInitializeRef, &TbbEnqueueRef,        &TbbAllocateRef,    &TbbDeallocateRef,
+      &TbbCreateControlRef, &TbbDefaultConcurrencyRef, &TbbActiveValueRef,
   };
-  for (const char* name : kNeeded) {
-    if (dlsym(RTLD_DEFAULT, name) == nullptr) return false;
+  for (void (*ref)() : needed) {
+    if (ref == nullptr) return false;
   }
   return true;
 }

@@ -112,6 +112,23 @@ FERRY_BATCH=1 FERRY_RECLAIMERS=1 FERRY_STATS=1 LD_PRELOAD="$lib" timeout 30 "$lo
 grep -q '^joined$' "$tmp/loader_free.out" || fail "preload_loader_free printed no 'joined'"
 grep -Eq 'remote_frees +[1-9]' "$tmp/loader_free.err" ||
   fail "preload_loader_free made no remote free on ferry: its check proves nothing"
+
+# oneTBB loaded by dlopen after ferry, and asked for as the backend: ferry
+# cannot reach it (its references were bound when it was loaded), so it
+# warns and uses its own threads; it jumped to address 0.
+tbb_dlopen="$(runfile tests/preload_tbb_dlopen)" || fail "preload_tbb_dlopen is not in runfiles"
+rc=0
+FERRY_RECLAIMER_BACKEND=tbb FERRY_RECLAIMERS=1 FERRY_BATCH=64 FERRY_STATS=1 LD_PRELOAD="$lib" \
+  timeout 30 "$tbb_dlopen" >"$tmp/tbb_dlopen.out" 2>"$tmp/tbb_dlopen.err" || rc=$?
+[[ $rc == 0 ]] || fail "preload_tbb_dlopen exited $rc on ferry"
+if grep -q '^freed$' "$tmp/tbb_dlopen.out"; then
+  grep -q 'FERRY_RECLAIMER_BACKEND=tbb needs oneTBB' "$tmp/tbb_dlopen.err" ||
+    fail "preload_tbb_dlopen: no warning that the oneTBB backend is out of reach"
+  grep -Eq 'pool_starts +[1-9]' "$tmp/tbb_dlopen.err" ||
+    fail "preload_tbb_dlopen: ferry's own pool never started"
+else
+  echo "preload_tbb_dlopen: $(cat "$tmp/tbb_dlopen.out") (skipped)"
+fi
 echo "ok: glibc's __libc_* names and cfree reach ferry"
 
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
