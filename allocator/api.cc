@@ -81,10 +81,9 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
 FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   if (ptr == nullptr) return ferry_malloc(size);
   if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
-  const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc");
   // A freed block kept in place below would be live and free at once, and
-  // handed out again by the next malloc.
-  ferry::RequireNotFree(ptr, "realloc");
+  // handed out again by the next malloc: it must be live.
+  const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc", /*require_live=*/true);
   // Keep the block when the new size fits, does not waste more than half, and
   // has the alignment malloc gives that size (a 104-byte block may sit 8
   // bytes off 16: no place for 64 bytes). Not under memcheck, which would

@@ -1667,7 +1667,7 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   if (--page->used == 0) FreeLocalSlow(heap, page);
 }
 
-size_t UsableSize(uintptr_t address, const char* call) {
+size_t UsableSize(uintptr_t address, const char* call, bool require_live) {
   const void* p = reinterpret_cast<const void*>(address);
   const uint8_t kind = SegmentMapLookup(address);
   if (kind == kMapHugeAlignedBlock) {
@@ -1680,22 +1680,17 @@ size_t UsableSize(uintptr_t address, const char* call) {
   if (page->kind == PageKind::kHuge) return HugeUsableSize(page, address, call);
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
   if (!IsBlockStart(page, address)) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
-  return page->block_size;
-}
-
-void RequireNotFree(void* p, const char* call) {
-  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  if (SegmentMapLookup(address) != kMapSegment) return;  // huge: UsableSize judged it
-  Page* page = PageOf(SegmentOf(address), address);
-  if (page->kind == PageKind::kHuge) return;
-  // memcheck: the user may not have written the word yet, so the test and
-  // its branch run with reports off.
-  VgQuietBegin();
-  if (LooksFree(page, static_cast<const Block*>(p))) {
+  if (require_live) {
+    // memcheck: the user may not have written the word yet, so the test and
+    // its branch run with reports off.
+    VgQuietBegin();
+    if (LooksFree(page, static_cast<const Block*>(p))) {
+      VgQuietEnd();
+      FatalBadPointer(call, p, "double free (block already free)");
+    }
     VgQuietEnd();
-    FatalBadPointer(call, p, "double free (block already free)");
   }
-  VgQuietEnd();
+  return page->block_size;
 }
 
 void FlushThisThread() {

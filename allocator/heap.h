@@ -279,14 +279,11 @@ void* ReallocHuge(void* p, size_t n);
 bool ResizeLargeInPlace(void* p, size_t n);
 // The usable size of the block at `address`; aborts with a diagnostic naming
 // `call` when it is not a ferry block (foreign, interior, or a huge block
-// already freed). Takes an address, not a pointer: it never reads the
-// block's bytes, so a small or large block that is free passes
-// (RequireNotFree tells).
-size_t UsableSize(uintptr_t address, const char* call);
-// Aborts with a diagnostic naming `call` when the block at `address` (one
-// UsableSize accepted) is free: realloc, which may keep the block in place
-// and never reach free's checks.
-void RequireNotFree(void* p, const char* call);
+// already freed). Without `require_live` it never reads the block's bytes,
+// so a small or large block that is free passes; with it (realloc, which
+// may keep the block in place and never reach free's checks) such a block
+// is reported as a double free.
+size_t UsableSize(uintptr_t address, const char* call, bool require_live = false);
 // The calling thread's heap, made (or taken over from an exited thread) on
 // first use; the one it has when it has one. nullptr if the OS refuses.
 Heap* InitThreadHeap();

@@ -6,7 +6,6 @@
 // those references themselves, before any of them is called.
 #include "reclaimer/tbb_backend.h"
 
-
 #include <new>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
@@ -15,13 +14,20 @@
 // oneTBB's exported functions used by the inline code below, and the sized
 // aligned operator delete of its task objects: weak, so that a program
 // without oneTBB (or a C program linking libferry.a) links without them.
-asm(".weak _ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE");
-asm(".weak _ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE");
-asm(".weak _ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm");
-asm(".weak _ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE");
-asm(".weak _ZN3tbb6detail2r16createERNS0_2d114global_controlE");
-asm(".weak _ZN3tbb6detail2r124numa_default_concurrencyEi");
-asm(".weak _ZN3tbb6detail2r127global_control_active_valueEi");
+// The ones TbbBackendAvailable checks are declared here under names of
+// their own (a weak declaration the file refers to makes the symbol weak
+// for the inline code's calls too); the other two need only the directive.
+extern "C" {
+void TbbInitializeRef() __asm__("_ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE") __attribute__((weak));
+void TbbEnqueueRef() __asm__("_ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE") __attribute__((weak));
+void TbbAllocateRef() __asm__("_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm") __attribute__((weak));
+void TbbDeallocateRef() __asm__(
+    "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE") __attribute__((weak));
+void TbbCreateControlRef() __asm__("_ZN3tbb6detail2r16createERNS0_2d114global_controlE") __attribute__((weak));
+void TbbDefaultConcurrencyRef() __asm__("_ZN3tbb6detail2r124numa_default_concurrencyEi") __attribute__((weak));
+void TbbActiveValueRef() __asm__("_ZN3tbb6detail2r127global_control_active_valueEi") __attribute__((weak));
+}
+
 asm(".weak _ZN3tbb6detail2r117assertion_failureEPKciS3_S3_");
 asm(".weak _ZdlPvmSt11align_val_t");
 
@@ -34,22 +40,11 @@ tbb::task_arena* g_arena = nullptr;
 
 }  // namespace
 
-// The same weak references, as the program resolved them when it was
-// loaded: what the calls below will jump to. A oneTBB loaded later (dlopen
-// of a plugin that needs it) is found by dlsym, but libferry.so is bound at
-// load time (and libferry.a's references are the executable's), so these
-// stay null and the calls jumped to address 0.
-extern "C" {
-void TbbInitializeRef() __asm__("_ZN3tbb6detail2r110initializeERNS0_2d115task_arena_baseE") __attribute__((weak));
-void TbbEnqueueRef() __asm__("_ZN3tbb6detail2r17enqueueERNS0_2d14taskEPNS2_15task_arena_baseE") __attribute__((weak));
-void TbbAllocateRef() __asm__("_ZN3tbb6detail2r18allocateERPNS0_2d117small_object_poolEm") __attribute__((weak));
-void TbbDeallocateRef() __asm__(
-    "_ZN3tbb6detail2r110deallocateERNS0_2d117small_object_poolEPvmRKNS2_14execution_dataE") __attribute__((weak));
-void TbbCreateControlRef() __asm__("_ZN3tbb6detail2r16createERNS0_2d114global_controlE") __attribute__((weak));
-void TbbDefaultConcurrencyRef() __asm__("_ZN3tbb6detail2r124numa_default_concurrencyEi") __attribute__((weak));
-void TbbActiveValueRef() __asm__("_ZN3tbb6detail2r127global_control_active_valueEi") __attribute__((weak));
-}
-
+// TbbBackendAvailable: the weak references above, as the program resolved
+// them when it was loaded, are what the calls below will jump to. A oneTBB
+// loaded later (dlopen of a plugin that needs it) is found by dlsym, but
+// libferry.so is bound at load time (and libferry.a's references are the
+// executable's), so these stay null and the calls jumped to address 0.
 bool TbbBackendAvailable() {
   void (*const needed[])() = {
       &TbbInitializeRef, &TbbEnqueueRef,        &TbbAllocateRef,    &TbbDeallocateRef,
