@@ -178,6 +178,9 @@ struct Pool {
   uint64_t (*coarse_now_ns)() = OsCoarseMonotonicNs;
   uint64_t (*now_ns)() = OsMonotonicNs;
   bool (*preemptions)(uint64_t*) = OsPreemptions;
+  // Tests (PoolSetOfferWindowForTest).
+  std::atomic<int> idle_tick_ms{kIdleTickMs};
+  std::atomic<void (*)()> in_offer_window{nullptr};
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -194,12 +197,13 @@ void LeaveEpoch(uint32_t slot) {
   }
 }
 
+// Returns the epoch joined; its slot is epoch & 1.
 uint32_t JoinEpoch() {
   for (;;) {
     const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
     const uint32_t slot = epoch & 1;
     g_pool.in_flight[slot].fetch_add(1, std::memory_order_seq_cst);
-    if (g_pool.epoch.load(std::memory_order_seq_cst) == epoch) return slot;
+    if (g_pool.epoch.load(std::memory_order_seq_cst) == epoch) return epoch;
     LeaveEpoch(slot);
   }
 }
@@ -382,7 +386,10 @@ void Housekeeping() {
     return;
   }
   const uint64_t now = OsMonotonicMs();
-  if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >= kIdleTickMs) RunDuty(now, false);
+  if (now - g_pool.last_duty_ms.load(std::memory_order_relaxed) >=
+      static_cast<uint64_t>(g_pool.idle_tick_ms.load(std::memory_order_relaxed))) {
+    RunDuty(now, false);
+  }
 }
 
 void Park() {
@@ -425,7 +432,7 @@ void* ReclaimerMain(void* arg) {
     }
     Housekeeping();
     self->sleeping.store(1, std::memory_order_seq_cst);
-    if (!AnyWork()) OsFutexWait(&self->sleeping, 1, kIdleTickMs);
+    if (!AnyWork()) OsFutexWait(&self->sleeping, 1, g_pool.idle_tick_ms.load(std::memory_order_relaxed));
     self->sleeping.store(0, std::memory_order_relaxed);
   }
   return nullptr;
@@ -599,7 +606,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   if (g_pool.use_tbb) {
     bool accepted = false;
     if (!crowded) {
-      const uint32_t slot = JoinEpoch();
+      const uint32_t slot = JoinEpoch() & 1;
       batch->epoch_slot = slot;
       batch->in_flight.store(1, std::memory_order_relaxed);
       accepted = g_pool.tbb_queue->bounded_push(batch);
@@ -626,10 +633,12 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   }
   const int count = g_pool.count.load(std::memory_order_acquire);
   const uint32_t home = home_hint % static_cast<uint32_t>(count);
-  batch->epoch_slot = JoinEpoch();
+  const uint32_t epoch = JoinEpoch();
+  batch->epoch_slot = epoch & 1;
   batch->home = home;
   batch->in_flight.store(1, std::memory_order_relaxed);
   Reclaimer* target = g_pool.reclaimers[home];
+  if (auto hold = g_pool.in_offer_window.load(std::memory_order_relaxed); FERRY_UNLIKELY(hold != nullptr)) hold();
   const bool pushed = target->queue.bounded_push(batch);
   g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
   if (!pushed) {
@@ -642,8 +651,16 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // of each a second). So an offer wakes it only when the offering heap
   // asks (it has no spare batch left, or its batches hold kWakeBytes) or
   // kWakeQueued batches wait; others wait at most the idle tick.
-  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (!wake_now && queued < kWakeQueued) return true;
+  // seq_cst (a locked add either way on x86): ordered before the epoch's
+  // load below, for a flush's sake.
+  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_seq_cst) + 1;
+  // A flush that began after this batch joined its epoch waits for it, and
+  // the flush's wake-up (WakeAll) may have come before the push, with every
+  // reclaimer asleep again by now: this offer wakes one, or the flush would
+  // wait out the idle tick (flush_wake_test). A flush whose epoch change
+  // this load misses wakes the reclaimers after the push, so they find it.
+  const bool flush_waits = g_pool.epoch.load(std::memory_order_seq_cst) != epoch;
+  if (!wake_now && !flush_waits && queued < kWakeQueued) return true;
   if (target->sleeping.load(std::memory_order_seq_cst) != 0) {
     Wake(target);
   } else {
@@ -682,6 +699,11 @@ void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_
   g_pool.preemptions = preemptions != nullptr ? preemptions : OsPreemptions;
   g_pool.usable_cpus = OsUsableCpus(ProcessCpus());
   ResetLoadWatch();
+}
+
+void PoolSetOfferWindowForTest(int idle_tick_ms, void (*in_offer_window)()) {
+  g_pool.idle_tick_ms.store(idle_tick_ms > 0 ? idle_tick_ms : kIdleTickMs, std::memory_order_relaxed);
+  g_pool.in_offer_window.store(in_offer_window, std::memory_order_relaxed);
 }
 
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {

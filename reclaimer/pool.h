@@ -86,6 +86,11 @@ bool PoolCpusCrowded();
 // the pool (pool.cc, Pool::cpus).
 void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_t*));
 
+// Tests, ferry's own threads backend: the reclaimers' idle tick (<= 0: the
+// default, 50 ms), and a function every offer calls between joining its
+// flush epoch and pushing its batch (nullptr: none), to hold an offer there.
+void PoolSetOfferWindowForTest(int idle_tick_ms, void (*in_offer_window)());
+
 // True on the pool's own threads.
 bool IsReclaimerThread();
 
