@@ -78,7 +78,10 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
   return p;
 }
 
-FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
+extern "C++" {
+namespace ferry {
+
+void* Realloc(void* ptr, size_t size, const void* caller) {
   if (ptr == nullptr) return ferry_malloc(size);
   if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
   // A freed block kept in place below would be live and free at once, and
@@ -104,9 +107,14 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) {
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote
   memcpy(fresh, ptr, size < usable ? size : usable);
   ferry::VgQuietEnd();
-  FreeUserBlock(ptr, "realloc");
+  FreeUserBlock(ptr, "realloc", caller);
   return fresh;
 }
+
+}  // namespace ferry
+}  // extern "C++"
+
+FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) { return ferry::Realloc(ptr, size, nullptr); }
 
 FERRY_EXPORT void ferry_free(void* ptr) { FreeUserBlock(ptr, "free"); }
 

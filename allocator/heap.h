@@ -284,6 +284,10 @@ bool ResizeLargeInPlace(void* p, size_t n);
 // may keep the block in place and never reach free's checks) such a block
 // is reported as a double free.
 size_t UsableSize(uintptr_t address, const char* call, bool require_live = false);
+// realloc; `caller` goes to the free of the old block (see Free): the C
+// library's realloc entry points pass their return address, ferry_realloc
+// nullptr.
+void* Realloc(void* ptr, size_t size, const void* caller);
 // The calling thread's heap, made (or taken over from an exited thread) on
 // first use; the one it has when it has one. nullptr if the OS refuses.
 Heap* InitThreadHeap();

@@ -58,7 +58,9 @@ FERRY_EXPORT void free(void* ptr) {
   ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0));
 }
 FERRY_EXPORT void* calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
-FERRY_EXPORT void* realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
+FERRY_EXPORT void* realloc(void* ptr, size_t size) {
+  return ferry::Realloc(ptr, size, __builtin_return_address(0));  // its free, as free's
+}
 
 FERRY_EXPORT void* reallocarray(void* ptr, size_t count, size_t size) {
   size_t total;
@@ -66,7 +68,7 @@ FERRY_EXPORT void* reallocarray(void* ptr, size_t count, size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  return ferry_realloc(ptr, total);
+  return ferry::Realloc(ptr, total, __builtin_return_address(0));
 }
 
 FERRY_EXPORT int posix_memalign(void** out, size_t alignment, size_t size) {
@@ -109,7 +111,9 @@ __attribute__((weak)) FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(n
 FERRY_EXPORT void* __libc_malloc(size_t size) { return ferry_malloc(size); }
 FERRY_EXPORT void __libc_free(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
 FERRY_EXPORT void* __libc_calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
-FERRY_EXPORT void* __libc_realloc(void* ptr, size_t size) { return ferry_realloc(ptr, size); }
+FERRY_EXPORT void* __libc_realloc(void* ptr, size_t size) {
+  return ferry::Realloc(ptr, size, __builtin_return_address(0));
+}
 FERRY_EXPORT void* __libc_memalign(size_t alignment, size_t size) { return Memalign(alignment, size); }
 FERRY_EXPORT void* __libc_valloc(size_t size) { return Valloc(size); }
 FERRY_EXPORT void* __libc_pvalloc(size_t size) { return Pvalloc(size); }
