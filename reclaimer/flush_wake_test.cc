@@ -3,7 +3,7 @@
 // that begins in between wakes the reclaimers (which find nothing yet and
 // sleep again) and waits for that batch, so the offer must wake one itself
 // once it has pushed (pool.cc, PoolOffer). The test holds an offer in that
-// window (PoolSetOfferWindowForTest) while a flush starts, with an idle tick
+// window (PoolSetOfferHookForTest) while a flush starts, with an idle tick
 // of 20 s: a flush that relied on the tick took 20 s.
 //
 // Runs with FERRY_RECLAIMERS=1, FERRY_BATCH=16 and the crowded-CPUs watch
@@ -36,8 +36,7 @@ void HoldOneOffer() {
   while (g_release.load() == 0) usleep(1000);
 }
 
-// The calling thread allocates one batch of blocks; another thread frees
-// them (its batch fills and is offered) and exits.
+// One batch's worth of blocks, owned by the calling thread.
 std::vector<void*> AllocatedHere() {
   std::vector<void*> blocks(kBatch);
   for (void*& p : blocks) {
@@ -53,7 +52,19 @@ uint64_t BlocksReturned() {
   return stats.blocks_returned;
 }
 
+// Polls `condition` every millisecond for up to 10 s.
+template <typename Condition>
+bool WaitFor(Condition condition) {
+  for (int ms = 0; ms < 10'000; ++ms) {
+    if (condition()) return true;
+    usleep(1000);
+  }
+  return condition();
+}
+
 TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenThatBatchIsApplied) {
+  g_hold = 0;
+  g_release = 0;
   // The pool runs (its first batch starts it) and everything so far is home.
   std::vector<void*> first = AllocatedHere();
   std::thread([&] {
@@ -62,15 +73,19 @@ TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenT
   ferry_flush();
   ASSERT_EQ(PoolThreadCount(), 1);
 
-  PoolSetOfferWindowForTest(kIdleTickMs, HoldOneOffer);
-  usleep(100'000);  // the reclaimer's current 50 ms sleep ends; it sleeps 20 s from now on
+  PoolSetIdleTickForTest(kIdleTickMs);
+  PoolSetOfferHookForTest(HoldOneOffer);
   std::vector<void*> blocks = AllocatedHere();
   const uint64_t returned_before = BlocksReturned();
   g_hold = 1;
   std::thread freer([&] {
     for (void* p : blocks) ferry_free(p);  // the last free offers the batch, held in the window
   });
-  while (g_hold.load() != 2) usleep(1000);
+  if (!WaitFor([] { return g_hold.load() == 2; })) {
+    g_release = 1;
+    freer.join();
+    FAIL() << "no offer reached the hook (was the batch applied inline?)";
+  }
 
   std::atomic<int64_t> flush_ms{-1};
   std::thread flusher([&] {
@@ -79,14 +94,16 @@ TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenT
     flush_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - begin)
                    .count();
   });
-  // The flush has changed the epoch, woken the reclaimer, which found no
+  // The flush has changed the epoch and woken the reclaimer, which found no
   // batch and went back to sleep; only then does the held offer push.
-  usleep(300'000);
+  EXPECT_TRUE(WaitFor(PoolFlushWaitsWhileReclaimersSleepForTest));
+  usleep(50'000);  // into its futex wait, past its last look at the queue
   EXPECT_EQ(flush_ms.load(), -1) << "the flush returned while a batch of its epoch was unapplied";
   g_release = 1;
   freer.join();
   flusher.join();
-  PoolSetOfferWindowForTest(0, nullptr);
+  PoolSetOfferHookForTest(nullptr);
+  PoolSetIdleTickForTest(0);
 
   EXPECT_LT(flush_ms.load(), kIdleTickMs / 4) << "the flush waited for the reclaimer's idle tick";
   EXPECT_EQ(BlocksReturned() - returned_before, kBatch);

@@ -178,9 +178,9 @@ struct Pool {
   uint64_t (*coarse_now_ns)() = OsCoarseMonotonicNs;
   uint64_t (*now_ns)() = OsMonotonicNs;
   bool (*preemptions)(uint64_t*) = OsPreemptions;
-  // Tests (PoolSetOfferWindowForTest).
+  // Tests (PoolSetIdleTickForTest, PoolSetOfferHookForTest).
   std::atomic<int> idle_tick_ms{kIdleTickMs};
-  std::atomic<void (*)()> in_offer_window{nullptr};
+  std::atomic<void (*)()> offer_hook{nullptr};
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -638,7 +638,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   batch->home = home;
   batch->in_flight.store(1, std::memory_order_relaxed);
   Reclaimer* target = g_pool.reclaimers[home];
-  if (auto hold = g_pool.in_offer_window.load(std::memory_order_relaxed); FERRY_UNLIKELY(hold != nullptr)) hold();
+  if (auto hook = g_pool.offer_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
   const bool pushed = target->queue.bounded_push(batch);
   g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
   if (!pushed) {
@@ -649,16 +649,17 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // Waking a sleeping reclaimer costs a futex call and a context switch, one
   // per batch when each offer woke it (producer/consumer on two cores: 30k
   // of each a second). So an offer wakes it only when the offering heap
-  // asks (it has no spare batch left, or its batches hold kWakeBytes) or
-  // kWakeQueued batches wait; others wait at most the idle tick.
-  // seq_cst (a locked add either way on x86): ordered before the epoch's
-  // load below, for a flush's sake.
-  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_seq_cst) + 1;
+  // asks (it has no spare batch left, or its batches hold kWakeBytes),
+  // kWakeQueued batches wait, or a flush waits for this batch; others wait
+  // at most the idle tick.
+  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_relaxed) + 1;
   // A flush that began after this batch joined its epoch waits for it, and
   // the flush's wake-up (WakeAll) may have come before the push, with every
   // reclaimer asleep again by now: this offer wakes one, or the flush would
   // wait out the idle tick (flush_wake_test). A flush whose epoch change
-  // this load misses wakes the reclaimers after the push, so they find it.
+  // this load misses wakes the reclaimers after the push, so they find it:
+  // the push's CAS (Boost's default, seq_cst) and this load are ordered
+  // against the flush's seq_cst store of the epoch and its WakeAll.
   const bool flush_waits = g_pool.epoch.load(std::memory_order_seq_cst) != epoch;
   if (!wake_now && !flush_waits && queued < kWakeQueued) return true;
   if (target->sleeping.load(std::memory_order_seq_cst) != 0) {
@@ -701,9 +702,18 @@ void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_
   ResetLoadWatch();
 }
 
-void PoolSetOfferWindowForTest(int idle_tick_ms, void (*in_offer_window)()) {
+void PoolSetIdleTickForTest(int idle_tick_ms) {
   g_pool.idle_tick_ms.store(idle_tick_ms > 0 ? idle_tick_ms : kIdleTickMs, std::memory_order_relaxed);
-  g_pool.in_offer_window.store(in_offer_window, std::memory_order_relaxed);
+}
+
+void PoolSetOfferHookForTest(void (*hook)()) { g_pool.offer_hook.store(hook, std::memory_order_relaxed); }
+
+bool PoolFlushWaitsWhileReclaimersSleepForTest() {
+  if (g_pool.flush_waiters.load(std::memory_order_seq_cst) == 0) return false;
+  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+    if (g_pool.reclaimers[i]->sleeping.load(std::memory_order_seq_cst) == 0) return false;
+  }
+  return true;
 }
 
 bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {

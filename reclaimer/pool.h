@@ -86,10 +86,14 @@ bool PoolCpusCrowded();
 // the pool (pool.cc, Pool::cpus).
 void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_t*));
 
-// Tests, ferry's own threads backend: the reclaimers' idle tick (<= 0: the
-// default, 50 ms), and a function every offer calls between joining its
-// flush epoch and pushing its batch (nullptr: none), to hold an offer there.
-void PoolSetOfferWindowForTest(int idle_tick_ms, void (*in_offer_window)());
+// Tests, ferry's own threads backend. The reclaimers' idle tick, which also
+// paces their housekeeping (<= 0: the default, 50 ms); a function every
+// offer calls between joining its flush epoch and pushing its batch
+// (nullptr: none), to hold an offer there; whether a flush is waiting while
+// every reclaimer sleeps.
+void PoolSetIdleTickForTest(int idle_tick_ms);
+void PoolSetOfferHookForTest(void (*hook)());
+bool PoolFlushWaitsWhileReclaimersSleepForTest();
 
 // True on the pool's own threads.
 bool IsReclaimerThread();
