@@ -98,6 +98,37 @@ constinit uintptr_t g_libc_text_begin = 0;
 constinit uintptr_t g_libc_text_end = 0;
 constinit std::atomic<bool> g_forking{false};
 
+// Returns to other heaps' pages made on application threads (a batch sorted
+// inline, an owner's free into its full page that others have returned to)
+// change those pages and their owners' inboxes in several steps. Fork waits
+// until none is half done, or the child could keep a page marked posted
+// that is on no inbox: neither its owner nor the housekeeping would ever
+// free it (found by a review, 2026-12-04). Reclaimers are parked by then;
+// they need no gate.
+constinit std::atomic<bool> g_inline_returns_held{false};
+// Those of threads without a heap (FreeRemoteSlow's batch of one).
+constinit std::atomic<uint32_t> g_heapless_returns{0};
+
+void BeginInlineReturns(std::atomic<uint32_t>* in_progress) {
+  for (;;) {
+    in_progress->fetch_add(1, std::memory_order_seq_cst);
+    if (!g_inline_returns_held.load(std::memory_order_seq_cst)) return;
+    in_progress->fetch_sub(1, std::memory_order_seq_cst);
+    while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
+  }
+}
+
+void EndInlineReturns(std::atomic<uint32_t>* in_progress) {
+  in_progress->fetch_sub(1, std::memory_order_release);
+}
+
+// A batch of remote frees sorted on the calling thread.
+void ReturnBatchInline(std::atomic<uint32_t>* in_progress, void** ptrs, uint32_t count) {
+  BeginInlineReturns(in_progress);
+  ReturnBatch(ptrs, count);
+  EndInlineReturns(in_progress);
+}
+
 // A batch handed on by free() asks for the pool; starting it there means
 // pthread_create inside free(). That is safe except where the C library
 // frees while holding its thread-stack lock, which pthread_create takes:
@@ -828,11 +859,24 @@ void OnThreadExit(void* value) {
   tl_exiting = true;
 }
 
+// After the pool has parked and the housekeeping's turn is held (a thread
+// in its turn never returns blocks inline, so it cannot be waiting at the
+// gate), and before the allocator's locks (a return in progress may need
+// none, but is not made to wait on them either).
+void HoldInlineReturnsForFork() {
+  g_inline_returns_held.store(true, std::memory_order_seq_cst);
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr; heap = heap->all_next) {
+    while (heap->returns_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
+  }
+  while (g_heapless_returns.load(std::memory_order_seq_cst) != 0) sched_yield();
+}
+
 // The pool quiesces first (its threads may take the allocator's locks in
 // their housekeeping), then the allocator's locks are held across fork().
 void AtForkPrepare() {
   g_forking.store(true, std::memory_order_relaxed);
   PoolForkPrepare();
+  HoldInlineReturnsForFork();
   g_exit_lock.Lock();
   g_abandoned_lock.Lock();
   ArenaLockForFork();
@@ -843,6 +887,7 @@ void AtForkParent() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
+  g_inline_returns_held.store(false, std::memory_order_release);
   PoolForkParent();
   g_forking.store(false, std::memory_order_relaxed);
 }
@@ -855,6 +900,8 @@ void AtForkChild() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
+  g_inline_returns_held.store(false, std::memory_order_relaxed);  // only this thread is left
+  g_heapless_returns.store(0, std::memory_order_relaxed);
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
   ReleaseKeptEmptySegments(tl_heap);
@@ -1016,7 +1063,7 @@ void PublishBatch(Heap* heap, bool may_spawn) {
     if (PoolOffer(full, heap->home, wake_now, may_spawn)) return;
   }
   CounterAdd(g_counters.batches_inline, 1);
-  ReturnBatch(full->ptrs, count);
+  ReturnBatchInline(&heap->returns_in_progress, full->ptrs, count);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -1113,8 +1160,8 @@ void CollectInboxes(Heap* heap) {
 }
 
 bool HasCompletedInboxPages(const Heap* heap) {
-  return (heap->inbox_complete[0].load(std::memory_order_relaxed) |
-          heap->inbox_complete[1].load(std::memory_order_relaxed)) != 0;
+  return (heap->inbox_complete[0].load(std::memory_order_seq_cst) |
+          heap->inbox_complete[1].load(std::memory_order_seq_cst)) != 0;
 }
 
 // Before a heap takes a new page: other heaps' inbox pages with every block
@@ -1127,7 +1174,11 @@ bool HasCompletedInboxPages(const Heap* heap) {
 void FreeOtherHeapsCompletedPages(Heap* self) {
   // Most new pages find nothing to do: one load, not a walk of every heap.
   if (g_inbox_complete_pending.load(std::memory_order_relaxed) == 0) return;
-  g_inbox_complete_pending.store(0, std::memory_order_relaxed);  // notes from now on set it again
+  // Notes from now on set it again. An exchange, not a store: a store could
+  // wait in this CPU's store buffer while the loads below read the bits
+  // (store-buffer reordering, x86 included), and a note in between would
+  // find the flag still set and leave it, and this walk miss its bit.
+  g_inbox_complete_pending.exchange(0, std::memory_order_seq_cst);
   bool any = false;
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr && !any;
        heap = heap->all_next) {
@@ -1616,7 +1667,7 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
   CounterAdd(g_counters.remote_frees, 1);
   CounterAdd(g_counters.batches_published, 1);
   CounterAdd(g_counters.batches_inline, 1);
-  ReturnBatch(batch, 1);
+  ReturnBatchInline(&g_heapless_returns, batch, 1);
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {
@@ -1656,7 +1707,10 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   }
   if (!took_back) {
     CounterAdd(g_counters.chains_pushed, 1);
-    return ReturnChain(page, block, block, 1);
+    BeginInlineReturns(&heap->returns_in_progress);
+    ReturnChain(page, block, block, 1);
+    EndInlineReturns(&heap->returns_in_progress);
+    return;
   }
   page->in_full = 0;
   PageQueue* q = &heap->queues[page->size_class];

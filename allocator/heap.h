@@ -126,6 +126,10 @@ struct Heap {
   // Set when slices are freed in a segment of this heap's list that had
   // none free (NoteRoomInFullSegment): the next claim starts at the head.
   std::atomic<uint32_t> room_in_full_segment{0};
+  // Returns to other heaps' pages the owner is making now (ReturnBatch or
+  // ReturnChain on this thread): fork waits for none to be half done
+  // (heap.cc, HoldInlineReturnsForFork).
+  std::atomic<uint32_t> returns_in_progress{0};
   // Guards the segment list above (segments, segments_tail, spare, kept,
   // kept_any, kept_check_ms, and the segments' heap_next and heap_prev). The owner takes it only where it
   // claims slices or gives a segment back, never on a fast path; the

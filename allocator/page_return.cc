@@ -57,13 +57,16 @@ void NoteRoomInFullSegment(Segment* segment) {
 }
 
 constinit std::atomic<uint32_t> g_inbox_complete_pending{0};
+constinit std::atomic<void (*)()> g_return_chain_post_hook_for_test{nullptr};
 
 void NoteInboxPageComplete(Heap* owner, size_t size_class) {
   // Release: the owner's acquiring exchange of the bit then sees the push
-  // that cleared the page's full mark.
+  // that cleared the page's full mark. seq_cst with the load below, against
+  // FreeOtherHeapsCompletedPages' exchange of the flag and its loads of the
+  // bits: one of the two sides sees the other.
   owner->inbox_complete[size_class / 64].fetch_or(uint64_t{1} << (size_class % 64),
-                                                  std::memory_order_release);
-  if (g_inbox_complete_pending.load(std::memory_order_relaxed) == 0) {
+                                                  std::memory_order_seq_cst);
+  if (g_inbox_complete_pending.load(std::memory_order_seq_cst) == 0) {
     g_inbox_complete_pending.store(1, std::memory_order_relaxed);
   }
 }
@@ -122,6 +125,9 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
     if ((old & kReturnedPosted) != 0) return;  // on the inbox already
     // The first return to a full page: post it, so that the owner can find
     // it should the rest never come back.
+    if (auto hook = g_return_chain_post_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {
+      hook();
+    }
     InboxPush(owner->inbox[size_class], page);
     CounterAdd(g_counters.pages_posted, 1);
     // The rest may have come back between the CAS above and the push: that

@@ -24,6 +24,11 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count);
 // FreeOtherHeapsCompletedPages on a heap about to take a new page), and
 // raises g_inbox_complete_pending, which tells the latter to look.
 void NoteInboxPageComplete(Heap* owner, size_t size_class);
+
+// Tests: called by ReturnChain between marking a full page posted and
+// pushing it onto its owner's inbox (nullptr: nothing), to hold a return
+// half done there.
+extern std::atomic<void (*)()> g_return_chain_post_hook_for_test;
 extern std::atomic<uint32_t> g_inbox_complete_pending;
 
 // Pushes a page onto an inbox (a lock-free stack linked through inbox_next).
