@@ -40,9 +40,8 @@ FERRY_COLD void* FailTooLarge() {
 // more cut the bytes copied by 42%, half as much by another 14%).
 // Larger jumps are the caller's own geometric growth and get what they ask
 // for; so does anything above the medium classes, where the room would be
-// whole pages. The room is rounded up to a multiple of 16, so that a size
-// that is one gets a block aligned to 16 (classes 72, 88, 104 and 120 are
-// not).
+// whole pages. The room is rounded up to a multiple of 16 (as every class
+// above 8 bytes is).
 constexpr size_t GrowthRequest(size_t size, size_t usable) {
   const bool appending = size > usable && size - usable < usable / 4;
   return appending && size <= ferry::kMediumMax / 3 * 2 ? (size + size / 2 + 15) & ~size_t{15} : size;
@@ -87,12 +86,11 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
   // A freed block kept in place below would be live and free at once, and
   // handed out again by the next malloc: it must be live.
   const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc", /*require_live=*/true);
-  // Keep the block when the new size fits, does not waste more than half, and
-  // has the alignment malloc gives that size (a 104-byte block may sit 8
-  // bytes off 16: no place for 64 bytes). Not under memcheck, which would
-  // need the block's old size to follow.
-  if (!ferry::kValgrind && size <= usable && size >= usable / 2 &&
-      (size % 16 != 0 || reinterpret_cast<uintptr_t>(ptr) % 16 == 0)) {
+  // Keep the block when the new size fits and does not waste more than half
+  // (it has the alignment malloc gives that size: 16 for every block above
+  // 8 bytes). Not under memcheck, which would need the block's old size to
+  // follow.
+  if (!ferry::kValgrind && size <= usable && size >= usable / 2) {
     return ptr;
   }
   if (!ferry::kValgrind && usable > ferry::kLargeMax && size > ferry::kLargeMax) {

@@ -165,9 +165,10 @@ void* NothrowWithHandler(std::size_t size, std::size_t alignment) noexcept {
 namespace {
 
 // alignment: 0 for the plain forms. An aligned form asks for its alignment
-// whatever it is: malloc gives 8-byte alignment to the classes that are not
-// multiples of 16 (72, 88, 104, 120), and operator new(72, align_val_t(16))
-// got such a block when its first try failed for want of memory.
+// whatever it is, not only above malloc's (which gave 8 to blocks of 72,
+// 88, 104 and 120 bytes until 2026-12-04: operator new(72,
+// align_val_t(16)) got such a block when its first try failed for want of
+// memory).
 void* AllocateForNew(std::size_t size, std::size_t alignment) noexcept {
   return alignment != 0 ? ferry_aligned_alloc(alignment, size) : ferry_malloc(size);
 }

@@ -17,10 +17,14 @@ TEST(SizeClass, EverySizeMapsToAClassThatHoldsIt) {
   }
 }
 
-TEST(SizeClass, WasteIsAtMostAnEighthAbove64Bytes) {
-  for (size_t n = 65; n <= kMediumMax; ++n) {
+TEST(SizeClass, WasteIsAtMostAnEighthAbove128BytesAndUnder16Below) {
+  for (size_t n = 9; n <= kMediumMax; ++n) {
     const size_t size = kClassSize[SizeClassOf(n)];
-    ASSERT_LE((size - n) * 8, n) << "size " << n << " -> class " << size;
+    if (n > 128) {
+      ASSERT_LE((size - n) * 8, n) << "size " << n << " -> class " << size;
+    } else {
+      ASSERT_LT(size - n, 16u) << "size " << n << " -> class " << size;
+    }
   }
 }
 
@@ -37,8 +41,11 @@ TEST(SizeClass, ClassesGrowStrictlyAndIncludeEveryPowerOfTwo) {
   }
 }
 
-TEST(SizeClass, SizesThatAreMultiplesOf16GetClassesThatAreToo) {
-  for (size_t n = 16; n <= kMediumMax; n += 16) {
+// C23 and C++: malloc(n) suits any object of fundamental alignment (16 on
+// x86-64: long double, max_align_t) no larger than n, so every class that
+// can hold 16 bytes is a multiple of 16 (blocks from 64 KiB-aligned slices).
+TEST(SizeClass, EveryClassAbove8BytesIsAMultipleOf16) {
+  for (size_t n = 9; n <= kMediumMax; ++n) {
     ASSERT_EQ(kClassSize[SizeClassOf(n)] % 16, 0u) << n;
   }
 }

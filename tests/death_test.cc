@@ -486,9 +486,9 @@ TEST_F(Death, ReallocOfAGlibcBlockAborts) {
 // free_sized with a size that cannot have been asked for.
 
 TEST_F(Death, FreeSizedWithASizeLargerThanTheBlockAborts) {
-  void* p = ferry_malloc(100);  // a 104-byte block
+  void* p = ferry_malloc(100);  // a 112-byte block
   EXPECT_EXIT(ferry_free_sized(p, 200), kAborted,
-              "ferry: free_sized\\(0x[0-9a-f]+\\): size 200 is larger than the block \\(104 bytes\\)");
+              "ferry: free_sized\\(0x[0-9a-f]+\\): size 200 is larger than the block \\(112 bytes\\)");
   ferry_free_sized(p, 100);
 }
 

@@ -42,9 +42,9 @@
 extern "C" {
 #endif
 
-// Allocates `size` bytes, aligned to 16 bytes when size is a nonzero multiple
-// of 16 and to 8 bytes otherwise (the alignment any object of that size can
-// need).
+// Allocates `size` bytes, aligned to 16 bytes when size is over 8, and to 8
+// bytes otherwise (no object of 8 bytes or less needs more; any object of
+// fundamental alignment that fits in the space has what it needs).
 // ferry_malloc(0) returns a unique pointer. Returns NULL with errno = ENOMEM
 // when the size cannot be honoured (over PTRDIFF_MAX, or the OS refuses).
 FERRY_API FERRY_MALLOC_ATTR void* ferry_malloc(size_t size);
