@@ -91,9 +91,19 @@ FERRY_EXPORT void free_aligned_sized(void* ptr, size_t /*alignment*/, size_t siz
   ferry_free_sized(ptr, size);
 }
 
+// glibc's answer: 1 when memory went back to the OS, 0 when there was none
+// to give (it returned 1 always until a review noticed, 2026-12-04).
 FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
+  ferry_stats_t before;
+  ferry_stats_t after;
+  ferry_stats_get(&before);
   ferry_collect();
-  return 1;
+  ferry_stats_get(&after);
+  return after.bytes_decommitted != before.bytes_decommitted ||
+                 after.segments_released != before.segments_released ||
+                 after.huge_bytes_cached < before.huge_bytes_cached
+             ? 1
+             : 0;
 }
 
 // glibc's statistics, printed on stderr as glibc's are: ferry's table.

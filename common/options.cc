@@ -55,8 +55,11 @@ bool ParseOptionValue(const char* text, int64_t lo, int64_t hi, int64_t* out) {
   if (*p < '0' || *p > '9') return false;
   uint64_t value = 0;
   for (; *p >= '0' && *p <= '9'; ++p) {
-    value = value * 10 + static_cast<uint64_t>(*p - '0');
-    if (value > (uint64_t{1} << 62)) return false;
+    // Checked before the step: up to 2^62 times 10 wraps around 2^64, and
+    // 2^64 + 1 read as 1 (found by a review).
+    const uint64_t digit = static_cast<uint64_t>(*p - '0');
+    if (value > ((uint64_t{1} << 62) - digit) / 10) return false;
+    value = value * 10 + digit;
   }
   int shift = 0;
   switch (*p) {

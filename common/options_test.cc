@@ -4,6 +4,7 @@
 #include "common/options_markdown.h"
 
 #include <gtest/gtest.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <fstream>
@@ -42,7 +43,15 @@ TEST(Options, RejectsGarbageAndOutOfBoundsValues) {
   for (const char* bad : {"", "x", "-1", "12x", "1.5", "5000", "99999999999999999999", "1t"}) {
     EXPECT_FALSE(ParseOptionValue(bad, 1, 4096, &v)) << bad;
   }
+  // 2^64 + 1, 2^64 and 2^65 + 1: the digits' product wrapped to 1, 0 and 1.
+  for (const char* bad : {"18446744073709551617", "18446744073709551616", "36893488147419103233",
+                          "-18446744073709551617"}) {
+    EXPECT_FALSE(ParseOptionValue(bad, -4096, 4096, &v)) << bad;
+  }
   EXPECT_EQ(v, 7);
+  // The largest accepted magnitude, 2^62, still parses.
+  EXPECT_TRUE(ParseOptionValue("4611686018427387904", 0, INT64_MAX, &v));
+  EXPECT_EQ(v, int64_t{1} << 62);
 }
 
 TEST(Options, BadEnvironmentValuesFallBackToTheDefault) {
