@@ -4,11 +4,15 @@
 // page marked posted that was on no inbox, which neither its owner nor the
 // housekeeping would ever free (heap.cc, HoldInlineReturnsForFork). The test
 // holds such a return between its two steps (a hook in ReturnChain) and
-// forks meanwhile: the child must find the page on the inbox.
+// forks meanwhile: the child must find the page on the inbox. And the wait
+// must not stop the forking thread's own returns, nor a return nested in
+// another on one thread (both hung the fork in a first version).
 //
 // Runs with FERRY_RECLAIMERS=0 (every batch sorted inline) and
 // FERRY_BATCH=4.
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,21 +24,13 @@
 #include "allocator/page_return.h"
 #include "allocator/segment.h"
 #include "ferry.h"
+#include "tests/pool_test_util.h"
 
 namespace ferry {
 namespace {
 
 constexpr size_t kSize = 1000;  // a 1 KiB class: 64 blocks on a one-slice page
 constexpr int kBatch = 4;       // FERRY_BATCH in BUILD
-
-std::atomic<int> g_hook_state{0};  // 1: a return is held in the hook; 2: it went on
-
-void HoldTheReturn() {
-  g_return_chain_post_hook_for_test.store(nullptr);  // this return only
-  g_hook_state = 1;
-  usleep(300'000);  // the fork starts meanwhile
-  g_hook_state = 2;
-}
 
 Page* PageOfBlock(void* p) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
@@ -48,9 +44,56 @@ bool OnInbox(Heap* heap, Page* page) {
   return false;
 }
 
+// Polls `condition` every millisecond for up to 10 s.
+template <typename Condition>
+bool WaitFor(Condition condition) {
+  return ferry_test::WaitFor(condition, std::chrono::seconds(10), std::chrono::milliseconds(1));
+}
+
+// Runs `body` in a child process and returns its exit status, or -1 when it
+// has not exited within 20 s (a hang: killed).
+template <typename Body>
+int ExitStatusOf(Body body) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int status = 0;
+  const auto exited = [&] { return waitpid(pid, &status, WNOHANG) == pid; };
+  if (!WaitFor(exited) && !WaitFor(exited)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The calling thread's blocks of one page, which is full once the owner has
+// taken a block of the next (returned in *next, freed by the caller).
+std::vector<void*> BlocksOfAFullPage(Page** page, void** next) {
+  std::vector<void*> blocks;
+  *page = nullptr;
+  for (int i = 0; i < 1000; ++i) {
+    void* p = ferry_malloc(kSize);
+    if (*page == nullptr) *page = PageOfBlock(p);
+    if (PageOfBlock(p) != *page) {
+      *next = p;
+      break;
+    }
+    blocks.push_back(p);
+  }
+  return blocks;
+}
+
+std::atomic<int> g_hook_state{0};  // 1: a return is held in the hook; 2: it went on
+
+void HoldTheReturn() {
+  g_return_chain_post_hook_for_test.store(nullptr);  // this return only
+  g_hook_state = 1;
+  usleep(300'000);  // the fork starts meanwhile
+  g_hook_state = 2;
+}
+
 // The child's verdict, as its exit status: 0 the page is on the inbox (or
-// not posted at all), 1 posted and on no inbox, 2 the return still looked
-// unfinished.
+// not posted at all), 1 posted and on no inbox.
 int ChildVerdict(Page* page) {
   const uintptr_t word = page->returned.load();
   if ((word & kReturnedPosted) == 0) return 0;
@@ -58,16 +101,9 @@ int ChildVerdict(Page* page) {
 }
 
 TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
-  // The first page is full once the owner has taken a block of the next.
-  std::vector<void*> blocks;
   Page* first = nullptr;
-  for (int i = 0; i < 1000; ++i) {
-    void* p = ferry_malloc(kSize);
-    ASSERT_NE(p, nullptr);
-    if (first == nullptr) first = PageOfBlock(p);
-    if (PageOfBlock(p) != first) break;
-    blocks.push_back(p);
-  }
+  void* next = nullptr;
+  std::vector<void*> blocks = BlocksOfAFullPage(&first, &next);
   ASSERT_GT(blocks.size(), static_cast<size_t>(kBatch));
   ASSERT_NE(first->returned.load() & kReturnedFull, 0u) << "the first page was not marked full";
 
@@ -76,7 +112,11 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
   std::thread freer([&] {
     for (int i = 0; i < kBatch; ++i) ferry_free(blocks[i]);  // the fourth sorts the batch inline
   });
-  while (g_hook_state.load() == 0) usleep(1000);
+  if (!WaitFor([] { return g_hook_state.load() != 0; })) {
+    g_return_chain_post_hook_for_test.store(nullptr);
+    freer.join();
+    FAIL() << "the return never reached the hook (was the page posted?)";
+  }
 
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -89,6 +129,69 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "in the child, the page was marked posted and on no inbox";
   EXPECT_TRUE(OnInbox(tl_heap, first));
   for (size_t i = kBatch; i < blocks.size(); ++i) ferry_free(blocks[i]);
+  ferry_free(next);
+}
+
+// A pthread_atfork prepare handler registered before ferry's (which ferry
+// registers with its first heap) runs after ferry's, on the forking thread,
+// while the other threads' returns are held: its own must go on.
+std::vector<void*> g_freed_while_preparing;
+void PrepareHandlerThatFrees() {
+  for (void* p : g_freed_while_preparing) ferry_free(p);  // a batch of another heap's blocks
+  g_freed_while_preparing.clear();
+}
+[[maybe_unused]] const int g_registered = pthread_atfork(PrepareHandlerThatFrees, nullptr, nullptr);
+
+TEST(ForkReturns, APrepareHandlerRunAfterFerrysMayReturnBlocks) {
+  const int status = ExitStatusOf([] {
+    ferry_free(ferry_malloc(1));  // this thread's heap (and ferry's handlers), before the fork
+    std::thread([] {
+      for (int i = 0; i < kBatch; ++i) g_freed_while_preparing.push_back(ferry_malloc(kSize));
+    }).join();
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    int child = 0;
+    return waitpid(pid, &child, 0) == pid && WIFEXITED(child) && WEXITSTATUS(child) == 0 ? 0 : 1;
+  });
+  EXPECT_EQ(status, 0) << (status == -1 ? "the fork hung" : "the fork or its child failed");
+}
+
+// A return nested in another on one thread (as an abort or signal handler
+// that frees would make) goes on while a fork waits for the outer one.
+std::vector<void*> g_freed_inside_a_return;  // a batch of remote frees for the freer
+std::atomic<int> g_nested_state{0};           // 1: the outer return is held; 2: the nested one ended
+
+void ReturnInsideAReturn() {
+  g_return_chain_post_hook_for_test.store(nullptr);
+  g_nested_state = 1;
+  usleep(200'000);  // the fork holds returns meanwhile
+  for (void* p : g_freed_inside_a_return) ferry_free(p);
+  g_freed_inside_a_return.clear();
+  g_nested_state = 2;
+}
+
+TEST(ForkReturns, AReturnNestedInAnotherGoesOnWhileAForkWaits) {
+  const int status = ExitStatusOf([] {
+    Page* first = nullptr;
+    void* next = nullptr;
+    std::vector<void*> blocks = BlocksOfAFullPage(&first, &next);
+    if (blocks.size() <= static_cast<size_t>(kBatch) || (first->returned.load() & kReturnedFull) == 0) return 3;
+    // This thread's too, so that the freer's frees of them are remote (a
+    // heap of an exited thread would be the freer's own: it takes it over).
+    for (int i = 0; i < kBatch; ++i) g_freed_inside_a_return.push_back(ferry_malloc(kSize));
+    g_return_chain_post_hook_for_test.store(ReturnInsideAReturn);
+    std::thread freer([&] {
+      for (int i = 0; i < kBatch; ++i) ferry_free(blocks[i]);
+    });
+    if (!WaitFor([] { return g_nested_state.load() != 0; })) return 4;
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    freer.join();
+    int child = 0;
+    const bool child_ok = waitpid(pid, &child, 0) == pid && WIFEXITED(child) && WEXITSTATUS(child) == 0;
+    return child_ok && g_nested_state.load() == 2 ? 0 : 1;
+  });
+  EXPECT_EQ(status, 0) << (status == -1 ? "the fork hung" : "the scenario failed");
 }
 
 }  // namespace

@@ -108,18 +108,30 @@ constinit std::atomic<bool> g_forking{false};
 constinit std::atomic<bool> g_inline_returns_held{false};
 // Those of threads without a heap (FreeRemoteSlow's batch of one).
 constinit std::atomic<uint32_t> g_heapless_returns{0};
+// Returns this thread is inside: more than one when a signal or abort
+// handler frees inside one. Counted before the shared count, so that a
+// handler run between the two never waits at the gate for its own thread.
+__thread uint32_t tl_inline_returns __attribute__((tls_model("initial-exec"))) = 0;
+// This thread is forking (from AtForkPrepare to the end of the fork).
+__thread bool tl_forking __attribute__((tls_model("initial-exec"))) = false;
 
 void BeginInlineReturns(std::atomic<uint32_t>* in_progress) {
-  for (;;) {
-    in_progress->fetch_add(1, std::memory_order_seq_cst);
-    if (!g_inline_returns_held.load(std::memory_order_seq_cst)) return;
+  // A nested return goes on: the fork waits for the outer one. So does the
+  // forking thread's own (a pthread_atfork prepare handler registered
+  // before ferry's runs after it): it ends before fork() proper.
+  const bool waits_for_fork = tl_inline_returns++ == 0 && !tl_forking;
+  in_progress->fetch_add(1, std::memory_order_seq_cst);
+  if (!waits_for_fork) return;
+  while (g_inline_returns_held.load(std::memory_order_seq_cst)) {
     in_progress->fetch_sub(1, std::memory_order_seq_cst);
     while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
+    in_progress->fetch_add(1, std::memory_order_seq_cst);
   }
 }
 
 void EndInlineReturns(std::atomic<uint32_t>* in_progress) {
   in_progress->fetch_sub(1, std::memory_order_release);
+  --tl_inline_returns;
 }
 
 // A batch of remote frees sorted on the calling thread.
@@ -863,18 +875,36 @@ void OnThreadExit(void* value) {
 // in its turn never returns blocks inline, so it cannot be waiting at the
 // gate), and before the allocator's locks (a return in progress may need
 // none, but is not made to wait on them either).
+// The forking thread may itself be inside returns (fork from a signal
+// handler): those are its own to finish, on its heap or heapless.
 void HoldInlineReturnsForFork() {
   g_inline_returns_held.store(true, std::memory_order_seq_cst);
-  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr; heap = heap->all_next) {
-    while (heap->returns_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
+  // seq_cst, with CreateHeap's push: a heap this walk misses was pushed after
+  // the flag was set, and its owner sees the flag.
+  for (Heap* heap = g_all_heaps.load(std::memory_order_seq_cst); heap != nullptr; heap = heap->all_next) {
+    const uint32_t own = heap == tl_heap ? tl_inline_returns : 0;
+    while (heap->returns_in_progress.load(std::memory_order_seq_cst) > own) sched_yield();
   }
-  while (g_heapless_returns.load(std::memory_order_seq_cst) != 0) sched_yield();
+  const uint32_t own = tl_heap == &g_empty_heap ? tl_inline_returns : 0;
+  while (g_heapless_returns.load(std::memory_order_seq_cst) > own) sched_yield();
+}
+
+// In the child: the threads counted in returns_in_progress are gone (one
+// could have counted itself at the gate just before the fork); only this
+// thread's own returns remain.
+void ResetInlineReturnsInChild() {
+  for (Heap* heap = g_all_heaps.load(std::memory_order_relaxed); heap != nullptr; heap = heap->all_next) {
+    heap->returns_in_progress.store(heap == tl_heap ? tl_inline_returns : 0, std::memory_order_relaxed);
+  }
+  g_heapless_returns.store(tl_heap == &g_empty_heap ? tl_inline_returns : 0, std::memory_order_relaxed);
+  g_inline_returns_held.store(false, std::memory_order_relaxed);
 }
 
 // The pool quiesces first (its threads may take the allocator's locks in
 // their housekeeping), then the allocator's locks are held across fork().
 void AtForkPrepare() {
   g_forking.store(true, std::memory_order_relaxed);
+  tl_forking = true;
   PoolForkPrepare();
   HoldInlineReturnsForFork();
   g_exit_lock.Lock();
@@ -888,6 +918,7 @@ void AtForkParent() {
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
   g_inline_returns_held.store(false, std::memory_order_release);
+  tl_forking = false;
   PoolForkParent();
   g_forking.store(false, std::memory_order_relaxed);
 }
@@ -900,8 +931,8 @@ void AtForkChild() {
   ArenaUnlockAfterFork();
   g_abandoned_lock.Unlock();
   g_exit_lock.Unlock();
-  g_inline_returns_held.store(false, std::memory_order_relaxed);  // only this thread is left
-  g_heapless_returns.store(0, std::memory_order_relaxed);
+  ResetInlineReturnsInChild();  // only this thread is left
+  tl_forking = false;
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
   ReleaseKeptEmptySegments(tl_heap);
@@ -927,7 +958,7 @@ Heap* CreateHeap() {
   Heap* first = g_all_heaps.load(std::memory_order_relaxed);
   do {
     heap->all_next = first;
-  } while (!g_all_heaps.compare_exchange_weak(first, heap, std::memory_order_release,
+  } while (!g_all_heaps.compare_exchange_weak(first, heap, std::memory_order_seq_cst,
                                               std::memory_order_relaxed));
   CounterAdd(g_counters.heaps_created, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" created").WriteToStderr();

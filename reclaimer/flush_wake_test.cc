@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ferry.h"
+#include "tests/pool_test_util.h"
 #include "reclaimer/pool.h"
 
 namespace ferry {
@@ -55,11 +56,7 @@ uint64_t BlocksReturned() {
 // Polls `condition` every millisecond for up to 10 s.
 template <typename Condition>
 bool WaitFor(Condition condition) {
-  for (int ms = 0; ms < 10'000; ++ms) {
-    if (condition()) return true;
-    usleep(1000);
-  }
-  return condition();
+  return ferry_test::WaitFor(condition, std::chrono::seconds(10), std::chrono::milliseconds(1));
 }
 
 TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenThatBatchIsApplied) {
