@@ -84,11 +84,14 @@ std::vector<void*> BlocksOfAFullPage(Page** page, void** next) {
 }
 
 std::atomic<int> g_hook_state{0};  // 1: a return is held in the hook; 2: it went on
+std::atomic<bool> g_hook_saw_the_fork_wait{false};
 
+// Inside a return: holds it until a fork holds the other threads' returns
+// (at most 10 s), so that the fork is known to have begun meanwhile.
 void HoldTheReturn() {
   g_return_chain_post_hook_for_test.store(nullptr);  // this return only
   g_hook_state = 1;
-  usleep(300'000);  // the fork starts meanwhile
+  g_hook_saw_the_fork_wait = WaitFor(InlineReturnsHeldForTest);
   g_hook_state = 2;
 }
 
@@ -108,6 +111,7 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
   ASSERT_NE(first->returned.load() & kReturnedFull, 0u) << "the first page was not marked full";
 
   g_hook_state = 0;
+  g_hook_saw_the_fork_wait = false;
   g_return_chain_post_hook_for_test.store(HoldTheReturn);
   std::thread freer([&] {
     for (int i = 0; i < kBatch; ++i) ferry_free(blocks[i]);  // the fourth sorts the batch inline
@@ -122,6 +126,7 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
   ASSERT_GE(pid, 0);
   if (pid == 0) _exit(ChildVerdict(first));
   EXPECT_EQ(g_hook_state.load(), 2) << "fork() did not wait for the return held on the other thread";
+  EXPECT_TRUE(g_hook_saw_the_fork_wait.load()) << "the fork never held the other threads' returns";
   freer.join();
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
@@ -164,7 +169,7 @@ std::atomic<int> g_nested_state{0};           // 1: the outer return is held; 2:
 void ReturnInsideAReturn() {
   g_return_chain_post_hook_for_test.store(nullptr);
   g_nested_state = 1;
-  usleep(200'000);  // the fork holds returns meanwhile
+  if (!WaitFor(InlineReturnsHeldForTest)) return;  // the fork holds returns now (state stays 1)
   for (void* p : g_freed_inside_a_return) ferry_free(p);
   g_freed_inside_a_return.clear();
   g_nested_state = 2;

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -108,37 +109,52 @@ constinit std::atomic<bool> g_forking{false};
 constinit std::atomic<bool> g_inline_returns_held{false};
 // Those of threads without a heap (FreeRemoteSlow's batch of one).
 constinit std::atomic<uint32_t> g_heapless_returns{0};
-// Returns this thread is inside: more than one when a signal or abort
-// handler frees inside one. Counted before the shared count, so that a
-// handler run between the two never waits at the gate for its own thread.
-__thread uint32_t tl_inline_returns __attribute__((tls_model("initial-exec"))) = 0;
 // This thread is forking (from AtForkPrepare to the end of the fork).
 __thread bool tl_forking __attribute__((tls_model("initial-exec"))) = false;
 
-void BeginInlineReturns(std::atomic<uint32_t>* in_progress) {
-  // A nested return goes on: the fork waits for the outer one. So does the
-  // forking thread's own (a pthread_atfork prepare handler registered
-  // before ferry's runs after it): it ends before fork() proper.
-  const bool waits_for_fork = tl_inline_returns++ == 0 && !tl_forking;
-  in_progress->fetch_add(1, std::memory_order_seq_cst);
-  if (!waits_for_fork) return;
+// A return on `heap`'s thread. Only that thread changes
+// heap->returns_in_progress, so the count it finds tells whether an outer
+// return of its own is counted (a signal or abort handler that frees inside
+// one): then the fork waits for that one and this one goes on, and waiting
+// could only deadlock. So does the forking thread's own (a pthread_atfork
+// prepare handler registered before ferry's runs after it): it ends before
+// fork() proper.
+void BeginInlineReturns(Heap* heap) {
+  if (heap->returns_in_progress.fetch_add(1, std::memory_order_seq_cst) != 0 || tl_forking) return;
   while (g_inline_returns_held.load(std::memory_order_seq_cst)) {
-    in_progress->fetch_sub(1, std::memory_order_seq_cst);
+    heap->returns_in_progress.fetch_sub(1, std::memory_order_seq_cst);
     while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
-    in_progress->fetch_add(1, std::memory_order_seq_cst);
+    heap->returns_in_progress.fetch_add(1, std::memory_order_seq_cst);
   }
 }
 
-void EndInlineReturns(std::atomic<uint32_t>* in_progress) {
-  in_progress->fetch_sub(1, std::memory_order_release);
-  --tl_inline_returns;
-}
+void EndInlineReturns(Heap* heap) { heap->returns_in_progress.fetch_sub(1, std::memory_order_release); }
 
 // A batch of remote frees sorted on the calling thread.
-void ReturnBatchInline(std::atomic<uint32_t>* in_progress, void** ptrs, uint32_t count) {
-  BeginInlineReturns(in_progress);
+void ReturnBatchInline(Heap* heap, void** ptrs, uint32_t count) {
+  BeginInlineReturns(heap);
   ReturnBatch(ptrs, count);
-  EndInlineReturns(in_progress);
+  EndInlineReturns(heap);
+}
+
+// The same for a thread without a heap. The count is shared, so it cannot
+// tell this thread's own: signals are blocked instead, so that no handler
+// nests a second return in this one (two system calls, on a path taken only
+// by exiting threads and when the OS refused a heap).
+void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
+  sigset_t all;
+  sigset_t old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  for (;;) {
+    g_heapless_returns.fetch_add(1, std::memory_order_seq_cst);
+    if (tl_forking || !g_inline_returns_held.load(std::memory_order_seq_cst)) break;
+    g_heapless_returns.fetch_sub(1, std::memory_order_seq_cst);
+    while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
+  }
+  ReturnBatch(ptrs, count);
+  g_heapless_returns.fetch_sub(1, std::memory_order_release);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 // A batch handed on by free() asks for the pool; starting it there means
@@ -875,28 +891,28 @@ void OnThreadExit(void* value) {
 // in its turn never returns blocks inline, so it cannot be waiting at the
 // gate), and before the allocator's locks (a return in progress may need
 // none, but is not made to wait on them either).
-// The forking thread may itself be inside returns (fork from a signal
-// handler): those are its own to finish, on its heap or heapless.
+// The forking thread's own heap is skipped: a fork from a signal handler
+// that interrupted one of its returns leaves that return to it. (It is never
+// inside a return without a heap: signals are blocked there.)
 void HoldInlineReturnsForFork() {
   g_inline_returns_held.store(true, std::memory_order_seq_cst);
   // seq_cst, with CreateHeap's push: a heap this walk misses was pushed after
   // the flag was set, and its owner sees the flag.
   for (Heap* heap = g_all_heaps.load(std::memory_order_seq_cst); heap != nullptr; heap = heap->all_next) {
-    const uint32_t own = heap == tl_heap ? tl_inline_returns : 0;
-    while (heap->returns_in_progress.load(std::memory_order_seq_cst) > own) sched_yield();
+    if (heap == tl_heap) continue;
+    while (heap->returns_in_progress.load(std::memory_order_seq_cst) != 0) sched_yield();
   }
-  const uint32_t own = tl_heap == &g_empty_heap ? tl_inline_returns : 0;
-  while (g_heapless_returns.load(std::memory_order_seq_cst) > own) sched_yield();
+  while (g_heapless_returns.load(std::memory_order_seq_cst) != 0) sched_yield();
 }
 
-// In the child: the threads counted in returns_in_progress are gone (one
-// could have counted itself at the gate just before the fork); only this
-// thread's own returns remain.
+// In the child: the threads counted in the other heaps' counts are gone (one
+// could have counted itself at the gate just before the fork); this
+// thread's own count is exact, being its own.
 void ResetInlineReturnsInChild() {
   for (Heap* heap = g_all_heaps.load(std::memory_order_relaxed); heap != nullptr; heap = heap->all_next) {
-    heap->returns_in_progress.store(heap == tl_heap ? tl_inline_returns : 0, std::memory_order_relaxed);
+    if (heap != tl_heap) heap->returns_in_progress.store(0, std::memory_order_relaxed);
   }
-  g_heapless_returns.store(tl_heap == &g_empty_heap ? tl_inline_returns : 0, std::memory_order_relaxed);
+  g_heapless_returns.store(0, std::memory_order_relaxed);
   g_inline_returns_held.store(false, std::memory_order_relaxed);
 }
 
@@ -1094,7 +1110,7 @@ void PublishBatch(Heap* heap, bool may_spawn) {
     if (PoolOffer(full, heap->home, wake_now, may_spawn)) return;
   }
   CounterAdd(g_counters.batches_inline, 1);
-  ReturnBatchInline(&heap->returns_in_progress, full->ptrs, count);
+  ReturnBatchInline(heap, full->ptrs, count);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -1131,6 +1147,10 @@ void AbandonHeap(Heap* heap) {
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
   CollectHeap(heap);
   tl_heap = &g_empty_heap;
+  // A thread that left a return early (pthread_exit or longjmp from a
+  // handler inside one) would leave it counted for good: every fork would
+  // wait for it, and the heap's next owner would never wait at the gate.
+  heap->returns_in_progress.store(0, std::memory_order_relaxed);
   CounterAdd(g_counters.heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned by its exiting thread").WriteToStderr();
   PushAbandoned(heap, pass);
@@ -1698,7 +1718,7 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
   CounterAdd(g_counters.remote_frees, 1);
   CounterAdd(g_counters.batches_published, 1);
   CounterAdd(g_counters.batches_inline, 1);
-  ReturnBatchInline(&g_heapless_returns, batch, 1);
+  ReturnBatchWithoutHeap(batch, 1);
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {
@@ -1738,9 +1758,9 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   }
   if (!took_back) {
     CounterAdd(g_counters.chains_pushed, 1);
-    BeginInlineReturns(&heap->returns_in_progress);
+    BeginInlineReturns(heap);
     ReturnChain(page, block, block, 1);
-    EndInlineReturns(&heap->returns_in_progress);
+    EndInlineReturns(heap);
     return;
   }
   page->in_full = 0;
@@ -1792,5 +1812,7 @@ void CollectThisThread() {
   EnsureForkHandlers();  // the collect takes the duty turn, which fork() must see
   PoolCollectNow();
 }
+
+bool InlineReturnsHeldForTest() { return g_inline_returns_held.load(std::memory_order_seq_cst); }
 
 }  // namespace ferry

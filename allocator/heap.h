@@ -128,7 +128,7 @@ struct Heap {
   std::atomic<uint32_t> room_in_full_segment{0};
   // Returns to other heaps' pages the owner is making now (ReturnBatch or
   // ReturnChain on this thread): fork waits for none to be half done
-  // (heap.cc, HoldInlineReturnsForFork).
+  // (heap.cc, HoldInlineReturnsForFork). Only the owner changes it.
   std::atomic<uint32_t> returns_in_progress{0};
   // Guards the segment list above (segments, segments_tail, spare, kept,
   // kept_any, kept_check_ms, and the segments' heap_next and heap_prev). The owner takes it only where it
@@ -300,6 +300,9 @@ void CollectThisThread();
 void EnsureGlobalInit();
 struct Options;
 const Options& CurrentOptions();  // read from the environment on first use
+// Tests: whether a fork now holds other threads' returns to other heaps'
+// pages (heap.cc, HoldInlineReturnsForFork).
+bool InlineReturnsHeldForTest();
 // Registers the fork handlers once (heap.cc); for paths that take a lock
 // fork() must hold without making a heap (the huge cache).
 void EnsureForkHandlersRegistered();
