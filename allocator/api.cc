@@ -49,35 +49,6 @@ constexpr size_t GrowthRequest(size_t size, size_t usable) {
 
 }  // namespace
 
-extern "C" {
-
-// Sizes past PTRDIFF_MAX need no test here: they are huge, and the huge
-// path refuses anything it could never map (ENOMEM).
-FERRY_EXPORT void* ferry_malloc(size_t size) { return VgAllocated(Allocate(size), size); }
-
-FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
-  size_t total;
-  if (FERRY_UNLIKELY(__builtin_mul_overflow(count, size, &total) || total > kMaxRequest)) {
-    return FailTooLarge();
-  }
-  if (total > ferry::kMediumMax && total <= ferry::kLargeMax) {
-    // Cleared there unless its slices read as zeros already.
-    return VgAllocated(ferry::AllocateLargeZeroed(total), total, /*zeroed=*/true);
-  }
-  if (total > ferry::kLargeMax) {
-    // A fresh mapping, zero already, never one from the huge cache: its
-    // pages become resident only as the program touches them.
-    return VgAllocated(ferry::AllocateHuge(total, 0, /*may_reuse=*/false), total, /*zeroed=*/true);
-  }
-  void* p = Allocate(total);
-  if (FERRY_LIKELY(p != nullptr)) {
-    VgAllocated(p, total, /*zeroed=*/true);
-    memset(p, 0, total);
-  }
-  return p;
-}
-
-extern "C++" {
 namespace ferry {
 
 void* Realloc(void* ptr, size_t size, const void* caller) {
@@ -110,7 +81,34 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
 }
 
 }  // namespace ferry
-}  // extern "C++"
+
+extern "C" {
+
+// Sizes past PTRDIFF_MAX need no test here: they are huge, and the huge
+// path refuses anything it could never map (ENOMEM).
+FERRY_EXPORT void* ferry_malloc(size_t size) { return VgAllocated(Allocate(size), size); }
+
+FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
+  size_t total;
+  if (FERRY_UNLIKELY(__builtin_mul_overflow(count, size, &total) || total > kMaxRequest)) {
+    return FailTooLarge();
+  }
+  if (total > ferry::kMediumMax && total <= ferry::kLargeMax) {
+    // Cleared there unless its slices read as zeros already.
+    return VgAllocated(ferry::AllocateLargeZeroed(total), total, /*zeroed=*/true);
+  }
+  if (total > ferry::kLargeMax) {
+    // A fresh mapping, zero already, never one from the huge cache: its
+    // pages become resident only as the program touches them.
+    return VgAllocated(ferry::AllocateHuge(total, 0, /*may_reuse=*/false), total, /*zeroed=*/true);
+  }
+  void* p = Allocate(total);
+  if (FERRY_LIKELY(p != nullptr)) {
+    VgAllocated(p, total, /*zeroed=*/true);
+    memset(p, 0, total);
+  }
+  return p;
+}
 
 FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) { return ferry::Realloc(ptr, size, nullptr); }
 

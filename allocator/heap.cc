@@ -112,29 +112,30 @@ constinit std::atomic<uint32_t> g_heapless_returns{0};
 // This thread is forking (from AtForkPrepare to the end of the fork).
 __thread bool tl_forking __attribute__((tls_model("initial-exec"))) = false;
 
-// A return on `heap`'s thread. Only that thread changes
-// heap->returns_in_progress, so the count it finds tells whether an outer
-// return of its own is counted (a signal or abort handler that frees inside
-// one): then the fork waits for that one and this one goes on, and waiting
-// could only deadlock. So does the forking thread's own (a pthread_atfork
-// prepare handler registered before ferry's runs after it): it ends before
-// fork() proper.
-void BeginInlineReturns(Heap* heap) {
-  if (heap->returns_in_progress.fetch_add(1, std::memory_order_seq_cst) != 0 || tl_forking) return;
+// Counts a return in `count`, first waiting while a fork holds returns.
+// The forking thread's own go on (a pthread_atfork prepare handler
+// registered before ferry's runs after it): they end before fork() proper.
+// `only_this_thread`: nobody else changes `count` (a heap's, changed only by
+// its thread), so a count already there is an outer return of this thread's
+// own (a signal or abort handler that frees inside one): the fork waits for
+// that one, and this one goes on, since waiting could only deadlock.
+void BeginInlineReturns(std::atomic<uint32_t>* count, bool only_this_thread) {
+  const uint32_t before = count->fetch_add(1, std::memory_order_seq_cst);
+  if (tl_forking || (only_this_thread && before != 0)) return;
   while (g_inline_returns_held.load(std::memory_order_seq_cst)) {
-    heap->returns_in_progress.fetch_sub(1, std::memory_order_seq_cst);
+    count->fetch_sub(1, std::memory_order_seq_cst);
     while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
-    heap->returns_in_progress.fetch_add(1, std::memory_order_seq_cst);
+    count->fetch_add(1, std::memory_order_seq_cst);
   }
 }
 
-void EndInlineReturns(Heap* heap) { heap->returns_in_progress.fetch_sub(1, std::memory_order_release); }
+void EndInlineReturns(std::atomic<uint32_t>* count) { count->fetch_sub(1, std::memory_order_release); }
 
 // A batch of remote frees sorted on the calling thread.
 void ReturnBatchInline(Heap* heap, void** ptrs, uint32_t count) {
-  BeginInlineReturns(heap);
+  BeginInlineReturns(&heap->returns_in_progress, /*only_this_thread=*/true);
   ReturnBatch(ptrs, count);
-  EndInlineReturns(heap);
+  EndInlineReturns(&heap->returns_in_progress);
 }
 
 // The same for a thread without a heap. The count is shared, so it cannot
@@ -146,14 +147,9 @@ void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
   sigset_t old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
-  for (;;) {
-    g_heapless_returns.fetch_add(1, std::memory_order_seq_cst);
-    if (tl_forking || !g_inline_returns_held.load(std::memory_order_seq_cst)) break;
-    g_heapless_returns.fetch_sub(1, std::memory_order_seq_cst);
-    while (g_inline_returns_held.load(std::memory_order_acquire)) sched_yield();  // a fork is under way
-  }
+  BeginInlineReturns(&g_heapless_returns, /*only_this_thread=*/false);
   ReturnBatch(ptrs, count);
-  g_heapless_returns.fetch_sub(1, std::memory_order_release);
+  EndInlineReturns(&g_heapless_returns);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
@@ -1758,9 +1754,9 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   }
   if (!took_back) {
     CounterAdd(g_counters.chains_pushed, 1);
-    BeginInlineReturns(heap);
+    BeginInlineReturns(&heap->returns_in_progress, /*only_this_thread=*/true);
     ReturnChain(page, block, block, 1);
-    EndInlineReturns(heap);
+    EndInlineReturns(&heap->returns_in_progress);
     return;
   }
   page->in_full = 0;
