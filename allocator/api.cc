@@ -173,12 +173,17 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   ferry_stats_t stats;
   memset(&stats, 0, sizeof(stats));
   stats.version = FERRY_VERSION;
+  // The pool's counts first: a reclaimer counts a batch after its blocks
+  // (blocks_returned), so a snapshot that counts a batch as pooled has its
+  // blocks too. Read the other way round, a batch applied between the two
+  // reads was pooled but its blocks not yet returned (a test that waited
+  // for pooled + inline == published then saw 100 blocks missing).
+  ferry::PoolStats pool;
+  ferry::PoolStatsGet(&pool);
 #define FERRY_COPY_COUNTER(field, description) \
   stats.field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
-  ferry::PoolStats pool;
-  ferry::PoolStatsGet(&pool);
   stats.batches_pooled = pool.batches_pooled;
   stats.steals = pool.steals;
   stats.reclaimer_threads = pool.threads;

@@ -225,7 +225,7 @@ bool ApplyQueuedTbbBatch() {
   Batch* batch;
   if (!g_pool.tbb_queue->pop(batch)) return false;
   Apply(batch);
-  g_pool.tbb_batches.fetch_add(1, std::memory_order_relaxed);
+  g_pool.tbb_batches.fetch_add(1, std::memory_order_release);
   return true;
 }
 
@@ -420,13 +420,13 @@ void* ReclaimerMain(void* arg) {
     Batch* batch = nullptr;
     if (PopBatch(self, &batch)) {
       Apply(batch);
-      self->batches.fetch_add(1, std::memory_order_relaxed);
+      self->batches.fetch_add(1, std::memory_order_release);
       Housekeeping();
       continue;
     }
     if (Steal(self, &batch)) {
       Apply(batch);
-      self->batches.fetch_add(1, std::memory_order_relaxed);
+      self->batches.fetch_add(1, std::memory_order_release);
       self->steals.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
@@ -764,13 +764,13 @@ int PoolThreadCount() {
 void PoolStatsGet(PoolStats* out) {
   *out = PoolStats{};
   out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed) +
-                        g_pool.tbb_batches.load(std::memory_order_relaxed);
+                        g_pool.tbb_batches.load(std::memory_order_acquire);
   out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
   out->cpu_ns = g_pool.tbb_cpu_ns.load(std::memory_order_relaxed);
   const int running = g_pool.use_tbb ? 0 : PoolThreadCount();
   for (int i = 0; i < kMaxReclaimers && g_pool.reclaimers[i] != nullptr; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
-    out->batches_pooled += r->batches.load(std::memory_order_relaxed);
+    out->batches_pooled += r->batches.load(std::memory_order_acquire);
     out->steals += r->steals.load(std::memory_order_relaxed);
     if (i < running) {
       clockid_t clock;
