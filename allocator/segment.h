@@ -78,14 +78,19 @@ inline uint32_t ReturnedCount(uintptr_t word) {
   return static_cast<uint32_t>(word >> kReturnedCountShift);
 }
 
-// 128 bytes, so a slice index becomes a record address by a shift. The
-// first 64 bytes hold everything the free fast path reads, local or remote,
-// and nothing the owner writes on every allocation and free: those fields
-// (free, used) sit in the second line, with the ones other threads write.
-// A thread freeing another's block then reads a line its owner rarely
-// writes; with `free` and `used` in the first line, each such free missed
-// on the line the owner had just written (producer/consumer: see
-// perf/RESULTS.md, 2026-12-03).
+// 256 bytes, so a slice index becomes a record address by a shift. Three
+// cache lines, split by who writes them:
+// - the first holds everything the free fast path reads, local or remote,
+//   and nothing the owner writes on every allocation and free. A thread
+//   freeing another's block then reads a line its owner rarely writes; with
+//   `free` and `used` in it, each such free missed on the line the owner had
+//   just written (producer/consumer: perf/RESULTS.md, 2026-12-03);
+// - the second is the owner's (free, used, its queue links);
+// - the third is written by other threads (a returned chain's push, an
+//   inbox post). In the second line with `free`, each push took the line
+//   the owner's next allocation reads, and that load was a third of
+//   malloc's samples in producer/consumer (perf/RESULTS.md, 2026-12-04).
+// The fourth line is padding: the shift needs a power of two.
 struct Page {
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
@@ -112,8 +117,7 @@ struct Page {
   // first slice and on free slices.
   uint16_t record_back;
   uint16_t capacity;       // owner: blocks carved so far
-  // --- second cache line: the owner's hot fields, and those other threads
-  // write ---------------------------------------------------------------------
+  // --- second cache line: the owner's ---------------------------------------
   // Blocks ready to hand out (decoded pointer). The owner's frees go on its
   // head, so that the next allocation of the class gets the block it freed
   // last, while it is still in cache (see Free in heap.h).
@@ -121,27 +125,31 @@ struct Page {
   uint16_t used;           // owner: blocks handed out and not yet back on a list
   Page* queue_next;        // owner only
   Page* queue_prev;
+  // --- third cache line: written by other threads -----------------------------
+  alignas(64) std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
   Page* inbox_next;        // link in the owner's inbox
-  std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
   // `used` when the owner marked the page full (written before the mark):
   // what the returns to a full page count against, readable by any thread.
   std::atomic<uint32_t> used_at_full;
+  char padding_to_power_of_two[64];
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
-static_assert(sizeof(Page) == 128);
-inline constexpr int kPageRecordShift = 7;  // log2(sizeof(Page))
+static_assert(sizeof(Page) == 256);
+inline constexpr int kPageRecordShift = 8;  // log2(sizeof(Page))
 static_assert(sizeof(Page) == size_t{1} << kPageRecordShift);
 
 // Page::record_back of the record `slices` after a page's first.
 inline uint16_t RecordBack(size_t slices) { return static_cast<uint16_t>(slices * sizeof(Page)); }
 static_assert(offsetof(Page, record_back) < 64 && offsetof(Page, free) == 64,
               "the free path's checks read one line, which holds nothing written per allocation");
+static_assert(offsetof(Page, returned) == 128,
+              "returns by other threads write a line of their own, not the owner's");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
 
 struct alignas(64) Segment {
-  // First, so that a slice's record is at segment + (slice << 7): one shift
+  // First, so that a slice's record is at segment + (slice << kPageRecordShift): one shift
   // fewer on the free path. Record 0 describes the header slice (kNone).
   Page pages[kSlicesPerSegment];
   SegmentKind kind;
