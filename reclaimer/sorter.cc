@@ -54,8 +54,9 @@ void ReturnBatch(void** ptrs, size_t n) {
     const uintptr_t address = reinterpret_cast<uintptr_t>(ptrs[i]);
     Page* page = PageOf(SegmentOf(address), address);
     Block* block = reinterpret_cast<Block*>(address);
-    // Page records are 128 bytes apart: their address, shifted, is the key.
-    size_t slot = (reinterpret_cast<uintptr_t>(page) >> 7) & (kOpenRuns - 1);
+    // Page records are 1 << kPageRecordShift bytes apart: their address,
+    // shifted, is the key.
+    size_t slot = (reinterpret_cast<uintptr_t>(page) >> kPageRecordShift) & (kOpenRuns - 1);
     for (size_t probe = 0; runs[slot].page != nullptr && runs[slot].page != page; ++probe) {
       if (probe == kOpenRuns) {  // full: hand every open run home, start over
         for (Run& run : runs) {
