@@ -178,12 +178,16 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   // blocks too. Read the other way round, a batch applied between the two
   // reads was pooled but its blocks not yet returned (a test that waited
   // for pooled + inline == published then saw 100 blocks missing).
+  // Batches sorted inline likewise: counted after their blocks, with
+  // release, and read here before them.
   ferry::PoolStats pool;
   ferry::PoolStatsGet(&pool);
+  const int64_t batches_inline = ferry::g_counters.batches_inline.load(std::memory_order_acquire);
 #define FERRY_COPY_COUNTER(field, description) \
   stats.field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
+  stats.batches_inline = static_cast<uint64_t>(batches_inline);
   stats.batches_pooled = pool.batches_pooled;
   stats.steals = pool.steals;
   stats.reclaimer_threads = pool.threads;

@@ -1105,8 +1105,11 @@ void PublishBatch(Heap* heap, bool may_spawn) {
     const bool wake_now = spares == 1 || waiting_bytes >= kWakeBytes;
     if (PoolOffer(full, heap->home, wake_now, may_spawn)) return;
   }
-  CounterAdd(g_counters.batches_inline, 1);
   ReturnBatchInline(heap, full->ptrs, count);
+  // After the blocks (blocks_returned, counted by the sorter), with
+  // release: ferry_stats_get reads this one first, so a snapshot that
+  // counts the batch has its blocks too (as for the pool's batches).
+  g_counters.batches_inline.fetch_add(1, std::memory_order_release);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -1713,8 +1716,8 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
   void* batch[1] = {p};
   CounterAdd(g_counters.remote_frees, 1);
   CounterAdd(g_counters.batches_published, 1);
-  CounterAdd(g_counters.batches_inline, 1);
   ReturnBatchWithoutHeap(batch, 1);
+  g_counters.batches_inline.fetch_add(1, std::memory_order_release);  // after its block (PublishBatch)
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {

@@ -524,8 +524,12 @@ void Start() {
       wanted = i;
       break;
     }
-    g_pool.reclaimers[i] = new (memory) Reclaimer();
-    g_pool.reclaimers[i]->index = i;
+    Reclaimer* r = new (memory) Reclaimer();
+    r->index = i;
+    // Published with release: PoolStatsGet reads the records it finds
+    // without waiting for the pool to start (the pool's own threads reach
+    // them through count).
+    __atomic_store_n(&g_pool.reclaimers[i], r, __ATOMIC_RELEASE);
   }
   // All signals blocked, so that none of the program's handlers ever runs on
   // a reclaimer; pthread_create may allocate (ferry is usable: no lock held).
@@ -767,9 +771,13 @@ void PoolStatsGet(PoolStats* out) {
                         g_pool.tbb_batches.load(std::memory_order_acquire);
   out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
   out->cpu_ns = g_pool.tbb_cpu_ns.load(std::memory_order_relaxed);
-  const int running = g_pool.use_tbb ? 0 : PoolThreadCount();
-  for (int i = 0; i < kMaxReclaimers && g_pool.reclaimers[i] != nullptr; ++i) {
-    Reclaimer* r = g_pool.reclaimers[i];
+  // use_tbb is read only once the pool is seen running (Start sets it
+  // before its release of the state); it may be starting now.
+  const int threads = PoolThreadCount();
+  const int running = threads > 0 && !g_pool.use_tbb ? threads : 0;
+  for (int i = 0; i < kMaxReclaimers; ++i) {
+    Reclaimer* r = __atomic_load_n(&g_pool.reclaimers[i], __ATOMIC_ACQUIRE);
+    if (r == nullptr) break;
     out->batches_pooled += r->batches.load(std::memory_order_acquire);
     out->steals += r->steals.load(std::memory_order_relaxed);
     if (i < running) {

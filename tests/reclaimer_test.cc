@@ -1200,6 +1200,54 @@ TEST(ReclaimerStats, FreeAfterTheThreadsHeapWasAbandonedCountsAsARemoteFree) {
   EXPECT_GE(after.batches_inline - before.batches_inline, static_cast<uint64_t>(kBlocks));
 }
 
+// Every snapshot that counts a batch as handled (by the pool or inline)
+// counts its blocks as returned. Batches sorted inline were once counted
+// before their blocks were, so a snapshot taken while one was being sorted
+// had it without its blocks (and a test that waited for handled ==
+// published could then see blocks missing).
+TEST(ReclaimerStats, ASnapshotThatCountsABatchAsHandledCountsItsBlocks) {
+  const size_t batch = BatchSize();
+  ferry_flush();
+  ferry_stats_t before;
+  WaitFor(
+      [&] {
+        before = Stats();
+        return before.batches_pooled + before.batches_inline == before.batches_published;
+      },
+      5s);
+  // Full batches only: a multiple of the batch size, freed by one thread
+  // that neither flushes nor exits before the last one is handed on.
+  const size_t count = batch * std::max<size_t>(1, 200'000 / batch);
+  std::vector<void*> blocks(count);
+  for (void*& p : blocks) p = ferry_malloc(16);
+  std::atomic<bool> freeing_done{false};
+  std::thread freer([&] {
+    for (void* p : blocks) ferry_free(p);
+    freeing_done.store(true, std::memory_order_release);
+    ferry_flush();
+  });
+  uint64_t snapshots = 0;
+  uint64_t short_of_blocks = 0;
+  std::string first;
+  for (bool last = false; !last;) {
+    last = freeing_done.load(std::memory_order_acquire);
+    const ferry_stats_t s = Stats();
+    ++snapshots;
+    const uint64_t handled = (s.batches_pooled - before.batches_pooled) + (s.batches_inline - before.batches_inline);
+    const uint64_t returned = s.blocks_returned - before.blocks_returned;
+    if (returned < handled * batch) {
+      if (short_of_blocks++ == 0) {
+        first = std::to_string(handled) + " batches handled, " + std::to_string(returned) + " blocks returned";
+      }
+    }
+  }
+  freer.join();
+  EXPECT_EQ(short_of_blocks, 0u) << "of " << snapshots << " snapshots; first: " << first;
+  EXPECT_GT(snapshots, 10u);
+  const ferry_stats_t after = Stats();
+  EXPECT_EQ(after.blocks_returned - before.blocks_returned, count);
+}
+
 TEST(ReclaimerStats, PoolCountersAfterARemoteFreeWorkload) {
   const int wanted = ferry_test::ExpectedReclaimers();
   const size_t batch = BatchSize();
