@@ -1200,6 +1200,19 @@ TEST(ReclaimerStats, FreeAfterTheThreadsHeapWasAbandonedCountsAsARemoteFree) {
   EXPECT_GE(after.batches_inline - before.batches_inline, static_cast<uint64_t>(kBlocks));
 }
 
+// A snapshot taken once every published batch has been applied, by the
+// pool or inline (at most 5 s from now).
+ferry_stats_t StatsOnceEveryBatchIsHandled() {
+  ferry_stats_t s;
+  WaitFor(
+      [&] {
+        s = Stats();
+        return s.batches_pooled + s.batches_inline == s.batches_published;
+      },
+      5s);
+  return s;
+}
+
 // Every snapshot that counts a batch as handled (by the pool or inline)
 // counts its blocks as returned. Batches sorted inline were once counted
 // before their blocks were, so a snapshot taken while one was being sorted
@@ -1208,13 +1221,7 @@ TEST(ReclaimerStats, FreeAfterTheThreadsHeapWasAbandonedCountsAsARemoteFree) {
 TEST(ReclaimerStats, ASnapshotThatCountsABatchAsHandledCountsItsBlocks) {
   const size_t batch = BatchSize();
   ferry_flush();
-  ferry_stats_t before;
-  WaitFor(
-      [&] {
-        before = Stats();
-        return before.batches_pooled + before.batches_inline == before.batches_published;
-      },
-      5s);
+  const ferry_stats_t before = StatsOnceEveryBatchIsHandled();
   // Full batches only: a multiple of the batch size, freed by one thread
   // that neither flushes nor exits before the last one is handed on.
   const size_t count = batch * std::max<size_t>(1, 200'000 / batch);
@@ -1280,13 +1287,7 @@ TEST(ReclaimerStats, PoolCountersAfterARemoteFreeWorkload) {
   });
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(corrupt.load(), 0u);
-  ferry_stats_t s;
-  WaitFor(
-      [&] {
-        s = Stats();
-        return s.batches_pooled + s.batches_inline == s.batches_published;
-      },
-      5s);
+  const ferry_stats_t s = StatsOnceEveryBatchIsHandled();
   const uint64_t published = s.batches_published - before.batches_published;
   EXPECT_GE(published, 40u) << "40 full batches of remote frees were made";
   EXPECT_EQ(s.blocks_returned, s.remote_frees);
