@@ -6,10 +6,26 @@
 // window (PoolSetOfferHookForTest) while a flush starts, with an idle tick
 // of 20 s: a flush that relied on the tick took 20 s.
 //
+// On the oneTBB backend (flush_wake_tbb_test, the same file with
+// FERRY_FLUSH_WAKE_TBB defined), ferry_flush does not sleep out its timeout
+// when the batch it waits for is queued between its look at the queue and
+// its sleep while oneTBB has no worker free to apply it. The flush applies
+// queued batches itself; a push that came after its look must wake it, and
+// the wake must not be lost because the flush was not yet asleep (pool.cc,
+// WaitForEpochSlot and flush_signal). That test keeps oneTBB's only worker
+// busy and lets the held offer push just before the flush sleeps
+// (PoolSetFlushWaitForTest), with the flush's timeout at 20 s: a flush
+// whose wake was lost took 20 s.
+//
 // Runs with FERRY_RECLAIMERS=1, FERRY_BATCH=16 and the crowded-CPUs watch
-// off (a crowded watch would apply the batch inline, with no offer to hold).
+// off (a crowded watch would apply the batch inline, with no offer to hold);
+// the oneTBB one with FERRY_RECLAIMER_BACKEND=tbb.
 #include <gtest/gtest.h>
 #include <unistd.h>
+#ifdef FERRY_FLUSH_WAKE_TBB
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/task_arena.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -47,6 +63,18 @@ std::vector<void*> AllocatedHere() {
   return blocks;
 }
 
+// A thread that frees `blocks` (one batch of another thread's blocks): the
+// last free offers the batch, and the offer waits in the window between its
+// epoch and its push until g_release. Then `done`, if given, is set.
+std::thread FreeOnAThreadWithTheOfferHeld(const std::vector<void*>& blocks, std::atomic<int>* done) {
+  PoolSetOfferHookForTest(HoldOneOffer);
+  g_hold = 1;
+  return std::thread([&blocks, done] {
+    for (void* p : blocks) ferry_free(p);
+    if (done != nullptr) *done = 1;
+  });
+}
+
 uint64_t BlocksReturned() {
   ferry_stats_t stats;
   ferry_stats_get(&stats);
@@ -58,6 +86,8 @@ template <typename Condition>
 bool WaitFor(Condition condition) {
   return ferry_test::WaitFor(condition, std::chrono::seconds(10), std::chrono::milliseconds(1));
 }
+
+#ifndef FERRY_FLUSH_WAKE_TBB
 
 TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenThatBatchIsApplied) {
   g_hold = 0;
@@ -71,13 +101,9 @@ TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenT
   ASSERT_EQ(PoolThreadCount(), 1);
 
   PoolSetIdleTickForTest(kIdleTickMs);
-  PoolSetOfferHookForTest(HoldOneOffer);
   std::vector<void*> blocks = AllocatedHere();
   const uint64_t returned_before = BlocksReturned();
-  g_hold = 1;
-  std::thread freer([&] {
-    for (void* p : blocks) ferry_free(p);  // the last free offers the batch, held in the window
-  });
+  std::thread freer = FreeOnAThreadWithTheOfferHeld(blocks, nullptr);
   if (!WaitFor([] { return g_hold.load() == 2; })) {
     g_release = 1;
     freer.join();
@@ -105,6 +131,68 @@ TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenT
   EXPECT_LT(flush_ms.load(), kIdleTickMs / 4) << "the flush waited for the reclaimer's idle tick";
   EXPECT_EQ(BlocksReturned() - returned_before, kBatch);
 }
+
+#else  // FERRY_FLUSH_WAKE_TBB
+
+constexpr int kFlushTimeoutMs = 20'000;
+std::atomic<int> g_offered{0};  // the held offer has pushed, woken, and returned
+std::atomic<int> g_flush_sleeps{0};
+
+// The flush has found the queue empty and is about to sleep: the held offer
+// pushes its batch and signals now, before the sleep begins.
+void LetTheOfferPushBeforeTheFlushSleeps() {
+  if (g_flush_sleeps.fetch_add(1) != 0) return;
+  g_release = 1;
+  while (g_offered.load() == 0) usleep(1000);
+}
+
+TEST(FlushWakeTbb, ABatchQueuedJustBeforeTheFlushSleepsEndsTheSleepWhenNoWorkerIsFree) {
+  // One oneTBB worker in the whole process (before ferry's arena exists).
+  tbb::global_control one_worker(tbb::global_control::max_allowed_parallelism, 2);
+  // The pool runs (its first batch starts it) and everything so far is home.
+  std::vector<void*> first = AllocatedHere();
+  std::thread([&] {
+    for (void* p : first) ferry_free(p);
+  }).join();
+  ferry_flush();
+  ASSERT_EQ(ferry_test::Stats().pool_starts, 1u) << "the oneTBB pool did not start";
+
+  // That worker, kept busy: nothing but the flush applies ferry's batches.
+  std::atomic<int> blocker_state{0};  // 1: running, 2: told to stop, 3: done
+  tbb::task_arena blocker(1);
+  blocker.enqueue([&] {
+    blocker_state = 1;
+    while (blocker_state.load() != 2) usleep(1000);
+    blocker_state = 3;
+  });
+  ASSERT_TRUE(WaitFor([&] { return blocker_state.load() == 1; })) << "oneTBB's worker never ran the blocker";
+
+  PoolSetFlushWaitForTest(kFlushTimeoutMs, LetTheOfferPushBeforeTheFlushSleeps);
+  std::vector<void*> blocks = AllocatedHere();
+  const uint64_t returned_before = BlocksReturned();
+  std::thread freer = FreeOnAThreadWithTheOfferHeld(blocks, &g_offered);
+  const bool held = WaitFor([] { return g_hold.load() == 2; });
+  int64_t flush_ms = -1;
+  if (held) {
+    const auto begin = std::chrono::steady_clock::now();
+    ferry_flush();
+    flush_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - begin).count();
+  }
+  g_release = 1;
+  freer.join();
+  PoolSetOfferHookForTest(nullptr);
+  PoolSetFlushWaitForTest(0, nullptr);
+  blocker_state = 2;
+  EXPECT_TRUE(WaitFor([&] { return blocker_state.load() == 3; }));
+
+  ASSERT_TRUE(held) << "no offer reached the hook (was the batch applied inline?)";
+  EXPECT_GE(g_flush_sleeps.load(), 1) << "the flush never went to sleep: the window was not reached";
+  EXPECT_LT(flush_ms, kFlushTimeoutMs / 4) << "the flush slept out its timeout: the push's wake was lost";
+  EXPECT_EQ(BlocksReturned() - returned_before, kBatch);
+}
+
+#endif  // FERRY_FLUSH_WAKE_TBB
 
 }  // namespace
 }  // namespace ferry

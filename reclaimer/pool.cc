@@ -89,6 +89,7 @@ namespace {
 
 constexpr int kMaxReclaimers = 64;
 constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
+constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
 constexpr size_t kStackBytes = 256 << 10;
 constexpr uint32_t kWakeQueued = 8;     // PoolOffer
 constexpr uint64_t kLoadSampleNs = 10'000'000;
@@ -125,6 +126,13 @@ struct Pool {
   std::atomic<uint32_t> epoch{0};
   std::atomic<uint32_t> in_flight[2] = {};
   std::atomic<uint32_t> flush_waiters{0};
+  // Futex word a waiting flush sleeps on (WaitForEpochSlot): bumped when an
+  // epoch's last batch is applied and, on oneTBB, when a batch is queued
+  // for a flush to apply. Its own word, not in_flight: a oneTBB push leaves
+  // in_flight as it was, so a wake that came between the flush's look at
+  // the queue and its wait found nobody asleep, and the wait then slept out
+  // its timeout (100 ms) when oneTBB had no worker free to apply the batch.
+  std::atomic<uint32_t> flush_signal{0};
   pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
   // Fork.
   std::atomic<uint32_t> paused{0};  // futex word
@@ -181,6 +189,8 @@ struct Pool {
   // Tests (PoolSetIdleTickForTest, PoolSetOfferHookForTest).
   std::atomic<int> idle_tick_ms{kIdleTickMs};
   std::atomic<void (*)()> offer_hook{nullptr};
+  std::atomic<int> flush_timeout_ms{kFlushTimeoutMs};
+  std::atomic<void (*)()> flush_wait_hook{nullptr};
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
@@ -190,10 +200,16 @@ struct Pool {
 constinit Pool g_pool;
 __thread bool tl_is_reclaimer __attribute__((tls_model("initial-exec"))) = false;
 
+// Wakes the waiting flushes (WaitForEpochSlot) to look again.
+void SignalFlushWaiters() {
+  g_pool.flush_signal.fetch_add(1, std::memory_order_seq_cst);
+  OsFutexWake(&g_pool.flush_signal, INT_MAX);
+}
+
 void LeaveEpoch(uint32_t slot) {
   if (g_pool.in_flight[slot].fetch_sub(1, std::memory_order_seq_cst) == 1 &&
       g_pool.flush_waiters.load(std::memory_order_seq_cst) != 0) {
-    OsFutexWake(&g_pool.in_flight[slot], INT_MAX);
+    SignalFlushWaiters();
   }
 }
 
@@ -247,11 +263,19 @@ void ApplyQueuedTask(void*) {
 // taken yet is applied here (a task that took one is running: its end wakes
 // this wait); one at a time, so that the wait ends with its epoch, however
 // fast other threads offer more.
+//
+// No wake is lost: the signal is read before the count and the queue, and
+// whoever drains the slot or queues a batch after those reads (having
+// seen flush_waiters, which this raised first) bumps the signal, so the
+// wait returns at once. The timeout is a backstop.
 void WaitForEpochSlot(uint32_t slot, int timeout_ms) {
   g_pool.flush_waiters.fetch_add(1, std::memory_order_seq_cst);
-  for (uint32_t pending; (pending = g_pool.in_flight[slot].load(std::memory_order_seq_cst)) != 0;) {
+  for (;;) {
+    const uint32_t signal = g_pool.flush_signal.load(std::memory_order_seq_cst);
+    if (g_pool.in_flight[slot].load(std::memory_order_seq_cst) == 0) break;
     if (g_pool.use_tbb && ApplyQueuedTbbBatch()) continue;
-    OsFutexWait(&g_pool.in_flight[slot], pending, timeout_ms);
+    if (auto hook = g_pool.flush_wait_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
+    OsFutexWait(&g_pool.flush_signal, signal, timeout_ms);
   }
   g_pool.flush_waiters.fetch_sub(1, std::memory_order_seq_cst);
 }
@@ -613,14 +637,14 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
       const uint32_t slot = JoinEpoch() & 1;
       batch->epoch_slot = slot;
       batch->in_flight.store(1, std::memory_order_relaxed);
+      if (auto hook = g_pool.offer_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
       accepted = g_pool.tbb_queue->bounded_push(batch);
       if (accepted) {
         TbbBackendSubmit(ApplyQueuedTask, nullptr);
         // A flush of this epoch that found the queue empty before the push
-        // would otherwise sleep out its timeout before it applied the batch.
-        if (g_pool.flush_waiters.load(std::memory_order_seq_cst) != 0) {
-          OsFutexWake(&g_pool.in_flight[slot], INT_MAX);
-        }
+        // would otherwise sleep out its timeout before it applied the batch
+        // (when oneTBB has no worker free to run the task).
+        if (g_pool.flush_waiters.load(std::memory_order_seq_cst) != 0) SignalFlushWaiters();
       } else {
         batch->in_flight.store(0, std::memory_order_relaxed);
         LeaveEpoch(slot);
@@ -712,6 +736,11 @@ void PoolSetIdleTickForTest(int idle_tick_ms) {
 
 void PoolSetOfferHookForTest(void (*hook)()) { g_pool.offer_hook.store(hook, std::memory_order_relaxed); }
 
+void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)()) {
+  g_pool.flush_timeout_ms.store(timeout_ms > 0 ? timeout_ms : kFlushTimeoutMs, std::memory_order_relaxed);
+  g_pool.flush_wait_hook.store(before_wait, std::memory_order_relaxed);
+}
+
 bool PoolFlushWaitsWhileReclaimersSleepForTest() {
   if (g_pool.flush_waiters.load(std::memory_order_seq_cst) == 0) return false;
   for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
@@ -735,7 +764,7 @@ void PoolFlush() {
   g_pool.epoch.store(epoch + 1, std::memory_order_seq_cst);
   const uint32_t slot = epoch & 1;
   if (!g_pool.use_tbb) WakeAll();  // batches may be waiting for a wake (PoolOffer)
-  WaitForEpochSlot(slot, 100);
+  WaitForEpochSlot(slot, g_pool.flush_timeout_ms.load(std::memory_order_relaxed));
   pthread_mutex_unlock(&g_pool.flush_mutex);
 }
 

@@ -86,14 +86,18 @@ bool PoolCpusCrowded();
 // the pool (pool.cc, Pool::cpus).
 void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_t*));
 
-// Tests, ferry's own threads backend. The reclaimers' idle tick, which also
-// paces their housekeeping (<= 0: the default, 50 ms); a function every
-// offer calls between joining its flush epoch and pushing its batch
-// (nullptr: none), to hold an offer there; whether a flush is waiting while
-// every reclaimer sleeps.
+// Tests. The reclaimers' idle tick, which also paces their housekeeping
+// (<= 0: the default, 50 ms); a function every offer calls between joining
+// its flush epoch and pushing its batch (nullptr: none), to hold an offer
+// there (both backends); whether a flush is waiting while every reclaimer
+// sleeps (ferry's own threads).
 void PoolSetIdleTickForTest(int idle_tick_ms);
 void PoolSetOfferHookForTest(void (*hook)());
 bool PoolFlushWaitsWhileReclaimersSleepForTest();
+// Tests: how long a waiting flush sleeps before it looks again whatever
+// happened (<= 0: the default, 100 ms), and a function it calls just
+// before each such sleep (nullptr: none).
+void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)());
 
 // True on the pool's own threads.
 bool IsReclaimerThread();
