@@ -131,10 +131,19 @@ void BeginInlineReturns(std::atomic<uint32_t>* count, bool only_this_thread) {
 
 void EndInlineReturns(std::atomic<uint32_t>* count) { count->fetch_sub(1, std::memory_order_release); }
 
+// Counts a batch sorted inline: after its blocks (blocks_returned, counted
+// by the sorter), with release, since ferry_stats_get reads this counter
+// first, so that a snapshot that counts the batch has its blocks too (as
+// for the pool's batches); and before the return's end, so that a fork,
+// which waits for returns in progress, never leaves a child with the blocks
+// counted and the batch not.
+void CountBatchInline() { g_counters.batches_inline.fetch_add(1, std::memory_order_release); }
+
 // A batch of remote frees sorted on the calling thread.
 void ReturnBatchInline(Heap* heap, void** ptrs, uint32_t count) {
   BeginInlineReturns(&heap->returns_in_progress, /*only_this_thread=*/true);
   ReturnBatch(ptrs, count);
+  CountBatchInline();
   EndInlineReturns(&heap->returns_in_progress);
 }
 
@@ -149,6 +158,7 @@ void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
   pthread_sigmask(SIG_BLOCK, &all, &old);
   BeginInlineReturns(&g_heapless_returns, /*only_this_thread=*/false);
   ReturnBatch(ptrs, count);
+  CountBatchInline();
   EndInlineReturns(&g_heapless_returns);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
@@ -1106,10 +1116,6 @@ void PublishBatch(Heap* heap, bool may_spawn) {
     if (PoolOffer(full, heap->home, wake_now, may_spawn)) return;
   }
   ReturnBatchInline(heap, full->ptrs, count);
-  // After the blocks (blocks_returned, counted by the sorter), with
-  // release: ferry_stats_get reads this one first, so a snapshot that
-  // counts the batch has its blocks too (as for the pool's batches).
-  g_counters.batches_inline.fetch_add(1, std::memory_order_release);
 }
 
 // Gives back everything of this heap that is free now: adopts returned
@@ -1717,7 +1723,6 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
   CounterAdd(g_counters.remote_frees, 1);
   CounterAdd(g_counters.batches_published, 1);
   ReturnBatchWithoutHeap(batch, 1);
-  g_counters.batches_inline.fetch_add(1, std::memory_order_release);  // after its block (PublishBatch)
 }
 
 void PublishBatchSlow(Heap* heap, const void* caller) {

@@ -87,10 +87,12 @@ inline uint32_t ReturnedCount(uintptr_t word) {
 //   just written (producer/consumer: perf/RESULTS.md, 2026-12-03);
 // - the second is the owner's (free, used, its queue links);
 // - the third is written by other threads (a returned chain's push, an
-//   inbox post). In the second line with `free`, each push took the line
-//   the owner's next allocation reads, and that load was a third of
-//   malloc's samples in producer/consumer (perf/RESULTS.md, 2026-12-04).
-// The fourth line is padding: the shift needs a power of two.
+//   inbox post), and by the owner only on its slow paths (taking the
+//   chain, marking the page full). In the second line with `free`, each
+//   push took the line the owner's next allocation reads, and that load
+//   was a third of malloc's samples in producer/consumer
+//   (perf/RESULTS.md, 2026-12-04).
+// The rest is padding: the shift needs a power of two.
 struct Page {
   // --- written by the owner when the page is made, read by any thread that
   // frees one of its blocks (ordered by the program's own hand-off of the
@@ -141,9 +143,11 @@ static_assert(sizeof(Page) == size_t{1} << kPageRecordShift);
 
 // Page::record_back of the record `slices` after a page's first.
 inline uint16_t RecordBack(size_t slices) { return static_cast<uint16_t>(slices * sizeof(Page)); }
+static_assert((kSlicesPerSegment - 1) * sizeof(Page) <= UINT16_MAX, "RecordBack fits record_back");
 static_assert(offsetof(Page, record_back) < 64 && offsetof(Page, free) == 64,
               "the free path's checks read one line, which holds nothing written per allocation");
-static_assert(offsetof(Page, returned) == 128,
+static_assert(offsetof(Page, queue_prev) + sizeof(Page*) <= 128 && offsetof(Page, returned) == 128 &&
+                  offsetof(Page, used_at_full) + sizeof(uint32_t) <= 192,
               "returns by other threads write a line of their own, not the owner's");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };
