@@ -6,7 +6,7 @@
 // window (PoolSetOfferHookForTest) while a flush starts, with an idle tick
 // of 20 s: a flush that relied on the tick took 20 s.
 //
-// On the oneTBB backend (flush_wake_tbb_test, the same file with
+// On the oneTBB backend (flush_wake_test_tbb, the same file with
 // FERRY_FLUSH_WAKE_TBB defined), ferry_flush does not sleep out its timeout
 // when the batch it waits for is queued between its look at the queue and
 // its sleep while oneTBB has no worker free to apply it. The flush applies
@@ -137,6 +137,9 @@ TEST(FlushWake, AFlushThatStartsWhileAnOfferIsBetweenItsEpochAndItsPushEndsWhenT
 constexpr int kFlushTimeoutMs = 20'000;
 std::atomic<int> g_offered{0};  // the held offer has pushed, woken, and returned
 std::atomic<int> g_flush_sleeps{0};
+// The task that keeps oneTBB's worker busy: 1 running, 2 told to stop, 3
+// done. Not on the test's stack: an arena's end does not wait for its task.
+std::atomic<int> g_blocker_state{0};
 
 // The flush has found the queue empty and is about to sleep: the held offer
 // pushes its batch and signals now, before the sleep begins.
@@ -147,6 +150,11 @@ void LetTheOfferPushBeforeTheFlushSleeps() {
 }
 
 TEST(FlushWakeTbb, ABatchQueuedJustBeforeTheFlushSleepsEndsTheSleepWhenNoWorkerIsFree) {
+  g_hold = 0;
+  g_release = 0;
+  g_offered = 0;
+  g_flush_sleeps = 0;
+  g_blocker_state = 0;
   // One oneTBB worker in the whole process (before ferry's arena exists).
   tbb::global_control one_worker(tbb::global_control::max_allowed_parallelism, 2);
   // The pool runs (its first batch starts it) and everything so far is home.
@@ -158,14 +166,17 @@ TEST(FlushWakeTbb, ABatchQueuedJustBeforeTheFlushSleepsEndsTheSleepWhenNoWorkerI
   ASSERT_EQ(ferry_test::Stats().pool_starts, 1u) << "the oneTBB pool did not start";
 
   // That worker, kept busy: nothing but the flush applies ferry's batches.
-  std::atomic<int> blocker_state{0};  // 1: running, 2: told to stop, 3: done
   tbb::task_arena blocker(1);
-  blocker.enqueue([&] {
-    blocker_state = 1;
-    while (blocker_state.load() != 2) usleep(1000);
-    blocker_state = 3;
+  blocker.enqueue([] {
+    int expected = 0;
+    if (!g_blocker_state.compare_exchange_strong(expected, 1)) return;  // told to stop already
+    while (g_blocker_state.load() != 2) usleep(1000);
+    g_blocker_state = 3;
   });
-  ASSERT_TRUE(WaitFor([&] { return blocker_state.load() == 1; })) << "oneTBB's worker never ran the blocker";
+  if (!WaitFor([] { return g_blocker_state.load() == 1; })) {
+    g_blocker_state = 2;
+    FAIL() << "oneTBB's worker never ran the blocker";
+  }
 
   PoolSetFlushWaitForTest(kFlushTimeoutMs, LetTheOfferPushBeforeTheFlushSleeps);
   std::vector<void*> blocks = AllocatedHere();
@@ -183,8 +194,8 @@ TEST(FlushWakeTbb, ABatchQueuedJustBeforeTheFlushSleepsEndsTheSleepWhenNoWorkerI
   freer.join();
   PoolSetOfferHookForTest(nullptr);
   PoolSetFlushWaitForTest(0, nullptr);
-  blocker_state = 2;
-  EXPECT_TRUE(WaitFor([&] { return blocker_state.load() == 3; }));
+  g_blocker_state = 2;
+  EXPECT_TRUE(WaitFor([] { return g_blocker_state.load() == 3; }));
 
   ASSERT_TRUE(held) << "no offer reached the hook (was the batch applied inline?)";
   EXPECT_GE(g_flush_sleeps.load(), 1) << "the flush never went to sleep: the window was not reached";

@@ -127,8 +127,8 @@ struct Pool {
   std::atomic<uint32_t> in_flight[2] = {};
   std::atomic<uint32_t> flush_waiters{0};
   // Futex word a waiting flush sleeps on (WaitForEpochSlot): bumped when an
-  // epoch's last batch is applied and, on oneTBB, when a batch is queued
-  // for a flush to apply. Its own word, not in_flight: a oneTBB push leaves
+  // epoch slot empties (its last batch applied, or a join retried or
+  // refused) and, on oneTBB, when a batch is queued for a flush to apply. Its own word, not in_flight: a oneTBB push leaves
   // in_flight as it was, so a wake that came between the flush's look at
   // the queue and its wait found nobody asleep, and the wait then slept out
   // its timeout (100 ms) when oneTBB had no worker free to apply the batch.
@@ -186,7 +186,8 @@ struct Pool {
   uint64_t (*coarse_now_ns)() = OsCoarseMonotonicNs;
   uint64_t (*now_ns)() = OsMonotonicNs;
   bool (*preemptions)(uint64_t*) = OsPreemptions;
-  // Tests (PoolSetIdleTickForTest, PoolSetOfferHookForTest).
+  // Tests (PoolSetIdleTickForTest, PoolSetOfferHookForTest,
+  // PoolSetFlushWaitForTest).
   std::atomic<int> idle_tick_ms{kIdleTickMs};
   std::atomic<void (*)()> offer_hook{nullptr};
   std::atomic<int> flush_timeout_ms{kFlushTimeoutMs};
@@ -224,9 +225,15 @@ uint32_t JoinEpoch() {
   }
 }
 
-// Returns the batch's blocks to their pages and gives the batch back.
-void Apply(Batch* batch) {
+// Returns the batch's blocks to their pages, counts it in `pooled` (if
+// given) and gives the batch back. The count comes after the blocks
+// (blocks_returned), with release: ferry_stats_get reads it first, so a
+// snapshot that counts the batch has its blocks. And before the epoch is
+// left, so that a fork, which waits for the epoch (QuiescePool), never
+// leaves a child with the blocks counted and the batch not.
+void Apply(Batch* batch, std::atomic<uint64_t>* pooled) {
   ReturnBatch(batch->ptrs, batch->count);
+  if (pooled != nullptr) pooled->fetch_add(1, std::memory_order_release);
   const uint32_t slot = batch->epoch_slot;
   batch->in_flight.store(0, std::memory_order_release);  // the heap may reuse it now
   LeaveEpoch(slot);
@@ -240,8 +247,7 @@ void RunDuty(uint64_t now, bool urgent);
 bool ApplyQueuedTbbBatch() {
   Batch* batch;
   if (!g_pool.tbb_queue->pop(batch)) return false;
-  Apply(batch);
-  g_pool.tbb_batches.fetch_add(1, std::memory_order_release);
+  Apply(batch, &g_pool.tbb_batches);
   return true;
 }
 
@@ -273,7 +279,19 @@ void WaitForEpochSlot(uint32_t slot, int timeout_ms) {
   for (;;) {
     const uint32_t signal = g_pool.flush_signal.load(std::memory_order_seq_cst);
     if (g_pool.in_flight[slot].load(std::memory_order_seq_cst) == 0) break;
-    if (g_pool.use_tbb && ApplyQueuedTbbBatch()) continue;
+    if (g_pool.use_tbb) {
+      // Boost's pop reads the queue with acquire loads, which the seq_cst
+      // order does not cover: the fence puts the look after flush_waiters'
+      // increment, so an offer whose push this pop misses sees the waiter
+      // and signals (a store-buffering pair otherwise; x86 never reorders
+      // it, the C++ model would allow it). GCC's ThreadSanitizer rejects
+      // fences; the oneTBB backend never runs under it (libtbb is not
+      // built with it).
+#if !defined(__SANITIZE_THREAD__)
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+      if (ApplyQueuedTbbBatch()) continue;
+    }
     if (auto hook = g_pool.flush_wait_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
     OsFutexWait(&g_pool.flush_signal, signal, timeout_ms);
   }
@@ -443,14 +461,12 @@ void* ReclaimerMain(void* arg) {
     }
     Batch* batch = nullptr;
     if (PopBatch(self, &batch)) {
-      Apply(batch);
-      self->batches.fetch_add(1, std::memory_order_release);
+      Apply(batch, &self->batches);
       Housekeeping();
       continue;
     }
     if (Steal(self, &batch)) {
-      Apply(batch);
-      self->batches.fetch_add(1, std::memory_order_release);
+      Apply(batch, &self->batches);
       self->steals.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
@@ -889,7 +905,7 @@ void PoolForkChild() {
       // it (batches_published counted them), and they are applied now.
       uint64_t applied = 0;
       while (PopBatch(r, &batch)) {
-        Apply(batch);
+        Apply(batch, nullptr);
         ++applied;
       }
       g_pool.retired_batches.fetch_add(r->batches.exchange(0) + applied, std::memory_order_relaxed);

@@ -94,9 +94,10 @@ void PoolSetLoadSourcesForTest(uint64_t (*now_ns)(), bool (*preemptions)(uint64_
 void PoolSetIdleTickForTest(int idle_tick_ms);
 void PoolSetOfferHookForTest(void (*hook)());
 bool PoolFlushWaitsWhileReclaimersSleepForTest();
-// Tests: how long a waiting flush sleeps before it looks again whatever
-// happened (<= 0: the default, 100 ms), and a function it calls just
-// before each such sleep (nullptr: none).
+// Tests: how long a waiting ferry_flush sleeps before it looks again
+// whatever happened (<= 0: the default, 100 ms), and a function called just
+// before each sleep of a waiting flush or of fork's quiescing (nullptr:
+// none).
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)());
 
 // True on the pool's own threads.
