@@ -506,9 +506,6 @@ Block* AdoptReturned(Page* page, uint32_t* count_out = nullptr) {
   return chain;
 }
 
-// A chain that lists this many blocks or more is put in address order when
-// the owner takes it (OrderChain).
-constexpr uint32_t kOrderChainMin = 32;
 
 // A free-list link that no free block of the page can hold, `what` saying
 // where it points: one line, then abort (ReportCorruptFreeList, and

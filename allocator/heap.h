@@ -50,6 +50,14 @@ inline constexpr size_t kKeptEmptySegments = 16;
 // Local frees between two of the owner's checkpoints (Heap::frees_to_checkpoint).
 inline constexpr uint32_t kFreesPerCheckpoint = 256;
 
+// A returned chain that lists this many blocks or more is put in address
+// order when the owner takes it (OrderChain in heap.cc). 128, not 32: with
+// each page's returned chain on a cache line of its own, walking the
+// shorter chains cost the producer more than their order gave back
+// (prodcons 5-9% less wall time at 128, onefree 11%; perf/RESULTS.md,
+// 2026-12-04). Tests that need a chain ordered make one this long.
+inline constexpr uint32_t kOrderChainMin = 128;
+
 struct Heap {
   // Every class starts at the empty page, whose free list is empty, so the
   // first allocation of each class takes the slow path.

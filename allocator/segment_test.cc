@@ -150,14 +150,15 @@ TEST(PageLists, RemoteFreesIntoAFullPageGoBackToTheOwnerWhenItRunsShort) {
 // once the chain is long enough to be worth the walk (OrderChain): the
 // owner walks the page upwards instead of in the freeing thread's order.
 TEST(PageLists, ALongReturnedChainIsHandedOutInAddressOrder) {
-  constexpr size_t kSize = 1152;  // 56 blocks to a one-slice page; no other test here uses it
+  constexpr size_t kSize = 240;  // 273 blocks to a one-slice page; no other test here uses it
   Page* page;
   void* extra;
   std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
   ASSERT_EQ(page->in_full, 1);
-  ASSERT_GE(page->reserved, 41);
-  // 40 of them, in an order nothing sorted (a fixed shuffle), the rest stay out.
-  std::vector<void*> freed(blocks.begin() + 8, blocks.begin() + 48);
+  constexpr size_t kFreed = kOrderChainMin + 8;  // long enough to be ordered
+  ASSERT_GE(page->reserved, 8 + kFreed + 1);
+  // kFreed of them, in an order nothing sorted (a fixed shuffle), the rest stay out.
+  std::vector<void*> freed(blocks.begin() + 8, blocks.begin() + 8 + kFreed);
   std::shuffle(freed.begin(), freed.end(), std::mt19937(1203));
   FreeElsewhereAndFlush(freed, 0, freed.size());
   ASSERT_EQ(ReturnedCount(page->returned.load()), freed.size());
@@ -176,12 +177,12 @@ TEST(PageLists, ALongReturnedChainIsHandedOutInAddressOrder) {
   for (void* p : again) ferry_free(p);
   for (void* p : others) ferry_free(p);
   for (size_t k = 0; k < blocks.size(); ++k) {
-    if (k < 8 || k >= 48) ferry_free(blocks[k]);
+    if (k < 8 || k >= 8 + kFreed) ferry_free(blocks[k]);
   }
   ferry_free(extra);
 }
 
-// Fills a page of `size` blocks and has 40 of them come back as one chain
+// Fills a page of `size` blocks and has kOrderChainMin + 8 of them come back as one chain
 // linked by hand (what the sorter would push), after `spoil` has changed
 // links of the chain; then allocates until the owner has taken the chain.
 template <typename Spoil>
@@ -190,7 +191,7 @@ void ReturnAHandMadeChainAndAllocate(size_t size, Spoil spoil) {
   void* extra;
   std::vector<void*> blocks = FillOnePage(size, &page, &extra);
   std::vector<Block*> chain;
-  for (size_t k = 0; k < 40; ++k) chain.push_back(static_cast<Block*>(blocks[k]));
+  for (size_t k = 0; k < kOrderChainMin + 8; ++k) chain.push_back(static_cast<Block*>(blocks[k]));
   for (size_t k = 0; k + 1 < chain.size(); ++k) chain[k]->next_encoded = EncodeNext(chain[k + 1]);
   spoil(chain);
   ReturnChain(page, chain.front(), chain.back(), static_cast<uint32_t>(chain.size()));
@@ -203,7 +204,7 @@ void ReturnAHandMadeChainAndAllocate(size_t size, Spoil spoil) {
 // and so is one into the middle of a block, which the pops (they check
 // only that a link stays in the page's carved bytes) would hand out.
 TEST(PageLists, AChainThatLinksBackToItselfOrIntoABlockIsReported) {
-  constexpr size_t kSize = 1408;  // 46 blocks to a one-slice page; no other test here uses it
+  constexpr size_t kSize = 352;  // 186 blocks to a one-slice page; no other test here uses it
   EXPECT_DEATH(ReturnAHandMadeChainAndAllocate(
                    kSize, [](std::vector<Block*>& chain) { chain[30]->next_encoded = EncodeNext(chain[10]); }),
                "ferry: malloc: free list of the page at 0x[0-9a-f]+ corrupted: the free block 0x[0-9a-f]+ "

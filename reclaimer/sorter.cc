@@ -81,7 +81,7 @@ void ReturnBatch(void** ptrs, size_t n) {
     // The block goes in front of its run, so a chain lists its blocks last
     // freed first; with chains pushed in front of the page's returned list
     // the owner gets them in the reverse of the order they were freed in
-    // (and puts 32 or more in address order as it takes them, OrderChain in
+    // (and puts kOrderChainMin or more in address order as it takes them, OrderChain in
     // heap.cc).
     Run& run = runs[slot];
     const bool opens = run.page == nullptr;

@@ -112,7 +112,7 @@ TEST(Sorter, ReturnsEachPagesBlocksWithOneAtomicPush) {
 // a short chain is handed out in that order, so a page's blocks go round in
 // one direction, not in runs that jump back (prodcons, perf/RESULTS.md
 // 2026-12-03: the consumer's reads of what the producer wrote cost less).
-// The owner puts a chain of 32 or more in address order as it takes it.
+// The owner puts a chain of kOrderChainMin or more in address order as it takes it.
 TEST(Sorter, APagesReturnedListHoldsItsBlocksLastFreedFirst) {
   constexpr size_t kSize = 96;
   std::vector<void*> blocks{ferry_malloc(kSize)};

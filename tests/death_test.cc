@@ -385,7 +385,7 @@ TEST_F(Death, AWriteAfterARemoteFreeThatRedirectsTheReturnedChainAborts) {
       kAborted, NamesBadPointer());
 }
 
-// A chain of 32 blocks or more is walked and put in address order when the
+// A chain of 128 blocks or more (kOrderChainMin) is walked and put in address order when the
 // owner takes it: the walk checks each link as the pops would have, the
 // last one too, whose link the new order overwrites.
 TEST_F(Death, AWriteAfterARemoteFreeIntoTheLastBlockOfALongReturnedChainAborts) {
@@ -393,10 +393,10 @@ TEST_F(Death, AWriteAfterARemoteFreeIntoTheLastBlockOfALongReturnedChainAborts) 
       {
         void* keep = ferry_malloc(112);
         std::vector<void*> blocks;
-        for (int i = 0; i < 48; ++i) blocks.push_back(ferry_malloc(112));
+        for (int i = 0; i < 160; ++i) blocks.push_back(ferry_malloc(112));
         std::thread([&blocks] {
           for (void* p : blocks) ferry_free(p);
-          ferry_flush();  // all 48 on their page's returned chain now
+          ferry_flush();  // all 160 on their page's returned chain now
         }).join();
         char on_stack[64];
         // The first freed is the chain's last block: its link ends the chain.

@@ -361,12 +361,12 @@ void OwnerOfPagesAndAHalf(size_t size) {
 
 // Blocks another thread frees in a scrambled order, one block a page kept
 // out, come back to the owner page by page in address order: each page's
-// blocks consecutively and ascending (ferry orders a returned chain of 32
-// blocks or more as the owner takes it).
+// blocks consecutively and ascending (ferry orders a returned chain of 128
+// blocks or more, kOrderChainMin in allocator/heap.h, as the owner takes it).
 void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
   OwnedBlocks owned;
   ASSERT_NO_FATAL_FAILURE(AllocateWholePages(size, 200, [](size_t per_page) { return per_page; }, &owned));
-  ASSERT_GE(owned.blocks_per_page, 33u) << "pages of " << size << " B blocks return chains too short to order";
+  ASSERT_GE(owned.blocks_per_page, 129u) << "pages of " << size << " B blocks return chains too short to order";
   std::vector<void*> kept, freed;
   for (size_t i = 0; i < owned.blocks.size(); ++i) {
     (i % owned.blocks_per_page == 0 ? kept : freed).push_back(owned.blocks[i]);
@@ -398,7 +398,7 @@ void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
 }
 
 TEST(ReclaimerFlush, BlocksFreedInAScrambledOrderComeBackInAddressOrder) {
-  for (size_t size : {size_t{192}, size_t{1664}}) {
+  for (size_t size : {size_t{192}, size_t{448}}) {
     std::thread([size] { OwnerGetsScrambledFreesBackInAddressOrder(size); }).join();
   }
 }
