@@ -506,7 +506,6 @@ Block* AdoptReturned(Page* page, uint32_t* count_out = nullptr) {
   return chain;
 }
 
-
 // A free-list link that no free block of the page can hold, `what` saying
 // where it points: one line, then abort (ReportCorruptFreeList, and
 // OrderChain's walk for links inside the page).

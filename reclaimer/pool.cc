@@ -128,10 +128,11 @@ struct Pool {
   std::atomic<uint32_t> flush_waiters{0};
   // Futex word a waiting flush sleeps on (WaitForEpochSlot): bumped when an
   // epoch slot empties (its last batch applied, or a join retried or
-  // refused) and, on oneTBB, when a batch is queued for a flush to apply. Its own word, not in_flight: a oneTBB push leaves
-  // in_flight as it was, so a wake that came between the flush's look at
-  // the queue and its wait found nobody asleep, and the wait then slept out
-  // its timeout (100 ms) when oneTBB had no worker free to apply the batch.
+  // refused) and, on oneTBB, when a batch is queued for a flush to apply.
+  // Its own word, not in_flight: a oneTBB push leaves in_flight as it was,
+  // so a wake that came between the flush's look at the queue and its wait
+  // found nobody asleep, and the wait then slept out its timeout (100 ms)
+  // when oneTBB had no worker free to apply the batch.
   std::atomic<uint32_t> flush_signal{0};
   pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
   // Fork.
@@ -225,15 +226,15 @@ uint32_t JoinEpoch() {
   }
 }
 
-// Returns the batch's blocks to their pages, counts it in `pooled` (if
-// given) and gives the batch back. The count comes after the blocks
+// Returns the batch's blocks to their pages, counts it in `pooled` and
+// gives the batch back. The count comes after the blocks
 // (blocks_returned), with release: ferry_stats_get reads it first, so a
 // snapshot that counts the batch has its blocks. And before the epoch is
 // left, so that a fork, which waits for the epoch (QuiescePool), never
 // leaves a child with the blocks counted and the batch not.
 void Apply(Batch* batch, std::atomic<uint64_t>* pooled) {
   ReturnBatch(batch->ptrs, batch->count);
-  if (pooled != nullptr) pooled->fetch_add(1, std::memory_order_release);
+  pooled->fetch_add(1, std::memory_order_release);
   const uint32_t slot = batch->epoch_slot;
   batch->in_flight.store(0, std::memory_order_release);  // the heap may reuse it now
   LeaveEpoch(slot);
@@ -903,12 +904,8 @@ void PoolForkChild() {
       Batch* batch;
       // Counted as pooled, as the reclaimer would have: they were handed to
       // it (batches_published counted them), and they are applied now.
-      uint64_t applied = 0;
-      while (PopBatch(r, &batch)) {
-        Apply(batch, nullptr);
-        ++applied;
-      }
-      g_pool.retired_batches.fetch_add(r->batches.exchange(0) + applied, std::memory_order_relaxed);
+      while (PopBatch(r, &batch)) Apply(batch, &r->batches);
+      g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);
       // An offer caught between its push and its count (PoolOffer) left it
