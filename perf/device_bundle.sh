@@ -1,0 +1,53 @@
+#!/bin/bash
+# Packs the opt build of ferry, the comparison driver, the workload binary and
+# Debian's peer allocators into DIR (default .dev, ignored by git through
+# .git/info/exclude) so that the comparison can run on a bare machine with no
+# Bazel and no peers installed (a lent 16-core machine, say). The peers travel
+# so that both machines compare the same versions.
+#
+#   tools/bazel build -c opt //:libferry.so //perf:compare //perf:workload
+#   perf/device_bundle.sh .dev
+#   # there, as root:  bash .dev/run.sh OUTDIR [prodcons_timeout others_timeout prodcons_scale]
+#
+# run.sh copies the peers into /usr/lib/x86_64-linux-gnu only where no file of
+# that name exists (compare looks for them there), falls back to the carried
+# libstdc++ only if the binaries cannot start, then runs prodcons at 2, 4 and
+# 8 pairs (4, 8, 16 threads) with ferry's variants, and larson, mstress,
+# onefree and cscratch. Each part has its own timeout because compare writes
+# its files only at the end.
+set -euo pipefail
+DIR=${1:-.dev}
+BIN=bazel-out/k8-opt/bin
+SYS=/usr/lib/x86_64-linux-gnu
+mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/fallback"
+cp -f "$BIN/libferry.so" "$BIN/perf/compare" "$BIN/perf/workload" "$DIR/bin/"
+for f in libjemalloc.so.2 libmimalloc.so.2 libtcmalloc_minimal.so.4 libtbbmalloc_proxy.so.2 libtbbmalloc.so.2 libtbb.so.12; do
+  cp -fL "$SYS/$f" "$DIR/lib/"
+done
+cp -fL "$SYS/libstdc++.so.6" "$SYS/libgcc_s.so.1" "$DIR/fallback/"
+cat > "$DIR/run.sh" <<'RUN'
+#!/bin/bash
+set -u
+B=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: run.sh OUTDIR [prodcons_timeout others_timeout prodcons_scale]}
+TP=${2:-300}; TO=${3:-200}; SP=${4:-4}
+L=/usr/lib/x86_64-linux-gnu
+mkdir -p "$L" "$OUT/p" "$OUT/o"
+for f in "$B"/lib/*; do [ -e "$L/$(basename "$f")" ] || cp "$f" "$L/"; done
+{ date -u; uname -a; nproc; grep -m1 "model name" /proc/cpuinfo; free -g | head -2
+  head -2 /etc/os-release; ldd --version | head -1; } > "$OUT/machine.txt" 2>&1
+C="$B/bin/compare --ferry-lib $B/bin/libferry.so --workload-bin $B/bin/workload"
+if ! $C --list > /dev/null 2>&1 || "$B/bin/workload" 2>&1 | grep -q "GLIBC\|not found\|error while loading"; then
+  echo "using the carried libstdc++" >> "$OUT/machine.txt"; export LD_LIBRARY_PATH="$B/fallback"
+fi
+timeout "$TP" $C --workload prodcons --pairs 2,4,8 --scale "$SP" --runs 5 \
+  --alloc ferry --alloc ferry-r0 --alloc ferry-r2 --alloc ferry-tbb \
+  --alloc jemalloc --alloc mimalloc --alloc tcmalloc --alloc tbbmalloc \
+  --out "$OUT/p" 2>&1 | tail -c 20000 > "$OUT/p/log.txt"
+timeout "$TO" $C --workload larson --workload mstress --workload onefree --workload cscratch --runs 3 \
+  --out "$OUT/o" 2>&1 | tail -c 20000 > "$OUT/o/log.txt"
+rm -f "$OUT"/*/run.png  # no gnuplot there, and the lent machine returns at most 8 files
+date -u >> "$OUT/machine.txt"
+RUN
+chmod +x "$DIR/run.sh"
+echo "bundle in $DIR ($(du -sh "$DIR" | cut -f1))"
