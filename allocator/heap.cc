@@ -453,7 +453,7 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
   if (keep == KeepEmpty::kSpareAndMore) {
     // With reclaimer threads ticking, giving memory back is their job: the
     // segment stays on the list, its slices are purged like any free
-    // slices (FERRY_PURGE_DELAY_MS, young ones 8 MiB a run) and the
+    // slices (FERRY_PURGE_DELAY_MS, young ones 1 MiB a run) and the
     // housekeeping releases it once it has been empty for
     // EmptySegmentKeepMs (ReleaseIdleEmptySegments). A program whose use
     // swings by more than a segment takes its committed slices back

@@ -350,11 +350,15 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 // The budget for slices freed recently: a program that frees and takes back
 // much memory every few runs would otherwise fault it all in again each
-// time (with the default delay, 0). 8 MiB a run (50 ms apart) is at most
-// 160 MiB a second faulted in again, some 40k page faults; the benchmarks
-// purge under 1 MiB a run (larson: 4 MiB).
+// time (with the default delay, 0). 1 MiB a run (50 ms apart) is at most
+// 20 MiB a second faulted in again, some 5k page faults. Producer/consumer
+// purges less than that, and keeps the peak RSS the early purge buys it;
+// with 8 MiB (until 2026-12-04) larson gave back and faulted in again 35
+// MiB in its half second and ran 8% slower, phases 23% (perf/RESULTS.md).
+// Slices free for the whole window go back without a budget, so memory
+// left idle is back with the OS as soon.
 inline constexpr uint64_t kEagerWindowMs = 250;
-inline constexpr size_t kEagerBytesPerRun = size_t{8} << 20;
+inline constexpr size_t kEagerBytesPerRun = size_t{1} << 20;
 // How long a segment with nothing but its header in use has been so: the
 // time since the latest of its slices was freed. Such a segment waits on
 // its heap's list until the housekeeping gives it back
