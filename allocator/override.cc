@@ -43,6 +43,19 @@ void* Pvalloc(size_t size) {
   return ferry_aligned_alloc(page, rounded);
 }
 
+// realloc(p, 0) frees p and returns NULL, as glibc's does (and jemalloc's
+// and tcmalloc's): a program written against glibc may call it as a free
+// and drop the result, and would leak a minimal block per call where
+// ferry_realloc's answer (a minimal block, as mimalloc's) came back.
+// realloc(NULL, 0) is malloc(0), as glibc's.
+void* ReallocAsGlibc(void* ptr, size_t size, const void* caller) {
+  if (size == 0 && ptr != nullptr) {
+    ferry::FreeUserBlock(ptr, "realloc", caller);
+    return nullptr;
+  }
+  return ferry::Realloc(ptr, size, caller);
+}
+
 }  // namespace
 
 extern "C" {
@@ -59,7 +72,7 @@ FERRY_EXPORT void free(void* ptr) {
 }
 FERRY_EXPORT void* calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
 FERRY_EXPORT void* realloc(void* ptr, size_t size) {
-  return ferry::Realloc(ptr, size, __builtin_return_address(0));  // its free, as free's
+  return ReallocAsGlibc(ptr, size, __builtin_return_address(0));  // its free, as free's
 }
 
 FERRY_EXPORT void* reallocarray(void* ptr, size_t count, size_t size) {
@@ -68,7 +81,7 @@ FERRY_EXPORT void* reallocarray(void* ptr, size_t count, size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  return ferry::Realloc(ptr, total, __builtin_return_address(0));
+  return ReallocAsGlibc(ptr, total, __builtin_return_address(0));
 }
 
 FERRY_EXPORT int posix_memalign(void** out, size_t alignment, size_t size) {
@@ -122,7 +135,7 @@ FERRY_EXPORT void* __libc_malloc(size_t size) { return ferry_malloc(size); }
 FERRY_EXPORT void __libc_free(void* ptr) { ferry::FreeUserBlock(ptr, "free", __builtin_return_address(0)); }
 FERRY_EXPORT void* __libc_calloc(size_t count, size_t size) { return ferry_calloc(count, size); }
 FERRY_EXPORT void* __libc_realloc(void* ptr, size_t size) {
-  return ferry::Realloc(ptr, size, __builtin_return_address(0));
+  return ReallocAsGlibc(ptr, size, __builtin_return_address(0));
 }
 FERRY_EXPORT void* __libc_memalign(size_t alignment, size_t size) { return Memalign(alignment, size); }
 FERRY_EXPORT void* __libc_valloc(size_t size) { return Valloc(size); }

@@ -137,11 +137,18 @@ TEST(Override, ReallocAndReallocarrayResizeFerryBlocks) {
   p = reallocarray(p, 1000, 8);
   ASSERT_TRUE(IsFerryBlock(p, 8000));
   EXPECT_EQ(memcmp(p, "0123456789", 10), 0);
-  void* q = realloc(p, 0);  // frees p; may return a minimal block or NULL
-  if (q != nullptr) {
-    EXPECT_TRUE(IsFerryBlock(q, 0));
-    free(q);
-  }
+  // As glibc's: realloc(p, 0) frees p and returns NULL. The next block of
+  // that size on this thread is p again (a page hands out its most
+  // recently freed block first), which shows that p was freed, not kept.
+  errno = 0;
+  EXPECT_EQ(realloc(p, 0), nullptr);
+  EXPECT_EQ(errno, 0) << "a free is no failure";
+  void* again = malloc(8000);
+  EXPECT_EQ(again, p) << "realloc(p, 0) did not free p";
+  EXPECT_EQ(reallocarray(again, 0, 8), nullptr);
+  void* minimal = realloc(nullptr, 0);  // malloc(0), as glibc's
+  EXPECT_TRUE(IsFerryBlock(minimal, 0));
+  free(minimal);
   void* r = reallocarray(nullptr, 30, 10);
   EXPECT_TRUE(IsFerryBlock(r, 300));
   free(r);
