@@ -968,7 +968,11 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
 TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
   std::thread([] {
     constexpr size_t kSize = 3584;  // one-slice pages; no other test here uses it
-    constexpr size_t kPages = kEagerBytesPerRun / kSliceSize * 2;
+    // Several segments' worth, and well past the budget: the budget is one
+    // for the whole run, across segments, and a page or segment kept back
+    // (a block left in each segment, the class's last page) must not leave
+    // too few free slices to test it.
+    constexpr size_t kPages = std::max(kEagerBytesPerRun / kSliceSize * 2, 4 * kSlicesPerSegment);
     ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // nothing free and committed before
     std::vector<void*> blocks;
     std::vector<uintptr_t> starts;

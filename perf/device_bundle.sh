@@ -16,7 +16,8 @@
 # onefree and cscratch. Each part has its own timeout because compare writes
 # its files only at the end.
 set -euo pipefail
-DIR=${1:-.dev}
+DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
+cd "$(dirname "$0")/.."
 BIN=bazel-out/k8-opt/bin
 SYS=/usr/lib/x86_64-linux-gnu
 mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/fallback"
@@ -33,19 +34,32 @@ OUT=${1:?usage: run.sh OUTDIR [prodcons_timeout others_timeout prodcons_scale]}
 TP=${2:-300}; TO=${3:-200}; SP=${4:-4}
 L=/usr/lib/x86_64-linux-gnu
 mkdir -p "$L" "$OUT/p" "$OUT/o"
-for f in "$B"/lib/*; do [ -e "$L/$(basename "$f")" ] || cp "$f" "$L/"; done
 { date -u; uname -a; nproc; grep -m1 "model name" /proc/cpuinfo; free -g | head -2
   head -2 /etc/os-release; ldd --version | head -1; } > "$OUT/machine.txt" 2>&1
-C="$B/bin/compare --ferry-lib $B/bin/libferry.so --workload-bin $B/bin/workload"
-if ! $C --list > /dev/null 2>&1 || "$B/bin/workload" 2>&1 | grep -q "GLIBC\|not found\|error while loading"; then
+# A peer of the same name already there stays (the system may need it): say
+# so, since that row then measures the system's version, not the carried one.
+for f in "$B"/lib/*; do
+  if [ -e "$L/$(basename "$f")" ]; then
+    cmp -s "$f" "$L/$(basename "$f")" || echo "kept the system's $(basename "$f")" >> "$OUT/machine.txt"
+  else
+    cp "$f" "$L/"
+  fi
+done
+C=("$B/bin/compare" --ferry-lib "$B/bin/libferry.so" --workload-bin "$B/bin/workload")
+if ! "${C[@]}" --list > "$OUT/probe.txt" 2>&1; then
   echo "using the carried libstdc++" >> "$OUT/machine.txt"; export LD_LIBRARY_PATH="$B/fallback"
+  if ! "${C[@]}" --list > "$OUT/probe.txt" 2>&1; then cat "$OUT/probe.txt" >> "$OUT/machine.txt"; exit 1; fi
 fi
-timeout "$TP" $C --workload prodcons --pairs 2,4,8 --scale "$SP" --runs 5 \
+rm -f "$OUT/probe.txt"
+timeout "$TP" "${C[@]}" --workload prodcons --pairs 2,4,8 --scale "$SP" --runs 5 \
   --alloc ferry --alloc ferry-r0 --alloc ferry-r2 --alloc ferry-tbb \
   --alloc jemalloc --alloc mimalloc --alloc tcmalloc --alloc tbbmalloc \
-  --out "$OUT/p" 2>&1 | tail -c 20000 > "$OUT/p/log.txt"
-timeout "$TO" $C --workload larson --workload mstress --workload onefree --workload cscratch --runs 3 \
-  --out "$OUT/o" 2>&1 | tail -c 20000 > "$OUT/o/log.txt"
+  --out "$OUT/p" > "$OUT/p/full.txt" 2>&1
+echo "prodcons part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
+timeout "$TO" "${C[@]}" --workload larson --workload mstress --workload onefree --workload cscratch --runs 3 \
+  --out "$OUT/o" > "$OUT/o/full.txt" 2>&1
+echo "others part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
+for part in p o; do tail -c 20000 "$OUT/$part/full.txt" > "$OUT/$part/log.txt"; rm -f "$OUT/$part/full.txt"; done
 rm -f "$OUT"/*/run.png  # no gnuplot there, and the lent machine returns at most 8 files
 date -u >> "$OUT/machine.txt"
 RUN

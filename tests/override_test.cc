@@ -627,6 +627,36 @@ TEST(OverrideDeath, FreeOfAPointerFerryNeverReturnedIsReportedByFerry) {
       testing::KilledBySignal(SIGABRT), "ferry.*0x[0-9a-f]+");
 }
 
+// realloc(p, 0) is a free since 2026-12-04: a bad pointer or a second free
+// through it must still be reported, with realloc named, not dropped.
+TEST(OverrideDeath, ReallocToZeroOfAFreedBlockIsReportedByFerry) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        NoCoreDumps();
+        void* p = malloc(64);
+        free(p);
+        void* q = realloc(Launder(p), 0);
+        fprintf(stderr, "realloc(%p, 0) returned %p\n", p, q);
+        exit(0);
+      },
+      testing::KilledBySignal(SIGABRT), "ferry.*realloc.*0x[0-9a-f]+");
+}
+
+TEST(OverrideDeath, ReallocToZeroOfAPointerFerryNeverReturnedIsReportedByFerry) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        NoCoreDumps();
+        char on_stack[64];
+        memset(on_stack, 0, sizeof(on_stack));
+        void* q = realloc(Launder(static_cast<void*>(on_stack + 16)), 0);
+        fprintf(stderr, "realloc(stack, 0) returned %p\n", q);
+        exit(0);
+      },
+      testing::KilledBySignal(SIGABRT), "ferry.*realloc.*0x[0-9a-f]+");
+}
+
 TEST(OverrideDeath, DoubleDeleteIsReportedByFerry) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
