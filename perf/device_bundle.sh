@@ -13,7 +13,8 @@
 # that name exists (compare looks for them there), falls back to the carried
 # libstdc++ only if the binaries cannot start, then runs prodcons at 2, 4 and
 # 8 pairs (4, 8, 16 threads) with ferry's variants, and larson, mstress,
-# onefree and cscratch. Each part has its own timeout because compare writes
+# onefree and cscratch with and without the pool (on 16 cores the pool was
+# 7-11% slower than none on prodcons, 2026-12-04: does it pay anywhere?). Each part has its own timeout because compare writes
 # its files only at the end.
 set -euo pipefail
 DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
@@ -57,6 +58,7 @@ timeout "$TP" "${C[@]}" --workload prodcons --pairs 2,4,8 --scale "$SP" --runs 5
   --out "$OUT/p" > "$OUT/p/full.txt" 2>&1
 echo "prodcons part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
 timeout "$TO" "${C[@]}" --workload larson --workload mstress --workload onefree --workload cscratch --runs 3 \
+  --alloc ferry --alloc ferry-r0 --alloc glibc --alloc jemalloc --alloc mimalloc --alloc tcmalloc --alloc tbbmalloc \
   --out "$OUT/o" > "$OUT/o/full.txt" 2>&1
 echo "others part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
 for part in p o; do tail -c 20000 "$OUT/$part/full.txt" > "$OUT/$part/log.txt"; rm -f "$OUT/$part/full.txt"; done
