@@ -10,7 +10,12 @@
 // linked.
 #include "reclaimer/sorter.h"
 
+#include <atomic>
 #include <cstdint>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "allocator/page_return.h"
 #include "allocator/segment.h"
@@ -31,6 +36,38 @@ constexpr size_t kOpenRuns = 64;  // a power of two
 // this each block's line came in one at a time.
 constexpr size_t kClaimAhead = 8;
 
+// Whether the CPU has PREFETCHW (CPUID 0x80000001, ECX bit 8): 1 yes, 0 no,
+// -1 not asked yet. GCC turns __builtin_prefetch(p, 1) into PREFETCHW only
+// when built for such a CPU (-mprfchw), and otherwise into a read prefetch,
+// which brings a line shared: the claim's CAS then waits a second time, for
+// the other copies to go. Found on the 16-core machine, where a reclaimer
+// claims blocks whose lines sit in the freeing and the owning threads'
+// caches (perf/RESULTS.md, 2026-12-04 afternoon). Asked at run time: the
+// same instruction on a CPU without it is not defined to be a no-op.
+std::atomic<int> g_has_prefetchw{-1};
+
+FERRY_NOINLINE bool AskForPrefetchw() {
+  bool has = false;
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0x80000001u, &eax, &ebx, &ecx, &edx)) has = (ecx & (1u << 8)) != 0;
+#endif
+  g_has_prefetchw.store(has ? 1 : 0, std::memory_order_relaxed);
+  return has;
+}
+
+// Asks for `p`'s line with the right to write it, where the CPU can.
+inline void PrefetchForClaim(const void* p, bool prefetchw) {
+#if defined(__x86_64__)
+  if (prefetchw) {
+    asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+    return;
+  }
+#endif
+  (void)prefetchw;
+  __builtin_prefetch(p, 1);
+}
+
 struct Run {
   Page* page;
   Block* head;
@@ -49,8 +86,10 @@ void ReturnBatch(void** ptrs, size_t n) {
   for (Run& run : runs) run.page = nullptr;
   size_t open = 0;
   size_t chains = 0;
+  const int known = g_has_prefetchw.load(std::memory_order_relaxed);
+  const bool prefetchw = known < 0 ? AskForPrefetchw() : known != 0;
   for (size_t i = 0; i < n; ++i) {
-    if (i + kClaimAhead < n) __builtin_prefetch(ptrs[i + kClaimAhead], 1);
+    if (i + kClaimAhead < n) PrefetchForClaim(ptrs[i + kClaimAhead], prefetchw);
     const uintptr_t address = reinterpret_cast<uintptr_t>(ptrs[i]);
     Page* page = PageOf(SegmentOf(address), address);
     Block* block = reinterpret_cast<Block*>(address);
