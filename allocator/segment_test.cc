@@ -183,8 +183,9 @@ TEST(PageLists, ALongReturnedChainIsHandedOutInAddressOrder) {
 }
 
 // Fills a page of `size` blocks and has kOrderChainMin + 8 of them come
-// back as one chain linked by hand (what the sorter would push), after `spoil` has changed
-// links of the chain; then allocates until the owner has taken the chain.
+// back as one chain linked by hand (what the sorter would push), after
+// `spoil` has changed links of the chain; then allocates until the owner
+// has taken the chain.
 template <typename Spoil>
 void ReturnAHandMadeChainAndAllocate(size_t size, Spoil spoil) {
   Page* page;

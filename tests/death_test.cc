@@ -386,8 +386,8 @@ TEST_F(Death, AWriteAfterARemoteFreeThatRedirectsTheReturnedChainAborts) {
 }
 
 // A chain of 128 blocks or more (kOrderChainMin) is walked and put in
-// address order when the owner takes it: the walk checks each link as the pops would have, the
-// last one too, whose link the new order overwrites.
+// address order when the owner takes it: the walk checks each link as the
+// pops would have, the last one too, whose link the new order overwrites.
 TEST_F(Death, AWriteAfterARemoteFreeIntoTheLastBlockOfALongReturnedChainAborts) {
   EXPECT_EXIT(
       {

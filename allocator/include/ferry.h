@@ -56,8 +56,8 @@ FERRY_API FERRY_MALLOC_ATTR void* ferry_calloc(size_t count, size_t size);
 // Resizes `ptr` to `size` bytes, keeping the first min(old, new) bytes.
 // ferry_realloc(NULL, n) is ferry_malloc(n); ferry_realloc(p, 0) frees p and
 // returns a unique minimal block (the realloc that ferry exports frees p
-// and returns NULL, as glibc's does). On failure returns NULL with errno = ENOMEM
-// and leaves `ptr` untouched and valid.
+// and returns NULL, as glibc's does). On failure returns NULL with errno =
+// ENOMEM and leaves `ptr` untouched and valid.
 FERRY_API void* ferry_realloc(void* ptr, size_t size);
 
 // Releases a block from any ferry allocation function; NULL is ignored. The
