@@ -41,7 +41,7 @@ bool WatchOn() {
 }
 
 // Preemptions that make one 10 ms sample crowded, and that leave it clean.
-uint64_t Crowding() { return 2 * kCrowdedPreemptionsPerCpu * static_cast<uint64_t>(OsUsableCpus()) / 100; }
+uint64_t Crowding() { return 2 * kCrowdedPreemptionsPerReclaimer * static_cast<uint64_t>(PoolWatchedReclaimers()) / 100; }
 
 class CrowdedTest : public testing::Test {
  protected:
@@ -159,6 +159,20 @@ TEST_F(CrowdedTest, LongWindowsAndFailedCountsJudgeNothing) {
   g_count_fails = false;
   EXPECT_FALSE(At(350, 0)) << "the failed count left no baseline";
   EXPECT_TRUE(At(360, crowd));
+}
+
+// The bar counts the reclaimers that would preempt (FERRY_RECLAIMERS=1
+// here), not the CPUs: on 16 CPUs a bar of 500 a second per CPU let four
+// reclaimers keep taking CPUs from 16 busy threads (pool.cc).
+TEST(CrowdedBar, ScalesWithTheReclaimersNotTheCpus) {
+  ferry_free(ferry_malloc(1));
+  EXPECT_EQ(PoolWatchedReclaimers(), 1) << "FERRY_RECLAIMERS=1, on any number of CPUs";
+  const uint64_t second = 1000 * kMs;
+  EXPECT_TRUE(CpusCrowded(kCrowdedPreemptionsPerReclaimer + 1, second, 1));
+  EXPECT_FALSE(CpusCrowded(kCrowdedPreemptionsPerReclaimer, second, 1));
+  EXPECT_FALSE(CpusCrowded(kCrowdedPreemptionsPerReclaimer + 1, second, 2));
+  EXPECT_TRUE(CpusCrowded(4 * kCrowdedPreemptionsPerReclaimer + 1, second, 4));
+  EXPECT_FALSE(CpusCrowded(4 * kCrowdedPreemptionsPerReclaimer + 1, 2 * second, 4)) << "half the rate";
 }
 
 TEST_F(CrowdedTest, OffMeansNeverCrowded) {

@@ -32,10 +32,15 @@
 // other processes, more runnable threads than CPUs): all say that a woken
 // reclaimer would wait for a CPU or take one. A sample of 5-100 ms taken
 // while batches go to the pool that finds more than
-// kCrowdedPreemptionsPerCpu a second per usable CPU (Pool::cpus) turns
-// offers away (the freeing threads apply their batches, as with
-// FERRY_RECLAIMERS=0) for a hold; then the pool gets one sample's trial, and
-// a crowded trial doubles the hold, up to kMaxHoldNs.
+// kCrowdedPreemptionsPerReclaimer a second per reclaimer (at most one per
+// usable CPU, Pool::cpus) turns offers away (the freeing threads apply their
+// batches, as with FERRY_RECLAIMERS=0) for a hold; then the pool gets one
+// sample's trial, and a crowded trial doubles the hold, up to kMaxHoldNs.
+// The bar scales with the reclaimers, not the CPUs, because they are what
+// preempts: each wake-up takes at most one CPU. Scaled by CPUs (500 a second
+// each until 2026-12-04) it stood at 8000 a second on 16 CPUs, where 4
+// reclaimers made 3100-3900 a second among 16 busy pinned threads and half
+// the batches still went to the pool, which then lost to none.
 // FERRY_INLINE_WHEN_BUSY=0 turns this off.
 //
 // Fork. Prepare takes the flush mutex, raises `paused`, waits until no offer
@@ -509,7 +514,7 @@ FERRY_NOINLINE void SampleLoad(uint64_t now) {
     if (g_pool.crowded.load(std::memory_order_relaxed) != 0) {
       if (wall >= g_pool.crowded_until_ns) g_pool.crowded.store(0, std::memory_order_relaxed);  // a trial
     } else if (judged) {
-      if (CpusCrowded(preemptions - g_pool.load_sample_preemptions, window, g_pool.usable_cpus)) {
+      if (CpusCrowded(preemptions - g_pool.load_sample_preemptions, window, PoolWatchedReclaimers())) {
         const uint64_t hold = g_pool.crowded_hold_ns;
         g_pool.crowded_hold_ns = hold == 0 ? kMinHoldNs : hold * 2 > kMaxHoldNs ? kMaxHoldNs : hold * 2;
         g_pool.crowded_until_ns = wall + g_pool.crowded_hold_ns;
@@ -719,6 +724,13 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
     }
   }
   return true;
+}
+
+int PoolWatchedReclaimers() {
+  const int running = g_pool.count.load(std::memory_order_acquire);
+  int reclaimers = running > 0 ? running : g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
+  if (reclaimers > g_pool.usable_cpus) reclaimers = g_pool.usable_cpus;
+  return reclaimers < 1 ? 1 : reclaimers;
 }
 
 bool PoolCpusCrowded() {

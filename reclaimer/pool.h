@@ -26,11 +26,11 @@ struct PoolConfig {
   bool inline_when_busy;   // FERRY_INLINE_WHEN_BUSY (pool.cc, "Crowded CPUs")
 };
 
-// Involuntary context switches a second per usable CPU above which the
-// process's CPUs count as crowded (pool.cc).
-inline constexpr uint64_t kCrowdedPreemptionsPerCpu = 500;
-inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int usable_cpus) {
-  return preemptions * 1000000000 > kCrowdedPreemptionsPerCpu * static_cast<uint64_t>(usable_cpus) * wall_ns;
+// Involuntary context switches a second per reclaimer (PoolWatchedReclaimers)
+// above which the process's CPUs count as crowded (pool.cc).
+inline constexpr uint64_t kCrowdedPreemptionsPerReclaimer = 500;
+inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int reclaimers) {
+  return preemptions * 1000000000 > kCrowdedPreemptionsPerReclaimer * static_cast<uint64_t>(reclaimers) * wall_ns;
 }
 
 // Called once, from the allocator's global initialisation (no allocation).
@@ -80,6 +80,9 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
 // process's involuntary context switches when one is due. Always false with
 // FERRY_INLINE_WHEN_BUSY=0.
 bool PoolCpusCrowded();
+// The reclaimers the crowded-CPUs watch scales its bar by: those running,
+// else those the pool would start, at most one per usable CPU.
+int PoolWatchedReclaimers();
 // Tests: the watch's clock and its count of involuntary context switches
 // (nullptr: the OS's), and a fresh start of the watch.
 // The usable CPUs are those of the thread that initialised ferry, as for
