@@ -51,12 +51,14 @@ inline constexpr size_t kKeptEmptySegments = 16;
 inline constexpr uint32_t kFreesPerCheckpoint = 256;
 
 // A returned chain that lists this many blocks or more is put in address
-// order when the owner takes it (OrderChain in heap.cc). 128, not 32: with
-// each page's returned chain on a cache line of its own, walking the
-// shorter chains cost the producer more than their order gave back
-// (prodcons 5-9% less wall time at 128, onefree 11%; perf/RESULTS.md,
-// 2026-12-04). Tests that need a chain ordered make one this long.
-inline constexpr uint32_t kOrderChainMin = 128;
+// order when the owner takes it (OrderChain in heap.cc). The walk is one
+// dependent miss per block on lines another core wrote, so what it costs
+// depends on how far apart the cores are: 32 -> 128 took prodcons 5-9% less
+// wall time on the 2-CPU machine; 128 -> 256 took 14-19% more throughput at
+// 2 and 4 pairs on the 16-core one (3% at 8) and 5-6% at 2 and 4 pairs
+// here, for 3% at one pair here (perf/RESULTS.md, 2026-12-04). Tests that
+// need a chain ordered make one this long.
+inline constexpr uint32_t kOrderChainMin = 256;
 
 struct Heap {
   // Every class starts at the empty page, whose free list is empty, so the

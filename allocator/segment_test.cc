@@ -205,7 +205,7 @@ void ReturnAHandMadeChainAndAllocate(size_t size, Spoil spoil) {
 // and so is one into the middle of a block, which the pops (they check
 // only that a link stays in the page's carved bytes) would hand out.
 TEST(PageLists, AChainThatLinksBackToItselfOrIntoABlockIsReported) {
-  constexpr size_t kSize = 352;  // 186 blocks to a one-slice page; no other test here uses it
+  constexpr size_t kSize = 224;  // 292 blocks to a one-slice page; no other test here uses it
   EXPECT_DEATH(ReturnAHandMadeChainAndAllocate(
                    kSize, [](std::vector<Block*>& chain) { chain[30]->next_encoded = EncodeNext(chain[10]); }),
                "ferry: malloc: free list of the page at 0x[0-9a-f]+ corrupted: the free block 0x[0-9a-f]+ "

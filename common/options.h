@@ -26,7 +26,7 @@ namespace ferry {
     "oneTBB task_arena")                                                        \
   X(inline_when_busy, "FERRY_INLINE_WHEN_BUSY", 1, 0, 1, nullptr,               \
     "1: while the process's threads lose their CPUs with the pool at work "   \
-    "(more than 500 involuntary context switches a second per usable CPU), "   \
+    "(more than 500 involuntary context switches a second per reclaimer), "   \
     "freeing threads apply their batches themselves for a while; 0: always "   \
     "hand them to the pool")                                                   \
   X(batch, "FERRY_BATCH", 256, 1, 4096, nullptr,                                \

@@ -385,25 +385,45 @@ TEST_F(Death, AWriteAfterARemoteFreeThatRedirectsTheReturnedChainAborts) {
       kAborted, NamesBadPointer());
 }
 
-// A chain of 128 blocks or more (kOrderChainMin) is walked and put in
+// A chain of 256 blocks or more (kOrderChainMin) is walked and put in
 // address order when the owner takes it: the walk checks each link as the
 // pops would have, the last one too, whose link the new order overwrites.
+void WriteAfterARemoteFreeIntoTheLastBlockOfALongChain() {
+  void* keep = ferry_malloc(112);
+  // Two pages' worth (585 blocks of 112 B to a one-slice page, which is
+  // 64 KiB-aligned): the 64 KiB that holds the most of them is one page
+  // with at least 390, all but one to come back as one chain.
+  std::vector<void*> all;
+  for (int i = 0; i < 2 * 585; ++i) all.push_back(ferry_malloc(112));
+  auto slice = [](void* p) { return reinterpret_cast<uintptr_t>(p) >> 16; };
+  uintptr_t best = 0;
+  size_t best_count = 0;
+  for (void* p : all) {
+    size_t count = 0;
+    for (void* q : all) count += slice(q) == slice(p);
+    if (count > best_count) {
+      best = slice(p);
+      best_count = count;
+    }
+  }
+  std::vector<void*> blocks;
+  for (void* p : all) {
+    if (slice(p) == best) blocks.push_back(p);
+  }
+  if (blocks.size() < 300) exit(0);  // the test would measure nothing: fail
+  blocks.pop_back();  // stays allocated, so that the page is not freed whole
+  std::thread([&blocks] {
+    for (void* p : blocks) ferry_free(p);
+    ferry_flush();  // all on their page's returned chain now
+  }).join();
+  char on_stack[64];
+  // The first freed is the chain's last block: its link ends the chain.
+  WriteAfterFreeThenAllocate(blocks[0], on_stack, 112);
+  ferry_free(keep);
+}
+
 TEST_F(Death, AWriteAfterARemoteFreeIntoTheLastBlockOfALongReturnedChainAborts) {
-  EXPECT_EXIT(
-      {
-        void* keep = ferry_malloc(112);
-        std::vector<void*> blocks;
-        for (int i = 0; i < 160; ++i) blocks.push_back(ferry_malloc(112));
-        std::thread([&blocks] {
-          for (void* p : blocks) ferry_free(p);
-          ferry_flush();  // all 160 on their page's returned chain now
-        }).join();
-        char on_stack[64];
-        // The first freed is the chain's last block: its link ends the chain.
-        WriteAfterFreeThenAllocate(blocks[0], on_stack, 112);
-        ferry_free(keep);
-      },
-      kAborted, NamesBadPointer());
+  EXPECT_EXIT(WriteAfterARemoteFreeIntoTheLastBlockOfALongChain(), kAborted, NamesBadPointer());
 }
 
 // ---------------------------------------------------------------------------

@@ -11,8 +11,8 @@
 //
 // Size classes: the flush tests need a class no other test in this binary
 // touches, so that the owner's pages of that class hold nothing but the
-// test's own blocks. They use 176, 192, 208, 352, 1664, 2560, 3584 and 20480 bytes
-// (one class each); the stress tests draw from StressSize(), which avoids
+// test's own blocks. They use 176, 192, 208, 240, 352, 1664, 2560, 3584
+// and 20480 bytes (one class each); the stress tests draw from StressSize(), which avoids
 // those classes, and the churn test uses 1280 alone.
 #include <pthread.h>
 #include <stdint.h>
@@ -366,7 +366,7 @@ void OwnerOfPagesAndAHalf(size_t size) {
 void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
   OwnedBlocks owned;
   ASSERT_NO_FATAL_FAILURE(AllocateWholePages(size, 200, [](size_t per_page) { return per_page; }, &owned));
-  ASSERT_GE(owned.blocks_per_page, 129u) << "pages of " << size << " B blocks return chains too short to order";
+  ASSERT_GE(owned.blocks_per_page, 257u) << "pages of " << size << " B blocks return chains too short to order";
   std::vector<void*> kept, freed;
   for (size_t i = 0; i < owned.blocks.size(); ++i) {
     (i % owned.blocks_per_page == 0 ? kept : freed).push_back(owned.blocks[i]);
@@ -398,7 +398,7 @@ void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
 }
 
 TEST(ReclaimerFlush, BlocksFreedInAScrambledOrderComeBackInAddressOrder) {
-  for (size_t size : {size_t{192}, size_t{448}}) {
+  for (size_t size : {size_t{192}, size_t{240}}) {  // 341 and 273 blocks to a page
     std::thread([size] { OwnerGetsScrambledFreesBackInAddressOrder(size); }).join();
   }
 }
