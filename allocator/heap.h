@@ -54,7 +54,7 @@ inline constexpr uint32_t kFreesPerCheckpoint = 256;
 // order when the owner takes it (OrderChain in heap.cc). The walk is one
 // dependent miss per block on lines another core wrote, so what it costs
 // depends on how far apart the cores are: 32 -> 128 took prodcons 5-9% less
-// wall time on the 2-CPU machine; 128 -> 256 took 14-19% more throughput at
+// wall time on the 2-CPU machine; 128 -> 256 took 16-19% more throughput at
 // 2 and 4 pairs on the 16-core one (3% at 8) and 5-6% at 2 and 4 pairs
 // here, for 3% at one pair here (perf/RESULTS.md, 2026-12-04). Tests that
 // need a chain ordered make one this long.

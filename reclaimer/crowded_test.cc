@@ -175,6 +175,16 @@ TEST(CrowdedBar, ScalesWithTheReclaimersNotTheCpus) {
   EXPECT_FALSE(CpusCrowded(4 * kCrowdedPreemptionsPerReclaimer + 1, 2 * second, 4)) << "half the rate";
 }
 
+// 750 a second with one reclaimer is crowded; the bar of 500 a second per
+// usable CPU called it calm on two CPUs or more.
+TEST_F(CrowdedTest, OneReclaimerPreemptingLessThanOncePerCpuIsCrowdedStill) {
+  if (!WatchOn()) GTEST_SKIP();
+  if (OsUsableCpus() < 2) GTEST_SKIP() << "one CPU: the bars agree";
+  ASSERT_EQ(PoolWatchedReclaimers(), 1);
+  At(0, 0);
+  EXPECT_TRUE(At(20, 15)) << "15 in 20 ms: 750 a second";
+}
+
 TEST_F(CrowdedTest, OffMeansNeverCrowded) {
   if (WatchOn()) GTEST_SKIP() << "the watch is on (FERRY_INLINE_WHEN_BUSY unset or 1)";
   At(0, 0);

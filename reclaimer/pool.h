@@ -81,7 +81,9 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg);
 // FERRY_INLINE_WHEN_BUSY=0.
 bool PoolCpusCrowded();
 // The reclaimers the crowded-CPUs watch scales its bar by: those running,
-// else those the pool would start, at most one per usable CPU.
+// else those the pool would start, at most one per usable CPU. The usable
+// CPUs are counted when the pool starts (or by PoolSetLoadSourcesForTest):
+// before that this is 1, and the watch judges nothing before the pool runs.
 int PoolWatchedReclaimers();
 // Tests: the watch's clock and its count of involuntary context switches
 // (nullptr: the OS's), and a fresh start of the watch.

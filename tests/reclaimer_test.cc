@@ -361,7 +361,7 @@ void OwnerOfPagesAndAHalf(size_t size) {
 
 // Blocks another thread frees in a scrambled order, one block a page kept
 // out, come back to the owner page by page in address order: each page's
-// blocks consecutively and ascending (ferry orders a returned chain of 128
+// blocks consecutively and ascending (ferry orders a returned chain of 256
 // blocks or more, kOrderChainMin in allocator/heap.h, as the owner takes it).
 void OwnerGetsScrambledFreesBackInAddressOrder(size_t size) {
   OwnedBlocks owned;
