@@ -977,12 +977,27 @@ class Compare {
 
   // The compilation mode of the workload binary, read off its bazel-out
   // path (k8-opt, k8-fastbuild, ...); timings only mean something with opt.
+  // Outside bazel-out (a bundle made by perf/device_bundle.sh), the first
+  // word of a BUILD_INFO file beside the binary.
   std::string BuildMode() const {
     std::string path = RealPath(workload_bin_);
     for (const char* mode : {"opt", "fastbuild", "dbg"}) {
       if (path.find(std::string("-") + mode + "/bin/") != std::string::npos) return mode;
     }
-    return "unknown";
+    std::string mode;
+    std::istringstream(BuildInfo()) >> mode;
+    return mode.empty() ? "unknown" : mode;
+  }
+
+  // The first line of BUILD_INFO beside the workload binary ("opt 7b4bcac",
+  // written by perf/device_bundle.sh), or "" when there is none.
+  std::string BuildInfo() const {
+    const std::string path = RealPath(workload_bin_);
+    const size_t slash = path.rfind('/');
+    std::ifstream in((slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/BUILD_INFO");
+    std::string line;
+    std::getline(in, line);
+    return line;
   }
 
   static std::string LoadAverage() {
@@ -1037,7 +1052,8 @@ class Compare {
     out += "- machine: " + Machine() + "\n";
     out += "- load average (1 5 15 min): " + load_before_ + " before, " + load_after_ + " after\n";
     out += "- command: `" + command_ + "` (" + Format("%.0f", elapsed_s_) + " s)\n";
-    out += "- build: " + BuildMode() + "; scale " + flags_.scale + "; runs: " +
+    const std::string info = BuildInfo();
+    out += "- build: " + BuildMode() + (info.empty() ? "" : " (BUILD_INFO: " + info + ")") + "; scale " + flags_.scale + "; runs: " +
            std::to_string(flags_.runs) + " per allocator and workload, alternating; pairs " + PairsText() +
            "; threads " + (flags_.pin ? "pinned" : "not pinned");
     if (!flags_.ferry_env.empty()) {
