@@ -1,7 +1,7 @@
 #!/bin/bash
 # perf/smoke/compare_smoke_test.sh — //perf:compare end to end at tiny scale.
 #
-#   compare_smoke_test.sh COMPARE NOT_AN_ALLOCATOR_SO
+#   compare_smoke_test.sh COMPARE NOT_AN_ALLOCATOR_SO WORKLOAD
 #
 # 1. One run of every workload (prodcons at 1, 2 and 4 pairs) on glibc and
 #    ferry must succeed and print a table row with figures for both, with
@@ -12,10 +12,14 @@
 #    ferry-r0); a variant whose setting ferry rejects is refused.
 # 3. A library that is not an allocator, passed off as ferry, must be refused
 #    (exit status 1, "NOT REPORTED", no figures for it).
+# 4. A workload binary copied out of bazel-out (perf/device_bundle.sh) has
+#    its build read from the BUILD_INFO beside it; with none, "unknown" and
+#    a warning.
 set -uo pipefail
 
 compare="$1"
 not_an_allocator="$2"
+workload="$3"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 
 fail() {
@@ -85,4 +89,23 @@ if grep -qE "^\| ferry +\| +[0-9]" "$tmp/refused.md"; then
   cat "$tmp/refused.md"
   fail "figures reported for a library that is not an allocator"
 fi
+# 4. A bundle's BUILD_INFO.
+mkdir -p "$tmp/bundle"
+cp "$workload" "$tmp/bundle/workload"
+echo "opt 0123abc-dirty" > "$tmp/bundle/BUILD_INFO"
+"$compare" --runs 1 --scale tiny --workload churn --alloc glibc --no-save \
+  --workload-bin "$tmp/bundle/workload" >"$tmp/bundle.md" 2>&1
+status=$?
+[[ $status -eq 0 ]] || { cat "$tmp/bundle.md"; fail "bundle: compare exited with status $status"; }
+grep -q "^- build: opt (BUILD_INFO: opt 0123abc-dirty);" "$tmp/bundle.md" \
+  || { cat "$tmp/bundle.md"; fail "BUILD_INFO not read"; }
+if grep -q "warning: the workloads were built" "$tmp/bundle.md"; then
+  cat "$tmp/bundle.md"
+  fail "an opt bundle warned of its mode"
+fi
+rm "$tmp/bundle/BUILD_INFO"
+"$compare" --runs 1 --scale tiny --workload churn --alloc glibc --no-save \
+  --workload-bin "$tmp/bundle/workload" >"$tmp/bundle.md" 2>&1
+grep -q "^- build: unknown;" "$tmp/bundle.md" && grep -q "built in unknown mode" "$tmp/bundle.md" \
+  || { cat "$tmp/bundle.md"; fail "no BUILD_INFO: mode not unknown, or no warning"; }
 echo PASS
