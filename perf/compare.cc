@@ -1053,7 +1053,8 @@ class Compare {
     out += "- load average (1 5 15 min): " + load_before_ + " before, " + load_after_ + " after\n";
     out += "- command: `" + command_ + "` (" + Format("%.0f", elapsed_s_) + " s)\n";
     const std::string info = BuildInfo();
-    out += "- build: " + BuildMode() + (info.empty() ? "" : " (BUILD_INFO: " + info + ")") + "; scale " + flags_.scale + "; runs: " +
+    out += "- build: " + BuildMode() + (info.empty() ? "" : " (BUILD_INFO: " + info + ")");
+    out += "; scale " + flags_.scale + "; runs: " +
            std::to_string(flags_.runs) + " per allocator and workload, alternating; pairs " + PairsText() +
            "; threads " + (flags_.pin ? "pinned" : "not pinned");
     if (!flags_.ferry_env.empty()) {

@@ -41,7 +41,9 @@ bool WatchOn() {
 }
 
 // Preemptions that make one 10 ms sample crowded, and that leave it clean.
-uint64_t Crowding() { return 2 * kCrowdedPreemptionsPerReclaimer * static_cast<uint64_t>(PoolWatchedReclaimers()) / 100; }
+uint64_t Crowding() {
+  return 2 * kCrowdedPreemptionsPerReclaimer * static_cast<uint64_t>(PoolWatchedReclaimers()) / 100;
+}
 
 class CrowdedTest : public testing::Test {
  protected:

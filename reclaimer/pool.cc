@@ -727,8 +727,8 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
 }
 
 int PoolWatchedReclaimers() {
-  const int running = g_pool.count.load(std::memory_order_acquire);
-  int reclaimers = running > 0 ? running : g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
+  int reclaimers = g_pool.count.load(std::memory_order_acquire);
+  if (reclaimers <= 0) reclaimers = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
   if (reclaimers > g_pool.usable_cpus) reclaimers = g_pool.usable_cpus;
   return reclaimers < 1 ? 1 : reclaimers;
 }
