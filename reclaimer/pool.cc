@@ -539,11 +539,17 @@ int DefaultReclaimers() {
   return half < 1 ? 1 : half > 4 ? 4 : half;
 }
 
+// The reclaimers a start asks for: FERRY_RECLAIMERS, or the default for
+// the usable CPUs.
+int WantedReclaimers() {
+  const int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
+  return wanted > kMaxReclaimers ? kMaxReclaimers : wanted;
+}
+
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
 void Start() {
   g_pool.usable_cpus = OsUsableCpus(ProcessCpus());  // read by DefaultReclaimers too
-  int wanted = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
-  if (wanted > kMaxReclaimers) wanted = kMaxReclaimers;
+  int wanted = WantedReclaimers();
   if (g_pool.config.backend == 1) {
     if (g_pool.tbb_queue == nullptr) {  // kept across fork
       void* memory = OsReserve(AlignUp(sizeof(BatchQueue), OsPageSize()), alignof(BatchQueue));
@@ -728,7 +734,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
 
 int PoolWatchedReclaimers() {
   int reclaimers = g_pool.count.load(std::memory_order_acquire);
-  if (reclaimers <= 0) reclaimers = g_pool.config.reclaimers < 0 ? DefaultReclaimers() : g_pool.config.reclaimers;
+  if (reclaimers <= 0) reclaimers = WantedReclaimers();
   if (reclaimers > g_pool.usable_cpus) reclaimers = g_pool.usable_cpus;
   return reclaimers < 1 ? 1 : reclaimers;
 }
