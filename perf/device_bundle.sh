@@ -5,7 +5,7 @@
 # Bazel and no peers installed (a lent 16-core machine, say). The peers travel
 # so that both machines compare the same versions.
 #
-#   tools/bazel build -c opt //:libferry.so //perf:compare //perf:workload
+#   tools/bazel build -c opt //:libferry.so //perf:compare //perf:workload //perf:libpcsample.so
 #   perf/device_bundle.sh .dev
 #   # there, as root:  bash .dev/run.sh OUTDIR [prodcons_timeout others_timeout prodcons_scale]
 #
@@ -14,15 +14,18 @@
 # libstdc++ only if the binaries cannot start, then runs prodcons at 2, 4 and
 # 8 pairs (4, 8, 16 threads) with ferry's variants, and larson, mstress,
 # onefree and cscratch with and without the pool (on 16 cores the pool was
-# 7-11% slower than none on prodcons, 2026-12-04: does it pay anywhere?). Each part has its own timeout because compare writes
-# its files only at the end.
+# 7-11% slower than none on prodcons, 2026-12-04: does it pay anywhere?).
+# Each part has its own timeout because compare writes its files only at the
+# end. libpcsample.so travels too, for profiles there
+# (perf/pcsample/pcsample.cc; read them here with perf/pcsample/report.py
+# --bin DIR/bin).
 set -euo pipefail
 DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
 cd "$(dirname "$0")/.."
 BIN=bazel-out/k8-opt/bin
 SYS=/usr/lib/x86_64-linux-gnu
 mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/fallback"
-cp -f "$BIN/libferry.so" "$BIN/perf/compare" "$BIN/perf/workload" "$DIR/bin/"
+cp -f "$BIN/libferry.so" "$BIN/perf/compare" "$BIN/perf/workload" "$BIN/perf/libpcsample.so" "$DIR/bin/"
 # compare reads the mode off bazel-out paths; here it reads this (and prints
 # it in the report). -dirty: the tree had changes the commit does not name.
 echo "opt $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)" > "$DIR/bin/BUILD_INFO"
