@@ -11,9 +11,9 @@
 //
 // Size classes: the flush tests need a class no other test in this binary
 // touches, so that the owner's pages of that class hold nothing but the
-// test's own blocks. They use 176, 192, 208, 240, 352, 1664, 2560, 3584
-// and 20480 bytes (one class each); the stress tests draw from StressSize(), which avoids
-// those classes, and the churn test uses 1280 alone.
+// test's own blocks. They use 176, 192, 208, 240, 352, 2560, 3584 and 20480
+// bytes (one class each); the stress tests draw from StressSize(), which
+// avoids those classes, and the churn test uses 1280 alone.
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1043,7 +1043,7 @@ TEST(ReclaimerCollect, NewThreadsTakeOverExitedThreadsHeapsWhileAnotherThreadCol
   for (int round = 0; round < rounds; ++round) {
     std::thread([] {
       void* blocks[8];
-      for (void*& p : blocks) p = ferry_malloc(200);
+      for (void*& p : blocks) p = ferry_malloc(64);  // not a flush test's class (208)
       for (void* p : blocks) ferry_free(p);
     }).join();
   }
