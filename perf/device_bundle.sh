@@ -16,9 +16,10 @@
 # onefree and cscratch with and without the pool (on 16 cores the pool was
 # 7-11% slower than none on prodcons, 2026-12-04: does it pay anywhere?).
 # Each part has its own timeout because compare writes its files only at the
-# end. libpcsample.so travels too, for profiles there
-# (perf/pcsample/pcsample.cc; read them here with perf/pcsample/report.py
-# --bin DIR/bin).
+# end. libpcsample.so travels too, with profile.sh (as root there:
+# bash .dev/profile.sh OUTDIR [scale]) for prodcons profiles of ferry, ferry
+# without a pool and mimalloc in one archive; perf/pcsample/pcsample.cc and
+# report.py say how to read them.
 set -euo pipefail
 DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
 cd "$(dirname "$0")/.."
@@ -72,4 +73,31 @@ rm -f "$OUT"/*/run.png  # no gnuplot there, and the lent machine returns at most
 date -u >> "$OUT/machine.txt"
 RUN
 chmod +x "$DIR/run.sh"
+cat > "$DIR/profile.sh" <<'PROF'
+#!/bin/bash
+# profile.sh OUTDIR [scale]: prodcons at 2, 4 and 8 pairs on ferry, on ferry
+# without a pool and on mimalloc, one run each under libpcsample.so. The
+# samples come back as one archive (the lent machine returns at most 8
+# files); read them on the development machine:
+#   tar xzf OUTDIR/profiles.tgz
+#   perf/pcsample/report.py profiles/ferry-2.PID --bin .dev/bin --bin .dev/lib --threads
+set -u
+B=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: profile.sh OUTDIR [scale]}
+S=${2:-6}
+mkdir -p "$OUT/profiles"
+for P in 2 4 8; do
+  for a in ferry ferry-r0 mimalloc; do
+    pre="$B/bin/libferry.so"
+    pool=()
+    [ "$a" = ferry-r0 ] && pool=(FERRY_RECLAIMERS=0)
+    [ "$a" = mimalloc ] && pre="$B/lib/libmimalloc.so.2"
+    timeout 120 env "${pool[@]}" LD_PRELOAD="$pre $B/bin/libpcsample.so" PCSAMPLE_OUT="$OUT/profiles/$a-$P" \
+      PCSAMPLE_US=250 "$B/bin/workload" prodcons --pairs "$P" --scale "$S" 2>&1 |
+      grep RESULT | sed "s/^/$a pairs=$P /" >> "$OUT/profiles/results.txt"
+  done
+done
+tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$OUT/profiles"
+PROF
+chmod +x "$DIR/profile.sh"
 echo "bundle in $DIR ($(du -sh "$DIR" | cut -f1))"

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Turns a pcsample file (libpcsample.so's output) into a flat profile.
 
-    report.py FILE [--bin DIR] [--top N] [--threads] [--addresses N]
+    report.py FILE [--bin DIR]... [--top N] [--threads] [--addresses N]
 
 Each sample's address is placed in the mapping it fell in; a module found
-locally (its own path, or DIR/<basename> first when --bin is given: binaries
-copied from another machine) is symbolised with readelf and addr2line, any
-other module is reported by name only. The header says how much of the
+locally (DIR/<basename> for the first --bin DIR that has it: binaries copied
+from another machine; else its own path) is symbolised with readelf and
+addr2line, any other module is reported by name only. The header says how much of the
 process's CPU time the samples account for.
 
 --threads     one table per sampled thread (thread 0 is the main thread)
@@ -51,8 +51,8 @@ def load_segments(binary):
     return segments
 
 
-def local_copy(module, bin_dir):
-    if bin_dir:
+def local_copy(module, bin_dirs):
+    for bin_dir in bin_dirs or []:
         candidate = os.path.join(bin_dir, os.path.basename(module))
         if os.path.exists(candidate):
             return candidate
@@ -69,6 +69,11 @@ def symbolise(binary, offsets, with_lines=False):
                 return offset - file_offset + virtual
         return offset
 
+    # A stripped library (Debian's peers) names an address after the
+    # nearest exported function before it, which may be another function
+    # altogether: say so on each such name.
+    sections = subprocess.run(['readelf', '-SW', binary], capture_output=True, text=True).stdout
+    stripped = '.symtab' not in sections
     unique = sorted(set(offsets))
     addresses = [vaddr(o) for o in unique]
     args = ['addr2line', '-f', '-C', '-e', binary] + [hex(a) for a in addresses]
@@ -76,8 +81,10 @@ def symbolise(binary, offsets, with_lines=False):
     names = {}
     for k, offset in enumerate(unique):
         name = out[2 * k] if 2 * k < len(out) else '??'
+        if stripped and name != '??':
+            name = '~' + name + ' (stripped: nearest export)'
         if with_lines and 2 * k + 1 < len(out):
-            name = '%s  %s @%x' % (name, os.path.basename(out[2 * k + 1]), addresses[k])
+            name = '@%x %s  %s' % (addresses[k], os.path.basename(out[2 * k + 1]), name)
         names[offset] = name
     return names
 
@@ -85,7 +92,7 @@ def symbolise(binary, offsets, with_lines=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('file')
-    parser.add_argument('--bin', help='directory holding local copies of the sampled binaries')
+    parser.add_argument('--bin', action='append', help='directory holding local copies of the sampled binaries')
     parser.add_argument('--top', type=int, default=30)
     parser.add_argument('--threads', action='store_true')
     parser.add_argument('--addresses', type=int, default=0)
@@ -161,7 +168,8 @@ def main():
                 for offset, name in symbolise(binary, offsets, with_lines=True).items():
                     lines[(module, offset)] = name
         for (module, offset), count in hot.most_common(args.addresses):
-            print('%7d  %s' % (count, lines.get((module, offset), '%s+%x' % (os.path.basename(module), offset))))
+            where = lines.get((module, offset), '+%x' % offset)
+            print('%7d  %s %s' % (count, os.path.basename(module), where[:140]))
     return 0
 
 
