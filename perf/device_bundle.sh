@@ -77,24 +77,30 @@ cat > "$DIR/profile.sh" <<'PROF'
 #!/bin/bash
 # profile.sh OUTDIR [scale]: prodcons at 2, 4 and 8 pairs on ferry, on ferry
 # without a pool and on mimalloc, one run each under libpcsample.so. The
-# samples come back as one archive (the lent machine returns at most 8
-# files); read them on the development machine:
+# samples, each run's output and exit status come back as one archive (the
+# lent machine returns at most 8 files); read them on the development
+# machine:
 #   tar xzf OUTDIR/profiles.tgz
 #   perf/pcsample/report.py profiles/ferry-2.PID --bin .dev/bin --bin .dev/lib --threads
+# (the C library's own functions stay unnamed: its version there differs).
 set -u
 B=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:?usage: profile.sh OUTDIR [scale]}
 S=${2:-6}
 mkdir -p "$OUT/profiles"
+# As run.sh: the carried libstdc++ only if the workload cannot start.
+"$B/bin/workload" --list > /dev/null 2>&1 || export LD_LIBRARY_PATH="$B/fallback"
 for P in 2 4 8; do
   for a in ferry ferry-r0 mimalloc; do
     pre="$B/bin/libferry.so"
     pool=()
     [ "$a" = ferry-r0 ] && pool=(FERRY_RECLAIMERS=0)
     [ "$a" = mimalloc ] && pre="$B/lib/libmimalloc.so.2"
-    timeout 120 env "${pool[@]}" LD_PRELOAD="$pre $B/bin/libpcsample.so" PCSAMPLE_OUT="$OUT/profiles/$a-$P" \
-      PCSAMPLE_US=250 "$B/bin/workload" prodcons --pairs "$P" --scale "$S" 2>&1 |
-      grep RESULT | sed "s/^/$a pairs=$P /" >> "$OUT/profiles/results.txt"
+    # A run killed by the timeout writes no samples (they are written at exit).
+    timeout 120 env ${pool[@]+"${pool[@]}"} LD_PRELOAD="$pre $B/bin/libpcsample.so" \
+      PCSAMPLE_OUT="$OUT/profiles/$a-$P" PCSAMPLE_US=250 "$B/bin/workload" prodcons --pairs "$P" --scale "$S" \
+      > "$OUT/profiles/$a-$P.log" 2>&1
+    echo "$a pairs=$P exit=$? $(grep -h RESULT "$OUT/profiles/$a-$P.log")" >> "$OUT/profiles/results.txt"
   done
 done
 tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$OUT/profiles"

@@ -13,15 +13,21 @@
 // runs 40% of their speed.) Threads that start with SIGPROF blocked, like
 // ferry's reclaimers, get it unblocked so that their time is seen too; this
 // tool's handler is the only one that runs there. With PCSAMPLE_OUT unset
-// the library does nothing at all.
+// it samples and writes nothing (pthread_create still passes through it).
+// A forked child samples nothing and writes no file (the parent's samples
+// would be repeated under the child's maps); a program that execs or is
+// killed before exit() writes none either (the file is written by a
+// destructor), and a thread that ends by pthread_exit keeps its timer
+// until the process ends.
 //
-// Environment: PCSAMPLE_OUT (file prefix; the pid is appended),
+// Environment: PCSAMPLE_OUT (file prefix; the pid at exit is appended),
 // PCSAMPLE_US (sampling period in microseconds of thread CPU time, default
 // 1000), PCSAMPLE_KEEP_BLOCKED=1 (leave SIGPROF blocked where a thread
 // started with it blocked).
 //
 // Output, one text file a process: "# key value" lines (period, the
-// process's user+sys seconds, threads seen, samples lost), a copy of
+// process's user+sys seconds, threads with a timer, threads without one,
+// threads whose SIGPROF was unblocked, samples lost), a copy of
 // /proc/self/maps, a line "==", then one "pc thread weight" line (hex,
 // decimal, decimal) per sample. report.py turns it into a table.
 #include <dlfcn.h>
@@ -57,13 +63,20 @@ constexpr int kMaxThreads = 4096;                 // trampolines; later threads 
 
 Sample* g_samples = nullptr;
 std::atomic<uint64_t> g_taken{0};
-std::atomic<uint32_t> g_threads{0};
+std::atomic<uint32_t> g_thread_ids{0};
+std::atomic<uint32_t> g_threads{0};  // with a timer
 std::atomic<uint32_t> g_unsampled_threads{0};
 std::atomic<uint32_t> g_unblocked_threads{0};
 long g_period_us = 1000;
 bool g_keep_blocked = false;
-bool g_on = false;
-thread_local uint32_t tl_thread = 0;
+std::atomic<bool> g_on{false};
+char g_out_prefix[4000];  // PCSAMPLE_OUT, kept at start (the program may unsetenv it)
+using PthreadCreate = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+std::atomic<PthreadCreate> g_next_create{nullptr};
+// Initial-exec: the handler reads it, and a dynamic TLS access may call
+// __tls_get_addr, which may allocate. Valid because the library is only
+// ever preloaded, never dlopened.
+__attribute__((tls_model("initial-exec"))) thread_local uint32_t tl_thread = 0;
 
 void OnProf(int, siginfo_t* info, void* context) {
   const uint64_t k = g_taken.fetch_add(1, std::memory_order_relaxed);
@@ -71,12 +84,18 @@ void OnProf(int, siginfo_t* info, void* context) {
   const auto* uc = static_cast<const ucontext_t*>(context);
   g_samples[k].pc = static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_RIP]);
   g_samples[k].thread = tl_thread;
-  g_samples[k].weight = 1 + static_cast<uint32_t>(info->si_overrun);
+  // si_overrun means something only for a timer's signal (a kill -PROF's
+  // shares its storage with the sender's pid and uid). Stored last, with
+  // release: Stop skips a sample whose weight is still 0 (the mapping is
+  // zero-filled), one a thread was writing as the process ended.
+  const uint32_t weight = info->si_code == SI_TIMER ? 1 + static_cast<uint32_t>(info->si_overrun) : 1;
+  __atomic_store_n(&g_samples[k].weight, weight, __ATOMIC_RELEASE);
 }
 
-// Arms a timer on the calling thread's CPU clock that signals this thread.
-void StartThreadTimer() {
-  tl_thread = g_threads.fetch_add(1, std::memory_order_relaxed);
+// Arms a timer on the calling thread's CPU clock that signals this thread;
+// returns it (nullptr if the OS refused one).
+timer_t StartThreadTimer() {
+  tl_thread = g_thread_ids.fetch_add(1, std::memory_order_relaxed);
   sigevent event{};
   event.sigev_notify = SIGEV_THREAD_ID;
   event.sigev_signo = SIGPROF;
@@ -84,8 +103,9 @@ void StartThreadTimer() {
   timer_t timer;
   if (timer_create(CLOCK_THREAD_CPUTIME_ID, &event, &timer) != 0) {
     g_unsampled_threads.fetch_add(1, std::memory_order_relaxed);
-    return;
+    return nullptr;
   }
+  g_threads.fetch_add(1, std::memory_order_relaxed);
   itimerspec spec{};
   spec.it_interval.tv_sec = g_period_us / 1000000;
   spec.it_interval.tv_nsec = (g_period_us % 1000000) * 1000;
@@ -100,6 +120,7 @@ void StartThreadTimer() {
     pthread_sigmask(SIG_UNBLOCK, &prof, nullptr);
     g_unblocked_threads.fetch_add(1, std::memory_order_relaxed);
   }
+  return timer;
 }
 
 struct Trampoline {
@@ -111,9 +132,22 @@ std::atomic<int> g_trampolines_used{0};
 
 void* RunThread(void* raw) {
   const Trampoline* t = static_cast<const Trampoline*>(raw);
-  StartThreadTimer();
-  return t->start(t->arg);
+  timer_t timer = StartThreadTimer();
+  void* result = t->start(t->arg);
+  // Each timer holds a slot of RLIMIT_SIGPENDING: a program that starts
+  // thousands of threads would run out.
+  if (timer != nullptr) timer_delete(timer);
+  return result;
 }
+
+PthreadCreate FindNextCreate() {
+  // The C library's, past this library (ferry asks for this version too).
+  void* f = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+  if (f == nullptr) f = dlsym(RTLD_NEXT, "pthread_create");
+  return reinterpret_cast<PthreadCreate>(f);
+}
+
+void StopInChild() { g_on.store(false, std::memory_order_relaxed); }
 
 void WriteAll(int fd, const char* text, size_t n) {
   while (n > 0) {
@@ -125,8 +159,11 @@ void WriteAll(int fd, const char* text, size_t n) {
 }
 
 __attribute__((constructor)) void Start() {
+  g_next_create.store(FindNextCreate(), std::memory_order_relaxed);
   const char* out = getenv("PCSAMPLE_OUT");
   if (out == nullptr || *out == '\0') return;
+  if (strlen(out) >= sizeof g_out_prefix) return;
+  strcpy(g_out_prefix, out);
   if (const char* us = getenv("PCSAMPLE_US"); us != nullptr && atol(us) > 0) g_period_us = atol(us);
   if (const char* keep = getenv("PCSAMPLE_KEEP_BLOCKED"); keep != nullptr && *keep == '1') g_keep_blocked = true;
   void* memory = mmap(nullptr, kMaxSamples * sizeof(Sample), PROT_READ | PROT_WRITE,
@@ -138,16 +175,16 @@ __attribute__((constructor)) void Start() {
   action.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&action.sa_mask);
   if (sigaction(SIGPROF, &action, nullptr) != 0) return;
-  g_on = true;
+  pthread_atfork(nullptr, nullptr, StopInChild);
+  g_on.store(true, std::memory_order_relaxed);
   StartThreadTimer();
 }
 
 __attribute__((destructor)) void Stop() {
-  if (!g_on) return;
-  g_on = false;
+  if (!g_on.exchange(false)) return;
   signal(SIGPROF, SIG_IGN);  // threads still running stop adding samples
-  char path[4096];
-  snprintf(path, sizeof path, "%s.%d", getenv("PCSAMPLE_OUT"), static_cast<int>(getpid()));
+  char path[sizeof g_out_prefix + 16];
+  snprintf(path, sizeof path, "%s.%d", g_out_prefix, static_cast<int>(getpid()));
   const int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return;
   rusage usage{};
@@ -171,8 +208,10 @@ __attribute__((destructor)) void Stop() {
   }
   WriteAll(fd, "==\n", 3);
   for (uint64_t k = 0; k < kept; ++k) {
+    const uint32_t weight = __atomic_load_n(&g_samples[k].weight, __ATOMIC_ACQUIRE);
+    if (weight == 0) continue;
     n = snprintf(line, sizeof line, "%llx %u %u\n", static_cast<unsigned long long>(g_samples[k].pc),
-                 g_samples[k].thread, g_samples[k].weight);
+                 g_samples[k].thread, weight);
     WriteAll(fd, line, static_cast<size_t>(n));
   }
   close(fd);
@@ -186,16 +225,15 @@ __attribute__((destructor)) void Stop() {
 // dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34"), past any wrapper, so
 // that a program's wrapper that allocates cannot deadlock a reclaimer's
 // start; an unversioned wrapper would leave the reclaimers unsampled. This
-// one allocates nothing (the trampolines are static).
+// one allocates nothing and takes no lock (the trampolines are static).
 extern "C" int pcsample_pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
                                        void* arg) {
-  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
-  static const Create next = [] {
-    void* f = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
-    if (f == nullptr) f = dlsym(RTLD_NEXT, "pthread_create");
-    return reinterpret_cast<Create>(f);
-  }();
-  if (g_on) {
+  PthreadCreate next = g_next_create.load(std::memory_order_relaxed);
+  if (next == nullptr) {  // before this library's constructor ran
+    next = FindNextCreate();
+    g_next_create.store(next, std::memory_order_relaxed);
+  }
+  if (g_on.load(std::memory_order_relaxed)) {
     const int slot = g_trampolines_used.fetch_add(1, std::memory_order_relaxed);
     if (slot < kMaxThreads) {
       g_trampolines[slot] = Trampoline{start, arg};

@@ -12,6 +12,8 @@
 #    workload starts or more, and unblocked SIGPROF in the reclaimer (ferry
 #    starts it with every signal blocked).
 # 3. --threads prints the four workers' sections at least, --addresses its own.
+# 4. A program that forks (forkloop: one child in four ends by exit(), which
+#    runs the destructors) leaves one file, its own: children write none.
 set -uo pipefail
 
 ferry="$PWD/$1"
@@ -54,4 +56,8 @@ python3 "$report" "${files[0]}" --threads --addresses 5 --top 3 > "$tmp/threads.
 # The main thread only waits, and may go without a sample; the workers never.
 [ "$(grep -c '^-- thread ' "$tmp/threads.txt")" -ge 4 ] || fail "--threads printed fewer than the four workers"
 grep -q '^hottest addresses of the top functions:' "$tmp/threads.txt" || fail "--addresses printed nothing"
+PCSAMPLE_OUT="$tmp/f" LD_PRELOAD="$ferry $sampler" "$workload" forkloop --scale tiny > "$tmp/fork.txt" 2>&1 ||
+  fail "forkloop failed under the sampler: $(tail -3 "$tmp/fork.txt")"
+forked=("$tmp"/f.*)
+[ "${#forked[@]}" -eq 1 ] || fail "forkloop left ${#forked[@]} sample files (children must write none)"
 echo "PASS"

@@ -4,9 +4,11 @@
     report.py FILE [--bin DIR]... [--top N] [--threads] [--addresses N]
 
 Each sample's address is placed in the mapping it fell in; a module found
-locally (DIR/<basename> for the first --bin DIR that has it: binaries copied
-from another machine; else its own path) is symbolised with readelf and
-addr2line, any other module is reported by name only. The header says how much of the
+locally is symbolised with readelf and addr2line: DIR/<basename> for the
+first --bin DIR that has it (binaries copied from another machine; with
+--bin, a module under none of them is not symbolised, since the file at its
+path here may be another version), else the file at its own path. Any other
+module is reported by name only. The header says how much of the
 process's CPU time the samples account for.
 
 --threads     one table per sampled thread (thread 0 is the main thread)
@@ -52,10 +54,16 @@ def load_segments(binary):
 
 
 def local_copy(module, bin_dirs):
-    for bin_dir in bin_dirs or []:
-        candidate = os.path.join(bin_dir, os.path.basename(module))
-        if os.path.exists(candidate):
-            return candidate
+    """The file to symbolise `module` with: under the --bin directories when
+    any are given (samples from another machine, whose libraries at the same
+    path here may be other versions: those are not symbolised), else at its
+    own path."""
+    if bin_dirs:
+        for bin_dir in bin_dirs:
+            candidate = os.path.join(bin_dir, os.path.basename(module))
+            if os.path.exists(candidate):
+                return candidate
+        return None
     return module if os.path.exists(module) else None
 
 
