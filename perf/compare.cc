@@ -453,9 +453,9 @@ class Compare {
     if (flags_.list) return List();
     if (workloads_.empty()) UsageError("no workload selected");
     MakeJobs();
-    if (BuildMode() != "opt") {
+    if (build_mode_ != "opt") {
       std::fprintf(stderr, "compare: warning: the workloads were built in %s mode, not opt; "
-                           "use `bazel run -c opt` for figures worth reading\n", BuildMode().c_str());
+                           "use `bazel run -c opt` for figures worth reading\n", build_mode_.c_str());
     }
     if (!dropped_env_.empty()) {
       std::fprintf(stderr, "compare: warning: not passing %s from the environment to the workloads "
@@ -491,6 +491,8 @@ class Compare {
                    kWorkloadRunfile);
       return false;
     }
+    build_info_ = ReadBuildInfo();
+    build_mode_ = ReadBuildMode();
     return true;
   }
 
@@ -978,20 +980,20 @@ class Compare {
   // The compilation mode of the workload binary, read off its bazel-out
   // path (k8-opt, k8-fastbuild, ...); timings only mean something with opt.
   // Outside bazel-out (a bundle made by perf/device_bundle.sh), the first
-  // word of a BUILD_INFO file beside the binary.
-  std::string BuildMode() const {
+  // word of a BUILD_INFO file beside the binary (build_info_, read first).
+  std::string ReadBuildMode() const {
     std::string path = RealPath(workload_bin_);
     for (const char* mode : {"opt", "fastbuild", "dbg"}) {
       if (path.find(std::string("-") + mode + "/bin/") != std::string::npos) return mode;
     }
     std::string mode;
-    std::istringstream(BuildInfo()) >> mode;
+    std::istringstream(build_info_) >> mode;
     return mode.empty() ? "unknown" : mode;
   }
 
   // The first line of BUILD_INFO beside the workload binary ("opt 7b4bcac",
   // written by perf/device_bundle.sh), or "" when there is none.
-  std::string BuildInfo() const {
+  std::string ReadBuildInfo() const {
     const std::string path = RealPath(workload_bin_);
     const size_t slash = path.rfind('/');
     std::ifstream in((slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/BUILD_INFO");
@@ -1052,8 +1054,7 @@ class Compare {
     out += "- machine: " + Machine() + "\n";
     out += "- load average (1 5 15 min): " + load_before_ + " before, " + load_after_ + " after\n";
     out += "- command: `" + command_ + "` (" + Format("%.0f", elapsed_s_) + " s)\n";
-    const std::string info = BuildInfo();
-    out += "- build: " + BuildMode() + (info.empty() ? "" : " (BUILD_INFO: " + info + ")");
+    out += "- build: " + build_mode_ + (build_info_.empty() ? "" : " (BUILD_INFO: " + build_info_ + ")");
     out += "; scale " + flags_.scale + "; runs: " +
            std::to_string(flags_.runs) + " per allocator and workload, alternating; pairs " + PairsText() +
            "; threads " + (flags_.pin ? "pinned" : "not pinned");
@@ -1240,6 +1241,8 @@ class Compare {
   const char* argv0_;
   std::string command_;
   std::string workload_bin_;
+  std::string build_info_;  // BUILD_INFO's first line beside workload_bin_, or ""
+  std::string build_mode_;  // opt, fastbuild, dbg or unknown
   std::vector<WorkloadInfo> all_workloads_;
   std::vector<WorkloadInfo> workloads_;
   std::vector<Job> jobs_;
