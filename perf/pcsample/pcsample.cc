@@ -93,24 +93,24 @@ void OnProf(int, siginfo_t* info, void* context) {
 }
 
 // Arms a timer on the calling thread's CPU clock that signals this thread;
-// returns it (nullptr if the OS refused one).
-timer_t StartThreadTimer() {
+// false if the OS refused one. (A timer_t is the kernel's timer id, and 0
+// is a valid one: no value of it can mean "none".)
+bool StartThreadTimer(timer_t* timer) {
   tl_thread = g_thread_ids.fetch_add(1, std::memory_order_relaxed);
   sigevent event{};
   event.sigev_notify = SIGEV_THREAD_ID;
   event.sigev_signo = SIGPROF;
   event._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
-  timer_t timer;
-  if (timer_create(CLOCK_THREAD_CPUTIME_ID, &event, &timer) != 0) {
+  if (timer_create(CLOCK_THREAD_CPUTIME_ID, &event, timer) != 0) {
     g_unsampled_threads.fetch_add(1, std::memory_order_relaxed);
-    return nullptr;
+    return false;
   }
   g_threads.fetch_add(1, std::memory_order_relaxed);
   itimerspec spec{};
   spec.it_interval.tv_sec = g_period_us / 1000000;
   spec.it_interval.tv_nsec = (g_period_us % 1000000) * 1000;
   spec.it_value = spec.it_interval;
-  timer_settime(timer, 0, &spec, nullptr);
+  timer_settime(*timer, 0, &spec, nullptr);
   sigset_t prof;
   sigemptyset(&prof);
   sigaddset(&prof, SIGPROF);
@@ -120,7 +120,7 @@ timer_t StartThreadTimer() {
     pthread_sigmask(SIG_UNBLOCK, &prof, nullptr);
     g_unblocked_threads.fetch_add(1, std::memory_order_relaxed);
   }
-  return timer;
+  return true;
 }
 
 struct Trampoline {
@@ -132,11 +132,12 @@ std::atomic<int> g_trampolines_used{0};
 
 void* RunThread(void* raw) {
   const Trampoline* t = static_cast<const Trampoline*>(raw);
-  timer_t timer = StartThreadTimer();
+  timer_t timer;
+  const bool armed = StartThreadTimer(&timer);
   void* result = t->start(t->arg);
   // Each timer holds a slot of RLIMIT_SIGPENDING: a program that starts
   // thousands of threads would run out.
-  if (timer != nullptr) timer_delete(timer);
+  if (armed) timer_delete(timer);
   return result;
 }
 
@@ -177,7 +178,8 @@ __attribute__((constructor)) void Start() {
   if (sigaction(SIGPROF, &action, nullptr) != 0) return;
   pthread_atfork(nullptr, nullptr, StopInChild);
   g_on.store(true, std::memory_order_relaxed);
-  StartThreadTimer();
+  timer_t main_timer;  // the main thread's, kept until the process ends
+  StartThreadTimer(&main_timer);
 }
 
 __attribute__((destructor)) void Stop() {

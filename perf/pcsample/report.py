@@ -15,6 +15,7 @@ process's CPU time the samples account for.
 --addresses N the N hottest addresses of the top functions, with file:line
 """
 import argparse
+import bisect
 import collections
 import os
 import subprocess
@@ -84,8 +85,10 @@ def symbolise(binary, offsets, with_lines=False):
     stripped = '.symtab' not in sections
     unique = sorted(set(offsets))
     addresses = [vaddr(o) for o in unique]
-    args = ['addr2line', '-f', '-C', '-e', binary] + [hex(a) for a in addresses]
-    out = subprocess.run(args, capture_output=True, text=True).stdout.splitlines()
+    # On stdin, not the command line: a long run has more addresses than
+    # the command line would hold.
+    out = subprocess.run(['addr2line', '-f', '-C', '-e', binary], input='\n'.join(hex(a) for a in addresses),
+                         capture_output=True, text=True).stdout.splitlines()
     names = {}
     for k, offset in enumerate(unique):
         name = out[2 * k] if 2 * k < len(out) else '??'
@@ -108,13 +111,14 @@ def main():
 
     header, maps, samples = parse(args.file)
     maps.sort()
+    begins = [m[0] for m in maps]
     placed = []  # (module, file offset, thread, weight)
     for pc, thread, weight in samples:
         module, offset = '[unknown]', 0
-        for begin, end, file_offset, path in maps:
-            if begin <= pc < end:
-                module, offset = path, pc - begin + file_offset
-                break
+        k = bisect.bisect_right(begins, pc) - 1  # the mappings do not overlap
+        if k >= 0 and pc < maps[k][1]:
+            begin, _, file_offset, path = maps[k]
+            module, offset = path, pc - begin + file_offset
         placed.append((module, offset, thread, weight))
 
     by_module = collections.defaultdict(list)
