@@ -326,7 +326,7 @@ TEST(PageLists, AnInboxPageWithEveryBlockBackIsFreedAtTheOwnersNextSlowPath) {
     ASSERT_NE(owner->inbox_complete[size_class / 64].load() & class_bit, 0u) << "the owner was not told";
     ferry_stats_t before, after;
     ferry_stats_get(&before);
-    void* other = ferry_malloc(7168);  // a class this thread has no page of: a slow path
+    void* other = ferry_malloc(1408);  // a class this thread has no page of (no other test here uses it): a slow path
     ferry_stats_get(&after);
     // Freed, and perhaps taken at once by that new page (committed slices first).
     const uintptr_t other_address = reinterpret_cast<uintptr_t>(other);
@@ -663,7 +663,10 @@ void EmptyAMediumPageFromAnotherThread(Page** page_out, size_t* size_class_out) 
   Page* page = PageOf(SegmentOf(address), address);
   ASSERT_GT(page->slice_count, 1);
   ASSERT_LE(page->reserved, 2 * blocks.size()) << "four returns must reach half the page";
-  for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
+  for (void* p : blocks) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    ASSERT_EQ(PageOf(SegmentOf(address), address), page);
+  }
   *page_out = page;
   *size_class_out = page->size_class;
   FreeElsewhereAndFlush(blocks, 0, blocks.size());
@@ -968,7 +971,7 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
 // to fault it all in again at every run; older ones all go.
 TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
   std::thread([] {
-    constexpr size_t kSize = 3584;  // one-slice pages; no other test here uses it
+    constexpr size_t kSize = 1664;  // one-slice pages; no other test here uses it
     // Several segments' worth, and well past the budget: the budget is one
     // for the whole run, across segments, and a page or segment kept back
     // (a block left in each segment, the class's last page) must not leave

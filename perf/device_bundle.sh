@@ -29,7 +29,8 @@ mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/fallback"
 cp -f "$BIN/libferry.so" "$BIN/perf/compare" "$BIN/perf/workload" "$BIN/perf/libpcsample.so" "$DIR/bin/"
 # compare reads the mode off bazel-out paths; here it reads this (and prints
 # it in the report). -dirty: the tree had changes the commit does not name.
-echo "opt $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)" > "$DIR/bin/BUILD_INFO"
+dirty=$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)
+echo "opt $(git rev-parse --short HEAD)$dirty" > "$DIR/bin/BUILD_INFO"
 for f in libjemalloc.so.2 libmimalloc.so.2 libtcmalloc_minimal.so.4 libtbbmalloc_proxy.so.2 libtbbmalloc.so.2 libtbb.so.12; do
   cp -fL "$SYS/$f" "$DIR/lib/"
 done
