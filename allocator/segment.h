@@ -61,8 +61,8 @@ enum class PageKind : uint8_t {
 //               it; returns collect on the page until every block is back
 //               (then the pusher frees the page) or the owner takes it back
 //   bit 1       kReturnedPosted: the page is on its owner's inbox
-//   bits 3..47  the chain's first block (blocks are 8-byte aligned, and
-//               segments lie below 2^47)
+//   bits 2..47  the chain's first block (blocks are 8-byte aligned, so bit
+//               2 is always 0; segments lie below 2^47)
 //   bits 48..63 blocks in the chain (a page holds at most 8192)
 inline constexpr uintptr_t kReturnedFull = 1;
 inline constexpr uintptr_t kReturnedPosted = 2;
@@ -128,7 +128,7 @@ struct Page {
   Page* queue_next;        // owner only
   Page* queue_prev;
   // --- third cache line: written by other threads -----------------------------
-  alignas(64) std::atomic<uintptr_t> returned;  // chain of remote frees | kReturnedFull
+  alignas(64) std::atomic<uintptr_t> returned;  // remote frees: chain, count and marks (above)
   Page* inbox_next;        // link in the owner's inbox
   // `used` when the owner marked the page full (written before the mark):
   // what the returns to a full page count against, readable by any thread.

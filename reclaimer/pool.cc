@@ -322,14 +322,20 @@ void WakeAll() {
   }
 }
 
+// Called after the reclaimer's seq_cst store of sleeping = 1, and answered
+// by the waker's store of a request and then of sleeping = 0: both sides
+// seq_cst (a store, then a load of the other's word), so that at least one
+// sees the other. With relaxed loads here the language allows both to miss
+// (not x86, where a seq_cst load is a plain one), and a request waited for
+// the idle tick.
 bool AnyWork() {
   for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
-    if (!g_pool.reclaimers[i]->queue.empty()) return true;
+    if (!g_pool.reclaimers[i]->queue.empty()) return true;  // Boost: seq_cst loads
   }
-  return (g_pool.collect_requested.load(std::memory_order_relaxed) !=
-              g_pool.collect_done.load(std::memory_order_relaxed) &&
-          g_pool.collect_claimed.load(std::memory_order_relaxed) == 0) ||
-         g_pool.paused.load(std::memory_order_relaxed) != 0;
+  return (g_pool.collect_requested.load(std::memory_order_seq_cst) !=
+              g_pool.collect_done.load(std::memory_order_seq_cst) &&
+          g_pool.collect_claimed.load(std::memory_order_seq_cst) == 0) ||
+         g_pool.paused.load(std::memory_order_seq_cst) != 0;
 }
 
 // Pops a batch from r's queue, keeping r->queued (which PoolOffer reads to
@@ -407,7 +413,7 @@ void RunCollectDutyInTurn() {
 // and the waiter's collect (and its heap, its thread) would wait for as long
 // as the loop went on.
 void RunDutyForCollect() {
-  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_seq_cst) + 1;
   auto covered = [ticket] {
     return static_cast<int32_t>(g_pool.collect_done.load(std::memory_order_acquire) - ticket) >= 0;
   };
@@ -488,7 +494,7 @@ void* ReclaimerMain(void* arg) {
 // in front of it: a wrapper that allocates while holding its own lock would
 // otherwise re-enter itself when ferry starts its pool from that allocation.
 using PthreadCreate = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
-PthreadCreate RealPthreadCreate() {
+PthreadCreate LookUpPthreadCreate() {
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
   // The sanitizer's interceptor must see every thread start (it sets up the
   // thread's shadow state); the C library's own one fails under it.
@@ -498,6 +504,27 @@ PthreadCreate RealPthreadCreate() {
   if (f == nullptr) f = dlsym(RTLD_NEXT, "pthread_create");
   if (f == nullptr) return &pthread_create;
   return reinterpret_cast<PthreadCreate>(f);
+}
+
+// Looked up when the library is loaded, not when the pool starts: dlvsym
+// takes the loader's lock, which dlopen holds while it runs a library's
+// constructors. A constructor that starts a thread and waits for it (a
+// plugin starting its workers) would wait forever if that thread's frees
+// started the pool (tests/preload_test.sh). The look-up at the start stays
+// for a pool started before the constructors ran.
+std::atomic<PthreadCreate> g_real_pthread_create{nullptr};
+
+__attribute__((constructor)) void LookUpPthreadCreateAtLoad() {
+  g_real_pthread_create.store(LookUpPthreadCreate(), std::memory_order_release);
+}
+
+PthreadCreate RealPthreadCreate() {
+  PthreadCreate f = g_real_pthread_create.load(std::memory_order_acquire);
+  if (f == nullptr) {
+    f = LookUpPthreadCreate();
+    g_real_pthread_create.store(f, std::memory_order_release);
+  }
+  return f;
 }
 
 // One sample of the crowded-CPUs watch (see the top of this file).
@@ -723,7 +750,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   } else {
     for (int k = 1; k < count; ++k) {  // a sleeping one may steal it
       Reclaimer* other = g_pool.reclaimers[(home + k) % count];
-      if (other->sleeping.load(std::memory_order_relaxed) != 0) {
+      if (other->sleeping.load(std::memory_order_seq_cst) != 0) {  // after the push (AnyWork)
         Wake(other);
         break;
       }
@@ -809,7 +836,7 @@ void PoolCollectNow() {
     if (g_pool.duty != nullptr) RunDutyForCollect();
     return;
   }
-  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const uint32_t ticket = g_pool.collect_requested.fetch_add(1, std::memory_order_seq_cst) + 1;
   WakeAll();
   for (uint32_t done; static_cast<int32_t>((done = g_pool.collect_done.load(std::memory_order_acquire)) -
                                            ticket) < 0;) {

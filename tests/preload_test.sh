@@ -131,6 +131,20 @@ else
 fi
 echo "ok: glibc's __libc_* names and cfree reach ferry"
 
+# The reclaimer pool started by a thread that a library's constructor waits
+# for, while dlopen holds the loader's lock: the start must not need that
+# lock (it looked up pthread_create with dlvsym there, and hung).
+pool_main="$(runfile tests/preload_pool_dlopen_main)" || fail "preload_pool_dlopen_main is not in runfiles"
+pool_plugin="$(runfile tests/libpreload_pool_plugin.so)" || fail "libpreload_pool_plugin.so is not in runfiles"
+rc=0
+FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 LD_PRELOAD="$lib" timeout 60 "$pool_main" "$pool_plugin" \
+  >"$tmp/pool_dlopen.out" 2>"$tmp/pool_dlopen.err" || rc=$?
+cat "$tmp/pool_dlopen.out"
+[[ $rc != 1 ]] || fail "the reclaimer pool's start waited for dlopen in another thread (a plugin's constructor)"
+[[ $rc != 3 ]] || fail "preload_pool_dlopen_main started no reclaimer pool: its check proves nothing"
+[[ $rc == 0 ]] || fail "preload_pool_dlopen_main exited $rc on ferry (124: it hung)"
+echo "ok: the reclaimer pool starts while another thread is in dlopen"
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
