@@ -710,6 +710,13 @@ Page* InboxHead(Heap* heap, size_t size_class) {
 // a page whose blocks all come back is freed for every heap.
 void DrainInbox(Heap* heap, size_t size_class) {
   Page* page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
+  // Emptied since the caller looked (InboxHead) by a borrower, which puts
+  // back the pages it does not free: wait for them, as InboxHead does, or
+  // the caller carves and takes new pages while its returned blocks are away.
+  if (page == nullptr && heap->inbox_borrowed.load(std::memory_order_acquire) != 0) {
+    WaitForBorrowedInboxes(heap);
+    page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
+  }
   while (page != nullptr) {
     Page* next = page->inbox_next;
     page->inbox_next = nullptr;
@@ -1812,6 +1819,8 @@ void CollectThisThread() {
   EnsureForkHandlers();  // the collect takes the duty turn, which fork() must see
   PoolCollectNow();
 }
+
+void DrainInboxForTest(Heap* heap, size_t size_class) { DrainInbox(heap, size_class); }
 
 bool InlineReturnsHeldForTest() { return g_inline_returns_held.load(std::memory_order_seq_cst); }
 

@@ -313,6 +313,8 @@ const Options& CurrentOptions();  // read from the environment on first use
 // Tests: whether a fork now holds other threads' returns to other heaps'
 // pages (heap.cc, HoldInlineReturnsForFork).
 bool InlineReturnsHeldForTest();
+// The owner's drain of one class's inbox (heap.cc, DrainInbox), for tests.
+void DrainInboxForTest(Heap* heap, size_t size_class);
 // Registers the fork handlers once (heap.cc); for paths that take a lock
 // fork() must hold without making a heap (the huge cache).
 void EnsureForkHandlersRegistered();

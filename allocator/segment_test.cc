@@ -117,6 +117,30 @@ std::vector<void*> FillOnePage(size_t size, Page** page_out, void** extra) {
   return blocks;
 }
 
+// FillOnePage, then the first half of the page's blocks freed by another
+// thread: the page is posted to this thread's inbox of its class.
+std::vector<void*> FillOnePageAndPostHalf(size_t size, Page** page_out, void** extra) {
+  std::vector<void*> blocks = FillOnePage(size, page_out, extra);
+  EXPECT_EQ((*page_out)->in_full, 1);
+  FreeElsewhereAndFlush(blocks, 0, blocks.size() / 2);
+  EXPECT_EQ(tl_heap->inbox[(*page_out)->size_class].load(), *page_out);
+  return blocks;
+}
+
+// Plays the pool's housekeeping borrowing `owner`'s inbox of a class for a
+// moment (CollectInboxes): takes the list now and puts it back from another
+// thread 100 ms later, setting *put_back just before.
+std::thread BorrowInboxFor100Ms(Heap* owner, size_t size_class, std::atomic<bool>* put_back) {
+  owner->inbox_borrowed.store(1);
+  Page* held = owner->inbox[size_class].exchange(nullptr);
+  return std::thread([owner, size_class, held, put_back] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    put_back->store(true);
+    InboxPush(owner->inbox[size_class], held);
+    owner->inbox_borrowed.store(0);
+  });
+}
+
 // A full page collects its returns under the full mark: posted to its
 // owner's inbox at the first, handed back to the owner when it runs short of
 // the class, and reused.
@@ -228,22 +252,13 @@ TEST(PageLists, AnOwnerShortOfAClassWaitsForTheInboxTheHousekeepingHolds) {
   constexpr size_t kSize = 6144;  // no other test here uses it
   Page* page;
   void* extra;
-  std::vector<void*> blocks = FillOnePage(kSize, &page, &extra);
-  ASSERT_EQ(page->in_full, 1);
+  std::vector<void*> blocks = FillOnePageAndPostHalf(kSize, &page, &extra);
+  ASSERT_FALSE(HasFailure());
   Heap* owner = tl_heap;
   const size_t size_class = page->size_class;
   const size_t half = blocks.size() / 2;
-  FreeElsewhereAndFlush(blocks, 0, half);
-  ASSERT_EQ(owner->inbox[size_class].load(), page);
-  owner->inbox_borrowed.store(1);
-  Page* held = owner->inbox[size_class].exchange(nullptr);
   std::atomic<bool> put_back{false};
-  std::thread housekeeping([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    put_back.store(true);
-    InboxPush(owner->inbox[size_class], held);
-    owner->inbox_borrowed.store(0);
-  });
+  std::thread housekeeping = BorrowInboxFor100Ms(owner, size_class, &put_back);
   // The owner's other page (extra's) runs dry, then the returned blocks.
   std::set<void*> fresh;
   bool reused_after_put_back = true;
@@ -262,6 +277,34 @@ TEST(PageLists, AnOwnerShortOfAClassWaitsForTheInboxTheHousekeepingHolds) {
   for (size_t k = half; k < blocks.size(); ++k) ferry_free(blocks[k]);
   for (void* p : fresh) ferry_free(p);
   ferry_free(extra);
+}
+
+// The same hold, landing between the owner's look at the inbox (InboxHead
+// saw a page) and its drain's exchange (which then finds the inbox empty):
+// the drain waits for the pages to come back too.
+TEST(PageLists, AnOwnersDrainThatFindsItsInboxJustBorrowedWaitsForIt) {
+  constexpr size_t kSize = 1152;  // one-slice pages; no other test here uses it
+  std::thread([] {
+    Page* page;
+    void* extra;
+    std::vector<void*> blocks = FillOnePageAndPostHalf(kSize, &page, &extra);
+    ASSERT_FALSE(HasFailure());
+    Heap* owner = tl_heap;
+    const size_t size_class = page->size_class;
+    std::atomic<bool> put_back{false};
+    std::thread housekeeping = BorrowInboxFor100Ms(owner, size_class, &put_back);
+    DrainInboxForTest(owner, size_class);
+    const bool waited = put_back.load();
+    housekeeping.join();
+    EXPECT_TRUE(waited) << "the drain returned while the inbox was borrowed";
+    EXPECT_EQ(owner->inbox[size_class].load(), nullptr) << "the page was left on the inbox";
+    EXPECT_EQ(page->in_full, 0);
+    const size_t half = blocks.size() / 2;
+    EXPECT_EQ(page->used, blocks.size() - half) << "the returned blocks did not join the page";
+    EXPECT_NE(page->free, nullptr) << "the returned blocks are not on the page's list";
+    for (size_t k = half; k < blocks.size(); ++k) ferry_free(blocks[k]);
+    ferry_free(extra);
+  }).join();
 }
 
 // While the owner does not run short, the page waits on the inbox; when the
