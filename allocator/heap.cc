@@ -1392,7 +1392,9 @@ void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
     Segment* released = nullptr;
     for (Segment* segment = heap->segments; segment != nullptr;) {
       Segment* next = segment->heap_next;
-      if (segment != heap->spare && segment->used_slices.load(std::memory_order_relaxed) == 1 &&
+      // acquire: the stamps EmptySegmentIdleMs reads were written before the
+      // release that freed the last slice (as ArenaPurge reads them).
+      if (segment != heap->spare && segment->used_slices.load(std::memory_order_acquire) == 1 &&
           EmptySegmentIdleMs(segment, now_ms) >= keep_ms && DetachEmptySegmentLocked(heap, segment)) {
         segment->heap_next = released;
         released = segment;
