@@ -50,7 +50,7 @@ struct Arena {
   uint32_t not_zero;
 };
 
-constinit SpinLock g_arena_lock;
+constinit ForkHeldSpinLock g_arena_lock;
 constinit Arena g_arenas[kMaxArenas] = {};  // clang: every member initialized
 constinit size_t g_arena_count = 0;
 
@@ -326,7 +326,7 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   return bytes;
 }
 
-void ArenaLockForFork() { g_arena_lock.Lock(); }
-void ArenaUnlockAfterFork() { g_arena_lock.Unlock(); }
+void ArenaLockForFork() { g_arena_lock.LockForFork(); }
+void ArenaUnlockAfterFork() { g_arena_lock.UnlockAfterFork(); }
 
 }  // namespace ferry

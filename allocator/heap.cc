@@ -75,10 +75,10 @@ bool OnceBegin(std::atomic<int64_t>& state) {
   }
 }
 constinit std::atomic<Heap*> g_all_heaps{nullptr};
-constinit SpinLock g_abandoned_lock;
+constinit ForkHeldSpinLock g_abandoned_lock;
 __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 // Allocations of exiting threads come from this heap, one thread at a time.
-constinit SpinLock g_exit_lock;
+constinit ForkHeldSpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
 // Heaps of exited threads, for new threads to take over, on two lists (the
 // lock guards both): those the current collect pass (CollectAbandonedHeaps)
@@ -932,16 +932,16 @@ void AtForkPrepare() {
   tl_forking = true;
   PoolForkPrepare();
   HoldInlineReturnsForFork();
-  g_exit_lock.Lock();
-  g_abandoned_lock.Lock();
+  g_exit_lock.LockForFork();
+  g_abandoned_lock.LockForFork();
   ArenaLockForFork();
   HugeCacheLockForFork();
 }
 void AtForkParent() {
   HugeCacheUnlockAfterFork();
   ArenaUnlockAfterFork();
-  g_abandoned_lock.Unlock();
-  g_exit_lock.Unlock();
+  g_abandoned_lock.UnlockAfterFork();
+  g_exit_lock.UnlockAfterFork();
   g_inline_returns_held.store(false, std::memory_order_release);
   tl_forking = false;
   PoolForkParent();
@@ -954,8 +954,8 @@ void AtForkChild() {
   g_fork_handlers.store(kOnceDone, std::memory_order_relaxed);
   HugeCacheUnlockAfterFork();
   ArenaUnlockAfterFork();
-  g_abandoned_lock.Unlock();
-  g_exit_lock.Unlock();
+  g_abandoned_lock.UnlockAfterFork();
+  g_exit_lock.UnlockAfterFork();
   ResetInlineReturnsInChild();  // only this thread is left
   tl_forking = false;
   PoolForkChild();

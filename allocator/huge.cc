@@ -49,7 +49,7 @@ struct CachedMapping {
 
 // A leaf lock: nothing else is taken under it, and no system call is made
 // under it (mappings leave the cache first, then go back to the OS).
-SpinLock g_huge_cache_lock;
+ForkHeldSpinLock g_huge_cache_lock;
 CachedMapping g_huge_cache[kHugeCacheSlots];
 size_t g_huge_cache_bytes;  // under the lock
 // Lets the housekeeping pass by an empty cache without the lock.
@@ -186,8 +186,8 @@ FreedHugeHit FindInHugeCache(uintptr_t address) {
   return FreedHugeHit::kNone;
 }
 
-void HugeCacheLockForFork() { g_huge_cache_lock.Lock(); }
-void HugeCacheUnlockAfterFork() { g_huge_cache_lock.Unlock(); }
+void HugeCacheLockForFork() { g_huge_cache_lock.LockForFork(); }
+void HugeCacheUnlockAfterFork() { g_huge_cache_lock.UnlockAfterFork(); }
 
 void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   if (n > (size_t{1} << 46) || alignment > (size_t{1} << 40)) {

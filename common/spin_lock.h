@@ -4,9 +4,11 @@
 #ifndef FERRY_COMMON_SPIN_LOCK_H_
 #define FERRY_COMMON_SPIN_LOCK_H_
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
+#include <cstdint>
 
 namespace ferry {
 
@@ -40,15 +42,53 @@ class SpinLock {
   std::atomic<bool> locked_{false};
 };
 
+// A SpinLock that fork() holds, from ferry's prepare handler to its parent
+// or child handler (heap.cc, AtForkPrepare). The program's own fork
+// handlers, registered before ferry's, run in between on the forking thread
+// (glibc runs prepare handlers last registered first, the others first
+// registered first) and may allocate and free. That thread passes the lock:
+// it holds it already, and none of its own operations is inside it (it
+// called fork() from outside ferry), where a SpinLock would wait for itself
+// for ever. Any other thread waits as for a SpinLock. The thread is known
+// by pthread_self(), which a fork child keeps.
+class ForkHeldSpinLock {
+ public:
+  constexpr ForkHeldSpinLock() = default;
+  void Lock() {
+    if (!HeldForForkByThisThread()) lock_.Lock();
+  }
+  bool TryLock() { return HeldForForkByThisThread() || lock_.TryLock(); }
+  void Unlock() {
+    if (!HeldForForkByThisThread()) lock_.Unlock();
+  }
+  void LockForFork() {
+    lock_.Lock();
+    fork_holder_.store(static_cast<uintptr_t>(pthread_self()), std::memory_order_relaxed);
+  }
+  void UnlockAfterFork() {
+    fork_holder_.store(0, std::memory_order_relaxed);
+    lock_.Unlock();
+  }
+
+ private:
+  // Another thread reads 0 or the forking thread's id, never its own.
+  bool HeldForForkByThisThread() const {
+    return fork_holder_.load(std::memory_order_relaxed) == static_cast<uintptr_t>(pthread_self());
+  }
+  SpinLock lock_;
+  std::atomic<uintptr_t> fork_holder_{0};
+};
+
+template <class Lock>
 class SpinLockHolder {
  public:
-  explicit SpinLockHolder(SpinLock* lock) : lock_(lock) { lock_->Lock(); }
+  explicit SpinLockHolder(Lock* lock) : lock_(lock) { lock_->Lock(); }
   ~SpinLockHolder() { lock_->Unlock(); }
   SpinLockHolder(const SpinLockHolder&) = delete;
   SpinLockHolder& operator=(const SpinLockHolder&) = delete;
 
  private:
-  SpinLock* lock_;
+  Lock* lock_;
 };
 
 }  // namespace ferry

@@ -207,6 +207,14 @@ struct Pool {
 constinit Pool g_pool;
 __thread bool tl_is_reclaimer __attribute__((tls_model("initial-exec"))) = false;
 
+// The thread running fork(), from PoolForkPrepare to PoolForkParent or
+// PoolForkChild: it holds the flush mutex and the duty turn, the reclaimers
+// parked. The program's fork handlers registered before ferry's run in
+// between on it and may call ferry_flush or ferry_collect (malloc_trim),
+// which wait for those: PoolFlush and PoolCollectNow do the work themselves
+// then.
+__thread bool tl_holds_pool_for_fork __attribute__((tls_model("initial-exec"))) = false;
+
 // Wakes the waiting flushes (WaitForEpochSlot) to look again.
 void SignalFlushWaiters() {
   g_pool.flush_signal.fetch_add(1, std::memory_order_seq_cst);
@@ -818,7 +826,21 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {
   return true;
 }
 
+// A flush on the thread that holds the pool for a fork: what the parked
+// reclaimers have queued is applied here, as the child does (oneTBB's
+// batches were all applied before the fork, QuiescePool; offers made since
+// were refused, and applied by the offering threads).
+void FlushWhileHeldForFork() {
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) return;
+  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+    Reclaimer* r = g_pool.reclaimers[i];
+    Batch* batch;
+    while (PopBatch(r, &batch)) Apply(batch, &r->batches);
+  }
+}
+
 void PoolFlush() {
+  if (tl_holds_pool_for_fork) return FlushWhileHeldForFork();
   PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
   pthread_mutex_lock(&g_pool.flush_mutex);
@@ -831,6 +853,10 @@ void PoolFlush() {
 }
 
 void PoolCollectNow() {
+  if (tl_holds_pool_for_fork) {  // the duty turn is this thread's already
+    if (g_pool.duty != nullptr) RunCollectDutyInTurn();
+    return;
+  }
   PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) {
     if (g_pool.duty != nullptr) RunDutyForCollect();
@@ -923,9 +949,11 @@ void PoolForkPrepare() {
   // the abandoned heaps off their lists, which the child would lose. Taken
   // after the reclaimers parked: one waiting for its turn would not park.
   WaitForDutyTurn();
+  tl_holds_pool_for_fork = true;
 }
 
 void PoolForkParent() {
+  tl_holds_pool_for_fork = false;
   EndDutyTurn();
   // Offers meanwhile did not ask for a start (they ask only of a pool not
   // started): the next one does. A request made before the hold and met
@@ -940,6 +968,7 @@ void PoolForkParent() {
 }
 
 void PoolForkChild() {
+  tl_holds_pool_for_fork = false;
   pthread_mutex_init(&g_pool.flush_mutex, nullptr);
   const bool was_running = g_pool.state.load(std::memory_order_relaxed) == kRunning;
   if (was_running && !g_pool.use_tbb) {

@@ -145,6 +145,28 @@ cat "$tmp/pool_dlopen.out"
 [[ $rc == 0 ]] || fail "preload_pool_dlopen_main exited $rc on ferry (124: it hung)"
 echo "ok: the reclaimer pool starts while another thread is in dlopen"
 
+# Fork handlers that allocate, registered before ferry's: they run on the
+# forking thread while ferry's handlers hold its locks, and must get through.
+# In a session of its own, so that a child stuck in a handler goes too.
+atfork_alloc="$(runfile tests/preload_atfork_alloc)" || fail "preload_atfork_alloc is not in runfiles"
+rc=0
+FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 FERRY_STATS=1 LD_PRELOAD="$lib" \
+  setsid timeout 60 "$atfork_alloc" >"$tmp/atfork_alloc.out" 2>"$tmp/atfork_alloc.err" &
+pid=$!
+wait "$pid" || rc=$?
+kill -KILL -- "-$pid" 2>/dev/null || true
+[[ $rc == 0 ]] || {
+  cat "$tmp/atfork_alloc.err" >&2
+  fail "preload_atfork_alloc exited $rc on ferry (124: a fork hung in a handler)"
+}
+grep -qx done "$tmp/atfork_alloc.out" || fail "preload_atfork_alloc did not finish on ferry"
+grep -Eq 'pool_starts +[1-9]' "$tmp/atfork_alloc.err" ||
+  fail "preload_atfork_alloc: the reclaimer pool never started, so its flushes in the fork proved nothing"
+if readelf -d "$atfork_alloc" 2>/dev/null | grep -q 'libstdc++'; then
+  fail "preload_atfork_alloc links libstdc++, whose start-up allocates: ferry's handlers would come first"
+fi
+echo "ok: fork handlers registered before ferry's allocate"
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
