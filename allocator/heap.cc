@@ -710,10 +710,13 @@ Page* InboxHead(Heap* heap, size_t size_class) {
 // a page whose blocks all come back is freed for every heap.
 void DrainInbox(Heap* heap, size_t size_class) {
   Page* page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
-  // Emptied since the caller looked (InboxHead) by a borrower, which puts
-  // back the pages it does not free: wait for them, as InboxHead does, or
-  // the caller carves and takes new pages while its returned blocks are away.
-  if (page == nullptr && heap->inbox_borrowed.load(std::memory_order_acquire) != 0) {
+  // Emptied since the caller looked (InboxHead saw a page) by a borrower,
+  // which puts back the pages it does not free: wait for them, as InboxHead
+  // does, or the caller carves and takes new pages while its returned
+  // blocks are away. Then look again whatever the flag said: the borrower
+  // may have put them back and lowered it already (its exchange, which
+  // this one read, was ordered after it raised the flag).
+  if (page == nullptr) {
     WaitForBorrowedInboxes(heap);
     page = heap->inbox[size_class].exchange(nullptr, std::memory_order_acquire);
   }

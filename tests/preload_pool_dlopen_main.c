@@ -4,6 +4,7 @@
  * many reclaimer threads run afterwards. Exit 0: finished in time and a pool
  * runs; 1: the worker was stuck while dlopen ran; 3: no pool started, so the
  * run tested nothing; 2: usage or loading error. */
+#define _GNU_SOURCE /* pthread_timedjoin_np, usleep, clock_gettime */
 #include <dirent.h>
 #include <dlfcn.h>
 #include <stdio.h>

@@ -6,6 +6,7 @@
  * (preload_test.sh). The pool's start once looked up the C library's
  * pthread_create with dlvsym, which takes the same lock: the worker waited for
  * dlopen, and dlopen for the worker. */
+#define _GNU_SOURCE /* pthread_timedjoin_np, usleep, clock_gettime */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
