@@ -826,11 +826,13 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {
   return true;
 }
 
-// A flush on the thread that holds the pool for a fork: what the parked
-// reclaimers have queued is applied here, as the child does (oneTBB's
-// batches were all applied before the fork, QuiescePool; offers made since
-// were refused, and applied by the offering threads).
-void FlushWhileHeldForFork() {
+// What the reclaimers have queued, applied on the calling thread while a
+// fork holds them parked (a flush in a program's fork handler) or in the
+// child, which they did not come along to. Counted as pooled, as the
+// reclaimer would have: they were handed to it (batches_published counted
+// them). oneTBB's batches were all applied before the fork (QuiescePool);
+// offers made since were refused, and applied by the offering threads.
+void ApplyQueuedForFork() {
   if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) return;
   for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
@@ -840,7 +842,7 @@ void FlushWhileHeldForFork() {
 }
 
 void PoolFlush() {
-  if (tl_holds_pool_for_fork) return FlushWhileHeldForFork();
+  if (tl_holds_pool_for_fork) return ApplyQueuedForFork();
   PoolMaybeStart();
   if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
   pthread_mutex_lock(&g_pool.flush_mutex);
@@ -971,14 +973,10 @@ void PoolForkChild() {
   tl_holds_pool_for_fork = false;
   pthread_mutex_init(&g_pool.flush_mutex, nullptr);
   const bool was_running = g_pool.state.load(std::memory_order_relaxed) == kRunning;
+  ApplyQueuedForFork();  // the threads did not come along
   if (was_running && !g_pool.use_tbb) {
-    // The threads did not come along; what they had queued is applied here.
     for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
       Reclaimer* r = g_pool.reclaimers[i];
-      Batch* batch;
-      // Counted as pooled, as the reclaimer would have: they were handed to
-      // it (batches_published counted them), and they are applied now.
-      while (PopBatch(r, &batch)) Apply(batch, &r->batches);
       g_pool.retired_batches.fetch_add(r->batches.exchange(0), std::memory_order_relaxed);
       g_pool.retired_steals.fetch_add(r->steals.exchange(0), std::memory_order_relaxed);
       r->sleeping.store(0, std::memory_order_relaxed);
