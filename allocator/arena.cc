@@ -3,11 +3,12 @@
 // An arena is kArenaSize of address space, reserved once and never unmapped;
 // segments are handed out lowest address first (keeping the heap compact) and
 // come back decommitted, so a released segment costs address space only.
-// Arena growth, the search of every segment for free slices
-// (ArenaTakeSlicesAnywhere: only when the heap's own segments have none of
-// the kind wanted, and for committed ones only while the hint says some
-// exist) and the purge run under one lock; it is never held across a call
-// that can allocate.
+// Arena growth, the search of the segments for free slices
+// (ArenaTakeSlicesAnywhere: only when the heap's first own segments have
+// none of the kind wanted, for committed ones only while the hint says some
+// exist, and only in segments whose bound in the room index allows a run
+// long enough) and the purge run under one lock; it is never held across a
+// call that can allocate.
 #include <cstring>
 
 #include "allocator/segment.h"
@@ -40,7 +41,7 @@ namespace {
 
 constexpr size_t kSegmentsPerArena = 16;  // 64 MiB of address space
 constexpr size_t kArenaSize = kSegmentsPerArena * kSegmentSize;
-constexpr size_t kMaxArenas = 4096;       // 256 GiB of small and large blocks
+constexpr size_t kMaxArenas = 65536;      // 4 TiB of small and large blocks (256 GiB until 2026-12-04)
 
 struct Arena {
   uintptr_t base;
@@ -53,6 +54,50 @@ struct Arena {
 constinit ForkHeldSpinLock g_arena_lock;
 constinit Arena g_arenas[kMaxArenas] = {};  // clang: every member initialized
 constinit size_t g_arena_count = 0;
+// Every arena below it has all its segments handed out: where the search
+// for a segment to hand out starts.
+constinit size_t g_arenas_full_below = 0;
+
+// The room index (segment.h, NoteSlicesFreed): entry a * kSegmentsPerArena
+// + i is segment i of arena a (Segment::room_index), g_arena_room[a] bounds
+// its arena's. Bytes, so that a search reads 64 segments' bounds in one
+// line and the header of none that has no run long enough. Zero, statically.
+std::atomic<uint8_t> g_segment_room[kMaxArenas * kSegmentsPerArena];
+std::atomic<uint8_t> g_arena_room[kMaxArenas];
+
+// seq_cst throughout: a search's lowering (a store, then a second look at
+// used_slices) and a free's raising (a clear of used_slices, then a look at
+// the bound) each see the other's first step (Dekker's pattern), so that a
+// bound never ends below a run that a free made.
+void RaiseRoom(std::atomic<uint8_t>& room, size_t run) {
+  const auto value = static_cast<uint8_t>(run);
+  uint8_t seen = room.load(std::memory_order_seq_cst);
+  while (seen < value && !room.compare_exchange_weak(seen, value, std::memory_order_seq_cst)) {
+  }
+}
+
+// The search, under the arena lock: sets the segment's bound to the longest
+// run it has now, and looks again. Returns the bound.
+size_t LowerSegmentRoom(Segment* segment) {
+  std::atomic<uint8_t>& room = g_segment_room[segment->room_index];
+  const size_t run = LongestFreeRun(segment->used_slices.load(std::memory_order_seq_cst));
+  room.store(static_cast<uint8_t>(run), std::memory_order_seq_cst);
+  const size_t again = LongestFreeRun(segment->used_slices.load(std::memory_order_seq_cst));
+  if (again > run) RaiseRoom(room, again);
+  return room.load(std::memory_order_seq_cst);
+}
+
+// The same for an arena, whose live segments' bounds are at most `most`.
+void LowerArenaRoom(size_t arena_index, size_t most) {
+  g_arena_room[arena_index].store(static_cast<uint8_t>(most), std::memory_order_seq_cst);
+  size_t again = 0;
+  for (uint32_t used = g_arenas[arena_index].used; used != 0; used &= used - 1) {
+    const size_t index = arena_index * kSegmentsPerArena + static_cast<size_t>(__builtin_ctz(used));
+    const size_t room = g_segment_room[index].load(std::memory_order_seq_cst);
+    if (room > again) again = room;
+  }
+  if (again > most) RaiseRoom(g_arena_room[arena_index], again);
+}
 
 // Calls fn(segment) for every segment handed out, lowest address first,
 // until fn returns true; the caller holds g_arena_lock.
@@ -70,6 +115,21 @@ Segment* FindLiveSegment(Fn fn) {
 }
 
 }  // namespace
+
+void NoteSlicesFreed(Segment* segment, uint64_t used_after) {
+  const size_t run = LongestFreeRun(used_after);
+  RaiseRoom(g_segment_room[segment->room_index], run);
+  RaiseRoom(g_arena_room[segment->room_index / kSegmentsPerArena], run);
+}
+
+size_t SegmentRoom(const Segment* segment) {
+  return g_segment_room[segment->room_index].load(std::memory_order_seq_cst);
+}
+
+size_t LowerSegmentRoomForTest(Segment* segment) {
+  SpinLockHolder hold(&g_arena_lock);
+  return LowerSegmentRoom(segment);
+}
 
 constinit std::atomic<int64_t> g_free_dirty_slices_hint{0};
 constinit std::atomic<bool> g_idle_empty_segments{false};
@@ -135,18 +195,24 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
   {
     SpinLockHolder hold(&g_arena_lock);
     uintptr_t address = 0;
-    for (size_t i = 0; i < g_arena_count && address == 0; ++i) {
+    size_t room_index = 0;
+    for (size_t i = g_arenas_full_below; i < g_arena_count && address == 0; ++i) {
       Arena& arena = g_arenas[i];
-      if (arena.used == (uint32_t{1} << kSegmentsPerArena) - 1) continue;
+      if (arena.used == (uint32_t{1} << kSegmentsPerArena) - 1) {
+        if (i == g_arenas_full_below) ++g_arenas_full_below;
+        continue;
+      }
       const int slot = __builtin_ctz(~arena.used);
       arena.used |= uint32_t{1} << slot;
       not_zero = (arena.not_zero >> slot & 1) != 0;
       arena.not_zero &= ~(uint32_t{1} << slot);
       address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
+      room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
     }
     if (address == 0 && g_arena_count < kMaxArenas) {
       void* base = OsReserve(kArenaSize, kSegmentSize);
       if (base != nullptr) {
+        room_index = g_arena_count * kSegmentsPerArena;
         Arena& arena = g_arenas[g_arena_count++];
         arena.base = reinterpret_cast<uintptr_t>(base);
         arena.used = 1;
@@ -177,6 +243,10 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // pointer not allocated by ferry", when the map was written after the
     // lock was dropped).
     SegmentMapSet(address, kMapSegment);
+    segment->room_index = static_cast<uint32_t>(room_index);
+    const size_t room = LongestFreeRun(1 | taken);
+    g_segment_room[room_index].store(static_cast<uint8_t>(room), std::memory_order_seq_cst);
+    RaiseRoom(g_arena_room[room_index / kSegmentsPerArena], room);
     segment->used_slices.store(1 | taken, std::memory_order_release);  // the header, and the caller's
   }
   CounterAdd(g_counters.segments_mapped, 1);
@@ -189,6 +259,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
 void ArenaReleaseSegment(Segment* segment) {
   FERRY_CHECK(segment->used_slices.load(std::memory_order_relaxed) == kSegmentDetached);
   const uintptr_t address = reinterpret_cast<uintptr_t>(segment);
+  const size_t arena_index = segment->room_index / kSegmentsPerArena;  // read before the header goes
   SegmentMapSet(address, kMapNone);
   // All but the header first, outside the lock; the header (which reads as
   // detached until it is decommitted, and as all free after) only once no
@@ -205,31 +276,43 @@ void ArenaReleaseSegment(Segment* segment) {
   const bool header_zero = OsDecommit(segment, kSliceSize);
   if (header_zero) CounterAdd(g_counters.bytes_decommitted, kSliceSize);
   zero = header_zero && zero;
-  for (size_t i = 0; i < g_arena_count; ++i) {
-    Arena& arena = g_arenas[i];
-    if (address >= arena.base && address < arena.base + kArenaSize) {
-      const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
-      arena.used &= ~bit;
-      if (!zero) arena.not_zero |= bit;
-      return;
-    }
-  }
-  FERRY_CHECK(false && "segment outside every arena");
+  FERRY_CHECK(arena_index < g_arena_count);
+  Arena& arena = g_arenas[arena_index];
+  FERRY_CHECK(address >= arena.base && address < arena.base + kArenaSize);
+  const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
+  arena.used &= ~bit;
+  if (!zero) arena.not_zero |= bit;
+  if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
 }
 
 Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start, bool* was_clean) {
   if (dirty_only && g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0) return nullptr;
   SpinLockHolder hold(&g_arena_lock);
-  Segment* found = FindLiveSegment([&](Segment* segment) {
-    for (;;) {
-      const int first = FindFreeSlices(segment, count, align, dirty_only);
-      if (first < 0) return false;
-      if (TryTakeSlices(segment, first, count, was_clean)) {
-        *start = first;
-        return true;
+  Segment* found = nullptr;
+  for (size_t i = 0; i < g_arena_count && found == nullptr; ++i) {
+    if (g_arena_room[i].load(std::memory_order_seq_cst) < count) continue;
+    const Arena& arena = g_arenas[i];
+    size_t most = 0;  // the arena's segments' bounds, as this look leaves them
+    for (uint32_t used = arena.used; used != 0 && found == nullptr; used &= used - 1) {
+      const size_t slot = static_cast<size_t>(__builtin_ctz(used));
+      size_t room = g_segment_room[i * kSegmentsPerArena + slot].load(std::memory_order_seq_cst);
+      if (room >= count) {
+        Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
+        for (;;) {
+          const int first = FindFreeSlices(segment, count, align, dirty_only);
+          if (first < 0) break;
+          if (TryTakeSlices(segment, first, count, was_clean)) {
+            *start = first;
+            found = segment;
+            break;
+          }
+        }
+        if (found == nullptr) room = LowerSegmentRoom(segment);
       }
+      if (room > most) most = room;
     }
-  });
+    if (found == nullptr) LowerArenaRoom(i, most);
+  }
   // None of the size asked for: a smaller run may remain, but a hint that
   // stays positive would send every claim here.
   if (found == nullptr && dirty_only) g_free_dirty_slices_hint.store(0, std::memory_order_relaxed);
@@ -272,9 +355,9 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   }
   // Holding the last free slices made the segment look full for a moment:
   // a heap whose claims skipped it then must look again.
-  if (segment->used_slices.fetch_and(~held, std::memory_order_acq_rel) == kSegmentFull) {
-    NoteRoomInFullSegment(segment);
-  }
+  const uint64_t used_before = segment->used_slices.fetch_and(~held, std::memory_order_seq_cst);
+  NoteSlicesFreed(segment, used_before & ~held);
+  if (used_before == kSegmentFull) NoteRoomInFullSegment(segment);
   HintSlicesTaken(__builtin_popcountll(purged));
   return bytes;
 }

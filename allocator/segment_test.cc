@@ -1496,6 +1496,65 @@ TEST(Segment, ReleasingASegmentCountsOnlyWhatWasStillCommitted) {
       << "slices 2 and 3, and the header";
 }
 
+// The room index (segment.h, NoteSlicesFreed): a free raises a segment's
+// bound, a claim leaves it (a bound may be high), a search lowers it to the
+// run the segment has.
+TEST(RoomIndex, AFreeRaisesTheBoundThatASearchLowers) {
+  Segment* segment = ArenaAllocateSegment(SliceRun(1, 63));  // every slice taken
+  ASSERT_NE(segment, nullptr);
+  EXPECT_EQ(SegmentRoom(segment), 0u);
+  FreeSlices(segment, 10, 20, OsMonotonicMs());
+  EXPECT_EQ(SegmentRoom(segment), 20u);
+  ASSERT_TRUE(TryTakeSlices(segment, 10, 15));
+  EXPECT_EQ(SegmentRoom(segment), 20u) << "a claim lowered the bound";
+  EXPECT_EQ(LowerSegmentRoomForTest(segment), 5u);
+  EXPECT_EQ(SegmentRoom(segment), 5u);
+  FreeSlices(segment, 12, 3, OsMonotonicMs());
+  EXPECT_EQ(SegmentRoom(segment), 5u) << "two runs of 3 and 5 slices";
+  FreeSlices(segment, 15, 10, OsMonotonicMs());
+  EXPECT_EQ(SegmentRoom(segment), 18u);
+  ASSERT_TRUE(TryTakeSlices(segment, 12, 18));
+  uint64_t expected = kSegmentFull;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+  ArenaReleaseSegment(segment);
+}
+
+// A search lowering a bound while another thread frees slices in the same
+// segment: the bound never ends below the run the free made (the search
+// looks again after its store; the free looks at the bound after its
+// clear). Without the search's second look every run here had rounds end
+// low (4 to 162 of them).
+TEST(RoomIndex, ABoundNeverEndsBelowARunFreedWhileASearchLowersIt) {
+  Segment* segment = ArenaAllocateSegment(SliceRun(1, 63));
+  ASSERT_NE(segment, nullptr);
+  constexpr int kRounds = 50000;
+  std::atomic<int> go{0}, done{0};
+  std::thread freer([&] {
+    for (int round = 1; round <= kRounds; ++round) {
+      while (go.load(std::memory_order_acquire) != round) std::this_thread::yield();
+      FreeSlices(segment, 10, 20, 0);
+      done.store(round, std::memory_order_release);
+    }
+  });
+  std::minstd_rand rng(7);
+  int low = 0;
+  for (int round = 1; round <= kRounds; ++round) {
+    const int delay = static_cast<int>(rng() % 512);
+    go.store(round, std::memory_order_release);
+    for (int k = 0; k < delay; ++k) asm volatile("" ::: "memory");
+    LowerSegmentRoomForTest(segment);
+    while (done.load(std::memory_order_acquire) != round) std::this_thread::yield();
+    if (SegmentRoom(segment) < 20) ++low;
+    ASSERT_TRUE(TryTakeSlices(segment, 10, 20));
+    ASSERT_EQ(LowerSegmentRoomForTest(segment), 0u);
+  }
+  freer.join();
+  EXPECT_EQ(low, 0) << "rounds whose bound ended below the 20 slices freed";
+  uint64_t expected = kSegmentFull;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+  ArenaReleaseSegment(segment);
+}
+
 // An allocation nested in AllocateSlow before it makes the thread's heap
 // (it starts a pending pool first, and pthread_create allocates) makes the
 // heap itself; the outer call, which still holds the empty heap, then asks

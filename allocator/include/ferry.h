@@ -197,6 +197,10 @@ struct allocator {
 
   template <class U>
   bool operator==(const allocator<U>&) const noexcept { return true; }
+  // Before C++20, != is not derived from ==, and the allocator
+  // requirements ask for both.
+  template <class U>
+  bool operator!=(const allocator<U>&) const noexcept { return false; }
 };
 
 }  // namespace ferry

@@ -55,6 +55,9 @@ c++ -std=c++20 -Wall -Werror -I"$prefix/include" "$src/cpp_api/prog.cc" \
   -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" -lferry -pthread -o "$work/cpp_api"
 loads_installed_ferry "$work/cpp_api" || fail "cpp_api does not load the installed libferry.so"
 run_on_ferry "c++ api ok" "$work/cpp_api"
+c++ -std=c++17 -Wall -Werror -I"$prefix/include" "$src/cpp_api/prog.cc" \
+  -L"$prefix/lib" -Wl,-rpath,"$prefix/lib" -lferry -pthread -o "$work/cpp_api17"
+run_on_ferry "c++ api ok" "$work/cpp_api17"
 
 # A CMake project: find_package(ferry), ferry::ferry and ferry::ferry_static.
 cmake -S "$src/cmake_project" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" \

@@ -1,5 +1,5 @@
 // A C++ program on ferry's own API: ferry.h, ferry_flush, ferry_stats_get and
-// ferry::allocator<T> in standard containers.
+// ferry::allocator<T> in standard containers. C++17 and C++20.
 #include <cstdio>
 #include <map>
 #include <thread>
@@ -25,6 +25,11 @@ int main() {
   ferry_stats_get(&stats);
   if (stats.remote_frees < 1000 || stats.blocks_returned < 1000) return 2;
   if (squares[999] != 998001L) return 3;
+  // Every ferry::allocator is equal to every other (also built as C++17,
+  // where != is not written from ==).
+  const ferry::allocator<int> ints;
+  const ferry::allocator<long> longs;
+  if (!(ints == longs) || ints != longs) return 4;
   std::printf("c++ api ok (ferry %d)\n", FERRY_VERSION);
   return 0;
 }
