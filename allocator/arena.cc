@@ -39,7 +39,6 @@ void SegmentMapSet(uintptr_t chunk_address, uint8_t value) {
 
 namespace {
 
-constexpr size_t kSegmentsPerArena = 16;  // 64 MiB of address space
 constexpr size_t kArenaSize = kSegmentsPerArena * kSegmentSize;
 constexpr size_t kMaxArenas = 65536;      // 4 TiB of small and large blocks (256 GiB until 2026-12-04)
 
@@ -116,10 +115,10 @@ Segment* FindLiveSegment(Fn fn) {
 
 }  // namespace
 
-void NoteSlicesFreed(Segment* segment, uint64_t used_after) {
+void NoteSlicesFreed(uint32_t room_index, uint64_t used_after) {
   const size_t run = LongestFreeRun(used_after);
-  RaiseRoom(g_segment_room[segment->room_index], run);
-  RaiseRoom(g_arena_room[segment->room_index / kSegmentsPerArena], run);
+  RaiseRoom(g_segment_room[room_index], run);
+  RaiseRoom(g_arena_room[room_index / kSegmentsPerArena], run);
 }
 
 size_t SegmentRoom(const Segment* segment) {
@@ -131,7 +130,33 @@ size_t LowerSegmentRoomForTest(Segment* segment) {
   return LowerSegmentRoom(segment);
 }
 
+void LowerRoomForTest(Segment* segment) {
+  SpinLockHolder hold(&g_arena_lock);
+  const size_t arena_index = segment->room_index / kSegmentsPerArena;
+  size_t most = LowerSegmentRoom(segment);
+  for (uint32_t used = g_arenas[arena_index].used; used != 0; used &= used - 1) {
+    const size_t index = arena_index * kSegmentsPerArena + static_cast<size_t>(__builtin_ctz(used));
+    const size_t room = g_segment_room[index].load(std::memory_order_seq_cst);
+    if (room > most) most = room;
+  }
+  LowerArenaRoom(arena_index, most);
+}
+
+size_t ArenaRoomForTest(const Segment* segment) {
+  return g_arena_room[segment->room_index / kSegmentsPerArena].load(std::memory_order_seq_cst);
+}
+
 constinit std::atomic<int64_t> g_free_dirty_slices_hint{0};
+// A fruitless search for committed slices: no run of this many or more
+// was left, as far as it saw (segment.h, g_free_dirty_slices_hint).
+constinit std::atomic<uint32_t> g_dirty_run_below{static_cast<uint32_t>(kSlicesPerSegment)};
+
+void NoteDirtySlicesFreed(size_t count) {
+  g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count), std::memory_order_relaxed);
+  if (g_dirty_run_below.load(std::memory_order_relaxed) != kSlicesPerSegment) {
+    g_dirty_run_below.store(kSlicesPerSegment, std::memory_order_relaxed);
+  }
+}
 constinit std::atomic<bool> g_idle_empty_segments{false};
 
 namespace {
@@ -286,7 +311,10 @@ void ArenaReleaseSegment(Segment* segment) {
 }
 
 Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start, bool* was_clean) {
-  if (dirty_only && g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0) return nullptr;
+  if (dirty_only && (g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0 ||
+                     count >= g_dirty_run_below.load(std::memory_order_relaxed))) {
+    return nullptr;
+  }
   SpinLockHolder hold(&g_arena_lock);
   Segment* found = nullptr;
   for (size_t i = 0; i < g_arena_count && found == nullptr; ++i) {
@@ -313,9 +341,9 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
     }
     if (found == nullptr) LowerArenaRoom(i, most);
   }
-  // None of the size asked for: a smaller run may remain, but a hint that
-  // stays positive would send every claim here.
-  if (found == nullptr && dirty_only) g_free_dirty_slices_hint.store(0, std::memory_order_relaxed);
+  // None of the size asked for: a smaller run may remain, but claims as
+  // long would come here in vain until slices are freed.
+  if (found == nullptr && dirty_only) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
   return found;
 }
 
@@ -356,7 +384,7 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   // Holding the last free slices made the segment look full for a moment:
   // a heap whose claims skipped it then must look again.
   const uint64_t used_before = segment->used_slices.fetch_and(~held, std::memory_order_seq_cst);
-  NoteSlicesFreed(segment, used_before & ~held);
+  NoteSlicesFreed(segment->room_index, used_before & ~held);
   if (used_before == kSegmentFull) NoteRoomInFullSegment(segment);
   HintSlicesTaken(__builtin_popcountll(purged));
   return bytes;

@@ -1459,7 +1459,7 @@ bool ResizeLargeInPlace(void* p, size_t n) {
   if (wanted < count) {
     // The record first: once the slices are free, another heap may take them.
     FreeSlices(segment, first + wanted, count - wanted, OsMonotonicMs());
-    g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count - wanted), std::memory_order_relaxed);
+    NoteDirtySlicesFreed(count - wanted);
   }
   return true;
 }

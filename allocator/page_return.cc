@@ -44,7 +44,7 @@ void ReleasePageSlices(Page* page) {
   page->free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
   FreeSlices(segment, start, count, OsMonotonicMs());
-  g_free_dirty_slices_hint.fetch_add(static_cast<int64_t>(count), std::memory_order_relaxed);
+  NoteDirtySlicesFreed(count);
   CounterAdd(g_counters.pages_released, 1);
 }
 

@@ -38,6 +38,8 @@ inline constexpr size_t kSegmentSize = size_t{1} << kSegmentShift;
 inline constexpr int kSliceShift = 16;
 inline constexpr size_t kSliceSize = size_t{1} << kSliceShift;
 inline constexpr size_t kSlicesPerSegment = kSegmentSize / kSliceSize;  // 64
+// Segments are handed out of reservations of this many (arena.cc).
+inline constexpr size_t kSegmentsPerArena = 16;  // 64 MiB of address space
 inline constexpr size_t kMaxPageSlices = 32;                           // 2 MiB
 inline constexpr size_t kLargeMax = kMaxPageSlices * kSliceSize;        // 2 MiB
 inline constexpr uintptr_t kAddressBits = 48;
@@ -321,14 +323,21 @@ inline size_t LongestFreeRun(uint64_t used) {
 // new 4 GiB at 32 GiB of heap, 13 s at 44 (glibc: 0.08 s). Whoever frees
 // slices raises the bounds (after the clear, so that a search lowering them
 // meanwhile either sees the clear or is raised past); the search lowers
-// them to what it finds. `used_after`: used_slices right after the clear.
-void NoteSlicesFreed(Segment* segment, uint64_t used_after);
+// them to what it finds. `room_index`: the segment's, read before the
+// clear (which may let the segment empty and go); `used_after`: used_slices
+// right after the clear.
+void NoteSlicesFreed(uint32_t room_index, uint64_t used_after);
 // The segment's bound: it has no run of free slices longer.
 size_t SegmentRoom(const Segment* segment);
 // What a search that found no run long enough in the segment does (under
 // the arena lock): sets the bound to the run the segment has now. Returns
 // the bound. For tests.
 size_t LowerSegmentRoomForTest(Segment* segment);
+// The same, then for the segment's arena (as a search that finds no run
+// long enough in any of its segments). For tests.
+void LowerRoomForTest(Segment* segment);
+// The bound of the segment's arena. For tests.
+size_t ArenaRoomForTest(const Segment* segment);
 
 // Frees the slices [start, start + count), stamped `now_ms` for the purge
 // (ArenaPurge). The stamps are written before the release that clears the
@@ -339,8 +348,9 @@ inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t no
   // release alone would let it run ahead of the clear on some CPUs), and so
   // does the room index's (NoteSlicesFreed).
   const uint64_t run = SliceRun(start, count);
+  const uint32_t room_index = segment->room_index;
   const uint64_t used = segment->used_slices.fetch_and(~run, std::memory_order_seq_cst);
-  NoteSlicesFreed(segment, used & ~run);
+  NoteSlicesFreed(room_index, used & ~run);
   if (FERRY_UNLIKELY(used == kSegmentFull)) NoteRoomInFullSegment(segment);
 }
 
@@ -359,10 +369,16 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed = nullptr);
 void ArenaReleaseSegment(Segment* segment);
 // About how many free slices, across all segments, may still hold committed
 // memory. A hint kept without locks: releases add, claims and purges
-// subtract, and every purge run and every fruitless search sets it right.
-// When it is 0 a heap does not search other heaps' segments (under the
-// arena lock) for such slices.
+// subtract, and every purge run sets it right. When it is 0 a claim does
+// not search the segments (under the arena lock) for such slices; nor,
+// until the next release, does one as long as a search that found none.
+// Not reset to zero by a fruitless search: a claim of 15 slices went to clean
+// memory after a claim of 32 had found no run while 30 committed ones were
+// free (2026-12-04).
 extern std::atomic<int64_t> g_free_dirty_slices_hint;
+// What a page's release adds to the hint: `count` slices freed that may
+// still be committed (and a search for them may find a run again).
+void NoteDirtySlicesFreed(size_t count);
 
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
