@@ -312,8 +312,8 @@ TEST(Override, StatisticsSeeLibcAllocations) {
 // Detached threads that never allocate, in waves, so that glibc's cache of
 // dead threads' stacks (40 MiB) overflows: an exiting thread then frees
 // other dead threads' TLS (_dl_deallocate_tls) after its TSD destructor
-// rounds. Such a free must not give the thread a heap, which nothing would
-// abandon: every heap a thread made or took over here is abandoned again
+// rounds (from the loader's code). Such a free must not give the thread a
+// heap, which nothing would abandon: every heap a thread made or took over here is abandoned again
 // (the slack: reclaimer threads the pool may start meanwhile keep theirs).
 // Before the fix about half as many heaps as threads were lost (a review,
 // 2026-12-04).
@@ -326,6 +326,8 @@ TEST(Override, ThreadsThatNeverAllocateTakeNoHeapForTheLibrarysFreesAtExit) {
   pthread_attr_t attr;
   ASSERT_EQ(pthread_attr_init(&attr), 0);
   ASSERT_EQ(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED), 0);
+  // 8 MiB whatever `ulimit -s` says: six dead threads' stacks fill the cache.
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, size_t{8} << 20), 0);
   for (int wave = 0; wave < kWaves; ++wave) {
     for (int k = 0; k < kPerWave; ++k) {
       pthread_t thread;
@@ -343,6 +345,7 @@ TEST(Override, ThreadsThatNeverAllocateTakeNoHeapForTheLibrarysFreesAtExit) {
   const int64_t taken = static_cast<int64_t>((after.heaps_created - before.heaps_created) +
                                              (after.heaps_reused - before.heaps_reused));
   const int64_t given_back = static_cast<int64_t>(after.heaps_abandoned - before.heaps_abandoned);
+  ASSERT_GT(after.remote_frees - before.remote_frees, 0u) << "no thread's TLS was freed: the test saw nothing";
   EXPECT_LE(taken - given_back, 4) << "heaps taken by exiting threads and never abandoned (made "
                                    << after.heaps_created - before.heaps_created << ", taken over "
                                    << after.heaps_reused - before.heaps_reused << ", abandoned " << given_back

@@ -5,11 +5,13 @@
 //
 // pthread_join trims glibc's thread-stack cache and frees dead threads' TLS
 // (which their creator allocated) while it holds the cache's lock, which
-// pthread_create takes. The joiner below has never allocated, so that free
-// is its first: it made the thread's heap and went on without knowing who
-// called it, the one-block batch it filled started the pool, and the
-// joiner deadlocked on itself. Plain C on glibc's names: the program knows
-// nothing of ferry.
+// pthread_create takes. Such a free once started the pool from the
+// one-block batch it filled, and the joiner deadlocked on itself. The
+// joiner below has a heap (one malloc and free of its own first): since
+// 2026-12-04 a thread with no heap makes none for a free by the loader
+// (it goes back alone), so a joiner that never allocated would no longer
+// fill a batch here. Plain C on glibc's names: the program knows nothing
+// of ferry.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +22,9 @@ static pthread_t victims[kThreads];
 static void* Nothing(void* arg) { return arg; }
 
 static void* Joiner(void* arg) {
-  // Nothing allocated or freed on this thread before the joins.
+  // The thread's heap, and nothing in its batch, before the joins.
+  void* volatile own = malloc(16);
+  free(own);
   for (int i = 0; i < kThreads; ++i) pthread_join(victims[i], NULL);
   return arg;
 }
