@@ -149,8 +149,9 @@ void ReturnBatchInline(Heap* heap, void** ptrs, uint32_t count) {
 
 // The same for a thread without a heap. The count is shared, so it cannot
 // tell this thread's own: signals are blocked instead, so that no handler
-// nests a second return in this one (two system calls, on a path taken only
-// by exiting threads and when the OS refused a heap).
+// nests a second return in this one (two system calls, on a path taken by
+// exiting threads, by the loader's frees on a thread that never allocated,
+// and when the OS refused a heap).
 void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
   sigset_t all;
   sigset_t old;
