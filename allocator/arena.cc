@@ -86,15 +86,21 @@ size_t LowerSegmentRoom(Segment* segment) {
   return room.load(std::memory_order_seq_cst);
 }
 
-// The same for an arena, whose live segments' bounds are at most `most`.
-void LowerArenaRoom(size_t arena_index, size_t most) {
-  g_arena_room[arena_index].store(static_cast<uint8_t>(most), std::memory_order_seq_cst);
-  size_t again = 0;
+// The largest bound among the arena's live segments.
+size_t MostSegmentRoom(size_t arena_index) {
+  size_t most = 0;
   for (uint32_t used = g_arenas[arena_index].used; used != 0; used &= used - 1) {
     const size_t index = arena_index * kSegmentsPerArena + static_cast<size_t>(__builtin_ctz(used));
     const size_t room = g_segment_room[index].load(std::memory_order_seq_cst);
-    if (room > again) again = room;
+    if (room > most) most = room;
   }
+  return most;
+}
+
+// The same for an arena, whose live segments' bounds are at most `most`.
+void LowerArenaRoom(size_t arena_index, size_t most) {
+  g_arena_room[arena_index].store(static_cast<uint8_t>(most), std::memory_order_seq_cst);
+  const size_t again = MostSegmentRoom(arena_index);
   if (again > most) RaiseRoom(g_arena_room[arena_index], again);
 }
 
@@ -132,14 +138,9 @@ size_t LowerSegmentRoomForTest(Segment* segment) {
 
 void LowerRoomForTest(Segment* segment) {
   SpinLockHolder hold(&g_arena_lock);
+  LowerSegmentRoom(segment);
   const size_t arena_index = segment->room_index / kSegmentsPerArena;
-  size_t most = LowerSegmentRoom(segment);
-  for (uint32_t used = g_arenas[arena_index].used; used != 0; used &= used - 1) {
-    const size_t index = arena_index * kSegmentsPerArena + static_cast<size_t>(__builtin_ctz(used));
-    const size_t room = g_segment_room[index].load(std::memory_order_seq_cst);
-    if (room > most) most = room;
-  }
-  LowerArenaRoom(arena_index, most);
+  LowerArenaRoom(arena_index, MostSegmentRoom(arena_index));
 }
 
 size_t ArenaRoomForTest(const Segment* segment) {
@@ -212,6 +213,13 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
   }
   NoteSlicesClaimed(segment, run);
   return true;
+}
+
+int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean) {
+  for (;;) {
+    const int start = FindFreeSlices(segment, count, align, dirty_only);
+    if (start < 0 || TryTakeSlices(segment, start, count, was_clean)) return start;
+  }
 }
 
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
@@ -326,16 +334,13 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
       size_t room = g_segment_room[i * kSegmentsPerArena + slot].load(std::memory_order_seq_cst);
       if (room >= count) {
         Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
-        for (;;) {
-          const int first = FindFreeSlices(segment, count, align, dirty_only);
-          if (first < 0) break;
-          if (TryTakeSlices(segment, first, count, was_clean)) {
-            *start = first;
-            found = segment;
-            break;
-          }
+        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean);
+        if (first >= 0) {
+          *start = first;
+          found = segment;
+        } else {
+          room = LowerSegmentRoom(segment);
         }
-        if (found == nullptr) room = LowerSegmentRoom(segment);
       }
       if (room > most) most = room;
     }

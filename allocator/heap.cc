@@ -164,6 +164,15 @@ void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+// A free whose call came from the dynamic loader's code (false for
+// ferry_free and operator delete, which pass no caller, and in a static
+// executable, whose loader code cannot be told apart).
+bool CalledFromLoader(const void* caller) {
+  if (caller == nullptr || g_loader_text_end == 0) return false;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
+  return address >= g_loader_text_begin && address < g_loader_text_end;
+}
+
 // A batch handed on by free() asks for the pool; starting it there means
 // pthread_create inside free(). That is safe except where the C library
 // frees while holding its thread-stack lock, which pthread_create takes:
@@ -174,27 +183,13 @@ void ReturnBatchWithoutHeap(void** ptrs, uint32_t count) {
 // thread code, which may hold that lock), never from an exiting thread,
 // never during fork(), and never in a static executable (whose loader code
 // cannot be told apart); the next allocation slow path starts it instead.
-// A free whose call came from the dynamic loader's or the C library's code
-// (false for ferry_free and operator delete, and where their code is not
-// known: then every caller is taken for the program).
-bool CalledFromLoaderOrLibc(const void* caller) {
-  if (caller == nullptr || g_loader_text_end == 0 || g_libc_text_end == 0) return false;
-  const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
-  return (address >= g_loader_text_begin && address < g_loader_text_end) ||
-         (address >= g_libc_text_begin && address < g_libc_text_end);
-}
-
-bool CalledFromLoader(const void* caller) {
-  if (caller == nullptr || g_loader_text_end == 0) return false;
-  const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
-  return address >= g_loader_text_begin && address < g_loader_text_end;
-}
-
 bool FreeMayStartPool(const void* caller) {
   if (tl_exiting || g_forking.load(std::memory_order_relaxed)) return false;
   if (caller == nullptr) return true;  // ferry_free, operator delete
   if (g_loader_text_end == 0 || g_libc_text_end == 0) return false;
-  return !CalledFromLoaderOrLibc(caller);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(caller);
+  const bool in_libc = address >= g_libc_text_begin && address < g_libc_text_end;
+  return !CalledFromLoader(caller) && !in_libc;
 }
 
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
@@ -316,11 +311,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     for (size_t looked = 0; segment != nullptr && looked < kOwnSegmentsLooked;
          segment = segment->heap_next, ++looked) {
       if (SegmentRoom(segment) < count) continue;
-      // A run another thread took first (a heap of another list, the purge,
-      // a large block growing in place) leaves others here to look at.
-      do {
-        start = FindFreeSlices(segment, count, align, dirty_only);
-      } while (start >= 0 && !TryTakeSlices(segment, start, count, zeroed));
+      start = TakeFreeSlices(segment, count, align, dirty_only, zeroed);
       if (start >= 0) break;
     }
     if (segment != nullptr && start < 0) segment = nullptr;

@@ -292,6 +292,10 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // *was_clean (if given): none of them was dirty, so they read as zeros
 // (never touched, or decommitted with MADV_DONTNEED).
 bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = nullptr);
+// FindFreeSlices, then TryTakeSlices, again while another thread takes the
+// run found first (a heap of another list, the purge, a large block growing
+// in place): the first slice of the run taken, or -1 when none is left.
+int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {

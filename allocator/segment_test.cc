@@ -1496,6 +1496,19 @@ TEST(Segment, ReleasingASegmentCountsOnlyWhatWasStillCommitted) {
       << "slices 2 and 3, and the header";
 }
 
+// Gives back a segment these tests took from the arena, every free slice
+// taken again first, as the owner's detach would find it.
+void TakeEverySliceAndRelease(Segment* segment) {
+  for (size_t k = 1; k < kSlicesPerSegment; ++k) {
+    if ((segment->used_slices.load() >> k & 1) == 0) {
+      ASSERT_TRUE(TryTakeSlices(segment, static_cast<int>(k), 1));
+    }
+  }
+  uint64_t expected = kSegmentFull;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+  ArenaReleaseSegment(segment);
+}
+
 // The room index (segment.h, NoteSlicesFreed): a free raises a segment's
 // bound, a claim leaves it (a bound may be high), a search lowers it to the
 // run the segment has.
@@ -1513,10 +1526,7 @@ TEST(RoomIndex, AFreeRaisesTheBoundThatASearchLowers) {
   EXPECT_EQ(SegmentRoom(segment), 5u) << "two runs of 3 and 5 slices";
   FreeSlices(segment, 15, 10, OsMonotonicMs());
   EXPECT_EQ(SegmentRoom(segment), 18u);
-  ASSERT_TRUE(TryTakeSlices(segment, 12, 18));
-  uint64_t expected = kSegmentFull;
-  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
-  ArenaReleaseSegment(segment);
+  TakeEverySliceAndRelease(segment);
 }
 
 // Segments that fill a whole arena of their own, every slice taken: its
@@ -1540,28 +1550,17 @@ class OwnArena {
       }
     }
     for (Segment* s : taken) {
-      if (std::find(segments_.begin(), segments_.end(), s) == segments_.end()) Release(s);
+      if (std::find(segments_.begin(), segments_.end(), s) == segments_.end()) TakeEverySliceAndRelease(s);
     }
   }
   ~OwnArena() {
-    for (Segment* s : segments_) Release(s);
+    for (Segment* s : segments_) TakeEverySliceAndRelease(s);
   }
   OwnArena(const OwnArena&) = delete;
   OwnArena& operator=(const OwnArena&) = delete;
   Segment* first() const { return segments_.empty() ? nullptr : segments_.front(); }
 
  private:
-  // Every slice taken again first, as the owner's detach would find it.
-  static void Release(Segment* segment) {
-    for (size_t k = 1; k < kSlicesPerSegment; ++k) {
-      if ((segment->used_slices.load() >> k & 1) == 0) {
-        ASSERT_TRUE(TryTakeSlices(segment, static_cast<int>(k), 1));
-      }
-    }
-    uint64_t expected = kSegmentFull;
-    ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
-    ArenaReleaseSegment(segment);
-  }
   std::vector<Segment*> segments_;
 };
 
