@@ -442,6 +442,18 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   return bytes;
 }
 
+ArenaUsage ArenaUsageNow() {
+  ArenaUsage usage{0, 0};
+  SpinLockHolder hold(&g_arena_lock);
+  FindLiveSegment([&](Segment* segment) {
+    usage.segment_bytes += kSegmentSize;
+    const uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
+    usage.used_slice_bytes += static_cast<uint64_t>(__builtin_popcountll(used)) * kSliceSize;
+    return false;  // every segment
+  });
+  return usage;
+}
+
 void ArenaLockForFork() { g_arena_lock.LockForFork(); }
 void ArenaUnlockAfterFork() { g_arena_lock.UnlockAfterFork(); }
 

@@ -3,7 +3,9 @@
 // LD_PRELOAD=libferry.so puts them ahead of libc's. Everything a program or
 // libc allocates then comes from ferry.
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -55,6 +57,35 @@ void* ReallocAsGlibc(void* ptr, size_t size, const void* caller) {
   }
   return ferry::Realloc(ptr, size, caller);
 }
+
+// mallinfo's figures, from what ferry holds: `arena` the address space of
+// the live segments (small and large blocks), `uordblks` its slices in use
+// (a page's free blocks included), `fordblks` the rest of it, `hblks` and
+// `hblkhd` the live huge blocks and their mappings. glibc's own heap holds
+// nothing under ferry, so its figures (all but zero) told a program that
+// watches mallinfo nothing.
+struct MallinfoFigures {
+  size_t arena;
+  size_t uordblks;
+  size_t fordblks;
+  size_t hblks;
+  size_t hblkhd;
+};
+
+MallinfoFigures CurrentMallinfo() {
+  const ferry::ArenaUsage usage = ferry::ArenaUsageNow();
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  MallinfoFigures figures;
+  figures.arena = usage.segment_bytes;
+  figures.uordblks = usage.used_slice_bytes;
+  figures.fordblks = usage.segment_bytes - usage.used_slice_bytes;
+  figures.hblks = stats.huge_allocs - stats.huge_frees;
+  figures.hblkhd = stats.huge_bytes_live;
+  return figures;
+}
+
+int ClampToInt(size_t value) { return value > INT_MAX ? INT_MAX : static_cast<int>(value); }
 
 }  // namespace
 
@@ -124,6 +155,63 @@ FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
 // defines its own and links libferry.a must still link (the dynamic loader
 // takes a weak definition as any other, so the preload still binds them).
 __attribute__((weak)) FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(nullptr); }
+
+// glibc's other malloc.h calls. Besides what they report, defining them
+// keeps a fully static link whole: in libc.a they live in the same object
+// as glibc's malloc, so a program that called mallopt or mallinfo pulled
+// that object in and failed to link ("multiple definition of malloc").
+// Weak, as malloc_stats: the names are not reserved.
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
+__attribute__((weak)) FERRY_EXPORT struct mallinfo2 mallinfo2(void) {
+  const MallinfoFigures figures = CurrentMallinfo();
+  struct mallinfo2 info = {};
+  info.arena = figures.arena;
+  info.hblks = figures.hblks;
+  info.hblkhd = figures.hblkhd;
+  info.uordblks = figures.uordblks;
+  info.fordblks = figures.fordblks;
+  return info;
+}
+#endif
+
+// int fields: a figure past INT_MAX reads as INT_MAX (glibc's wraps).
+__attribute__((weak)) FERRY_EXPORT struct mallinfo mallinfo(void) {
+  const MallinfoFigures figures = CurrentMallinfo();
+  struct mallinfo info = {};
+  info.arena = ClampToInt(figures.arena);
+  info.hblks = ClampToInt(figures.hblks);
+  info.hblkhd = ClampToInt(figures.hblkhd);
+  info.uordblks = ClampToInt(figures.uordblks);
+  info.fordblks = ClampToInt(figures.fordblks);
+  return info;
+}
+
+// glibc's tuning parameters mean nothing to ferry (its own are FERRY_*
+// variables): accepted and ignored, 1 as glibc answers (for parameters it
+// does not know, too).
+__attribute__((weak)) FERRY_EXPORT int mallopt(int /*param*/, int /*value*/) { return 1; }
+
+// glibc's XML, with its totals only (glibc adds one <heap> per arena):
+// tools that read the totals find them where glibc puts them.
+__attribute__((weak)) FERRY_EXPORT int malloc_info(int options, FILE* out) {
+  if (options != 0 || out == nullptr) {
+    errno = EINVAL;
+    return -1;
+  }
+  const MallinfoFigures figures = CurrentMallinfo();
+  const unsigned long long system = figures.arena + figures.hblkhd;
+  fprintf(out,
+          "<malloc version=\"1\">\n"
+          "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
+          "<total type=\"rest\" count=\"0\" size=\"%llu\"/>\n"
+          "<total type=\"mmap\" count=\"%llu\" size=\"%llu\"/>\n"
+          "<system type=\"current\" size=\"%llu\"/>\n"
+          "<aspace type=\"total\" size=\"%llu\"/>\n"
+          "</malloc>\n",
+          static_cast<unsigned long long>(figures.fordblks), static_cast<unsigned long long>(figures.hblks),
+          static_cast<unsigned long long>(figures.hblkhd), system, system);
+  return 0;
+}
 
 // glibc exports its allocator under these names too, and some programs and
 // libraries call them directly (malloc hooks, debugging shims, code that

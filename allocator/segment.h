@@ -398,6 +398,14 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
 // so an owner never claims a slice mid-purge. Returns the bytes decommitted.
 // Sets g_idle_empty_segments when it passes a segment that can go back.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
+// What the arenas hold now, for mallinfo: the live segments' address space
+// and, of it, the slices in use (headers, pages and large blocks; a page's
+// free blocks count as in use). One walk under the arena lock.
+struct ArenaUsage {
+  uint64_t segment_bytes;
+  uint64_t used_slice_bytes;
+};
+ArenaUsage ArenaUsageNow();
 // The budget for slices freed recently: a program that frees and takes back
 // much memory every few runs would otherwise fault it all in again each
 // time (with the default delay, 0). 1 MiB a run (50 ms apart) is at most

@@ -4,11 +4,13 @@
  * newer program can name it). Blocks go back through the other names, so
  * every call must land in one allocator. preload_test.sh runs it on glibc
  * and under LD_PRELOAD=libferry.so; with the argument "ferry" it also checks,
- * through ferry_usable_size, that the blocks are ferry's. Exit status 0 when
+ * through ferry_usable_size, that the blocks are ferry's, and that mallinfo2
+ * and mallopt are ferry's too. Exit status 0 when
  * all is well; before ferry defined these names, glibc aborted ("free():
  * invalid pointer") at the first cfree of a ferry block. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +96,18 @@ int main(int argc, char** argv) {
   void* pv = __libc_pvalloc(10);
   check_ferry_block(pv, 10, "__libc_pvalloc");
   cfree_as_old_binaries_bind_it(pv);
+  if (ferry_usable != NULL) {
+    /* mallinfo2 is ferry's under the preload: glibc's would describe its own
+       heap, which holds nothing here (arena 0). */
+    void* held = malloc(5u << 20);
+    void* small = malloc(100);
+    struct mallinfo2 info = mallinfo2();
+    check(info.arena > 0 && info.arena % (4u << 20) == 0, "mallinfo2's arena is not ferry's segments");
+    check(info.hblks >= 1 && info.hblkhd >= (5u << 20), "mallinfo2 does not count the huge block");
+    check(mallopt(M_ARENA_MAX, 1) == 1, "mallopt refused M_ARENA_MAX");
+    free(small);
+    free(held);
+  }
   if (failures == 0) printf("ok\n");
   return failures == 0 ? 0 : 1;
 }

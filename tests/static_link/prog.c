@@ -9,13 +9,14 @@
 #include "ferry.h"
 
 /* Names ferry defines beyond malloc's that a C program may define too
-   (neither is reserved): libferry.a defines them weakly, so this links. */
+   (none is reserved): libferry.a defines them weakly, so this links. */
 static int own_cfree_calls;
 void cfree(void* p) {
   ++own_cfree_calls;
   free(p);
 }
 void malloc_stats(void) {}
+int mallopt(int param, int value) { return param + value; }
 
 int main(void) {
   void* p = malloc(100);
@@ -31,6 +32,7 @@ int main(void) {
   cfree(q);
   if (own_cfree_calls != 1) return 5;
   malloc_stats();
+  if (mallopt(3, 4) != 7) return 6;
   puts("c ok");
   return 0;
 }

@@ -20,6 +20,14 @@ fi
 grep -q ' T malloc$' <<<"${symbols_c}" || { echo "FAIL: malloc was not linked from libferry.a" >&2; exit 1; }
 "${out}/prog_c" | grep -qx 'c ok'
 
+# glibc's mallopt and mallinfo family, linked with libc dynamically and then
+# fully static (where libc.a keeps them in its malloc's object).
+cc -std=gnu11 -Wall -Werror -I"${include}" "${src}/glibc_calls.c" "${archive}" -lpthread -o "${out}/glibc_calls"
+"${out}/glibc_calls" | grep -qx 'glibc calls ok'
+cc -std=gnu11 -Wall -Werror -static -I"${include}" "${src}/glibc_calls.c" "${archive}" -lpthread \
+  -o "${out}/glibc_calls_static"
+"${out}/glibc_calls_static" | grep -qx 'glibc calls ok'
+
 c++ -std=c++20 -Wall -Werror -I"${include}" "${src}/prog.cc" "${archive}" -pthread -o "${out}/prog_cc"
 symbols_cc="$(nm -C "${out}/prog_cc")"
 grep -q ' T operator new(unsigned long)$' <<<"${symbols_cc}" ||
