@@ -19,6 +19,8 @@ if grep -q ' U _Z' <<<"${symbols_c}"; then
 fi
 grep -q ' T malloc$' <<<"${symbols_c}" || { echo "FAIL: malloc was not linked from libferry.a" >&2; exit 1; }
 "${out}/prog_c" | grep -qx 'c ok'
+cc -std=gnu11 -Wall -Werror -static -I"${include}" "${src}/prog.c" "${archive}" -lpthread -o "${out}/prog_c_static"
+"${out}/prog_c_static" | grep -qx 'c ok'
 
 # glibc's mallopt and mallinfo family, linked with libc dynamically and then
 # fully static (where libc.a keeps them in its malloc's object).
