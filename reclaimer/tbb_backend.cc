@@ -37,6 +37,7 @@ namespace {
 alignas(tbb::task_arena) unsigned char g_arena_storage[sizeof(tbb::task_arena)];
 alignas(tbb::global_control) unsigned char g_control_storage[sizeof(tbb::global_control)];
 tbb::task_arena* g_arena = nullptr;
+int g_arena_workers = 0;
 
 }  // namespace
 
@@ -56,8 +57,8 @@ bool TbbBackendAvailable() {
   return true;
 }
 
-bool TbbBackendStart(int concurrency) {
-  if (g_arena != nullptr) return true;
+int TbbBackendStart(int concurrency) {
+  if (g_arena != nullptr) return g_arena_workers;
   // oneTBB gives an arena at most max_allowed_parallelism - 1 workers
   // (its default concurrency - 1 unless a control says otherwise); allow the
   // ones asked for. Only where neither the default nor a control of the
@@ -70,11 +71,22 @@ bool TbbBackendStart(int concurrency) {
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism) < wanted) {
     new (g_control_storage) tbb::global_control(tbb::global_control::max_allowed_parallelism, wanted);
   }
-  // No slot reserved for an application thread: the batches run on workers.
-  tbb::task_arena* arena = new (g_arena_storage) tbb::task_arena(concurrency, 0);
+  // A control of the program's below that still wins. An arena that asked
+  // for more workers than it allows made oneTBB print "TBB Warning: The
+  // number of workers is currently limited to ..." on the program's stderr
+  // when the program had run oneTBB before (found by a review, 2026-12-05):
+  // ask for no more than it allows. Where it allows none (the program set
+  // max_allowed_parallelism to 1), an arena of one slot, reserved (it asks
+  // for no worker), still gets one for its enqueued tasks: oneTBB's
+  // mandatory concurrency.
+  const size_t allowed = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism) - 1;
+  const int workers = allowed < static_cast<size_t>(concurrency) ? static_cast<int>(allowed) : concurrency;
+  tbb::task_arena* arena = workers >= 1 ? new (g_arena_storage) tbb::task_arena(workers, 0)
+                                        : new (g_arena_storage) tbb::task_arena(1, 1);
   arena->initialize();
+  g_arena_workers = workers >= 1 ? workers : 1;
   g_arena = arena;
-  return true;
+  return g_arena_workers;
 }
 
 void TbbBackendSubmit(void (*fn)(void*), void* arg) {

@@ -14,9 +14,10 @@ namespace ferry {
 bool TbbBackendAvailable();
 
 // Makes the arena with room for `concurrency` workers (raising oneTBB's
-// max_allowed_parallelism so that it can have them, never lowering it).
-// False when it cannot.
-bool TbbBackendStart(int concurrency);
+// max_allowed_parallelism so that it can have them, never lowering it), or
+// as many as a lower limit of the program's allows (one where it allows
+// none). Returns the arena's workers.
+int TbbBackendStart(int concurrency);
 
 // Runs fn(arg) as a task in the arena; never waits. May allocate (oneTBB's
 // task objects), which re-enters ferry: callers hold no allocator state.

@@ -138,6 +138,45 @@ TEST(TbbBackend, ProgramsPassingLimitLeavesNoCapBehind) {
       << "ferry's backend left a limit behind";
 }
 
+// A program that ran oneTBB under a limit of its own before the pool
+// started: the arena asks for no more workers than that limit allows (one
+// where it allows none), so that oneTBB prints nothing on the program's
+// stderr; the statistics count the workers the arena has. Until 2026-12-05
+// the arena asked for FERRY_RECLAIMERS workers whatever the limit, and
+// oneTBB printed "TBB Warning: The number of workers is currently limited
+// to 0. The request for 3 workers is ignored..." (not on a machine whose
+// oneTBB default is FERRY_RECLAIMERS + 1 CPUs, where it keeps quiet).
+TEST(TbbBackend, ProgramsLowerLimitMakesTheArenaSmallerNotAWarning) {
+  const int reclaimers = ferry_test::ExpectedReclaimers();
+  ASSERT_GE(reclaimers, 2) << "the limits below must be under FERRY_RECLAIMERS + 1";
+  for (const size_t limit : {size_t{1}, size_t{2}}) {
+    SCOPED_TRACE(limit);
+    EXPECT_EQ(InChild([&] {
+                char path[] = "/tmp/ferry_tbb_stderr_XXXXXX";
+                const int fd = mkstemp(path);
+                if (fd < 0) return 3;
+                unlink(path);
+                const int saved = dup(2);
+                dup2(fd, 2);
+                global_control mine(global_control::max_allowed_parallelism, limit);
+                tbb::parallel_for(0, 64, [](int) {});  // oneTBB runs before the pool
+                const ferry_stats_t s = StartPoolWithRemoteFrees();
+                const bool on_tbb = PoolOnTbb(s);
+                fflush(stderr);
+                dup2(saved, 2);
+                char text[4096] = {};
+                const ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+                fprintf(stderr, "limit %zu: arena workers %llu; stderr: [%s]\n", limit,
+                        static_cast<unsigned long long>(s.reclaimer_threads), n > 0 ? text : "");
+                if (!on_tbb) return 1;
+                if (n > 0) return 2;  // anything at all on stderr
+                const uint64_t expected = limit == 1 ? 1 : limit - 1;
+                return s.reclaimer_threads == expected ? 0 : 4;
+              }),
+              0);
+  }
+}
+
 // ferry_flush called from inside the program's own oneTBB tasks, on every
 // thread oneTBB has (a program limit of two: the main thread and one
 // worker): the pool's tasks need a thread too, and oneTBB does not move a
