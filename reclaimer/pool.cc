@@ -96,6 +96,12 @@ constexpr int kMaxReclaimers = 64;
 constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
 constexpr size_t kStackBytes = 256 << 10;
+// How long the oneTBB backend's start waits for all of its arena's workers
+// to run at once (TbbBackendLaunchWorkers): oneTBB may be giving some of
+// them to the program's own arenas.
+constexpr int kTbbLaunchTimeoutMs = 200;
+// How long the thread that starts the oneTBB backend waits for it (Start).
+constexpr uint64_t kTbbStartWaitMs = 1000;
 constexpr uint32_t kWakeQueued = 8;     // PoolOffer
 constexpr uint64_t kLoadSampleNs = 10'000'000;
 // A longer window (offers were rare) says little about the pool's own cost:
@@ -581,6 +587,47 @@ int WantedReclaimers() {
   return wanted > kMaxReclaimers ? kMaxReclaimers : wanted;
 }
 
+// Calls make(create, &attr) with every signal blocked, so that none of the
+// program's handlers ever runs on a thread it makes, and with a pool
+// thread's attributes; `create` is the C library's own pthread_create.
+// pthread_create may allocate (ferry is usable: no lock held).
+template <typename Make>
+void WithPoolThreadAttributes(Make make) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, kStackBytes);
+  make(RealPthreadCreate(), &attr);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+// The oneTBB arena, its workers launched before the pool takes batches.
+void StartOnTbb(int wanted) {
+  // The arena's workers, which a limit of the program's may make fewer
+  // than asked for: what the statistics report (until 2026-12-05 the
+  // number asked for, 64 where oneTBB allowed one).
+  const int workers = TbbBackendStart(wanted);
+  TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
+  g_pool.use_tbb = true;
+  g_pool.count.store(workers, std::memory_order_release);
+  g_pool.starts.fetch_add(1, std::memory_order_relaxed);
+  if (Verbose(1)) {
+    DiagLine().Str("ferry: reclaimer pool started on a oneTBB arena of ").Dec(static_cast<uint64_t>(workers))
+        .WriteToStderr();
+  }
+  g_pool.state.store(kRunning, std::memory_order_release);
+}
+
+void* TbbStarterMain(void* wanted) {
+  prctl(PR_SET_NAME, "ferry-tbb-start", 0, 0, 0);
+  StartOnTbb(static_cast<int>(reinterpret_cast<intptr_t>(wanted)));
+  return nullptr;
+}
+
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
 void Start() {
   g_pool.usable_cpus = OsUsableCpus(ProcessCpus());  // read by DefaultReclaimers too
@@ -590,20 +637,30 @@ void Start() {
       void* memory = OsReserve(AlignUp(sizeof(BatchQueue), OsPageSize()), alignof(BatchQueue));
       if (memory != nullptr) g_pool.tbb_queue = new (memory) BatchQueue();
     }
-    const bool available = g_pool.tbb_queue != nullptr && TbbBackendAvailable();
-    // The arena's workers, which a limit of the program's may make fewer
-    // than asked for: what the statistics report (until 2026-12-05 the
-    // number asked for, 64 where oneTBB allowed one).
-    const int workers = available ? TbbBackendStart(wanted) : 0;
-    if (workers > 0) {
-      g_pool.use_tbb = true;
-      g_pool.count.store(workers, std::memory_order_release);
-      g_pool.starts.fetch_add(1, std::memory_order_relaxed);
-      if (Verbose(1)) {
-        DiagLine().Str("ferry: reclaimer pool started on a oneTBB arena of ").Dec(static_cast<uint64_t>(workers))
-            .WriteToStderr();
+    if (g_pool.tbb_queue != nullptr && TbbBackendAvailable()) {
+      // On a thread of ferry's own, made as the reclaimers are: oneTBB
+      // launches its workers with the pthread_create the program sees, so
+      // from a free inside the program's own pthread_create wrapper, under
+      // the wrapper's lock, the first enqueue waited for that lock for good
+      // (found by a review, 2026-12-05; the threads backend never calls the
+      // wrapper). Until that thread is done the pool stays kStarting, and
+      // batches are returned inline. This thread waits for it a while, so
+      // that a start takes the batches after it as before, but not for good:
+      // it may hold what the start needs (the wrapper's lock, the loader's).
+      int made = -1;
+      WithPoolThreadAttributes([&](PthreadCreate create, const pthread_attr_t* attr) {
+        pthread_t starter;
+        made = create(&starter, attr, TbbStarterMain, reinterpret_cast<void*>(static_cast<intptr_t>(wanted)));
+      });
+      if (made != 0) {
+        StartOnTbb(wanted);  // no thread to be had: here, as before
+        return;
       }
-      g_pool.state.store(kRunning, std::memory_order_release);
+      const uint64_t give_up_ms = OsMonotonicMs() + kTbbStartWaitMs;
+      const timespec pause = {0, 200 * 1000};
+      while (g_pool.state.load(std::memory_order_acquire) == kStarting && OsMonotonicMs() < give_up_ms) {
+        nanosleep(&pause, nullptr);
+      }
       return;
     }
     Warn("FERRY_RECLAIMER_BACKEND=tbb needs oneTBB linked into the program; using ferry's own threads");
@@ -623,25 +680,15 @@ void Start() {
     // them through count).
     __atomic_store_n(&g_pool.reclaimers[i], r, __ATOMIC_RELEASE);
   }
-  // All signals blocked, so that none of the program's handlers ever runs on
-  // a reclaimer; pthread_create may allocate (ferry is usable: no lock held).
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, kStackBytes);
-  const PthreadCreate create = RealPthreadCreate();
   int started = 0;
-  for (; started < wanted; ++started) {
-    // count covers the thread before it runs, so that its steals see it.
-    g_pool.count.store(started + 1, std::memory_order_release);
-    Reclaimer* r = g_pool.reclaimers[started];
-    if (create(&r->thread, &attr, ReclaimerMain, r) != 0) break;
-  }
-  pthread_attr_destroy(&attr);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  WithPoolThreadAttributes([&](PthreadCreate create, const pthread_attr_t* attr) {
+    for (; started < wanted; ++started) {
+      // count covers the thread before it runs, so that its steals see it.
+      g_pool.count.store(started + 1, std::memory_order_release);
+      Reclaimer* r = g_pool.reclaimers[started];
+      if (create(&r->thread, attr, ReclaimerMain, r) != 0) break;
+    }
+  });
   g_pool.count.store(started, std::memory_order_release);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {

@@ -6,10 +6,16 @@
 // those references themselves, before any of them is called.
 #include "reclaimer/tbb_backend.h"
 
+#include <sched.h>
+#include <time.h>
+
+#include <atomic>
 #include <new>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
+
+#include "common/os.h"
 
 // oneTBB's exported functions used by the inline code below, and the sized
 // aligned operator delete of its task objects: weak, so that a program
@@ -38,6 +44,9 @@ alignas(tbb::task_arena) unsigned char g_arena_storage[sizeof(tbb::task_arena)];
 alignas(tbb::global_control) unsigned char g_control_storage[sizeof(tbb::global_control)];
 tbb::task_arena* g_arena = nullptr;
 int g_arena_workers = 0;
+// TbbBackendLaunchWorkers' tasks: begun, and done.
+std::atomic<int> g_launch_begun{0};
+std::atomic<int> g_launch_done{0};
 
 }  // namespace
 
@@ -87,6 +96,22 @@ int TbbBackendStart(int concurrency) {
   g_arena_workers = workers >= 1 ? workers : 1;
   g_arena = arena;
   return g_arena_workers;
+}
+
+void TbbBackendLaunchWorkers(int timeout_ms) {
+  const int tasks = g_arena_workers;
+  g_launch_begun.store(0, std::memory_order_relaxed);
+  g_launch_done.store(0, std::memory_order_relaxed);
+  const uint64_t deadline = OsMonotonicMs() + static_cast<uint64_t>(timeout_ms);
+  for (int i = 0; i < tasks; ++i) {
+    g_arena->enqueue([tasks, deadline] {
+      g_launch_begun.fetch_add(1, std::memory_order_acq_rel);
+      while (g_launch_begun.load(std::memory_order_acquire) < tasks && OsMonotonicMs() < deadline) sched_yield();
+      g_launch_done.fetch_add(1, std::memory_order_release);
+    });
+  }
+  const timespec pause = {0, 200 * 1000};
+  while (g_launch_done.load(std::memory_order_acquire) < tasks) nanosleep(&pause, nullptr);
 }
 
 void TbbBackendSubmit(void (*fn)(void*), void* arg) {

@@ -19,6 +19,15 @@ bool TbbBackendAvailable();
 // none). Returns the arena's workers.
 int TbbBackendStart(int concurrency);
 
+// oneTBB launches a worker it has not started yet (pthread_create, through
+// any wrapper the program put in front of it) on the thread whose enqueue,
+// or whose own wake-up, asks for it. Runs one task per arena worker, each
+// waiting (until timeout_ms) for all of them to have begun, and returns once
+// they are done: with all running at once, all are launched, by the calling
+// thread and by the workers, and no enqueue of the program's threads later
+// launches one. Called on a thread of ferry's own (pool.cc, Start).
+void TbbBackendLaunchWorkers(int timeout_ms);
+
 // Runs fn(arg) as a task in the arena; never waits. May allocate (oneTBB's
 // task objects), which re-enters ferry: callers hold no allocator state.
 void TbbBackendSubmit(void (*fn)(void*), void* arg);

@@ -131,6 +131,25 @@ else
 fi
 echo "ok: glibc's __libc_* names and cfree reach ferry"
 
+# A program's own pthread_create wrapper that frees other threads' records
+# under its lock: the pool starts from inside it, and must not call the
+# wrapper back (the oneTBB backend did, and hung: exit 124).
+wrapped="$(runfile tests/preload_wrapped_pthread_create)" || fail "preload_wrapped_pthread_create is not in runfiles"
+for backend in threads tbb; do
+  rc=0
+  FERRY_RECLAIMER_BACKEND=$backend FERRY_RECLAIMERS=2 FERRY_INLINE_WHEN_BUSY=0 FERRY_BATCH=16 FERRY_STATS=1 \
+    FERRY_VERBOSE=1 LD_PRELOAD="$lib" timeout 30 "$wrapped" >"$tmp/wrapped.out" 2>"$tmp/wrapped.err" || rc=$?
+  [[ $rc == 0 ]] || fail "preload_wrapped_pthread_create exited $rc on the $backend backend (124: it hung)"
+  grep -q '^done: 300 threads' "$tmp/wrapped.out" || fail "preload_wrapped_pthread_create ($backend) did not finish"
+  grep -Eq 'batches_pooled +[1-9]' "$tmp/wrapped.err" ||
+    fail "preload_wrapped_pthread_create ($backend): the pool applied no batch, so the check proves nothing"
+  if [[ $backend == tbb ]]; then
+    grep -q 'reclaimer pool started on a oneTBB arena' "$tmp/wrapped.err" ||
+      fail "preload_wrapped_pthread_create: the pool did not start on oneTBB"
+  fi
+done
+echo "ok: a pthread_create wrapper that frees under its lock, both backends"
+
 # The reclaimer pool started by a thread that a library's constructor waits
 # for, while dlopen holds the loader's lock: the start must not need that
 # lock (it looked up pthread_create with dlvsym there, and hung).
