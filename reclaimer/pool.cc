@@ -90,6 +90,8 @@ extern "C" const char* __tsan_default_suppressions() {
 #endif
 
 namespace ferry {
+void QuiescePool();
+
 namespace {
 
 constexpr int kMaxReclaimers = 64;
@@ -605,6 +607,27 @@ void WithPoolThreadAttributes(Make make) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+// Before the program finalizes oneTBB (tbb_backend.cc, finalize), which
+// fails while ferry's arena lives: every batch sent to the arena applied,
+// no housekeeping half done, the arena given up; from then on batches are
+// returned inline, as with FERRY_RECLAIMERS=0.
+void LeaveTbbBeforeFinalize() {
+  pthread_mutex_lock(&g_pool.flush_mutex);  // no flush or fork meanwhile
+  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
+  if (g_pool.state.load(std::memory_order_acquire) == kRunning && g_pool.use_tbb) {
+    QuiescePool();  // no offer in progress, none taken until the end
+    WaitForDutyTurn();
+    TbbBackendStop();
+    g_pool.use_tbb = false;
+    g_pool.count.store(0, std::memory_order_release);
+    g_pool.state.store(kOff, std::memory_order_release);
+    EndDutyTurn();
+    g_pool.paused.store(0, std::memory_order_seq_cst);
+    if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
+  }
+  pthread_mutex_unlock(&g_pool.flush_mutex);
+}
+
 // The oneTBB arena, its workers launched before the pool takes batches.
 void StartOnTbb(int wanted) {
   // The arena's workers, which a limit of the program's may make fewer
@@ -612,6 +635,7 @@ void StartOnTbb(int wanted) {
   // number asked for, 64 where oneTBB allowed one).
   const int workers = TbbBackendStart(wanted);
   TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
+  TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
   g_pool.use_tbb = true;
   g_pool.count.store(workers, std::memory_order_release);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 // those references themselves, before any of them is called.
 #include "reclaimer/tbb_backend.h"
 
+#include <dlfcn.h>
 #include <sched.h>
 #include <time.h>
 
@@ -35,6 +36,8 @@ void TbbActiveValueRef() __asm__("_ZN3tbb6detail2r127global_control_active_value
 }
 
 asm(".weak _ZN3tbb6detail2r117assertion_failureEPKciS3_S3_");
+asm(".weak _ZN3tbb6detail2r19terminateERNS0_2d115task_arena_baseE");
+asm(".weak _ZN3tbb6detail2r17destroyERNS0_2d114global_controlE");
 asm(".weak _ZdlPvmSt11align_val_t");
 
 namespace ferry {
@@ -44,6 +47,9 @@ alignas(tbb::task_arena) unsigned char g_arena_storage[sizeof(tbb::task_arena)];
 alignas(tbb::global_control) unsigned char g_control_storage[sizeof(tbb::global_control)];
 tbb::task_arena* g_arena = nullptr;
 int g_arena_workers = 0;
+bool g_control_made = false;
+// The pool's, called before the program finalizes oneTBB (see finalize).
+std::atomic<void (*)()> g_before_finalize{nullptr};
 // TbbBackendLaunchWorkers' tasks: begun, and done.
 std::atomic<int> g_launch_begun{0};
 std::atomic<int> g_launch_done{0};
@@ -79,6 +85,7 @@ int TbbBackendStart(int concurrency) {
   if (static_cast<size_t>(tbb::info::default_concurrency()) < wanted &&
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism) < wanted) {
     new (g_control_storage) tbb::global_control(tbb::global_control::max_allowed_parallelism, wanted);
+    g_control_made = true;
   }
   // A control of the program's below that still wins. An arena that asked
   // for more workers than it allows made oneTBB print "TBB Warning: The
@@ -118,4 +125,41 @@ void TbbBackendSubmit(void (*fn)(void*), void* arg) {
   g_arena->enqueue([fn, arg] { fn(arg); });
 }
 
+void TbbBackendStop() {
+  if (g_arena == nullptr) return;
+  g_arena->terminate();
+  g_arena = nullptr;
+  g_arena_workers = 0;
+  if (g_control_made) {
+    reinterpret_cast<tbb::global_control*>(g_control_storage)->~global_control();
+    g_control_made = false;
+  }
+}
+
+void TbbBackendSetBeforeFinalize(void (*fn)()) { g_before_finalize.store(fn, std::memory_order_release); }
+
 }  // namespace ferry
+
+// oneTBB's finalize (tbb::finalize(handle), and its nothrow form), in front
+// of oneTBB's own: it waits for oneTBB's workers to end, and fails (throws
+// tbb::unsafe_wait, or returns false) while any task_arena is alive, so
+// ferry's arena, which lives as long as the pool, made a correct program
+// abort at its finalize (found by a review, 2026-12-05). The pool first
+// applies what it was sent and gives the arena up (returning batches
+// inline from then on), then oneTBB's finalize runs. A handle's plain
+// release (mode release_nothrowing) passes straight through.
+namespace tbb::detail::r1 {
+
+bool finalize(d1::task_scheduler_handle& handle, std::intptr_t mode) {
+  using Finalize = bool (*)(d1::task_scheduler_handle&, std::intptr_t);
+  if (mode != d1::release_nothrowing) {
+    if (void (*before)() = ferry::g_before_finalize.load(std::memory_order_acquire); before != nullptr) before();
+  }
+  // oneTBB's, past this library (or past the executable that linked
+  // libferry.a): the program links oneTBB, or it could not have called this.
+  const auto real = reinterpret_cast<Finalize>(
+      dlsym(RTLD_NEXT, "_ZN3tbb6detail2r18finalizeERNS0_2d121task_scheduler_handleEl"));
+  return real != nullptr && real(handle, mode);
+}
+
+}  // namespace tbb::detail::r1

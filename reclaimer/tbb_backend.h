@@ -32,6 +32,14 @@ void TbbBackendLaunchWorkers(int timeout_ms);
 // task objects), which re-enters ferry: callers hold no allocator state.
 void TbbBackendSubmit(void (*fn)(void*), void* arg);
 
+// Gives the arena up (and ferry's global_control, if it made one); the
+// caller has seen every task sent to it done. Not thread safe with Submit.
+void TbbBackendStop();
+
+// fn runs before oneTBB's finalize (this file defines finalize in front of
+// oneTBB's): the pool's, which gives the arena up.
+void TbbBackendSetBeforeFinalize(void (*fn)());
+
 }  // namespace ferry
 
 #endif  // FERRY_RECLAIMER_TBB_BACKEND_H_

@@ -21,6 +21,7 @@
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/parallel_for.h>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -175,6 +176,29 @@ TEST(TbbBackend, ProgramsLowerLimitMakesTheArenaSmallerNotAWarning) {
               }),
               0);
   }
+}
+
+// oneTBB's finalize waits for its workers to end and fails while any arena
+// lives: ferry's, which lived as long as the process, made it fail (the
+// throwing form aborted a correct program with tbb::unsafe_wait). ferry
+// now gives its arena up first, and returns batches inline afterwards.
+TEST(TbbBackend, ProgramsFinalizeOfOneTbbSucceeds) {
+  EXPECT_EQ(InChild([&] {
+              tbb::task_scheduler_handle handle{tbb::attach{}};
+              tbb::parallel_for(0, 64, [](int) {});
+              if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
+              if (!tbb::finalize(handle, std::nothrow)) return 2;
+              // Remote frees after it: returned inline, flushes keep their promise.
+              const ferry_stats_t s = StartPoolWithRemoteFrees();
+              fprintf(stderr, "after finalize: %llu remote frees, %llu returned, %llu reclaimer threads\n",
+                      static_cast<unsigned long long>(s.remote_frees),
+                      static_cast<unsigned long long>(s.blocks_returned),
+                      static_cast<unsigned long long>(s.reclaimer_threads));
+              if (s.blocks_returned != s.remote_frees) return 3;
+              return s.reclaimer_threads == 0 ? 0 : 4;
+            }),
+            0)
+      << "status 2: oneTBB's finalize failed with ferry's arena alive";
 }
 
 // ferry_flush called from inside the program's own oneTBB tasks, on every
