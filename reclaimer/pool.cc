@@ -125,8 +125,12 @@ struct alignas(64) Reclaimer {
 };
 
 // kHeldForFork: not started, and held so between fork's prepare and parent
-// handlers (PoolForkPrepare).
-enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork };
+// handlers (PoolForkPrepare). kStarting: a start in progress on the thread
+// that won it, which a fork waits for (brief, and needs nothing the program
+// holds). kStartingOnTbb: oneTBB's arena being made on ferry's starter
+// thread (Start), which may wait on the program's locks (its pthread_create
+// wrapper's): a fork takes that start over as it does one not begun.
+enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork, kStartingOnTbb };
 
 struct Pool {
   PoolConfig config{};
@@ -166,6 +170,13 @@ struct Pool {
   // with an offer once a tick has passed (an idle process has no offers, so
   // with this backend idle memory waits for the next activity or ferry_collect).
   bool use_tbb = false;
+  // The oneTBB backend's start: a starter thread is at work on oneTBB (made
+  // the arena, launching its workers); the arena is ready (made, workers
+  // launched) with tbb_workers workers; a start was ever begun here.
+  std::atomic<bool> tbb_starter_live{false};
+  std::atomic<bool> tbb_ready{false};
+  int tbb_workers = 0;
+  bool tbb_begun = false;
   std::atomic<uint64_t> tbb_batches{0};
   // CPU time of ferry's tasks on oneTBB's workers (reclaimer_cpu_ns): those
   // threads are oneTBB's, so their whole clocks would count the program's
@@ -607,49 +618,126 @@ void WithPoolThreadAttributes(Make make) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+void WaitForTbbStarter() {
+  while (g_pool.tbb_starter_live.load(std::memory_order_acquire)) sched_yield();
+}
+
 // Before the program finalizes oneTBB (tbb_backend.cc, finalize), which
 // fails while ferry's arena lives: every batch sent to the arena applied,
 // no housekeeping half done, the arena given up; from then on batches are
-// returned inline, as with FERRY_RECLAIMERS=0.
+// returned inline, as with FERRY_RECLAIMERS=0. A start under way on the
+// starter thread is called off, and the arena goes once that thread is
+// done with oneTBB.
 void LeaveTbbBeforeFinalize() {
   pthread_mutex_lock(&g_pool.flush_mutex);  // no flush or fork meanwhile
-  while (g_pool.state.load(std::memory_order_acquire) == kStarting) sched_yield();
-  if (g_pool.state.load(std::memory_order_acquire) == kRunning && g_pool.use_tbb) {
+  uint32_t state;
+  for (;;) {
+    state = g_pool.state.load(std::memory_order_acquire);
+    if (state == kStarting) {  // the starter's last step, or a threads start
+      sched_yield();
+    } else if (state != kStartingOnTbb && state != kNotStarted) {
+      break;
+    } else if (!g_pool.tbb_begun) {
+      break;  // never on oneTBB
+    } else if (g_pool.state.compare_exchange_strong(state, kOff, std::memory_order_acq_rel)) {
+      state = kOff;
+      break;
+    }
+  }
+  if (state == kRunning && g_pool.use_tbb) {
     QuiescePool();  // no offer in progress, none taken until the end
     WaitForDutyTurn();
-    TbbBackendStop();
-    g_pool.use_tbb = false;
     g_pool.count.store(0, std::memory_order_release);
+    g_pool.use_tbb = false;
     g_pool.state.store(kOff, std::memory_order_release);
     EndDutyTurn();
     g_pool.paused.store(0, std::memory_order_seq_cst);
+    state = kOff;
+  }
+  if (state == kOff && g_pool.tbb_begun) {
+    WaitForTbbStarter();
+    TbbBackendStop();
+    g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+    g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
     if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
   }
   pthread_mutex_unlock(&g_pool.flush_mutex);
 }
 
-// The oneTBB arena, its workers launched before the pool takes batches.
-void StartOnTbb(int wanted) {
-  // The arena's workers, which a limit of the program's may make fewer
-  // than asked for: what the statistics report (until 2026-12-05 the
-  // number asked for, 64 where oneTBB allowed one).
-  const int workers = TbbBackendStart(wanted);
-  TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
-  TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
+// The pool on the ready arena; the caller holds the start (kStarting).
+void FinishStartOnTbb() {
   g_pool.use_tbb = true;
-  g_pool.count.store(workers, std::memory_order_release);
+  g_pool.count.store(g_pool.tbb_workers, std::memory_order_release);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {
-    DiagLine().Str("ferry: reclaimer pool started on a oneTBB arena of ").Dec(static_cast<uint64_t>(workers))
-        .WriteToStderr();
+    DiagLine().Str("ferry: reclaimer pool started on a oneTBB arena of ")
+        .Dec(static_cast<uint64_t>(g_pool.tbb_workers)).WriteToStderr();
   }
   g_pool.state.store(kRunning, std::memory_order_release);
 }
 
+// The oneTBB arena, its workers launched before the pool takes batches.
+void MakeTbbArena(int wanted) {
+  // The arena's workers, which a limit of the program's may make fewer
+  // than asked for: what the statistics report (until 2026-12-05 the
+  // number asked for, 64 where oneTBB allowed one).
+  g_pool.tbb_workers = TbbBackendStart(wanted);
+  TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
+  g_pool.tbb_ready.store(true, std::memory_order_release);
+}
+
 void* TbbStarterMain(void* wanted) {
   prctl(PR_SET_NAME, "ferry-tbb-start", 0, 0, 0);
-  StartOnTbb(static_cast<int>(reinterpret_cast<intptr_t>(wanted)));
+  MakeTbbArena(static_cast<int>(reinterpret_cast<intptr_t>(wanted)));
+  // The start is this thread's to finish unless a fork or a finalize took
+  // it meanwhile (then a later start finds the arena ready).
+  uint32_t expected = kStartingOnTbb;
+  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) FinishStartOnTbb();
+  g_pool.tbb_starter_live.store(false, std::memory_order_release);
   return nullptr;
+}
+
+// The oneTBB backend's part of Start (the caller holds kStarting).
+void StartOnTbb(int wanted) {
+  if (g_pool.tbb_ready.load(std::memory_order_acquire)) return FinishStartOnTbb();
+  if (g_pool.tbb_starter_live.load(std::memory_order_acquire)) {
+    // An earlier start that a fork took over is still at work: the next
+    // offer asks again.
+    g_pool.state.store(kNotStarted, std::memory_order_release);
+    return;
+  }
+  g_pool.tbb_begun = true;
+  TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
+  // On a thread of ferry's own, made as the reclaimers are: oneTBB launches
+  // its workers with the pthread_create the program sees, so from a free
+  // inside the program's own pthread_create wrapper, under the wrapper's
+  // lock, the first enqueue waited for that lock for good (found by a
+  // review, 2026-12-05; the threads backend never calls the wrapper). Until
+  // that thread is done the pool is kStartingOnTbb, and batches are
+  // returned inline. This thread waits for it a while, so that a start
+  // takes the batches after it as before, but not for good: it may hold
+  // what the start needs (the wrapper's lock, the loader's).
+  g_pool.tbb_starter_live.store(true, std::memory_order_relaxed);
+  g_pool.state.store(kStartingOnTbb, std::memory_order_release);
+  int made = -1;
+  WithPoolThreadAttributes([&](PthreadCreate create, const pthread_attr_t* attr) {
+    pthread_t starter;
+    made = create(&starter, attr, TbbStarterMain, reinterpret_cast<void*>(static_cast<intptr_t>(wanted)));
+  });
+  if (made != 0) {  // no thread to be had: here, as before
+    uint32_t expected = kStartingOnTbb;
+    if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
+      MakeTbbArena(wanted);
+      FinishStartOnTbb();
+    }
+    g_pool.tbb_starter_live.store(false, std::memory_order_release);
+    return;
+  }
+  const uint64_t give_up_ms = OsMonotonicMs() + kTbbStartWaitMs;
+  const timespec pause = {0, 200 * 1000};
+  while (g_pool.state.load(std::memory_order_acquire) == kStartingOnTbb && OsMonotonicMs() < give_up_ms) {
+    nanosleep(&pause, nullptr);
+  }
 }
 
 // Starts the threads; the caller won the kNotStarted -> kStarting race.
@@ -661,32 +749,7 @@ void Start() {
       void* memory = OsReserve(AlignUp(sizeof(BatchQueue), OsPageSize()), alignof(BatchQueue));
       if (memory != nullptr) g_pool.tbb_queue = new (memory) BatchQueue();
     }
-    if (g_pool.tbb_queue != nullptr && TbbBackendAvailable()) {
-      // On a thread of ferry's own, made as the reclaimers are: oneTBB
-      // launches its workers with the pthread_create the program sees, so
-      // from a free inside the program's own pthread_create wrapper, under
-      // the wrapper's lock, the first enqueue waited for that lock for good
-      // (found by a review, 2026-12-05; the threads backend never calls the
-      // wrapper). Until that thread is done the pool stays kStarting, and
-      // batches are returned inline. This thread waits for it a while, so
-      // that a start takes the batches after it as before, but not for good:
-      // it may hold what the start needs (the wrapper's lock, the loader's).
-      int made = -1;
-      WithPoolThreadAttributes([&](PthreadCreate create, const pthread_attr_t* attr) {
-        pthread_t starter;
-        made = create(&starter, attr, TbbStarterMain, reinterpret_cast<void*>(static_cast<intptr_t>(wanted)));
-      });
-      if (made != 0) {
-        StartOnTbb(wanted);  // no thread to be had: here, as before
-        return;
-      }
-      const uint64_t give_up_ms = OsMonotonicMs() + kTbbStartWaitMs;
-      const timespec pause = {0, 200 * 1000};
-      while (g_pool.state.load(std::memory_order_acquire) == kStarting && OsMonotonicMs() < give_up_ms) {
-        nanosleep(&pause, nullptr);
-      }
-      return;
-    }
+    if (g_pool.tbb_queue != nullptr && TbbBackendAvailable()) return StartOnTbb(wanted);
     Warn("FERRY_RECLAIMER_BACKEND=tbb needs oneTBB linked into the program; using ferry's own threads");
     g_pool.config.backend = 0;
   }
@@ -766,7 +829,12 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   const bool crowded = PoolCpusCrowded();
   if (crowded && !g_pool.use_tbb) return false;
   g_pool.offers_in_progress.fetch_add(1, std::memory_order_seq_cst);
-  if (g_pool.paused.load(std::memory_order_seq_cst) != 0) {
+  // The state again: an offer that read kRunning before a oneTBB finalize
+  // gave the arena up (LeaveTbbBeforeFinalize: kOff, then the pause lifted)
+  // and reads the pause lifted must not go on to the threads' path with
+  // no thread (count 0).
+  if (g_pool.paused.load(std::memory_order_seq_cst) != 0 ||
+      g_pool.state.load(std::memory_order_acquire) != kRunning) {
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
     return false;
   }
@@ -936,7 +1004,9 @@ void PoolCollectNow() {
     return;
   }
   PoolMaybeStart();
-  if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) {
+  // count 0: a oneTBB finalize gave the arena up between the two reads.
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb ||
+      g_pool.count.load(std::memory_order_acquire) == 0) {
     if (g_pool.duty != nullptr) RunDutyForCollect();
     return;
   }
@@ -1016,7 +1086,7 @@ void PoolForkPrepare() {
     state = g_pool.state.load(std::memory_order_acquire);
     if (state == kStarting) {
       sched_yield();
-    } else if (state != kNotStarted ||
+    } else if ((state != kNotStarted && state != kStartingOnTbb) ||
                g_pool.state.compare_exchange_strong(state, kHeldForFork, std::memory_order_acq_rel)) {
       break;
     }
@@ -1077,10 +1147,11 @@ void PoolForkChild() {
   g_pool_start_requested.store(0, std::memory_order_relaxed);
   // oneTBB's workers did not come along either, and its state cannot be
   // trusted in the child: a pool started here uses ferry's own threads.
-  if (g_pool.use_tbb) {
+  if (g_pool.use_tbb || g_pool.tbb_begun) {
     g_pool.use_tbb = false;
     g_pool.config.backend = 0;
   }
+  g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 

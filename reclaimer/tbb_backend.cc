@@ -7,7 +7,9 @@
 #include "reclaimer/tbb_backend.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <sched.h>
+#include <string.h>
 #include <time.h>
 
 #include <atomic>
@@ -117,8 +119,14 @@ void TbbBackendLaunchWorkers(int timeout_ms) {
       g_launch_done.fetch_add(1, std::memory_order_release);
     });
   }
+  // Not for good either: oneTBB may give the arena no worker while the
+  // program's own arenas hold them all, and the pool stays kStarting (a
+  // fork waits for that) until this returns. A task that runs later finds
+  // its deadline past and ends at once.
   const timespec pause = {0, 200 * 1000};
-  while (g_launch_done.load(std::memory_order_acquire) < tasks) nanosleep(&pause, nullptr);
+  while (g_launch_done.load(std::memory_order_acquire) < tasks && OsMonotonicMs() < deadline + 50) {
+    nanosleep(&pause, nullptr);
+  }
 }
 
 void TbbBackendSubmit(void (*fn)(void*), void* arg) {
@@ -150,15 +158,49 @@ void TbbBackendSetBeforeFinalize(void (*fn)()) { g_before_finalize.store(fn, std
 // release (mode release_nothrowing) passes straight through.
 namespace tbb::detail::r1 {
 
+using Finalize = bool (*)(d1::task_scheduler_handle&, std::intptr_t);
+
+}  // namespace tbb::detail::r1
+
+namespace ferry {
+namespace {
+
+constexpr char kFinalizeName[] = "_ZN3tbb6detail2r18finalizeERNS0_2d121task_scheduler_handleEl";
+
+// A loaded oneTBB's finalize that is not this one: dl_iterate_phdr's
+// callback, for each loaded object whose name says it is oneTBB.
+int FindLocalOneTbbFinalize(struct dl_phdr_info* info, size_t, void* out) {
+  if (info->dlpi_name == nullptr || strstr(info->dlpi_name, "libtbb.so") == nullptr) return 0;
+  void* handle = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return 0;
+  void* f = dlsym(handle, kFinalizeName);
+  dlclose(handle);
+  if (f == nullptr || f == reinterpret_cast<void*>(&tbb::detail::r1::finalize)) return 0;
+  *static_cast<void**>(out) = f;
+  return 1;
+}
+
+// oneTBB's own finalize: past this library (or past the executable that
+// linked libferry.a) in the global scope; failing that, in a oneTBB a
+// plugin loaded with RTLD_LOCAL (its calls reach this one through the
+// preload, but RTLD_NEXT searches the global scope only: such a plugin's
+// finalize returned false without running, found by a review).
+tbb::detail::r1::Finalize OneTbbFinalize() {
+  void* f = dlsym(RTLD_NEXT, kFinalizeName);
+  if (f == nullptr) dl_iterate_phdr(FindLocalOneTbbFinalize, &f);
+  return reinterpret_cast<tbb::detail::r1::Finalize>(f);
+}
+
+}  // namespace
+}  // namespace ferry
+
+namespace tbb::detail::r1 {
+
 bool finalize(d1::task_scheduler_handle& handle, std::intptr_t mode) {
-  using Finalize = bool (*)(d1::task_scheduler_handle&, std::intptr_t);
   if (mode != d1::release_nothrowing) {
     if (void (*before)() = ferry::g_before_finalize.load(std::memory_order_acquire); before != nullptr) before();
   }
-  // oneTBB's, past this library (or past the executable that linked
-  // libferry.a): the program links oneTBB, or it could not have called this.
-  const auto real = reinterpret_cast<Finalize>(
-      dlsym(RTLD_NEXT, "_ZN3tbb6detail2r18finalizeERNS0_2d121task_scheduler_handleEl"));
+  const Finalize real = ferry::OneTbbFinalize();
   return real != nullptr && real(handle, mode);
 }
 

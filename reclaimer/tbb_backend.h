@@ -23,7 +23,8 @@ int TbbBackendStart(int concurrency);
 // any wrapper the program put in front of it) on the thread whose enqueue,
 // or whose own wake-up, asks for it. Runs one task per arena worker, each
 // waiting (until timeout_ms) for all of them to have begun, and returns once
-// they are done: with all running at once, all are launched, by the calling
+// they are done, or a little after timeout_ms: with all running at once,
+// all are launched, by the calling
 // thread and by the workers, and no enqueue of the program's threads later
 // launches one. Called on a thread of ferry's own (pool.cc, Start).
 void TbbBackendLaunchWorkers(int timeout_ms);

@@ -148,6 +148,16 @@ for backend in threads tbb; do
       fail "preload_wrapped_pthread_create: the pool did not start on oneTBB"
   fi
 done
+# The same lock taken by the program's fork prepare handler, forks in a loop
+# while the pool starts: a fork waited for good for a oneTBB start that
+# waited for that lock.
+rc=0
+FERRY_RECLAIMER_BACKEND=tbb FERRY_RECLAIMERS=2 FERRY_INLINE_WHEN_BUSY=0 FERRY_BATCH=16 FERRY_STATS=1 \
+  FERRY_VERBOSE=1 LD_PRELOAD="$lib" timeout 30 "$wrapped" fork >"$tmp/wrapped.out" 2>"$tmp/wrapped.err" || rc=$?
+[[ $rc == 0 ]] || fail "preload_wrapped_pthread_create fork exited $rc on the tbb backend (124: it hung)"
+grep -q '^done: [1-9][0-9]* forks' "$tmp/wrapped.out" || fail "preload_wrapped_pthread_create fork did not finish"
+grep -q 'reclaimer pool started on a oneTBB arena' "$tmp/wrapped.err" ||
+  fail "preload_wrapped_pthread_create fork: the pool did not start on oneTBB"
 echo "ok: a pthread_create wrapper that frees under its lock, both backends"
 
 # The reclaimer pool started by a thread that a library's constructor waits

@@ -7,6 +7,11 @@
 // threads backend makes its threads with the C library's pthread_create;
 // until 2026-12-05 the oneTBB backend's first enqueue launched oneTBB's
 // workers through the wrapper, from the freeing thread, and hung here.
+// With the argument "fork" the program instead serializes thread creation
+// and fork with that one lock (its fork prepare handler takes it), and
+// forks in a loop while another thread's remote frees start the pool: a
+// fork must not wait for a oneTBB start that waits for the lock (it did,
+// for good, in the first version of the fix above).
 // preload_test.sh runs it under LD_PRELOAD=libferry.so with each backend.
 // Links oneTBB (which the backend needs in the program), built without ferry.
 #include <dlfcn.h>
@@ -14,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <oneapi/tbb/info.h>
 
@@ -47,6 +55,54 @@ void* Worker(void*) {
   return nullptr;
 }
 
+void LockForFork() { pthread_mutex_lock(&g_lock); }
+void UnlockAfterFork() { pthread_mutex_unlock(&g_lock); }
+
+void* FreeAll(void* blocks) {
+  for (void** p = static_cast<void**>(blocks); *p != nullptr; ++p) free(*p);
+  return nullptr;
+}
+
+// Rounds of blocks made here and freed by a new thread (made through the
+// wrapper): remote frees that start the pool.
+void* MakeRemoteFrees(void*) {
+  static void* blocks[20001];
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 20000; ++i) blocks[i] = malloc(64);
+    pthread_t thread;
+    if (pthread_create(&thread, nullptr, FreeAll, blocks) != 0) abort();
+    pthread_join(thread, nullptr);
+  }
+  return nullptr;
+}
+
+double SecondsSince(const timespec& start) {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<double>(now.tv_sec - start.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec - start.tv_nsec);
+}
+
+int ForkWhileThePoolStarts() {
+  free(malloc(1));  // ferry's fork handlers first, so the program's prepare runs before them
+  pthread_atfork(LockForFork, UnlockAfterFork, UnlockAfterFork);
+  pthread_t remote;
+  if (pthread_create(&remote, nullptr, MakeRemoteFrees, nullptr) != 0) return 1;
+  timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  int forks = 0;
+  while (SecondsSince(start) < 0.4) {
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (status != 0) return 2;
+    ++forks;
+  }
+  pthread_join(remote, nullptr);
+  printf("done: %d forks\n", forks);
+  return 0;
+}
+
 }  // namespace
 
 extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*), void* arg) {
@@ -63,7 +119,8 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
   return rc;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1 && strcmp(argv[1], "fork") == 0) return ForkWhileThePoolStarts();
   for (int i = 0; i < kThreads; ++i) {
     pthread_t thread;
     if (pthread_create(&thread, nullptr, Worker, nullptr) != 0) return 1;

@@ -15,13 +15,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <new>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/parallel_for.h>
-#include <new>
+#include <oneapi/tbb/task_group.h>
 #include <thread>
 #include <vector>
 
@@ -60,6 +62,18 @@ bool PoolOnTbb(const ferry_stats_t& s) {
   fprintf(stderr, "not on oneTBB: %llu batches pooled, %d ferry-reclaim threads\n",
           static_cast<unsigned long long>(s.batches_pooled), own_threads);
   return false;
+}
+
+// After the program finalized oneTBB: remote frees and flushes still keep
+// their promise, returned inline (no pool). 0, or 3 (blocks not returned)
+// or 4 (a pool still running).
+int FreesAfterFinalizeGoBackInline() {
+  const ferry_stats_t s = StartPoolWithRemoteFrees();
+  fprintf(stderr, "after finalize: %llu remote frees, %llu returned, %llu reclaimer threads\n",
+          static_cast<unsigned long long>(s.remote_frees), static_cast<unsigned long long>(s.blocks_returned),
+          static_cast<unsigned long long>(s.reclaimer_threads));
+  if (s.blocks_returned != s.remote_frees) return 3;
+  return s.reclaimer_threads == 0 ? 0 : 4;
 }
 
 // Runs `body` in a child process; its exit status (0: as expected).
@@ -178,6 +192,70 @@ TEST(TbbBackend, ProgramsLowerLimitMakesTheArenaSmallerNotAWarning) {
   }
 }
 
+// The pool starts (on a thread of ferry's, which waits for the arena's
+// workers to run) while the program's own oneTBB tasks hold the only
+// worker its limit allows: the start gives up waiting after a while, so
+// that a fork, which waits for a start in progress, goes through. Without
+// that bound the start waited as long as the program's tasks ran, and so
+// did the fork (here: for good, status 114).
+TEST(TbbBackend, AStartWhileTheProgramsTasksHoldEveryWorkerLetsAForkThrough) {
+  EXPECT_EQ(InChild([&] {
+              alarm(20);
+              global_control two(global_control::max_allowed_parallelism, 2);
+              std::atomic<bool> stop{false};
+              std::thread busy([&] {
+                tbb::parallel_for(0, 2, 1, [&](int) {
+                  while (!stop.load()) std::this_thread::yield();
+                });
+              });
+              std::this_thread::sleep_for(std::chrono::milliseconds(50));
+              StartPoolWithRemoteFrees();
+              const pid_t pid = fork();
+              if (pid == 0) {
+                ferry_free(ferry_malloc(10));
+                _exit(0);
+              }
+              int status = -1;
+              waitpid(pid, &status, 0);
+              stop = true;
+              busy.join();
+              return status == 0 ? 0 : 2;
+            }),
+            0)
+      << "status 114: the fork waited for the start for good";
+}
+
+// The program finalizes oneTBB while the pool's start still waits for a
+// worker (the program's task held the only one): the start is called off,
+// its arena given up once the starter is done, and finalize succeeds.
+// Registered only once the start was done, the hook was missed (finalize
+// false, and the pool went on running on oneTBB).
+TEST(TbbBackend, AFinalizeWhileTheStartWaitsForAWorkerSucceeds) {
+  EXPECT_EQ(InChild([&] {
+              alarm(20);
+              tbb::task_scheduler_handle handle{tbb::attach{}};
+              std::atomic<bool> stop{false};
+              std::atomic<bool> running{false};
+              {
+                global_control two(global_control::max_allowed_parallelism, 2);
+                tbb::task_group group;
+                group.run([&] {
+                  running = true;
+                  while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                });
+                while (!running.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                StartPoolWithRemoteFrees();
+                stop = true;
+                group.wait();
+              }
+              if (!tbb::finalize(handle, std::nothrow)) return 2;
+              std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a late start would show now
+              return FreesAfterFinalizeGoBackInline();
+            }),
+            0)
+      << "status 2: finalize failed; 4: the pool ran on oneTBB after it";
+}
+
 // oneTBB's finalize waits for its workers to end and fails while any arena
 // lives: ferry's, which lived as long as the process, made it fail (the
 // throwing form aborted a correct program with tbb::unsafe_wait). ferry
@@ -188,14 +266,7 @@ TEST(TbbBackend, ProgramsFinalizeOfOneTbbSucceeds) {
               tbb::parallel_for(0, 64, [](int) {});
               if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
               if (!tbb::finalize(handle, std::nothrow)) return 2;
-              // Remote frees after it: returned inline, flushes keep their promise.
-              const ferry_stats_t s = StartPoolWithRemoteFrees();
-              fprintf(stderr, "after finalize: %llu remote frees, %llu returned, %llu reclaimer threads\n",
-                      static_cast<unsigned long long>(s.remote_frees),
-                      static_cast<unsigned long long>(s.blocks_returned),
-                      static_cast<unsigned long long>(s.reclaimer_threads));
-              if (s.blocks_returned != s.remote_frees) return 3;
-              return s.reclaimer_threads == 0 ? 0 : 4;
+              return FreesAfterFinalizeGoBackInline();
             }),
             0)
       << "status 2: oneTBB's finalize failed with ferry's arena alive";
