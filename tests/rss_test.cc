@@ -54,11 +54,14 @@ constexpr size_t kReturnedAllowance = 100 * kMiB;
 constexpr auto kReturnDeadline = 2s;
 constexpr auto kPollStep = 100ms;
 
-// (c): steady resident memory <= kSteadyFactor x live bytes + kSteadyAllowance
+// (c): steady resident memory (the median of the readings) <=
+// kSteadyFactor x live bytes + kSteadyAllowance
 // (the allowance covers partly used pages of each size class and thread,
 // batches in flight, and the test's own bookkeeping in glibc's heap).
 constexpr double kSteadyFactor = 1.2;
 constexpr size_t kSteadyAllowance = 16 * kMiB;
+// How much more the worst single reading may be (ManyProducersOneFreer...).
+constexpr size_t kWorstReadingAllowance = 16 * kMiB;
 
 double MiB(size_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kMiB); }
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kMiB); }
@@ -665,6 +668,7 @@ TEST(Rss, ManyProducersOneFreerStayNearLiveData) {
 
   // Sample during the steady phase: after the first full turnover.
   size_t worst_rss = 0, live_at_worst = 0, max_live = 0, samples = 0;
+  std::vector<size_t> readings;  // resident bytes above the baseline
   std::ostringstream trace;
   while (allocated.load() < kTotal) {
     std::this_thread::sleep_for(5ms);
@@ -678,6 +682,7 @@ TEST(Rss, ManyProducersOneFreerStayNearLiveData) {
       trace << " " << static_cast<int64_t>(MiB(Above(rss, baseline))) << "/"
             << static_cast<int64_t>(MiB(now_live)) << "/" << s.pages_made - s.pages_released;
     }
+    readings.push_back(static_cast<size_t>(std::max<int64_t>(0, Above(rss, baseline))));
     if (Above(rss, baseline) > static_cast<int64_t>(worst_rss)) {
       worst_rss = static_cast<size_t>(std::max<int64_t>(0, Above(rss, baseline)));
       live_at_worst = now_live;
@@ -695,18 +700,35 @@ TEST(Rss, ManyProducersOneFreerStayNearLiveData) {
   EXPECT_FALSE(failed.load());
   EXPECT_EQ(corrupt.load(), 0u);
   ASSERT_GE(samples, 20u) << "the steady phase was too short to sample";
-  printf("steady phase: %zu samples, resident above baseline at most %.1f MiB (live then %.1f MiB, "
-         "at most %.1f MiB); every 20th sample (rss MiB/live MiB/pages):%s\n",
-         samples, MiB(worst_rss), MiB(live_at_worst), MiB(max_live), trace.str().c_str());
+  // The steady level is the readings' median (what //perf:compare reports
+  // as onefree's RSS/live); the worst reading has a bound of its own, as
+  // much looser as kWorstReadingAllowance. Until 2026-12-05 the worst
+  // reading had the steady bound: on this 2-CPU machine some runs map two
+  // or three segments more than others (25-26 against 22-23) and their
+  // worst reading reached 93-99 MiB where others stay at 84-88, with the
+  // code of the day before as with that of the day (3 of 8 runs in one
+  // spell, 0 of 10 in the next), which made the test fail now and then in
+  // CI for the machine's sake.
+  std::sort(readings.begin(), readings.end());
+  const size_t steady_rss = readings[readings.size() / 2];
+  printf("steady phase: %zu samples, resident above baseline %.1f MiB (median), at most %.1f MiB (live then "
+         "%.1f MiB, at most %.1f MiB); every 20th sample (rss MiB/live MiB/pages):%s\n",
+         samples, MiB(steady_rss), MiB(worst_rss), MiB(live_at_worst), MiB(max_live), trace.str().c_str());
   const double limit = kSteadyFactor * static_cast<double>(max_live) + static_cast<double>(kSteadyAllowance);
-  if (static_cast<double>(worst_rss) > limit) ferry_stats_print(stdout);
-  EXPECT_LE(static_cast<double>(worst_rss), limit)
+  const double worst_limit = limit + static_cast<double>(kWorstReadingAllowance);
+  if (static_cast<double>(steady_rss) > limit || static_cast<double>(worst_rss) > worst_limit) {
+    ferry_stats_print(stdout);
+  }
+  EXPECT_LE(static_cast<double>(steady_rss), limit)
       << kProducers << " producers, one thread freeing, ~" << MiB(kLive) << " MiB live turned over "
-      << kTurnovers << " times: resident memory above the baseline reached " << MiB(worst_rss)
-      << " MiB (live then " << MiB(live_at_worst) << " MiB, at most " << MiB(max_live)
-      << " MiB); the limit is " << kSteadyFactor << " x live + " << MiB(kSteadyAllowance)
-      << " MiB = " << limit / static_cast<double>(kMiB) << " MiB. Every 20th sample (rss MiB/live MiB/pages in use):"
-      << trace.str();
+      << kTurnovers << " times: resident memory above the baseline was " << MiB(steady_rss)
+      << " MiB (median of the readings; at most " << MiB(max_live) << " MiB live); the limit is " << kSteadyFactor
+      << " x live + " << MiB(kSteadyAllowance) << " MiB = " << limit / static_cast<double>(kMiB)
+      << " MiB. Every 20th sample (rss MiB/live MiB/pages in use):" << trace.str();
+  EXPECT_LE(static_cast<double>(worst_rss), worst_limit)
+      << "resident memory above the baseline reached " << MiB(worst_rss) << " MiB (live then "
+      << MiB(live_at_worst) << " MiB); the limit for the worst reading is "
+      << worst_limit / static_cast<double>(kMiB) << " MiB";
 }
 
 }  // namespace
