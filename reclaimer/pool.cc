@@ -177,6 +177,10 @@ struct Pool {
   std::atomic<bool> tbb_ready{false};
   int tbb_workers = 0;
   bool tbb_begun = false;
+  // The starter, joinable: oneTBB counts a thread that made or fed an arena
+  // until it has exited, and its finalize fails while one lives.
+  pthread_t tbb_starter{};
+  std::atomic<bool> tbb_starter_unjoined{false};
   std::atomic<uint64_t> tbb_batches{0};
   // CPU time of ferry's tasks on oneTBB's workers (reclaimer_cpu_ns): those
   // threads are oneTBB's, so their whole clocks would count the program's
@@ -605,13 +609,13 @@ int WantedReclaimers() {
 // thread's attributes; `create` is the C library's own pthread_create.
 // pthread_create may allocate (ferry is usable: no lock held).
 template <typename Make>
-void WithPoolThreadAttributes(Make make) {
+void WithPoolThreadAttributes(Make make, bool detached = true) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setdetachstate(&attr, detached ? PTHREAD_CREATE_DETACHED : PTHREAD_CREATE_JOINABLE);
   pthread_attr_setstacksize(&attr, kStackBytes);
   make(RealPthreadCreate(), &attr);
   pthread_attr_destroy(&attr);
@@ -625,26 +629,32 @@ void WaitForTbbStarter() {
 // Before the program finalizes oneTBB (tbb_backend.cc, finalize), which
 // fails while ferry's arena lives: every batch sent to the arena applied,
 // no housekeeping half done, the arena given up; from then on batches are
-// returned inline, as with FERRY_RECLAIMERS=0. A start under way on the
-// starter thread is called off, and the arena goes once that thread is
-// done with oneTBB.
+// returned inline, as with FERRY_RECLAIMERS=0, and no start makes an arena
+// again (one begun during oneTBB's finalize made it fail: found by a
+// review). A start under way is called off, and the arena goes once its
+// thread is done with oneTBB: waited for without the flush mutex, since
+// that thread may wait for a lock the program's fork prepare handler
+// holds while its fork waits for the mutex (a review's program hung so).
 void LeaveTbbBeforeFinalize() {
-  pthread_mutex_lock(&g_pool.flush_mutex);  // no flush or fork meanwhile
-  uint32_t state;
+  if (g_pool.config.backend != 1) return;
   for (;;) {
-    state = g_pool.state.load(std::memory_order_acquire);
-    if (state == kStarting) {  // the starter's last step, or a threads start
+    uint32_t state = g_pool.state.load(std::memory_order_acquire);
+    if (state == kStarting) {  // the starter's last step, or a start on its way to StartOnTbb
       sched_yield();
-    } else if (state != kStartingOnTbb && state != kNotStarted) {
-      break;
-    } else if (!g_pool.tbb_begun) {
-      break;  // never on oneTBB
-    } else if (g_pool.state.compare_exchange_strong(state, kOff, std::memory_order_acq_rel)) {
-      state = kOff;
-      break;
+      continue;
     }
+    if (state != kNotStarted && state != kStartingOnTbb && state != kHeldForFork) break;
+    if (g_pool.state.compare_exchange_strong(state, kOff, std::memory_order_acq_rel)) break;
   }
-  if (state == kRunning && g_pool.use_tbb) {
+  WaitForTbbStarter();
+  // Its exit too (oneTBB lets a thread that used it go at its exit): a
+  // starter seen gone but not yet exited made the finalize fail (a
+  // review's program, 21 of 30 runs).
+  if (g_pool.tbb_starter_unjoined.exchange(false, std::memory_order_acq_rel)) {
+    pthread_join(g_pool.tbb_starter, nullptr);
+  }
+  pthread_mutex_lock(&g_pool.flush_mutex);  // no flush or fork meanwhile
+  if (g_pool.state.load(std::memory_order_acquire) == kRunning && g_pool.use_tbb) {
     QuiescePool();  // no offer in progress, none taken until the end
     WaitForDutyTurn();
     g_pool.count.store(0, std::memory_order_release);
@@ -652,16 +662,14 @@ void LeaveTbbBeforeFinalize() {
     g_pool.state.store(kOff, std::memory_order_release);
     EndDutyTurn();
     g_pool.paused.store(0, std::memory_order_seq_cst);
-    state = kOff;
-  }
-  if (state == kOff && g_pool.tbb_begun) {
-    WaitForTbbStarter();
-    TbbBackendStop();
-    g_pool.tbb_ready.store(false, std::memory_order_relaxed);
-    g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
-    if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
   }
   pthread_mutex_unlock(&g_pool.flush_mutex);
+  if (g_pool.tbb_begun) {
+    TbbBackendStop();  // no offer submits now: they see kOff
+    g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+    if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
+  }
+  g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
 }
 
 // The pool on the ready arena; the caller holds the start (kStarting).
@@ -699,15 +707,24 @@ void* TbbStarterMain(void* wanted) {
 
 // The oneTBB backend's part of Start (the caller holds kStarting).
 void StartOnTbb(int wanted) {
-  if (g_pool.tbb_ready.load(std::memory_order_acquire)) return FinishStartOnTbb();
+  if (TbbBackendProgramFinalized()) {
+    // Finalized before ferry was set up (a program on ferry's API alone,
+    // whose first ferry call came after it): no arena after it either.
+    g_pool.config.backend = 0;
+    g_pool.state.store(kOff, std::memory_order_release);
+    return;
+  }
+  // The starter marks the arena ready before it leaves: read the other way
+  // round, an earlier starter seen gone and the arena not ready made a
+  // second one.
   if (g_pool.tbb_starter_live.load(std::memory_order_acquire)) {
     // An earlier start that a fork took over is still at work: the next
     // offer asks again.
     g_pool.state.store(kNotStarted, std::memory_order_release);
     return;
   }
+  if (g_pool.tbb_ready.load(std::memory_order_acquire)) return FinishStartOnTbb();
   g_pool.tbb_begun = true;
-  TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
   // On a thread of ferry's own, made as the reclaimers are: oneTBB launches
   // its workers with the pthread_create the program sees, so from a free
   // inside the program's own pthread_create wrapper, under the wrapper's
@@ -719,12 +736,19 @@ void StartOnTbb(int wanted) {
   // what the start needs (the wrapper's lock, the loader's).
   g_pool.tbb_starter_live.store(true, std::memory_order_relaxed);
   g_pool.state.store(kStartingOnTbb, std::memory_order_release);
+  // Joinable, and joined only by a finalize (LeaveTbbBeforeFinalize);
+  // otherwise its few pages stay until the process exits. An earlier
+  // starter not joined (its start taken over by a fork) is left so.
   int made = -1;
-  WithPoolThreadAttributes([&](PthreadCreate create, const pthread_attr_t* attr) {
-    pthread_t starter;
-    made = create(&starter, attr, TbbStarterMain, reinterpret_cast<void*>(static_cast<intptr_t>(wanted)));
-  });
+  g_pool.tbb_starter_unjoined.store(true, std::memory_order_release);
+  WithPoolThreadAttributes(
+      [&](PthreadCreate create, const pthread_attr_t* attr) {
+        made = create(&g_pool.tbb_starter, attr, TbbStarterMain,
+                      reinterpret_cast<void*>(static_cast<intptr_t>(wanted)));
+      },
+      /*detached=*/false);
   if (made != 0) {  // no thread to be had: here, as before
+    g_pool.tbb_starter_unjoined.store(false, std::memory_order_release);  // and the thread id unknown
     uint32_t expected = kStartingOnTbb;
     if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
       MakeTbbArena(wanted);
@@ -807,6 +831,9 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
+  // From the first: a finalize before any start keeps the pool from making
+  // an arena after it (registered at the start, the hook was missed then).
+  if (config.backend == 1) TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 
@@ -1152,6 +1179,7 @@ void PoolForkChild() {
     g_pool.config.backend = 0;
   }
   g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
+  g_pool.tbb_starter_unjoined.store(false, std::memory_order_relaxed);
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 

@@ -52,6 +52,8 @@ int g_arena_workers = 0;
 bool g_control_made = false;
 // The pool's, called before the program finalizes oneTBB (see finalize).
 std::atomic<void (*)()> g_before_finalize{nullptr};
+// The program has finalized oneTBB (perhaps before ferry was set up).
+std::atomic<bool> g_program_finalized{false};
 // TbbBackendLaunchWorkers' tasks: begun, and done.
 std::atomic<int> g_launch_begun{0};
 std::atomic<int> g_launch_done{0};
@@ -146,6 +148,8 @@ void TbbBackendStop() {
 
 void TbbBackendSetBeforeFinalize(void (*fn)()) { g_before_finalize.store(fn, std::memory_order_release); }
 
+bool TbbBackendProgramFinalized() { return g_program_finalized.load(std::memory_order_acquire); }
+
 }  // namespace ferry
 
 // oneTBB's finalize (tbb::finalize(handle), and its nothrow form), in front
@@ -198,6 +202,7 @@ namespace tbb::detail::r1 {
 
 bool finalize(d1::task_scheduler_handle& handle, std::intptr_t mode) {
   if (mode != d1::release_nothrowing) {
+    ferry::g_program_finalized.store(true, std::memory_order_release);
     if (void (*before)() = ferry::g_before_finalize.load(std::memory_order_acquire); before != nullptr) before();
   }
   const Finalize real = ferry::OneTbbFinalize();

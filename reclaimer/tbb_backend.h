@@ -41,6 +41,10 @@ void TbbBackendStop();
 // oneTBB's): the pool's, which gives the arena up.
 void TbbBackendSetBeforeFinalize(void (*fn)());
 
+// The program has called oneTBB's finalize (through the definition in this
+// file), perhaps before ferry was set up: no arena may be made after it.
+bool TbbBackendProgramFinalized();
+
 }  // namespace ferry
 
 #endif  // FERRY_RECLAIMER_TBB_BACKEND_H_

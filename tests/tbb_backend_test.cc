@@ -272,6 +272,25 @@ TEST(TbbBackend, ProgramsFinalizeOfOneTbbSucceeds) {
       << "status 2: oneTBB's finalize failed with ferry's arena alive";
 }
 
+// A finalize before the pool ever started: remote frees after it must not
+// make an arena (which would make oneTBB's state live again behind the
+// program's back; a free racing the finalize made its finalize fail, 23 of
+// 30 runs of a review's program, when the hook was registered only by a
+// start). Here ferry is not even set up at the finalize (this test calls
+// ferry's API only, and its first call comes after it).
+TEST(TbbBackend, AFinalizeBeforeAnyStartKeepsThePoolOffOneTbb) {
+  EXPECT_EQ(InChild([&] {
+              tbb::task_scheduler_handle handle{tbb::attach{}};
+              tbb::parallel_for(0, 64, [](int) {});
+              if (!tbb::finalize(handle, std::nothrow)) return 2;
+              const int status = FreesAfterFinalizeGoBackInline();
+              if (status != 0) return status;
+              return ferry_test::Stats().pool_starts == 0 ? 0 : 5;
+            }),
+            0)
+      << "status 4 or 5: the pool started after the program's finalize";
+}
+
 // ferry_flush called from inside the program's own oneTBB tasks, on every
 // thread oneTBB has (a program limit of two: the main thread and one
 // worker): the pool's tasks need a thread too, and oneTBB does not move a
