@@ -181,6 +181,7 @@ struct Pool {
   // until it has exited, and its finalize fails while one lives.
   pthread_t tbb_starter{};
   std::atomic<bool> tbb_starter_unjoined{false};
+  bool in_fork_child = false;  // this process is a fork child
   std::atomic<uint64_t> tbb_batches{0};
   // CPU time of ferry's tasks on oneTBB's workers (reclaimer_cpu_ns): those
   // threads are oneTBB's, so their whole clocks would count the program's
@@ -626,6 +627,8 @@ void WaitForTbbStarter() {
   while (g_pool.tbb_starter_live.load(std::memory_order_acquire)) sched_yield();
 }
 
+void LeaveTbbLocked();
+
 // Before the program finalizes oneTBB (tbb_backend.cc, finalize), which
 // fails while ferry's arena lives: every batch sent to the arena applied,
 // no housekeeping half done, the arena given up; from then on batches are
@@ -636,7 +639,15 @@ void WaitForTbbStarter() {
 // that thread may wait for a lock the program's fork prepare handler
 // holds while its fork waits for the mutex (a review's program hung so).
 void LeaveTbbBeforeFinalize() {
-  if (g_pool.config.backend != 1) return;
+  // One finalize at a time: two at once each terminated the arena (a crash
+  // inside oneTBB, or a finalize that waited for good; a review's program).
+  static pthread_mutex_t leaving = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&leaving);
+  if (g_pool.config.backend == 1) LeaveTbbLocked();
+  pthread_mutex_unlock(&leaving);
+}
+
+void LeaveTbbLocked() {
   for (;;) {
     uint32_t state = g_pool.state.load(std::memory_order_acquire);
     if (state == kStarting) {  // the starter's last step, or a start on its way to StartOnTbb
@@ -685,22 +696,35 @@ void FinishStartOnTbb() {
 }
 
 // The oneTBB arena, its workers launched before the pool takes batches.
-void MakeTbbArena(int wanted) {
+// Returns how many of the arena's tasks began before the launch gave up.
+int MakeTbbArena(int wanted) {
   // The arena's workers, which a limit of the program's may make fewer
   // than asked for: what the statistics report (until 2026-12-05 the
   // number asked for, 64 where oneTBB allowed one).
   g_pool.tbb_workers = TbbBackendStart(wanted);
-  TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
+  const int begun = TbbBackendLaunchWorkers(kTbbLaunchTimeoutMs);
   g_pool.tbb_ready.store(true, std::memory_order_release);
+  return begun;
+}
+
+// The start's last step, unless a fork or a finalize took the start over
+// meanwhile (then a later start finds the arena ready). In a fork child
+// whose arena ran none of its tasks, oneTBB's workers stayed in the parent
+// (the parent ran oneTBB itself): the next request starts ferry's threads
+// (a review's child reported a reclaimer and applied nothing).
+void FinishOrFallBack(int begun) {
+  uint32_t expected = kStartingOnTbb;
+  if (!g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) return;
+  if (begun > 0 || !g_pool.in_fork_child) return FinishStartOnTbb();
+  g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+  g_pool.config.backend = 0;
+  g_pool.state.store(kNotStarted, std::memory_order_release);
+  g_pool_start_requested.store(1, std::memory_order_relaxed);
 }
 
 void* TbbStarterMain(void* wanted) {
   prctl(PR_SET_NAME, "ferry-tbb-start", 0, 0, 0);
-  MakeTbbArena(static_cast<int>(reinterpret_cast<intptr_t>(wanted)));
-  // The start is this thread's to finish unless a fork or a finalize took
-  // it meanwhile (then a later start finds the arena ready).
-  uint32_t expected = kStartingOnTbb;
-  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) FinishStartOnTbb();
+  FinishOrFallBack(MakeTbbArena(static_cast<int>(reinterpret_cast<intptr_t>(wanted))));
   g_pool.tbb_starter_live.store(false, std::memory_order_release);
   return nullptr;
 }
@@ -749,10 +773,8 @@ void StartOnTbb(int wanted) {
       /*detached=*/false);
   if (made != 0) {  // no thread to be had: here, as before
     g_pool.tbb_starter_unjoined.store(false, std::memory_order_release);  // and the thread id unknown
-    uint32_t expected = kStartingOnTbb;
-    if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
-      MakeTbbArena(wanted);
-      FinishStartOnTbb();
+    if (g_pool.state.load(std::memory_order_acquire) == kStartingOnTbb) {
+      FinishOrFallBack(MakeTbbArena(wanted));
     }
     g_pool.tbb_starter_live.store(false, std::memory_order_release);
     return;
@@ -1178,6 +1200,10 @@ void PoolForkChild() {
     g_pool.use_tbb = false;
     g_pool.config.backend = 0;
   }
+  // A parent that ran oneTBB itself (its pool never started) leaves a child
+  // with no oneTBB worker either: a start here that sees none run falls
+  // back to ferry's threads (TbbStarterMain).
+  g_pool.in_fork_child = true;
   g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
   g_pool.tbb_starter_unjoined.store(false, std::memory_order_relaxed);
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);

@@ -109,7 +109,7 @@ int TbbBackendStart(int concurrency) {
   return g_arena_workers;
 }
 
-void TbbBackendLaunchWorkers(int timeout_ms) {
+int TbbBackendLaunchWorkers(int timeout_ms) {
   const int tasks = g_arena_workers;
   g_launch_begun.store(0, std::memory_order_relaxed);
   g_launch_done.store(0, std::memory_order_relaxed);
@@ -129,6 +129,7 @@ void TbbBackendLaunchWorkers(int timeout_ms) {
   while (g_launch_done.load(std::memory_order_acquire) < tasks && OsMonotonicMs() < deadline + 50) {
     nanosleep(&pause, nullptr);
   }
+  return g_launch_begun.load(std::memory_order_acquire);
 }
 
 void TbbBackendSubmit(void (*fn)(void*), void* arg) {

@@ -27,7 +27,8 @@ int TbbBackendStart(int concurrency);
 // all are launched, by the calling
 // thread and by the workers, and no enqueue of the program's threads later
 // launches one. Called on a thread of ferry's own (pool.cc, Start).
-void TbbBackendLaunchWorkers(int timeout_ms);
+// Returns how many of the tasks had begun.
+int TbbBackendLaunchWorkers(int timeout_ms);
 
 // Runs fn(arg) as a task in the arena; never waits. May allocate (oneTBB's
 // task objects), which re-enters ferry: callers hold no allocator state.
