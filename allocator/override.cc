@@ -87,6 +87,20 @@ MallinfoFigures CurrentMallinfo() {
 
 int ClampToInt(size_t value) { return value > INT_MAX ? INT_MAX : static_cast<int>(value); }
 
+// The figures in mallinfo's struct or mallinfo2's, each through `convert`;
+// the fields ferry has no figure for are 0.
+template <typename Info, typename Convert>
+Info MallinfoOf(Convert convert) {
+  const MallinfoFigures figures = CurrentMallinfo();
+  Info info = {};
+  info.arena = convert(figures.arena);
+  info.hblks = convert(figures.hblks);
+  info.hblkhd = convert(figures.hblkhd);
+  info.uordblks = convert(figures.uordblks);
+  info.fordblks = convert(figures.fordblks);
+  return info;
+}
+
 }  // namespace
 
 extern "C" {
@@ -163,28 +177,12 @@ __attribute__((weak)) FERRY_EXPORT void malloc_stats(void) { ferry_stats_print(n
 // Weak, as malloc_stats: the names are not reserved.
 #if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
 __attribute__((weak)) FERRY_EXPORT struct mallinfo2 mallinfo2(void) {
-  const MallinfoFigures figures = CurrentMallinfo();
-  struct mallinfo2 info = {};
-  info.arena = figures.arena;
-  info.hblks = figures.hblks;
-  info.hblkhd = figures.hblkhd;
-  info.uordblks = figures.uordblks;
-  info.fordblks = figures.fordblks;
-  return info;
+  return MallinfoOf<struct mallinfo2>([](size_t figure) { return figure; });
 }
 #endif
 
 // int fields: a figure past INT_MAX reads as INT_MAX (glibc's wraps).
-__attribute__((weak)) FERRY_EXPORT struct mallinfo mallinfo(void) {
-  const MallinfoFigures figures = CurrentMallinfo();
-  struct mallinfo info = {};
-  info.arena = ClampToInt(figures.arena);
-  info.hblks = ClampToInt(figures.hblks);
-  info.hblkhd = ClampToInt(figures.hblkhd);
-  info.uordblks = ClampToInt(figures.uordblks);
-  info.fordblks = ClampToInt(figures.fordblks);
-  return info;
-}
+__attribute__((weak)) FERRY_EXPORT struct mallinfo mallinfo(void) { return MallinfoOf<struct mallinfo>(ClampToInt); }
 
 // glibc's tuning parameters mean nothing to ferry (its own are FERRY_*
 // variables): accepted and ignored, 1 as glibc answers (for parameters it

@@ -627,10 +627,9 @@ void WaitForTbbStarter() {
   while (g_pool.tbb_starter_live.load(std::memory_order_acquire)) sched_yield();
 }
 
-void LeaveTbbLocked();
-
-// Before the program finalizes oneTBB (tbb_backend.cc, finalize), which
-// fails while ferry's arena lives: every batch sent to the arena applied,
+// LeaveTbbBeforeFinalize's work, one finalize at a time. Before the
+// program finalizes oneTBB (tbb_backend.cc, finalize), which fails while
+// ferry's arena lives: every batch sent to the arena applied,
 // no housekeeping half done, the arena given up; from then on batches are
 // returned inline, as with FERRY_RECLAIMERS=0, and no start makes an arena
 // again (one begun during oneTBB's finalize made it fail: found by a
@@ -638,15 +637,6 @@ void LeaveTbbLocked();
 // thread is done with oneTBB: waited for without the flush mutex, since
 // that thread may wait for a lock the program's fork prepare handler
 // holds while its fork waits for the mutex (a review's program hung so).
-void LeaveTbbBeforeFinalize() {
-  // One finalize at a time: two at once each terminated the arena (a crash
-  // inside oneTBB, or a finalize that waited for good; a review's program).
-  static pthread_mutex_t leaving = PTHREAD_MUTEX_INITIALIZER;
-  pthread_mutex_lock(&leaving);
-  if (g_pool.config.backend == 1) LeaveTbbLocked();
-  pthread_mutex_unlock(&leaving);
-}
-
 void LeaveTbbLocked() {
   for (;;) {
     uint32_t state = g_pool.state.load(std::memory_order_acquire);
@@ -681,6 +671,15 @@ void LeaveTbbLocked() {
     if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
   }
   g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
+}
+
+void LeaveTbbBeforeFinalize() {
+  // One finalize at a time: two at once each terminated the arena (a crash
+  // inside oneTBB, or a finalize that waited for good; a review's program).
+  static pthread_mutex_t leaving = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&leaving);
+  if (g_pool.config.backend == 1) LeaveTbbLocked();
+  pthread_mutex_unlock(&leaving);
 }
 
 // The pool on the ready arena; the caller holds the start (kStarting).

@@ -153,24 +153,11 @@ bool TbbBackendProgramFinalized() { return g_program_finalized.load(std::memory_
 
 }  // namespace ferry
 
-// oneTBB's finalize (tbb::finalize(handle), and its nothrow form), in front
-// of oneTBB's own: it waits for oneTBB's workers to end, and fails (throws
-// tbb::unsafe_wait, or returns false) while any task_arena is alive, so
-// ferry's arena, which lives as long as the pool, made a correct program
-// abort at its finalize (found by a review, 2026-12-05). The pool first
-// applies what it was sent and gives the arena up (returning batches
-// inline from then on), then oneTBB's finalize runs. A handle's plain
-// release (mode release_nothrowing) passes straight through.
-namespace tbb::detail::r1 {
-
-using Finalize = bool (*)(d1::task_scheduler_handle&, std::intptr_t);
-
-}  // namespace tbb::detail::r1
-
 namespace ferry {
 namespace {
 
 constexpr char kFinalizeName[] = "_ZN3tbb6detail2r18finalizeERNS0_2d121task_scheduler_handleEl";
+using OneTbbFinalizeFn = bool (*)(tbb::detail::d1::task_scheduler_handle&, std::intptr_t);
 
 // A loaded oneTBB's finalize that is not this one: dl_iterate_phdr's
 // callback, for each loaded object whose name says it is oneTBB.
@@ -190,10 +177,10 @@ int FindLocalOneTbbFinalize(struct dl_phdr_info* info, size_t, void* out) {
 // plugin loaded with RTLD_LOCAL (its calls reach this one through the
 // preload, but RTLD_NEXT searches the global scope only: such a plugin's
 // finalize returned false without running, found by a review).
-tbb::detail::r1::Finalize OneTbbFinalize() {
+OneTbbFinalizeFn OneTbbFinalize() {
   void* f = dlsym(RTLD_NEXT, kFinalizeName);
   if (f == nullptr) dl_iterate_phdr(FindLocalOneTbbFinalize, &f);
-  return reinterpret_cast<tbb::detail::r1::Finalize>(f);
+  return reinterpret_cast<OneTbbFinalizeFn>(f);
 }
 
 }  // namespace
@@ -201,12 +188,20 @@ tbb::detail::r1::Finalize OneTbbFinalize() {
 
 namespace tbb::detail::r1 {
 
+// oneTBB's finalize (tbb::finalize(handle), and its nothrow form), in front
+// of oneTBB's own: it waits for oneTBB's workers to end, and fails (throws
+// tbb::unsafe_wait, or returns false) while any task_arena is alive, so
+// ferry's arena, which lives as long as the pool, made a correct program
+// abort at its finalize (found by a review, 2026-12-05). The pool first
+// applies what it was sent and gives the arena up (returning batches
+// inline from then on), then oneTBB's finalize runs. A handle's plain
+// release (mode release_nothrowing) passes straight through.
 bool finalize(d1::task_scheduler_handle& handle, std::intptr_t mode) {
   if (mode != d1::release_nothrowing) {
     ferry::g_program_finalized.store(true, std::memory_order_release);
     if (void (*before)() = ferry::g_before_finalize.load(std::memory_order_acquire); before != nullptr) before();
   }
-  const Finalize real = ferry::OneTbbFinalize();
+  const ferry::OneTbbFinalizeFn real = ferry::OneTbbFinalize();
   return real != nullptr && real(handle, mode);
 }
 
