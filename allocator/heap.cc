@@ -192,14 +192,38 @@ bool FreeMayStartPool(const void* caller) {
   return !CalledFromLoader(caller) && !in_libc;
 }
 
+// The share of a segment's 63 page slices that pages of `slices` slices,
+// each holding as many blocks of `size` as fit, fill with blocks (per
+// mille): what a program of only that size gets of the address space.
+constexpr size_t SegmentFillPerMille(size_t size, size_t slices) {
+  const size_t pages = (kSlicesPerSegment - 1) / slices;
+  const size_t blocks = slices * kSliceSize / size;
+  return pages * blocks * size * 1000 / ((kSlicesPerSegment - 1) * kSliceSize);
+}
+
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
-// for at least eight blocks, capped at kMaxPageSlices.
+// for eight blocks, capped at kMaxPageSlices; unless such a page spans a MiB
+// or more and pages that size fill less than 90% of a segment, when the
+// smallest page of four blocks or more (three for 512 KiB, whose four need
+// 32 slices) and no more slices that fills the most is taken. Eight blocks of 256 KiB or more needed 32 slices,
+// one page a segment: a program of 256-512 KiB buffers held two to four
+// times their bytes in address space, and under an address-space limit
+// (RLIMIT_AS) got 40% of what glibc gave it (perf/RESULTS.md, 2026-12-05).
 constexpr auto kPageSlices = [] {
   std::array<uint8_t, kNumClasses> slices{};
   for (size_t c = 0; c < kNumClasses; ++c) {
     const size_t size = kClassSize[c];
     size_t n = size <= (8 << 10) ? 1 : (8 * size + kSliceSize - 1) / kSliceSize;
     if (n > kMaxPageSlices) n = kMaxPageSlices;
+    if (n >= 16 && SegmentFillPerMille(size, n) < 900) {
+      size_t least = (4 * size + kSliceSize - 1) / kSliceSize;
+      if (least > kMaxPageSlices * 3 / 4) least = kMaxPageSlices * 3 / 4;
+      size_t best = n;
+      for (size_t k = least; k < n; ++k) {
+        if (SegmentFillPerMille(size, k) > SegmentFillPerMille(size, best)) best = k;
+      }
+      n = best;
+    }
     slices[c] = static_cast<uint8_t>(n);
   }
   return slices;

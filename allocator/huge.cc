@@ -8,6 +8,14 @@
 // A block over-aligned to kSegmentSize or more cannot sit in its header's
 // chunk; it starts exactly one chunk above the header instead, and the
 // segment map marks its chunk kMapHugeAlignedBlock.
+//
+// A mapping ends where its block does (HugeBlockBytes), not at the end of a
+// 4 MiB chunk: until 2026-12-05 a 4 MiB block mapped 8 MiB, and a program
+// under an address-space limit (`ulimit -v`, RLIMIT_AS) got half as many
+// bytes of 4 MiB blocks as under glibc, mimalloc or jemalloc. The rest of the
+// last chunk is left to the kernel; a pointer into it that reaches ferry
+// (the first chunk is in the segment map) finds the header and is reported
+// as foreign (FreeHuge, HugeUsableSize), never read.
 #include <errno.h>
 
 #include <atomic>
@@ -189,13 +197,18 @@ FreedHugeHit FindInHugeCache(uintptr_t address) {
 void HugeCacheLockForFork() { g_huge_cache_lock.LockForFork(); }
 void HugeCacheUnlockAfterFork() { g_huge_cache_lock.UnlockAfterFork(); }
 
+size_t HugeBlockBytes(size_t n) {
+  const size_t bytes = AlignUp(n == 0 ? 1 : n, OsPageSize());
+  const size_t step = (size_t{1} << Log2Floor(bytes)) / 8;
+  return step > OsPageSize() ? AlignUp(bytes, step) : bytes;
+}
+
 void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   if (n > (size_t{1} << 46) || alignment > (size_t{1} << 40)) {
     errno = ENOMEM;
     return nullptr;
   }
-  const size_t os_page = OsPageSize();
-  const size_t block_bytes = AlignUp(n == 0 ? 1 : n, os_page);
+  const size_t block_bytes = HugeBlockBytes(n);
   Segment* segment;
   Page* page;
   void* mapping;
@@ -203,9 +216,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   uintptr_t block;
   if (alignment < kSegmentSize) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
-    // Whole chunks, so that every address of the chunk the segment map
-    // marks is mapped: a bad pointer into its tail is reported, not a crash.
-    mapping_size = AlignUp(offset + block_bytes, kSegmentSize);
+    mapping_size = offset + block_bytes;
     ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
     mapping = may_reuse ? TakeCachedMapping(mapping_size) : nullptr;
     if (mapping != nullptr) {
@@ -231,7 +242,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     }
     page->slice_count = static_cast<uint8_t>(kSlicesPerSegment - slice);
   } else {
-    mapping_size = 2 * kSegmentSize + AlignUp(block_bytes, kSegmentSize) + alignment;
+    mapping_size = 2 * kSegmentSize + block_bytes + alignment;
     mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;
@@ -245,7 +256,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     // 1 MiB) held 268 MiB), counted as usable, and copied by realloc, which
     // made it resident.
     const uintptr_t kept_start = reinterpret_cast<uintptr_t>(segment);
-    const uintptr_t kept_end = block + AlignUp(block_bytes, kSegmentSize);
+    const uintptr_t kept_end = block + block_bytes;
     const uintptr_t mapping_end = reinterpret_cast<uintptr_t>(mapping) + mapping_size;
     if (kept_start > reinterpret_cast<uintptr_t>(mapping)) {
       OsRelease(mapping, kept_start - reinterpret_cast<uintptr_t>(mapping));
@@ -276,9 +287,23 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   return reinterpret_cast<void*>(block);
 }
 
+namespace {
+
+// A pointer into the chunk of a huge block's header or block, but past the
+// end of its mapping (the kernel's to give to anyone): not ferry's.
+[[noreturn]] FERRY_COLD void ReportBadHugePointer(const Segment* segment, uintptr_t address,
+                                                 const char* call) {
+  const uintptr_t mapping = reinterpret_cast<uintptr_t>(segment->mapping);
+  FatalBadPointer(call, reinterpret_cast<const void*>(address),
+                  address - mapping >= segment->mapping_size ? "pointer not allocated by ferry"
+                                                             : "not the start of a block (interior pointer)");
+}
+
+}  // namespace
+
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  if (address != page->start) FatalBadPointer(call, p, "not the start of a block (interior pointer)");
+  if (address != page->start) ReportBadHugePointer(segment, address, call);
   if (segment->huge_freed.exchange(true, std::memory_order_acq_rel)) {
     FatalBadPointer(call, p, "double free (huge block already free)");
   }
@@ -317,7 +342,7 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t old_size = segment->mapping_size;
   const size_t offset = address - old_base;
   const size_t slice = static_cast<size_t>(page - segment->pages);
-  const size_t new_size = AlignUp(offset + AlignUp(n, OsPageSize()), kSegmentSize);
+  const size_t new_size = offset + HugeBlockBytes(n);
   if (new_size == old_size) return p;
   bool no_room = false;
   void* base = OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
@@ -351,10 +376,8 @@ void* ReallocHuge(void* p, size_t n) {
 }
 
 size_t HugeUsableSize(Page* page, uintptr_t address, const char* call) {
-  if (address != page->start) {
-    FatalBadPointer(call, reinterpret_cast<const void*>(address),
-                    "not the start of a block (interior pointer)");
-  }
+  // The record lies in its segment's header, over-aligned or not.
+  if (address != page->start) ReportBadHugePointer(SegmentOf(reinterpret_cast<uintptr_t>(page)), address, call);
   return page->block_size;
 }
 

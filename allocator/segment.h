@@ -455,6 +455,11 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 // block's start, or elsewhere in it. For diagnostics only.
 enum class FreedHugeHit { kNone, kBlockStart, kInside };
 FreedHugeHit FindInHugeCache(uintptr_t address);
+// The bytes a huge block of n bytes spans in its mapping, after its header:
+// n rounded up to the OS page, then to an eighth of the power of two below
+// it (at most 1/8 more than asked; sizes that round alike share mappings in
+// the huge cache, and a realloc within the rounding needs no system call).
+size_t HugeBlockBytes(size_t n);
 // For fork: hold and release the huge cache's lock around fork().
 void HugeCacheLockForFork();
 void HugeCacheUnlockAfterFork();

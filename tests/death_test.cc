@@ -36,6 +36,8 @@ using ferry_test::Launder;
 // and it names (as 0x + lowercase hex) the pointer of the "expect" line.
 class NamesTheBadPointer : public testing::MatcherInterface<const std::string&> {
  public:
+  // `reason`: text the report must end with; nullptr for any.
+  explicit NamesTheBadPointer(const char* reason = nullptr) : reason_(reason) {}
   bool MatchAndExplain(const std::string& text, testing::MatchResultListener* out) const override {
     std::istringstream lines(text);
     std::string line;
@@ -59,6 +61,11 @@ class NamesTheBadPointer : public testing::MatcherInterface<const std::string&> 
       return false;
     }
     const std::string& report = ferry_lines[0];
+    if (reason_ != nullptr && (report.size() < strlen(reason_) ||
+                               report.compare(report.size() - strlen(reason_), std::string::npos, reason_) != 0)) {
+      *out << "the report \"" << report << "\" does not end with \"" << reason_ << "\"";
+      return false;
+    }
     for (size_t at = report.find("0x"); at != std::string::npos; at = report.find("0x", at + 2)) {
       size_t end = at + 2;
       while (end < report.size() && std::isxdigit(static_cast<unsigned char>(report[end]))) {
@@ -77,11 +84,15 @@ class NamesTheBadPointer : public testing::MatcherInterface<const std::string&> 
   }
   void DescribeTo(std::ostream* os) const override {
     *os << "has one line starting with \"ferry:\" naming the bad pointer in lowercase 0x hex";
+    if (reason_ != nullptr) *os << " and ending with \"" << reason_ << "\"";
   }
+
+ private:
+  const char* reason_;
 };
 
-testing::Matcher<const std::string&> NamesBadPointer() {
-  return testing::MakeMatcher(new NamesTheBadPointer);
+testing::Matcher<const std::string&> NamesBadPointer(const char* reason = nullptr) {
+  return testing::MakeMatcher(new NamesTheBadPointer(reason));
 }
 
 // Announces the pointer the next call must report. No core files: the
@@ -321,6 +332,22 @@ TEST_F(Death, FreeOfAPointerToTheLastByteOfAHugeBlockAborts) {
         FreeBad(p + ferry_usable_size(p) - 1);
       },
       kAborted, NamesBadPointer());
+}
+
+// A huge block's mapping ends with the block (since 2026-12-05), not at the
+// end of its 4 MiB chunk, which the segment map still marks: a pointer into
+// the rest of that chunk is not ferry's, and is never read (nothing of
+// ferry's, or anything at all, may be mapped there).
+TEST_F(Death, FreeOfAPointerPastTheMappingOfAHugeBlockAborts) {
+  EXPECT_EXIT(
+      {
+        char* p = static_cast<char*>(ferry_malloc(3 * kMiB));
+        const uintptr_t chunk = reinterpret_cast<uintptr_t>(p) & ~(4 * kMiB - 1);
+        char* past = p + ferry_usable_size(p) + 64 * kKiB;
+        if (reinterpret_cast<uintptr_t>(past) - chunk >= 4 * kMiB) exit(0);  // not in the chunk: the test fails
+        FreeBad(past);
+      },
+      kAborted, NamesBadPointer("): pointer not allocated by ferry"));
 }
 
 TEST_F(Death, FreeOfAnInteriorPointerOfAnAlignedBlockAborts) {
