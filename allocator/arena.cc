@@ -45,6 +45,9 @@ constexpr size_t kMaxArenas = 65536;      // 4 TiB of small and large blocks (25
 struct Arena {
   uintptr_t base;
   uint32_t used;  // bit i: segment i is handed out
+  // Bit i: the arena has a segment i. All kSegmentsPerArena of them, but
+  // for one reserved where a whole arena would not fit (ReserveArena).
+  uint32_t all;
   // Bit i: segment i came back but the kernel would not decommit it all
   // (locked memory), so it may hold old bytes, header included.
   uint32_t not_zero;
@@ -231,7 +234,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     size_t room_index = 0;
     for (size_t i = g_arenas_full_below; i < g_arena_count && address == 0; ++i) {
       Arena& arena = g_arenas[i];
-      if (arena.used == (uint32_t{1} << kSegmentsPerArena) - 1) {
+      if (arena.used == arena.all) {
         if (i == g_arenas_full_below) ++g_arenas_full_below;
         continue;
       }
@@ -242,20 +245,24 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
       address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
       room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
     }
-    if (address == 0 && g_arena_count < kMaxArenas) {
-      void* base = OsReserve(kArenaSize, kSegmentSize);
-      if (base != nullptr) {
-        room_index = g_arena_count * kSegmentsPerArena;
-        Arena& arena = g_arenas[g_arena_count++];
-        arena.base = reinterpret_cast<uintptr_t>(base);
-        arena.used = 1;
-        address = arena.base;
-        // Once per arena, for every segment it will hold (common/valgrind.h).
-        for (size_t k = 0; k < kSegmentsPerArena; ++k) {
-          VgHideMetadata(reinterpret_cast<void*>(arena.base + k * kSegmentSize), sizeof(Segment));
-        }
-        CounterAdd(g_counters.arena_bytes_reserved, kArenaSize);
+    // A whole arena, or, where the address space left will not take one
+    // (RLIMIT_AS), half as many segments, down to one: otherwise the last
+    // 64 MiB under a limit were never used.
+    for (size_t segments = kSegmentsPerArena; address == 0 && g_arena_count < kMaxArenas && segments != 0;
+         segments /= 2) {
+      void* base = OsReserve(segments * kSegmentSize, kSegmentSize);
+      if (base == nullptr) continue;
+      room_index = g_arena_count * kSegmentsPerArena;
+      Arena& arena = g_arenas[g_arena_count++];
+      arena.base = reinterpret_cast<uintptr_t>(base);
+      arena.all = static_cast<uint32_t>((uint64_t{1} << segments) - 1);
+      arena.used = 1;
+      address = arena.base;
+      // Once per arena, for every segment it will hold (common/valgrind.h).
+      for (size_t k = 0; k < segments; ++k) {
+        VgHideMetadata(reinterpret_cast<void*>(arena.base + k * kSegmentSize), sizeof(Segment));
       }
+      CounterAdd(g_counters.arena_bytes_reserved, static_cast<int64_t>(segments * kSegmentSize));
     }
     if (address == 0) return nullptr;
     // Under the lock: ArenaTakeSlicesAnywhere reads the header of every
