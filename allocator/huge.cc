@@ -40,14 +40,13 @@ namespace {
 // page each time: 3.2 ms a round for 5 MiB, ten times glibc, mimalloc,
 // jemalloc and tcmalloc, which all keep such memory (perf/RESULTS.md,
 // 2026-12-03). Freed mappings now wait here, mapped, for a block that needs
-// exactly as many bytes of mapping (whole segments: sizes that round up to
-// the same number of 4 MiB segments match); they go back to the OS once
-// they have waited EmptySegmentKeepMs (the housekeeping, or the next huge
-// allocation or free), at once on ferry_collect, and the oldest first when
-// the cache is full. 32 MiB, as glibc's largest mmap threshold: what an
-// idle process may keep.
+// as many bytes of mapping or up to half as many (TakeCachedMapping); they
+// go back to the OS once they have waited EmptySegmentKeepMs (the
+// housekeeping, or the next huge allocation or free), at once on
+// ferry_collect, and the oldest first when the cache is full. 32 MiB of blocks (and a header), as glibc's
+// largest mmap threshold: what an idle process may keep.
 constexpr size_t kHugeCacheSlots = 8;
-constexpr size_t kHugeCacheMaxBytes = size_t{32} << 20;
+constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
 
 struct CachedMapping {
   void* mapping;  // nullptr: a free slot
@@ -96,22 +95,32 @@ void ReleaseTaken(const CachedMapping* taken, size_t count) {
   for (size_t k = 0; k < count; ++k) OsRelease(taken[k].mapping, taken[k].size);
 }
 
-// A mapping of exactly `size` bytes from the cache, its pages as the last
-// block left them; nullptr when none waits.
-void* TakeCachedMapping(size_t size) {
+// A mapping of at least `size` bytes from the cache, its pages as the last
+// block left them, and its size in *taken_size; nullptr when none waits.
+// The smallest waiting mapping of `size` bytes up to twice that is taken
+// (the newest of equals), whole: its block gets the rest as usable size,
+// as a block in whole 4 MiB segments did before 2026-12-05. Taking only a
+// mapping of exactly `size`, once mappings stopped being whole segments, a
+// buffer of varying size (4-8 MiB, which had all rounded to 8) found one a
+// third as often and took 11 times as long a round; cutting the mapping
+// down to `size` lost the pages the next larger block would have reused
+// (6 times as long).
+void* TakeCachedMapping(size_t size, size_t* taken_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
   SpinLockHolder hold(&g_huge_cache_lock);
-  CachedMapping* newest = nullptr;
+  CachedMapping* best = nullptr;
   for (CachedMapping& slot : g_huge_cache) {
-    if (slot.mapping != nullptr && slot.size == size &&
-        (newest == nullptr || slot.freed_ms >= newest->freed_ms)) {
-      newest = &slot;
+    if (slot.mapping == nullptr || slot.size < size || slot.size / 2 > size) continue;
+    if (best == nullptr || slot.size < best->size ||
+        (slot.size == best->size && slot.freed_ms >= best->freed_ms)) {
+      best = &slot;
     }
   }
-  if (newest == nullptr) return nullptr;
-  void* mapping = TakeSlotLocked(*newest).mapping;
+  if (best == nullptr) return nullptr;
+  const CachedMapping taken = TakeSlotLocked(*best);
   UpdateAnyLocked();
-  return mapping;
+  *taken_size = taken.size;
+  return taken.mapping;
 }
 
 // Keeps a freed huge block's mapping for reuse; false when it is not to be
@@ -218,7 +227,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
     mapping_size = offset + block_bytes;
     ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
-    mapping = may_reuse ? TakeCachedMapping(mapping_size) : nullptr;
+    mapping = may_reuse ? TakeCachedMapping(mapping_size, &mapping_size) : nullptr;
     if (mapping != nullptr) {
       // As a fresh mapping's: the last block's header may have had its
       // page at another slice.
@@ -250,8 +259,8 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     }
     block = AlignUp(reinterpret_cast<uintptr_t>(mapping) + kSegmentSize, alignment);
     segment = reinterpret_cast<Segment*>(block - kSegmentSize);
-    // Only the header's chunk and the block's whole chunks stay mapped: the
-    // rest was room to find the alignment in. Kept, it was address space
+    // Only the header's chunk and the block stay mapped: the rest was room
+    // to find the alignment in. Kept, it was address space
     // and commit charge the size of the alignment (aligned_alloc(256 MiB,
     // 1 MiB) held 268 MiB), counted as usable, and copied by realloc, which
     // made it resident.
