@@ -348,6 +348,9 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     start = static_cast<int>(align);
     FERRY_CHECK(start + count <= kSlicesPerSegment);
     segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
+    if (segment == nullptr && GiveBackHugeCacheForRoom()) {
+      segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
+    }
     if (segment == nullptr) return nullptr;
     SegmentListPush(heap, segment);
   }

@@ -1,7 +1,7 @@
 // huge.cc — blocks above kLargeMax: each on its own OS mapping, laid out as a
 // segment (header in slice 0) so that free finds it by the same arithmetic.
 // Any thread may free a huge block directly: it has no owner and no free
-// list. A freed mapping of up to kHugeCacheMaxBytes stays mapped for a while
+// list. A freed mapping up to the cache's cap stays mapped for a while
 // (the huge cache, below) so that the next huge block of its size takes it
 // with its pages resident; the rest are unmapped at once.
 //
@@ -30,6 +30,7 @@
 #include "common/spin_lock.h"
 #include "common/stats.h"
 #include "common/valgrind.h"
+#include "reclaimer/pool.h"
 
 namespace ferry {
 
@@ -43,10 +44,22 @@ namespace {
 // as many bytes of mapping or up to half as many (TakeCachedMapping); they
 // go back to the OS once they have waited EmptySegmentKeepMs (the
 // housekeeping, or the next huge allocation or free), at once on
-// ferry_collect, and the oldest first when the cache is full. 32 MiB of blocks (and a header), as glibc's
-// largest mmap threshold: what an idle process may keep.
-constexpr size_t kHugeCacheSlots = 8;
+// ferry_collect or where the address space runs out, and the oldest first
+// when the cache is full. It holds 32 MiB of blocks (and a header), as
+// glibc's largest mmap threshold, where no reclaimer thread gives back what
+// has waited (an idle single-threaded program would keep it); where they
+// do, as much as the program holds in huge blocks now, its own working set:
+// four threads that churned huge blocks of 2-16 MiB took 27 s with 32 MiB,
+// most of it the kernel faulting fresh mappings in, and 11 s with that
+// (glibc 3.5-4.0 s; perf/RESULTS.md, 2026-12-05).
+constexpr size_t kHugeCacheSlots = 64;
 constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
+
+size_t HugeCacheCapBytes() {
+  if (!PoolHousekeepsOnATimer()) return kHugeCacheMaxBytes;
+  const int64_t live = g_counters.huge_bytes_live.load(std::memory_order_relaxed);
+  return live > static_cast<int64_t>(kHugeCacheMaxBytes) ? static_cast<size_t>(live) : kHugeCacheMaxBytes;
+}
 
 struct CachedMapping {
   void* mapping;  // nullptr: a free slot
@@ -128,7 +141,8 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
 // again): the caller unmaps it.
 bool CacheHugeMapping(void* mapping, size_t size) {
   // Under memcheck every huge block is a fresh mapping, as valgrind expects.
-  if (kValgrind || size > kHugeCacheMaxBytes) return false;
+  const size_t cap = HugeCacheCapBytes();
+  if (kValgrind || size > cap) return false;
   // The program may have changed what it held (AHugeBlockThatTheProgramSplitIsCopied,
   // api_test.cc): the next block must not inherit a read-only page, nor a
   // file the program mapped over part of its block (the next block's writes
@@ -159,7 +173,7 @@ bool CacheHugeMapping(void* mapping, size_t size) {
           oldest = &slot;
         }
       }
-      if (free_slot != nullptr && g_huge_cache_bytes + size <= kHugeCacheMaxBytes) break;
+      if (free_slot != nullptr && g_huge_cache_bytes + size <= cap) break;
       out[released++] = TakeSlotLocked(*oldest);  // one is there: size <= the cap
     }
     *free_slot = CachedMapping{mapping, size, now_ms};
@@ -184,6 +198,12 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
+}
+
+bool GiveBackHugeCacheForRoom() {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return false;
+  ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/true);
+  return true;
 }
 
 FreedHugeHit FindInHugeCache(uintptr_t address) {
@@ -235,6 +255,9 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
       CounterAdd(g_counters.huge_reused, 1);
     } else {
       mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+      if (mapping == nullptr && GiveBackHugeCacheForRoom()) {
+        mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+      }
     }
     if (mapping == nullptr) {
       errno = ENOMEM;
@@ -253,6 +276,9 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   } else {
     mapping_size = 2 * kSegmentSize + block_bytes + alignment;
     mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+    if (mapping == nullptr && GiveBackHugeCacheForRoom()) {
+      mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
+    }
     if (mapping == nullptr) {
       errno = ENOMEM;
       return nullptr;

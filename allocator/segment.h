@@ -450,6 +450,9 @@ void ArenaUnlockAfterFork();
 // Freed huge mappings kept for reuse (huge.cc) that have waited
 // EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
+// Where the address space ran out (ENOMEM under RLIMIT_AS): every mapping
+// the huge cache holds goes back to the OS at once; false when it held none.
+bool GiveBackHugeCacheForRoom();
 // Whether `address` lies in the mapping of a freed huge block that the
 // huge cache still holds (the segment map no longer knows it): at that
 // block's start, or elsewhere in it. For diagnostics only.

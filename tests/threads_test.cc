@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -457,6 +458,56 @@ TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
       << "huge bytes live before " << before.huge_bytes_live << ", after " << after.huge_bytes_live;
   for (int i = 0; i < 12; ++i) blocks[i] = Make(i % 2 == 0 ? 3 * kMiB : 512 * kKiB);
   for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
+}
+
+// Freed huge mappings wait in the huge cache for the next huge blocks. Where
+// reclaimer threads tick (and give back what has waited, with no call from
+// the program) it holds as much as the program has in huge blocks; without
+// them, 32 MiB (and a header), which an idle program would keep.
+TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
+  // A remote free and a flush start the pool where there is one.
+  void* small = ferry_malloc(64);
+  std::thread([small] {
+    ferry_free(small);
+    ferry_flush();
+  }).join();
+  ferry_collect();  // nothing cached from earlier tests
+  ferry_stats_t start;
+  ferry_stats_get(&start);
+  ASSERT_EQ(start.huge_bytes_cached, 0u);
+  constexpr int kBlocks = 12;
+  std::vector<void*> blocks;
+  for (int i = 0; i < kBlocks; ++i) {
+    blocks.push_back(ferry_malloc(8 * kMiB));
+    ASSERT_NE(blocks.back(), nullptr);
+    memset(blocks.back(), i, 8 * kMiB);
+  }
+  for (int i = 0; i < kBlocks / 2; ++i) ferry_free(blocks[i]);
+  ferry_stats_t freed;
+  ferry_stats_get(&freed);
+  const uint64_t mapping = 8 * kMiB + 64 * kKiB;
+  if (freed.reclaimer_threads > 0) {
+    EXPECT_EQ(freed.huge_bytes_cached, kBlocks / 2 * mapping) << "reclaimer threads " << freed.reclaimer_threads;
+  } else {
+    EXPECT_EQ(freed.huge_bytes_cached, 3 * mapping);  // 32 MiB of blocks and a header at most
+  }
+  // Taken by the next blocks of their size, pages and all.
+  for (int i = 0; i < kBlocks / 2; ++i) blocks[i] = ferry_malloc(8 * kMiB);
+  ferry_stats_t again;
+  ferry_stats_get(&again);
+  EXPECT_EQ(again.huge_reused - freed.huge_reused, freed.huge_bytes_cached / mapping);
+  for (void* p : blocks) ferry_free(p);
+  if (freed.reclaimer_threads > 0) {
+    // And back to the OS once they have waited, with no call from here.
+    ferry_stats_t now;
+    for (int k = 0; k < 400; ++k) {
+      ferry_stats_get(&now);
+      if (now.huge_bytes_cached == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(now.huge_bytes_cached, 0u) << "still cached after 4 s";
+  }
+  ferry_collect();
 }
 
 // Four heaps make segments at once while each block goes straight to another
