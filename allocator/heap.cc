@@ -348,7 +348,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     start = static_cast<int>(align);
     FERRY_CHECK(start + count <= kSlicesPerSegment);
     segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
-    if (segment == nullptr && GiveBackHugeCacheForRoom()) {
+    if (segment == nullptr && GiveBackHugeCacheForRoom(kSegmentSize)) {
       segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
     }
     if (segment == nullptr) return nullptr;
@@ -1000,6 +1000,7 @@ void AtForkChild() {
   // the registering thread (absent here) had reached (EnsureForkHandlers).
   g_fork_handlers.store(kOnceDone, std::memory_order_relaxed);
   HugeCacheUnlockAfterFork();
+  TrimHugeCacheInChild();
   ArenaUnlockAfterFork();
   g_abandoned_lock.UnlockAfterFork();
   g_exit_lock.UnlockAfterFork();
@@ -1015,6 +1016,7 @@ Heap* CreateHeap() {
   const size_t batch_bytes = static_cast<size_t>(g_options.batch) * sizeof(void*);
   const size_t bytes = AlignUp(sizeof(Heap) + kBatchesPerHeap * batch_bytes, OsPageSize());
   void* memory = OsReserve(bytes, OsPageSize());
+  if (memory == nullptr && GiveBackHugeCacheForRoom(bytes)) memory = OsReserve(bytes, OsPageSize());
   if (memory == nullptr) return nullptr;
   Heap* heap = new (memory) Heap();
   char* batch_memory = reinterpret_cast<char*>(heap + 1);
@@ -1467,6 +1469,10 @@ void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
 // or the purge holding them, wins or loses cleanly.
 bool ResizeLargeInPlace(void* p, size_t n) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  // A block aligned beyond a segment has a usable size of its own (it may be
+  // a few KiB, since 2026-12-05) and no page record where PageOf would look:
+  // there lie the block's own bytes.
+  if (SegmentMapLookup(address) != kMapSegment) return false;
   Segment* segment = SegmentOf(address);
   Page* page = PageOf(segment, address);
   if (page->kind != PageKind::kLarge || page->start != address) return false;

@@ -108,22 +108,33 @@ void ReleaseTaken(const CachedMapping* taken, size_t count) {
   for (size_t k = 0; k < count; ++k) OsRelease(taken[k].mapping, taken[k].size);
 }
 
+// Whether a block that needs `size` bytes of mapping may take a waiting
+// mapping of `mapping_size`, whole: up to twice as large while that is at
+// most what the cache holds where no reclaimer ticks (a block then keeps
+// at most 32 MiB it did not ask for), beyond that an eighth larger (the
+// rounding of HugeBlockBytes). Twice as large without a bound, a 130 MiB
+// block kept 208 MiB resident for its whole life (a review's program).
+bool SlackIsBounded(size_t mapping_size, size_t size) {
+  if (mapping_size <= kHugeCacheMaxBytes) return mapping_size / 2 <= size;
+  return mapping_size - size <= size / 8;
+}
+
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, and its size in *taken_size; nullptr when none waits.
-// The smallest waiting mapping of `size` bytes up to twice that is taken
-// (the newest of equals), whole: its block gets the rest as usable size,
-// as a block in whole 4 MiB segments did before 2026-12-05. Taking only a
-// mapping of exactly `size`, once mappings stopped being whole segments, a
-// buffer of varying size (4-8 MiB, which had all rounded to 8) found one a
-// third as often and took 11 times as long a round; cutting the mapping
-// down to `size` lost the pages the next larger block would have reused
-// (6 times as long).
+// The smallest waiting mapping of `size` bytes up to twice that
+// (SlackIsBounded) is taken (the newest of equals), whole: its block gets
+// the rest as usable size, as a block in whole 4 MiB segments did before
+// 2026-12-05. Taking only a mapping of exactly `size`, once mappings
+// stopped being whole segments, a buffer of varying size (4-8 MiB, which
+// had all rounded to 8) found one a third as often and took 11 times as
+// long a round; cutting the mapping down to `size` lost the pages the next
+// larger block would have reused (6 times as long).
 void* TakeCachedMapping(size_t size, size_t* taken_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
   SpinLockHolder hold(&g_huge_cache_lock);
   CachedMapping* best = nullptr;
   for (CachedMapping& slot : g_huge_cache) {
-    if (slot.mapping == nullptr || slot.size < size || slot.size / 2 > size) continue;
+    if (slot.mapping == nullptr || slot.size < size || !SlackIsBounded(slot.size, size)) continue;
     if (best == nullptr || slot.size < best->size ||
         (slot.size == best->size && slot.freed_ms >= best->freed_ms)) {
       best = &slot;
@@ -200,10 +211,32 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
   ReleaseTaken(out, released);
 }
 
-bool GiveBackHugeCacheForRoom() {
-  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return false;
+bool GiveBackHugeCacheForRoom(size_t size) {
+  // A request no release could serve (a size the kernel's overcommit check
+  // refuses, with no limit in sight) must not cost the cache: a program
+  // that probed for a big buffer once a round lost its whole cache each
+  // time (a review's program: 10.1 ms a round against 0.22).
+  if (!g_huge_cache_any.load(std::memory_order_relaxed) || !OsReservationMayFitAfterRelease(size)) return false;
   ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/true);
   return true;
+}
+
+void TrimHugeCacheInChild() {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
+  CachedMapping out[kHugeCacheSlots];
+  size_t released = 0;
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    while (g_huge_cache_bytes > kHugeCacheMaxBytes) {
+      CachedMapping* oldest = nullptr;
+      for (CachedMapping& slot : g_huge_cache) {
+        if (slot.mapping != nullptr && (oldest == nullptr || slot.freed_ms < oldest->freed_ms)) oldest = &slot;
+      }
+      out[released++] = TakeSlotLocked(*oldest);
+    }
+    UpdateAnyLocked();
+  }
+  ReleaseTaken(out, released);
 }
 
 FreedHugeHit FindInHugeCache(uintptr_t address) {
@@ -255,7 +288,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
       CounterAdd(g_counters.huge_reused, 1);
     } else {
       mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-      if (mapping == nullptr && GiveBackHugeCacheForRoom()) {
+      if (mapping == nullptr && GiveBackHugeCacheForRoom(mapping_size)) {
         mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
       }
     }
@@ -276,7 +309,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   } else {
     mapping_size = 2 * kSegmentSize + block_bytes + alignment;
     mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-    if (mapping == nullptr && GiveBackHugeCacheForRoom()) {
+    if (mapping == nullptr && GiveBackHugeCacheForRoom(mapping_size)) {
       mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     }
     if (mapping == nullptr) {
@@ -384,6 +417,9 @@ void* ReallocHuge(void* p, size_t n) {
   if (base == nullptr) {
     if (!no_room) return nullptr;
     void* target = OsReserve(new_size, kSegmentSize, /*overcommit_check=*/true);
+    if (target == nullptr && GiveBackHugeCacheForRoom(new_size)) {
+      target = OsReserve(new_size, kSegmentSize, /*overcommit_check=*/true);
+    }
     if (target == nullptr) return nullptr;
     // Out of the map while this thread still holds the old range: once the
     // move lets it go, another thread may map it and mark it its own.

@@ -450,9 +450,15 @@ void ArenaUnlockAfterFork();
 // Freed huge mappings kept for reuse (huge.cc) that have waited
 // EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
-// Where the address space ran out (ENOMEM under RLIMIT_AS): every mapping
-// the huge cache holds goes back to the OS at once; false when it held none.
-bool GiveBackHugeCacheForRoom();
+// A reservation of `size` bytes failed: where the address space is limited
+// and giving back could make room (OsReservationMayFitAfterRelease), every
+// mapping the huge cache holds goes back to the OS at once; false when
+// nothing went (then a retry is pointless).
+bool GiveBackHugeCacheForRoom(size_t size);
+// In a fork child: no reclaimer thread will give back what the huge cache
+// holds, so it keeps no more than where none ticks (the parent's may hold
+// as much as its huge blocks).
+void TrimHugeCacheInChild();
 // Whether `address` lies in the mapping of a freed huge block that the
 // huge cache still holds (the segment map no longer knows it): at that
 // block's start, or elsewhere in it. For diagnostics only.

@@ -49,6 +49,11 @@ bool OsResetForReuse(void* base, size_t size);
 // when nothing the program did to part of it remains: a file mapped over
 // it, mlock, a protection key, MADV_DONTDUMP, MADV_HUGEPAGE, userfaultfd.
 bool OsIsOneMapping(void* base, size_t size);
+// Whether a reservation of `size` bytes that failed might succeed once
+// other mappings go: the address space is limited (RLIMIT_AS) and `size` is
+// within the limit, or the kernel counts every mapping's commit charge
+// (vm.overcommit_memory 2). Read at the moment of asking: for slow paths.
+bool OsReservationMayFitAfterRelease(size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();

@@ -93,6 +93,23 @@ bool OsIsOneMapping(void* base, size_t size) {
   return one;
 }
 
+bool OsReservationMayFitAfterRelease(size_t size) {
+  const int saved_errno = errno;
+  rlimit limit;
+  bool may = getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && size < limit.rlim_cur;
+  if (!may) {
+    const int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+    char mode = 0;
+    if (fd >= 0) {
+      if (read(fd, &mode, 1) != 1) mode = 0;
+      close(fd);
+    }
+    may = mode == '2';
+  }
+  errno = saved_errno;
+  return may;
+}
+
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room) {
   const int saved_errno = errno;
   void* p = mremap(base, old_size, new_size, 0);

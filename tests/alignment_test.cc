@@ -173,6 +173,37 @@ TEST(Alignment, AlignedBlocksFreedByAnotherThreadAreReturned) {
   for (void* p : again) ferry_free(p);
 }
 
+// A block aligned to 4 MiB or more starts a chunk of its own, where a
+// segment's header (and the page record free and realloc read) would be:
+// its bytes there are the program's and must never steer realloc. Since
+// 2026-12-05 such a block's usable size is what it asked for, rounded, so a
+// small one reached the large-block resize, which read those bytes as a
+// page record (UBSan: misaligned 'struct Page'); written to look like a
+// large block's record, they led it on into the block's own memory.
+TEST(Alignment, TheBytesOfABlockAlignedBeyondASegmentNeverSteerRealloc) {
+  const size_t alignment = size_t{4} << 20;
+  unsigned char* p = static_cast<unsigned char*>(ferry_aligned_alloc(alignment, 600 * kKiB));
+  ASSERT_NE(p, nullptr);
+  const size_t usable = ferry_usable_size(p);
+  ASSERT_GE(usable, 600 * kKiB);
+  ASSERT_LT(usable, kMiB) << "the realloc below must not fit";
+  // A large page's record as segment.h lays it out: kind at byte 7, start
+  // at 16, slice_count at 40; the rest of the block, where a segment's
+  // slice bitmap would be, zero (every slice free).
+  memset(p, 0, usable);
+  p[7] = 2;  // PageKind::kLarge
+  const uintptr_t self = reinterpret_cast<uintptr_t>(p);
+  memcpy(p + 16, &self, sizeof self);
+  p[40] = static_cast<unsigned char>(usable / (64 * kKiB));
+  std::vector<unsigned char> before(p, p + usable);
+  unsigned char* q = static_cast<unsigned char*>(ferry_realloc(p, kMiB));
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(memcmp(q, before.data(), usable), 0) << "the block's bytes were not kept";
+  EXPECT_GE(ferry_usable_size(q), kMiB);
+  memset(q, 0x11, kMiB);
+  ferry_free(q);
+}
+
 // A block aligned beyond a segment is placed in a mapping with room for the
 // alignment; the room goes back at once. Kept, aligned_alloc(256 MiB, 1 MiB)
 // held 268 MiB of address space (commit charge), reported 248 MiB usable,

@@ -496,6 +496,23 @@ TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
   ferry_stats_t again;
   ferry_stats_get(&again);
   EXPECT_EQ(again.huge_reused - freed.huge_reused, freed.huge_bytes_cached / mapping);
+  if (freed.reclaimer_threads > 0) {
+    // A fork child has no reclaimer ticking: it keeps no more than 32 MiB
+    // (and a header) of the parent's cache, which it alone would hold once
+    // the parent gave its copy back (a review's program: 400 MiB for good).
+    for (int i = 0; i < kBlocks / 2; ++i) ferry_free(blocks[i]);
+    const pid_t child = fork();
+    if (child == 0) {
+      ferry_stats_t in_child;
+      ferry_stats_get(&in_child);
+      _exit(in_child.huge_bytes_cached <= 32 * kMiB + 64 * kKiB ? 0 : 1);
+    }
+    ASSERT_GT(child, 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child kept the parent's cache";
+    for (int i = 0; i < kBlocks / 2; ++i) blocks[i] = ferry_malloc(8 * kMiB);
+  }
   for (void* p : blocks) ferry_free(p);
   if (freed.reclaimer_threads > 0) {
     // And back to the OS once they have waited, with no call from here.
@@ -507,6 +524,42 @@ TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
     }
     EXPECT_EQ(now.huge_bytes_cached, 0u) << "still cached after 4 s";
   }
+  ferry_collect();
+}
+
+// A block takes a waiting mapping up to twice its size only while that is
+// small; a big mapping serves only a block within an eighth of it: a 130
+// MiB block that took a 200 MiB mapping kept the difference resident for
+// its whole life (a review's program). Nothing here is written: address
+// space only.
+TEST(Threads, ABigBlockTakesNoMuchBiggerCachedMapping) {
+  void* small = ferry_malloc(64);
+  std::thread([small] {
+    ferry_free(small);
+    ferry_flush();
+  }).join();
+  ferry_collect();
+  std::vector<void*> held;
+  for (int i = 0; i < 4; ++i) held.push_back(ferry_malloc(64 * kMiB));  // live huge bytes: the cap
+  void* big = ferry_malloc(100 * kMiB);
+  ASSERT_NE(big, nullptr);
+  ferry_free(big);
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  if (stats.reclaimer_threads == 0) {
+    for (void* p : held) ferry_free(p);
+    GTEST_SKIP() << "no reclaimer thread: a 100 MiB mapping is never cached";
+  }
+  ASSERT_GE(stats.huge_bytes_cached, 100 * kMiB);
+  void* smaller = ferry_malloc(60 * kMiB);
+  ASSERT_NE(smaller, nullptr);
+  EXPECT_NE(smaller, big);
+  EXPECT_LT(ferry_usable_size(smaller), 68 * kMiB);
+  void* close = ferry_malloc(95 * kMiB);  // within an eighth: takes it
+  EXPECT_EQ(close, big);
+  ferry_free(close);
+  ferry_free(smaller);
+  for (void* p : held) ferry_free(p);
   ferry_collect();
 }
 
