@@ -212,10 +212,10 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
 }
 
 bool GiveBackHugeCacheForRoom(size_t size) {
-  // A request no release could serve (a size the kernel's overcommit check
-  // refuses, with no limit in sight) must not cost the cache: a program
-  // that probed for a big buffer once a round lost its whole cache each
-  // time (a review's program: 10.1 ms a round against 0.22).
+  // A request no release could serve (more than RAM and swap, or than
+  // RLIMIT_AS) must not cost the cache: a program that probed for a big
+  // buffer once a round lost its whole cache each time (a review's
+  // program: 10.1 ms a round against 0.22).
   if (!g_huge_cache_any.load(std::memory_order_relaxed) || !OsReservationMayFitAfterRelease(size)) return false;
   ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/true);
   return true;

@@ -450,10 +450,10 @@ void ArenaUnlockAfterFork();
 // Freed huge mappings kept for reuse (huge.cc) that have waited
 // EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
-// A reservation of `size` bytes failed: where the address space is limited
-// and giving back could make room (OsReservationMayFitAfterRelease), every
-// mapping the huge cache holds goes back to the OS at once; false when
-// nothing went (then a retry is pointless).
+// A reservation of `size` bytes failed: unless `size` could never fit
+// (OsReservationMayFitAfterRelease), every mapping the huge cache holds
+// goes back to the OS at once; false when nothing went (then a retry is
+// pointless).
 bool GiveBackHugeCacheForRoom(size_t size);
 // In a fork child: no reclaimer thread will give back what the huge cache
 // holds, so it keeps no more than where none ticks (the parent's may hold

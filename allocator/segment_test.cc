@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1807,6 +1808,45 @@ TEST(HugeCache, AReservationThatNoReleaseCouldServeLeavesTheCache) {
     GTEST_SKIP() << "the kernel mapped 32 TiB (vm.overcommit_memory 1)";
   }
   EXPECT_EQ(HugeStats().huge_bytes_cached, HugeMappingBytes(5 * kHugeMiB)) << "the cache was given back";
+  EmptyHugeCache();
+}
+
+// malloc is no cancellation point: a thread with a cancel pending that
+// asks for more than fits, while the huge cache holds something, gets NULL
+// and goes on. On 2026-12-05 the check of whether to give the cache back
+// read /proc with libc's open and read, and the thread was cancelled inside
+// malloc (holding its heap's lock, in a claim).
+TEST(HugeCache, AFailedReservationIsNoCancellationPoint) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  void* p = ferry_malloc(5 * kHugeMiB);
+  ASSERT_NE(p, nullptr);
+  ferry_free(p);
+  ASSERT_GT(HugeStats().huge_bytes_cached, 0u);
+  struct Shared {
+    std::atomic<bool> cancel_sent{false};
+    std::atomic<bool> returned{false};
+  } shared;
+  pthread_t thread;
+  ASSERT_EQ(pthread_create(
+                &thread, nullptr,
+                [](void* arg) -> void* {
+                  auto* shared = static_cast<Shared*>(arg);
+                  while (!shared->cancel_sent.load()) std::this_thread::yield();
+                  void* impossible = ferry_malloc(size_t{1} << 45);  // 32 TiB
+                  if (impossible != nullptr) ferry_free(impossible);
+                  shared->returned.store(true);
+                  pthread_testcancel();
+                  return nullptr;
+                },
+                &shared),
+            0);
+  ASSERT_EQ(pthread_cancel(thread), 0);
+  shared.cancel_sent.store(true);
+  void* result = nullptr;
+  ASSERT_EQ(pthread_join(thread, &result), 0);
+  EXPECT_EQ(result, PTHREAD_CANCELED);
+  EXPECT_TRUE(shared.returned.load()) << "the thread was cancelled inside ferry_malloc";
   EmptyHugeCache();
 }
 

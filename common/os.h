@@ -50,9 +50,12 @@ bool OsResetForReuse(void* base, size_t size);
 // it, mlock, a protection key, MADV_DONTDUMP, MADV_HUGEPAGE, userfaultfd.
 bool OsIsOneMapping(void* base, size_t size);
 // Whether a reservation of `size` bytes that failed might succeed once
-// other mappings go: the address space is limited (RLIMIT_AS) and `size` is
-// within the limit, or the kernel counts every mapping's commit charge
-// (vm.overcommit_memory 2). Read at the moment of asking: for slow paths.
+// other mappings go: false only where `size` alone could never fit (at or
+// above RLIMIT_AS, or more than RAM and swap together, which the kernel's
+// overcommit check refuses whatever else is mapped). Any other failure may
+// be a limit that counts mappings: RLIMIT_AS, RLIMIT_DATA, strict
+// overcommit, vm.max_map_count. Raw system calls only (no cancellation
+// point, nothing the program can wrap); for slow paths.
 bool OsReservationMayFitAfterRelease(size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
