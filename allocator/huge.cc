@@ -109,11 +109,10 @@ void ReleaseTaken(const CachedMapping* taken, size_t count) {
 }
 
 // Whether a block that needs `size` bytes of mapping may take a waiting
-// mapping of `mapping_size`, whole: up to twice as large while that is at
-// most what the cache holds where no reclaimer ticks (a block then keeps
-// at most 32 MiB it did not ask for), beyond that an eighth larger (the
-// rounding of HugeBlockBytes). Twice as large without a bound, a 130 MiB
-// block kept 208 MiB resident for its whole life (a review's program).
+// mapping of `mapping_size`: up to twice as large while the mapping is 32
+// MiB or less, else an eighth larger at most (the rounding of
+// HugeBlockBytes). Twice as large without a bound, a 130 MiB block took a
+// 208 MiB mapping (a review's program).
 bool SlackIsBounded(size_t mapping_size, size_t size) {
   if (mapping_size <= kHugeCacheMaxBytes) return mapping_size / 2 <= size;
   return mapping_size - size <= size / 8;
@@ -121,29 +120,43 @@ bool SlackIsBounded(size_t mapping_size, size_t size) {
 
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, and its size in *taken_size; nullptr when none waits.
-// The smallest waiting mapping of `size` bytes up to twice that
-// (SlackIsBounded) is taken (the newest of equals), whole: its block gets
-// the rest as usable size, as a block in whole 4 MiB segments did before
-// 2026-12-05. Taking only a mapping of exactly `size`, once mappings
-// stopped being whole segments, a buffer of varying size (4-8 MiB, which
-// had all rounded to 8) found one a third as often and took 11 times as
-// long a round; cutting the mapping down to `size` lost the pages the next
-// larger block would have reused (6 times as long).
+// The smallest waiting mapping that SlackIsBounded allows is taken (the
+// newest of equals). Where the cache is the small one (no reclaimer
+// ticks) it is taken whole, the rest its block's usable size, as a block
+// in whole 4 MiB segments had before 2026-12-05: taking only a mapping of
+// exactly `size` once mappings stopped being whole segments, a buffer of
+// varying size (4-8 MiB, which had all rounded to 8) found one a third as
+// often and took 11 times as long a round, and cutting the mapping down to
+// `size` lost the pages the next larger block would have reused (6 times
+// as long). Where the cache holds as much as the program's huge blocks,
+// the rest goes back to the OS (one munmap): blocks that each kept up to
+// twice their size held an idle program at twice its live data, past
+// malloc_trim (a review's program: 312 MiB resident for 156 asked for,
+// 162 now; glibc 157).
 void* TakeCachedMapping(size_t size, size_t* taken_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
-  SpinLockHolder hold(&g_huge_cache_lock);
-  CachedMapping* best = nullptr;
-  for (CachedMapping& slot : g_huge_cache) {
-    if (slot.mapping == nullptr || slot.size < size || !SlackIsBounded(slot.size, size)) continue;
-    if (best == nullptr || slot.size < best->size ||
-        (slot.size == best->size && slot.freed_ms >= best->freed_ms)) {
-      best = &slot;
+  const bool large_cache = PoolHousekeepsOnATimer();
+  CachedMapping taken;
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    CachedMapping* best = nullptr;
+    for (CachedMapping& slot : g_huge_cache) {
+      if (slot.mapping == nullptr || slot.size < size || !SlackIsBounded(slot.size, size)) continue;
+      if (best == nullptr || slot.size < best->size ||
+          (slot.size == best->size && slot.freed_ms >= best->freed_ms)) {
+        best = &slot;
+      }
     }
+    if (best == nullptr) return nullptr;
+    taken = TakeSlotLocked(*best);
+    UpdateAnyLocked();
   }
-  if (best == nullptr) return nullptr;
-  const CachedMapping taken = TakeSlotLocked(*best);
-  UpdateAnyLocked();
-  *taken_size = taken.size;
+  size_t keep = taken.size;
+  if (large_cache && keep > size) {
+    OsRelease(static_cast<char*>(taken.mapping) + size, taken.size - size);
+    keep = size;
+  }
+  *taken_size = keep;
   return taken.mapping;
 }
 

@@ -51,10 +51,10 @@ bool OsResetForReuse(void* base, size_t size);
 bool OsIsOneMapping(void* base, size_t size);
 // Whether a reservation of `size` bytes that failed might succeed once
 // other mappings go: false only where `size` alone could never fit (at or
-// above RLIMIT_AS, or more than RAM and swap together, which the kernel's
-// overcommit check refuses whatever else is mapped). Any other failure may
-// be a limit that counts mappings: RLIMIT_AS, RLIMIT_DATA, strict
-// overcommit, vm.max_map_count. Raw system calls only (no cancellation
+// above RLIMIT_AS or RLIMIT_DATA, or more than RAM and swap together,
+// which the kernel's overcommit check refuses whatever else is mapped).
+// Any other failure may be a limit that counts mappings: RLIMIT_AS,
+// RLIMIT_DATA, strict overcommit, vm.max_map_count. Raw system calls only (no cancellation
 // point, nothing the program can wrap); for slow paths.
 bool OsReservationMayFitAfterRelease(size_t size);
 size_t OsPageSize();

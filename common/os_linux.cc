@@ -101,10 +101,12 @@ bool OsReservationMayFitAfterRelease(size_t size) {
   // place.
   const int saved_errno = errno;
   bool may = true;
-  rlimit limit;
-  if (syscall(SYS_prlimit64, 0, RLIMIT_AS, nullptr, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
-      size >= limit.rlim_cur) {
-    may = false;
+  for (const int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit limit;
+    if (syscall(SYS_prlimit64, 0, resource, nullptr, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        size >= limit.rlim_cur) {
+      may = false;
+    }
   }
   struct sysinfo info;
   if (may && syscall(SYS_sysinfo, &info) == 0) {
