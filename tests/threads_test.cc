@@ -460,18 +460,23 @@ TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
   for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
 }
 
-// Freed huge mappings wait in the huge cache for the next huge blocks. Where
-// reclaimer threads tick (and give back what has waited, with no call from
-// the program) it holds as much as the program has in huge blocks; without
-// them, 32 MiB (and a header), which an idle program would keep.
-TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
-  // A remote free and a flush start the pool where there is one.
+// A remote free and a flush start the pool where this variant has one;
+// ferry_collect then empties the huge cache of what earlier tests left.
+void StartThePoolWithAnEmptyHugeCache() {
   void* small = ferry_malloc(64);
   std::thread([small] {
     ferry_free(small);
     ferry_flush();
   }).join();
-  ferry_collect();  // nothing cached from earlier tests
+  ferry_collect();
+}
+
+// Freed huge mappings wait in the huge cache for the next huge blocks. Where
+// reclaimer threads tick (and give back what has waited, with no call from
+// the program) it holds as much as the program has in huge blocks; without
+// them, 32 MiB (and a header), which an idle program would keep.
+TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
+  StartThePoolWithAnEmptyHugeCache();
   ferry_stats_t start;
   ferry_stats_get(&start);
   ASSERT_EQ(start.huge_bytes_cached, 0u);
@@ -537,12 +542,7 @@ TEST(Threads, TheHugeCacheHoldsTheProgramsHugeBytesWhileReclaimersTick) {
 // its whole life (a review's program). Nothing here is written: address
 // space only.
 TEST(Threads, ABigBlockTakesNoMuchBiggerCachedMapping) {
-  void* small = ferry_malloc(64);
-  std::thread([small] {
-    ferry_free(small);
-    ferry_flush();
-  }).join();
-  ferry_collect();
+  StartThePoolWithAnEmptyHugeCache();
   std::vector<void*> held;
   for (int i = 0; i < 4; ++i) held.push_back(ferry_malloc(64 * kMiB));  // live huge bytes: the cap
   void* big = ferry_malloc(100 * kMiB);
