@@ -15,14 +15,15 @@
 
 namespace {
 
-// The bytes of `size`-byte blocks a child process gets from ferry_malloc,
-// in MiB, with 512 MiB of address space left to it (RLIMIT_AS) above what
-// it holds at the fork; -1 when the child did not end as it should (every
-// allocation past the limit must fail with ENOMEM, not crash).
+// MiBUnderAddressSpaceLimit's answer where the child could not set its limit.
 constexpr long kCannotLimit = -3;
 
-// With `cache_first`, the child first frees three huge blocks of 10 MiB,
-// whose mappings wait in the huge cache.
+// The bytes of `size`-byte blocks a child process gets from ferry_malloc,
+// in MiB, with 512 MiB left to it under `resource` (RLIMIT_AS, or
+// RLIMIT_DATA) above what it holds at the fork; -1 when the child did not
+// end as it should (every allocation past the limit must fail with ENOMEM,
+// not crash). With `cache_first`, the child first frees three huge blocks
+// of 10 MiB, whose mappings wait in the huge cache.
 long MiBUnderAddressSpaceLimit(size_t size, bool cache_first = false, int resource = RLIMIT_AS) {
   constexpr size_t kHeadroom = size_t{512} << 20;
   int fds[2];
@@ -36,7 +37,9 @@ long MiBUnderAddressSpaceLimit(size_t size, bool cache_first = false, int resour
     if (resource == RLIMIT_AS) {
       FILE* statm = fopen("/proc/self/statm", "r");
       long pages = 0;
-      if (statm != nullptr && fscanf(statm, "%ld", &pages) == 1) kib = pages * (sysconf(_SC_PAGESIZE) / 1024);
+      if (statm != nullptr && fscanf(statm, "%ld", &pages) == 1) {
+        kib = pages * (sysconf(_SC_PAGESIZE) / 1024);
+      }
       if (statm != nullptr) fclose(statm);
     } else {
       FILE* status = fopen("/proc/self/status", "r");

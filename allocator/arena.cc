@@ -46,7 +46,7 @@ struct Arena {
   uintptr_t base;
   uint32_t used;  // bit i: segment i is handed out
   // Bit i: the arena has a segment i. All kSegmentsPerArena of them, but
-  // for one reserved where a whole arena would not fit (ReserveArena).
+  // for one reserved where a whole arena would not fit (ArenaAllocateSegment).
   uint32_t all;
   // Bit i: segment i came back but the kernel would not decommit it all
   // (locked memory), so it may hold old bytes, header included.

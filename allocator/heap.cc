@@ -205,10 +205,11 @@ constexpr size_t SegmentFillPerMille(size_t size, size_t slices) {
 // for eight blocks, capped at kMaxPageSlices; unless such a page spans a MiB
 // or more and pages that size fill less than 90% of a segment, when the
 // smallest page of four blocks or more (three for 512 KiB, whose four need
-// 32 slices) and no more slices that fills the most is taken. Eight blocks of 256 KiB or more needed 32 slices,
-// one page a segment: a program of 256-512 KiB buffers held two to four
-// times their bytes in address space, and under an address-space limit
-// (RLIMIT_AS) got 40% of what glibc gave it (perf/RESULTS.md, 2026-12-05).
+// 32 slices) and no more slices that fills the most is taken. Eight blocks
+// of 256 KiB or more needed 32 slices, one page a segment: a program of
+// 256-512 KiB buffers held two to four times their bytes in address space,
+// and under an address-space limit (RLIMIT_AS) got 40% of what glibc gave
+// it (perf/RESULTS.md, 2026-12-05).
 constexpr auto kPageSlices = [] {
   std::array<uint8_t, kNumClasses> slices{};
   for (size_t c = 0; c < kNumClasses; ++c) {
@@ -1015,8 +1016,7 @@ void AtForkChild() {
 Heap* CreateHeap() {
   const size_t batch_bytes = static_cast<size_t>(g_options.batch) * sizeof(void*);
   const size_t bytes = AlignUp(sizeof(Heap) + kBatchesPerHeap * batch_bytes, OsPageSize());
-  void* memory = OsReserve(bytes, OsPageSize());
-  if (memory == nullptr && GiveBackHugeCacheForRoom(bytes)) memory = OsReserve(bytes, OsPageSize());
+  void* memory = OsReserveMakingRoom(bytes, OsPageSize());
   if (memory == nullptr) return nullptr;
   Heap* heap = new (memory) Heap();
   char* batch_memory = reinterpret_cast<char*>(heap + 1);

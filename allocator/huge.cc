@@ -79,6 +79,16 @@ uint64_t HugeCacheKeepMs() {
   return EmptySegmentKeepMs(static_cast<uint64_t>(CurrentOptions().purge_delay_ms));
 }
 
+// The waiting mapping freed longest ago; nullptr when none waits. The
+// caller holds the lock.
+CachedMapping* OldestSlotLocked() {
+  CachedMapping* oldest = nullptr;
+  for (CachedMapping& slot : g_huge_cache) {
+    if (slot.mapping != nullptr && (oldest == nullptr || slot.freed_ms < oldest->freed_ms)) oldest = &slot;
+  }
+  return oldest;
+}
+
 // Takes slot `slot` out of the cache; the caller holds the lock.
 CachedMapping TakeSlotLocked(CachedMapping& slot) {
   CachedMapping taken = slot;
@@ -189,16 +199,14 @@ bool CacheHugeMapping(void* mapping, size_t size) {
     CachedMapping* free_slot = nullptr;
     for (;;) {
       free_slot = nullptr;
-      CachedMapping* oldest = nullptr;
       for (CachedMapping& slot : g_huge_cache) {
         if (slot.mapping == nullptr) {
-          if (free_slot == nullptr) free_slot = &slot;
-        } else if (oldest == nullptr || slot.freed_ms < oldest->freed_ms) {
-          oldest = &slot;
+          free_slot = &slot;
+          break;
         }
       }
       if (free_slot != nullptr && g_huge_cache_bytes + size <= cap) break;
-      out[released++] = TakeSlotLocked(*oldest);  // one is there: size <= the cap
+      out[released++] = TakeSlotLocked(*OldestSlotLocked());  // one is there: size <= the cap
     }
     *free_slot = CachedMapping{mapping, size, now_ms};
     g_huge_cache_bytes += size;
@@ -234,19 +242,19 @@ bool GiveBackHugeCacheForRoom(size_t size) {
   return true;
 }
 
+void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) {
+  void* mapping = OsReserve(size, alignment, overcommit_check);
+  if (mapping == nullptr && GiveBackHugeCacheForRoom(size)) mapping = OsReserve(size, alignment, overcommit_check);
+  return mapping;
+}
+
 void TrimHugeCacheInChild() {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
   CachedMapping out[kHugeCacheSlots];
   size_t released = 0;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
-    while (g_huge_cache_bytes > kHugeCacheMaxBytes) {
-      CachedMapping* oldest = nullptr;
-      for (CachedMapping& slot : g_huge_cache) {
-        if (slot.mapping != nullptr && (oldest == nullptr || slot.freed_ms < oldest->freed_ms)) oldest = &slot;
-      }
-      out[released++] = TakeSlotLocked(*oldest);
-    }
+    while (g_huge_cache_bytes > kHugeCacheMaxBytes) out[released++] = TakeSlotLocked(*OldestSlotLocked());
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
@@ -300,10 +308,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
       memset(mapping, 0, sizeof(Segment));
       CounterAdd(g_counters.huge_reused, 1);
     } else {
-      mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-      if (mapping == nullptr && GiveBackHugeCacheForRoom(mapping_size)) {
-        mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-      }
+      mapping = OsReserveMakingRoom(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     }
     if (mapping == nullptr) {
       errno = ENOMEM;
@@ -321,10 +326,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     page->slice_count = static_cast<uint8_t>(kSlicesPerSegment - slice);
   } else {
     mapping_size = 2 * kSegmentSize + block_bytes + alignment;
-    mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-    if (mapping == nullptr && GiveBackHugeCacheForRoom(mapping_size)) {
-      mapping = OsReserve(mapping_size, kSegmentSize, /*overcommit_check=*/true);
-    }
+    mapping = OsReserveMakingRoom(mapping_size, kSegmentSize, /*overcommit_check=*/true);
     if (mapping == nullptr) {
       errno = ENOMEM;
       return nullptr;
@@ -429,10 +431,7 @@ void* ReallocHuge(void* p, size_t n) {
   void* base = OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
   if (base == nullptr) {
     if (!no_room) return nullptr;
-    void* target = OsReserve(new_size, kSegmentSize, /*overcommit_check=*/true);
-    if (target == nullptr && GiveBackHugeCacheForRoom(new_size)) {
-      target = OsReserve(new_size, kSegmentSize, /*overcommit_check=*/true);
-    }
+    void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);
     if (target == nullptr) return nullptr;
     // Out of the map while this thread still holds the old range: once the
     // move lets it go, another thread may map it and mark it its own.
@@ -461,7 +460,9 @@ void* ReallocHuge(void* p, size_t n) {
 
 size_t HugeUsableSize(Page* page, uintptr_t address, const char* call) {
   // The record lies in its segment's header, over-aligned or not.
-  if (address != page->start) ReportBadHugePointer(SegmentOf(reinterpret_cast<uintptr_t>(page)), address, call);
+  if (address != page->start) {
+    ReportBadHugePointer(SegmentOf(reinterpret_cast<uintptr_t>(page)), address, call);
+  }
   return page->block_size;
 }
 

@@ -455,6 +455,8 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 // goes back to the OS at once; false when nothing went (then a retry is
 // pointless).
 bool GiveBackHugeCacheForRoom(size_t size);
+// OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom.
+void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check = false);
 // In a fork child: no reclaimer thread will give back what the huge cache
 // holds, so it keeps no more than where none ticks (the parent's may hold
 // as much as its huge blocks).

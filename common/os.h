@@ -54,8 +54,8 @@ bool OsIsOneMapping(void* base, size_t size);
 // above RLIMIT_AS or RLIMIT_DATA, or more than RAM and swap together,
 // which the kernel's overcommit check refuses whatever else is mapped).
 // Any other failure may be a limit that counts mappings: RLIMIT_AS,
-// RLIMIT_DATA, strict overcommit, vm.max_map_count. Raw system calls only (no cancellation
-// point, nothing the program can wrap); for slow paths.
+// RLIMIT_DATA, strict overcommit, vm.max_map_count. Raw system calls only
+// (no cancellation point, nothing the program can wrap); for slow paths.
 bool OsReservationMayFitAfterRelease(size_t size);
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
