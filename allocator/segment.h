@@ -394,8 +394,10 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when
 // `urgent`), those free for less than kEagerWindowMs only up to
-// kEagerBytesPerRun a run. Slices are held as used while their memory goes,
-// so an owner never claims a slice mid-purge. Returns the bytes decommitted.
+// kEagerBytesPerRun a run plus half of the fewest free committed slices
+// there were since the last run (what no claim needed: arena.cc). Slices
+// are held as used while their memory goes, so an owner never claims a
+// slice mid-purge. Returns the bytes decommitted.
 // Sets g_idle_empty_segments when it passes a segment that can go back.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 // What the arenas hold now, for mallinfo: the live segments' address space
