@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -1010,49 +1011,47 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
   }).join();
 }
 
-// Many one-slice pages, emptied a moment ago: their slices are free and
-// committed, and young (freed within kEagerWindowMs) unless the frees were
-// slow (then `too_slow` says how long they took). One block stays in each
-// segment (`kept`), so that no segment empties and goes back to its arena
-// (which decommits it whole, outside the purge). Called on a thread of its
-// own, with kSize a class no other test here uses.
+// Many one-slice pages of `size`, emptied a moment ago: their slices are
+// free and committed, and young (freed within kEagerWindowMs) unless the
+// test was slow (then `too_slow` says how long it took since it began).
+// One block stays in each segment (`kept`), so that no segment empties and
+// goes back to its arena (which decommits it whole, outside the purge).
+// Called on a thread of its own, with a class no other test here uses.
 struct FreedPages {
   std::vector<void*> kept;
   std::vector<uintptr_t> starts;  // the pages' first bytes
   size_t free_dirty = 0;          // of their slices, free and committed
   uint64_t last_freed = 0;        // the latest of their stamps
-  uint64_t too_slow = 0;          // ms the frees took, if half the window or more
+  uint64_t too_slow = 0;          // ms since the test began, if half the window or more
 };
-FreedPages FreeManyOneSlicePages(size_t size, size_t pages) {
-  FreedPages out;
-  ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);  // nothing free and committed before
+void FreeManyOneSlicePages(size_t size, size_t pages, FreedPages* out) {
+  const uint64_t began = OsMonotonicMs();
+  ArenaPurge(began, 0, /*urgent=*/true);  // nothing free and committed before
   std::vector<void*> blocks;
-  while (out.starts.size() < pages + 1) {
+  while (out->starts.size() < pages + 1) {
     void* p = ferry_malloc(size);
-    if (p == nullptr) return out;
+    ASSERT_NE(p, nullptr);
     blocks.push_back(p);
     const uintptr_t start = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p))->start;
-    if (out.starts.empty() || out.starts.back() != start) out.starts.push_back(start);
+    if (out->starts.empty() || out->starts.back() != start) out->starts.push_back(start);
   }
   std::set<Segment*> kept_segments;
-  const uint64_t freed_by = OsMonotonicMs();
   for (void* p : blocks) {
     if (kept_segments.insert(SegmentOf(reinterpret_cast<uintptr_t>(p))).second) {
-      out.kept.push_back(p);
+      out->kept.push_back(p);
     } else {
       ferry_free(p);
     }
   }
-  for (uintptr_t start : out.starts) {
+  for (uintptr_t start : out->starts) {
     Segment* segment = SegmentOf(start);
     const size_t slice = (start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
     const uint64_t bit = uint64_t{1} << slice;
     if ((segment->used_slices.load() & bit) != 0 || (segment->dirty_slices.load() & bit) == 0) continue;
-    ++out.free_dirty;
-    out.last_freed = std::max(out.last_freed, segment->freed_ms[slice].load());
+    ++out->free_dirty;
+    out->last_freed = std::max(out->last_freed, segment->freed_ms[slice].load());
   }
-  if (out.last_freed >= freed_by + kEagerWindowMs / 2) out.too_slow = out.last_freed - freed_by;
-  return out;
+  if (out->last_freed >= began + kEagerWindowMs / 2) out->too_slow = out->last_freed - began;
 }
 
 // Slices freed within kEagerWindowMs go back at most kEagerBytesPerRun a
@@ -1066,12 +1065,14 @@ TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
     // (a block left in each segment, the class's last page) must not leave
     // too few free slices to test it.
     constexpr size_t kPages = std::max(kEagerBytesPerRun / kSliceSize * 2, 4 * kSlicesPerSegment);
-    const FreedPages freed = FreeManyOneSlicePages(kSize, kPages);
+    FreedPages freed;
+    FreeManyOneSlicePages(kSize, kPages, &freed);
+    if (HasFatalFailure()) return;
     ASSERT_GT(freed.free_dirty * kSliceSize, kEagerBytesPerRun + kSliceSize)
         << "the emptied pages did not go back to their segments: the test measures nothing";
     if (freed.too_slow != 0) {
       for (void* p : freed.kept) ferry_free(p);
-      GTEST_SKIP() << "the frees took " << freed.too_slow << " ms: some slices are past the window";
+      GTEST_SKIP() << "the test took " << freed.too_slow << " ms: some slices are past the window";
     }
     EXPECT_EQ(ArenaPurge(freed.last_freed, 0, false), kEagerBytesPerRun)
         << "slices freed a moment ago went back past the run's budget";
@@ -1082,55 +1083,66 @@ TEST(Purge, RecentlyFreedSlicesGoBackWithinTheBudgetOfARun) {
   }).join();
 }
 
-// Young slices that no claim needed between two runs are a surplus (a peak
-// of the program's need for pages left them): past the budget, half of the
-// fewest there were between the runs go back at each run. Claims between
-// the runs lower that count; none before the first run after the frees
-// (the count starts from what the run before left, 0 here).
+// Young slices that no claim needed since the last run are a surplus (a
+// peak of the program's need for pages left them): past the budget, half
+// of the fewest there were go back at each run. Claims lower that count;
+// frees do not raise it until the next run; old slices, which go anyway,
+// are not part of it; slices within FERRY_PURGE_DELAY_MS stay.
 TEST(Purge, HalfTheYoungSlicesNoClaimNeededSinceTheLastRunGoBackPastTheBudget) {
   std::thread([] {
-    constexpr size_t kSize = 1600;  // one-slice pages; no other test here uses it
-    constexpr size_t kBudgetSlices = kEagerBytesPerRun / kSliceSize;
-    constexpr size_t kPages = std::max(kBudgetSlices * 8, 4 * kSlicesPerSegment);
-    const FreedPages freed = FreeManyOneSlicePages(kSize, kPages);
-    ASSERT_GT(freed.free_dirty, kBudgetSlices * 6)
+    constexpr size_t kSize = 960;  // one-slice pages; no other test here uses it
+    constexpr size_t kBudget = kEagerBytesPerRun / kSliceSize;  // slices
+    constexpr size_t kPages = std::max(kBudget * 8, 4 * kSlicesPerSegment);
+    FreedPages freed;
+    FreeManyOneSlicePages(kSize, kPages, &freed);
+    if (HasFatalFailure()) return;
+    ASSERT_GT(freed.free_dirty, kBudget * 6)
         << "the emptied pages did not go back to their segments: the test measures nothing";
     if (freed.too_slow != 0) {
       for (void* p : freed.kept) ferry_free(p);
-      GTEST_SKIP() << "the frees took " << freed.too_slow << " ms: some slices are past the window";
+      GTEST_SKIP() << "the test took " << freed.too_slow << " ms: some slices are past the window";
     }
+    // Every slice here is young at `now`; nothing below allocates, so the
+    // only claims between the runs are the test's own.
     const uint64_t now = freed.last_freed;
-    EXPECT_EQ(ArenaPurge(now, 0, false), kEagerBytesPerRun)
-        << "slices freed since the last run went back past the budget, though claims may yet need them";
-    // The run leaves the count right: every free committed slice left.
-    const int64_t left = g_free_dirty_slices_hint.load();
-    ASSERT_GE(left, static_cast<int64_t>(freed.free_dirty - kBudgetSlices));
-    EXPECT_EQ(ArenaPurge(now, 0, false), (kBudgetSlices + static_cast<size_t>(left / 2)) * kSliceSize)
-        << left << " free committed slices that no claim took since the last run: half should go";
-    // Claims take some; what is left of the surplus between the runs is less.
-    const int64_t before_claims = g_free_dirty_slices_hint.load();
+    const auto purge = [&](uint64_t delay_ms = 0) { return ArenaPurge(now, delay_ms, false) / kSliceSize; };
+    EXPECT_EQ(purge(), kBudget) << "slices freed since the last run went back past the budget";
+    const size_t after_first = FreeDirtySlicesForTest();
+    EXPECT_EQ(purge(), kBudget + after_first / 2)
+        << after_first << " free committed slices that no claim took since the last run: half should go";
+    const size_t before_claims = FreeDirtySlicesForTest();
+    ASSERT_EQ(before_claims, after_first - kBudget - after_first / 2);
+    // Claims take some and give them back, stamped as freed a window ago:
+    // the count that matters is the fewest there were, and of those, the
+    // old ones go back anyway (they are not the young ones' budget).
     constexpr size_t kClaimed = 8;
-    std::vector<std::pair<Segment*, int>> claimed;
+    std::array<std::pair<Segment*, int>, kClaimed> claimed{};
+    size_t taken = 0;
     for (uintptr_t start : freed.starts) {
-      if (claimed.size() == kClaimed) break;
+      if (taken == kClaimed) break;
       Segment* segment = SegmentOf(start);
       const int slice = static_cast<int>((start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize);
       if ((segment->dirty_slices.load() >> slice & 1) == 0) continue;
       bool was_clean = true;
-      if (TryTakeSlices(segment, slice, 1, &was_clean)) {
-        EXPECT_FALSE(was_clean);
-        claimed.emplace_back(segment, slice);
-      }
+      if (TryTakeSlices(segment, slice, 1, &was_clean) && !was_clean) claimed[taken++] = {segment, slice};
     }
-    ASSERT_EQ(claimed.size(), kClaimed);
-    const int64_t low = before_claims - static_cast<int64_t>(kClaimed);
-    ASSERT_GE(low - static_cast<int64_t>(kBudgetSlices), low / 2) << "too few slices left to tell";
-    EXPECT_EQ(ArenaPurge(now, 0, false), (kBudgetSlices + static_cast<size_t>(low / 2)) * kSliceSize)
-        << "claims took " << kClaimed << " of " << before_claims << " slices between the runs";
+    ASSERT_EQ(taken, kClaimed);
+    ASSERT_GE(now, kEagerWindowMs);
     for (const auto& [segment, slice] : claimed) {
-      FreeSlices(segment, static_cast<size_t>(slice), 1, now);
+      FreeSlices(segment, static_cast<size_t>(slice), 1, now - kEagerWindowMs);
       NoteDirtySlicesFreed(1);
     }
+    ASSERT_EQ(FreeDirtySlicesForTest(), before_claims);
+    const size_t young_unneeded = before_claims - 2 * kClaimed;
+    ASSERT_GE(before_claims - kClaimed, kBudget + young_unneeded / 2) << "too few slices left to tell";
+    EXPECT_EQ(purge(), kClaimed + kBudget + young_unneeded / 2)
+        << "claims took " << kClaimed << " of " << before_claims
+        << " slices between the runs, then gave them back as old ones";
+    // Within the delay, young or not, a slice stays.
+    const size_t within_delay = FreeDirtySlicesForTest();
+    EXPECT_EQ(purge(/*delay_ms=*/1000), 0u) << "slices within FERRY_PURGE_DELAY_MS went back";
+    EXPECT_EQ(ArenaPurge(now + kEagerWindowMs, 0, false) / kSliceSize, within_delay)
+        << "slices free for the whole window must all go back";
     for (void* p : freed.kept) ferry_free(p);
   }).join();
 }

@@ -37,10 +37,10 @@ namespace ferry {
   X(purge_delay_ms, "FERRY_PURGE_DELAY_MS", 0, 0, 60000, nullptr,               \
     "milliseconds free memory stays committed before the pool gives it back "   \
     "to the OS, at its next housekeeping run (every 50 ms); memory freed less " \
-    "than 250 ms ago goes back at most 1 MiB a run, plus half of what no new " \
-    "page needed since the run before; a segment emptied whole "              \
-    "waits this long or 250 ms, whichever is longer, before it goes back to "  \
-    "its arena")                                                               \
+    "than 250 ms ago goes back at most 1 MiB a run, plus half of what no new "  \
+    "page needed since the run before; a segment emptied "                      \
+    "whole waits this long or 250 ms, whichever is longer, before it goes "     \
+    "back to its arena")                                                        \
   X(stats, "FERRY_STATS", 0, 0, 1, nullptr,                                     \
     "1 prints a statistics table to stderr at exit")                            \
   X(verbose, "FERRY_VERBOSE", 0, 0, 2, nullptr,                                 \
