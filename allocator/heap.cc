@@ -1420,6 +1420,10 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 
 void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 
+void PoolMaybeStartUnlessExiting() {
+  if (!tl_exiting) PoolMaybeStart();
+}
+
 // Pool side: empty segments wait on their heap's list, each with its header
 // resident and its 4 MiB of address space held: those other threads
 // emptied (before this, until the owner next freed a page there: for good,

@@ -318,6 +318,10 @@ void DrainInboxForTest(Heap* heap, size_t size_class);
 // Registers the fork handlers once (heap.cc); for paths that take a lock
 // fork() must hold without making a heap (the huge cache).
 void EnsureForkHandlersRegistered();
+// Starts a pool that was asked for (PoolMaybeStart), unless this thread is
+// exiting (heap.cc, AllocateSlow says why); for the huge blocks' path,
+// which takes no allocation slow path.
+void PoolMaybeStartUnlessExiting();
 
 }  // namespace ferry
 

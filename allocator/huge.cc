@@ -170,13 +170,40 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
   return taken.mapping;
 }
 
+// The threads that have freed a huge block (FreeHuge), each counted once.
+std::atomic<uint32_t> g_huge_freeing_threads{0};
+__thread bool tl_freed_huge __attribute__((tls_model("initial-exec"))) = false;
+
+// The cache is outgrown, and no reclaimer ticks: a program that has run
+// more than one thread asks for the pool, whose timer lets the cache hold
+// the program's huge bytes (HugeCacheCapBytes) and still gives them back
+// once idle; the next allocation starts it. Four threads that each churn
+// huge blocks of 2-16 MiB, freeing only their own, never started it (no
+// batch is ever handed on) and took 27-28 s, the kernel mapping and
+// faulting in most blocks afresh; 13 s with the pool (glibc 3.6-4.3,
+// mimalloc 3.0-3.5; perf/RESULTS.md, 2026-12-05). A single-threaded
+// program never gets a thread from this.
+void AskForThePoolIfSeveralThreads() {
+  // A thread that allocated small blocks has made a heap or taken over one
+  // that an exited thread left; one that only handles huge blocks has none.
+  if (g_huge_freeing_threads.load(std::memory_order_relaxed) >= 2 ||
+      g_counters.heaps_created.load(std::memory_order_relaxed) +
+              g_counters.heaps_reused.load(std::memory_order_relaxed) >= 2) {
+    PoolAskToHousekeep();
+  }
+}
+
 // Keeps a freed huge block's mapping for reuse; false when it is not to be
 // kept (too big, or the kernel would not make it plain read-write memory
 // again): the caller unmaps it.
 bool CacheHugeMapping(void* mapping, size_t size) {
   // Under memcheck every huge block is a fresh mapping, as valgrind expects.
   const size_t cap = HugeCacheCapBytes();
-  if (kValgrind || size > cap) return false;
+  if (kValgrind) return false;
+  if (size > cap) {
+    AskForThePoolIfSeveralThreads();
+    return false;
+  }
   // The program may have changed what it held (AHugeBlockThatTheProgramSplitIsCopied,
   // api_test.cc): the next block must not inherit a read-only page, nor a
   // file the program mapped over part of its block (the next block's writes
@@ -192,9 +219,11 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   const uint64_t now_ms = OsMonotonicMs();
   CachedMapping out[kHugeCacheSlots];
   size_t released;
+  bool outgrown;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
     released = TakeExpiredLocked(now_ms, keep_ms, out);
+    outgrown = g_huge_cache_bytes + size > cap;
     // Room: the oldest go first.
     CachedMapping* free_slot = nullptr;
     for (;;) {
@@ -214,6 +243,7 @@ bool CacheHugeMapping(void* mapping, size_t size) {
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
+  if (outgrown) AskForThePoolIfSeveralThreads();
   return true;
 }
 
@@ -291,6 +321,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     errno = ENOMEM;
     return nullptr;
   }
+  PoolMaybeStartUnlessExiting();  // asked for by a free (CacheHugeMapping)
   const size_t block_bytes = HugeBlockBytes(n);
   Segment* segment;
   Page* page;
@@ -394,6 +425,10 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
   CounterAdd(g_counters.huge_frees, 1);
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
+  if (!tl_freed_huge) {
+    tl_freed_huge = true;
+    g_huge_freeing_threads.fetch_add(1, std::memory_order_relaxed);
+  }
   // Over-aligned blocks' mappings have a layout of their own: never cached.
   // A second free of a block whose mapping waits finds it out of the
   // segment map; FreeUnmapped then finds it here and reports a double free.

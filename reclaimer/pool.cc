@@ -837,6 +837,13 @@ void Start() {
 
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
 
+void PoolAskToHousekeep() {
+  if (g_pool.config.backend != 0 || g_pool.state.load(std::memory_order_acquire) != kNotStarted) return;
+  if (g_pool_start_requested.load(std::memory_order_relaxed) == 0) {
+    g_pool_start_requested.store(1, std::memory_order_relaxed);
+  }
+}
+
 void PoolStartRequested() {
   if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
   uint32_t expected = kNotStarted;

@@ -54,6 +54,12 @@ void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool 
 // threads only take it from a queue.
 bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn = true);
 
+// Asks for the pool as an offer does (the next PoolMaybeStart starts it),
+// where the pool, once started, gives idle memory back on its timer:
+// ferry's own threads, not started yet and not off. For memory that only a
+// ticking pool may hold (the huge cache, huge.cc).
+void PoolAskToHousekeep();
+
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
 void PoolStartRequested();

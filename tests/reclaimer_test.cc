@@ -547,6 +547,78 @@ TEST(ReclaimerPool, ProgramWithoutRemoteFreesNeverStartsAThread) {
   EXPECT_IN_FRESH_PROCESS(SingleThreadedProgramHasNoReclaimer);
 }
 
+// Freed huge mappings wait in the huge cache, which holds 32 MiB (and a
+// header) where no reclaimer ticks: an idle program would keep what it
+// holds. A single-threaded program's huge blocks never start the pool; a
+// program of several threads whose huge blocks outgrow that cache asks for
+// it (without a remote free), and its next allocation starts it where ferry's
+// own threads would tick; then the cache holds as much as the program does
+// in huge blocks.
+std::string HugeBlocksOfSeveralThreadsStartThePool() {
+  if (ferry_test::TaskCount() != 1) {
+    return "the fresh test process does not start single-threaded: " + ferry_test::AllThreadNames();
+  }
+  constexpr size_t kBlock = 8 * kMiB;
+  constexpr uint64_t kMapping = kBlock + 64 * kKiB;
+  constexpr int kBlocks = 12;
+  // 12 blocks of 8 MiB, half freed (48 MiB cached, if the cap allows), the
+  // half taken again, and the cache's bytes at the second free of half.
+  auto churn = [&](uint64_t* cached) -> std::string {
+    std::vector<void*> blocks;
+    for (int i = 0; i < kBlocks; ++i) {
+      blocks.push_back(ferry_malloc(kBlock));
+      if (blocks.back() == nullptr) return "out of memory";
+      memset(blocks.back(), i, kBlock);
+    }
+    for (int i = 0; i < kBlocks / 2; ++i) ferry_free(blocks[i]);
+    for (int i = 0; i < kBlocks / 2; ++i) blocks[i] = ferry_malloc(kBlock);
+    for (int i = 0; i < kBlocks / 2; ++i) ferry_free(blocks[i]);
+    *cached = Stats().huge_bytes_cached;
+    for (int i = kBlocks / 2; i < kBlocks; ++i) ferry_free(blocks[i]);
+    return "";
+  };
+  uint64_t cached = 0;
+  if (std::string problem = churn(&cached); !problem.empty()) return problem;
+  ferry_stats_t s = Stats();
+  if (s.pool_starts != 0 || ferry_test::TaskCount() != 1) {
+    return "one thread's huge blocks started the pool: pool_starts " + std::to_string(s.pool_starts) +
+           ", threads " + ferry_test::AllThreadNames();
+  }
+  if (cached != 3 * kMapping) {
+    return "without a pool the cache held " + std::to_string(cached) + " bytes, expected " +
+           std::to_string(3 * kMapping) + " (32 MiB of blocks and a header at most)";
+  }
+  std::string problem;
+  std::thread([&] {
+    void* small = ferry_malloc(64);  // this thread's heap: the program has run two
+    ferry_free(small);
+    problem = churn(&cached);
+  }).join();
+  if (!problem.empty()) return problem;
+  s = Stats();
+  const bool ticks = ferry_test::ExpectedReclaimers() > 0 && !ferry_test::BackendIsTbb();
+  if (ticks) {
+    if (s.pool_starts != 1) return "pool_starts " + std::to_string(s.pool_starts) + ", expected 1";
+    if (problem = PoolThreadsProblem(true); !problem.empty()) return problem;
+    if (cached != kBlocks / 2 * kMapping) {
+      return "with the pool the cache held " + std::to_string(cached) + " bytes, expected " +
+             std::to_string(kBlocks / 2 * kMapping) + " (the program's huge bytes)";
+    }
+  } else {
+    if (s.pool_starts != 0) return "pool_starts " + std::to_string(s.pool_starts) + " where no pool ticks";
+    if (cached != 3 * kMapping) {
+      return "without a ticking pool the cache held " + std::to_string(cached) + " bytes, expected " +
+             std::to_string(3 * kMapping);
+    }
+  }
+  ferry_collect();
+  return "";
+}
+
+TEST(ReclaimerPool, HugeBlocksOfSeveralThreadsStartThePoolAndOfOneDoNot) {
+  EXPECT_IN_FRESH_PROCESS(HugeBlocksOfSeveralThreadsStartThePool);
+}
+
 // The first allocation of a size class this thread never used takes the
 // allocation slow path, where a pool that was asked for starts.
 void AllocateOnTheSlowPath() {
