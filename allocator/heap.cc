@@ -77,6 +77,10 @@ bool OnceBegin(std::atomic<int64_t>& state) {
 constinit std::atomic<Heap*> g_all_heaps{nullptr};
 constinit ForkHeldSpinLock g_abandoned_lock;
 __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
+// Threads that have made or taken over a heap or handled a huge block
+// (CountThisThread), each once; in a fork child only its one thread.
+constinit std::atomic<uint32_t> g_threads_seen{0};
+__thread bool tl_seen __attribute__((tls_model("initial-exec"))) = false;
 // Allocations of exiting threads come from this heap, one thread at a time.
 constinit ForkHeldSpinLock g_exit_lock;
 constinit Heap* g_exit_heap = nullptr;
@@ -1010,6 +1014,7 @@ void AtForkChild() {
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
   ReleaseKeptEmptySegments(tl_heap);
+  g_threads_seen.store(tl_seen ? 1 : 0, std::memory_order_relaxed);
   g_forking.store(false, std::memory_order_relaxed);
 }
 
@@ -1124,6 +1129,7 @@ Heap* InitThreadHeap() {
     heap->is_reclaimer = reclaimer;
   }
   tl_heap = heap;
+  CountThisThread();
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
   pthread_setspecific(g_thread_key, heap);
   EnsureForkHandlers();
@@ -1423,6 +1429,14 @@ void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 void PoolMaybeStartUnlessExiting() {
   if (!tl_exiting) PoolMaybeStart();
 }
+
+void CountThisThread() {
+  if (FERRY_LIKELY(tl_seen)) return;
+  tl_seen = true;
+  g_threads_seen.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool ProgramRanSeveralThreads() { return g_threads_seen.load(std::memory_order_relaxed) >= 2; }
 
 // Pool side: empty segments wait on their heap's list, each with its header
 // resident and its 4 MiB of address space held: those other threads

@@ -322,6 +322,14 @@ void EnsureForkHandlersRegistered();
 // exiting (heap.cc, AllocateSlow says why); for the huge blocks' path,
 // which takes no allocation slow path.
 void PoolMaybeStartUnlessExiting();
+// Counts the calling thread among those that have used the allocator, once
+// (a heap made or taken over, a huge block allocated or freed: a thread
+// that handles only huge blocks has no heap); a fork child counts its one
+// thread only (heap.cc).
+void CountThisThread();
+// More than one thread has used the allocator (in a fork child: since the
+// fork).
+bool ProgramRanSeveralThreads();
 
 }  // namespace ferry
 

@@ -49,9 +49,9 @@ namespace {
 // glibc's largest mmap threshold, where no reclaimer thread gives back what
 // has waited (an idle single-threaded program would keep it); where they
 // do, as much as the program holds in huge blocks now, its own working set:
-// four threads that churned huge blocks of 2-16 MiB took 27 s with 32 MiB,
-// most of it the kernel faulting fresh mappings in, and 11 s with that
-// (glibc 3.5-4.0 s; perf/RESULTS.md, 2026-12-05).
+// four threads that churned huge blocks of 2-16 MiB, freeing each other's,
+// took 27 s with 32 MiB, most of it the kernel faulting fresh mappings in,
+// and 14-15 s with that (glibc 3.5-4.0 s; perf/RESULTS.md, 2026-12-05).
 constexpr size_t kHugeCacheSlots = 64;
 constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
 
@@ -170,27 +170,17 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
   return taken.mapping;
 }
 
-// The threads that have freed a huge block (FreeHuge), each counted once.
-std::atomic<uint32_t> g_huge_freeing_threads{0};
-__thread bool tl_freed_huge __attribute__((tls_model("initial-exec"))) = false;
-
 // The cache is outgrown, and no reclaimer ticks: a program that has run
 // more than one thread asks for the pool, whose timer lets the cache hold
 // the program's huge bytes (HugeCacheCapBytes) and still gives them back
 // once idle; the next allocation starts it. Four threads that each churn
 // huge blocks of 2-16 MiB, freeing only their own, never started it (no
-// batch is ever handed on) and took 27-28 s, the kernel mapping and
+// batch is ever handed on) and took 25-28 s, the kernel mapping and
 // faulting in most blocks afresh; 13 s with the pool (glibc 3.6-4.3,
 // mimalloc 3.0-3.5; perf/RESULTS.md, 2026-12-05). A single-threaded
 // program never gets a thread from this.
 void AskForThePoolIfSeveralThreads() {
-  // A thread that allocated small blocks has made a heap or taken over one
-  // that an exited thread left; one that only handles huge blocks has none.
-  if (g_huge_freeing_threads.load(std::memory_order_relaxed) >= 2 ||
-      g_counters.heaps_created.load(std::memory_order_relaxed) +
-              g_counters.heaps_reused.load(std::memory_order_relaxed) >= 2) {
-    PoolAskToHousekeep();
-  }
+  if (ProgramRanSeveralThreads()) PoolAskToHousekeep();
 }
 
 // Keeps a freed huge block's mapping for reuse; false when it is not to be
@@ -321,6 +311,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     errno = ENOMEM;
     return nullptr;
   }
+  CountThisThread();
   PoolMaybeStartUnlessExiting();  // asked for by a free (CacheHugeMapping)
   const size_t block_bytes = HugeBlockBytes(n);
   Segment* segment;
@@ -425,10 +416,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
   CounterAdd(g_counters.huge_frees, 1);
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
-  if (!tl_freed_huge) {
-    tl_freed_huge = true;
-    g_huge_freeing_threads.fetch_add(1, std::memory_order_relaxed);
-  }
+  CountThisThread();
   // Over-aligned blocks' mappings have a layout of their own: never cached.
   // A second free of a block whose mapping waits finds it out of the
   // segment map; FreeUnmapped then finds it here and reports a double free.

@@ -838,7 +838,8 @@ void Start() {
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
 
 void PoolAskToHousekeep() {
-  if (g_pool.config.backend != 0 || g_pool.state.load(std::memory_order_acquire) != kNotStarted) return;
+  // The state first: the backend is written before kNotStarted is published.
+  if (g_pool.state.load(std::memory_order_acquire) != kNotStarted || g_pool.config.backend != 0) return;
   if (g_pool_start_requested.load(std::memory_order_relaxed) == 0) {
     g_pool_start_requested.store(1, std::memory_order_relaxed);
   }
