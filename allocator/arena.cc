@@ -168,6 +168,13 @@ namespace {
 // The least the hint has been since the last purge run (ArenaPurge).
 constinit std::atomic<int64_t> g_free_dirty_slices_low{0};
 
+// How long ago slice `slice` of `segment` was freed (its stamp may be newer
+// than now_ms: its freeing thread read the clock after the caller did).
+uint64_t FreedAgeMs(const Segment* segment, int slice, uint64_t now_ms) {
+  const uint64_t freed = segment->freed_ms[slice].load(std::memory_order_relaxed);
+  return now_ms >= freed ? now_ms - freed : 0;
+}
+
 // Takes `n` committed slices off the hint, never below zero. A fruitless
 // search sets it to zero while smaller committed runs remain; claims of
 // those took it below zero, where the releases that followed did not lift
@@ -454,8 +461,7 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
       const uint64_t used = segment->used_slices.load(std::memory_order_acquire);
       for (uint64_t waiting = segment->dirty_slices.load(std::memory_order_relaxed) & ~used; waiting != 0;
            waiting &= waiting - 1) {
-        const uint64_t freed = segment->freed_ms[__builtin_ctzll(waiting)].load(std::memory_order_relaxed);
-        const uint64_t age = now_ms >= freed ? now_ms - freed : 0;
+        const uint64_t age = FreedAgeMs(segment, __builtin_ctzll(waiting), now_ms);
         if (age < delay_ms || age >= kEagerWindowMs) --unneeded;
       }
       return false;  // every segment
@@ -472,8 +478,7 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
     const uint64_t free_dirty = segment->dirty_slices.load(std::memory_order_relaxed) & ~used;
     uint64_t due = urgent ? free_dirty : 0;
     for (uint64_t waiting = free_dirty & ~due; waiting != 0; waiting &= waiting - 1) {
-      const uint64_t freed = segment->freed_ms[__builtin_ctzll(waiting)].load(std::memory_order_relaxed);
-      const uint64_t age = now_ms >= freed ? now_ms - freed : 0;
+      const uint64_t age = FreedAgeMs(segment, __builtin_ctzll(waiting), now_ms);
       if (age < delay_ms) continue;
       if (age < kEagerWindowMs) {
         if (eager_budget >= kSliceSize) {

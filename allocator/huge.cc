@@ -188,8 +188,8 @@ void AskForThePoolIfSeveralThreads() {
 // again): the caller unmaps it.
 bool CacheHugeMapping(void* mapping, size_t size) {
   // Under memcheck every huge block is a fresh mapping, as valgrind expects.
-  const size_t cap = HugeCacheCapBytes();
   if (kValgrind) return false;
+  const size_t cap = HugeCacheCapBytes();
   if (size > cap) {
     AskForThePoolIfSeveralThreads();
     return false;

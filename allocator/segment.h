@@ -373,9 +373,10 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed = nullptr);
 void ArenaReleaseSegment(Segment* segment);
 // About how many free slices, across all segments, may still hold committed
 // memory. A hint kept without locks: page releases add, claims, purges and
-// segment releases subtract, and every purge run sets it right. When it is 0 a claim does
-// not search the segments (under the arena lock) for such slices; nor,
-// until the next release, does one as long as a search that found none.
+// segment releases subtract, and every purge run sets it right. When it is
+// 0 a claim does not search the segments (under the arena lock) for such
+// slices; nor, until the next release, does one as long as a search that
+// found none.
 // Not reset to zero by a fruitless search: a claim of 15 slices went to clean
 // memory after a claim of 32 had found no run while 30 committed ones were
 // free (2026-12-04).
@@ -395,9 +396,9 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
 // every arena segment that have stayed free for delay_ms (all of them when
 // `urgent`), those free for less than kEagerWindowMs only up to
 // kEagerBytesPerRun a run, plus half of those that no claim needed since
-// the last run (arena.cc). Slices are held as used
-// while their memory goes, so an owner never claims a slice mid-purge.
-// Returns the bytes decommitted.
+// the last run (arena.cc). Slices are held as used while their memory
+// goes, so an owner never claims a slice mid-purge. Returns the bytes
+// decommitted.
 // Sets g_idle_empty_segments when it passes a segment that can go back.
 size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent);
 // The free slices of live segments that may hold committed memory, counted
