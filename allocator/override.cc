@@ -59,11 +59,14 @@ void* ReallocAsGlibc(void* ptr, size_t size, const void* caller) {
 }
 
 // mallinfo's figures, from what ferry holds: `arena` the address space of
-// the live segments (small and large blocks), `uordblks` its slices in use
-// (a page's free blocks included), `fordblks` the rest of it, `hblks` and
-// `hblkhd` the live huge blocks and their mappings. glibc's own heap holds
-// nothing under ferry, so its figures (all but zero) told a program that
-// watches mallinfo nothing.
+// the live segments (small and large blocks) and of the huge cache's freed
+// mappings, `uordblks` the segments' slices in use (a page's free blocks
+// included), `fordblks` the rest of `arena`, `hblks` and `hblkhd` the live
+// huge blocks and their mappings. glibc's own heap holds nothing under
+// ferry, so its figures (all but zero) told a program that watches mallinfo
+// nothing. The huge cache counts as free space held: while a pool ticks it
+// may be as large as the live huge blocks, and a program that added up
+// `arena` and `hblkhd` missed it (until 2026-12-05).
 struct MallinfoFigures {
   size_t arena;
   size_t uordblks;
@@ -77,9 +80,9 @@ MallinfoFigures CurrentMallinfo() {
   ferry_stats_t stats;
   ferry_stats_get(&stats);
   MallinfoFigures figures;
-  figures.arena = usage.segment_bytes;
+  figures.arena = usage.segment_bytes + stats.huge_bytes_cached;
   figures.uordblks = usage.used_slice_bytes;
-  figures.fordblks = usage.segment_bytes - usage.used_slice_bytes;
+  figures.fordblks = figures.arena - usage.used_slice_bytes;
   figures.hblks = stats.huge_allocs - stats.huge_frees;
   figures.hblkhd = stats.huge_bytes_live;
   return figures;

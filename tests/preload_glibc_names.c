@@ -98,7 +98,9 @@ int main(int argc, char** argv) {
   cfree_as_old_binaries_bind_it(pv);
   if (ferry_usable != NULL) {
     /* mallinfo2 is ferry's under the preload: glibc's would describe its own
-       heap, which holds nothing here (arena 0). */
+       heap, which holds nothing here (arena 0). The trim empties the huge
+       cache of the loop's 5 MiB blocks, so that arena is segments only. */
+    malloc_trim(0);
     void* held = malloc(5u << 20);
     void* small = malloc(100);
     struct mallinfo2 info = mallinfo2();
@@ -106,7 +108,20 @@ int main(int argc, char** argv) {
     check(info.hblks >= 1 && info.hblkhd >= (5u << 20), "mallinfo2 does not count the huge block");
     check(mallopt(M_ARENA_MAX, 1) == 1, "mallopt refused M_ARENA_MAX");
     free(small);
+    /* The freed huge block's mapping waits in the huge cache: free space
+       ferry still holds, so it moves from hblkhd into arena and fordblks,
+       and malloc_trim (which empties the cache) takes it out again. */
+    struct mallinfo2 live = mallinfo2();
     free(held);
+    struct mallinfo2 cached = mallinfo2();
+    check(cached.hblks + 1 == live.hblks && cached.hblkhd + (5u << 20) <= live.hblkhd,
+          "mallinfo2 still counts the freed huge block as live");
+    check(cached.arena >= live.arena + (5u << 20) && cached.fordblks >= live.fordblks + (5u << 20),
+          "mallinfo2 leaves the huge cache's mapping out of arena and fordblks");
+    check(cached.arena == cached.uordblks + cached.fordblks, "mallinfo2's arena is not uordblks + fordblks");
+    check(malloc_trim(0) == 1, "malloc_trim gave nothing back");
+    struct mallinfo2 trimmed = mallinfo2();
+    check(trimmed.arena + (5u << 20) <= cached.arena, "malloc_trim left the huge cache in mallinfo2's arena");
   }
   if (failures == 0) printf("ok\n");
   return failures == 0 ? 0 : 1;
