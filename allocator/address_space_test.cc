@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "ferry.h"
 
@@ -105,8 +107,12 @@ bool LimitsCannotBeTested(long result) {
 // got 190-250 MiB; a huge block mapped whole 4 MiB segments, and 4 MiB
 // blocks got 252; segments came only in 64 MiB reservations, so the last
 // 64 MiB went unused (64-byte blocks 441, 1 MiB blocks 336). glibc,
-// mimalloc and jemalloc give 470 or more (perf/RESULTS.md). Large blocks
-// (1 MiB) are runs of slices, three to a segment.
+// mimalloc and jemalloc give 470 or more (perf/RESULTS.md). Until the
+// afternoon of 2026-12-05 large blocks were runs of slices under a limit
+// too, three of 1 MiB to a segment and one of 2 MiB: 1 MiB and 1.5 MiB
+// blocks got 378, 2 MiB 252; now those that pack a segment worse than a
+// mapping of their own are huge blocks there (418-432), and arenas come
+// 16 MiB at a time under a limit (464-478).
 // The huge cache's mappings go back to the OS when the address space runs
 // out: before 2026-12-05 they waited out their time (250 ms or more), and
 // the blocks that needed the room got ENOMEM meanwhile.
@@ -140,7 +146,8 @@ TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
     long at_least_mib;
   };
   for (const Case& c : {Case{64, 470}, Case{256 << 10, 440}, Case{300000, 400}, Case{512 << 10, 360},
-                        Case{size_t{1} << 20, 360}, Case{size_t{4} << 20, 440},
+                        Case{size_t{1} << 20, 440}, Case{size_t{3} << 19, 440},
+                        Case{size_t{2} << 20, 440}, Case{size_t{4} << 20, 440},
                         Case{(size_t{6} << 20) + 4096, 400}}) {
     const long mib = MiBUnderAddressSpaceLimit(c.size);
     if (LimitsCannotBeTested(mib)) GTEST_SKIP() << "no 512 MiB limit to test here";
@@ -148,6 +155,81 @@ TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
     EXPECT_GE(mib, c.at_least_mib) << "size " << c.size;
     printf("blocks of %zu bytes: %ld MiB of 512 MiB of address space\n", c.size, mib);
   }
+}
+
+// What a limit changes for 512 KiB-2 MiB blocks is where they live, not
+// what they do. The test runs itself again under a limit (set before the
+// exec, as `ulimit -v` would be; a limit set later counts from the next
+// segment ferry takes), where 2 MiB and 1.5 MiB blocks go on mappings of
+// their own (huge_allocs counts them; without a limit they are runs of
+// slices, large_allocs), with calloc's zeros (after a freed block's mapping
+// waits in the huge cache), realloc's bytes both ways, and their usable
+// size.
+constexpr char kUnderLimitEnv[] = "FERRY_TEST_UNDER_ADDRESS_SPACE_LIMIT";
+
+void CheckLargeBlocksUnderALimit() {
+  constexpr size_t kMiB = size_t{1} << 20;
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  unsigned char* block = static_cast<unsigned char*>(ferry_malloc(2 * kMiB));
+  ASSERT_NE(block, nullptr);
+  ASSERT_GE(ferry_usable_size(block), 2 * kMiB);
+  for (size_t k = 0; k < 2 * kMiB; ++k) block[k] = static_cast<unsigned char>(k * 7 + 1);
+  unsigned char* dirty = static_cast<unsigned char*>(ferry_malloc(3 * kMiB / 2));
+  ASSERT_NE(dirty, nullptr);
+  memset(dirty, 0xa5, 3 * kMiB / 2);
+  ferry_free(dirty);  // its mapping may wait in the huge cache
+  unsigned char* zeros = static_cast<unsigned char*>(ferry_calloc(1, 3 * kMiB / 2));
+  ASSERT_NE(zeros, nullptr);
+  for (size_t k = 0; k < 3 * kMiB / 2; ++k) ASSERT_EQ(zeros[k], 0) << k;
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.huge_allocs - before.huge_allocs, 3u);
+  EXPECT_EQ(after.large_allocs, before.large_allocs);
+  block = static_cast<unsigned char*>(ferry_realloc(block, 3 * kMiB));
+  ASSERT_NE(block, nullptr);
+  for (size_t k = 0; k < 2 * kMiB; ++k) ASSERT_EQ(block[k], static_cast<unsigned char>(k * 7 + 1)) << k;
+  block = static_cast<unsigned char*>(ferry_realloc(block, kMiB + 4096));
+  ASSERT_NE(block, nullptr);
+  ASSERT_GE(ferry_usable_size(block), kMiB + 4096);
+  for (size_t k = 0; k < kMiB + 4096; ++k) ASSERT_EQ(block[k], static_cast<unsigned char>(k * 7 + 1)) << k;
+  ferry_free(block);
+  ferry_free(zeros);
+}
+
+TEST(AddressSpace, UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther) {
+  if (getenv(kUnderLimitEnv) != nullptr) {
+    CheckLargeBlocksUnderALimit();
+    return;
+  }
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const rlimit limit = {size_t{64} << 30, size_t{64} << 30};
+    if (setrlimit(RLIMIT_AS, &limit) != 0 || setenv(kUnderLimitEnv, "1", 1) != 0) _exit(3);
+    execl("/proc/self/exe", "address_space_test",
+          "--gtest_filter=AddressSpace.UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther",
+          static_cast<char*>(nullptr));
+    _exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 3) GTEST_SKIP() << "cannot set a limit here";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the run under a limit failed (its output is above)";
+  // And without a limit, this process's blocks of that size are large.
+  struct rlimit here;
+  ASSERT_EQ(getrlimit(RLIMIT_AS, &here), 0);
+  if (here.rlim_cur != RLIM_INFINITY) GTEST_SKIP() << "this process runs under an address-space limit";
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  void* block = ferry_malloc(size_t{2} << 20);
+  ASSERT_NE(block, nullptr);
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  ferry_free(block);
+  EXPECT_EQ(after.large_allocs - before.large_allocs, 1u);
+  EXPECT_EQ(after.huge_allocs, before.huge_allocs);
 }
 
 }  // namespace

@@ -240,7 +240,41 @@ int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only
   }
 }
 
+namespace {
+
+// OsAddressSpaceLimit as it was when the last segment was taken; 0 before
+// it was first read (a limit of 0 reads as 1).
+std::atomic<size_t> g_address_space_limit{0};
+
+// Below this limit an arena is reserved a quarter at a time (16 MiB): an
+// arena's unused segments count against the limit, and a program whose
+// large blocks go huge under it (LargeBlockGoesHuge) could use none of them
+// (1 MiB blocks under a 1.2 GiB limit: 60 MiB of it reserved for nothing).
+// Far above what one process maps, so that the arenas' table (4 TiB in
+// 64 MiB arenas) never runs short.
+constexpr size_t kSmallArenasBelowLimit = size_t{64} << 30;
+
+void RefreshAddressSpaceLimit() {
+  const size_t limit = OsAddressSpaceLimit();
+  g_address_space_limit.store(limit == 0 ? 1 : limit, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+bool AddressSpaceLimited() {
+  size_t limit = g_address_space_limit.load(std::memory_order_relaxed);
+  if (FERRY_UNLIKELY(limit == 0)) {
+    RefreshAddressSpaceLimit();
+    limit = g_address_space_limit.load(std::memory_order_relaxed);
+  }
+  return limit != SIZE_MAX;
+}
+
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
+  RefreshAddressSpaceLimit();
+  const size_t first_segments =
+      g_address_space_limit.load(std::memory_order_relaxed) < kSmallArenasBelowLimit ? kSegmentsPerArena / 4
+                                                                                      : kSegmentsPerArena;
   Segment* segment = nullptr;
   bool not_zero = false;
   {
@@ -263,7 +297,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // A whole arena, or, where the address space left will not take one
     // (RLIMIT_AS), half as many segments, down to one: otherwise the last
     // 64 MiB under a limit were never used.
-    for (size_t segments = kSegmentsPerArena; address == 0 && g_arena_count < kMaxArenas && segments != 0;
+    for (size_t segments = first_segments; address == 0 && g_arena_count < kMaxArenas && segments != 0;
          segments /= 2) {
       void* base = OsReserve(segments * kSegmentSize, kSegmentSize);
       if (base == nullptr) continue;

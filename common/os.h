@@ -57,6 +57,9 @@ bool OsIsOneMapping(void* base, size_t size);
 // RLIMIT_DATA, strict overcommit, vm.max_map_count. Raw system calls only
 // (no cancellation point, nothing the program can wrap); for slow paths.
 bool OsReservationMayFitAfterRelease(size_t size);
+// The lower of RLIMIT_AS's and RLIMIT_DATA's soft limits, in bytes, or
+// SIZE_MAX where neither is set. Raw system calls only, as above.
+size_t OsAddressSpaceLimit();
 size_t OsPageSize();
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();

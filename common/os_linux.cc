@@ -94,6 +94,20 @@ bool OsIsOneMapping(void* base, size_t size) {
   return one;
 }
 
+size_t OsAddressSpaceLimit() {
+  const int saved_errno = errno;
+  size_t lowest = SIZE_MAX;
+  for (const int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit limit;
+    if (syscall(SYS_prlimit64, 0, resource, nullptr, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        limit.rlim_cur < lowest) {
+      lowest = static_cast<size_t>(limit.rlim_cur);
+    }
+  }
+  errno = saved_errno;
+  return lowest;
+}
+
 bool OsReservationMayFitAfterRelease(size_t size) {
   // Raw system calls: this runs inside malloc, where libc's open and read
   // (cancellation points, and wrappable by the program: a wrapper that
