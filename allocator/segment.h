@@ -42,7 +42,16 @@ inline constexpr size_t kSlicesPerSegment = kSegmentSize / kSliceSize;  // 64
 inline constexpr size_t kSegmentsPerArena = 16;  // 64 MiB of address space
 inline constexpr size_t kMaxPageSlices = 32;                           // 2 MiB
 inline constexpr size_t kLargeMax = kMaxPageSlices * kSliceSize;        // 2 MiB
+// Addresses the segment map covers. User space on x86-64 ends below 2^47,
+// with 5-level paging too unless a mapping asks for a place above it, which
+// ferry's never do; aarch64's may reach 2^48. The map is one byte per 4 MiB
+// of this, in libferry's BSS: never resident where unused, but its address
+// space counts against `ulimit -v` (64 MiB at 48 bits, 32 at 47).
+#if defined(__x86_64__)
+inline constexpr uintptr_t kAddressBits = 47;
+#else
 inline constexpr uintptr_t kAddressBits = 48;
+#endif
 
 // A free block: its first word holds the encoded next pointer.
 struct Block {
