@@ -251,7 +251,7 @@ std::atomic<size_t> g_address_space_limit{0};
 // large blocks go huge under it (LargeBlockGoesHuge) could use none of them
 // (1 MiB blocks under a 1.2 GiB limit: 60 MiB of it reserved for nothing).
 // Far above what one process maps, so that the arenas' table (4 TiB in
-// 64 MiB arenas) never runs short.
+// 64 MiB arenas, 1 TiB in 16 MiB ones) never runs short.
 constexpr size_t kSmallArenasBelowLimit = size_t{64} << 30;
 
 void RefreshAddressSpaceLimit() {
@@ -261,13 +261,13 @@ void RefreshAddressSpaceLimit() {
 
 }  // namespace
 
-bool AddressSpaceLimited() {
+size_t AddressSpaceLimit() {
   size_t limit = g_address_space_limit.load(std::memory_order_relaxed);
   if (FERRY_UNLIKELY(limit == 0)) {
     RefreshAddressSpaceLimit();
     limit = g_address_space_limit.load(std::memory_order_relaxed);
   }
-  return limit != SIZE_MAX;
+  return limit;
 }
 
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {

@@ -297,8 +297,9 @@ constexpr size_t kOwnSegmentsLooked = 16;
 // Claims `count` slices aligned to `align` slices; returns the first slice's
 // page record with the continuation records pointing back to it. *zeroed
 // (if given): the slices read as zeros (TryTakeSlices), or are a new
-// segment's.
-Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr) {
+// segment's. Without `may_take_segment`, nullptr where only a new segment
+// has room.
+Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr, bool may_take_segment = true) {
   SpinLockHolder hold(&heap->segments_lock);
   if (heap->kept_any) {
     const uint64_t now_ms = OsMonotonicMs();
@@ -347,6 +348,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, dirty_only, &start, zeroed);
     if (segment != nullptr) break;
   }
+  if (segment == nullptr && !may_take_segment) return nullptr;
   if (segment == nullptr) {
     // The first aligned run after the header; taken before any other heap
     // can see the segment's free slices.
@@ -1372,11 +1374,50 @@ void CollectAbandonedHeaps() {
   }
 }
 
-// *zeroed (if given): the block reads as zeros (ClaimSlices).
+// Address-space limits (RLIMIT_AS, RLIMIT_DATA) at or above this leave
+// large blocks in segments: at most this many bytes of blocks on mappings
+// of their own (LargeBlockGoesHuge; 680 KiB at least) stay well inside the
+// kernel's default count of mappings a process may have (65530), which
+// thread stacks, dlopen and the program's own mmap calls need too (a
+// review: under a 60 GiB limit, 68551 blocks of 720000 bytes took them
+// all, and then every mmap failed).
+constexpr size_t kLargeOnOwnMappingsBelowLimit = size_t{16} << 30;
+
+// Under an address-space limit (`ulimit -v`), a large block whose run of
+// slices would pack a new segment worse than a mapping of its own would
+// hold it (that mapping: a 64 KiB header and the block rounded up to an
+// eighth of its power of two, HugeBlockBytes) goes on its own mapping, as a
+// huge block, where no segment ferry holds has room for it: 63 slices a
+// segment hold one run of 32 (a 2 MiB block, 4 MiB of address space) or
+// three of 16 (1 MiB blocks, 1.33 MiB each), and a program of such blocks
+// got 50-75% of what glibc gives under a limit. Free runs in segments come
+// first, so that the address space ferry holds is used (a review: where
+// smaller blocks had filled the limit and were freed, 1 MiB blocks only
+// ever asked for mappings, and got 2 MiB in all), and a loop that
+// allocates and frees such a block reuses its slices with no system call.
+bool LargeBlockGoesHuge(size_t n) {
+  if (FERRY_LIKELY(AddressSpaceLimit() >= kLargeOnOwnMappingsBelowLimit)) return false;
+  const size_t slices = (n + kSliceSize - 1) / kSliceSize;
+  const size_t per_segment = (kSlicesPerSegment - 1) / slices;
+  return kSegmentSize / per_segment > kSliceSize + HugeBlockBytes(n);
+}
+
+// *zeroed (if given): the block reads as zeros (ClaimSlices); calloc's
+// call, which also takes no cached huge mapping.
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullptr) {
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
-  Page* page = ClaimSlices(heap, slices, align_slices, zeroed);
+  const bool own_mapping = alignment <= kSliceSize && LargeBlockGoesHuge(n);
+  Page* page = ClaimSlices(heap, slices, align_slices, zeroed, /*may_take_segment=*/!own_mapping);
+  if (page == nullptr && own_mapping) {
+    const int saved_errno = errno;
+    if (void* p = AllocateHuge(n, 0, /*may_reuse=*/zeroed == nullptr)) {
+      if (zeroed != nullptr) *zeroed = true;
+      return p;
+    }
+    errno = saved_errno;  // a new segment may still fit
+    page = ClaimSlices(heap, slices, align_slices, zeroed);
+  }
   if (page == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -1674,25 +1715,9 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   return PopBlock(page, page->free);
 }
 
-// Under an address-space limit (`ulimit -v`), a large block whose run of
-// slices packs a segment worse than a mapping of its own would hold it
-// (that mapping: a 64 KiB header and the block rounded up to an eighth of
-// its power of two, HugeBlockBytes) is a huge block instead: 63 slices a
-// segment hold one run of 32 (a 2 MiB block, 4 MiB of address space) or
-// three of 16 (1 MiB blocks, 1.33 MiB each), and a program of such blocks
-// got 50-75% of what glibc gives under a limit. Without a limit address
-// space costs nothing, and runs of slices are the faster path (no system
-// call, no lock; the huge cache is process-wide).
-bool LargeBlockGoesHuge(size_t n) {
-  if (FERRY_LIKELY(!AddressSpaceLimited())) return false;
-  const size_t slices = (n + kSliceSize - 1) / kSliceSize;
-  const size_t per_segment = (kSlicesPerSegment - 1) / slices;
-  return kSegmentSize / per_segment > kSliceSize + HugeBlockBytes(n);
-}
-
 void* AllocateAboveLookup(size_t n) {
   if (n <= kMediumMax) return AllocateInClass(ComputeSizeClass(n));
-  if (n <= kLargeMax && !LargeBlockGoesHuge(n)) {
+  if (n <= kLargeMax) {
     if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) return AllocateWhileExiting(n, 0);
     Heap* heap = CurrentHeapOrInit();
     if (heap == nullptr) {
@@ -1709,7 +1734,6 @@ void* AllocateAboveLookup(size_t n) {
 // they become resident only as the program uses them, as with glibc's
 // mmapped chunks; others are cleared.
 void* AllocateLargeZeroed(size_t n) {
-  if (LargeBlockGoesHuge(n)) return AllocateHuge(n, 0, /*may_reuse=*/false);  // as ferry_calloc's huge
   void* p;
   bool zeroed = false;
   if (FERRY_UNLIKELY(tl_heap == &g_empty_heap && tl_exiting)) {

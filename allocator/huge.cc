@@ -128,6 +128,26 @@ bool SlackIsBounded(size_t mapping_size, size_t size) {
   return mapping_size - size <= size / 8;
 }
 
+void KeepInCache(void* mapping, size_t size, size_t cap);
+
+// A waiting mapping of `old_size` bytes, out of the cache, grown to `size`
+// (larger): in place where the kernel can, else moved whole onto a new
+// aligned range (mremap moves page tables, not bytes). Its pages stay as
+// they were and only the added ones are new: with mappings cut down to
+// their blocks (TakeCachedMapping), a block larger than every waiting
+// mapping was a fresh one, every page of it faulted in. nullptr, the
+// mapping given back, where the kernel refuses.
+void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
+  bool no_room = false;
+  void* grown = OsResizeInPlace(mapping, old_size, size, &no_room);
+  if (grown == nullptr && no_room) {
+    void* target = OsReserveMakingRoom(size, kSegmentSize, /*overcommit_check=*/true);
+    if (target != nullptr) grown = OsMoveOnto(mapping, old_size, size, target);  // gives target back on failure
+  }
+  if (grown == nullptr) OsRelease(mapping, old_size);
+  return grown;
+}
+
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, and its size in *taken_size; nullptr when none waits.
 // The smallest waiting mapping that SlackIsBounded allows is taken (the
@@ -147,6 +167,7 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
   const bool large_cache = PoolHousekeepsOnATimer();
   CachedMapping taken;
+  bool grow = false;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
     CachedMapping* best = nullptr;
@@ -157,13 +178,40 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
         best = &slot;
       }
     }
-    if (best == nullptr) return nullptr;
-    taken = TakeSlotLocked(*best);
-    UpdateAnyLocked();
+    if (best == nullptr) {
+      // None large enough: the largest of at least half the size grows to
+      // it (GrowTakenMapping), so that only the added pages are new.
+      for (CachedMapping& slot : g_huge_cache) {
+        if (slot.mapping == nullptr || slot.size >= size || slot.size < size / 2) continue;
+        if (best == nullptr || slot.size > best->size) best = &slot;
+      }
+      if (best == nullptr) return nullptr;
+      taken = TakeSlotLocked(*best);
+      UpdateAnyLocked();
+      grow = true;
+    } else {
+      taken = TakeSlotLocked(*best);
+      UpdateAnyLocked();
+    }
+  }
+  if (grow) {
+    void* grown = GrowTakenMapping(taken.mapping, taken.size, size);
+    if (grown != nullptr) *taken_size = size;
+    return grown;
   }
   size_t keep = taken.size;
   if (large_cache && keep > size) {
-    OsRelease(static_cast<char*>(taken.mapping) + size, taken.size - size);
+    // The rest past the next 4 MiB boundary, if a huge block's mapping
+    // could use it, waits in the cache on its own (a mapping must start on
+    // a segment boundary), its pages resident for the next block.
+    char* const base = static_cast<char*>(taken.mapping);
+    const size_t split = AlignUp(size, kSegmentSize);
+    if (split < taken.size && taken.size - split > kLargeMax + kSliceSize) {
+      if (split > size) OsRelease(base + size, split - size);
+      KeepInCache(base + split, taken.size - split, HugeCacheCapBytes());
+    } else {
+      OsRelease(base + size, taken.size - size);
+    }
     keep = size;
   }
   *taken_size = keep;
@@ -205,6 +253,14 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   // only ever allocate huge blocks has no heap that would have registered
   // the handlers.
   EnsureForkHandlersRegistered();
+  KeepInCache(mapping, size, cap);
+  return true;
+}
+
+// Puts a mapping that may be reused (CacheHugeMapping's checks passed, for
+// it or for the mapping it was cut from) in the cache, making room under
+// `cap` by giving back the oldest.
+void KeepInCache(void* mapping, size_t size, size_t cap) {
   const uint64_t keep_ms = HugeCacheKeepMs();  // not under the lock: it may initialise
   const uint64_t now_ms = OsMonotonicMs();
   CachedMapping out[kHugeCacheSlots];
@@ -234,7 +290,6 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   }
   ReleaseTaken(out, released);
   if (outgrown) AskForThePoolIfSeveralThreads();
-  return true;
 }
 
 }  // namespace

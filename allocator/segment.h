@@ -377,11 +377,11 @@ inline constexpr uint64_t kSegmentDetached = ~uint64_t{0};
 // its slices read as zeros (false for a segment whose decommit the kernel
 // refused when it came back: then every slice is marked dirty).
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed = nullptr);
-// Whether the process ran under an address-space limit (RLIMIT_AS or
-// RLIMIT_DATA) when this was first asked or ferry last took a segment:
-// read again at every segment taken, so a limit set later counts from the
-// next segment on (two system calls per 4 MiB of segments).
-bool AddressSpaceLimited();
+// The process's address-space limit (the lower of RLIMIT_AS and
+// RLIMIT_DATA; SIZE_MAX for none) when this was first asked or ferry last
+// took a segment: read again at every segment taken, so a limit set later
+// counts from the next segment on (two system calls per 4 MiB of segments).
+size_t AddressSpaceLimit();
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);

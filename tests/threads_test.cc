@@ -581,6 +581,55 @@ TEST(Threads, ABigBlockTakesNoMuchBiggerCachedMapping) {
   ferry_collect();
 }
 
+// With reclaimers ticking, a block that takes a larger waiting mapping
+// keeps only what it needs, and the part of the rest past the next 4 MiB
+// boundary (where a mapping may start) waits in the cache on its own,
+// pages and all, for the next block: before 2026-12-05 all of the rest
+// went back to the OS, and the next larger block faulted in afresh.
+TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
+  StartThePoolWithAnEmptyHugeCache();
+  std::vector<void*> held;
+  for (int i = 0; i < 2; ++i) held.push_back(ferry_malloc(32 * kMiB));  // live huge bytes: the cap
+  char* big = static_cast<char*>(ferry_malloc(13 * kMiB));
+  ASSERT_NE(big, nullptr);
+  for (size_t k = 0; k < 13 * kMiB; k += 4096) big[k] = static_cast<char>(k / 4096 + 1);
+  ferry_free(big);
+  ferry_stats_t freed;
+  ferry_stats_get(&freed);
+  if (freed.reclaimer_threads == 0) {
+    for (void* p : held) ferry_free(p);
+    ferry_collect();
+    GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
+  }
+  ASSERT_EQ(freed.huge_bytes_cached, 13 * kMiB + 64 * kKiB);
+  // Needs 7 MiB and a header: takes the 13 MiB mapping, keeps up to 8 MiB
+  // (gives back the 960 KiB to the boundary), and the last 5 MiB and 64
+  // KiB wait on.
+  char* seven = static_cast<char*>(ferry_malloc(7 * kMiB));
+  ASSERT_EQ(seven, big);
+  EXPECT_EQ(ferry_usable_size(seven), 7 * kMiB);
+  ferry_stats_t cut;
+  ferry_stats_get(&cut);
+  EXPECT_EQ(cut.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
+  // The next block of that size takes the rest, its pages as the 13 MiB
+  // block left them (past a header of its own).
+  char* five = static_cast<char*>(ferry_malloc(5 * kMiB));
+  ASSERT_EQ(five, big + 8 * kMiB);
+  for (size_t k = 0; k < 5 * kMiB; k += 4096) {
+    ASSERT_EQ(five[k], static_cast<char>((8 * kMiB + k) / 4096 + 1)) << "a page of the rest was not kept, at " << k;
+  }
+  ferry_stats_t taken;
+  ferry_stats_get(&taken);
+  EXPECT_EQ(taken.huge_bytes_cached, 0u);
+  EXPECT_EQ(taken.huge_reused - freed.huge_reused, 2u);
+  memset(seven, 1, 7 * kMiB);
+  memset(five, 2, 5 * kMiB);
+  ferry_free(seven);
+  ferry_free(five);
+  for (void* p : held) ferry_free(p);
+  ferry_collect();
+}
+
 // Four heaps make segments at once while each block goes straight to another
 // thread that frees it: a block from slices one heap took in a segment
 // another heap just made must be freeable by a third thread at once. The soak
