@@ -205,10 +205,15 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
     // could use it, waits in the cache on its own (a mapping must start on
     // a segment boundary), its pages resident for the next block.
     char* const base = static_cast<char*>(taken.mapping);
+    // Not past the cap, which may have fallen since the mapping was kept
+    // (a review: a 576 MiB mapping cached while 600 MiB were live, then
+    // cut for a 512 MiB block once they were freed, left 60 MiB against a
+    // cap of 32, and KeepInCache found no slot to give back).
     const size_t split = AlignUp(size, kSegmentSize);
-    if (split < taken.size && taken.size - split > kLargeMax + kSliceSize) {
+    const size_t cap = HugeCacheCapBytes();
+    if (split < taken.size && taken.size - split > kLargeMax + kSliceSize && taken.size - split <= cap) {
       if (split > size) OsRelease(base + size, split - size);
-      KeepInCache(base + split, taken.size - split, HugeCacheCapBytes());
+      KeepInCache(base + split, taken.size - split, cap);
     } else {
       OsRelease(base + size, taken.size - size);
     }
@@ -259,8 +264,9 @@ bool CacheHugeMapping(void* mapping, size_t size) {
 
 // Puts a mapping that may be reused (CacheHugeMapping's checks passed, for
 // it or for the mapping it was cut from) in the cache, making room under
-// `cap` by giving back the oldest.
+// `cap` (no smaller than `size`) by giving back the oldest.
 void KeepInCache(void* mapping, size_t size, size_t cap) {
+  FERRY_CHECK(size <= cap);
   const uint64_t keep_ms = HugeCacheKeepMs();  // not under the lock: it may initialise
   const uint64_t now_ms = OsMonotonicMs();
   CachedMapping out[kHugeCacheSlots];

@@ -2083,11 +2083,9 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   ASSERT_NE(next, nullptr);
   EXPECT_EQ(next, guarded) << "not the cached mapping: nothing checked";
   memset(next, 'b', 5 * kHugeMiB);  // faulted on the guard page
-  // Since 2026-12-05 the free asks the kernel whether the range holds a
-  // guard (PAGEMAP_SCAN of /proc/self/pagemap) before it removes any: a
-  // guard on the last page of a mapping is found too; and a fork child
-  // asks about its own pages, not its parent's (the file reads the memory
-  // of the process that opened it).
+  // A guard on the last page of a mapping goes too, and a fork child's
+  // (a scan of /proc/self/pagemap for guards before the removal, tried on
+  // 2026-12-05, missed the child's where the parent's file was used).
   ASSERT_EQ(madvise(next + 5 * kHugeMiB - 4096, 4096, kMadvGuardInstall), 0);
   ferry_free(next);
   char* last = static_cast<char*>(ferry_malloc(5 * kHugeMiB));

@@ -6,7 +6,6 @@
 #include <gnu/libc-version.h>
 #include <errno.h>
 #include <sys/auxv.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <fcntl.h>
@@ -14,7 +13,6 @@
 #include <sched.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
-#include <sys/statfs.h>
 #include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,77 +62,6 @@ constexpr int kMadvGuardRemove = MADV_GUARD_REMOVE;
 constexpr int kMadvGuardRemove = 103;
 #endif
 
-namespace {
-
-// PAGEMAP_SCAN (Linux 6.7) and its guard category (6.14), not in every
-// libc's headers yet: the uapi's layout.
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-struct PagemapScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, PagemapScanArg);
-constexpr uint64_t kPageIsGuard = uint64_t{1} << 8;
-constexpr long kProcSuperMagic = 0x9fa0;
-
-// /proc/self/pagemap, opened for PageRangeMayHoldGuards by process
-// g_pagemap_pid (the file reads the memory of the process that opened it:
-// a fork child opens its own). -1: none open; -2: this kernel cannot scan
-// for guards. Never closed: the program may have closed it and given its
-// number to a file of its own (a daemon closing every descriptor), and
-// ferry must not close that; the check before each scan finds out.
-std::atomic<int> g_pagemap_fd{-1};
-std::atomic<pid_t> g_pagemap_pid{0};
-
-int PagemapFd() {
-  int fd = g_pagemap_fd.load(std::memory_order_acquire);
-  if (fd == -2) return -2;
-  const pid_t pid = static_cast<pid_t>(syscall(SYS_getpid));
-  struct statfs fs;
-  if (fd >= 0 && g_pagemap_pid.load(std::memory_order_relaxed) == pid && syscall(SYS_fstatfs, fd, &fs) == 0 &&
-      fs.f_type == kProcSuperMagic) {
-    return fd;
-  }
-  const int opened = static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
-  if (opened < 0) return -1;  // no /proc here now: try again next time
-  g_pagemap_pid.store(pid, std::memory_order_relaxed);
-  // Racing threads each open one; the last stays, the others are left open
-  // (a few descriptors once), as a closed one could be in use.
-  g_pagemap_fd.store(opened, std::memory_order_release);
-  return opened;
-}
-
-// Whether [base, base + size) may hold guard regions: false only when the
-// kernel's scan says it holds none. The scan reads the page tables (0.7 us
-// for 3 MiB untouched, 1.8 us resident, here); MADV_GUARD_REMOVE, which
-// every huge free made until 2026-12-05, rewrites them (4.9 and 14.5 us),
-// and was most of the cost of freeing a huge block whose mapping is kept.
-bool PageRangeMayHoldGuards(void* base, size_t size) {
-  const int fd = PagemapFd();
-  if (fd < 0) return true;
-  PageRegion region;
-  PagemapScanArg arg = {};
-  arg.size = sizeof arg;
-  arg.start = reinterpret_cast<uintptr_t>(base);
-  arg.end = arg.start + size;
-  arg.vec = reinterpret_cast<uintptr_t>(&region);
-  arg.vec_len = 1;
-  arg.category_mask = kPageIsGuard;
-  arg.return_mask = kPageIsGuard;
-  const long found = syscall(SYS_ioctl, fd, kPagemapScan, &arg);
-  if (found < 0) {
-    // ENOTTY (before 6.7) or EINVAL (no guard category, before 6.14): no
-    // scan ever will.
-    if (errno == ENOTTY || errno == EINVAL) g_pagemap_fd.store(-2, std::memory_order_release);
-    return true;
-  }
-  return found != 0 || arg.walk_end != arg.end;
-}
-
-}  // namespace
-
 bool OsResetForReuse(void* base, size_t size) {
   const int saved_errno = errno;
   const bool done = mprotect(base, size, PROT_READ | PROT_WRITE) == 0 &&
@@ -145,7 +72,7 @@ bool OsResetForReuse(void* base, size_t size) {
   // they split no mapping, and neither mprotect nor MADV_DONTNEED clears
   // them, so the next block faulted on its first write. Older kernels
   // refuse the advice, and have no guards to remove.
-  if (PageRangeMayHoldGuards(base, size)) (void)madvise(base, size, kMadvGuardRemove);
+  (void)madvise(base, size, kMadvGuardRemove);
   errno = saved_errno;
   return done;
 }

@@ -630,6 +630,38 @@ TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
   ferry_collect();
 }
 
+// The rest of a taken mapping stays only if the cache may hold it now: the
+// cap (the program's live huge bytes) may have fallen since the mapping was
+// kept. A review's program on 2026-12-05 crashed in malloc here: a 576 MiB
+// mapping kept while 600 MiB were live, taken by a 512 MiB block once
+// those were freed, left 60 MiB against a cap of 32. Address space only.
+TEST(Threads, TheRestOfATakenMappingLargerThanTheCacheGoesBack) {
+  StartThePoolWithAnEmptyHugeCache();
+  void* held = ferry_malloc(600 * kMiB);
+  void* kept = ferry_malloc(576 * kMiB);
+  if (held == nullptr || kept == nullptr) {
+    ferry_free(held);
+    ferry_free(kept);
+    GTEST_SKIP() << "no room for 1.2 GiB of address space here";
+  }
+  ferry_free(kept);  // the cap is the 600 MiB still live
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  if (stats.reclaimer_threads == 0) {
+    ferry_free(held);
+    ferry_collect();
+    GTEST_SKIP() << "no reclaimer thread: a 576 MiB mapping is never cached";
+  }
+  ASSERT_EQ(stats.huge_bytes_cached, 576 * kMiB + 64 * kKiB);
+  ferry_free(held);  // over the cap of what is live now: unmapped
+  void* block = ferry_malloc(512 * kMiB);  // takes the 576 MiB mapping
+  ASSERT_EQ(block, kept);
+  ferry_stats_get(&stats);
+  EXPECT_EQ(stats.huge_bytes_cached, 0u) << "the rest is larger than the cache's cap";
+  ferry_free(block);
+  ferry_collect();
+}
+
 // Four heaps make segments at once while each block goes straight to another
 // thread that frees it: a block from slices one heap took in a segment
 // another heap just made must be freeable by a third thread at once. The soak
