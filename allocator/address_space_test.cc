@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "ferry.h"
 
@@ -124,9 +125,10 @@ bool LimitsCannotBeTested(long result) {
 // mimalloc and jemalloc give 470 or more (perf/RESULTS.md). Until the
 // afternoon of 2026-12-05 large blocks were runs of slices under a limit
 // too, three of 1 MiB to a segment and one of 2 MiB: 1 MiB and 1.5 MiB
-// blocks got 378, 2 MiB 252; now those that pack a segment worse than a
-// mapping of their own are huge blocks there (418-432), and arenas come
-// 16 MiB at a time under a limit (464-478).
+// blocks got 378, 2 MiB 252; now, once ferry holds a quarter of the
+// limit, those that pack a segment worse than a mapping of their own are
+// huge blocks where no segment has room, and arenas come 16 MiB at a time
+// under a limit (424-456).
 // The huge cache's mappings go back to the OS when the address space runs
 // out: before 2026-12-05 they waited out their time (250 ms or more), and
 // the blocks that needed the room got ENOMEM meanwhile.
@@ -174,8 +176,8 @@ TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
     long at_least_mib;
   };
   for (const Case& c : {Case{64, 470}, Case{256 << 10, 440}, Case{300000, 400}, Case{512 << 10, 360},
-                        Case{size_t{1} << 20, 440}, Case{size_t{3} << 19, 440},
-                        Case{size_t{2} << 20, 440}, Case{size_t{4} << 20, 440},
+                        Case{size_t{1} << 20, 420}, Case{size_t{3} << 19, 420},
+                        Case{size_t{2} << 20, 400}, Case{size_t{4} << 20, 440},
                         Case{(size_t{6} << 20) + 4096, 400}}) {
     const long mib = MiBUnderAddressSpaceLimit(c.size);
     if (LimitsCannotBeTested(mib)) GTEST_SKIP() << "no 512 MiB limit to test here";
@@ -189,10 +191,10 @@ TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
 // what they do. The test runs itself again under a limit (set before the
 // exec, as `ulimit -v` would be; a limit set later counts from the next
 // segment ferry takes), where 2 MiB blocks go on mappings of their own
-// (huge_allocs counts them; without a limit they are runs of slices,
-// large_allocs) but for one that a segment ferry holds has room for, with
-// calloc's zeros (after a freed block of that size), realloc's bytes both
-// ways, and their usable size.
+// once ferry holds a quarter of the limit (huge_allocs counts them;
+// without a limit they are runs of slices, large_allocs), with calloc's
+// zeros (after a freed block of that size), realloc's bytes both ways, and
+// their usable size.
 constexpr char kUnderLimitEnv[] = "FERRY_TEST_UNDER_ADDRESS_SPACE_LIMIT";
 // The run under a limit's exit status when every check held: it must have
 // run them, not skipped them.
@@ -201,6 +203,25 @@ constexpr int kUnderLimitChecked = 42;
 void CheckLargeBlocksUnderALimit() {
   constexpr size_t kMiB = size_t{1} << 20;
   constexpr int kBlocks = 8;
+  // Far from the limit, a block allocated and freed in a loop stays on
+  // the faster path, its slices in a segment.
+  ferry_stats_t start;
+  ferry_stats_get(&start);
+  for (int i = 0; i < 50; ++i) ferry_free(ferry_malloc(2 * kMiB));
+  ferry_stats_t looped;
+  ferry_stats_get(&looped);
+  EXPECT_EQ(looped.huge_allocs, start.huge_allocs);
+  EXPECT_EQ(looped.large_allocs - start.large_allocs, 50u);
+  // In segments until ferry holds a quarter of the limit.
+  std::vector<void*> filler;
+  for (ferry_stats_t start, now;;) {
+    ferry_stats_get(&start);
+    filler.push_back(ferry_malloc(2 * kMiB));
+    ASSERT_NE(filler.back(), nullptr);
+    ferry_stats_get(&now);
+    if (now.huge_allocs != start.huge_allocs) break;
+    ASSERT_LT(filler.size(), 200u) << "400 MiB of 2 MiB blocks, none on a mapping of its own";
+  }
   ferry_stats_t before;
   ferry_stats_get(&before);
   unsigned char* blocks[kBlocks];
@@ -212,7 +233,7 @@ void CheckLargeBlocksUnderALimit() {
   }
   ferry_stats_t after;
   ferry_stats_get(&after);
-  EXPECT_GE(after.huge_allocs - before.huge_allocs, static_cast<uint64_t>(kBlocks - 2));
+  EXPECT_EQ(after.huge_allocs - before.huge_allocs, static_cast<uint64_t>(kBlocks));
   unsigned char* dirty = static_cast<unsigned char*>(ferry_malloc(3 * kMiB / 2));
   ASSERT_NE(dirty, nullptr);
   memset(dirty, 0xa5, 3 * kMiB / 2);
@@ -231,6 +252,7 @@ void CheckLargeBlocksUnderALimit() {
     ferry_free(block);
   }
   ferry_free(zeros);
+  for (void* p : filler) ferry_free(p);
 }
 
 TEST(AddressSpace, UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther) {
@@ -242,7 +264,13 @@ TEST(AddressSpace, UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    const rlimit limit = {size_t{8} << 30, size_t{8} << 30};  // under kLargeOnOwnMappingsBelowLimit
+    // 512 MiB above what this process maps now (statm's first field).
+    FILE* statm = fopen("/proc/self/statm", "r");
+    long pages = 0;
+    if (statm == nullptr || fscanf(statm, "%ld", &pages) != 1) _exit(5);
+    fclose(statm);
+    const rlim_t at = static_cast<rlim_t>(pages) * sysconf(_SC_PAGESIZE) + (rlim_t{512} << 20);
+    const rlimit limit = {at, at};
     if (setrlimit(RLIMIT_AS, &limit) != 0 || setenv(kUnderLimitEnv, "1", 1) != 0) _exit(3);
     // Bazel's test protocol, meant for this process: the run below must run
     // its one test (not a shard of none) and leave the files alone.
