@@ -234,23 +234,36 @@ void CheckLargeBlocksUnderALimit() {
   ferry_stats_t after;
   ferry_stats_get(&after);
   EXPECT_EQ(after.huge_allocs - before.huge_allocs, static_cast<uint64_t>(kBlocks));
-  unsigned char* dirty = static_cast<unsigned char*>(ferry_malloc(3 * kMiB / 2));
+  // 2 MiB blocks again below: 32 slices, which no filler segment (31 free)
+  // holds, so each is on a mapping of its own (a review found the 1.5 MiB
+  // blocks this test used at first went into the filler segments' room).
+  unsigned char* dirty = static_cast<unsigned char*>(ferry_malloc(2 * kMiB));
   ASSERT_NE(dirty, nullptr);
-  memset(dirty, 0xa5, 3 * kMiB / 2);
-  ferry_free(dirty);  // its mapping may wait in the huge cache, or its slices be free
-  unsigned char* zeros = static_cast<unsigned char*>(ferry_calloc(1, 3 * kMiB / 2));
+  memset(dirty, 0xa5, 2 * kMiB);
+  ferry_free(dirty);  // its mapping waits in the huge cache
+  ferry_stats_get(&before);
+  unsigned char* zeros = static_cast<unsigned char*>(ferry_calloc(1, 2 * kMiB));
   ASSERT_NE(zeros, nullptr);
-  for (size_t k = 0; k < 3 * kMiB / 2; ++k) ASSERT_EQ(zeros[k], 0) << k;
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.huge_allocs - before.huge_allocs, 1u) << "calloc's block is not on a mapping of its own";
+  for (size_t k = 0; k < 2 * kMiB; ++k) ASSERT_EQ(zeros[k], 0) << k;
+  ferry_stats_get(&before);
   for (int i = 0; i < kBlocks; ++i) {
-    unsigned char* block = static_cast<unsigned char*>(ferry_realloc(blocks[i], 3 * kMiB));
+    // Grown to a huge size, then shrunk back to 2 MiB: a block of its own
+    // mapping each time, the bytes copied.
+    unsigned char* block = static_cast<unsigned char*>(ferry_realloc(blocks[i], 5 * kMiB));
     ASSERT_NE(block, nullptr);
     for (size_t k = 0; k < 2 * kMiB; ++k) ASSERT_EQ(block[k], static_cast<unsigned char>(k * 7 + i)) << k;
-    block = static_cast<unsigned char*>(ferry_realloc(block, kMiB + 4096));
+    memset(block + 2 * kMiB, 0x3c, 3 * kMiB);
+    block = static_cast<unsigned char*>(ferry_realloc(block, 2 * kMiB));
     ASSERT_NE(block, nullptr);
-    ASSERT_GE(ferry_usable_size(block), kMiB + 4096);
-    for (size_t k = 0; k < kMiB + 4096; ++k) ASSERT_EQ(block[k], static_cast<unsigned char>(k * 7 + i)) << k;
+    ASSERT_GE(ferry_usable_size(block), 2 * kMiB);
+    for (size_t k = 0; k < 2 * kMiB; ++k) ASSERT_EQ(block[k], static_cast<unsigned char>(k * 7 + i)) << k;
     ferry_free(block);
   }
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.huge_allocs - before.huge_allocs, static_cast<uint64_t>(2 * kBlocks));
+  EXPECT_EQ(after.large_allocs, before.large_allocs);
   ferry_free(zeros);
   for (void* p : filler) ferry_free(p);
 }
