@@ -488,6 +488,27 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
 }
 
+namespace {
+
+// A huge block's mapping shrunk from old_size to new_size by realloc, where
+// reclaimers tick: the part past the next 4 MiB boundary (where a mapping
+// may start) waits in the cache, its pages resident for the next block,
+// as the rest of a taken mapping does (TakeCachedMapping), once the resets
+// a freed mapping gets (CacheHugeMapping: the program may have changed it
+// while it was a block). False when it is not kept: the caller shrinks
+// the mapping as before.
+bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
+  if (!PoolHousekeepsOnATimer()) return false;
+  const size_t split = AlignUp(new_size, kSegmentSize);
+  if (split >= old_size || old_size - split <= kLargeMax + kSliceSize) return false;
+  char* const base = static_cast<char*>(mapping);
+  if (!CacheHugeMapping(base + split, old_size - split)) return false;
+  if (split > new_size) OsRelease(base + new_size, split - new_size);
+  return true;
+}
+
+}  // namespace
+
 // The huge block at `p` resized to hold n bytes (n > kLargeMax) without a
 // copy: its mapping grows or shrinks in place, or, when something is mapped
 // right after it, moves whole to a new aligned range (mremap moves the page
@@ -512,7 +533,9 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t new_size = offset + HugeBlockBytes(n);
   if (new_size == old_size) return p;
   bool no_room = false;
-  void* base = OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
+  void* base = new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)
+                   ? segment->mapping
+                   : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
   if (base == nullptr) {
     if (!no_room) return nullptr;
     void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);

