@@ -130,6 +130,15 @@ bool SlackIsBounded(size_t mapping_size, size_t size) {
 
 void KeepInCache(void* mapping, size_t size, size_t cap);
 
+// Where the rest of a mapping of `mapping_size` bytes past `end` (a
+// block's end) may wait in the cache on its own: from the next 4 MiB
+// boundary, where a mapping may start, if a huge block's mapping could use
+// what lies past it; 0 where nothing is worth keeping.
+size_t RestToKeepFrom(size_t end, size_t mapping_size) {
+  const size_t split = AlignUp(end, kSegmentSize);
+  return split < mapping_size && mapping_size - split > kLargeMax + kSliceSize ? split : 0;
+}
+
 // A waiting mapping of `old_size` bytes, out of the cache, grown to `size`
 // (larger): in place where the kernel can, else moved whole onto a new
 // aligned range (mremap moves page tables, not bytes). Its pages stay as
@@ -201,17 +210,16 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
   }
   size_t keep = taken.size;
   if (large_cache && keep > size) {
-    // The rest past the next 4 MiB boundary, if a huge block's mapping
-    // could use it, waits in the cache on its own (a mapping must start on
-    // a segment boundary), its pages resident for the next block.
+    // The rest past the next 4 MiB boundary waits in the cache on its own
+    // (RestToKeepFrom), its pages resident for the next block.
     char* const base = static_cast<char*>(taken.mapping);
     // Not past the cap, which may have fallen since the mapping was kept
     // (a review: a 576 MiB mapping cached while 600 MiB were live, then
     // cut for a 512 MiB block once they were freed, left 60 MiB against a
     // cap of 32, and KeepInCache found no slot to give back).
-    const size_t split = AlignUp(size, kSegmentSize);
+    const size_t split = RestToKeepFrom(size, taken.size);
     const size_t cap = HugeCacheCapBytes();
-    if (split < taken.size && taken.size - split > kLargeMax + kSliceSize && taken.size - split <= cap) {
+    if (split != 0 && taken.size - split <= cap) {
       if (split > size) OsRelease(base + size, split - size);
       KeepInCache(base + split, taken.size - split, cap);
     } else {
@@ -499,8 +507,8 @@ namespace {
 // the mapping as before.
 bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
   if (!PoolHousekeepsOnATimer()) return false;
-  const size_t split = AlignUp(new_size, kSegmentSize);
-  if (split >= old_size || old_size - split <= kLargeMax + kSliceSize) return false;
+  const size_t split = RestToKeepFrom(new_size, old_size);
+  if (split == 0) return false;
   char* const base = static_cast<char*>(mapping);
   if (!CacheHugeMapping(base + split, old_size - split)) return false;
   if (split > new_size) OsRelease(base + new_size, split - new_size);

@@ -114,14 +114,7 @@ bool OsReservationMayFitAfterRelease(size_t size) {
   // allocated deadlocked on the claim's lock; a review, 2026-12-05) have no
   // place.
   const int saved_errno = errno;
-  bool may = true;
-  for (const int resource : {RLIMIT_AS, RLIMIT_DATA}) {
-    rlimit limit;
-    if (syscall(SYS_prlimit64, 0, resource, nullptr, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
-        size >= limit.rlim_cur) {
-      may = false;
-    }
-  }
+  bool may = size < OsAddressSpaceLimit();
   struct sysinfo info;
   if (may && syscall(SYS_sysinfo, &info) == 0) {
     const unsigned __int128 total =
