@@ -21,6 +21,16 @@ namespace {
 // MiBUnderAddressSpaceLimit's answer where the child could not set its limit.
 constexpr long kCannotLimit = -3;
 
+// What RLIMIT_AS counts now, in KiB: the whole address space (statm's
+// first field); -1 where it cannot be read.
+long MappedKiB() {
+  FILE* statm = fopen("/proc/self/statm", "r");
+  long pages = -1;
+  if (statm != nullptr && fscanf(statm, "%ld", &pages) != 1) pages = -1;
+  if (statm != nullptr) fclose(statm);
+  return pages < 0 ? -1 : pages * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
 // The bytes of `size`-byte blocks a child process gets from ferry_malloc,
 // in MiB, with 512 MiB left to it under `resource` (RLIMIT_AS, or
 // RLIMIT_DATA) above what it holds at the fork; -1 when the child did not
@@ -40,12 +50,7 @@ long MiBUnderAddressSpaceLimit(size_t size, bool cache_first = false, int resour
     // field), or, for RLIMIT_DATA, the private writable mappings (VmData).
     long kib = -1;
     if (resource == RLIMIT_AS) {
-      FILE* statm = fopen("/proc/self/statm", "r");
-      long pages = 0;
-      if (statm != nullptr && fscanf(statm, "%ld", &pages) == 1) {
-        kib = pages * (sysconf(_SC_PAGESIZE) / 1024);
-      }
-      if (statm != nullptr) fclose(statm);
+      kib = MappedKiB();
     } else {
       FILE* status = fopen("/proc/self/status", "r");
       char line[256];
@@ -277,12 +282,10 @@ TEST(AddressSpace, UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    // 512 MiB above what this process maps now (statm's first field).
-    FILE* statm = fopen("/proc/self/statm", "r");
-    long pages = 0;
-    if (statm == nullptr || fscanf(statm, "%ld", &pages) != 1) _exit(5);
-    fclose(statm);
-    const rlim_t at = static_cast<rlim_t>(pages) * sysconf(_SC_PAGESIZE) + (rlim_t{512} << 20);
+    // 512 MiB above what this process maps now.
+    const long kib = MappedKiB();
+    if (kib < 0) _exit(5);
+    const rlim_t at = static_cast<rlim_t>(kib) * 1024 + (rlim_t{512} << 20);
     const rlimit limit = {at, at};
     if (setrlimit(RLIMIT_AS, &limit) != 0 || setenv(kUnderLimitEnv, "1", 1) != 0) _exit(3);
     // Bazel's test protocol, meant for this process: the run below must run

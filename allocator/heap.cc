@@ -1689,7 +1689,7 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   // allocates from the exit heap under g_exit_lock, a spin lock that every
   // other exiting thread would spin on through the thread creations (and
   // FreeMayStartPool keeps exiting threads from starting it too).
-  if (!tl_exiting) PoolMaybeStart();
+  PoolMaybeStartUnlessExiting();
   TendHeap(heap, size_class);
   // Blocks already carved and free come first, on any page of the class
   // (those on its inbox too), and carving new blocks last: carved blocks
