@@ -45,20 +45,37 @@ namespace {
 // go back to the OS once they have waited EmptySegmentKeepMs (the
 // housekeeping, or the next huge allocation or free), at once on
 // ferry_collect or where the address space runs out, and the oldest first
-// when the cache is full. It holds 32 MiB of blocks (and a header), as
-// glibc's largest mmap threshold, where no reclaimer thread gives back what
-// has waited (an idle single-threaded program would keep it); where they
-// do, as much as the program holds in huge blocks now, its own working set:
-// four threads that churned huge blocks of 2-16 MiB, freeing each other's,
-// took 27 s with 32 MiB, most of it the kernel faulting fresh mappings in,
-// and 14-15 s with that (glibc 3.5-4.0 s; perf/RESULTS.md, 2026-12-05).
+// when the cache is full. Where reclaimer threads give back what has
+// waited, it holds as much as the program holds in huge blocks now, its
+// own working set: four threads that churned huge blocks of 2-16 MiB,
+// freeing each other's, took 27 s with 32 MiB, most of it the kernel
+// faulting fresh mappings in, and 14-15 s with that (glibc 3.5-4.0 s;
+// perf/RESULTS.md, 2026-12-05). Where none does (a single-threaded
+// program, FERRY_RECLAIMERS=0, the oneTBB backend) what waits stays until
+// the program's next huge allocation or free, or ferry_collect: there it
+// holds 32 MiB of blocks (and a header), as glibc's largest mmap
+// threshold, or half the program's huge bytes if that is more, so that an
+// idle program keeps at most half again what it holds (glibc's heap keeps
+// the chunks freed between live ones, too). With 32 MiB alone, one thread
+// replacing twenty buffers of 5-25 MiB at random (mimalloc-bench's
+// malloc-large) took 5.0 s, 2.7 now, peak RSS 466 MiB, 544 now (glibc 2.0
+// s and 534 MiB; perf/RESULTS.md, 2026-12-05).
 constexpr size_t kHugeCacheSlots = 64;
 constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
 
 size_t HugeCacheCapBytes() {
-  if (!PoolHousekeepsOnATimer()) return kHugeCacheMaxBytes;
-  const int64_t live = g_counters.huge_bytes_live.load(std::memory_order_relaxed);
+  int64_t live = g_counters.huge_bytes_live.load(std::memory_order_relaxed);
+  if (!PoolHousekeepsOnATimer()) live /= 2;
   return live > static_cast<int64_t>(kHugeCacheMaxBytes) ? static_cast<size_t>(live) : kHugeCacheMaxBytes;
+}
+
+// Whether the cache may hold more than 32 MiB now (HugeCacheCapBytes):
+// then a mapping is cut down to its block when taken (TakeCachedMapping),
+// and so is one that realloc shrinks (CacheRestOfShrunkMapping), their
+// rest waiting on its own; in the small cache a block takes its mapping
+// whole.
+bool HugeCacheIsLarge() {
+  return PoolHousekeepsOnATimer() || HugeCacheCapBytes() > kHugeCacheMaxBytes;
 }
 
 struct CachedMapping {
@@ -160,21 +177,21 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, and its size in *taken_size; nullptr when none waits.
 // The smallest waiting mapping that SlackIsBounded allows is taken (the
-// newest of equals). Where the cache is the small one (no reclaimer
-// ticks) it is taken whole, the rest its block's usable size, as a block
+// newest of equals). Where the cache is the small one (HugeCacheIsLarge)
+// it is taken whole, the rest its block's usable size, as a block
 // in whole 4 MiB segments had before 2026-12-05: taking only a mapping of
 // exactly `size` once mappings stopped being whole segments, a buffer of
 // varying size (4-8 MiB, which had all rounded to 8) found one a third as
 // often and took 11 times as long a round, and cutting the mapping down to
 // `size` lost the pages the next larger block would have reused (6 times
-// as long). Where the cache holds as much as the program's huge blocks,
-// the rest goes back to the OS (one munmap): blocks that each kept up to
+// as long). Where the cache may hold more, the rest goes back to the OS
+// (one munmap) or waits in the cache on its own: blocks that each kept up to
 // twice their size held an idle program at twice its live data, past
 // malloc_trim (a review's program: 312 MiB resident for 156 asked for,
 // 162 now; glibc 157).
 void* TakeCachedMapping(size_t size, size_t* taken_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
-  const bool large_cache = PoolHousekeepsOnATimer();
+  const bool large_cache = HugeCacheIsLarge();
   CachedMapping taken;
   bool grow = false;
   {
@@ -499,14 +516,14 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
 namespace {
 
 // A huge block's mapping shrunk from old_size to new_size by realloc, where
-// reclaimers tick: the part past the next 4 MiB boundary (where a mapping
+// the cache is the large one (HugeCacheIsLarge): the part past the next 4 MiB boundary (where a mapping
 // may start) waits in the cache, its pages resident for the next block,
 // as the rest of a taken mapping does (TakeCachedMapping), once the resets
 // a freed mapping gets (CacheHugeMapping: the program may have changed it
 // while it was a block). False when it is not kept: the caller shrinks
 // the mapping as before.
 bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
-  if (!PoolHousekeepsOnATimer()) return false;
+  if (!HugeCacheIsLarge()) return false;
   const size_t split = RestToKeepFrom(new_size, old_size);
   if (split == 0) return false;
   char* const base = static_cast<char*>(mapping);

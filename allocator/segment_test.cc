@@ -2243,6 +2243,41 @@ TEST(HugeCache, AFullCacheGivesBackItsOldestFirst) {
   EmptyHugeCache();
 }
 
+// Where no reclaimer ticks (this test's FERRY_RECLAIMERS=0), the cache
+// holds 32 MiB or half the program's live huge bytes, whichever is more:
+// a program holding 96 MiB of huge blocks gets 48 MiB of freed ones back
+// with their pages, and once it frees them all the cache is 32 MiB again.
+TEST(HugeCache, WithoutAPoolTheCacheHoldsHalfTheLiveHugeBytes) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  const size_t mapping = HugeMappingBytes(8 * kHugeMiB);
+  std::vector<void*> held;
+  for (int k = 0; k < 12; ++k) {
+    held.push_back(ferry_malloc(8 * kHugeMiB));
+    ASSERT_NE(held.back(), nullptr);
+  }
+  std::vector<void*> churned;
+  for (int k = 0; k < 6; ++k) {
+    churned.push_back(ferry_malloc(8 * kHugeMiB));
+    ASSERT_NE(churned.back(), nullptr);
+    memset(churned.back(), k + 1, 8 * kHugeMiB);
+  }
+  for (void* p : churned) ferry_free(p);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 6 * mapping) << "not half of the 12 blocks held (32 MiB: 3)";
+  const uint64_t reused_before = HugeStats().huge_reused;
+  for (void*& p : churned) {
+    p = ferry_malloc(8 * kHugeMiB);
+    ASSERT_NE(p, nullptr);
+  }
+  EXPECT_EQ(HugeStats().huge_reused - reused_before, 6u);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 0u);
+  for (void* p : churned) ferry_free(p);
+  for (void* p : held) ferry_free(p);
+  EXPECT_LE(HugeStats().huge_bytes_cached, 32 * kHugeMiB + 64 * 1024) << "an idle program keeps 32 MiB";
+  EXPECT_GT(HugeStats().huge_bytes_cached, 0u);
+  EmptyHugeCache();
+}
+
 // Threads that allocate, fill, check and free huge blocks of a few sizes at
 // once: a mapping handed to two of them at the same time would show as a
 // pattern overwritten.
