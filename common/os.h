@@ -61,10 +61,19 @@ bool OsReservationMayFitAfterRelease(size_t size);
 // SIZE_MAX where neither is set. Raw system calls only, as above.
 size_t OsAddressSpaceLimit();
 size_t OsPageSize();
+// Every call here that could block or read a file is a raw system call,
+// not libc's wrapper: libc's open, read, write, close, getrandom and
+// nanosleep are cancellation points, and malloc and free must not be (a
+// thread with a cancel pending that started the reclaimer pool inside free
+// was unwound from its read of the cgroup quota, the pool stayed starting,
+// and every later fork waited for it; a bug hunt, 2026-12-05).
+
 // 64 random bits from the kernel (falls back to time and address entropy).
 uint64_t OsRandom64();
 // Writes all of buf to standard error; never allocates.
 void OsWriteStderr(const char* buf, size_t len);
+// Sleeps about `microseconds`.
+void OsSleepMicroseconds(uint32_t microseconds);
 
 // A CPU affinity mask (the bytes of a cpu_set_t: up to 1024 CPUs).
 struct OsCpuMask {

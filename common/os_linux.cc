@@ -252,7 +252,7 @@ size_t OsPageSize() {
 uint64_t OsRandom64() {
   const int saved_errno = errno;
   uint64_t value = 0;
-  if (getrandom(&value, sizeof(value), GRND_NONBLOCK) != sizeof(value)) {
+  if (syscall(SYS_getrandom, &value, sizeof(value), GRND_NONBLOCK) != static_cast<long>(sizeof(value))) {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     value = static_cast<uint64_t>(ts.tv_nsec) * 0x9E3779B97F4A7C15ull ^
@@ -262,10 +262,18 @@ uint64_t OsRandom64() {
   return value;
 }
 
+void OsSleepMicroseconds(uint32_t microseconds) {
+  const int saved_errno = errno;
+  const timespec pause = {static_cast<time_t>(microseconds / 1000000),
+                          static_cast<long>(microseconds % 1000000) * 1000L};
+  syscall(SYS_nanosleep, &pause, nullptr);
+  errno = saved_errno;
+}
+
 void OsWriteStderr(const char* buf, size_t len) {
   const int saved_errno = errno;
   while (len > 0) {
-    const ssize_t n = write(STDERR_FILENO, buf, len);
+    const ssize_t n = syscall(SYS_write, STDERR_FILENO, buf, len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     buf += n;
@@ -276,12 +284,12 @@ void OsWriteStderr(const char* buf, size_t len) {
 
 namespace {
 
-// Reads a small file into buf (NUL-terminated) with plain syscalls.
+// Reads a small file into buf (NUL-terminated) with raw system calls.
 bool ReadSmallFile(const char* path, char* buf, size_t size) {
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  const int fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC));
   if (fd < 0) return false;
-  const ssize_t n = read(fd, buf, size - 1);
-  close(fd);
+  const ssize_t n = syscall(SYS_read, fd, buf, size - 1);
+  syscall(SYS_close, fd);
   if (n <= 0) return false;
   buf[n] = '\0';
   return true;

@@ -779,9 +779,8 @@ void StartOnTbb(int wanted) {
     return;
   }
   const uint64_t give_up_ms = OsMonotonicMs() + kTbbStartWaitMs;
-  const timespec pause = {0, 200 * 1000};
   while (g_pool.state.load(std::memory_order_acquire) == kStartingOnTbb && OsMonotonicMs() < give_up_ms) {
-    nanosleep(&pause, nullptr);
+    OsSleepMicroseconds(200);
   }
 }
 
@@ -849,7 +848,13 @@ void PoolStartRequested() {
   if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
   uint32_t expected = kNotStarted;
   if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
+    // Not unwound halfway by a pending cancel (the state would stay
+    // kStarting, and fork wait for it for good), whatever oneTBB or the C
+    // library calls on the way: free and malloc are no cancellation points.
+    int cancel_state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
     Start();
+    pthread_setcancelstate(cancel_state, nullptr);
   } else if (expected == kHeldForFork) {
     // Asked for before the fork began: still asked for after it.
     g_pool_start_requested.store(1, std::memory_order_relaxed);

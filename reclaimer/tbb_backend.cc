@@ -10,7 +10,6 @@
 #include <link.h>
 #include <sched.h>
 #include <string.h>
-#include <time.h>
 
 #include <atomic>
 #include <new>
@@ -125,9 +124,8 @@ int TbbBackendLaunchWorkers(int timeout_ms) {
   // program's own arenas hold them all, and the pool stays kStarting (a
   // fork waits for that) until this returns. A task that runs later finds
   // its deadline past and ends at once.
-  const timespec pause = {0, 200 * 1000};
   while (g_launch_done.load(std::memory_order_acquire) < tasks && OsMonotonicMs() < deadline + 50) {
-    nanosleep(&pause, nullptr);
+    OsSleepMicroseconds(200);
   }
   return g_launch_begun.load(std::memory_order_acquire);
 }

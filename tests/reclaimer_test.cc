@@ -739,6 +739,59 @@ std::string PoolStartsWhen(size_t remote_frees, bool flush) {
   return problem;
 }
 
+// free is no cancellation point: a thread with a cancel pending whose frees
+// start the pool runs on past them, and the pool is started for good (on
+// 2026-12-05 the start read the cgroup CPU quota with libc's open, the
+// thread was unwound there, the pool stayed starting and the next fork
+// waited for it forever; a bug hunt's program).
+std::string APendingCancelNeitherStopsAFreeNorThePoolsStart() {
+  if (ferry_test::TaskCount() != 1) {
+    return "the fresh test process does not start single-threaded: " + ferry_test::AllThreadNames();
+  }
+  struct Shared {
+    std::vector<Item> blocks;
+    std::atomic<bool> cancel_sent{false};
+    std::atomic<bool> returned{false};
+    std::atomic<int> corrupt{0};
+  } shared;
+  for (uint64_t i = 0; i < 4 * BatchSize(); ++i) {
+    shared.blocks.push_back(Make(StressSize(i)));
+    if (shared.blocks.back().p == nullptr) return "out of memory";
+  }
+  pthread_t victim;
+  if (pthread_create(
+          &victim, nullptr,
+          [](void* arg) -> void* {
+            auto* shared = static_cast<Shared*>(arg);
+            while (!shared->cancel_sent.load()) sched_yield();
+            for (const Item& item : shared->blocks) shared->corrupt += !CheckAndFree(item);
+            for (uint64_t i = 0; i < 4 * BatchSize(); ++i) ferry_free(ferry_malloc(StressSize(i)));
+            shared->returned.store(true);
+            pthread_testcancel();
+            return nullptr;
+          },
+          &shared) != 0) {
+    return "no thread";
+  }
+  pthread_cancel(victim);
+  shared.cancel_sent.store(true);
+  void* result = nullptr;
+  pthread_join(victim, &result);
+  if (!shared.returned.load()) return "the thread was cancelled inside ferry_free or ferry_malloc";
+  if (result != PTHREAD_CANCELED) return "the pending cancel never acted";
+  if (shared.corrupt.load() != 0) return "blocks changed before their remote free";
+  ferry_flush();
+  const uint64_t wanted_starts = ferry_test::ExpectedReclaimers() > 0 ? 1 : 0;
+  if (Stats().pool_starts != wanted_starts) {
+    return "pool_starts " + std::to_string(Stats().pool_starts) + ", expected " + std::to_string(wanted_starts);
+  }
+  return PoolThreadsProblem(true);
+}
+
+TEST(ReclaimerPool, APendingCancelNeitherStopsAFreeNorThePoolsStart) {
+  EXPECT_IN_FRESH_PROCESS(APendingCancelNeitherStopsAFreeNorThePoolsStart);
+}
+
 TEST(ReclaimerPool, StartsAtTheFirstFlushOfRemoteFreesWithTheConfiguredThreads) {
   EXPECT_IN_FRESH_PROCESS([] { return PoolStartsWhen(10, /*flush=*/true); });
 }
