@@ -50,6 +50,8 @@
                     "contents checked after each")                             \
   X(medium, false, "1 thread: free a random slot of a working set, allocate " \
                    "a new 1-64 KiB object (log-uniform)")                      \
+  X(large, false, "1 thread replaces a random one of 20 buffers with a new "  \
+                  "zeroed one of 5-25 MiB (malloc-large)")                     \
   X(idle, false, "one thread allocates 512 MiB in 16 B-16 KiB blocks, another " \
                  "frees them all, then both idle 3 s; RSS every 100 ms")      \
   X(phases, false, "2 threads build 64 MiB sets of 64 B-4 KiB objects and "    \
