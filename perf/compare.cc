@@ -99,6 +99,8 @@ constexpr Allocator kAllocators[] = {
 
 // Ratios are to this allocator when it is reported, else to the first one.
 constexpr char kReference[] = "mimalloc";
+// Rates below this (per second) are shown as they are, not in millions.
+constexpr double kPlainRateBelow = 1e5;
 
 // The rows --ferry-variants adds: ferry with these settings. PRELOAD=LIB is
 // not a variable: it adds LIB to LD_PRELOAD after libferry.so. The tbb
@@ -137,7 +139,7 @@ constexpr ExtraColumn kExtraColumns[] = {
     {"rss_2s", "RSS MiB +2 s", "%.1f"},
     {"rss_3s", "RSS MiB +3 s", "%.1f"},
 };
-constexpr const char* kHiddenExtras[] = {"samples", "live_mib", "idle_s"};
+constexpr const char* kHiddenExtras[] = {"samples", "live_mib", "live_mib_max", "idle_s"};
 // Extras that get a panel of their own in the plot (besides wall time).
 constexpr const char* kPlottedExtras[] = {"rss_live", "rss_1s"};
 
@@ -769,10 +771,11 @@ class Compare {
           }
           std::fprintf(stderr, "[%s %d/%d] %-9s ", job.label.c_str(), run, flags_.runs, c.name.c_str());
           if (record.failure.empty()) {
-            std::fprintf(stderr, "wall %7.3f s  user+sys %7.3f s  peak RSS %8.1f MiB  %7.2f M %s/s%s\n",
+            const bool in_millions = record.rate >= kPlainRateBelow;
+            std::fprintf(stderr, "wall %7.3f s  user+sys %7.3f s  peak RSS %8.1f MiB  %7.2f %s%s/s%s\n",
                          record.process.wall_s, record.process.user_s + record.process.sys_s,
-                         record.process.max_rss_kib / 1024.0, record.rate / 1e6, record.unit.c_str(),
-                         ShortExtras(record.extras).c_str());
+                         record.process.max_rss_kib / 1024.0, in_millions ? record.rate / 1e6 : record.rate,
+                         in_millions ? "M " : "", record.unit.c_str(), ShortExtras(record.extras).c_str());
           } else {
             std::fprintf(stderr, "FAILED: %s\n", record.failure.c_str());
             broken[c.name] = true;  // no more runs of it for this workload
@@ -938,15 +941,21 @@ class Compare {
     }
     std::string ref_name = ref ? ref->allocator : kReference;
     std::string unit = "ops";
+    double top_rate = 0;
     for (const Summary& s : summaries) {
-      if (s.ok) unit = s.unit;
+      if (!s.ok) continue;
+      unit = s.unit;
+      top_rate = std::max(top_rate, s.rate);
     }
+    // Millions a second, unless the workload counts big things (large: a
+    // few hundred buffers a second read 0.00 M).
+    const bool in_millions = top_rate >= kPlainRateBelow;
     auto ratio = [&](double value, double reference) {
       return reference > 0 ? Format("%.2f", value / reference) : std::string("-");
     };
     std::vector<std::string> extra_keys = ExtraKeys(summaries);
     std::vector<std::string> header = {"allocator", "wall s", "× " + ref_name, "wall min–max", "user+sys s",
-                                       "× " + ref_name, "peak RSS MiB", "× " + ref_name, "M " + unit + "/s"};
+                                       "× " + ref_name, "peak RSS MiB", "× " + ref_name, (in_millions ? "M " : "") + unit + "/s"};
     for (const std::string& key : extra_keys) header.push_back(ExtraLabel(key, summaries));
     std::vector<std::vector<std::string>> rows = {header};
     for (const Summary& s : summaries) {
@@ -961,7 +970,7 @@ class Compare {
           s.allocator, Format("%.3f", s.wall), ratio(s.wall, ref->wall),
           Format("%.3f", s.wall_min) + "–" + Format("%.3f", s.wall_max), Format("%.3f", s.cpu),
           ratio(s.cpu, ref->cpu), Format("%.1f", s.rss_mib), ratio(s.rss_mib, ref->rss_mib),
-          Format("%.2f", s.rate / 1e6)};
+          in_millions ? Format("%.2f", s.rate / 1e6) : Format("%.1f", s.rate)};
       for (const std::string& key : extra_keys) {
         const Figure* f = s.Extra(key);
         const ExtraColumn* column = KnownExtra(key);

@@ -107,6 +107,7 @@ constexpr ProgramInfo kPrograms[] = {
     {"cscratch", 1, 0.01, false},  // a few 8 B objects per worker
     {"realloc", 16, 0.01, false},  // 256 buffers of up to 64 KiB
     {"medium", 16, 0.01, false},   // 1024 slots of 1-64 KiB, log-uniform: ~9 MiB
+    {"large", 0, 0.01, false},     // EXTRA live_mib_max (4 buffers of 5-25 MiB below scale 0.2, 20 from it)
     {"idle", 0, 0.2, false},       // the burst: scale x 512 MiB, at least 4; 3 s of idle from 0.2 on
     {"phases", 0, 0.01, false},    // EXTRA live_mib (2 x 64 MiB from scale 0.2 on)
     {"forkloop", 0, 0.01, false},  // EXTRA live_mib_max

@@ -12,6 +12,7 @@
 //
 // Each buffer carries its tag in its first and last 8 bytes and in one word
 // every 64 KiB, checked before it is released.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -74,19 +75,26 @@ Result Run(const Options& options) {
   std::vector<Slot> slots(options.scale >= 0.2 ? kSlots : 4);
   const uint64_t steps = Scaled(options, kFullSteps, 20);
   uint64_t serial = 0;
+  size_t live = 0;
+  size_t live_max = 0;  // for the soak's RSS bound
   const double start = NowSeconds();
   for (uint64_t step = 0; step < steps; ++step) {
     Slot& slot = slots[rng.Below(slots.size())];
     const size_t size = kMinSize + rng.Below(kMaxSize - kMinSize + 1);
     char* fresh = new (std::nothrow) char[size]();
     if (fresh == nullptr) AllocationFailed(kName, size);
+    live += size;
+    live_max = std::max(live_max, live);
+    live -= slot.size;
     Release(slot);  // after the new one, as `buffers[i] = make_unique(...)` does
     slot = Slot{fresh, size, TagFor(serial++)};
     Mark(slot);
   }
   const double elapsed = NowSeconds() - start;
   for (Slot& slot : slots) Release(slot);
-  return Result{steps, "buffers", elapsed};
+  Result result{steps, "buffers", elapsed};
+  result.extras.push_back({"live_mib_max", static_cast<double>(live_max) / (1 << 20)});
+  return result;
 }
 
 }  // namespace ferry::perf::large
