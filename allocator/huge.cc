@@ -177,7 +177,7 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, and its size in *taken_size; nullptr when none waits.
 // The smallest waiting mapping that SlackIsBounded allows is taken (the
-// newest of equals). Where the cache is the small one (HugeCacheIsLarge)
+// newest of equals). Where the cache is the small one (!HugeCacheIsLarge)
 // it is taken whole, the rest its block's usable size, as a block
 // in whole 4 MiB segments had before 2026-12-05: taking only a mapping of
 // exactly `size` once mappings stopped being whole segments, a buffer of
@@ -354,17 +354,35 @@ void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) 
   return mapping;
 }
 
-void TrimHugeCacheInChild() {
+namespace {
+
+// Gives back the mappings freed longest ago until the cache holds `cap`
+// bytes or less.
+void TrimHugeCacheTo(size_t cap) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
   CachedMapping out[kHugeCacheSlots];
   size_t released = 0;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
-    while (g_huge_cache_bytes > kHugeCacheMaxBytes) out[released++] = TakeSlotLocked(*OldestSlotLocked());
+    while (g_huge_cache_bytes > cap) out[released++] = TakeSlotLocked(*OldestSlotLocked());
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
 }
+
+// Where no reclaimer ticks, the cap falls with the program's huge bytes
+// (HugeCacheCapBytes) and nothing but its next huge call gives back what
+// waits: so a free or a shrink that lowers the cap applies it at once. A
+// review's program freed ten 100 MiB blocks and kept 104 MiB of them
+// while idle, and one that shrank a 1 GiB block to 5 MiB by realloc and
+// freed another kept the first one's 1016 MiB rest (2026-12-05).
+void TrimHugeCacheToCapWithoutPool() {
+  if (!PoolHousekeepsOnATimer()) TrimHugeCacheTo(HugeCacheCapBytes());
+}
+
+}  // namespace
+
+void TrimHugeCacheInChild() { TrimHugeCacheTo(kHugeCacheMaxBytes); }
 
 FreedHugeHit FindInHugeCache(uintptr_t address) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return FreedHugeHit::kNone;
@@ -508,6 +526,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   // segment map; FreeUnmapped then finds it here and reports a double free.
   if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
   OsRelease(segment->mapping, segment->mapping_size);
+  TrimHugeCacheToCapWithoutPool();
   // Where no pool ticks, huge frees and allocations are when the cache's
   // expired mappings go back (CacheHugeMapping does it for those it keeps).
   ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
@@ -583,6 +602,7 @@ void* ReallocHuge(void* p, size_t n) {
   moved_page->block_size = new_size - offset;
   if (base != reinterpret_cast<void*>(old_base)) SegmentMapSet(reinterpret_cast<uintptr_t>(base), kMapSegment);
   CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(new_size) - static_cast<int64_t>(old_size));
+  if (new_size < old_size) TrimHugeCacheToCapWithoutPool();
   if (Verbose(1)) {
     DiagLine().Str("ferry: huge block ").Hex(address).Str(" remapped to ").Hex(moved_page->start)
         .Str(", ").Dec(n).Str(" bytes").WriteToStderr();

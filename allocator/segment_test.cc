@@ -2092,9 +2092,12 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   ASSERT_EQ(last, guarded);
   memset(last, 'c', 5 * kHugeMiB);
   // Guards in a block written whole, the rest of it resident: the removal
-  // runs only where mincore finds pages absent, here the guards, two in the
-  // first 4 MiB it reads at once and one past them.
-  for (const size_t at : {kHugeMiB, 2 * kHugeMiB + 8192, 4 * kHugeMiB + 4096}) {
+  // runs only where mincore finds pages absent. The block starts 16 pages
+  // into its mapping, which RemoveGuardRegions reads 64 pages first, then
+  // 1024 at a time: guards on the last and first pages of those stretches
+  // (mapping pages 63, 64, 1087 and 1088) and one between.
+  for (const size_t page : {63, 64, 300, 1087, 1088}) {
+    const size_t at = (page - 16) * 4096;
     ASSERT_EQ(madvise(last + at, 4096, kMadvGuardInstall), 0);
   }
   ferry_free(last);
@@ -2262,19 +2265,64 @@ TEST(HugeCache, WithoutAPoolTheCacheHoldsHalfTheLiveHugeBytes) {
     ASSERT_NE(churned.back(), nullptr);
     memset(churned.back(), k + 1, 8 * kHugeMiB);
   }
+  const auto first_free = std::chrono::steady_clock::now();
   for (void* p : churned) ferry_free(p);
-  EXPECT_EQ(HugeStats().huge_bytes_cached, 6 * mapping) << "not half of the 12 blocks held (32 MiB: 3)";
+  const uint64_t cached = HugeStats().huge_bytes_cached;
   const uint64_t reused_before = HugeStats().huge_reused;
   for (void*& p : churned) {
     p = ferry_malloc(8 * kHugeMiB);
     ASSERT_NE(p, nullptr);
   }
-  EXPECT_EQ(HugeStats().huge_reused - reused_before, 6u);
+  const uint64_t reused = HugeStats().huge_reused - reused_before;
+  // A mapping that has waited 250 ms goes back at the next huge call: only
+  // a test that ran in less can expect every one of them.
+  if (std::chrono::steady_clock::now() - first_free < std::chrono::milliseconds(200)) {
+    EXPECT_EQ(cached, 6 * mapping) << "not half of the 12 blocks held (32 MiB: 3)";
+    EXPECT_EQ(reused, 6u);
+  }
+  EXPECT_LE(cached, 6 * mapping);
   EXPECT_EQ(HugeStats().huge_bytes_cached, 0u);
   for (void* p : churned) ferry_free(p);
   for (void* p : held) ferry_free(p);
   EXPECT_LE(HugeStats().huge_bytes_cached, 32 * kHugeMiB + 64 * 1024) << "an idle program keeps 32 MiB";
-  EXPECT_GT(HugeStats().huge_bytes_cached, 0u);
+  EmptyHugeCache();
+}
+
+// The cap falls with the live huge bytes, and a free or a realloc shrink
+// that lowers it gives back what waits above it at once: where no
+// reclaimer ticks, nothing else would until the program's next huge call
+// (a review's programs kept 104 MiB of ten freed 100 MiB blocks, and the
+// 1016 MiB rest of a 1 GiB block shrunk to 5 MiB, while idle).
+TEST(HugeCache, WithoutAPoolWhatWaitsFollowsTheFallingCap) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  constexpr size_t kIdleMost = 32 * kHugeMiB + 64 * 1024;
+  // Six blocks of 40 MiB freed in order: the fifth is larger than the cap
+  // its free leaves (32 MiB), and goes back; so must the fourth's mapping.
+  std::vector<void*> blocks;
+  for (int k = 0; k < 6; ++k) {
+    blocks.push_back(ferry_malloc(40 * kHugeMiB));
+    ASSERT_NE(blocks.back(), nullptr);
+  }
+  for (int k = 0; k < 5; ++k) ferry_free(blocks[k]);
+  EXPECT_LE(HugeStats().huge_bytes_cached, kIdleMost) << "40 MiB held, the cache above the cap";
+  ferry_free(blocks[5]);
+  EXPECT_LE(HugeStats().huge_bytes_cached, kIdleMost);
+  EmptyHugeCache();
+  // A 200 MiB block shrunk to 5 MiB while another is held: the rest may
+  // wait (half of 400 MiB), not once the shrink made the cap 102 MiB.
+  char* x = static_cast<char*>(ferry_malloc(200 * kHugeMiB));
+  char* y = static_cast<char*>(ferry_malloc(200 * kHugeMiB));
+  ASSERT_NE(x, nullptr);
+  ASSERT_NE(y, nullptr);
+  y[0] = 'y';
+  y = static_cast<char*>(ferry_realloc(y, 5 * kHugeMiB));
+  ASSERT_NE(y, nullptr);
+  EXPECT_EQ(y[0], 'y');
+  EXPECT_LE(HugeStats().huge_bytes_cached, (HugeStats().huge_bytes_live) / 2 + kIdleMost);
+  ferry_free(x);
+  EXPECT_LE(HugeStats().huge_bytes_cached, kIdleMost) << "5 MiB held, more than 32 MiB waiting";
+  ferry_free(y);
   EmptyHugeCache();
 }
 
