@@ -792,7 +792,15 @@ std::string APendingCancelNeitherStopsAFreeNorThePoolsStart() {
 }
 
 TEST(ReclaimerPool, APendingCancelNeitherStopsAFreeNorThePoolsStart) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's own teardown of a cancelled thread reports a stack-buffer-
+  // underflow in its sigaltstack interceptor (CI, 2026-12-05), with or
+  // without a pool (FERRY_RECLAIMERS=0 too): not ferry's.
+  (void)&APendingCancelNeitherStopsAFreeNorThePoolsStart;
+  GTEST_SKIP() << "ASan cannot tear down a cancelled thread";
+#else
   EXPECT_IN_FRESH_PROCESS(APendingCancelNeitherStopsAFreeNorThePoolsStart);
+#endif
 }
 
 TEST(ReclaimerPool, StartsAtTheFirstFlushOfRemoteFreesWithTheConfiguredThreads) {
