@@ -58,7 +58,7 @@ namespace {
 // idle program keeps at most half again what it holds (glibc's heap keeps
 // the chunks freed between live ones, too). With 32 MiB alone, one thread
 // replacing twenty buffers of 5-25 MiB at random (mimalloc-bench's
-// malloc-large) took 5.0 s, 2.7 now, peak RSS 466 MiB, 544 now (glibc 2.0
+// malloc-large) took 5.0 s, 2.8 now, peak RSS 466 MiB, 542 now (glibc 2.0
 // s and 534 MiB; perf/RESULTS.md, 2026-12-05).
 constexpr size_t kHugeCacheSlots = 64;
 constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
@@ -212,13 +212,10 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
         if (best == nullptr || slot.size > best->size) best = &slot;
       }
       if (best == nullptr) return nullptr;
-      taken = TakeSlotLocked(*best);
-      UpdateAnyLocked();
       grow = true;
-    } else {
-      taken = TakeSlotLocked(*best);
-      UpdateAnyLocked();
     }
+    taken = TakeSlotLocked(*best);
+    UpdateAnyLocked();
   }
   if (grow) {
     void* grown = GrowTakenMapping(taken.mapping, taken.size, size);
@@ -535,12 +532,13 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
 namespace {
 
 // A huge block's mapping shrunk from old_size to new_size by realloc, where
-// the cache is the large one (HugeCacheIsLarge): the part past the next 4 MiB boundary (where a mapping
-// may start) waits in the cache, its pages resident for the next block,
-// as the rest of a taken mapping does (TakeCachedMapping), once the resets
-// a freed mapping gets (CacheHugeMapping: the program may have changed it
-// while it was a block). False when it is not kept: the caller shrinks
-// the mapping as before.
+// the cache is the large one (HugeCacheIsLarge): the part past the next
+// 4 MiB boundary (where a mapping may start) waits in the cache, its pages
+// resident for the next block, as the rest of a taken mapping does
+// (TakeCachedMapping), once the resets a freed mapping gets
+// (CacheHugeMapping: the program may have changed it while it was a
+// block). False when it is not kept: the caller shrinks the mapping as
+// before.
 bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
   if (!HugeCacheIsLarge()) return false;
   const size_t split = RestToKeepFrom(new_size, old_size);
