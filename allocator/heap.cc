@@ -1090,14 +1090,16 @@ void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   g_abandoned = heap;
 }
 
-// The fork handlers, registered by the first thread that makes a heap or
-// calls ferry_collect (which takes the pool's duty turn even in a program
-// that never allocated with ferry). Not in EnsureGlobalInit, which the first
-// malloc runs: pthread_atfork may allocate. Callers wait until registration
-// is complete, so no fork can slip between a thread's check and the
-// handlers' existence; an allocation by pthread_atfork itself passes. A
-// child forked mid-registration registers them itself, unless they made it
-// into the parent's list in time (then AtForkChild marks them done).
+// The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad),
+// or earlier by the first thread that makes a heap or calls ferry_collect
+// (which takes the pool's duty turn even in a program that never allocated
+// with ferry), as in a library initialised before ferry's that allocates.
+// Not in EnsureGlobalInit, which the first malloc runs: pthread_atfork may
+// allocate. Callers wait until registration is complete, so no fork can
+// slip between a thread's check and the handlers' existence; an allocation
+// by pthread_atfork itself passes. A child forked mid-registration
+// registers them itself, unless they made it into the parent's list in
+// time (then AtForkChild marks them done).
 void EnsureForkHandlers() {
   if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == kOnceDone)) return;
   if (tl_registering_fork_handlers) return;
@@ -1107,6 +1109,18 @@ void EnsureForkHandlers() {
   tl_registering_fork_handlers = false;
   g_fork_handlers.store(kOnceDone, std::memory_order_release);
 }
+
+// At load, before the program's own constructors and main: glibc runs
+// prepare handlers in the reverse order of registration and the others in
+// that order, so the handlers a program registers afterwards run outside
+// ferry's, while every allocator lock is free. Registered at the first heap
+// instead, ferry's came after those a program registered before its first
+// malloc: a prepare handler that waited for a worker to pause waited for
+// good (the worker spun on a lock ferry's prepare held), and with 49 such
+// handlers glibc's list grew by malloc under its atfork lock, and ferry's
+// registration from that malloc took the lock again (a bug hunt,
+// 2026-12-05). A library initialised before ferry still registers first.
+__attribute__((constructor)) void RegisterForkHandlersAtLoad() { EnsureForkHandlers(); }
 
 }  // namespace
 

@@ -182,6 +182,9 @@ struct Pool {
   pthread_t tbb_starter{};
   std::atomic<bool> tbb_starter_unjoined{false};
   bool in_fork_child = false;  // this process is a fork child
+  // This process's start on oneTBB fell back to ferry's threads, its arena
+  // left made (FinishOrFallBack): given up before the program's finalize.
+  std::atomic<bool> tbb_fell_back{false};
   std::atomic<uint64_t> tbb_batches{0};
   // CPU time of ferry's tasks on oneTBB's workers (reclaimer_cpu_ns): those
   // threads are oneTBB's, so their whole clocks would count the program's
@@ -673,12 +676,34 @@ void LeaveTbbLocked() {
   g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
 }
 
+// The arena of a start that fell back to ferry's threads, given up before
+// the program's finalize. The pool itself goes on as it is: its threads
+// are ferry's, and oneTBB's finalize is no business of theirs. Until
+// 2026-12-05 the arena and the starter lived on, and the finalize failed
+// (in a fork child of a program that had used ferry).
+void LeaveFallenBackArena() {
+  WaitForTbbStarter();
+  if (g_pool.tbb_starter_unjoined.exchange(false, std::memory_order_acq_rel)) {
+    pthread_join(g_pool.tbb_starter, nullptr);
+  }
+  TbbBackendStop();
+  g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+  g_pool.tbb_fell_back.store(false, std::memory_order_relaxed);
+  if (Verbose(1)) DiagLine().Str("ferry: the unused oneTBB arena given up before oneTBB's finalize").WriteToStderr();
+}
+
 void LeaveTbbBeforeFinalize() {
   // One finalize at a time: two at once each terminated the arena (a crash
   // inside oneTBB, or a finalize that waited for good; a review's program).
   static pthread_mutex_t leaving = PTHREAD_MUTEX_INITIALIZER;
   pthread_mutex_lock(&leaving);
-  if (g_pool.config.backend == 1) LeaveTbbLocked();
+  // The fallback sets its flag before it clears the backend: one of the two
+  // is seen.
+  if (__atomic_load_n(&g_pool.config.backend, __ATOMIC_ACQUIRE) == 1) {
+    LeaveTbbLocked();
+  } else if (g_pool.tbb_fell_back.load(std::memory_order_acquire)) {
+    LeaveFallenBackArena();
+  }
   pthread_mutex_unlock(&leaving);
 }
 
@@ -716,7 +741,8 @@ void FinishOrFallBack(int begun) {
   if (!g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) return;
   if (begun > 0 || !g_pool.in_fork_child) return FinishStartOnTbb();
   g_pool.tbb_ready.store(false, std::memory_order_relaxed);
-  g_pool.config.backend = 0;
+  g_pool.tbb_fell_back.store(true, std::memory_order_release);
+  __atomic_store_n(&g_pool.config.backend, 0, __ATOMIC_RELEASE);
   g_pool.state.store(kNotStarted, std::memory_order_release);
   g_pool_start_requested.store(1, std::memory_order_relaxed);
 }
@@ -1218,6 +1244,7 @@ void PoolForkChild() {
   g_pool.in_fork_child = true;
   g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
   g_pool.tbb_starter_unjoined.store(false, std::memory_order_relaxed);
+  g_pool.tbb_fell_back.store(false, std::memory_order_relaxed);  // the parent's arena, not this child's
   g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
 }
 

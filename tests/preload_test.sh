@@ -174,8 +174,11 @@ cat "$tmp/pool_dlopen.out"
 [[ $rc == 0 ]] || fail "preload_pool_dlopen_main exited $rc on ferry (124: it hung)"
 echo "ok: the reclaimer pool starts while another thread is in dlopen"
 
-# Fork handlers that allocate, registered before ferry's: they run on the
-# forking thread while ferry's handlers hold its locks, and must get through.
+# Fork handlers on both sides of ferry's: a library's, registered before
+# ferry's, run on the forking thread while ferry's handlers hold its locks,
+# and allocate and flush there; the program's, registered after ferry's
+# (at load) and before its first malloc, wait for an allocating worker to
+# pause, and number 60 (the 49th grows glibc's list by malloc).
 # In a session of its own, so that a child stuck in a handler goes too.
 atfork_alloc="$(runfile tests/preload_atfork_alloc)" || fail "preload_atfork_alloc is not in runfiles"
 rc=0
@@ -186,16 +189,19 @@ wait "$pid" || rc=$?
 kill -KILL -- "-$pid" 2>/dev/null || true
 [[ $rc == 0 ]] || {
   cat "$tmp/atfork_alloc.err" >&2
-  fail "preload_atfork_alloc exited $rc on ferry (124: a fork hung in a handler; 4: a flush there left batches)"
+  fail "preload_atfork_alloc exited $rc on ferry (124: a fork or a registration hung; 4: a flush in a handler left batches)"
 }
 grep 'found batches still queued' "$tmp/atfork_alloc.err" || true
 grep -qx done "$tmp/atfork_alloc.out" || fail "preload_atfork_alloc did not finish on ferry"
 grep -Eq 'pool_starts +[1-9]' "$tmp/atfork_alloc.err" ||
   fail "preload_atfork_alloc: the reclaimer pool never started, so its flushes in the fork proved nothing"
-if readelf -d "$atfork_alloc" 2>/dev/null | grep -q 'libstdc++'; then
-  fail "preload_atfork_alloc links libstdc++, whose start-up allocates: ferry's handlers would come first"
+atfork_libs="$(ldd "$atfork_alloc")" || fail "ldd preload_atfork_alloc failed"
+grep -q 'libpreload_atfork_early.so => /' <<<"$atfork_libs" ||
+  fail "preload_atfork_alloc: libpreload_atfork_early.so not found: $atfork_libs"
+if grep -q 'libstdc++' <<<"$atfork_libs"; then
+  fail "preload_atfork_alloc or its library loads libstdc++, whose start-up allocates before main"
 fi
-echo "ok: fork handlers registered before ferry's allocate"
+echo "ok: fork handlers before ferry's allocate and flush, those after it wait for an allocating thread"
 
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
