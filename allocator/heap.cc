@@ -55,6 +55,9 @@ constexpr int64_t kOnceDone = -1;
 constinit std::atomic<int64_t> g_init_state{kOnceNotRun};
 constinit pthread_key_t g_thread_key{};
 constinit std::atomic<int64_t> g_fork_handlers{kOnceNotRun};
+// ferry's constructor has begun (RegisterForkHandlersAtLoad): before it, no
+// heap registers the handlers.
+constinit std::atomic<bool> g_loaded{false};
 __thread bool tl_registering_fork_handlers __attribute__((tls_model("initial-exec"))) = false;
 
 // True when the caller is to run the step guarded by `state` (and then
@@ -1090,19 +1093,27 @@ void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   g_abandoned = heap;
 }
 
-// The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad),
-// or earlier by the first thread that makes a heap or calls ferry_collect
-// (which takes the pool's duty turn even in a program that never allocated
-// with ferry), as in a library initialised before ferry's that allocates.
-// Not in EnsureGlobalInit, which the first malloc runs: pthread_atfork may
-// allocate. Callers wait until registration is complete, so no fork can
-// slip between a thread's check and the handlers' existence; an allocation
-// by pthread_atfork itself passes. A child forked mid-registration
-// registers them itself, unless they made it into the parent's list in
-// time (then AtForkChild marks them done).
+// The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad)
+// or, in a process forked mid-registration, by the child's first heap or
+// ferry_collect (which takes the pool's duty turn even in a program that
+// never allocated with ferry). Not in EnsureGlobalInit, which the first
+// malloc runs: pthread_atfork may allocate. Callers wait until registration
+// is complete, so no fork can slip between a thread's check and the
+// handlers' existence; an allocation by pthread_atfork itself passes. A
+// child forked mid-registration registers them itself, unless they made it
+// into the parent's list in time (then AtForkChild marks them done).
+//
+// Not before the constructor: a library initialised before ferry (a
+// program's own libraries initialise before a preloaded one; in a static
+// link, constructors of priority 101 or less) may allocate first, and one
+// whose 49th pthread_atfork grew glibc's list by malloc under glibc's
+// atfork lock hung when that malloc's heap registered ferry's handlers (a
+// review, 2026-12-05). A fork before the constructor, while other threads
+// allocate, is left uncovered: a library's constructor would have to start
+// them and fork.
 void EnsureForkHandlers() {
   if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == kOnceDone)) return;
-  if (tl_registering_fork_handlers) return;
+  if (tl_registering_fork_handlers || !g_loaded.load(std::memory_order_acquire)) return;
   if (!OnceBegin(g_fork_handlers)) return;
   tl_registering_fork_handlers = true;
   pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
@@ -1119,8 +1130,12 @@ void EnsureForkHandlers() {
 // good (the worker spun on a lock ferry's prepare held), and with 49 such
 // handlers glibc's list grew by malloc under its atfork lock, and ferry's
 // registration from that malloc took the lock again (a bug hunt,
-// 2026-12-05). A library initialised before ferry still registers first.
-__attribute__((constructor)) void RegisterForkHandlersAtLoad() { EnsureForkHandlers(); }
+// 2026-12-05). In a static link, before the program's own constructors too
+// (101: the first priority open to programs).
+__attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
+  g_loaded.store(true, std::memory_order_release);
+  EnsureForkHandlers();
+}
 
 }  // namespace
 

@@ -181,7 +181,10 @@ struct Pool {
   // until it has exited, and its finalize fails while one lives.
   pthread_t tbb_starter{};
   std::atomic<bool> tbb_starter_unjoined{false};
-  bool in_fork_child = false;  // this process is a fork child
+  bool configured = false;  // PoolConfigure has run (ferry was set up)
+  // A fork child of a process that had set ferry up (its oneTBB may have
+  // run there too: FinishOrFallBack).
+  bool in_fork_child = false;
   // This process's start on oneTBB fell back to ferry's threads, its arena
   // left made (FinishOrFallBack): given up before the program's finalize.
   std::atomic<bool> tbb_fell_back{false};
@@ -888,13 +891,22 @@ void PoolStartRequested() {
 }
 
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
+  // Not while a fork holds the pool (ferry's fork handlers are registered
+  // at load, so a fork may come while another thread sets ferry up): the
+  // fork's prepare found the pool off and held nothing, and a pool
+  // configured and started meanwhile would apply batches across it. The
+  // forking thread itself passes (a handler's first malloc).
+  const bool lock = !tl_holds_pool_for_fork;
+  if (lock) pthread_mutex_lock(&g_pool.flush_mutex);
   g_pool.config = config;
   g_pool.duty = duty;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   // From the first: a finalize before any start keeps the pool from making
   // an arena after it (registered at the start, the hook was missed then).
   if (config.backend == 1) TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
+  g_pool.configured = true;
   g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
+  if (lock) pthread_mutex_unlock(&g_pool.flush_mutex);
 }
 
 bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) {
@@ -1240,8 +1252,11 @@ void PoolForkChild() {
   }
   // A parent that ran oneTBB itself (its pool never started) leaves a child
   // with no oneTBB worker either: a start here that sees none run falls
-  // back to ferry's threads (TbbStarterMain).
-  g_pool.in_fork_child = true;
+  // back to ferry's threads (TbbStarterMain). Only where the parent had set
+  // ferry up, as when the handlers were registered at the first heap: the
+  // child of a process that never used ferry (a test harness) starts on
+  // oneTBB as any process does, however long its workers take to come.
+  if (g_pool.configured) g_pool.in_fork_child = true;
   g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
   g_pool.tbb_starter_unjoined.store(false, std::memory_order_relaxed);
   g_pool.tbb_fell_back.store(false, std::memory_order_relaxed);  // the parent's arena, not this child's

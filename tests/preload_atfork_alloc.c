@@ -2,7 +2,8 @@
  *
  * Registered before ferry's: those of libpreload_atfork_early.so, which this
  * program links (a library's constructor registers them; see there). They
- * run inside ferry's handlers and allocate, free and flush there.
+ * run inside ferry's handlers and allocate, free and flush there, and 60
+ * more make the library's registrations grow glibc's list.
  *
  * Registered after ferry's, before the program's first malloc (ferry
  * registers its own at load): a prepare handler that waits for a worker

@@ -10,7 +10,8 @@
  * holds parked, and the housekeeping, whose turn the fork holds). Under
  * ferry every remote free must be back once malloc_trim returns
  * (ferry_stats_get, found with dlsym); a handler that finds otherwise
- * exits 4. preload_atfork_alloc.c drives it. */
+ * exits 4. It also registers 60 that do nothing. preload_atfork_alloc.c
+ * drives it. */
 #include <dlfcn.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -59,6 +60,15 @@ static void InHandler(void) {
   }
 }
 
+static void DoNothing(void) {}
+
+/* 60 more that do nothing: the 49th grows glibc's list by malloc under
+ * glibc's atfork lock, the process's first malloc here; until 2026-12-05
+ * its heap registered ferry's handlers, which took that lock again (a
+ * review). */
 __attribute__((constructor)) static void RegisterEarly(void) {
   if (pthread_atfork(InHandler, InHandler, InHandler) != 0) _exit(2);
+  for (int i = 0; i < 60; ++i) {
+    if (pthread_atfork(DoNothing, DoNothing, DoNothing) != 0) _exit(2);
+  }
 }

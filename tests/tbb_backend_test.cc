@@ -65,19 +65,22 @@ bool PoolOnTbb(const ferry_stats_t& s) {
 }
 
 // After the program finalized oneTBB: remote frees and flushes still keep
-// their promise, and no pool runs on oneTBB. They are returned inline (no
-// pool) or, where `fallback_allowed`, by ferry's own threads: in a fork
-// child (every InChild is one) a start on oneTBB whose arena ran none of
-// its tasks falls back to them, and they have nothing to do with oneTBB.
-// 0, or 3 (blocks not returned) or 4 (a pool running, not ferry's threads).
-int FreesAfterFinalizeStayOffOneTbb(bool fallback_allowed) {
+// their promise, and no pool runs on oneTBB. kInline: they are returned
+// inline (no pool). kOnFerrysThreads: by ferry's own threads, where a start
+// on oneTBB fell back to them (in a fork child of a process that had set
+// ferry up, a start whose arena ran none of its tasks does), which have
+// nothing to do with oneTBB. 0, or 3 (blocks not returned), 4 (a pool
+// running, not ferry's threads) or 6 (inline, where the fallback was
+// expected).
+enum class After { kInline, kOnFerrysThreads };
+int FreesAfterFinalizeStayOffOneTbb(After expected) {
   const ferry_stats_t s = StartPoolWithRemoteFrees();
   fprintf(stderr, "after finalize: %llu remote frees, %llu returned, %llu reclaimer threads\n",
           static_cast<unsigned long long>(s.remote_frees), static_cast<unsigned long long>(s.blocks_returned),
           static_cast<unsigned long long>(s.reclaimer_threads));
   if (s.blocks_returned != s.remote_frees) return 3;
-  if (s.reclaimer_threads == 0) return 0;
-  if (!fallback_allowed) return 4;
+  if (expected == After::kInline) return s.reclaimer_threads == 0 ? 0 : 4;
+  if (s.reclaimer_threads == 0) return 6;
   // ferry's threads name themselves as they begin.
   for (int i = 0; i < 200 && ferry_test::ReclaimerThreadCount() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -234,37 +237,53 @@ TEST(TbbBackend, AStartWhileTheProgramsTasksHoldEveryWorkerLetsAForkThrough) {
       << "status 114: the fork waited for the start for good";
 }
 
-// The program finalizes oneTBB while the pool's start still waits for a
-// worker (the program's task held the only one): the start is called off,
-// its arena given up once the starter is done, and finalize succeeds.
-// Registered only once the start was done, the hook was missed (finalize
-// false, and the pool went on running on oneTBB). Where the start has
-// given up by then and fallen back to ferry's threads (a fork child's),
-// its arena goes too: until 2026-12-05 it lived on, and finalize failed.
+// The program finalizes oneTBB while the pool's start waits, or waited,
+// for a worker (the program's task holds the only one). Returns as
+// FreesAfterFinalizeStayOffOneTbb, or 2 (finalize failed).
+int FinalizeWhileTheStartWaitsForAWorker(After expected) {
+  alarm(20);
+  tbb::task_scheduler_handle handle{tbb::attach{}};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> running{false};
+  {
+    global_control two(global_control::max_allowed_parallelism, 2);
+    tbb::task_group group;
+    group.run([&] {
+      running = true;
+      while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+    while (!running.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    StartPoolWithRemoteFrees();
+    stop = true;
+    group.wait();
+  }
+  if (!tbb::finalize(handle, std::nothrow)) return 2;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a late start would show now
+  return FreesAfterFinalizeStayOffOneTbb(expected);
+}
+
+// The start is called off, its arena given up once the starter is done,
+// and finalize succeeds. Registered only once the start was done, the hook
+// was missed (finalize false, and the pool went on running on oneTBB).
+// (This test's parent never set ferry up, so its child is no fork child to
+// ferry, and the start does not fall back.)
 TEST(TbbBackend, AFinalizeWhileTheStartWaitsForAWorkerSucceeds) {
+  EXPECT_EQ(InChild([&] { return FinalizeWhileTheStartWaitsForAWorker(After::kInline); }), 0)
+      << "status 2: finalize failed; 4: the pool ran on oneTBB after it";
+}
+
+// The same in a fork child of a process that had set ferry up: the start,
+// seeing no task run, falls back to ferry's threads, and its arena, which
+// ran nothing, goes before the finalize; ferry's threads go on. Until
+// 2026-12-05 the arena and its starter lived on, and finalize failed
+// (status 2).
+TEST(TbbBackend, AFinalizeAfterTheStartFellBackToFerrysThreadsSucceeds) {
   EXPECT_EQ(InChild([&] {
-              alarm(20);
-              tbb::task_scheduler_handle handle{tbb::attach{}};
-              std::atomic<bool> stop{false};
-              std::atomic<bool> running{false};
-              {
-                global_control two(global_control::max_allowed_parallelism, 2);
-                tbb::task_group group;
-                group.run([&] {
-                  running = true;
-                  while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-                });
-                while (!running.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-                StartPoolWithRemoteFrees();
-                stop = true;
-                group.wait();
-              }
-              if (!tbb::finalize(handle, std::nothrow)) return 2;
-              std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a late start would show now
-              return FreesAfterFinalizeStayOffOneTbb(/*fallback_allowed=*/true);
+              ferry_free(ferry_malloc(16));  // ferry set up: its child is a fork child
+              return InChild([&] { return FinalizeWhileTheStartWaitsForAWorker(After::kOnFerrysThreads); });
             }),
             0)
-      << "status 2: finalize failed; 4: the pool ran on oneTBB after it";
+      << "status 2: finalize failed; 4: the pool ran on oneTBB after it; 6: the start did not fall back";
 }
 
 // oneTBB's finalize waits for its workers to end and fails while any arena
@@ -277,7 +296,7 @@ TEST(TbbBackend, ProgramsFinalizeOfOneTbbSucceeds) {
               tbb::parallel_for(0, 64, [](int) {});
               if (!PoolOnTbb(StartPoolWithRemoteFrees())) return 1;
               if (!tbb::finalize(handle, std::nothrow)) return 2;
-              return FreesAfterFinalizeStayOffOneTbb(/*fallback_allowed=*/false);
+              return FreesAfterFinalizeStayOffOneTbb(After::kInline);
             }),
             0)
       << "status 2: oneTBB's finalize failed with ferry's arena alive";
@@ -294,7 +313,7 @@ TEST(TbbBackend, AFinalizeBeforeAnyStartKeepsThePoolOffOneTbb) {
               tbb::task_scheduler_handle handle{tbb::attach{}};
               tbb::parallel_for(0, 64, [](int) {});
               if (!tbb::finalize(handle, std::nothrow)) return 2;
-              const int status = FreesAfterFinalizeStayOffOneTbb(/*fallback_allowed=*/false);
+              const int status = FreesAfterFinalizeStayOffOneTbb(After::kInline);
               if (status != 0) return status;
               return ferry_test::Stats().pool_starts == 0 ? 0 : 5;
             }),
