@@ -855,8 +855,13 @@ void Start() {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
         .Str(" threads").WriteToStderr();
   }
-  if (started == 0 && wanted > 0) {
-    Warn("could not start the reclaimer threads; remote frees are returned by the freeing threads");
+  // Only when asked: the program goes on correctly (batches are returned
+  // inline), and a program that limits its threads on purpose (a sandbox's
+  // RLIMIT_NPROC of 0, a pids cgroup) gets nothing on its stderr from glibc
+  // (a bug hunt, 2026-12-05).
+  if (started == 0 && wanted > 0 && Verbose(1)) {
+    DiagLine().Str("ferry: could not start the reclaimer threads; remote frees are returned by the freeing threads")
+        .WriteToStderr();
   }
   g_pool.state.store(started > 0 ? kRunning : kOff, std::memory_order_release);
 }

@@ -203,6 +203,20 @@ if grep -q 'libstdc++' <<<"$atfork_libs"; then
 fi
 echo "ok: fork handlers before ferry's allocate and flush, those after it wait for an allocating thread"
 
+# No thread to be had for the pool (RLIMIT_NPROC 0 before the first remote
+# frees): batches go back inline, and ferry adds nothing to stderr unless
+# asked (FERRY_VERBOSE=1, which also shows the run reached that path).
+thread_limit="$(runfile tests/preload_thread_limit)" || fail "preload_thread_limit is not in runfiles"
+FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 compare thread_limit "$thread_limit"
+if grep -q '^done$' "$tmp/thread_limit.ferry.out"; then
+  FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 FERRY_VERBOSE=1 LD_PRELOAD="$lib" "$thread_limit" \
+    >/dev/null 2>"$tmp/thread_limit.verbose.err" || fail "preload_thread_limit failed with FERRY_VERBOSE=1"
+  grep -q 'could not start the reclaimer threads' "$tmp/thread_limit.verbose.err" ||
+    fail "preload_thread_limit: the pool's start never failed, so the quiet stderr proved nothing"
+else
+  echo "preload_thread_limit: $(cat "$tmp/thread_limit.ferry.out")"
+fi
+
 # 1. A multi-threaded Python program. PYTHONMALLOC=malloc sends every object
 #    to malloc (not only those over 512 B), so ferry sees all of them; objects
 #    made on one thread die on another through the queues.
