@@ -137,17 +137,27 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
   ferry_free(next);
 }
 
-// A pthread_atfork prepare handler registered before ferry's (which ferry
-// registers with its first heap) runs after ferry's, on the forking thread,
-// while the other threads' returns are held: its own must go on.
+// A pthread_atfork prepare handler registered before ferry's runs after
+// ferry's, on the forking thread, while the other threads' returns are
+// held: its own must go on. ferry registers its handlers at load (a
+// constructor, priority 101, which in this test's static link runs before
+// any initialiser of the test's), so this one is registered from
+// .preinit_array, which runs before every constructor of the executable:
+// as a library initialised before a preloaded ferry would.
 std::vector<void*> g_freed_while_preparing;
+std::atomic<bool> g_prepared_inside_ferrys{false};
 void PrepareHandlerThatFrees() {
+  if (g_freed_while_preparing.empty()) return;  // another test's fork
+  g_prepared_inside_ferrys = InlineReturnsHeldForTest();  // ferry's prepare ran first
   for (void* p : g_freed_while_preparing) ferry_free(p);  // a batch of another heap's blocks
   g_freed_while_preparing.clear();
 }
-[[maybe_unused]] const int g_registered = pthread_atfork(PrepareHandlerThatFrees, nullptr, nullptr);
+int g_registered = -1;
+void RegisterBeforeFerry() { g_registered = pthread_atfork(PrepareHandlerThatFrees, nullptr, nullptr); }
+[[gnu::section(".preinit_array"), gnu::used]] void (*const g_register_before_ferry)() = RegisterBeforeFerry;
 
 TEST(ForkReturns, APrepareHandlerRunAfterFerrysMayReturnBlocks) {
+  ASSERT_EQ(g_registered, 0) << "the handler was not registered from .preinit_array";
   const int status = ExitStatusOf([] {
     ferry_free(ferry_malloc(1));  // this thread's heap (and ferry's handlers), before the fork
     std::thread([] {
@@ -156,9 +166,12 @@ TEST(ForkReturns, APrepareHandlerRunAfterFerrysMayReturnBlocks) {
     const pid_t pid = fork();
     if (pid == 0) _exit(0);
     int child = 0;
-    return waitpid(pid, &child, 0) == pid && WIFEXITED(child) && WEXITSTATUS(child) == 0 ? 0 : 1;
+    if (waitpid(pid, &child, 0) != pid || !WIFEXITED(child) || WEXITSTATUS(child) != 0) return 1;
+    return g_prepared_inside_ferrys ? 0 : 3;
   });
-  EXPECT_EQ(status, 0) << (status == -1 ? "the fork hung" : "the fork or its child failed");
+  EXPECT_EQ(status, 0) << (status == -1  ? "the fork hung"
+                           : status == 3 ? "the handler ran before ferry's prepare, proving nothing"
+                                         : "the fork or its child failed");
 }
 
 // A return nested in another on one thread (as an abort or signal handler

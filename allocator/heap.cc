@@ -121,7 +121,7 @@ __thread bool tl_forking __attribute__((tls_model("initial-exec"))) = false;
 
 // Counts a return in `count`, first waiting while a fork holds returns.
 // The forking thread's own go on (a pthread_atfork prepare handler
-// registered before ferry's runs after it): they end before fork() proper.
+// registered before ferry's, a library's initialised first, runs after it): they end before fork() proper.
 // `only_this_thread`: nobody else changes `count` (a heap's, changed only by
 // its thread), so a count already there is an outer return of this thread's
 // own (a signal or abort handler that frees inside one): the fork waits for

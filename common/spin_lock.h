@@ -43,8 +43,9 @@ class SpinLock {
 };
 
 // A SpinLock that fork() holds, from ferry's prepare handler to its parent
-// or child handler (heap.cc, AtForkPrepare). The program's own fork
-// handlers, registered before ferry's, run in between on the forking thread
+// or child handler (heap.cc, AtForkPrepare). Fork handlers registered
+// before ferry's (at load: those of a library initialised before ferry's
+// constructor) run in between on the forking thread
 // (glibc runs prepare handlers last registered first, the others first
 // registered first) and may allocate and free. That thread passes the lock:
 // it holds it already, and none of its own operations is inside it (it

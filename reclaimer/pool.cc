@@ -239,8 +239,8 @@ __thread bool tl_is_reclaimer __attribute__((tls_model("initial-exec"))) = false
 
 // The thread running fork(), from PoolForkPrepare to PoolForkParent or
 // PoolForkChild: it holds the flush mutex and the duty turn, the reclaimers
-// parked. The program's fork handlers registered before ferry's run in
-// between on it and may call ferry_flush or ferry_collect (malloc_trim),
+// parked. Fork handlers registered before ferry's (a library's initialised
+// before ferry's constructor) run in between on it and may call ferry_flush or ferry_collect (malloc_trim),
 // which wait for those: PoolFlush and PoolCollectNow do the work themselves
 // then.
 __thread bool tl_holds_pool_for_fork __attribute__((tls_model("initial-exec"))) = false;

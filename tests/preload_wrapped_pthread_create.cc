@@ -83,7 +83,7 @@ double SecondsSince(const timespec& start) {
 }
 
 int ForkWhileThePoolStarts() {
-  free(malloc(1));  // ferry's fork handlers first, so the program's prepare runs before them
+  free(malloc(1));  // ferry set up (its fork handlers are registered at load: the program's prepare runs before them)
   pthread_atfork(LockForFork, UnlockAfterFork, UnlockAfterFork);
   pthread_t remote;
   if (pthread_create(&remote, nullptr, MakeRemoteFrees, nullptr) != 0) return 1;
