@@ -140,10 +140,12 @@ TEST(ForkReturns, AForkWaitsForAReturnHalfDoneOnAnotherThread) {
 // A pthread_atfork prepare handler registered before ferry's runs after
 // ferry's, on the forking thread, while the other threads' returns are
 // held: its own must go on. ferry registers its handlers at load (a
-// constructor, priority 101, which in this test's static link runs before
-// any initialiser of the test's), so this one is registered from
-// .preinit_array, which runs before every constructor of the executable:
-// as a library initialised before a preloaded ferry would.
+// constructor, which runs before the test's own initialisers, whether
+// Bazel links ferry into the test or as a shared object), so this one is
+// registered from .preinit_array, which runs before every constructor: as
+// a library initialised before a preloaded ferry would. (This guards the
+// test's premise, checked below; it is no test of the registration at
+// load, which preload_atfork_alloc covers.)
 std::vector<void*> g_freed_while_preparing;
 std::atomic<bool> g_prepared_inside_ferrys{false};
 void PrepareHandlerThatFrees() {

@@ -181,7 +181,7 @@ struct Pool {
   // until it has exited, and its finalize fails while one lives.
   pthread_t tbb_starter{};
   std::atomic<bool> tbb_starter_unjoined{false};
-  bool configured = false;  // PoolConfigure has run (ferry was set up)
+  std::atomic<bool> configured{false};  // PoolConfigure has run (ferry was set up)
   // A fork child of a process that had set ferry up (its oneTBB may have
   // run there too: FinishOrFallBack).
   bool in_fork_child = false;
@@ -896,22 +896,24 @@ void PoolStartRequested() {
 }
 
 void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
-  // Not while a fork holds the pool (ferry's fork handlers are registered
-  // at load, so a fork may come while another thread sets ferry up): the
-  // fork's prepare found the pool off and held nothing, and a pool
-  // configured and started meanwhile would apply batches across it. The
-  // forking thread itself passes (a handler's first malloc).
-  const bool lock = !tl_holds_pool_for_fork;
-  if (lock) pthread_mutex_lock(&g_pool.flush_mutex);
   g_pool.config = config;
   g_pool.duty = duty;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   // From the first: a finalize before any start keeps the pool from making
   // an arena after it (registered at the start, the hook was missed then).
   if (config.backend == 1) TbbBackendSetBeforeFinalize(LeaveTbbBeforeFinalize);
-  g_pool.configured = true;
-  g_pool.state.store(config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
-  if (lock) pthread_mutex_unlock(&g_pool.flush_mutex);
+  g_pool.configured.store(true, std::memory_order_seq_cst);
+  // ferry's fork handlers are registered at load, so a fork may come while
+  // this thread sets ferry up; its prepare then holds the pool, not yet
+  // set up, and its end publishes the state (StateOnceReleasedFromFork):
+  // published now, a pool could start during the fork and apply batches
+  // across it. This thread never waits for the fork: it holds the setup's
+  // once-guard, which a handler's first ferry call on the forking thread
+  // waits for (a review: waiting on the fork's mutex here hung half the
+  // runs of a program that dlopened ferry while forking).
+  uint32_t expected = kOff;
+  g_pool.state.compare_exchange_strong(expected, config.reclaimers == 0 ? kOff : kNotStarted,
+                                       std::memory_order_seq_cst);
 }
 
 bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) {
@@ -1178,6 +1180,17 @@ void QuiescePool() {
   }
 }
 
+// What a pool held for a fork becomes when the fork is done: not started,
+// or off where it has no threads to start or was not set up (a setup that
+// came during the fork configured it: PoolConfigure stores `configured`
+// before it reads the state, this reads it after taking the state back, so
+// one of the two sees the other).
+namespace {
+uint32_t StateOnceReleasedFromFork() {
+  return g_pool.configured.load(std::memory_order_seq_cst) && g_pool.config.reclaimers != 0 ? kNotStarted : kOff;
+}
+}  // namespace
+
 void PoolForkPrepare() {
   pthread_mutex_lock(&g_pool.flush_mutex);
   // A pool being started by another thread finishes starting first. One not
@@ -1185,15 +1198,19 @@ void PoolForkPrepare() {
   // thread's allocation slow path, flush or collect, while this one waits
   // for the duty turn below), its reclaimers would apply batches across the
   // fork, and the child would lose a batch half applied.
+  // So does one that is not set up yet (off, not configured): another
+  // thread's first ferry call may configure it during the fork
+  // (PoolConfigure leaves a held pool to the fork's end).
   uint32_t state;
   for (;;) {
-    state = g_pool.state.load(std::memory_order_acquire);
+    state = g_pool.state.load(std::memory_order_seq_cst);
     if (state == kStarting) {
       sched_yield();
-    } else if ((state != kNotStarted && state != kStartingOnTbb) ||
-               g_pool.state.compare_exchange_strong(state, kHeldForFork, std::memory_order_acq_rel)) {
-      break;
+      continue;
     }
+    const bool holds = state == kNotStarted || state == kStartingOnTbb ||
+                       (state == kOff && !g_pool.configured.load(std::memory_order_seq_cst));
+    if (!holds || g_pool.state.compare_exchange_strong(state, kHeldForFork, std::memory_order_seq_cst)) break;
   }
   if (state == kRunning) QuiescePool();
   // No housekeeping half done either (a oneTBB task's, or a ferry_collect's
@@ -1211,7 +1228,7 @@ void PoolForkParent() {
   // started): the next one does. A request made before the hold and met
   // during it stays (PoolStartRequested).
   uint32_t held = kHeldForFork;
-  g_pool.state.compare_exchange_strong(held, kNotStarted, std::memory_order_acq_rel);
+  g_pool.state.compare_exchange_strong(held, StateOnceReleasedFromFork(), std::memory_order_seq_cst);
   if (g_pool.paused.load(std::memory_order_relaxed) != 0) {
     g_pool.paused.store(0, std::memory_order_seq_cst);
     OsFutexWake(&g_pool.paused, INT_MAX);
@@ -1261,11 +1278,11 @@ void PoolForkChild() {
   // ferry up, as when the handlers were registered at the first heap: the
   // child of a process that never used ferry (a test harness) starts on
   // oneTBB as any process does, however long its workers take to come.
-  if (g_pool.configured) g_pool.in_fork_child = true;
+  if (g_pool.configured.load(std::memory_order_relaxed)) g_pool.in_fork_child = true;
   g_pool.tbb_starter_live.store(false, std::memory_order_relaxed);  // not in this process
   g_pool.tbb_starter_unjoined.store(false, std::memory_order_relaxed);
   g_pool.tbb_fell_back.store(false, std::memory_order_relaxed);  // the parent's arena, not this child's
-  g_pool.state.store(g_pool.config.reclaimers == 0 ? kOff : kNotStarted, std::memory_order_release);
+  g_pool.state.store(StateOnceReleasedFromFork(), std::memory_order_release);
 }
 
 }  // namespace ferry

@@ -203,13 +203,24 @@ if grep -q 'libstdc++' <<<"$atfork_libs"; then
 fi
 echo "ok: fork handlers before ferry's allocate and flush, those after it wait for an allocating thread"
 
+# ferry opened with dlopen (no preload): its first call, from a second
+# thread, races a fork whose prepare handler (registered before ferry's)
+# calls it too. A setup that waited for the fork hung about half the runs.
+first_call="$(runfile tests/dlopen_fork_first_call)" || fail "dlopen_fork_first_call is not in runfiles"
+for spins in $(seq 0 1000 19000); do
+  rc=0
+  timeout 10 "$first_call" "$lib" "$spins" || rc=$?
+  [[ $rc == 0 ]] || fail "dlopen_fork_first_call $spins exited $rc (124: the fork and ferry's setup hung)"
+done
+echo "ok: ferry's first call during a fork whose handler calls it"
+
 # No thread to be had for the pool (RLIMIT_NPROC 0 before the first remote
 # frees): batches go back inline, and ferry adds nothing to stderr unless
 # asked (FERRY_VERBOSE=1, which also shows the run reached that path).
 thread_limit="$(runfile tests/preload_thread_limit)" || fail "preload_thread_limit is not in runfiles"
-FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 compare thread_limit "$thread_limit"
+FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 compare thread_limit timeout 60 "$thread_limit"
 if grep -q '^done$' "$tmp/thread_limit.ferry.out"; then
-  FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 FERRY_VERBOSE=1 LD_PRELOAD="$lib" "$thread_limit" \
+  FERRY_RECLAIMERS=1 FERRY_INLINE_WHEN_BUSY=0 FERRY_VERBOSE=1 LD_PRELOAD="$lib" timeout 60 "$thread_limit" \
     >/dev/null 2>"$tmp/thread_limit.verbose.err" || fail "preload_thread_limit failed with FERRY_VERBOSE=1"
   grep -q 'could not start the reclaimer threads' "$tmp/thread_limit.verbose.err" ||
     fail "preload_thread_limit: the pool's start never failed, so the quiet stderr proved nothing"
