@@ -1093,13 +1093,23 @@ void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   g_abandoned = heap;
 }
 
+// Registers the handlers once the caller has won OnceBegin(g_fork_handlers).
+void RegisterForkHandlersClaimed() {
+  tl_registering_fork_handlers = true;
+  pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+  tl_registering_fork_handlers = false;
+  g_fork_handlers.store(kOnceDone, std::memory_order_release);
+}
+
+void RegisterForkHandlers() {
+  if (OnceBegin(g_fork_handlers)) RegisterForkHandlersClaimed();
+}
+
 // The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad)
 // or, in a process forked mid-registration, by the child's first heap or
 // ferry_collect (which takes the pool's duty turn even in a program that
 // never allocated with ferry). Not in EnsureGlobalInit, which the first
-// malloc runs: pthread_atfork may allocate. Callers wait until registration
-// is complete, so no fork can slip between a thread's check and the
-// handlers' existence; an allocation by pthread_atfork itself passes. A
+// malloc runs: pthread_atfork may allocate (that allocation passes). A
 // child forked mid-registration registers them itself, unless they made it
 // into the parent's list in time (then AtForkChild marks them done).
 //
@@ -1111,14 +1121,21 @@ void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
 // review, 2026-12-05). A fork before the constructor, while other threads
 // allocate, is left uncovered: a library's constructor would have to start
 // them and fork.
+//
+// Nor while ferry's constructor registers them: a thread of a library
+// initialised earlier may be inside the program's own pthread_atfork, its
+// list-growing malloc making its first heap, and holding glibc's atfork
+// lock, which the constructor's registration waits for; that heap waiting
+// for the constructor would wait for good (a review's code argument).
+// A fork meanwhile waits for that lock too, so it runs ferry's handlers;
+// only one in the instant between the constructor's claim and its call
+// does not (at load, from a thread a library started).
 void EnsureForkHandlers() {
-  if (FERRY_LIKELY(g_fork_handlers.load(std::memory_order_acquire) == kOnceDone)) return;
+  const int64_t seen = g_fork_handlers.load(std::memory_order_acquire);
+  if (FERRY_LIKELY(seen == kOnceDone)) return;
   if (tl_registering_fork_handlers || !g_loaded.load(std::memory_order_acquire)) return;
-  if (!OnceBegin(g_fork_handlers)) return;
-  tl_registering_fork_handlers = true;
-  pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
-  tl_registering_fork_handlers = false;
-  g_fork_handlers.store(kOnceDone, std::memory_order_release);
+  if (seen == getpid()) return;  // the constructor, registering them now
+  RegisterForkHandlers();
 }
 
 // At load, before the program's own constructors and main: glibc runs
@@ -1133,8 +1150,11 @@ void EnsureForkHandlers() {
 // 2026-12-05). In a static link, before the program's own constructors too
 // (101: the first priority open to programs).
 __attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
+  // Claimed before g_loaded is set: a heap made meanwhile finds either
+  // ferry not loaded or the registration under way, and goes on.
+  const bool claimed = OnceBegin(g_fork_handlers);
   g_loaded.store(true, std::memory_order_release);
-  EnsureForkHandlers();
+  if (claimed) RegisterForkHandlersClaimed();
 }
 
 }  // namespace
