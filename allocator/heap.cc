@@ -54,11 +54,9 @@ constexpr int64_t kOnceNotRun = 0;
 constexpr int64_t kOnceDone = -1;
 constinit std::atomic<int64_t> g_init_state{kOnceNotRun};
 constinit pthread_key_t g_thread_key{};
+// Run once, by ferry's constructor (RegisterForkHandlersAtLoad): kOnceNotRun
+// until it runs, this process's pid while it registers.
 constinit std::atomic<int64_t> g_fork_handlers{kOnceNotRun};
-// ferry's constructor has begun (RegisterForkHandlersAtLoad): before it, no
-// heap registers the handlers.
-constinit std::atomic<bool> g_loaded{false};
-__thread bool tl_registering_fork_handlers __attribute__((tls_model("initial-exec"))) = false;
 
 // True when the caller is to run the step guarded by `state` (and then
 // store kOnceDone); false once it is done, after waiting for another thread
@@ -1094,24 +1092,19 @@ void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
 }
 
 // Registers the handlers once the caller has won OnceBegin(g_fork_handlers).
+// An allocation by pthread_atfork itself finds the state this process's
+// pid, and goes on (EnsureForkHandlers).
 void RegisterForkHandlersClaimed() {
-  tl_registering_fork_handlers = true;
   pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
-  tl_registering_fork_handlers = false;
   g_fork_handlers.store(kOnceDone, std::memory_order_release);
 }
 
-void RegisterForkHandlers() {
-  if (OnceBegin(g_fork_handlers)) RegisterForkHandlersClaimed();
-}
-
-// The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad)
-// or, in a process forked mid-registration, by the child's first heap or
-// ferry_collect (which takes the pool's duty turn even in a program that
-// never allocated with ferry). Not in EnsureGlobalInit, which the first
-// malloc runs: pthread_atfork may allocate (that allocation passes). A
-// child forked mid-registration registers them itself, unless they made it
-// into the parent's list in time (then AtForkChild marks them done).
+// The fork handlers, registered when ferry is loaded (RegisterForkHandlersAtLoad).
+// A child forked mid-registration, whose state is then the parent's pid,
+// registers them at its first heap or ferry_collect (which takes the
+// pool's duty turn even in a program that never allocated with ferry),
+// unless they made it into the parent's list in time (then AtForkChild
+// marks them done).
 //
 // Not before the constructor: a library initialised before ferry (a
 // program's own libraries initialise before a preloaded one; in a static
@@ -1133,9 +1126,10 @@ void RegisterForkHandlers() {
 void EnsureForkHandlers() {
   const int64_t seen = g_fork_handlers.load(std::memory_order_acquire);
   if (FERRY_LIKELY(seen == kOnceDone)) return;
-  if (tl_registering_fork_handlers || !g_loaded.load(std::memory_order_acquire)) return;
-  if (seen == getpid()) return;  // the constructor, registering them now
-  RegisterForkHandlers();
+  // Not loaded yet, or the constructor (or this very registration's
+  // allocation) registering them now.
+  if (seen == kOnceNotRun || seen == getpid()) return;
+  if (OnceBegin(g_fork_handlers)) RegisterForkHandlersClaimed();
 }
 
 // At load, before the program's own constructors and main: glibc runs
@@ -1150,11 +1144,7 @@ void EnsureForkHandlers() {
 // 2026-12-05). In a static link, before the program's own constructors too
 // (101: the first priority open to programs).
 __attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
-  // Claimed before g_loaded is set: a heap made meanwhile finds either
-  // ferry not loaded or the registration under way, and goes on.
-  const bool claimed = OnceBegin(g_fork_handlers);
-  g_loaded.store(true, std::memory_order_release);
-  if (claimed) RegisterForkHandlersClaimed();
+  if (OnceBegin(g_fork_handlers)) RegisterForkHandlersClaimed();
 }
 
 }  // namespace

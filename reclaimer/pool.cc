@@ -629,8 +629,23 @@ void WithPoolThreadAttributes(Make make, bool detached = true) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
-void WaitForTbbStarter() {
+// Waits until the oneTBB starter is done with oneTBB, and for its exit too
+// (oneTBB lets a thread that used it go at its exit): a starter seen gone
+// but not yet exited made the finalize fail (a review's program, 21 of 30
+// runs).
+void WaitForTbbStarterToExit() {
   while (g_pool.tbb_starter_live.load(std::memory_order_acquire)) sched_yield();
+  if (g_pool.tbb_starter_unjoined.exchange(false, std::memory_order_acq_rel)) {
+    pthread_join(g_pool.tbb_starter, nullptr);
+  }
+}
+
+// Terminates the pool's arena (no offer submits to it now) before oneTBB's
+// finalize; `what` names it in the verbose line.
+void GiveUpTbbArena(const char* what) {
+  TbbBackendStop();
+  g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+  if (Verbose(1)) DiagLine().Str("ferry: ").Str(what).Str(" given up before oneTBB's finalize").WriteToStderr();
 }
 
 // LeaveTbbBeforeFinalize's work, one finalize at a time. Before the
@@ -653,13 +668,7 @@ void LeaveTbbLocked() {
     if (state != kNotStarted && state != kStartingOnTbb && state != kHeldForFork) break;
     if (g_pool.state.compare_exchange_strong(state, kOff, std::memory_order_acq_rel)) break;
   }
-  WaitForTbbStarter();
-  // Its exit too (oneTBB lets a thread that used it go at its exit): a
-  // starter seen gone but not yet exited made the finalize fail (a
-  // review's program, 21 of 30 runs).
-  if (g_pool.tbb_starter_unjoined.exchange(false, std::memory_order_acq_rel)) {
-    pthread_join(g_pool.tbb_starter, nullptr);
-  }
+  WaitForTbbStarterToExit();
   pthread_mutex_lock(&g_pool.flush_mutex);  // no flush or fork meanwhile
   if (g_pool.state.load(std::memory_order_acquire) == kRunning && g_pool.use_tbb) {
     QuiescePool();  // no offer in progress, none taken until the end
@@ -671,11 +680,7 @@ void LeaveTbbLocked() {
     g_pool.paused.store(0, std::memory_order_seq_cst);
   }
   pthread_mutex_unlock(&g_pool.flush_mutex);
-  if (g_pool.tbb_begun) {
-    TbbBackendStop();  // no offer submits now: they see kOff
-    g_pool.tbb_ready.store(false, std::memory_order_relaxed);
-    if (Verbose(1)) DiagLine().Str("ferry: the oneTBB arena given up before oneTBB's finalize").WriteToStderr();
-  }
+  if (g_pool.tbb_begun) GiveUpTbbArena("the oneTBB arena");  // offers see kOff now
   g_pool.config.backend = 0;  // a fork child's pool: ferry's threads, as after any fork
 }
 
@@ -685,14 +690,9 @@ void LeaveTbbLocked() {
 // 2026-12-05 the arena and the starter lived on, and the finalize failed
 // (in a fork child of a program that had used ferry).
 void LeaveFallenBackArena() {
-  WaitForTbbStarter();
-  if (g_pool.tbb_starter_unjoined.exchange(false, std::memory_order_acq_rel)) {
-    pthread_join(g_pool.tbb_starter, nullptr);
-  }
-  TbbBackendStop();
-  g_pool.tbb_ready.store(false, std::memory_order_relaxed);
+  WaitForTbbStarterToExit();
+  GiveUpTbbArena("the unused oneTBB arena");  // use_tbb was never set: no offer submits
   g_pool.tbb_fell_back.store(false, std::memory_order_relaxed);
-  if (Verbose(1)) DiagLine().Str("ferry: the unused oneTBB arena given up before oneTBB's finalize").WriteToStderr();
 }
 
 void LeaveTbbBeforeFinalize() {
