@@ -81,6 +81,12 @@ __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 // Threads that have made or taken over a heap or handled a huge block
 // (CountThisThread), each once; in a fork child only its one thread.
 constinit std::atomic<uint32_t> g_threads_seen{0};
+// The process whose thread ids the heaps' owners hold (Heap::owner): set at
+// the first heap and in a fork child. A child forked by a raw system call
+// (no handlers ran) finds another pid here, and leaves every heap alone.
+constinit std::atomic<int32_t> g_owners_pid{0};
+// When AbandonHeapsOfGoneThreads last looked (the duty turn's own).
+uint64_t g_gone_owners_checked_ms = 0;
 __thread bool tl_seen __attribute__((tls_model("initial-exec"))) = false;
 // Allocations of exiting threads come from this heap, one thread at a time.
 constinit ForkHeldSpinLock g_exit_lock;
@@ -1003,6 +1009,7 @@ void AtForkParent() {
   g_forking.store(false, std::memory_order_relaxed);
 }
 void AbandonOrphanedHeapsInChild();
+void TakeOwnershipInChild();
 void AtForkChild() {
   // This handler ran, so the handlers are registered here whatever state
   // the registering thread (absent here) had reached (EnsureForkHandlers).
@@ -1016,6 +1023,7 @@ void AtForkChild() {
   tl_forking = false;
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
+  TakeOwnershipInChild();
   ReleaseKeptEmptySegments(tl_heap);
   g_threads_seen.store(tl_seen ? 1 : 0, std::memory_order_relaxed);
   g_forking.store(false, std::memory_order_relaxed);
@@ -1045,6 +1053,18 @@ Heap* CreateHeap() {
   CounterAdd(g_counters.heaps_created, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" created").WriteToStderr();
   return heap;
+}
+
+constexpr uint64_t kOwnerTidMask = 0xffffffffu;
+int32_t OwnerTid(uint64_t owner) { return static_cast<int32_t>(owner & kOwnerTidMask); }
+// The heap changes hands: the count above the id moves on.
+void SetOwner(Heap* heap, int32_t tid) {
+  const uint64_t count = (heap->owner.load(std::memory_order_relaxed) | kOwnerTidMask) + 1;
+  heap->owner.store(count | static_cast<uint32_t>(tid), std::memory_order_release);
+}
+void ClearOwnerTid(Heap* heap) {
+  heap->owner.store(heap->owner.load(std::memory_order_relaxed) & ~kOwnerTidMask,
+                    std::memory_order_release);
 }
 
 // The most recently abandoned heap first: a thread that takes over the heap
@@ -1083,6 +1103,7 @@ void PushAbandonedDoneLocked(Heap* heap) {
 void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned = true;
+  ClearOwnerTid(heap);
   if (pass_before_collect == g_abandoned_pass.load(std::memory_order_relaxed)) {
     PushAbandonedDoneLocked(heap);
     return;
@@ -1147,6 +1168,8 @@ __attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
   if (OnceBegin(g_fork_handlers)) RegisterForkHandlersClaimed();
 }
 
+void AbandonSomeHeapsOfGoneThreads(void*);
+
 }  // namespace
 
 Heap* InitThreadHeap() {
@@ -1161,6 +1184,13 @@ Heap* InitThreadHeap() {
   // those, and its threads' heaps hold only their own memory.
   const bool reclaimer = IsReclaimerThread();
   Heap* heap = reclaimer ? nullptr : TakeAbandonedHeap();
+  if (heap == nullptr && !reclaimer &&
+      PoolTryRunInDutyTurn(AbandonSomeHeapsOfGoneThreads, nullptr)) {
+    // A signal handler's allocation may have made this thread's heap
+    // meanwhile (above).
+    if (tl_heap != &g_empty_heap) return tl_heap;
+    heap = TakeAbandonedHeap();
+  }
   if (heap != nullptr) {
     CounterAdd(g_counters.heaps_reused, 1);
     if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" taken over by a new thread").WriteToStderr();
@@ -1170,6 +1200,7 @@ Heap* InitThreadHeap() {
     heap->is_reclaimer = reclaimer;
   }
   tl_heap = heap;
+  if (!reclaimer) SetOwner(heap, OsThreadId());
   CountThisThread();
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
   pthread_setspecific(g_thread_key, heap);
@@ -1289,6 +1320,126 @@ void AbandonOrphanedHeapsInChild() {
   }
 }
 
+// The child's thread ids are new: its own heap names it, and the heaps of
+// the parent's other threads name nobody (AbandonOrphanedHeapsInChild
+// leaves them be; a thread gone from the child is not a thread that
+// exited, and its heap may be half changed). Left as they were, their ids,
+// unknown in the child, would have the housekeeping abandon them, this
+// thread's own included.
+void TakeOwnershipInChild() {
+  g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
+       heap = heap->all_next) {
+    if (heap == tl_heap) {
+      SetOwner(heap, OsThreadId());
+    } else if (OwnerTid(heap->owner.load(std::memory_order_relaxed)) != 0) {
+      ClearOwnerTid(heap);
+    }
+  }
+}
+
+// A thread that exited without ferry's TSD destructor leaves its heap
+// owned for good: one whose first call to ferry came in the last round of
+// its TSD destructors (glibc runs PTHREAD_DESTRUCTOR_ITERATIONS rounds, and
+// a key set in the last is never looked at again; a bug hunt's 1000 such
+// threads, each freeing a 64 KiB block of main's: 70 MB resident against
+// glibc's 1.7), or one that left by a raw exit system call. Its pages, and
+// the other heaps' blocks in its unpublished batch, came back to nobody.
+// The housekeeping abandons such a heap once the kernel no longer knows
+// its thread: by then the thread runs no code, so nothing of the heap is
+// half changed. One system call per owned heap, once a second (at once for
+// ferry_collect); after CollectAbandonedHeaps, whose pass the heap joins as
+// collected.
+constexpr uint64_t kGoneOwnersCheckMs = 1000;
+
+void AbandonHeapOfGoneThread(Heap* heap) {
+  if (heap->batch_count != 0) {
+    CounterAdd(g_counters.remote_frees, heap->batch_count);
+    CounterAdd(g_counters.batches_published, 1);
+    ReturnBatch(heap->batch, heap->batch_count);
+    CountBatchInline();
+    heap->batch_count = 0;
+    heap->batch_bytes = 0;
+  }
+  // Left counted if the thread left a return early (AbandonHeap).
+  heap->returns_in_progress.store(0, std::memory_order_relaxed);
+  const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
+  CollectHeap(heap);
+  CounterAdd(g_counters.heaps_abandoned, 1);
+  if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned: its thread is gone").WriteToStderr();
+  PushAbandoned(heap, pass);
+}
+
+// In the duty turn. False when the heap has no owner to look for, or its
+// owner lives, or it changed hands meanwhile: abandoned by that thread
+// before it went (its tid cleared, here under the lock), and perhaps taken
+// over since (the count moved on).
+bool AbandonIfThreadGone(Heap* heap, int32_t pid) {
+  uint64_t owner = heap->owner.load(std::memory_order_acquire);
+  if (OwnerTid(owner) == 0 || !OsThreadIsGone(pid, OwnerTid(owner))) return false;
+  {
+    SpinLockHolder hold(&g_abandoned_lock);
+    if (heap->abandoned ||
+        !heap->owner.compare_exchange_strong(owner, owner & ~kOwnerTidMask, std::memory_order_acq_rel)) {
+      return false;
+    }
+  }
+  AbandonHeapOfGoneThread(heap);
+  return true;
+}
+
+// The pid to look for owners in, or 0 where the heaps name threads of
+// another process (a child forked by a raw system call).
+int32_t OwnersPid() {
+  const int32_t pid = OsProcessId();
+  return pid == g_owners_pid.load(std::memory_order_relaxed) ? pid : 0;
+}
+
+// The housekeeping's look, at every heap.
+void AbandonHeapsOfGoneThreads(uint64_t now_ms, bool urgent) {
+  if (!urgent && now_ms - g_gone_owners_checked_ms < kGoneOwnersCheckMs) return;
+  g_gone_owners_checked_ms = now_ms;
+  const int32_t pid = OwnersPid();
+  if (pid == 0) return;
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
+       heap = heap->all_next) {
+    AbandonIfThreadGone(heap, pid);
+  }
+}
+
+// Where no housekeeping runs (no pool; a program that never calls
+// ferry_collect), a new thread that finds no abandoned heap looks at a few
+// heaps before it makes one (InitThreadHeap): the newest first (in a
+// program whose threads come and go, the heap of the thread that went
+// last), then some more from where the last look stopped, so that in time
+// it sees every heap. A few system calls on a path that maps a new heap.
+constexpr int kGoneOwnerChecksNewest = 4;
+constexpr int kGoneOwnerChecksOnward = 4;
+constexpr int kGoneOwnerStepsOnward = 64;  // heaps passed, owned or not
+Heap* g_gone_owners_cursor = nullptr;  // the duty turn's own; heaps are never freed
+
+void AbandonSomeHeapsOfGoneThreads(void*) {
+  const int32_t pid = OwnersPid();
+  if (pid == 0) return;
+  int checks = 0;
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire);
+       heap != nullptr && checks < kGoneOwnerChecksNewest; heap = heap->all_next) {
+    if (OwnerTid(heap->owner.load(std::memory_order_relaxed)) == 0) continue;
+    ++checks;
+    AbandonIfThreadGone(heap, pid);
+  }
+  checks = 0;
+  for (int steps = 0; steps < kGoneOwnerStepsOnward && checks < kGoneOwnerChecksOnward; ++steps) {
+    Heap* heap = g_gone_owners_cursor;
+    if (heap == nullptr) heap = g_all_heaps.load(std::memory_order_acquire);
+    if (heap == nullptr) return;
+    g_gone_owners_cursor = heap->all_next;
+    if (OwnerTid(heap->owner.load(std::memory_order_relaxed)) == 0) continue;
+    ++checks;
+    AbandonIfThreadGone(heap, pid);
+  }
+}
+
 // The pool's housekeeping (reclaimer/pool.h), also run inline by
 // ferry_collect when there is no pool: abandoned heaps have no owner, so the
 // pool owns them; it takes the whole list, applies what came back to their
@@ -1387,6 +1538,7 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
     CollectInboxes(heap);
   }
   CollectAbandonedHeaps();
+  AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
   ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
   ReleaseIdleEmptySegments(now_ms, urgent);
@@ -1643,6 +1795,7 @@ void EnsureGlobalInit() {
       keys.xor_key = OsRandom64();
     } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
+    g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
     uintptr_t begin, end;
     if (OsDynamicLoaderText(&begin, &end)) {

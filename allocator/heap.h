@@ -112,6 +112,14 @@ struct Heap {
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
   // --- written by other threads ------------------------------------------------
+  // Who owns the heap: the owning thread's id in the low 32 bits (0: none
+  // to look for: abandoned, the exit heap, a reclaimer's, a fork child's
+  // heaps of the parent's other threads), and above it a count that every
+  // new owner moves on, so that an owner read before the heap changed hands
+  // never matches after (the kernel may give a new thread a dead one's id).
+  // Set by a new owner, cleared under g_abandoned_lock (heap.cc,
+  // AbandonHeapsOfGoneThreads).
+  std::atomic<uint64_t> owner{0};
   // Per class: full pages that got some of their blocks back (ReturnChain).
   alignas(64) std::atomic<Page*> inbox[kNumClasses] = {};
   // Bit c: a page of class c on this heap's queue has half a page or more

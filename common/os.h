@@ -91,6 +91,16 @@ int OsUsableCpus(const OsCpuMask* mask = nullptr);
 void OsFutexWait(const void* word, uint32_t expected, int timeout_ms);
 void OsFutexWake(const void* word, int count);
 
+// This process's id, and the calling thread's (raw system calls: not a
+// cached value a fork without the C library's handlers would leave stale).
+int32_t OsProcessId();
+int32_t OsThreadId();
+// True only once thread `tid` of process `pid` has exited for good: the
+// kernel knows no such thread (tgkill with no signal fails with ESRCH).
+// A thread still exiting, a reused id, or a refused call read as alive.
+// Leaves errno as it was.
+bool OsThreadIsGone(int32_t pid, int32_t tid);
+
 // Monotonic milliseconds.
 uint64_t OsMonotonicMs();
 // Monotonic nanoseconds: precise, and coarse (a few milliseconds of

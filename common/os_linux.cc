@@ -373,6 +373,16 @@ void OsFutexWake(const void* word, int count) {
   errno = saved_errno;
 }
 
+int32_t OsProcessId() { return static_cast<int32_t>(syscall(SYS_getpid)); }
+int32_t OsThreadId() { return static_cast<int32_t>(syscall(SYS_gettid)); }
+
+bool OsThreadIsGone(int32_t pid, int32_t tid) {
+  const int saved_errno = errno;
+  const bool gone = syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH;
+  errno = saved_errno;
+  return gone;
+}
+
 uint64_t OsMonotonicMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

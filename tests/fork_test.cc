@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -484,6 +485,86 @@ TEST(Fork, BatchesQueuedAtForkReachTheirPagesInTheChild) {
     if (!problem.empty()) break;
     ferry_flush();
   }
+}
+
+void* Filled(void* p, size_t n) {
+  if (p != nullptr) FillBlock(p, n);
+  return p;
+}
+
+// In a fork child: makes and checks blocks around ferry_collect, and checks
+// that no heap was abandoned by it. "" when all is well.
+std::string CollectingChildProblem(const std::vector<void*>& mine, size_t mine_size,
+                                   const std::vector<void*>& others, size_t others_size) {
+  const ferry_stats_t before = Stats();
+  std::string problem;
+  for (int round = 0; round < 3 && problem.empty(); ++round) {
+    std::vector<void*> made;
+    for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(mine_size), mine_size));
+    ferry_collect();  // looks for heaps of gone threads at once
+    for (void* p : made) {
+      if (p == nullptr || !BlockIntact(p, mine_size)) problem = "a block changed after ferry_collect";
+      ferry_free(p);
+    }
+  }
+  for (void* p : mine) {
+    if (!BlockIntact(p, mine_size)) problem = "a block made before the fork changed";
+  }
+  for (void* p : others) {
+    if (!BlockIntact(p, others_size)) problem = "the other thread's block changed";
+  }
+  const ferry_stats_t after = Stats();
+  if (after.heaps_abandoned != before.heaps_abandoned) {
+    problem = std::to_string(after.heaps_abandoned - before.heaps_abandoned) +
+              " heaps abandoned by the child's collects";
+  }
+  return problem;
+}
+
+// The housekeeping abandons a heap whose thread the kernel no longer knows
+// (one made in the last TSD destructor round). In a child every thread id
+// of the parent is unknown: the child's own heap, and the heaps of the
+// parent's other threads, must not look like heaps of gone threads.
+TEST(Fork, ChildrenKeepTheirHeapsThoughTheParentsThreadIdsAreGoneThere) {
+  std::latch ready(1);
+  std::atomic<bool> stop{false};
+  std::vector<void*> theirs;
+  std::thread other([&] {  // a heap of another thread, alive at the fork
+    for (int i = 0; i < 64; ++i) theirs.push_back(Filled(ferry_malloc(256), 256));
+    ready.count_down();
+    while (!stop.load()) std::this_thread::sleep_for(1ms);
+  });
+  ready.wait();
+  std::vector<void*> mine;
+  for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ChildExit(CollectingChildProblem(mine, 96, theirs, 256));
+  EXPECT_EQ(WaitForChild(pid), "");
+  stop = true;
+  other.join();
+  for (void* p : mine) ferry_free(p);
+  for (void* p : theirs) ferry_free(p);
+}
+
+// The same in a child forked by a raw system call, where ferry's handlers
+// never ran: its heap still names the parent's thread. In a fresh process
+// of one thread (a threadsafe death test re-executes the binary), as a
+// program that may do this has (with a pool, ferry_collect would wait in
+// the child for threads it does not have, as any library's would).
+TEST(Fork, ARawForkChildKeepsItsHeapThoughItsThreadIdIsGoneThere) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::vector<void*> mine;
+        for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+        const pid_t pid = static_cast<pid_t>(syscall(SYS_fork));
+        if (pid == 0) ChildExit(CollectingChildProblem(mine, 96, {}, 0));
+        const std::string problem = pid < 0 ? "fork failed" : WaitForChild(pid);
+        fprintf(stderr, "%s\n", problem.empty() ? "the child kept its heap" : problem.c_str());
+        exit(problem.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "the child kept its heap");
 }
 
 // A program that calls ferry's API but has never allocated with it (no
