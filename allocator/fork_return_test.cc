@@ -214,5 +214,47 @@ TEST(ForkReturns, AReturnNestedInAnotherGoesOnWhileAForkWaits) {
   EXPECT_EQ(status, 0) << (status == -1 ? "the fork hung" : "the scenario failed");
 }
 
+// A new thread that finds no abandoned heap looks for heaps of gone
+// threads in the duty turn (heap.cc, InitThreadHeap); a signal handler
+// there that forked waited in ferry's prepare handler for the turn its own
+// thread held, for good (a review's program, a signal injected by strace).
+// The hook raises the signal inside the look: it must wait until the turn
+// is given back.
+std::atomic<int> g_forks_in_handler{0};
+
+void ForkInHandler(int) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  waitpid(pid, nullptr, 0);
+  g_forks_in_handler.fetch_add(1);
+}
+
+TEST(GoneOwners, ASignalHandlerThatForksDuringANewThreadsLookGoesOn) {
+  const int status = ExitStatusOf([] {
+    signal(SIGUSR1, ForkInHandler);
+    g_gone_owners_look_hook_for_test.store([] {
+      g_gone_owners_look_hook_for_test.store(nullptr);  // one look only
+      raise(SIGUSR1);
+    });
+    // Threads that stay until the end take what abandoned heaps there are,
+    // until one finds none and looks.
+    std::atomic<bool> stop{false};
+    std::atomic<int> started{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 256 && g_forks_in_handler.load() == 0; ++i) {
+      threads.emplace_back([&] {
+        ferry_free(ferry_malloc(64));  // the handler, if any, has run
+        started.fetch_add(1);
+        while (!stop.load()) usleep(1000);
+      });
+      if (!WaitFor([&] { return started.load() == i + 1; })) break;  // hung
+    }
+    stop = true;
+    for (std::thread& thread : threads) thread.join();
+    return g_forks_in_handler.load() == 1 ? 0 : 3;
+  });
+  EXPECT_EQ(status, 0) << (status == -1 ? "the fork in the handler hung" : "no look raised the signal");
+}
+
 }  // namespace
 }  // namespace ferry

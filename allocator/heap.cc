@@ -82,9 +82,18 @@ __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 // (CountThisThread), each once; in a fork child only its one thread.
 constinit std::atomic<uint32_t> g_threads_seen{0};
 // The process whose thread ids the heaps' owners hold (Heap::owner): set at
-// the first heap and in a fork child. A child forked by a raw system call
-// (no handlers ran) finds another pid here, and leaves every heap alone.
+// the first heap and in a fork child.
 constinit std::atomic<int32_t> g_owners_pid{0};
+// A word on a page of its own that every child process made without
+// ferry's fork handlers finds zero (the kernel wipes the page there): a
+// raw fork or clone system call, glibc's clone or _Fork. Such a child's
+// heaps name its parent's threads, some half changed, and its pid alone
+// cannot tell it: a container's init (pid 1) that clones into a new pid
+// namespace makes another pid 1 (a review's program: the child's own heap
+// was abandoned under it). A fork with the handlers sets it again.
+// nullptr where the kernel cannot wipe (before Linux 4.14): then no heap is
+// ever taken for a gone thread's.
+constinit std::atomic<std::atomic<uint64_t>*> g_owners_mark{nullptr};
 // When AbandonHeapsOfGoneThreads last looked (the duty turn's own).
 uint64_t g_gone_owners_checked_ms = 0;
 __thread bool tl_seen __attribute__((tls_model("initial-exec"))) = false;
@@ -1055,6 +1064,22 @@ Heap* CreateHeap() {
   return heap;
 }
 
+bool OwnersMarkSet() {
+  const std::atomic<uint64_t>* mark = g_owners_mark.load(std::memory_order_relaxed);
+  return mark != nullptr && mark->load(std::memory_order_relaxed) != 0;
+}
+
+void SetUpOwnersMark() {
+  void* page = OsReserve(OsPageSize(), OsPageSize());
+  if (page == nullptr) return;
+  if (!OsWipeInChildren(page, OsPageSize())) {
+    OsRelease(page, OsPageSize());
+    return;
+  }
+  auto* mark = new (page) std::atomic<uint64_t>(1);
+  g_owners_mark.store(mark, std::memory_order_relaxed);
+}
+
 constexpr uint64_t kOwnerTidMask = 0xffffffffu;
 int32_t OwnerTid(uint64_t owner) { return static_cast<int32_t>(owner & kOwnerTidMask); }
 // The heap changes hands: the count above the id moves on.
@@ -1169,8 +1194,11 @@ __attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
 }
 
 void AbandonSomeHeapsOfGoneThreads(void*);
+int32_t OwnersPid();
 
 }  // namespace
+
+std::atomic<void (*)()> g_gone_owners_look_hook_for_test{nullptr};
 
 Heap* InitThreadHeap() {
   // The caller saw the empty heap, but an allocation nested in between may
@@ -1184,12 +1212,21 @@ Heap* InitThreadHeap() {
   // those, and its threads' heaps hold only their own memory.
   const bool reclaimer = IsReclaimerThread();
   Heap* heap = reclaimer ? nullptr : TakeAbandonedHeap();
-  if (heap == nullptr && !reclaimer &&
-      PoolTryRunInDutyTurn(AbandonSomeHeapsOfGoneThreads, nullptr)) {
-    // A signal handler's allocation may have made this thread's heap
-    // meanwhile (above).
-    if (tl_heap != &g_empty_heap) return tl_heap;
-    heap = TakeAbandonedHeap();
+  if (heap == nullptr && !reclaimer && OwnersMarkSet()) {
+    // Signals blocked while this thread holds the duty turn: a handler that
+    // forked (or collected) would wait for the turn for good.
+    sigset_t all;
+    sigset_t old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    const bool looked = PoolTryRunInDutyTurn(AbandonSomeHeapsOfGoneThreads, nullptr);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (looked) {
+      // A signal handler's allocation may have made this thread's heap
+      // since (above).
+      if (tl_heap != &g_empty_heap) return tl_heap;
+      heap = TakeAbandonedHeap();
+    }
   }
   if (heap != nullptr) {
     CounterAdd(g_counters.heaps_reused, 1);
@@ -1200,7 +1237,10 @@ Heap* InitThreadHeap() {
     heap->is_reclaimer = reclaimer;
   }
   tl_heap = heap;
-  if (!reclaimer) SetOwner(heap, OsThreadId());
+  // Not in a vfork child (or another clone that shares the memory), whose
+  // id would be taken for this thread's: the probe would abandon the heap
+  // under the parent's thread once the child was gone (a review's program).
+  if (!reclaimer && OwnersPid() != 0) SetOwner(heap, OsThreadId());
   CountThisThread();
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
   pthread_setspecific(g_thread_key, heap);
@@ -1328,6 +1368,9 @@ void AbandonOrphanedHeapsInChild() {
 // thread's own included.
 void TakeOwnershipInChild() {
   g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
+  if (std::atomic<uint64_t>* mark = g_owners_mark.load(std::memory_order_relaxed)) {
+    mark->store(1, std::memory_order_relaxed);  // wiped by the fork
+  }
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
     if (heap == tl_heap) {
@@ -1391,6 +1434,7 @@ bool AbandonIfThreadGone(Heap* heap, int32_t pid) {
 // The pid to look for owners in, or 0 where the heaps name threads of
 // another process (a child forked by a raw system call).
 int32_t OwnersPid() {
+  if (!OwnersMarkSet()) return 0;
   const int32_t pid = OsProcessId();
   return pid == g_owners_pid.load(std::memory_order_relaxed) ? pid : 0;
 }
@@ -1419,6 +1463,7 @@ constexpr int kGoneOwnerStepsOnward = 64;  // heaps passed, owned or not
 Heap* g_gone_owners_cursor = nullptr;  // the duty turn's own; heaps are never freed
 
 void AbandonSomeHeapsOfGoneThreads(void*) {
+  if (auto hook = g_gone_owners_look_hook_for_test.load(std::memory_order_relaxed)) hook();
   const int32_t pid = OwnersPid();
   if (pid == 0) return;
   int checks = 0;
@@ -1796,6 +1841,7 @@ void EnsureGlobalInit() {
     } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
     g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
+    SetUpOwnersMark();
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
     uintptr_t begin, end;
     if (OsDynamicLoaderText(&begin, &end)) {

@@ -321,6 +321,9 @@ const Options& CurrentOptions();  // read from the environment on first use
 // Tests: whether a fork now holds other threads' returns to other heaps'
 // pages (heap.cc, HoldInlineReturnsForFork).
 bool InlineReturnsHeldForTest();
+// Tests: called in the duty turn when a new thread, finding no abandoned
+// heap, looks for heaps of gone threads (heap.cc, InitThreadHeap).
+extern std::atomic<void (*)()> g_gone_owners_look_hook_for_test;
 // The owner's drain of one class's inbox (heap.cc, DrainInbox), for tests.
 void DrainInboxForTest(Heap* heap, size_t size_class);
 // Registers the fork handlers once (heap.cc); for paths that take a lock

@@ -100,6 +100,10 @@ int32_t OsThreadId();
 // A thread still exiting, a reused id, or a refused call read as alive.
 // Leaves errno as it was.
 bool OsThreadIsGone(int32_t pid, int32_t tid);
+// Makes [base, base + size), a range OsReserve returned, read as zeros in
+// every child process made by fork or clone without CLONE_VM, whatever
+// ran there (MADV_WIPEONFORK); false where the kernel cannot (before 4.14).
+bool OsWipeInChildren(void* base, size_t size);
 
 // Monotonic milliseconds.
 uint64_t OsMonotonicMs();

@@ -134,6 +134,13 @@ bool OsResetForReuse(void* base, size_t size) {
   return done;
 }
 
+bool OsWipeInChildren(void* base, size_t size) {
+  const int saved_errno = errno;
+  const bool done = madvise(base, size, MADV_WIPEONFORK) == 0;
+  errno = saved_errno;
+  return done;
+}
+
 bool OsIsOneMapping(void* base, size_t size) {
   const int saved_errno = errno;
   // mremap refuses (EFAULT) a range that spans more than one VMA before it

@@ -15,6 +15,7 @@
 //
 // Size classes: 2560 B belongs to BatchesQueuedAtForkReachTheirPagesInTheChild
 // alone; the rest draw from TrafficSize().
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -565,6 +566,96 @@ TEST(Fork, ARawForkChildKeepsItsHeapThoughItsThreadIdIsGoneThere) {
         exit(problem.empty() ? 0 : 1);
       },
       ::testing::ExitedWithCode(0), "the child kept its heap");
+}
+
+// A vfork child shares its parent thread's memory, thread-locals included:
+// its malloc, that thread's first, makes the thread's heap. The heap must
+// not be taken for the child's, whose id is gone once it exits (a review's
+// program: the collect abandoned the heap under the parent's thread, a new
+// thread took it over, and free lists broke). Allocating in a vfork child
+// is undefined, and done (opendir, setenv before exec).
+__attribute__((noinline)) pid_t VforkAChildThatAllocates() {
+  const pid_t pid = vfork();
+  if (pid == 0) _exit(ferry_malloc(100) != nullptr ? 0 : 1);
+  return pid;
+}
+
+TEST(Fork, AVforkChildsFirstMallocLeavesTheHeapToItsParentsThread) {
+  std::string problem;
+  std::thread([&problem] {
+    const pid_t pid = VforkAChildThatAllocates();  // nothing allocated here before
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      problem = "the vfork child failed";
+      return;
+    }
+    const ferry_stats_t before = Stats();
+    std::vector<void*> made;
+    for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(96), 96));
+    ferry_collect();  // looks for heaps of gone threads at once
+    for (void* p : made) {
+      if (p == nullptr || !BlockIntact(p, 96)) problem = "a block changed after ferry_collect";
+      ferry_free(p);
+    }
+    const ferry_stats_t after = Stats();
+    if (after.heaps_abandoned != before.heaps_abandoned) {
+      problem = "the collect abandoned " + std::to_string(after.heaps_abandoned - before.heaps_abandoned) +
+                " heaps, this live thread's among them";
+    }
+  }).join();
+  EXPECT_EQ(problem, "");
+}
+
+// A child made by glibc's clone (no fork handlers run) into a new pid
+// namespace, from a thread of a process that is pid 1 of its own (a
+// container's init): the child is pid 1 too, so its pid cannot tell it
+// from its parent, and its heap names its parent's thread, unknown there.
+// In a fresh process (a threadsafe death test re-executes the binary),
+// which makes a user namespace for the rights; skipped where there are
+// none to be had.
+struct ClonedChildArgs {
+  std::vector<void*>* mine;
+};
+
+int ClonedChildMain(void* arg) {
+  const auto* args = static_cast<ClonedChildArgs*>(arg);
+  const std::string problem = CollectingChildProblem(*args->mine, 96, {}, 0);
+  if (!problem.empty()) fprintf(stderr, "cloned child: %s\n", problem.c_str());
+  return problem.empty() ? 0 : 1;
+}
+
+TEST(Fork, AChildClonedIntoAPidNamespaceLeavesItsHeapsAlone) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        if (unshare(CLONE_NEWUSER | CLONE_NEWPID) != 0) {
+          fprintf(stderr, "skipped: no user and pid namespace here (%s)\n", strerror(errno));
+          exit(0);
+        }
+        const pid_t init = fork();  // pid 1 of the new namespace
+        if (init == 0) {
+          std::string problem;
+          std::thread([&problem] {  // tid 2 there
+            std::vector<void*> mine;
+            for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+            ClonedChildArgs args{&mine};
+            constexpr size_t kStack = 256 << 10;
+            char* stack = static_cast<char*>(ferry_malloc(kStack));
+            const pid_t child = clone(ClonedChildMain, stack + kStack, CLONE_NEWPID | SIGCHLD, &args);
+            if (child < 0) {
+              problem = std::string("clone failed: ") + strerror(errno);
+              return;
+            }
+            problem = WaitForChild(child);
+          }).join();
+          if (!problem.empty()) fprintf(stderr, "%s\n", problem.c_str());
+          _exit(problem.empty() ? 0 : 1);
+        }
+        const std::string problem = init < 0 ? "fork failed" : WaitForChild(init);
+        fprintf(stderr, "%s\n", problem.empty() ? "the cloned child kept its heap" : problem.c_str());
+        exit(problem.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "the cloned child kept its heap|skipped");
 }
 
 // A program that calls ferry's API but has never allocated with it (no
