@@ -256,5 +256,39 @@ TEST(GoneOwners, ASignalHandlerThatForksDuringANewThreadsLookGoesOn) {
   EXPECT_EQ(status, 0) << (status == -1 ? "the fork in the handler hung" : "no look raised the signal");
 }
 
+// In a fork child, until every heap names the child's thread (or nobody),
+// a collect (a signal handler's malloc_trim) must look at no heap: the
+// child's own heap still named the parent's thread, unknown in the child,
+// and was abandoned under it (a review's program, a signal injected by
+// strace at the renaming's first system call).
+TEST(GoneOwners, ACollectWhileAForkChildNamesItsHeapsAbandonsNone) {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> ready{false};
+  std::thread other([&] {  // a heap of the parent's, alive at the fork
+    ferry_free(ferry_malloc(64));
+    ready = true;
+    while (!stop.load()) usleep(1000);
+  });
+  ASSERT_TRUE(WaitFor([&] { return ready.load(); }));
+  ferry_free(ferry_malloc(64));  // this thread's heap too
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  g_take_ownership_hook_for_test.store(ferry_collect);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    g_take_ownership_hook_for_test.store(nullptr);
+    ferry_stats_t after;
+    ferry_stats_get(&after);
+    _exit(after.heaps_abandoned == before.heaps_abandoned ? 0 : 1);
+  }
+  g_take_ownership_hook_for_test.store(nullptr);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the child's collects during its renaming abandoned heaps";
+  stop = true;
+  other.join();
+}
+
 }  // namespace
 }  // namespace ferry

@@ -81,18 +81,15 @@ __thread bool tl_exiting __attribute__((tls_model("initial-exec"))) = false;
 // Threads that have made or taken over a heap or handled a huge block
 // (CountThisThread), each once; in a fork child only its one thread.
 constinit std::atomic<uint32_t> g_threads_seen{0};
-// The process whose thread ids the heaps' owners hold (Heap::owner): set at
-// the first heap and in a fork child.
-constinit std::atomic<int32_t> g_owners_pid{0};
 // A word on a page of its own that every child process made without
 // ferry's fork handlers finds zero (the kernel wipes the page there): a
 // raw fork or clone system call, glibc's clone or _Fork. Such a child's
-// heaps name its parent's threads, some half changed, and its pid alone
-// cannot tell it: a container's init (pid 1) that clones into a new pid
-// namespace makes another pid 1 (a review's program: the child's own heap
-// was abandoned under it). A fork with the handlers sets it again.
-// nullptr where the kernel cannot wipe (before Linux 4.14): then no heap is
-// ever taken for a gone thread's.
+// heaps name its parent's threads, some half changed, and its pid cannot
+// tell it: a container's init (pid 1) that clones into a new pid namespace
+// makes another pid 1 (a review's program: the child's own heap was
+// abandoned under it). A fork with the handlers sets it again once its
+// heaps name the child's thread. nullptr where the kernel cannot wipe
+// (before Linux 4.14): then no heap is ever taken for a gone thread's.
 constinit std::atomic<std::atomic<uint64_t>*> g_owners_mark{nullptr};
 // When AbandonHeapsOfGoneThreads last looked (the duty turn's own).
 uint64_t g_gone_owners_checked_ms = 0;
@@ -1194,11 +1191,12 @@ __attribute__((constructor(101))) void RegisterForkHandlersAtLoad() {
 }
 
 void AbandonSomeHeapsOfGoneThreads(void*);
-int32_t OwnersPid();
+bool MayNameOwners(int32_t tid);
 
 }  // namespace
 
 std::atomic<void (*)()> g_gone_owners_look_hook_for_test{nullptr};
+std::atomic<void (*)()> g_take_ownership_hook_for_test{nullptr};
 
 Heap* InitThreadHeap() {
   // The caller saw the empty heap, but an allocation nested in between may
@@ -1237,10 +1235,10 @@ Heap* InitThreadHeap() {
     heap->is_reclaimer = reclaimer;
   }
   tl_heap = heap;
-  // Not in a vfork child (or another clone that shares the memory), whose
-  // id would be taken for this thread's: the probe would abandon the heap
-  // under the parent's thread once the child was gone (a review's program).
-  if (!reclaimer && OwnersPid() != 0) SetOwner(heap, OsThreadId());
+  if (!reclaimer) {
+    const int32_t tid = OsThreadId();
+    if (MayNameOwners(tid)) SetOwner(heap, tid);
+  }
   CountThisThread();
   // May allocate (past the first 32 keys); tl_heap is set, so that is safe.
   pthread_setspecific(g_thread_key, heap);
@@ -1366,18 +1364,24 @@ void AbandonOrphanedHeapsInChild() {
 // exited, and its heap may be half changed). Left as they were, their ids,
 // unknown in the child, would have the housekeeping abandon them, this
 // thread's own included.
+// The mark (wiped by the fork) is set last: a signal handler that collects,
+// or makes a heap, before then looks at nothing (a review's program, a
+// signal injected there, had the child's own heap abandoned while the
+// heaps still named the parent's threads).
 void TakeOwnershipInChild() {
-  g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
-  if (std::atomic<uint64_t>* mark = g_owners_mark.load(std::memory_order_relaxed)) {
-    mark->store(1, std::memory_order_relaxed);  // wiped by the fork
-  }
+  g_gone_owners_checked_ms = 0;  // the child's first duty looks
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
+    if (auto hook = g_take_ownership_hook_for_test.load(std::memory_order_relaxed)) hook();
     if (heap == tl_heap) {
       SetOwner(heap, OsThreadId());
     } else if (OwnerTid(heap->owner.load(std::memory_order_relaxed)) != 0) {
       ClearOwnerTid(heap);
     }
+  }
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (std::atomic<uint64_t>* mark = g_owners_mark.load(std::memory_order_relaxed)) {
+    mark->store(1, std::memory_order_relaxed);
   }
 }
 
@@ -1394,6 +1398,7 @@ void TakeOwnershipInChild() {
 // ferry_collect); after CollectAbandonedHeaps, whose pass the heap joins as
 // collected.
 constexpr uint64_t kGoneOwnersCheckMs = 1000;
+constexpr uint64_t kGoneOwnersCheckUrgentMs = 100;
 
 void AbandonHeapOfGoneThread(Heap* heap) {
   if (heap->batch_count != 0) {
@@ -1431,17 +1436,25 @@ bool AbandonIfThreadGone(Heap* heap, int32_t pid) {
   return true;
 }
 
-// The pid to look for owners in, or 0 where the heaps name threads of
-// another process (a child forked by a raw system call).
-int32_t OwnersPid() {
-  if (!OwnersMarkSet()) return 0;
-  const int32_t pid = OsProcessId();
-  return pid == g_owners_pid.load(std::memory_order_relaxed) ? pid : 0;
-}
+// Whether the calling thread (id `tid`) is one of the threads the heaps'
+// owner ids belong with: not in a child made without ferry's fork handlers
+// (the mark is wiped there), nor in a task that shares the memory without
+// being one of its threads, a vfork child or a clone with CLONE_VM, which
+// may have any pid, its parent's included (in another pid namespace): its
+// id would name the heap it makes for its parent's thread, and the ids it
+// would look up are not its process's (two reviews' programs: live heaps
+// abandoned, free lists broken).
+bool MayNameOwners(int32_t tid) { return OwnersMarkSet() && OsIsThreadWithTidWord(tid); }
+
+// The pid to look for owners in, or 0 where this thread may not look.
+int32_t OwnersPid() { return MayNameOwners(OsThreadId()) ? OsProcessId() : 0; }
 
 // The housekeeping's look, at every heap.
 void AbandonHeapsOfGoneThreads(uint64_t now_ms, bool urgent) {
-  if (!urgent && now_ms - g_gone_owners_checked_ms < kGoneOwnersCheckMs) return;
+  // ferry_collect's too at most so often: a program that trims after every
+  // request, with 1000 threads, paid 0.7 ms a call for the system calls (a
+  // review's program).
+  if (now_ms - g_gone_owners_checked_ms < (urgent ? kGoneOwnersCheckUrgentMs : kGoneOwnersCheckMs)) return;
   g_gone_owners_checked_ms = now_ms;
   const int32_t pid = OwnersPid();
   if (pid == 0) return;
@@ -1474,9 +1487,11 @@ void AbandonSomeHeapsOfGoneThreads(void*) {
     AbandonIfThreadGone(heap, pid);
   }
   checks = 0;
+  if (g_gone_owners_cursor == nullptr) g_gone_owners_cursor = g_all_heaps.load(std::memory_order_acquire);
+  // To the list's end at most (the next look starts again at its head): on
+  // a short list it went round, looking at one heap again and again.
   for (int steps = 0; steps < kGoneOwnerStepsOnward && checks < kGoneOwnerChecksOnward; ++steps) {
     Heap* heap = g_gone_owners_cursor;
-    if (heap == nullptr) heap = g_all_heaps.load(std::memory_order_acquire);
     if (heap == nullptr) return;
     g_gone_owners_cursor = heap->all_next;
     if (OwnerTid(heap->owner.load(std::memory_order_relaxed)) == 0) continue;
@@ -1840,7 +1855,6 @@ void EnsureGlobalInit() {
       keys.xor_key = OsRandom64();
     } while (keys.xor_key < (uint64_t{1} << 48));  // no encoded link looks like an address
     g_keys = keys;
-    g_owners_pid.store(OsProcessId(), std::memory_order_relaxed);
     SetUpOwnersMark();
     FERRY_CHECK(pthread_key_create(&g_thread_key, OnThreadExit) == 0);
     uintptr_t begin, end;

@@ -324,6 +324,10 @@ bool InlineReturnsHeldForTest();
 // Tests: called in the duty turn when a new thread, finding no abandoned
 // heap, looks for heaps of gone threads (heap.cc, InitThreadHeap).
 extern std::atomic<void (*)()> g_gone_owners_look_hook_for_test;
+// Tests: called in a fork child for each heap as the heaps are named after
+// the child's thread (heap.cc, TakeOwnershipInChild), as a signal handler
+// there could run.
+extern std::atomic<void (*)()> g_take_ownership_hook_for_test;
 // The owner's drain of one class's inbox (heap.cc, DrainInbox), for tests.
 void DrainInboxForTest(Heap* heap, size_t size_class);
 // Registers the fork handlers once (heap.cc); for paths that take a lock

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -132,6 +133,14 @@ bool OsResetForReuse(void* base, size_t size) {
   RemoveGuardRegions(static_cast<char*>(base), size);
   errno = saved_errno;
   return done;
+}
+
+bool OsIsThreadWithTidWord(int32_t tid) {
+  const int saved_errno = errno;
+  int* word = nullptr;
+  const bool known = prctl(PR_GET_TID_ADDRESS, &word, 0, 0, 0) == 0;
+  errno = saved_errno;
+  return known && word != nullptr && *word == tid;
 }
 
 bool OsWipeInChildren(void* base, size_t size) {

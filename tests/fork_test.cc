@@ -493,6 +493,13 @@ void* Filled(void* p, size_t n) {
   return p;
 }
 
+// ferry_collect looks for heaps of gone threads (tgkill probes), at most
+// every 100 ms (heap.cc, kGoneOwnersCheckUrgentMs): waits that long first.
+void LookForGoneThreads() {
+  std::this_thread::sleep_for(150ms);
+  ferry_collect();
+}
+
 // In a fork child: makes and checks blocks around ferry_collect, and checks
 // that no heap was abandoned by it. "" when all is well.
 std::string CollectingChildProblem(const std::vector<void*>& mine, size_t mine_size,
@@ -502,7 +509,7 @@ std::string CollectingChildProblem(const std::vector<void*>& mine, size_t mine_s
   for (int round = 0; round < 3 && problem.empty(); ++round) {
     std::vector<void*> made;
     for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(mine_size), mine_size));
-    ferry_collect();  // looks for heaps of gone threads at once
+    LookForGoneThreads();
     for (void* p : made) {
       if (p == nullptr || !BlockIntact(p, mine_size)) problem = "a block changed after ferry_collect";
       ferry_free(p);
@@ -592,7 +599,7 @@ TEST(Fork, AVforkChildsFirstMallocLeavesTheHeapToItsParentsThread) {
     const ferry_stats_t before = Stats();
     std::vector<void*> made;
     for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(96), 96));
-    ferry_collect();  // looks for heaps of gone threads at once
+    LookForGoneThreads();
     for (void* p : made) {
       if (p == nullptr || !BlockIntact(p, 96)) problem = "a block changed after ferry_collect";
       ferry_free(p);
@@ -624,6 +631,59 @@ int ClonedChildMain(void* arg) {
   return problem.empty() ? 0 : 1;
 }
 
+// The same with CLONE_VM|CLONE_VFORK (the memory shared, so no page is
+// wiped), from a thread that has no heap yet: the child's malloc makes
+// that thread's heap, and its collect must look at no heap either.
+std::atomic<uint64_t> g_abandoned_by_vm_child{0};
+
+int VmChildMain(void*) {
+  const ferry_stats_t before = Stats();
+  if (ferry_malloc(100) == nullptr) _exit(2);  // the thread's first
+  std::this_thread::sleep_for(150ms);          // (LookForGoneThreads)
+  ferry_collect();
+  g_abandoned_by_vm_child = Stats().heaps_abandoned - before.heaps_abandoned;
+  _exit(0);
+}
+
+std::string VmChildProblem() {
+  std::string problem;
+  std::latch ready(1);
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {  // a live heap of another thread
+    std::vector<void*> blocks;
+    for (int i = 0; i < 512; ++i) blocks.push_back(Filled(ferry_malloc(64), 64));
+    ready.count_down();
+    while (!stop.load()) {
+      for (void*& p : blocks) {
+        if (!BlockIntact(p, 64)) problem = "a block of a live thread changed";
+        ferry_free(p);
+        p = Filled(ferry_malloc(64), 64);
+      }
+    }
+    for (void* p : blocks) ferry_free(p);
+  });
+  ready.wait();
+  std::thread([&problem] {
+    constexpr size_t kStack = 256 << 10;
+    static char stack[kStack];  // no malloc before the child's
+    const pid_t child = clone(VmChildMain, stack + kStack, CLONE_VM | CLONE_VFORK | CLONE_NEWPID | SIGCHLD, nullptr);
+    if (child < 0) {
+      problem = std::string("clone failed: ") + strerror(errno);
+      return;
+    }
+    const std::string waited = WaitForChild(child);
+    if (!waited.empty()) problem = "the CLONE_VM child: " + waited;
+  }).join();
+  std::this_thread::sleep_for(150ms);
+  ferry_collect();
+  stop = true;
+  busy.join();
+  if (g_abandoned_by_vm_child != 0) {
+    problem = "the CLONE_VM child's collect abandoned " + std::to_string(g_abandoned_by_vm_child.load()) + " heaps";
+  }
+  return problem;
+}
+
 TEST(Fork, AChildClonedIntoAPidNamespaceLeavesItsHeapsAlone) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
@@ -648,6 +708,7 @@ TEST(Fork, AChildClonedIntoAPidNamespaceLeavesItsHeapsAlone) {
             }
             problem = WaitForChild(child);
           }).join();
+          if (problem.empty()) problem = VmChildProblem();
           if (!problem.empty()) fprintf(stderr, "%s\n", problem.c_str());
           _exit(problem.empty() ? 0 : 1);
         }
