@@ -101,11 +101,12 @@ int32_t OsThreadId();
 // Leaves errno as it was.
 bool OsThreadIsGone(int32_t pid, int32_t tid);
 // True when the calling task is a thread whose id word the kernel clears
-// when it exits, and the word holds `tid` (the calling thread's id): the C
-// library's threads, the main thread, a fork's child. False for a task
-// that only shares the memory (a vfork child, a clone with CLONE_VM), and
-// where the kernel cannot say (no PR_GET_TID_ADDRESS). Leaves errno as it
-// was.
+// when it exits, kept in the C library's record of the thread, and the
+// word holds `tid` (the calling thread's id): the C library's threads, the
+// main thread, a fork's child. False for a task that only shares the
+// memory (a vfork child, a clone with CLONE_VM, whatever word it named),
+// and where the kernel cannot say (no PR_GET_TID_ADDRESS). Leaves errno as
+// it was.
 bool OsIsThreadWithTidWord(int32_t tid);
 // Makes [base, base + size), a range OsReserve returned, read as zeros in
 // every child process made by fork or clone without CLONE_VM, whatever

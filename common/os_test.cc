@@ -8,7 +8,10 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
@@ -157,3 +160,65 @@ TEST(Os, ASplitRangeIsNotResizedAndAFailedMoveReturnsItsTarget) {
 }
 
 }  // namespace
+
+namespace ferry {
+namespace {
+
+// Whether the calling task is a thread of this process (heap.cc names heaps
+// after such threads only): the main thread and a thread are; a vfork child
+// and a clone with CLONE_VM, even one that names a word of its own for the
+// kernel to clear, are not; a thread gone stays unknown to tgkill.
+std::atomic<int> g_clone_answer{-1};
+
+int CloneChildMain(void*) {
+  g_clone_answer = OsIsThreadWithTidWord(OsThreadId()) ? 1 : 0;
+  return 0;
+}
+
+__attribute__((noinline)) pid_t VforkAndAsk(std::atomic<int>* answer) {
+  const pid_t pid = vfork();
+  if (pid == 0) {
+    answer->store(OsIsThreadWithTidWord(OsThreadId()) ? 1 : 0);
+    _exit(0);
+  }
+  return pid;
+}
+
+TEST(Os, OnlyThreadsOfTheProcessHaveATidWord) {
+  EXPECT_TRUE(OsIsThreadWithTidWord(OsThreadId()));
+  EXPECT_FALSE(OsIsThreadWithTidWord(OsThreadId() + 1));
+  int32_t thread_tid = 0;
+  bool thread_has_word = false;
+  std::thread([&] {
+    thread_tid = OsThreadId();
+    thread_has_word = OsIsThreadWithTidWord(thread_tid);
+  }).join();
+  EXPECT_TRUE(thread_has_word);
+  // Joined: the kernel lets the thread go a moment after its tid word clears.
+  bool gone = false;
+  for (int i = 0; i < 1000 && !gone; ++i) {
+    gone = OsThreadIsGone(OsProcessId(), thread_tid);
+    if (!gone) usleep(1000);
+  }
+  EXPECT_TRUE(gone);
+  EXPECT_FALSE(OsThreadIsGone(OsProcessId(), OsThreadId()));
+
+  std::atomic<int> vfork_answer{-1};
+  const pid_t pid = VforkAndAsk(&vfork_answer);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(waitpid(pid, nullptr, 0), pid);
+  EXPECT_EQ(vfork_answer.load(), 0) << "a vfork child counted as a thread";
+
+  constexpr size_t kStack = 64 << 10;
+  static char stack[kStack];
+  static pid_t child_tid_word = 0;
+  const pid_t child = clone(CloneChildMain, stack + kStack,
+                            CLONE_VM | CLONE_VFORK | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD, nullptr,
+                            nullptr, nullptr, &child_tid_word);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  EXPECT_EQ(g_clone_answer.load(), 0) << "a CLONE_VM child with a tid word of its own counted as a thread";
+}
+
+}  // namespace
+}  // namespace ferry

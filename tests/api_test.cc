@@ -896,6 +896,28 @@ TEST(Api, StatisticsCountRemoteFreesAndTheirReturn) {
   }
 }
 
+// The owner's frees into its full pages that others' blocks came back to
+// join those blocks on the page, but are no returned blocks: counted as
+// pushes they made fewer blocks than pushes (a bug hunt's python).
+TEST(Api, ChainsPushedNeverOutnumberTheBlocksReturned) {
+  std::thread([] {
+    constexpr int kBlocks = 64 * 10;  // ten pages of the 1 KiB class
+    std::vector<void*> blocks;
+    for (int i = 0; i < kBlocks; ++i) blocks.push_back(ferry_malloc(1000));
+    const ferry_stats_t before = Stats();
+    std::thread([&] {
+      for (int i = 0; i < kBlocks; i += 64) ferry_free(blocks[i]);  // remote: a block a page comes back
+      ferry_flush();
+    }).join();
+    for (int i = 0; i < kBlocks; ++i) {
+      if (i % 64 != 0) ferry_free(blocks[i]);  // the owner's, into those pages
+    }
+    const ferry_stats_t after = Stats();
+    EXPECT_GE(after.blocks_returned - before.blocks_returned, uint64_t{kBlocks / 64});
+    EXPECT_LE(after.chains_pushed - before.chains_pushed, after.blocks_returned - before.blocks_returned);
+  }).join();
+}
+
 TEST(Api, StatisticsDescribeHeapsSegmentsAndPages) {
   void* p = ferry_malloc(100);
   ASSERT_NE(p, nullptr);
