@@ -957,7 +957,14 @@ void AbandonHeap(Heap* heap);
 
 void OnThreadExit(void* value) {
   Heap* heap = static_cast<Heap*>(value);
-  if (heap != nullptr && heap != &g_empty_heap) AbandonHeap(heap);
+  // Only this thread's own heap: a thread that left by a raw exit system
+  // call left its stack to glibc's cache with its TSD values as they were,
+  // and the next thread there runs ferry's destructor with the gone
+  // thread's heap, which another thread may own by now (abandoned as a
+  // gone thread's, then taken over: a bug hunt's torture corrupted free
+  // lists so). Thread-locals start afresh on a reused stack, so tl_heap
+  // tells the thread's own.
+  if (heap != nullptr && heap != &g_empty_heap && heap == tl_heap) AbandonHeap(heap);
   // From here on this thread never owns a heap again: the TSD destructor
   // rounds may be over, so a heap taken now would never be abandoned.
   tl_exiting = true;
