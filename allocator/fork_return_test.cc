@@ -24,6 +24,7 @@
 #include "allocator/page_return.h"
 #include "allocator/segment.h"
 #include "ferry.h"
+#include "reclaimer/pool.h"
 #include "tests/pool_test_util.h"
 
 namespace ferry {
@@ -288,6 +289,69 @@ TEST(GoneOwners, ACollectWhileAForkChildNamesItsHeapsAbandonsNone) {
       << "the child's collects during its renaming abandoned heaps";
   stop = true;
   other.join();
+}
+
+// A signal held while a new thread tried for the turn (busy: nothing
+// looked) is handled as the mask comes off; its handler's malloc made the
+// thread's heap, and the thread then made a second one over it, which
+// nobody used or gave back (a review's program).
+std::atomic<int> g_handler_allocations{0};
+
+void AllocateInHandler(int) {
+  ferry_free(ferry_malloc(32));
+  g_handler_allocations.fetch_add(1);
+}
+
+TEST(GoneOwners, AHandlersHeapMadeAsTheMaskComesOffIsTheThreadsOnlyHeap) {
+  struct sigaction action = {};
+  action.sa_handler = AllocateInHandler;
+  ASSERT_EQ(sigaction(SIGUSR1, &action, nullptr), 0);
+  // Another thread holds the duty turn, so a new thread's look finds it busy.
+  static std::atomic<bool> holding{false};
+  static std::atomic<bool> release{false};
+  std::thread holder([] {
+    PoolTryRunInDutyTurn(
+        [](void*) {
+          holding = true;
+          while (!release.load()) usleep(1000);
+        },
+        nullptr);
+  });
+  ASSERT_TRUE(WaitFor([] { return holding.load(); }));
+  g_gone_owners_tried_hook_for_test.store([] {
+    g_gone_owners_tried_hook_for_test.store(nullptr);  // one thread only
+    raise(SIGUSR1);                                    // held until the mask comes off
+  });
+  // Threads that stay take what abandoned heaps there are, until one finds
+  // none and tries for the turn.
+  std::atomic<bool> stop{false};
+  std::atomic<int> started{0};
+  std::atomic<uint64_t> heaps_taken_by_the_signalled{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 256 && g_handler_allocations.load() == 0; ++i) {
+    threads.emplace_back([&] {
+      ferry_stats_t before;
+      ferry_stats_get(&before);
+      ferry_free(ferry_malloc(64));
+      ferry_stats_t after;
+      ferry_stats_get(&after);
+      if (g_handler_allocations.load() != 0) {
+        heaps_taken_by_the_signalled = (after.heaps_created - before.heaps_created) +
+                                       (after.heaps_reused - before.heaps_reused);
+      }
+      started.fetch_add(1);
+      while (!stop.load()) usleep(1000);
+    });
+    ASSERT_TRUE(WaitFor([&] { return started.load() == i + 1; }));
+  }
+  release = true;
+  holder.join();
+  stop = true;
+  for (std::thread& thread : threads) thread.join();
+  g_gone_owners_tried_hook_for_test.store(nullptr);
+  signal(SIGUSR1, SIG_DFL);
+  ASSERT_EQ(g_handler_allocations.load(), 1) << "no new thread tried for the turn";
+  EXPECT_EQ(heaps_taken_by_the_signalled.load(), 1u) << "the signalled thread made a heap over its handler's";
 }
 
 }  // namespace

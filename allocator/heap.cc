@@ -1204,6 +1204,7 @@ bool MayNameOwners(int32_t tid);
 
 std::atomic<void (*)()> g_gone_owners_look_hook_for_test{nullptr};
 std::atomic<void (*)()> g_take_ownership_hook_for_test{nullptr};
+std::atomic<void (*)()> g_gone_owners_tried_hook_for_test{nullptr};
 
 Heap* InitThreadHeap() {
   // The caller saw the empty heap, but an allocation nested in between may
@@ -1225,13 +1226,14 @@ Heap* InitThreadHeap() {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     const bool looked = PoolTryRunInDutyTurn(AbandonSomeHeapsOfGoneThreads, nullptr);
+    if (auto hook = g_gone_owners_tried_hook_for_test.load(std::memory_order_relaxed)) hook();
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (looked) {
-      // A signal handler's allocation may have made this thread's heap
-      // since (above).
-      if (tl_heap != &g_empty_heap) return tl_heap;
-      heap = TakeAbandonedHeap();
-    }
+    // A signal held meanwhile is handled as the mask comes off, and its
+    // handler's allocation may have made this thread's heap (above): a
+    // second one made here would leave it to nobody (a review's program,
+    // the turn busy, so nothing looked).
+    if (tl_heap != &g_empty_heap) return tl_heap;
+    if (looked) heap = TakeAbandonedHeap();
   }
   if (heap != nullptr) {
     CounterAdd(g_counters.heaps_reused, 1);
@@ -1399,11 +1401,13 @@ void TakeOwnershipInChild() {
 // threads, each freeing a 64 KiB block of main's: 70 MB resident against
 // glibc's 1.7), or one that left by a raw exit system call. Its pages, and
 // the other heaps' blocks in its unpublished batch, came back to nobody.
-// The housekeeping abandons such a heap once the kernel no longer knows
-// its thread: by then the thread runs no code, so nothing of the heap is
-// half changed. One system call per owned heap, once a second (at once for
-// ferry_collect); after CollectAbandonedHeaps, whose pass the heap joins as
-// collected.
+// Such a heap is abandoned once the kernel no longer knows its thread: by
+// then the thread runs no code, so nothing of the heap is half changed
+// (unless it left by a raw exit from a signal handler that interrupted
+// ferry: README, "Thread exit"). By the housekeeping, one system call per
+// owned heap, once a second (ferry_collect's at most every 100 ms), after
+// CollectAbandonedHeaps, whose pass the heap joins as collected; and by a
+// new thread's look (AbandonSomeHeapsOfGoneThreads).
 constexpr uint64_t kGoneOwnersCheckMs = 1000;
 constexpr uint64_t kGoneOwnersCheckUrgentMs = 100;
 

@@ -324,6 +324,9 @@ bool InlineReturnsHeldForTest();
 // Tests: called in the duty turn when a new thread, finding no abandoned
 // heap, looks for heaps of gone threads (heap.cc, InitThreadHeap).
 extern std::atomic<void (*)()> g_gone_owners_look_hook_for_test;
+// Tests: called after that thread tried for the turn, with its signals
+// still blocked (heap.cc, InitThreadHeap).
+extern std::atomic<void (*)()> g_gone_owners_tried_hook_for_test;
 // Tests: called in a fork child for each heap as the heaps are named after
 // the child's thread (heap.cc, TakeOwnershipInChild), as a signal handler
 // there could run.
