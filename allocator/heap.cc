@@ -964,7 +964,7 @@ void OnThreadExit(void* value) {
   // gone thread's, then taken over: a bug hunt's torture corrupted free
   // lists so). Thread-locals start afresh on a reused stack, so tl_heap
   // tells the thread's own.
-  if (heap != nullptr && heap != &g_empty_heap && heap == tl_heap) AbandonHeap(heap);
+  if (heap == tl_heap && heap != &g_empty_heap) AbandonHeap(heap);
   // From here on this thread never owns a heap again: the TSD destructor
   // rounds may be over, so a heap taken now would never be abandoned.
   tl_exiting = true;
@@ -1324,6 +1324,20 @@ void CollectHeap(Heap* heap) {
   heap->spare = nullptr;  // released above, or in use again
 }
 
+// Returns the batch of a heap whose owner can no longer hand it on (a
+// thread gone, a reclaimer that did not come along into a fork child),
+// counted as PublishBatch counts a batch sorted inline.
+void ReturnUnpublishedBatch(Heap* heap) {
+  const uint32_t count = heap->batch_count;
+  if (count == 0) return;
+  CounterAdd(g_counters.remote_frees, count);
+  CounterAdd(g_counters.batches_published, 1);
+  ReturnBatch(heap->batch, count);
+  CountBatchInline();
+  heap->batch_count = 0;
+  heap->batch_bytes = 0;
+}
+
 void AbandonHeap(Heap* heap) {
   PublishBatch(heap, /*may_spawn=*/false);  // an exiting thread (FreeMayStartPool)
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
@@ -1355,11 +1369,7 @@ void AbandonOrphanedHeapsInChild() {
        heap = heap->all_next) {
     if (heap != tl_heap) heap->inbox_owner_holding.store(0, std::memory_order_relaxed);
     if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
-    if (heap->batch_count != 0) {
-      ReturnBatch(heap->batch, heap->batch_count);
-      heap->batch_count = 0;
-      heap->batch_bytes = 0;
-    }
+    ReturnUnpublishedBatch(heap);
     CollectHeap(heap);
     heap->is_reclaimer = false;
     CounterAdd(g_counters.heaps_abandoned, 1);
@@ -1412,14 +1422,7 @@ constexpr uint64_t kGoneOwnersCheckMs = 1000;
 constexpr uint64_t kGoneOwnersCheckUrgentMs = 100;
 
 void AbandonHeapOfGoneThread(Heap* heap) {
-  if (heap->batch_count != 0) {
-    CounterAdd(g_counters.remote_frees, heap->batch_count);
-    CounterAdd(g_counters.batches_published, 1);
-    ReturnBatch(heap->batch, heap->batch_count);
-    CountBatchInline();
-    heap->batch_count = 0;
-    heap->batch_bytes = 0;
-  }
+  ReturnUnpublishedBatch(heap);
   // Left counted if the thread left a return early (AbandonHeap).
   heap->returns_in_progress.store(0, std::memory_order_relaxed);
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);

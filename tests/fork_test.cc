@@ -488,11 +488,6 @@ TEST(Fork, BatchesQueuedAtForkReachTheirPagesInTheChild) {
   }
 }
 
-void* Filled(void* p, size_t n) {
-  if (p != nullptr) FillBlock(p, n);
-  return p;
-}
-
 // ferry_collect looks for heaps of gone threads (tgkill probes), at most
 // every 100 ms (heap.cc, kGoneOwnersCheckUrgentMs): waits that long first.
 void LookForGoneThreads() {
@@ -500,15 +495,16 @@ void LookForGoneThreads() {
   ferry_collect();
 }
 
-// In a fork child: makes and checks blocks around ferry_collect, and checks
-// that no heap was abandoned by it. "" when all is well.
-std::string CollectingChildProblem(const std::vector<void*>& mine, size_t mine_size,
-                                   const std::vector<void*>& others, size_t others_size) {
+// After a fork (or a vfork, on the parent's side): makes and checks blocks
+// around ferry_collect, and checks that no heap was abandoned by it. ""
+// when all is well.
+std::string CollectingProblem(const std::vector<void*>& mine, size_t mine_size,
+                              const std::vector<void*>& others, size_t others_size) {
   const ferry_stats_t before = Stats();
   std::string problem;
   for (int round = 0; round < 3 && problem.empty(); ++round) {
     std::vector<void*> made;
-    for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(mine_size), mine_size));
+    for (int i = 0; i < 2000; ++i) made.push_back(Make(mine_size).p);
     LookForGoneThreads();
     for (void* p : made) {
       if (p == nullptr || !BlockIntact(p, mine_size)) problem = "a block changed after ferry_collect";
@@ -524,7 +520,7 @@ std::string CollectingChildProblem(const std::vector<void*>& mine, size_t mine_s
   const ferry_stats_t after = Stats();
   if (after.heaps_abandoned != before.heaps_abandoned) {
     problem = std::to_string(after.heaps_abandoned - before.heaps_abandoned) +
-              " heaps abandoned by the child's collects";
+              " heaps abandoned by the collects";
   }
   return problem;
 }
@@ -538,16 +534,16 @@ TEST(Fork, ChildrenKeepTheirHeapsThoughTheParentsThreadIdsAreGoneThere) {
   std::atomic<bool> stop{false};
   std::vector<void*> theirs;
   std::thread other([&] {  // a heap of another thread, alive at the fork
-    for (int i = 0; i < 64; ++i) theirs.push_back(Filled(ferry_malloc(256), 256));
+    for (int i = 0; i < 64; ++i) theirs.push_back(Make(256).p);
     ready.count_down();
     while (!stop.load()) std::this_thread::sleep_for(1ms);
   });
   ready.wait();
   std::vector<void*> mine;
-  for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+  for (int i = 0; i < 64; ++i) mine.push_back(Make(96).p);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
-  if (pid == 0) ChildExit(CollectingChildProblem(mine, 96, theirs, 256));
+  if (pid == 0) ChildExit(CollectingProblem(mine, 96, theirs, 256));
   EXPECT_EQ(WaitForChild(pid), "");
   stop = true;
   other.join();
@@ -565,9 +561,9 @@ TEST(Fork, ARawForkChildKeepsItsHeapThoughItsThreadIdIsGoneThere) {
   EXPECT_EXIT(
       {
         std::vector<void*> mine;
-        for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+        for (int i = 0; i < 64; ++i) mine.push_back(Make(96).p);
         const pid_t pid = static_cast<pid_t>(syscall(SYS_fork));
-        if (pid == 0) ChildExit(CollectingChildProblem(mine, 96, {}, 0));
+        if (pid == 0) ChildExit(CollectingProblem(mine, 96, {}, 0));
         const std::string problem = pid < 0 ? "fork failed" : WaitForChild(pid);
         fprintf(stderr, "%s\n", problem.empty() ? "the child kept its heap" : problem.c_str());
         exit(problem.empty() ? 0 : 1);
@@ -596,19 +592,7 @@ TEST(Fork, AVforkChildsFirstMallocLeavesTheHeapToItsParentsThread) {
       problem = "the vfork child failed";
       return;
     }
-    const ferry_stats_t before = Stats();
-    std::vector<void*> made;
-    for (int i = 0; i < 2000; ++i) made.push_back(Filled(ferry_malloc(96), 96));
-    LookForGoneThreads();
-    for (void* p : made) {
-      if (p == nullptr || !BlockIntact(p, 96)) problem = "a block changed after ferry_collect";
-      ferry_free(p);
-    }
-    const ferry_stats_t after = Stats();
-    if (after.heaps_abandoned != before.heaps_abandoned) {
-      problem = "the collect abandoned " + std::to_string(after.heaps_abandoned - before.heaps_abandoned) +
-                " heaps, this live thread's among them";
-    }
+    problem = CollectingProblem({}, 96, {}, 0);
   }).join();
   EXPECT_EQ(problem, "");
 }
@@ -626,7 +610,7 @@ struct ClonedChildArgs {
 
 int ClonedChildMain(void* arg) {
   const auto* args = static_cast<ClonedChildArgs*>(arg);
-  const std::string problem = CollectingChildProblem(*args->mine, 96, {}, 0);
+  const std::string problem = CollectingProblem(*args->mine, 96, {}, 0);
   if (!problem.empty()) fprintf(stderr, "cloned child: %s\n", problem.c_str());
   return problem.empty() ? 0 : 1;
 }
@@ -639,8 +623,7 @@ std::atomic<uint64_t> g_abandoned_by_vm_child{0};
 int VmChildMain(void*) {
   const ferry_stats_t before = Stats();
   if (ferry_malloc(100) == nullptr) _exit(2);  // the thread's first
-  std::this_thread::sleep_for(150ms);          // (LookForGoneThreads)
-  ferry_collect();
+  LookForGoneThreads();
   g_abandoned_by_vm_child = Stats().heaps_abandoned - before.heaps_abandoned;
   _exit(0);
 }
@@ -651,13 +634,13 @@ std::string VmChildProblem() {
   std::atomic<bool> stop{false};
   std::thread busy([&] {  // a live heap of another thread
     std::vector<void*> blocks;
-    for (int i = 0; i < 512; ++i) blocks.push_back(Filled(ferry_malloc(64), 64));
+    for (int i = 0; i < 512; ++i) blocks.push_back(Make(64).p);
     ready.count_down();
     while (!stop.load()) {
       for (void*& p : blocks) {
         if (!BlockIntact(p, 64)) problem = "a block of a live thread changed";
         ferry_free(p);
-        p = Filled(ferry_malloc(64), 64);
+        p = Make(64).p;
       }
     }
     for (void* p : blocks) ferry_free(p);
@@ -674,8 +657,7 @@ std::string VmChildProblem() {
     const std::string waited = WaitForChild(child);
     if (!waited.empty()) problem = "the CLONE_VM child: " + waited;
   }).join();
-  std::this_thread::sleep_for(150ms);
-  ferry_collect();
+  LookForGoneThreads();
   stop = true;
   busy.join();
   if (g_abandoned_by_vm_child != 0) {
@@ -697,7 +679,7 @@ TEST(Fork, AChildClonedIntoAPidNamespaceLeavesItsHeapsAlone) {
           std::string problem;
           std::thread([&problem] {  // tid 2 there
             std::vector<void*> mine;
-            for (int i = 0; i < 64; ++i) mine.push_back(Filled(ferry_malloc(96), 96));
+            for (int i = 0; i < 64; ++i) mine.push_back(Make(96).p);
             ClonedChildArgs args{&mine};
             constexpr size_t kStack = 256 << 10;
             char* stack = static_cast<char*>(ferry_malloc(kStack));
