@@ -145,7 +145,7 @@ bool SlackIsBounded(size_t mapping_size, size_t size) {
   return mapping_size - size <= size / 8;
 }
 
-void KeepInCache(void* mapping, size_t size, size_t cap);
+void KeepInCache(void* mapping, size_t size, size_t cap, bool merge = true);
 
 // Where the rest of a mapping of `mapping_size` bytes past `end` (a
 // block's end) may wait in the cache on its own: from the next 4 MiB
@@ -174,8 +174,28 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
   return grown;
 }
 
+// The part of a taken mapping past its block's `size` bytes, up to `keep`,
+// stays with the block rather than going back to the OS: up to the next 4
+// MiB boundary where the rest waits in the cache on its own, all of it
+// where the rest is too small to (it is at most what SlackIsBounded let
+// the block take). Unmapped, it left a hole between the block and the
+// rest, so that the two could never be one mapping again (KeepInCache
+// merges neighbours), and the next larger block took a fresh mapping or
+// grew one: one thread replacing twenty buffers of 5-25 MiB (the `large`
+// workload, mimalloc-bench's malloc-large) faulted in 2.5 MiB a round,
+// tcmalloc, which coalesces its freed spans, 0.3 (perf/RESULTS.md,
+// 2026-12-05). An eighth of the block's size stays resident, its pages as
+// the last block left them (the rounding HugeBlockBytes allows a fresh
+// block); the rest is decommitted. The tail is not the block's to use:
+// its usable size stays its own.
+void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
+  const size_t resident_end = AlignUp(size + size / 8, OsPageSize());
+  if (resident_end < keep) OsDecommit(base + resident_end, keep - resident_end);
+}
+
 // A mapping of at least `size` bytes from the cache, its pages as the last
-// block left them, and its size in *taken_size; nullptr when none waits.
+// block left them, its size in *taken_size and how much of it the block
+// may use in *usable_size; nullptr when none waits.
 // The smallest waiting mapping that SlackIsBounded allows is taken (the
 // newest of equals). Where the cache is the small one (!HugeCacheIsLarge)
 // it is taken whole, the rest its block's usable size, as a block
@@ -189,7 +209,7 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // twice their size held an idle program at twice its live data, past
 // malloc_trim (a review's program: 312 MiB resident for 156 asked for,
 // 162 now; glibc 157).
-void* TakeCachedMapping(size_t size, size_t* taken_size) {
+void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
   const bool large_cache = HugeCacheIsLarge();
   CachedMapping taken;
@@ -219,11 +239,13 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
   }
   if (grow) {
     void* grown = GrowTakenMapping(taken.mapping, taken.size, size);
-    if (grown != nullptr) *taken_size = size;
+    if (grown != nullptr) *taken_size = *usable_size = size;
     return grown;
   }
   size_t keep = taken.size;
+  *usable_size = keep;
   if (large_cache && keep > size) {
+    *usable_size = size;
     // The rest past the next 4 MiB boundary waits in the cache on its own
     // (RestToKeepFrom), its pages resident for the next block.
     char* const base = static_cast<char*>(taken.mapping);
@@ -233,13 +255,19 @@ void* TakeCachedMapping(size_t size, size_t* taken_size) {
     // cap of 32, and KeepInCache found no slot to give back).
     const size_t split = RestToKeepFrom(size, taken.size);
     const size_t cap = HugeCacheCapBytes();
-    if (split != 0 && taken.size - split <= cap) {
-      if (split > size) OsRelease(base + size, split - size);
-      KeepInCache(base + split, taken.size - split, cap);
+    const bool rest_waits = split != 0 && taken.size - split <= cap;
+    if (rest_waits) KeepInCache(base + split, taken.size - split, cap);
+    keep = rest_waits ? split : taken.size;
+    if (OsAddressSpaceLimit() != SIZE_MAX) {
+      // Under a limit the block's mapping ends where the block does, as a
+      // fresh one's (the address space is what runs out). Asked here, not
+      // as of the last segment taken (AddressSpaceLimit): a program of
+      // huge blocks only may never take one.
+      if (keep > size) OsRelease(base + size, keep - size);
+      keep = size;
     } else {
-      OsRelease(base + size, taken.size - size);
+      KeepTailOfTakenMapping(base, size, keep);
     }
-    keep = size;
   }
   *taken_size = keep;
   return taken.mapping;
@@ -284,13 +312,50 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   return true;
 }
 
+// Waiting mappings that end where [*mapping, + *size) starts or start where
+// it ends, pieces of one mapping that a block took part of
+// (TakeCachedMapping): taken out of the cache and joined to it, so that a
+// block as large as the whole finds it again. Only where the kernel holds
+// the joined range as one mapping (the program may have split it while a
+// piece was a block, and two mappings made apart may lie side by side),
+// and within `cap`; otherwise each goes back as it was.
+void MergeWithWaitingNeighbours(void** mapping, size_t* size, size_t cap) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(*mapping);
+  CachedMapping before{}, after{};
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    for (CachedMapping& slot : g_huge_cache) {
+      if (slot.mapping == nullptr) continue;
+      const uintptr_t base = reinterpret_cast<uintptr_t>(slot.mapping);
+      if (before.mapping == nullptr && base + slot.size == start && slot.size + *size + after.size <= cap) {
+        before = TakeSlotLocked(slot);
+      } else if (after.mapping == nullptr && start + *size == base &&
+                 before.size + *size + slot.size <= cap) {
+        after = TakeSlotLocked(slot);
+      }
+    }
+    UpdateAnyLocked();
+  }
+  if (before.mapping == nullptr && after.mapping == nullptr) return;
+  void* const joined = before.mapping != nullptr ? before.mapping : *mapping;
+  const size_t joined_size = before.size + *size + after.size;
+  if (OsIsOneMapping(joined, joined_size)) {
+    *mapping = joined;
+    *size = joined_size;
+    return;
+  }
+  if (before.mapping != nullptr) KeepInCache(before.mapping, before.size, cap, /*merge=*/false);
+  if (after.mapping != nullptr) KeepInCache(after.mapping, after.size, cap, /*merge=*/false);
+}
+
 // Puts a mapping that may be reused (CacheHugeMapping's checks passed, for
 // it or for the mapping it was cut from) in the cache, making room under
 // `cap` (no smaller than `size`) by giving back the oldest.
-void KeepInCache(void* mapping, size_t size, size_t cap) {
+void KeepInCache(void* mapping, size_t size, size_t cap, bool merge) {
   FERRY_CHECK(size <= cap);
   const uint64_t keep_ms = HugeCacheKeepMs();  // not under the lock: it may initialise
   const uint64_t now_ms = OsMonotonicMs();
+  if (merge) MergeWithWaitingNeighbours(&mapping, &size, cap);
   CachedMapping out[kHugeCacheSlots];
   size_t released;
   bool outgrown;
@@ -419,12 +484,14 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   Page* page;
   void* mapping;
   size_t mapping_size;
+  size_t usable_size;  // of the mapping, from its start: the block's end
   uintptr_t block;
   if (alignment < kSegmentSize) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
     mapping_size = offset + block_bytes;
     ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
-    mapping = may_reuse ? TakeCachedMapping(mapping_size, &mapping_size) : nullptr;
+    usable_size = mapping_size;
+    mapping = may_reuse ? TakeCachedMapping(mapping_size, &mapping_size, &usable_size) : nullptr;
     if (mapping != nullptr) {
       // As a fresh mapping's: the last block's header may have had its
       // page at another slice.
@@ -469,7 +536,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     }
     if (mapping_end > kept_end) OsRelease(reinterpret_cast<void*>(kept_end), mapping_end - kept_end);
     mapping = segment;
-    mapping_size = kept_end - kept_start;
+    mapping_size = usable_size = kept_end - kept_start;
     page = &segment->pages[0];
     page->slice_count = 1;
   }
@@ -479,7 +546,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   segment->mapping_size = mapping_size;
   page->kind = PageKind::kHuge;
   page->start = block;
-  page->block_size = reinterpret_cast<uintptr_t>(mapping) + mapping_size - block;
+  page->block_size = reinterpret_cast<uintptr_t>(mapping) + usable_size - block;
   if (alignment < kSegmentSize) {
     SegmentMapSet(reinterpret_cast<uintptr_t>(segment), kMapSegment);
   } else {
@@ -573,7 +640,11 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t offset = address - old_base;
   const size_t slice = static_cast<size_t>(page - segment->pages);
   const size_t new_size = offset + HugeBlockBytes(n);
-  if (new_size == old_size) return p;
+  if (new_size == old_size) {
+    // The mapping may hold more than the block used (KeepTailOfTakenMapping).
+    page->block_size = new_size - offset;
+    return p;
+  }
   bool no_room = false;
   void* base = new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)
                    ? segment->mapping

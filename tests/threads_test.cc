@@ -816,30 +816,43 @@ TEST(Threads, ABigBlockTakesNoMuchBiggerCachedMapping) {
   ferry_collect();
 }
 
+// The byte FreedPagePatterned13MiBBlock writes on the page at offset k.
+char PagePattern(size_t k) { return static_cast<char>(k / 4096 + 1); }
+
+// With the pool started and two 32 MiB blocks held (the cache's cap, in
+// *held), a 13 MiB block with PagePattern on each page, freed: its mapping
+// waits in the cache. nullptr, everything given back, where no reclaimer
+// thread runs (then a block takes a smaller cache's mapping whole).
+char* FreedPagePatterned13MiBBlock(std::vector<void*>* held) {
+  StartThePoolWithAnEmptyHugeCache();
+  for (int i = 0; i < 2; ++i) held->push_back(ferry_malloc(32 * kMiB));
+  char* big = static_cast<char*>(ferry_malloc(13 * kMiB));
+  if (big == nullptr) std::abort();
+  for (size_t k = 0; k < 13 * kMiB; k += 4096) big[k] = PagePattern(k);
+  ferry_free(big);
+  ferry_stats_t freed;
+  ferry_stats_get(&freed);
+  if (freed.reclaimer_threads > 0) return big;
+  for (void* p : *held) ferry_free(p);
+  ferry_collect();
+  return nullptr;
+}
+
 // With reclaimers ticking, a block that takes a larger waiting mapping
 // keeps only what it needs, and the part of the rest past the next 4 MiB
 // boundary (where a mapping may start) waits in the cache on its own,
 // pages and all, for the next block: before 2026-12-05 all of the rest
 // went back to the OS, and the next larger block faulted in afresh.
 TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
-  StartThePoolWithAnEmptyHugeCache();
   std::vector<void*> held;
-  for (int i = 0; i < 2; ++i) held.push_back(ferry_malloc(32 * kMiB));  // live huge bytes: the cap
-  char* big = static_cast<char*>(ferry_malloc(13 * kMiB));
-  ASSERT_NE(big, nullptr);
-  for (size_t k = 0; k < 13 * kMiB; k += 4096) big[k] = static_cast<char>(k / 4096 + 1);
-  ferry_free(big);
+  char* big = FreedPagePatterned13MiBBlock(&held);
+  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
   ferry_stats_t freed;
   ferry_stats_get(&freed);
-  if (freed.reclaimer_threads == 0) {
-    for (void* p : held) ferry_free(p);
-    ferry_collect();
-    GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
-  }
   ASSERT_EQ(freed.huge_bytes_cached, 13 * kMiB + 64 * kKiB);
   // Needs 7 MiB and a header: takes the 13 MiB mapping, keeps up to 8 MiB
-  // (gives back the 960 KiB to the boundary), and the last 5 MiB and 64
-  // KiB wait on.
+  // (the 960 KiB to the boundary stay with it, outside its usable size),
+  // and the last 5 MiB and 64 KiB wait on.
   char* seven = static_cast<char*>(ferry_malloc(7 * kMiB));
   ASSERT_EQ(seven, big);
   EXPECT_EQ(ferry_usable_size(seven), 7 * kMiB);
@@ -851,7 +864,7 @@ TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
   char* five = static_cast<char*>(ferry_malloc(5 * kMiB));
   ASSERT_EQ(five, big + 8 * kMiB);
   for (size_t k = 0; k < 5 * kMiB; k += 4096) {
-    ASSERT_EQ(five[k], static_cast<char>((8 * kMiB + k) / 4096 + 1)) << "a page of the rest was not kept, at " << k;
+    ASSERT_EQ(five[k], PagePattern(8 * kMiB + k)) << "a page of the rest was not kept, at " << k;
   }
   ferry_stats_t taken;
   ferry_stats_get(&taken);
@@ -861,6 +874,59 @@ TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
   memset(five, 2, 5 * kMiB);
   ferry_free(seven);
   ferry_free(five);
+  for (void* p : held) ferry_free(p);
+  ferry_collect();
+}
+
+// With reclaimers ticking, a block that took part of a waiting mapping
+// and the rest that waited on are one mapping again once the block is
+// freed, so that the next block as large as the whole takes it whole, its
+// pages as they were, instead of growing a piece into a fresh range (where
+// the part below the 4 MiB boundary went back to the OS, and the two
+// pieces could never join: a program replacing buffers of 5-25 MiB
+// faulted in 2.5 MiB a round). Of the block's tail below the boundary an
+// eighth of its size stays resident, the rest is decommitted.
+TEST(Threads, ABlockAndTheRestOfItsMappingAreOneMappingAgainOnceFreed) {
+  std::vector<void*> held;
+  char* big = FreedPagePatterned13MiBBlock(&held);
+  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
+  // 7 MiB and a header: up to the boundary at 8 MiB is the block's (7 MiB
+  // of it usable), the last 5 MiB and 64 KiB wait on their own.
+  char* seven = static_cast<char*>(ferry_malloc(7 * kMiB));
+  ASSERT_EQ(seven, big);
+  EXPECT_EQ(ferry_usable_size(seven), 7 * kMiB);
+  ferry_stats_t cut;
+  ferry_stats_get(&cut);
+  EXPECT_EQ(cut.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
+  ferry_free(seven);
+  ferry_stats_t merged;
+  ferry_stats_get(&merged);
+  EXPECT_EQ(merged.huge_bytes_cached, 13 * kMiB + 64 * kKiB);
+  char* again = static_cast<char*>(ferry_malloc(13 * kMiB));
+  ASSERT_EQ(again, big) << "the two pieces did not join";
+  // Offsets in the mapping: up to the 7 MiB block's end plus an eighth the
+  // pages are as the 13 MiB block left them, from there to 8 MiB they were
+  // decommitted (zeros), and past 8 MiB the rest kept them.
+  const size_t header = 64 * kKiB;
+  const size_t resident_end = (7 * kMiB + header) + (7 * kMiB + header) / 8;
+  for (size_t k = 0; k < 13 * kMiB; k += 4096) {
+    const size_t in_mapping = k + header;
+    const bool decommitted = in_mapping >= (resident_end + 4095) / 4096 * 4096 && in_mapping < 8 * kMiB;
+    const char expected = decommitted ? 0 : PagePattern(k);
+    ASSERT_EQ(again[k], expected) << "at " << k << " of the block (" << in_mapping << " of the mapping)";
+  }
+  ferry_free(again);
+  // 11 MiB leaves a rest too small to wait on its own (1 MiB and a header
+  // past the boundary): the block keeps the whole mapping, 11 MiB of it
+  // usable, and realloc to the whole is the mapping it has.
+  char* eleven = static_cast<char*>(ferry_malloc(11 * kMiB));
+  ASSERT_EQ(eleven, big);
+  EXPECT_EQ(ferry_usable_size(eleven), 11 * kMiB);
+  char* grown = static_cast<char*>(ferry_realloc(eleven, 13 * kMiB));
+  ASSERT_EQ(grown, big);
+  EXPECT_GE(ferry_usable_size(grown), 13 * kMiB);
+  memset(grown, 3, 13 * kMiB);
+  ferry_free(grown);
   for (void* p : held) ferry_free(p);
   ferry_collect();
 }
