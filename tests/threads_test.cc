@@ -931,6 +931,31 @@ TEST(Threads, ABlockAndTheRestOfItsMappingAreOneMappingAgainOnceFreed) {
   ferry_collect();
 }
 
+// A huge block that realloc grows by half its size or more moves into a
+// waiting mapping that can take it, copied, rather than faulting in the
+// pages its own mapping would add (a small growth still grows the mapping:
+// Api.ReallocOfAHugeBlockGrowsAndShrinksWithItsContent, and the
+// micro-benchmark ReallocHugeGrowth).
+TEST(Threads, AHugeBlockGrownByHalfOrMoreMovesIntoAWaitingMapping) {
+  std::vector<void*> held;
+  char* big = FreedPagePatterned13MiBBlock(&held);
+  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
+  char* six = static_cast<char*>(ferry_malloc(6 * kMiB));  // too small to take the 13 MiB mapping
+  ASSERT_NE(six, nullptr);
+  ASSERT_NE(six, big);
+  for (size_t k = 0; k < 6 * kMiB; k += 4096) six[k] = static_cast<char>(~PagePattern(k));
+  char* twelve = static_cast<char*>(ferry_realloc(six, 12 * kMiB));
+  ASSERT_EQ(twelve, big) << "grown in its own mapping";
+  for (size_t k = 0; k < 6 * kMiB; k += 4096) {
+    ASSERT_EQ(twelve[k], static_cast<char>(~PagePattern(k))) << "lost at " << k;
+  }
+  EXPECT_GE(ferry_usable_size(twelve), 12 * kMiB);
+  memset(twelve, 5, 12 * kMiB);
+  ferry_free(twelve);
+  for (void* p : held) ferry_free(p);
+  ferry_collect();
+}
+
 // With reclaimers ticking, a huge block that realloc shrinks keeps its
 // place, and the part of its mapping past the new end's next 4 MiB
 // boundary waits in the cache, pages and all, for the next block: before
