@@ -174,8 +174,8 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
   return grown;
 }
 
-// The part of a taken mapping past its block's `size` bytes, up to `keep`,
-// stays with the block rather than going back to the OS: up to the next 4
+// The part of a taken (or realloc-shrunk) mapping past its block's `size`
+// bytes, up to `keep`, stays with the block rather than going back to the OS: up to the next 4
 // MiB boundary where the rest waits in the cache on its own, all of it
 // where the rest is too small to (it is at most what SlackIsBounded let
 // the block take). Unmapped, it left a hole between the block and the
@@ -188,7 +188,7 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // the last block left them (the rounding HugeBlockBytes allows a fresh
 // block); the rest is decommitted. The tail is not the block's to use:
 // its usable size stays its own.
-void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
+void KeepTailWithBlock(char* base, size_t size, size_t keep) {
   const size_t resident_end = AlignUp(size + size / 8, OsPageSize());
   if (resident_end < keep) OsDecommit(base + resident_end, keep - resident_end);
 }
@@ -277,7 +277,7 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
       if (keep > size) OsRelease(base + size, keep - size);
       keep = size;
     } else {
-      KeepTailOfTakenMapping(base, size, keep);
+      KeepTailWithBlock(base, size, keep);
     }
   }
   *taken_size = keep;
@@ -464,9 +464,16 @@ FreedHugeHit FindInHugeCache(uintptr_t address) {
     const uintptr_t base = reinterpret_cast<uintptr_t>(slot.mapping);
     if (slot.mapping == nullptr || address < base || address - base >= slot.size) continue;
     // Mapped while it is in the cache (and it cannot leave it while the
-    // lock is held); its header is as the freed block left it.
-    if (address - base < kSegmentSize) {
-      const Page* page = PageOf(static_cast<Segment*>(slot.mapping), address);
+    // lock is held). A block started a slice or more into a 4 MiB chunk
+    // of it, whose header is as that block left it: the mapping's first,
+    // or the first of a piece joined to the pieces below it
+    // (MergeWithWaitingNeighbours). Elsewhere the "header" may be anything
+    // a block wrote, so only the record a block start would have is read,
+    // never a link from it.
+    const uintptr_t chunk = address & ~(kSegmentSize - 1);
+    const uintptr_t offset = address - chunk;
+    if (chunk >= base && offset >= kSliceSize && offset % kSliceSize == 0) {
+      const Page* page = &reinterpret_cast<const Segment*>(chunk)->pages[offset >> kSliceShift];
       if (page->kind == PageKind::kHuge && page->start == address) return FreedHugeHit::kBlockStart;
     }
     return FreedHugeHit::kInside;
@@ -574,20 +581,20 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
 namespace {
 
 // A pointer into the chunk of a huge block's header or block, but past the
-// end of its mapping (the kernel's to give to anyone): not ferry's.
-[[noreturn]] FERRY_COLD void ReportBadHugePointer(const Segment* segment, uintptr_t address,
-                                                 const char* call) {
-  const uintptr_t mapping = reinterpret_cast<uintptr_t>(segment->mapping);
+// block's end (past its mapping, the kernel's to give to anyone, or in the
+// tail the block keeps, KeepTailWithBlock): not ferry's to hand out.
+[[noreturn]] FERRY_COLD void ReportBadHugePointer(const Page* page, uintptr_t address, const char* call) {
   FatalBadPointer(call, reinterpret_cast<const void*>(address),
-                  address - mapping >= segment->mapping_size ? "pointer not allocated by ferry"
-                                                             : "not the start of a block (interior pointer)");
+                  address > page->start && address - page->start >= page->block_size
+                      ? "pointer not allocated by ferry"
+                      : "not the start of a block (interior pointer)");
 }
 
 }  // namespace
 
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  if (address != page->start) ReportBadHugePointer(segment, address, call);
+  if (address != page->start) ReportBadHugePointer(page, address, call);
   if (segment->huge_freed.exchange(true, std::memory_order_acq_rel)) {
     FatalBadPointer(call, p, "double free (huge block already free)");
   }
@@ -615,16 +622,23 @@ namespace {
 // resident for the next block, as the rest of a taken mapping does
 // (TakeCachedMapping), once the resets a freed mapping gets
 // (CacheHugeMapping: the program may have changed it while it was a
-// block). False when it is not kept: the caller shrinks the mapping as
-// before.
-bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
-  if (!HugeCacheIsLarge()) return false;
+// block); the part below the boundary stays with the block, as a taken
+// mapping's does (KeepTailWithBlock; not under an address-space
+// limit). Returns the bytes of mapping the block keeps, or 0 when the rest
+// is not kept: the caller shrinks the mapping as before.
+size_t CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
+  if (!HugeCacheIsLarge()) return 0;
   const size_t split = RestToKeepFrom(new_size, old_size);
-  if (split == 0) return false;
+  if (split == 0) return 0;
   char* const base = static_cast<char*>(mapping);
-  if (!CacheHugeMapping(base + split, old_size - split)) return false;
-  if (split > new_size) OsRelease(base + new_size, split - new_size);
-  return true;
+  if (!CacheHugeMapping(base + split, old_size - split)) return 0;
+  if (split == new_size) return new_size;
+  if (OsAddressSpaceLimit() != SIZE_MAX) {
+    OsRelease(base + new_size, split - new_size);
+    return new_size;
+  }
+  KeepTailWithBlock(base, new_size, split);
+  return split;
 }
 
 }  // namespace
@@ -653,7 +667,7 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t slice = static_cast<size_t>(page - segment->pages);
   const size_t new_size = offset + HugeBlockBytes(n);
   if (new_size == old_size) {
-    // The mapping may hold more than the block used (KeepTailOfTakenMapping).
+    // The mapping may hold more than the block used (KeepTailWithBlock).
     page->block_size = new_size - offset;
     return p;
   }
@@ -662,14 +676,16 @@ void* ReallocHuge(void* p, size_t n) {
   // than faulting in the pages the growth adds (four threads resizing
   // blocks of 128 KiB-16 MiB at random: 1.07M page faults, 0.80M with the
   // copy; perf/RESULTS.md, 2026-12-05). A buffer grown in small steps
-  // still grows here, without copying.
-  if (new_size > old_size && 2 * (new_size - old_size) >= old_size - offset && HugeCacheCanServe(new_size)) {
+  // still grows here, without copying, and so does a block aligned beyond
+  // its slice (the copy would lose its alignment).
+  if (new_size > old_size && 2 * (new_size - old_size) >= old_size - offset && offset == kSliceSize &&
+      HugeCacheCanServe(new_size)) {
     return nullptr;
   }
   bool no_room = false;
-  void* base = new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)
-                   ? segment->mapping
-                   : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
+  size_t kept = new_size < old_size ? CacheRestOfShrunkMapping(segment->mapping, old_size, new_size) : 0;
+  void* base = kept != 0 ? segment->mapping : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
+  if (kept == 0) kept = new_size;
   if (base == nullptr) {
     if (!no_room) return nullptr;
     void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);
@@ -687,11 +703,11 @@ void* ReallocHuge(void* p, size_t n) {
   Segment* moved = static_cast<Segment*>(base);
   Page* moved_page = &moved->pages[slice];
   moved->mapping = base;
-  moved->mapping_size = new_size;
+  moved->mapping_size = kept;
   moved_page->start = reinterpret_cast<uintptr_t>(base) + offset;
   moved_page->block_size = new_size - offset;
   if (base != reinterpret_cast<void*>(old_base)) SegmentMapSet(reinterpret_cast<uintptr_t>(base), kMapSegment);
-  CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(new_size) - static_cast<int64_t>(old_size));
+  CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(kept) - static_cast<int64_t>(old_size));
   if (new_size < old_size) TrimHugeCacheToCapWithoutPool();
   if (Verbose(1)) {
     DiagLine().Str("ferry: huge block ").Hex(address).Str(" remapped to ").Hex(moved_page->start)
@@ -702,9 +718,7 @@ void* ReallocHuge(void* p, size_t n) {
 
 size_t HugeUsableSize(Page* page, uintptr_t address, const char* call) {
   // The record lies in its segment's header, over-aligned or not.
-  if (address != page->start) {
-    ReportBadHugePointer(SegmentOf(reinterpret_cast<uintptr_t>(page)), address, call);
-  }
+  if (address != page->start) ReportBadHugePointer(page, address, call);
   return page->block_size;
 }
 

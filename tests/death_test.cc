@@ -115,6 +115,24 @@ void FreeBad(void* p) {
 
 const auto kAborted = testing::KilledBySignal(SIGABRT);
 
+// A cross-thread free starts the reclaimer pool (in a death test's child,
+// which starts without one), and with it the larger huge cache.
+void StartThePool() {
+  void* small = ferry_malloc(64);
+  std::thread([small] {
+    ferry_free(small);
+    ferry_flush();
+  }).join();
+}
+
+// Whether the pool runs once started (not with FERRY_RECLAIMERS=0).
+bool PoolRuns() {
+  StartThePool();
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  return stats.reclaimer_threads > 0;
+}
+
 class Death : public testing::Test {
  protected:
   static void SetUpTestSuite() { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
@@ -167,6 +185,30 @@ TEST_F(Death, DoubleFreeOfAHugeBlockAborts) {
         FreeBad(p);
       },
       kAborted, NamesBadPointer());
+}
+
+// With reclaimers ticking, a block that took the rest of a waiting mapping
+// (past the 4 MiB boundary another block's part ended at) joins that part
+// in the cache when both are freed; a second free of it is still a double
+// free, not a pointer into a freed block (a review, 2026-12-05).
+TEST_F(Death, DoubleFreeOfAHugeBlockWhoseMappingJoinedAnotherAborts) {
+  if (!PoolRuns()) GTEST_SKIP() << "no reclaimer thread (FERRY_RECLAIMERS=0?): the small huge cache";
+  EXPECT_EXIT(
+      {
+        StartThePool();  // the cache's rests wait on their own
+        void* held = ferry_malloc(32 * kMiB);  // live bytes: the cap
+        void* held_too = ferry_malloc(32 * kMiB);
+        ferry_free(ferry_malloc(13 * kMiB));
+        char* first = static_cast<char*>(ferry_malloc(7 * kMiB));   // up to 8 MiB
+        char* second = static_cast<char*>(ferry_malloc(5 * kMiB));  // the rest
+        if (second != first + 8 * kMiB) exit(0);                     // not the layout: the test fails
+        ferry_free(first);
+        ferry_free(second);
+        FreeBad(second);
+        ferry_free(held);
+        ferry_free(held_too);
+      },
+      kAborted, NamesBadPointer("): double free (huge block already free)"));
 }
 
 TEST_F(Death, DoubleFreeOfAnAlignedBlockAborts) {
@@ -346,6 +388,23 @@ TEST_F(Death, FreeOfAPointerPastTheMappingOfAHugeBlockAborts) {
         char* past = p + ferry_usable_size(p) + 64 * kKiB;
         if (reinterpret_cast<uintptr_t>(past) - chunk >= 4 * kMiB) exit(0);  // not in the chunk: the test fails
         FreeBad(past);
+      },
+      kAborted, NamesBadPointer("): pointer not allocated by ferry"));
+}
+
+// A pointer past a huge block's end into the tail of its mapping that the
+// block keeps (KeepTailWithBlock, with reclaimers ticking) is not ferry's
+// to hand out either.
+TEST_F(Death, FreeOfAPointerIntoTheKeptTailOfAHugeBlockAborts) {
+  if (!PoolRuns()) GTEST_SKIP() << "no reclaimer thread (FERRY_RECLAIMERS=0?): the small huge cache";
+  EXPECT_EXIT(
+      {
+        StartThePool();
+        void* held = ferry_malloc(32 * kMiB);  // live bytes: the cap
+        ferry_free(ferry_malloc(3 * kMiB + 512 * kKiB));
+        char* p = static_cast<char*>(ferry_malloc(2 * kMiB + 128 * kKiB));  // keeps that mapping whole
+        FreeBad(p + ferry_usable_size(p) + 64 * kKiB);
+        ferry_free(held);
       },
       kAborted, NamesBadPointer("): pointer not allocated by ferry"));
 }

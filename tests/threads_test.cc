@@ -979,9 +979,10 @@ TEST(Threads, TheRestOfAHugeBlockThatReallocShrankWaitsForTheNextBlock) {
   for (size_t k = 0; k < 5 * kMiB; k += 4096) ASSERT_EQ(shrunk[k], static_cast<char>(k / 4096 + 1)) << k;
   ferry_stats_t after;
   ferry_stats_get(&after);
-  // The mapping's 13 MiB and 64 KiB past its first 8 MiB.
+  // The mapping's 13 MiB and 64 KiB past its first 8 MiB; below them the
+  // block keeps its mapping (KeepTailWithBlock), outside its usable size.
   EXPECT_EQ(after.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
-  EXPECT_EQ(after.huge_bytes_live + 8 * kMiB, before.huge_bytes_live);
+  EXPECT_EQ(after.huge_bytes_live + 5 * kMiB + 64 * kKiB, before.huge_bytes_live);
   char* next = static_cast<char*>(ferry_malloc(5 * kMiB));
   ASSERT_EQ(next, big + 8 * kMiB);
   for (size_t k = 0; k < 5 * kMiB; k += 4096) {
@@ -991,6 +992,27 @@ TEST(Threads, TheRestOfAHugeBlockThatReallocShrankWaitsForTheNextBlock) {
   memset(next, 2, 5 * kMiB);
   ferry_free(shrunk);
   ferry_free(next);
+  ferry_collect();
+}
+
+// The same for a block that realloc shrank: it keeps its mapping up to the
+// boundary, so that freed it joins the rest that waited.
+TEST(Threads, AHugeBlockThatReallocShrankAndItsRestAreOneMappingAgainOnceFreed) {
+  std::vector<void*> held;
+  char* big = FreedPagePatterned13MiBBlock(&held);
+  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: the mapping is shrunk as before";
+  char* whole = static_cast<char*>(ferry_malloc(13 * kMiB));
+  ASSERT_EQ(whole, big);
+  char* shrunk = static_cast<char*>(ferry_realloc(whole, 5 * kMiB));
+  ASSERT_EQ(shrunk, big);
+  ferry_free(shrunk);
+  char* again = static_cast<char*>(ferry_malloc(13 * kMiB));
+  ASSERT_EQ(again, big) << "the shrunk block's mapping and its rest did not join";
+  for (size_t k = 8 * kMiB; k < 13 * kMiB; k += 4096) {
+    ASSERT_EQ(again[k - 64 * kKiB], PagePattern(k - 64 * kKiB)) << "a page of the rest was not kept, at " << k;
+  }
+  ferry_free(again);
+  for (void* p : held) ferry_free(p);
   ferry_collect();
 }
 
