@@ -174,8 +174,8 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
   return grown;
 }
 
-// The part of a taken (or realloc-shrunk) mapping past its block's `size`
-// bytes, up to `keep`, stays with the block rather than going back to the OS: up to the next 4
+// The part of a taken mapping past its block's `size` bytes, up to `keep`,
+// stays with the block rather than going back to the OS: up to the next 4
 // MiB boundary where the rest waits in the cache on its own, all of it
 // where the rest is too small to (it is at most what SlackIsBounded let
 // the block take). Unmapped, it left a hole between the block and the
@@ -188,20 +188,9 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // the last block left them (the rounding HugeBlockBytes allows a fresh
 // block); the rest is decommitted. The tail is not the block's to use:
 // its usable size stays its own.
-void KeepTailWithBlock(char* base, size_t size, size_t keep) {
+void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
   const size_t resident_end = AlignUp(size + size / 8, OsPageSize());
   if (resident_end < keep) OsDecommit(base + resident_end, keep - resident_end);
-}
-
-// Whether a waiting mapping could take a block that needs `size` bytes of
-// mapping as it is (TakeCachedMapping without growing one).
-bool HugeCacheCanServe(size_t size) {
-  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return false;
-  SpinLockHolder hold(&g_huge_cache_lock);
-  for (const CachedMapping& slot : g_huge_cache) {
-    if (slot.mapping != nullptr && slot.size >= size && SlackIsBounded(slot.size, size)) return true;
-  }
-  return false;
 }
 
 // A mapping of at least `size` bytes from the cache, its pages as the last
@@ -277,7 +266,7 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
       if (keep > size) OsRelease(base + size, keep - size);
       keep = size;
     } else {
-      KeepTailWithBlock(base, size, keep);
+      KeepTailOfTakenMapping(base, size, keep);
     }
   }
   *taken_size = keep;
@@ -582,7 +571,7 @@ namespace {
 
 // A pointer into the chunk of a huge block's header or block, but past the
 // block's end (past its mapping, the kernel's to give to anyone, or in the
-// tail the block keeps, KeepTailWithBlock): not ferry's to hand out.
+// tail the block keeps, KeepTailOfTakenMapping): not ferry's to hand out.
 [[noreturn]] FERRY_COLD void ReportBadHugePointer(const Page* page, uintptr_t address, const char* call) {
   FatalBadPointer(call, reinterpret_cast<const void*>(address),
                   address > page->start && address - page->start >= page->block_size
@@ -622,23 +611,20 @@ namespace {
 // resident for the next block, as the rest of a taken mapping does
 // (TakeCachedMapping), once the resets a freed mapping gets
 // (CacheHugeMapping: the program may have changed it while it was a
-// block); the part below the boundary stays with the block, as a taken
-// mapping's does (KeepTailWithBlock; not under an address-space
-// limit). Returns the bytes of mapping the block keeps, or 0 when the rest
-// is not kept: the caller shrinks the mapping as before.
-size_t CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
-  if (!HugeCacheIsLarge()) return 0;
+// block). False when it is not kept: the caller shrinks the mapping as
+// before. The part below the boundary goes back to the OS, unlike a taken
+// mapping's (KeepTailOfTakenMapping): kept, it cost an idle program RSS (16
+// blocks shrunk from 15 to 5 MiB: 92 MiB after ferry_collect, 82 without)
+// and bought nothing without copying growths into waiting mappings,
+// which was tried and undone (perf/RESULTS.md, 2026-12-05 18:00).
+bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
+  if (!HugeCacheIsLarge()) return false;
   const size_t split = RestToKeepFrom(new_size, old_size);
-  if (split == 0) return 0;
+  if (split == 0) return false;
   char* const base = static_cast<char*>(mapping);
-  if (!CacheHugeMapping(base + split, old_size - split)) return 0;
-  if (split == new_size) return new_size;
-  if (OsAddressSpaceLimit() != SIZE_MAX) {
-    OsRelease(base + new_size, split - new_size);
-    return new_size;
-  }
-  KeepTailWithBlock(base, new_size, split);
-  return split;
+  if (!CacheHugeMapping(base + split, old_size - split)) return false;
+  if (split > new_size) OsRelease(base + new_size, split - new_size);
+  return true;
 }
 
 }  // namespace
@@ -652,8 +638,7 @@ size_t CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size)
 // block and is fixed up. nullptr when the block is not a plain huge block
 // (over-aligned ones keep the copying path) or the kernel refuses (the
 // program split the mapping with mprotect or madvise, or the overcommit
-// policy says no), and when a growth is better copied into a waiting
-// mapping (below); the block is then as it was.
+// policy says no); the block is then as it was.
 void* ReallocHuge(void* p, size_t n) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   if (n > (size_t{1} << 46) || SegmentMapLookup(address) != kMapSegment) return nullptr;
@@ -667,25 +652,14 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t slice = static_cast<size_t>(page - segment->pages);
   const size_t new_size = offset + HugeBlockBytes(n);
   if (new_size == old_size) {
-    // The mapping may hold more than the block used (KeepTailWithBlock).
+    // The mapping may hold more than the block used (KeepTailOfTakenMapping).
     page->block_size = new_size - offset;
     return p;
   }
-  // Growth by half the block or more, where a waiting mapping can take the
-  // block as it is: the caller's copy into its resident pages costs less
-  // than faulting in the pages the growth adds (four threads resizing
-  // blocks of 128 KiB-16 MiB at random: 1.07M page faults, 0.80M with the
-  // copy; perf/RESULTS.md, 2026-12-05). A buffer grown in small steps
-  // still grows here, without copying, and so does a block aligned beyond
-  // its slice (the copy would lose its alignment).
-  if (new_size > old_size && 2 * (new_size - old_size) >= old_size - offset && offset == kSliceSize &&
-      HugeCacheCanServe(new_size)) {
-    return nullptr;
-  }
   bool no_room = false;
-  size_t kept = new_size < old_size ? CacheRestOfShrunkMapping(segment->mapping, old_size, new_size) : 0;
-  void* base = kept != 0 ? segment->mapping : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
-  if (kept == 0) kept = new_size;
+  void* base = new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)
+                   ? segment->mapping
+                   : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
   if (base == nullptr) {
     if (!no_room) return nullptr;
     void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);
@@ -703,11 +677,11 @@ void* ReallocHuge(void* p, size_t n) {
   Segment* moved = static_cast<Segment*>(base);
   Page* moved_page = &moved->pages[slice];
   moved->mapping = base;
-  moved->mapping_size = kept;
+  moved->mapping_size = new_size;
   moved_page->start = reinterpret_cast<uintptr_t>(base) + offset;
   moved_page->block_size = new_size - offset;
   if (base != reinterpret_cast<void*>(old_base)) SegmentMapSet(reinterpret_cast<uintptr_t>(base), kMapSegment);
-  CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(kept) - static_cast<int64_t>(old_size));
+  CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(new_size) - static_cast<int64_t>(old_size));
   if (new_size < old_size) TrimHugeCacheToCapWithoutPool();
   if (Verbose(1)) {
     DiagLine().Str("ferry: huge block ").Hex(address).Str(" remapped to ").Hex(moved_page->start)

@@ -578,8 +578,6 @@ TEST(Api, ReallocOfAHugeBlockGrowsAndShrinksWithItsContent) {
 // The address space right after the block is taken: the block moves, by
 // page tables, to a range of its own, and is an ordinary huge block there.
 TEST(Api, AHugeBlockThatCannotGrowInPlaceMovesWithItsContent) {
-  // No waiting mapping the doubled block could be copied into (ReallocHuge).
-  ferry_collect();
   const uint64_t seed = 0x3070e;
   const size_t size = 20 * kMiB;
   void* p = PatternedBlock(size, seed);

@@ -393,7 +393,7 @@ TEST_F(Death, FreeOfAPointerPastTheMappingOfAHugeBlockAborts) {
 }
 
 // A pointer past a huge block's end into the tail of its mapping that the
-// block keeps (KeepTailWithBlock, with reclaimers ticking) is not ferry's
+// block keeps (KeepTailOfTakenMapping, with reclaimers ticking) is not ferry's
 // to hand out either.
 TEST_F(Death, FreeOfAPointerIntoTheKeptTailOfAHugeBlockAborts) {
   if (!PoolRuns()) GTEST_SKIP() << "no reclaimer thread (FERRY_RECLAIMERS=0?): the small huge cache";

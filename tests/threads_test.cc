@@ -931,31 +931,6 @@ TEST(Threads, ABlockAndTheRestOfItsMappingAreOneMappingAgainOnceFreed) {
   ferry_collect();
 }
 
-// A huge block that realloc grows by half its size or more moves into a
-// waiting mapping that can take it, copied, rather than faulting in the
-// pages its own mapping would add (a small growth still grows the mapping:
-// Api.ReallocOfAHugeBlockGrowsAndShrinksWithItsContent, and the
-// micro-benchmark ReallocHugeGrowth).
-TEST(Threads, AHugeBlockGrownByHalfOrMoreMovesIntoAWaitingMapping) {
-  std::vector<void*> held;
-  char* big = FreedPagePatterned13MiBBlock(&held);
-  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
-  char* six = static_cast<char*>(ferry_malloc(6 * kMiB));  // too small to take the 13 MiB mapping
-  ASSERT_NE(six, nullptr);
-  ASSERT_NE(six, big);
-  for (size_t k = 0; k < 6 * kMiB; k += 4096) six[k] = static_cast<char>(~PagePattern(k));
-  char* twelve = static_cast<char*>(ferry_realloc(six, 12 * kMiB));
-  ASSERT_EQ(twelve, big) << "grown in its own mapping";
-  for (size_t k = 0; k < 6 * kMiB; k += 4096) {
-    ASSERT_EQ(twelve[k], static_cast<char>(~PagePattern(k))) << "lost at " << k;
-  }
-  EXPECT_GE(ferry_usable_size(twelve), 12 * kMiB);
-  memset(twelve, 5, 12 * kMiB);
-  ferry_free(twelve);
-  for (void* p : held) ferry_free(p);
-  ferry_collect();
-}
-
 // With reclaimers ticking, a huge block that realloc shrinks keeps its
 // place, and the part of its mapping past the new end's next 4 MiB
 // boundary waits in the cache, pages and all, for the next block: before
@@ -979,10 +954,9 @@ TEST(Threads, TheRestOfAHugeBlockThatReallocShrankWaitsForTheNextBlock) {
   for (size_t k = 0; k < 5 * kMiB; k += 4096) ASSERT_EQ(shrunk[k], static_cast<char>(k / 4096 + 1)) << k;
   ferry_stats_t after;
   ferry_stats_get(&after);
-  // The mapping's 13 MiB and 64 KiB past its first 8 MiB; below them the
-  // block keeps its mapping (KeepTailWithBlock), outside its usable size.
+  // The mapping's 13 MiB and 64 KiB past its first 8 MiB.
   EXPECT_EQ(after.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
-  EXPECT_EQ(after.huge_bytes_live + 5 * kMiB + 64 * kKiB, before.huge_bytes_live);
+  EXPECT_EQ(after.huge_bytes_live + 8 * kMiB, before.huge_bytes_live);
   char* next = static_cast<char*>(ferry_malloc(5 * kMiB));
   ASSERT_EQ(next, big + 8 * kMiB);
   for (size_t k = 0; k < 5 * kMiB; k += 4096) {
@@ -992,27 +966,6 @@ TEST(Threads, TheRestOfAHugeBlockThatReallocShrankWaitsForTheNextBlock) {
   memset(next, 2, 5 * kMiB);
   ferry_free(shrunk);
   ferry_free(next);
-  ferry_collect();
-}
-
-// The same for a block that realloc shrank: it keeps its mapping up to the
-// boundary, so that freed it joins the rest that waited.
-TEST(Threads, AHugeBlockThatReallocShrankAndItsRestAreOneMappingAgainOnceFreed) {
-  std::vector<void*> held;
-  char* big = FreedPagePatterned13MiBBlock(&held);
-  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: the mapping is shrunk as before";
-  char* whole = static_cast<char*>(ferry_malloc(13 * kMiB));
-  ASSERT_EQ(whole, big);
-  char* shrunk = static_cast<char*>(ferry_realloc(whole, 5 * kMiB));
-  ASSERT_EQ(shrunk, big);
-  ferry_free(shrunk);
-  char* again = static_cast<char*>(ferry_malloc(13 * kMiB));
-  ASSERT_EQ(again, big) << "the shrunk block's mapping and its rest did not join";
-  for (size_t k = 8 * kMiB; k < 13 * kMiB; k += 4096) {
-    ASSERT_EQ(again[k - 64 * kKiB], PagePattern(k - 64 * kKiB)) << "a page of the rest was not kept, at " << k;
-  }
-  ferry_free(again);
-  for (void* p : held) ferry_free(p);
   ferry_collect();
 }
 
