@@ -31,6 +31,7 @@ namespace {
 using ferry_test::kKiB;
 using ferry_test::kMiB;
 using ferry_test::Launder;
+using ferry_test::StartThePool;
 
 // Matches a death test's stderr: exactly one line starting with "ferry:",
 // and it names (as 0x + lowercase hex) the pointer of the "expect" line.
@@ -114,16 +115,6 @@ void FreeBad(void* p) {
 }
 
 const auto kAborted = testing::KilledBySignal(SIGABRT);
-
-// A cross-thread free starts the reclaimer pool (in a death test's child,
-// which starts without one), and with it the larger huge cache.
-void StartThePool() {
-  void* small = ferry_malloc(64);
-  std::thread([small] {
-    ferry_free(small);
-    ferry_flush();
-  }).join();
-}
 
 // Whether the pool runs once started (not with FERRY_RECLAIMERS=0).
 bool PoolRuns() {

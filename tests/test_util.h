@@ -5,7 +5,8 @@
 // overlaps, a stale free-list link, a copy that moved the wrong bytes. The
 // content helpers never allocate, so they are safe to call while the
 // allocator under test is being exercised from several threads;
-// SwapWithShared does (a std::vector), so call it from test code only.
+// SwapWithShared does (a std::vector), and StartThePool (a thread), so call
+// them from test code only.
 #ifndef FERRY_TESTS_TEST_UTIL_H_
 #define FERRY_TESTS_TEST_UTIL_H_
 
@@ -15,6 +16,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "ferry.h"
@@ -162,6 +164,17 @@ inline T Launder(T value) {
 
 constexpr size_t kKiB = size_t{1} << 10;
 constexpr size_t kMiB = size_t{1} << 20;
+
+// Starts the reclaimer pool, where the settings let it run: one block freed
+// by another thread, whose flush hands the batch on (a death test's child
+// starts without a pool). Test code only: the thread allocates.
+inline void StartThePool() {
+  void* small = ferry_malloc(64);
+  std::thread([small] {
+    ferry_free(small);
+    ferry_flush();
+  }).join();
+}
 
 }  // namespace ferry_test
 

@@ -40,6 +40,7 @@ using ferry_test::FillBlock;
 using ferry_test::kKiB;
 using ferry_test::kMiB;
 using ferry_test::Mix;
+using ferry_test::StartThePool;
 
 using ferry_test::CheckAndFree;
 using ferry_test::Item;
@@ -697,11 +698,7 @@ TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
 // A remote free and a flush start the pool where this variant has one;
 // ferry_collect then empties the huge cache of what earlier tests left.
 void StartThePoolWithAnEmptyHugeCache() {
-  void* small = ferry_malloc(64);
-  std::thread([small] {
-    ferry_free(small);
-    ferry_flush();
-  }).join();
+  StartThePool();
   ferry_collect();
 }
 
