@@ -651,8 +651,12 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t offset = address - old_base;
   const size_t slice = static_cast<size_t>(page - segment->pages);
   const size_t new_size = offset + HugeBlockBytes(n);
-  if (new_size == old_size) {
-    // The mapping may hold more than the block used (KeepTailOfTakenMapping).
+  if (new_size <= old_size && new_size >= offset + page->block_size) {
+    // A growth the mapping already holds: a block keeps the tail of a
+    // mapping it took (KeepTailOfTakenMapping, or a smaller cache's mapping
+    // taken whole). Cut at the new end (the shrink's path, until
+    // 2026-12-05), it left a hole between the block and the rest that waits
+    // in the cache after the tail, so the two could never join again.
     page->block_size = new_size - offset;
     return p;
   }

@@ -928,6 +928,39 @@ TEST(Threads, ABlockAndTheRestOfItsMappingAreOneMappingAgainOnceFreed) {
   ferry_collect();
 }
 
+// A block that realloc grows within the tail of the mapping it took keeps
+// the mapping whole, so that it and the rest waiting after it still join
+// once the block is freed. Until 2026-12-05 such a growth took the shrink's
+// path and cut the mapping at the new end: the freed block and the rest
+// then waited as two pieces with a hole between them.
+TEST(Threads, AHugeBlockGrownWithinItsMappingStillJoinsTheRestOnceFreed) {
+  std::vector<void*> held;
+  char* big = FreedPagePatterned13MiBBlock(&held);
+  if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
+  char* seven = static_cast<char*>(ferry_malloc(7 * kMiB));
+  ASSERT_EQ(seven, big);
+  memset(seven, 4, 7 * kMiB);
+  // 7.25 MiB rounds to 7.5 (an eighth of 4 MiB), inside the 8 MiB the
+  // block holds up to the boundary.
+  char* grown = static_cast<char*>(ferry_realloc(seven, 7 * kMiB + 256 * kKiB));
+  ASSERT_EQ(grown, seven);
+  EXPECT_EQ(ferry_usable_size(grown), 7 * kMiB + 512 * kKiB);
+  for (size_t k = 0; k < 7 * kMiB; k += 4096) ASSERT_EQ(grown[k], 4) << "at " << k;
+  memset(grown, 5, 7 * kMiB + 512 * kKiB);
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  EXPECT_EQ(before.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
+  ferry_free(grown);
+  ferry_stats_t merged;
+  ferry_stats_get(&merged);
+  EXPECT_EQ(merged.huge_bytes_cached, 13 * kMiB + 64 * kKiB) << "the block and the rest did not join";
+  char* again = static_cast<char*>(ferry_malloc(13 * kMiB));
+  EXPECT_EQ(again, big);
+  ferry_free(again);
+  for (void* p : held) ferry_free(p);
+  ferry_collect();
+}
+
 // With reclaimers ticking, a huge block that realloc shrinks keeps its
 // place, and the part of its mapping past the new end's next 4 MiB
 // boundary waits in the cache, pages and all, for the next block: before
