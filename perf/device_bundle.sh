@@ -19,7 +19,9 @@
 # end. libpcsample.so travels too, with profile.sh (as root there:
 # bash .dev/profile.sh OUTDIR [scale]) for prodcons profiles of ferry, ferry
 # without a pool and mimalloc in one archive; perf/pcsample/pcsample.cc and
-# report.py say how to read them.
+# report.py say how to read them. ab.sh OUTDIR [WORKLOAD] times one
+# workload (larson by default) on ferry, ferry-r0 and mimalloc, more runs
+# and longer ones than compare's, and profiles each once.
 set -euo pipefail
 DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
 cd "$(dirname "$0")/.."
@@ -107,4 +109,44 @@ done
 tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$OUT/profiles"
 PROF
 chmod +x "$DIR/profile.sh"
+cat > "$DIR/ab.sh" <<'AB'
+#!/bin/bash
+# ab.sh OUTDIR [WORKLOAD]: one workload (larson by default) at full scale (5
+# alternating runs) and at --scale 4 (3 runs) on ferry, ferry without a pool
+# and mimalloc, timed by bash's `time`; then one FERRY_STATS=1 run of ferry
+# and one libpcsample.so profile of each at --scale 4. One archive
+# (OUTDIR/ab.tgz); a compare table's short runs spread widely on the lent
+# machine (larson 0.23-0.35 s, 2026-12-05), and this separates noise from a
+# gap in a minute of lease.
+set -u
+B=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: ab.sh OUTDIR [WORKLOAD]}; WL=${2:-larson}
+mkdir -p "$OUT/ab"
+"$B/bin/workload" --list >/dev/null 2>&1 || export LD_LIBRARY_PATH="$B/fallback"
+TIMEFORMAT='wall=%R user=%U sys=%S'
+one() {  # one ALLOCATOR SCALE EXTRA_PRELOAD [ENV=VALUE...]
+  local a=$1 s=$2 extra=$3; shift 3
+  local pre="$B/bin/libferry.so" env=()
+  [ "$a" = ferry-r0 ] && env=(FERRY_RECLAIMERS=0)
+  [ "$a" = mimalloc ] && pre="$B/lib/libmimalloc.so.2"
+  { time env ${env[@]+"${env[@]}"} "$@" LD_PRELOAD="$pre${extra:+ $extra}" \
+      "$B/bin/workload" "$WL" --scale "$s" > /tmp/ab_out.txt 2>&1 ; } 2> /tmp/ab_time.txt
+}
+for s in 1 4; do
+  n=5; [ "$s" = 4 ] && n=3
+  for i in $(seq "$n"); do
+    for a in ferry ferry-r0 mimalloc; do
+      one "$a" "$s" ""
+      echo "$a scale=$s run=$i $(cat /tmp/ab_time.txt) $(grep -h RESULT /tmp/ab_out.txt)" >> "$OUT/ab/times.txt"
+    done
+  done
+done
+one ferry 4 "" FERRY_STATS=1; cp /tmp/ab_out.txt "$OUT/ab/ferry_stats.txt"
+for a in ferry ferry-r0 mimalloc; do
+  one "$a" 4 "$B/bin/libpcsample.so" PCSAMPLE_OUT="$OUT/ab/$a" PCSAMPLE_US=200
+  echo "$a profiled $(cat /tmp/ab_time.txt) $(grep -h RESULT /tmp/ab_out.txt)" >> "$OUT/ab/times.txt"
+done
+tar czf "$OUT/ab.tgz" -C "$OUT" ab && rm -rf "$OUT/ab"
+AB
+chmod +x "$DIR/ab.sh"
 echo "bundle in $DIR ($(du -sh "$DIR" | cut -f1))"
