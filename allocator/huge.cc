@@ -117,6 +117,14 @@ CachedMapping TakeSlotLocked(CachedMapping& slot) {
 
 void UpdateAnyLocked() { g_huge_cache_any.store(g_huge_cache_bytes != 0, std::memory_order_relaxed); }
 
+// Gives [mapping, mapping + size) of a huge mapping back to the OS and
+// counts it (bytes_unmapped). Not for the room an over-aligned block's
+// fresh reservation had around it, which no block ever used.
+void UnmapAndCount(void* mapping, size_t size) {
+  OsRelease(mapping, size);
+  CounterAdd(g_counters.bytes_unmapped, static_cast<int64_t>(size));
+}
+
 // Moves the slots that have waited `keep_ms` (all, for 0) into `out`;
 // returns how many. The caller holds the lock.
 size_t TakeExpiredLocked(uint64_t now_ms, uint64_t keep_ms, CachedMapping* out) {
@@ -132,7 +140,7 @@ size_t TakeExpiredLocked(uint64_t now_ms, uint64_t keep_ms, CachedMapping* out) 
 }
 
 void ReleaseTaken(const CachedMapping* taken, size_t count) {
-  for (size_t k = 0; k < count; ++k) OsRelease(taken[k].mapping, taken[k].size);
+  for (size_t k = 0; k < count; ++k) UnmapAndCount(taken[k].mapping, taken[k].size);
 }
 
 // Whether a block that needs `size` bytes of mapping may take a waiting
@@ -170,7 +178,7 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
     void* target = OsReserveMakingRoom(size, kSegmentSize, /*overcommit_check=*/true);
     if (target != nullptr) grown = OsMoveOnto(mapping, old_size, size, target);  // gives target back on failure
   }
-  if (grown == nullptr) OsRelease(mapping, old_size);
+  if (grown == nullptr) UnmapAndCount(mapping, old_size);
   return grown;
 }
 
@@ -263,7 +271,7 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
       // fresh one's (the address space is what runs out). Asked here, not
       // as of the last segment taken (AddressSpaceLimit): a program of
       // huge blocks only may never take one.
-      if (keep > size) OsRelease(base + size, keep - size);
+      if (keep > size) UnmapAndCount(base + size, keep - size);
       keep = size;
     } else {
       KeepTailOfTakenMapping(base, size, keep);
@@ -596,7 +604,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   // A second free of a block whose mapping waits finds it out of the
   // segment map; FreeUnmapped then finds it here and reports a double free.
   if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
-  OsRelease(segment->mapping, segment->mapping_size);
+  UnmapAndCount(segment->mapping, segment->mapping_size);
   TrimHugeCacheToCapWithoutPool();
   // Where no pool ticks, huge frees and allocations are when the cache's
   // expired mappings go back (CacheHugeMapping does it for those it keeps).
@@ -623,7 +631,7 @@ bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
   if (split == 0) return false;
   char* const base = static_cast<char*>(mapping);
   if (!CacheHugeMapping(base + split, old_size - split)) return false;
-  if (split > new_size) OsRelease(base + new_size, split - new_size);
+  if (split > new_size) UnmapAndCount(base + new_size, split - new_size);
   return true;
 }
 
@@ -661,9 +669,15 @@ void* ReallocHuge(void* p, size_t n) {
     return p;
   }
   bool no_room = false;
-  void* base = new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)
-                   ? segment->mapping
-                   : OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
+  void* base = nullptr;
+  if (new_size < old_size && CacheRestOfShrunkMapping(segment->mapping, old_size, new_size)) {
+    base = segment->mapping;
+  } else {
+    base = OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
+    if (base != nullptr && new_size < old_size) {
+      CounterAdd(g_counters.bytes_unmapped, static_cast<int64_t>(old_size - new_size));
+    }
+  }
   if (base == nullptr) {
     if (!no_room) return nullptr;
     void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);

@@ -162,7 +162,7 @@ FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
   ferry_stats_get(&after);
   return after.bytes_decommitted != before.bytes_decommitted ||
                  after.segments_released != before.segments_released ||
-                 after.huge_bytes_cached < before.huge_bytes_cached
+                 after.bytes_unmapped != before.bytes_unmapped
              ? 1
              : 0;
 }

@@ -35,7 +35,8 @@ namespace ferry {
   X(abandoned_collections, "times the pool collected an abandoned heap")   \
   X(bytes_decommitted, "bytes given back to the OS (MADV_DONTNEED)")      \
   X(huge_reused, "huge blocks placed in a mapping freed before")           \
-  X(huge_bytes_cached, "bytes of freed huge mappings kept for reuse")
+  X(huge_bytes_cached, "bytes of freed huge mappings kept for reuse")     \
+  X(bytes_unmapped, "bytes of huge mappings given back to the OS (munmap)")
 
 struct Counters {
 #define FERRY_COUNTER_FIELD(field, description) std::atomic<int64_t> field{0};

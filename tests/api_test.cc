@@ -985,6 +985,30 @@ TEST(Api, StatisticsCountHugeAllocations) {
   EXPECT_EQ(after.huge_bytes_live, before.huge_bytes_live);
 }
 
+// bytes_unmapped (0.2.2): what of huge mappings went back to the OS, by a
+// free, a realloc that shrank a block, or the huge cache giving back what
+// waited in it (here ferry_collect, which empties it).
+TEST(Api, StatisticsCountTheHugeBytesGivenBackToTheOs) {
+  ferry_collect();
+  const ferry_stats_t before = Stats();
+  void* p = ferry_malloc(40 * kMiB);
+  ASSERT_NE(p, nullptr);
+  memset(p, 1, 40 * kMiB);
+  const ferry_stats_t held = Stats();
+  EXPECT_EQ(held.bytes_unmapped, before.bytes_unmapped) << "nothing was given back yet";
+  void* shrunk = ferry_realloc(p, 8 * kMiB);
+  ASSERT_EQ(shrunk, p);
+  ferry_collect();  // whatever of the shrink waited in the cache goes too
+  const ferry_stats_t after_shrink = Stats();
+  EXPECT_GE(after_shrink.bytes_unmapped - before.bytes_unmapped, 32 * kMiB);
+  EXPECT_EQ(after_shrink.huge_bytes_cached, 0u);
+  ferry_free(shrunk);
+  ferry_collect();
+  const ferry_stats_t after_free = Stats();
+  EXPECT_GE(after_free.bytes_unmapped - after_shrink.bytes_unmapped, 8 * kMiB);
+  EXPECT_EQ(after_free.huge_bytes_cached, 0u);
+}
+
 TEST(Api, StatsPrintWritesATableWhoseFirstLineNamesFerry) {
   FILE* f = tmpfile();
   ASSERT_NE(f, nullptr);
