@@ -21,7 +21,9 @@
 # without a pool and mimalloc in one archive; perf/pcsample/pcsample.cc and
 # report.py say how to read them. ab.sh OUTDIR [WORKLOAD] times one
 # workload (larson by default) on ferry, ferry-r0 and mimalloc, more runs
-# and longer ones than compare's, and profiles each once.
+# and longer ones than compare's, and profiles each once. pool.sh OUTDIR
+# compares 0, 1, 2 and the default number of reclaimers on every
+# multi-threaded workload.
 set -euo pipefail
 DIR=$(mkdir -p "${1:-.dev}" && cd "${1:-.dev}" && pwd)
 cd "$(dirname "$0")/.."
@@ -149,4 +151,34 @@ done
 tar czf "$OUT/ab.tgz" -C "$OUT" ab && rm -rf "$OUT/ab"
 AB
 chmod +x "$DIR/ab.sh"
+cat > "$DIR/pool.sh" <<'POOL'
+#!/bin/bash
+# pool.sh OUTDIR [prodcons_scale others_scale]: does the pool pay on this
+# machine? ferry with its default reclaimers and with 0, 1 and 2, against
+# mimalloc: prodcons at 2, 4 and 8 pairs, then larson, mstress, onefree,
+# cscratch and phases, 5 runs each (on 16 cores no pool led the default in
+# prodcons, and the pool made onefree 37% faster, 2026-12-05 19:31).
+set -u
+B=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: pool.sh OUTDIR [prodcons_scale others_scale]}; SP=${2:-4}; SO=${3:-full}
+L=/usr/lib/x86_64-linux-gnu
+mkdir -p "$L" "$OUT/p" "$OUT/o"
+{ date -u; nproc; cat /sys/kernel/mm/transparent_hugepage/enabled; } > "$OUT/machine.txt" 2>&1
+for f in "$B"/lib/*; do [ -e "$L/$(basename "$f")" ] || cp "$f" "$L/"; done
+C=("$B/bin/compare" --ferry-lib "$B/bin/libferry.so" --workload-bin "$B/bin/workload")
+"${C[@]}" --list > /dev/null 2>&1 || export LD_LIBRARY_PATH="$B/fallback"
+A=(--alloc ferry --alloc ferry-r0 --alloc ferry-r1 --alloc ferry-r2 --alloc mimalloc)
+timeout 240 "${C[@]}" --workload prodcons --pairs 2,4,8 --scale "$SP" --runs 5 "${A[@]}" \
+  --out "$OUT/p" > "$OUT/p/full.txt" 2>&1
+echo "prodcons part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
+timeout 150 "${C[@]}" --workload larson --workload mstress --workload onefree --workload cscratch \
+  --workload phases --scale "$SO" --runs 5 "${A[@]}" --out "$OUT/o" > "$OUT/o/full.txt" 2>&1
+echo "others part: exit $? (124: out of time, no tables)" >> "$OUT/machine.txt"
+for part in p o; do
+  tail -c 20000 "$OUT/$part/full.txt" > "$OUT/$part/log.txt"
+  rm -f "$OUT/$part/full.txt" "$OUT/$part/run.png"
+done
+date -u >> "$OUT/machine.txt"
+POOL
+chmod +x "$DIR/pool.sh"
 echo "bundle in $DIR ($(du -sh "$DIR" | cut -f1))"
