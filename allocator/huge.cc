@@ -153,7 +153,8 @@ bool SlackIsBounded(size_t mapping_size, size_t size) {
   return mapping_size - size <= size / 8;
 }
 
-void KeepInCache(void* mapping, size_t size, size_t cap, bool merge = true);
+void KeepInCache(void* mapping, size_t size, size_t cap);
+void InsertInCache(const CachedMapping& entry, size_t cap);
 
 // Where the rest of a mapping of `mapping_size` bytes past `end` (a
 // block's end) may wait in the cache on its own: from the next 4 MiB
@@ -352,18 +353,19 @@ void MergeWithWaitingNeighbours(void** mapping, size_t* size, size_t cap) {
     *size = joined_size;
     return;
   }
-  if (before.mapping != nullptr) KeepInCache(before.mapping, before.size, cap, /*merge=*/false);
-  if (after.mapping != nullptr) KeepInCache(after.mapping, after.size, cap, /*merge=*/false);
+  // Each as it was, its wait unchanged: stamped anew (until 2026-12-06), a
+  // piece next to blocks freed again and again never aged out.
+  if (before.mapping != nullptr) InsertInCache(before, cap);
+  if (after.mapping != nullptr) InsertInCache(after, cap);
 }
 
-// Puts a mapping that may be reused (CacheHugeMapping's checks passed, for
-// it or for the mapping it was cut from) in the cache, making room under
-// `cap` (no smaller than `size`) by giving back the oldest.
-void KeepInCache(void* mapping, size_t size, size_t cap, bool merge) {
+// Puts `entry` in the cache, making room under `cap` (no smaller than its
+// size) by giving back the oldest, and gives back what has waited its time.
+void InsertInCache(const CachedMapping& entry, size_t cap) {
+  const size_t size = entry.size;
   FERRY_CHECK(size <= cap);
   const uint64_t keep_ms = HugeCacheKeepMs();  // not under the lock: it may initialise
   const uint64_t now_ms = OsMonotonicMs();
-  if (merge) MergeWithWaitingNeighbours(&mapping, &size, cap);
   CachedMapping out[kHugeCacheSlots];
   size_t released;
   bool outgrown;
@@ -384,13 +386,21 @@ void KeepInCache(void* mapping, size_t size, size_t cap, bool merge) {
       if (free_slot != nullptr && g_huge_cache_bytes + size <= cap) break;
       out[released++] = TakeSlotLocked(*OldestSlotLocked());  // one is there: size <= the cap
     }
-    *free_slot = CachedMapping{mapping, size, now_ms};
+    *free_slot = entry;
     g_huge_cache_bytes += size;
     CounterAdd(g_counters.huge_bytes_cached, static_cast<int64_t>(size));
     UpdateAnyLocked();
   }
   ReleaseTaken(out, released);
   if (outgrown) AskForThePoolIfSeveralThreads();
+}
+
+// Puts a mapping that may be reused (CacheHugeMapping's checks passed, for
+// it or for the mapping it was cut from) in the cache, joined to the
+// pieces waiting beside it where it can be, waiting from now.
+void KeepInCache(void* mapping, size_t size, size_t cap) {
+  MergeWithWaitingNeighbours(&mapping, &size, cap);
+  InsertInCache(CachedMapping{mapping, size, OsMonotonicMs()}, cap);
 }
 
 }  // namespace

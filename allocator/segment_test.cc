@@ -2246,6 +2246,51 @@ TEST(HugeCache, AFullCacheGivesBackItsOldestFirst) {
   EmptyHugeCache();
 }
 
+// A freed block and the piece of its mapping waiting beside it that the
+// kernel no longer holds as one mapping with it (here the piece was made
+// MADV_DONTDUMP) are not joined: the piece goes back into the cache as it
+// was, and leaves it once it has waited its time since it was put there,
+// not since the block next to it was freed. Until 2026-12-06 it was stamped
+// anew, and a piece beside blocks freed again and again never aged out.
+TEST(HugeCache, AWaitingPieceThatCouldNotBeJoinedKeepsItsAge) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  // 128 MiB held: without a pool the cap is half the live huge bytes, over
+  // 32 MiB, so a block takes only what it needs of a larger mapping.
+  std::vector<void*> held;
+  for (int k = 0; k < 2; ++k) {
+    held.push_back(ferry_malloc(64 * kHugeMiB));
+    ASSERT_NE(held.back(), nullptr);
+  }
+  char* big = static_cast<char*>(ferry_malloc(13 * kHugeMiB));
+  ASSERT_NE(big, nullptr);
+  ferry_free(big);
+  ASSERT_EQ(HugeStats().huge_bytes_cached, HugeMappingBytes(13 * kHugeMiB));
+  // 7 MiB: the block keeps its mapping up to the 4 MiB boundary at 8 MiB,
+  // and the rest, 5 MiB and a header, waits from now.
+  char* seven = static_cast<char*>(ferry_malloc(7 * kHugeMiB));
+  const uint64_t rest_waits_by_ms = OsMonotonicMs();
+  ASSERT_EQ(seven, big);
+  char* const rest = big - kSliceSize + 8 * kHugeMiB;
+  const size_t rest_size = HugeMappingBytes(13 * kHugeMiB) - 8 * kHugeMiB;
+  ASSERT_EQ(HugeStats().huge_bytes_cached, rest_size);
+  ASSERT_EQ(madvise(rest, rest_size, MADV_DONTDUMP), 0);
+  // The block is freed in a later millisecond than the rest was cut.
+  while (OsMonotonicMs() <= rest_waits_by_ms) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  memset(seven, 7, 7 * kHugeMiB);
+  ferry_free(seven);
+  ASSERT_EQ(HugeStats().huge_bytes_cached, 8 * kHugeMiB + rest_size) << "joined across two mappings";
+  ASSERT_TRUE(Mapped(rest));
+  // When the rest has waited its time the block has not: the rest goes.
+  const uint64_t keep_ms = EmptySegmentKeepMs(CurrentOptions().purge_delay_ms);
+  ReleaseIdleHugeMappings(rest_waits_by_ms + keep_ms, /*urgent=*/false);
+  EXPECT_FALSE(Mapped(rest)) << "the rest was stamped as freed with the block";
+  EXPECT_EQ(HugeStats().huge_bytes_cached, 8 * kHugeMiB);
+  EXPECT_TRUE(Mapped(seven));
+  for (void* p : held) ferry_free(p);
+  EmptyHugeCache();
+}
+
 // Where no reclaimer ticks (this test's FERRY_RECLAIMERS=0), the cache
 // holds 32 MiB or half the program's live huge bytes, whichever is more:
 // a program holding 96 MiB of huge blocks gets 48 MiB of freed ones back
