@@ -2073,10 +2073,11 @@ void* AllocateAligned(size_t alignment, size_t n) {
 namespace {
 
 // `p` is in no live segment: a block of a huge mapping the cache still
-// holds (its block start: `at_start`), or a pointer ferry never returned.
+// holds or one of the last huge blocks freed (its block start: `at_start`),
+// or a pointer ferry never returned.
 [[noreturn]] FERRY_COLD void ReportFreedHugeOrForeign(const char* call, const void* p,
                                                     const char* at_start) {
-  switch (FindInHugeCache(reinterpret_cast<uintptr_t>(p))) {
+  switch (FindFreedHuge(reinterpret_cast<uintptr_t>(p))) {
     case FreedHugeHit::kBlockStart: FatalBadPointer(call, p, at_start);
     case FreedHugeHit::kInside: FatalBadPointer(call, p, "pointer into a freed huge block");
     case FreedHugeHit::kNone: break;

@@ -464,6 +464,31 @@ void TrimHugeCacheToCapWithoutPool() {
 
 void TrimHugeCacheInChild() { TrimHugeCacheTo(kHugeCacheMaxBytes); }
 
+namespace {
+
+// The starts of the last huge blocks freed, for diagnostics only: a second
+// free of one whose mapping went back to the OS at once (too large for the
+// cache, aligned to 4 MiB or more, under memcheck) or after its wait was
+// reported as a pointer ferry never returned.
+constexpr uint32_t kRecentHugeFrees = 64;
+std::atomic<uintptr_t> g_recent_huge_frees[kRecentHugeFrees];
+std::atomic<uint32_t> g_recent_huge_next{0};
+
+void RememberHugeFree(uintptr_t start) {
+  const uint32_t k = g_recent_huge_next.fetch_add(1, std::memory_order_relaxed) % kRecentHugeFrees;
+  g_recent_huge_frees[k].store(start, std::memory_order_relaxed);
+}
+
+bool FreedRecently(uintptr_t address) {
+  for (const auto& start : g_recent_huge_frees) {
+    if (start.load(std::memory_order_relaxed) == address) return true;
+  }
+  return false;
+}
+
+// Whether `address` lies in the mapping of a freed huge block that the
+// huge cache still holds (the segment map no longer knows it): at that
+// block's start, or elsewhere in it.
 FreedHugeHit FindInHugeCache(uintptr_t address) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return FreedHugeHit::kNone;
   SpinLockHolder hold(&g_huge_cache_lock);
@@ -486,6 +511,13 @@ FreedHugeHit FindInHugeCache(uintptr_t address) {
     return FreedHugeHit::kInside;
   }
   return FreedHugeHit::kNone;
+}
+
+}  // namespace
+
+FreedHugeHit FindFreedHuge(uintptr_t address) {
+  const FreedHugeHit hit = FindInHugeCache(address);
+  return hit == FreedHugeHit::kNone && FreedRecently(address) ? FreedHugeHit::kBlockStart : hit;
 }
 
 void HugeCacheLockForFork() { g_huge_cache_lock.LockForFork(); }
@@ -605,6 +637,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   if (segment->huge_freed.exchange(true, std::memory_order_acq_rel)) {
     FatalBadPointer(call, p, "double free (huge block already free)");
   }
+  RememberHugeFree(address);
   const bool over_aligned = page == &segment->pages[0];
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
   CounterAdd(g_counters.huge_frees, 1);

@@ -481,11 +481,12 @@ void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check =
 // holds, so it keeps no more than where none ticks (the parent's may hold
 // as much as its huge blocks).
 void TrimHugeCacheInChild();
-// Whether `address` lies in the mapping of a freed huge block that the
-// huge cache still holds (the segment map no longer knows it): at that
-// block's start, or elsewhere in it. For diagnostics only.
+// Whether `address` belongs to a freed huge block the segment map no longer
+// knows: at its start or elsewhere in a mapping the huge cache holds, or at
+// the start of one of the last 64 huge blocks freed, whose mapping went back
+// to the OS. For diagnostics only.
 enum class FreedHugeHit { kNone, kBlockStart, kInside };
-FreedHugeHit FindInHugeCache(uintptr_t address);
+FreedHugeHit FindFreedHuge(uintptr_t address);
 // The bytes a huge block of n bytes spans in its mapping, after its header:
 // n rounded up to the OS page, then to an eighth of the power of two below
 // it (at most 1/8 more than asked; sizes that round alike share mappings in

@@ -2145,8 +2145,11 @@ TEST(HugeCache, AFreedBlockWhoseMappingWaitsIsReportedAsFreed) {
   static char not_ours[64];
   EXPECT_DEATH(ferry_free(not_ours), "pointer not allocated by ferry");
   EmptyHugeCache();
-  // Given back to the OS, the range is unknown to ferry again.
+  // Given back to the OS, the range is unknown to ferry again but for the
+  // starts of the last huge blocks freed.
   EXPECT_EQ(HugeStats().huge_bytes_cached, 0u);
+  EXPECT_DEATH(ferry_free(p), "ferry: free\\(.*\\): double free \\(huge block already free\\)");
+  EXPECT_DEATH(ferry_free(p + 4096), "pointer not allocated by ferry");
 }
 
 // What the program did to a block's pages does not carry over to the next

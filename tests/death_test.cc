@@ -178,6 +178,31 @@ TEST_F(Death, DoubleFreeOfAHugeBlockAborts) {
       kAborted, NamesBadPointer());
 }
 
+// A huge block whose mapping went back to the OS at its free (one aligned
+// to 4 MiB, whose mapping is never cached; one larger than the cache) is
+// out of the segment map like memory ferry never handed out: a second free
+// of it is still reported as a double free (until 2026-12-06, "pointer not
+// allocated by ferry").
+TEST_F(Death, DoubleFreeOfAHugeBlockAlignedTo4MiBAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_aligned_alloc(4 * kMiB, 5 * kMiB);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer("): double free (huge block already free)"));
+}
+
+TEST_F(Death, DoubleFreeOfAHugeBlockTooLargeForTheCacheAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(200 * kMiB);
+        ferry_free(p);
+        FreeBad(p);
+      },
+      kAborted, NamesBadPointer("): double free (huge block already free)"));
+}
+
 // With reclaimers ticking, a block that took the rest of a waiting mapping
 // (past the 4 MiB boundary another block's part ended at) joins that part
 // in the cache when both are freed; a second free of it is still a double
