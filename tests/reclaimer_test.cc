@@ -56,6 +56,7 @@ using ferry_test::Stats;
 using ferry_test::WaitFor;
 
 using ferry_test::CheckAndFree;
+using ferry_test::ChunkQueue;
 using ferry_test::Item;
 using ferry_test::Make;
 using ferry_test::SwapWithShared;
@@ -871,38 +872,6 @@ TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
 }
 
 // --- stress, with content checks ------------------------------------------------------
-
-// A bounded queue of chunks of blocks.
-class ChunkQueue {
- public:
-  void Push(std::vector<Item> chunk) {
-    std::unique_lock<std::mutex> lock(mu_);
-    not_full_.wait(lock, [&] { return chunks_.size() < 32; });
-    chunks_.push_back(std::move(chunk));
-    not_empty_.notify_one();
-  }
-  bool Pop(std::vector<Item>* out) {
-    std::unique_lock<std::mutex> lock(mu_);
-    not_empty_.wait(lock, [&] { return !chunks_.empty() || open_producers_ == 0; });
-    if (chunks_.empty()) return false;
-    *out = std::move(chunks_.front());
-    chunks_.pop_front();
-    not_full_.notify_one();
-    return true;
-  }
-  void SetProducers(int n) { open_producers_ = n; }
-  void ProducerDone() {
-    std::lock_guard<std::mutex> lock(mu_);
-    --open_producers_;
-    not_empty_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable not_full_, not_empty_;
-  std::deque<std::vector<Item>> chunks_;
-  int open_producers_ = 0;
-};
 
 TEST(ReclaimerStress, ProducersAndConsumersWithContentChecks) {
   constexpr int kProducers = 2, kConsumers = 2;

@@ -14,7 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -119,6 +121,43 @@ inline bool CheckAndFree(const Item& item) {
   ferry_free(item.p);
   return ok;
 }
+
+// Chunks of blocks handed from producer threads to consumers, bounded
+// (`capacity` chunks) so that producers cannot run away. Pop returns false
+// once every producer said it is done (ProducerDone) and every chunk was
+// taken.
+class ChunkQueue {
+ public:
+  explicit ChunkQueue(size_t capacity = 32, int producers = 1) : capacity_(capacity), open_producers_(producers) {}
+  void SetProducers(int n) { open_producers_ = n; }
+  void Push(std::vector<Item> chunk) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return chunks_.size() < capacity_; });
+    chunks_.push_back(std::move(chunk));
+    not_empty_.notify_one();
+  }
+  bool Pop(std::vector<Item>* out) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait(lock, [&] { return !chunks_.empty() || open_producers_ == 0; });
+    if (chunks_.empty()) return false;
+    *out = std::move(chunks_.front());
+    chunks_.pop_front();
+    not_full_.notify_one();
+    return true;
+  }
+  void ProducerDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --open_producers_;
+    not_empty_.notify_all();
+  }
+
+ private:
+  const size_t capacity_;
+  std::mutex mu_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<std::vector<Item>> chunks_;
+  int open_producers_;
+};
 
 // Blocks passed between short-lived threads: takes up to `take` of the
 // shared blocks (most of them other, perhaps exited, threads') and leaves

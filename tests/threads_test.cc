@@ -43,6 +43,7 @@ using ferry_test::Mix;
 using ferry_test::StartThePool;
 
 using ferry_test::CheckAndFree;
+using ferry_test::ChunkQueue;
 using ferry_test::Item;
 using ferry_test::Make;
 using ferry_test::SwapWithShared;
@@ -56,38 +57,6 @@ size_t MixedSize(uint64_t i, uint64_t huge_every) {
   if (i % 13 == 12) return 4096 + (Mix(i) % (60 * kKiB));
   return kSmall[Mix(i) % std::size(kSmall)];
 }
-
-// A queue of batches of blocks, bounded so producers cannot run away.
-class BatchQueue {
- public:
-  void Push(std::vector<Item> batch) {
-    std::unique_lock<std::mutex> lock(mu_);
-    not_full_.wait(lock, [&] { return batches_.size() < 64; });
-    batches_.push_back(std::move(batch));
-    not_empty_.notify_one();
-  }
-  // Returns false once Close() was called and every batch was taken.
-  bool Pop(std::vector<Item>* out) {
-    std::unique_lock<std::mutex> lock(mu_);
-    not_empty_.wait(lock, [&] { return !batches_.empty() || closed_; });
-    if (batches_.empty()) return false;
-    *out = std::move(batches_.front());
-    batches_.pop_front();
-    not_full_.notify_one();
-    return true;
-  }
-  void Close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    closed_ = true;
-    not_empty_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable not_full_, not_empty_;
-  std::deque<std::vector<Item>> batches_;
-  bool closed_ = false;
-};
 
 // Runs this test program again in a new process, with only `test` and the
 // environment `env` (FERRY_* variables of the variant dropped): for
@@ -403,7 +372,7 @@ TEST(Threads, ProducersHandBlocksToConsumersThatFreeThem) {
   constexpr int kPairs = 2;
   constexpr uint64_t kBlocksPerProducer = 40000;
   std::atomic<uint64_t> corrupt{0}, consumed{0}, failed{0};
-  std::vector<BatchQueue> queues(kPairs);
+  std::vector<ChunkQueue> queues(kPairs);  // one producer each
   std::vector<std::thread> threads;
   for (int q = 0; q < kPairs; ++q) {
     threads.emplace_back([&, q] {
@@ -421,7 +390,7 @@ TEST(Threads, ProducersHandBlocksToConsumersThatFreeThem) {
         }
       }
       queues[q].Push(std::move(batch));
-      queues[q].Close();
+      queues[q].ProducerDone();
       // The producer keeps allocating over memory its consumer returned.
       std::vector<Item> again;
       for (uint64_t i = 0; i < 2000; ++i) again.push_back(Make(MixedSize(i, 0)));
