@@ -15,6 +15,7 @@
 // bytes (one class each); the stress tests draw from StressSize(), which
 // avoids those classes, and the churn test uses 1280 alone.
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -421,6 +422,58 @@ TEST(ReclaimerFlush, WholePagesAnotherThreadFreedAndFlushedServeTheOwnersNextPag
 TEST(ReclaimerFlush, OwnerFinishesItsCurrentPageThenGetsBackEveryFreedBlock) {
   OwnerOfPagesAndAHalf(352);
   std::thread([] { OwnerOfPagesAndAHalf(3584); }).join();
+}
+
+std::atomic<uint64_t> g_signals_handled{0};
+
+// Signals that interrupt ferry_flush's and ferry_collect's waits (a futex
+// wait returns EINTR; without SA_RESTART nothing restarts it) must not cut
+// the wait short: after the flush, the owner still gets back every block
+// the other thread freed. SIGUSR1 comes every 20 us to whichever of the
+// owner and the freeing thread has it unblocked (the main thread and the
+// signalling one block it; reclaimer threads block every signal).
+TEST(ReclaimerFlush, FlushAndCollectKeepTheirPromisesUnderASignalEveryFewMicroseconds) {
+  struct sigaction action {};
+  action.sa_handler = [](int) { g_signals_handled.fetch_add(1, std::memory_order_relaxed); };
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;  // no SA_RESTART
+  struct sigaction previous {};
+  ASSERT_EQ(sigaction(SIGUSR1, &action, &previous), 0);
+  sigset_t usr1, old_mask;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+  std::atomic<bool> stop{false};
+  std::thread signaller([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      kill(getpid(), SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  });
+  const uint64_t handled_before = g_signals_handled.load();
+  // Classes no other test here uses, each on an owner thread of its own
+  // (OwnerOfWholePages reads pages from the order of fresh blocks).
+  for (size_t size : {size_t{448}, size_t{1408}, size_t{480}, size_t{1664}, size_t{672}, size_t{2816}}) {
+    std::thread([&usr1, size] {
+      // The owner, and the freeing thread it starts, take the signals.
+      pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);
+      OwnerOfWholePages(size);
+      std::thread([] { ferry_collect(); }).join();
+    }).join();
+    if (HasFatalFailure()) break;
+  }
+  stop.store(true);
+  signaller.join();
+  // One may still be pending, with every thread left blocking it: ignored,
+  // it is discarded, so that unblocking it here does not deliver it to the
+  // default action (which ends the process).
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  sigaction(SIGUSR1, &ignore, nullptr);
+  sigaction(SIGUSR1, &previous, nullptr);
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  EXPECT_GT(g_signals_handled.load() - handled_before, 10u) << "the signals never reached the threads";
 }
 
 TEST(ReclaimerFlush, FlushOnAThirdThreadCoversFullBatchesOthersPublished) {
