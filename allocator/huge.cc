@@ -353,7 +353,7 @@ void MergeWithWaitingNeighbours(void** mapping, size_t* size, size_t cap) {
     *size = joined_size;
     return;
   }
-  // Each as it was, its wait unchanged: stamped anew (until 2026-12-06), a
+  // Each as it was, its wait unchanged: stamped anew (until 2026-12-05), a
   // piece next to blocks freed again and again never aged out.
   if (before.mapping != nullptr) InsertInCache(before, cap);
   if (after.mapping != nullptr) InsertInCache(after, cap);

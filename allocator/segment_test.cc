@@ -2253,7 +2253,7 @@ TEST(HugeCache, AFullCacheGivesBackItsOldestFirst) {
 // kernel no longer holds as one mapping with it (here the piece was made
 // MADV_DONTDUMP) are not joined: the piece goes back into the cache as it
 // was, and leaves it once it has waited its time since it was put there,
-// not since the block next to it was freed. Until 2026-12-06 it was stamped
+// not since the block next to it was freed. Until 2026-12-05 it was stamped
 // anew, and a piece beside blocks freed again and again never aged out.
 TEST(HugeCache, AWaitingPieceThatCouldNotBeJoinedKeepsItsAge) {
   if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";

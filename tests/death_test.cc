@@ -181,7 +181,7 @@ TEST_F(Death, DoubleFreeOfAHugeBlockAborts) {
 // A huge block whose mapping went back to the OS at its free (one aligned
 // to 4 MiB, whose mapping is never cached; one larger than the cache) is
 // out of the segment map like memory ferry never handed out: a second free
-// of it is still reported as a double free (until 2026-12-06, "pointer not
+// of it is still reported as a double free (until 2026-12-05, "pointer not
 // allocated by ferry").
 TEST_F(Death, DoubleFreeOfAHugeBlockAlignedTo4MiBAborts) {
   EXPECT_EXIT(
