@@ -929,8 +929,7 @@ TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
 TEST(ReclaimerStress, ProducersAndConsumersWithContentChecks) {
   constexpr int kProducers = 2, kConsumers = 2;
   const uint64_t per_producer = 120000 / kSanitizerSlowdown;
-  ChunkQueue queue;
-  queue.SetProducers(kProducers);
+  ChunkQueue queue(kProducers);
   std::atomic<uint64_t> corrupt{0}, failed{0}, consumed{0};
   std::vector<std::thread> threads;
   for (int p = 0; p < kProducers; ++p) {
@@ -1461,8 +1460,7 @@ TEST(ReclaimerStats, PoolCountersAfterARemoteFreeWorkload) {
   const int wanted = ferry_test::ExpectedReclaimers();
   const size_t batch = BatchSize();
   const ferry_stats_t before = Stats();
-  ChunkQueue queue;
-  queue.SetProducers(2);
+  ChunkQueue queue(2);
   std::atomic<uint64_t> corrupt{0};
   std::vector<std::thread> threads;
   for (int p = 0; p < 2; ++p) {

@@ -122,17 +122,15 @@ inline bool CheckAndFree(const Item& item) {
   return ok;
 }
 
-// Chunks of blocks handed from producer threads to consumers, bounded
-// (`capacity` chunks) so that producers cannot run away. Pop returns false
-// once every producer said it is done (ProducerDone) and every chunk was
-// taken.
+// Chunks of blocks handed from `producers` threads to consumers, bounded
+// (32 chunks) so that producers cannot run away. Pop returns false once
+// every producer said it is done (ProducerDone) and every chunk was taken.
 class ChunkQueue {
  public:
-  explicit ChunkQueue(size_t capacity = 32, int producers = 1) : capacity_(capacity), open_producers_(producers) {}
-  void SetProducers(int n) { open_producers_ = n; }
+  explicit ChunkQueue(int producers = 1) : open_producers_(producers) {}
   void Push(std::vector<Item> chunk) {
     std::unique_lock<std::mutex> lock(mu_);
-    not_full_.wait(lock, [&] { return chunks_.size() < capacity_; });
+    not_full_.wait(lock, [&] { return chunks_.size() < 32; });
     chunks_.push_back(std::move(chunk));
     not_empty_.notify_one();
   }
@@ -152,7 +150,6 @@ class ChunkQueue {
   }
 
  private:
-  const size_t capacity_;
   std::mutex mu_;
   std::condition_variable not_full_, not_empty_;
   std::deque<std::vector<Item>> chunks_;
