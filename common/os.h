@@ -38,6 +38,11 @@ void OsRelease(void* base, size_t size);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);
+// Asks for transparent huge pages on [base, base + size) (MADV_HUGEPAGE):
+// the kernel then faults in, and zeroes, a whole aligned 2 MiB at a time
+// where it has one free. False when the kernel refused (built without
+// transparent huge pages); the range is then as it was.
+bool OsAdviseHugePages(void* base, size_t size);
 // Read-write, and copied into fork children, again, whatever the program
 // set on the range since (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, guard
 // regions; not mlock or a protection key), so that it can hold a

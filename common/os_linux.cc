@@ -260,6 +260,13 @@ bool OsDecommit(void* base, size_t size) {
   return done;
 }
 
+bool OsAdviseHugePages(void* base, size_t size) {
+  const int saved_errno = errno;
+  const bool done = madvise(base, size, MADV_HUGEPAGE) == 0;
+  errno = saved_errno;
+  return done;
+}
+
 size_t OsPageSize() {
   // No function-local static: its guard would pull in libstdc++, and C
   // programs link libferry.a without it. A racy first read is harmless.
