@@ -20,7 +20,7 @@
 //
 // ferry's settings are environment variables, so a ferry "variant" is one
 // more row: the same libferry.so with some FERRY_* variables set
-// (--ferry-variants adds ferry-r0, -r1, -r2 and -tbb; --variant defines
+// (--ferry-variants adds ferry-r0, -r1, -r1-pool, -r2, -tbb and -hp; --variant defines
 // others), measured like any allocator. FERRY_* variables inherited from the
 // caller's environment are dropped, so the `ferry` row is always the default
 // settings; use --env or --variant to set them. The check runs of ferry rows
@@ -120,6 +120,8 @@ constexpr Variant kFerryVariants[] = {
     {"ferry-r2", "FERRY_RECLAIMERS=2"},
     {"ferry-tbb", "FERRY_RECLAIMER_BACKEND=tbb,FERRY_RECLAIMERS=1,"
                   "PRELOAD=/usr/lib/x86_64-linux-gnu/libtbb.so.12"},
+    // Huge blocks on transparent huge pages (only `large` has any).
+    {"ferry-hp", "FERRY_HUGE_PAGES=1"},
 };
 
 // Extra figures a workload may report (`EXTRA key=value`), shown as columns
@@ -156,7 +158,8 @@ constexpr char kUsage[] =
     "                    allocators and the variants asked for)\n"
     "  --ferry-variants  add ferry rows with other settings: ferry-r0 (FERRY_RECLAIMERS=0),\n"
     "                    ferry-r1, ferry-r1-pool (FERRY_RECLAIMERS=1, FERRY_INLINE_WHEN_BUSY=0),\n"
-    "                    ferry-r2, ferry-tbb (FERRY_RECLAIMER_BACKEND=tbb, FERRY_RECLAIMERS=1);\n"
+    "                    ferry-r2, ferry-tbb (FERRY_RECLAIMER_BACKEND=tbb, FERRY_RECLAIMERS=1),\n"
+    "                    ferry-hp (FERRY_HUGE_PAGES=1);\n"
     "                    --alloc ferry-r1 adds just that one\n"
     "  --variant NAME:KEY=VAL[,KEY=VAL...]\n"
     "                    add a ferry row NAME with these variables (repeatable);\n"
