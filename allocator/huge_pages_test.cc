@@ -128,5 +128,34 @@ TEST_F(HugePages, AnOverAlignedBlockIsAdvisedAndItsHeaderChunkIsNot) {
   ferry_free(p);
 }
 
+// A block whose mapping the program changed in part goes back to the OS at
+// its free, not into the cache (README, the huge cache): the advice the
+// program gives a part of it splits the mapping only where it differs from
+// what the whole has. MADV_HUGEPAGE on part of an advised mapping changes
+// nothing, so the block is kept; MADV_NOHUGEPAGE always splits it.
+TEST_F(HugePages, TheProgramsOwnAdviceOnPartOfABlockSplitsItOnlyWhereItDiffers) {
+  const auto reused_after_advice = [](int advice) {
+    auto* p = static_cast<char*>(ferry_malloc(12 * kMiB));
+    EXPECT_NE(p, nullptr);
+    if (p == nullptr) return false;
+    std::memset(p, 0x66, 12 * kMiB);
+    char* part = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + 4 * kMiB) & ~(2 * kMiB - 1));
+    EXPECT_EQ(madvise(part, 2 * kMiB, advice), 0);
+    ferry_free(p);
+    ferry_stats_t before;
+    ferry_stats_get(&before);
+    void* q = ferry_malloc(12 * kMiB);
+    EXPECT_NE(q, nullptr);
+    ferry_stats_t after;
+    ferry_stats_get(&after);
+    ferry_free(q);
+    ferry_collect();  // nothing left waiting for the next case
+    return after.huge_reused > before.huge_reused;
+  };
+  ferry_collect();
+  EXPECT_EQ(reused_after_advice(MADV_HUGEPAGE), asked_);
+  EXPECT_FALSE(reused_after_advice(MADV_NOHUGEPAGE));
+}
+
 }  // namespace
 }  // namespace ferry

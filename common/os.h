@@ -52,8 +52,8 @@ bool OsResetForReuse(void* base, size_t size);
 // True when [base, base + size), a range OsReserve returned, is still one
 // mapping in the kernel (one VMA). After OsResetForReuse it is one exactly
 // when nothing the program did to part of it remains: a file mapped over
-// it, mlock, a protection key, MADV_DONTDUMP, MADV_HUGEPAGE (MADV_NOHUGEPAGE
-// on a mapping OsAdviseHugePages advised), userfaultfd.
+// it, mlock, a protection key, MADV_DONTDUMP, MADV_NOHUGEPAGE, MADV_HUGEPAGE
+// (unless OsAdviseHugePages advised the whole range already), userfaultfd.
 bool OsIsOneMapping(void* base, size_t size);
 // Whether a reservation of `size` bytes that failed might succeed once
 // other mappings go: false only where `size` alone could never fit (at or
