@@ -53,7 +53,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -66,6 +70,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "perf/driver_util.h"
@@ -441,6 +446,74 @@ std::string FindOnPath(const std::string& name) {
   return "";
 }
 
+// The machine's speed at this moment, apart from any allocator. The 2-vCPU
+// machine this project measures on runs at times two to four times slower
+// than at others, every allocator alike, and how far ferry leads in
+// prodcons changes with it (perf/RESULTS.md, 2026-12-05 20:58); the report
+// records the probe before and after, so that tables taken in different
+// states are not read as a change. Two figures: one core's dependent chain
+// of integer multiply-adds (ns a step: the core's own speed), and a cache
+// line passed back and forth between CPU 0 and CPU 1 (ns a round trip: what
+// a hand-off between threads on the two costs). About 0.1 s.
+struct SpeedProbe {
+  double chain_ns = 0;
+  double round_trip_ns = 0;  // 0: one CPU only, or the threads could not be pinned
+};
+
+bool PinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+double ChainNs() {
+  constexpr uint64_t kSteps = 20'000'000;
+  uint64_t x = 88172645463325252ULL;
+  const double start = Now();
+  for (uint64_t i = 0; i < kSteps; ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    asm volatile("" : "+r"(x));  // one step after another, never folded
+  }
+  return (Now() - start) / kSteps * 1e9;
+}
+
+double RoundTripNs() {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) return 0;
+  constexpr uint64_t kRounds = 100'000;
+  alignas(64) std::atomic<uint64_t> turn{0};
+  std::atomic<bool> pinned{true};
+  std::thread other([&] {
+    if (!PinTo(1)) pinned.store(false);
+    for (uint64_t i = 0; i < kRounds; ++i) {
+      while (turn.load(std::memory_order_acquire) != 2 * i + 1) {
+      }
+      turn.store(2 * i + 2, std::memory_order_release);
+    }
+  });
+  cpu_set_t before;
+  const bool saved = pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0;
+  if (!PinTo(0)) pinned.store(false);
+  const double start = Now();
+  for (uint64_t i = 0; i < kRounds; ++i) {
+    turn.store(2 * i + 1, std::memory_order_release);
+    while (turn.load(std::memory_order_acquire) != 2 * i + 2) {
+    }
+  }
+  const double seconds = Now() - start;
+  other.join();
+  if (saved) pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+  return pinned.load() ? seconds / kRounds * 1e9 : 0;
+}
+
+SpeedProbe ProbeSpeed() { return SpeedProbe{ChainNs(), RoundTripNs()}; }
+
+std::string SpeedText(const SpeedProbe& probe) {
+  std::string text = Format("%.2f ns a step", probe.chain_ns);
+  if (probe.round_trip_ns > 0) text += Format(", CPU 0-1 round trip %.0f ns", probe.round_trip_ns);
+  return text;
+}
+
 class Compare {
  public:
   Compare(Flags flags, const char* argv0) : flags_(std::move(flags)), argv0_(argv0) {
@@ -468,7 +541,9 @@ class Compare {
     }
     CheckAllocators();
     load_before_ = LoadAverage();
+    speed_before_ = ProbeSpeed();
     Measure();
+    speed_after_ = ProbeSpeed();
     load_after_ = LoadAverage();
     std::string dir = OutputDir();
     std::string stem = dir.empty() ? "" : dir + "/" + StemName();
@@ -1065,6 +1140,8 @@ class Compare {
     out += "- date: " + Date() + "\n";
     out += "- machine: " + Machine() + "\n";
     out += "- load average (1 5 15 min): " + load_before_ + " before, " + load_after_ + " after\n";
+    out += "- speed probe (one core's dependent chain; a cache line between CPUs 0 and 1): " +
+           SpeedText(speed_before_) + " before, " + SpeedText(speed_after_) + " after\n";
     out += "- command: `" + command_ + "` (" + Format("%.0f", elapsed_s_) + " s)\n";
     out += "- build: " + build_mode_ + (build_info_.empty() ? "" : " (BUILD_INFO: " + build_info_ + ")");
     out += "; scale " + flags_.scale + "; runs: " +
@@ -1262,6 +1339,7 @@ class Compare {
   std::vector<RunRecord> records_;
   std::vector<std::string> dropped_env_;
   std::string load_before_, load_after_;
+  SpeedProbe speed_before_, speed_after_;
   std::string plot_note_;
   double elapsed_s_ = 0;
   bool failed_ = false;
