@@ -529,10 +529,16 @@ namespace {
 // 4 KiB fault cost about 11 us: 12 MiB written fresh took 33 ms, 1 ms with
 // huge pages, 1 ms resident; one thread replacing twenty buffers of 5-25
 // MiB (`large`, scale 0.3) took 2.7-2.9 s, 1.8-1.9 with the advice
-// (perf/RESULTS.md, 2026-12-06). Not the default: a block that a program
-// touches here and there would hold 2 MiB for each page it touches, and the
-// kernel may compact memory in the fault to find a huge page; glibc
+// (perf/RESULTS.md, 2026-12-06). Not the default: every block then holds at
+// least 2 MiB resident, since the header's first write brings in the huge
+// page it shares with the block's start (100 calloc'd blocks of 3 MiB, never
+// touched: 200 MB resident, 2.2 without), a block that a program touches
+// here and there holds 2 MiB for each page it touches, and the kernel may
+// compact memory in the fault to find a huge page; glibc
 // (glibc.malloc.hugetlb), mimalloc and jemalloc leave it off by default too.
+// The whole mapping gets the advice, header included: advised from its
+// first 2 MiB boundary on, the mapping was two kernel mappings, which the
+// cache refuses (OsIsOneMapping), and `large` took 4.7-5.0 s, not 1.2-1.7.
 void AdviseHugePagesIfAsked(uintptr_t start, uintptr_t end) {
   if (CurrentOptions().huge_pages != 0) (void)OsAdviseHugePages(reinterpret_cast<void*>(start), end - start);
 }

@@ -44,9 +44,11 @@ namespace ferry {
   X(huge_pages, "FERRY_HUGE_PAGES", 0, 0, 1, nullptr,                           \
     "1 asks the kernel for transparent huge pages (MADV_HUGEPAGE) on the "     \
     "mappings of huge blocks (above 2 MiB): a block written whole takes one "  \
-    "page fault per 2 MiB instead of one per 4 KiB, but a block touched "      \
-    "sparsely may hold up to 2 MiB resident for each page it touches; no "     \
-    "effect where the system's transparent huge pages are `never`")           \
+    "page fault per 2 MiB instead of one per 4 KiB, but every huge block "     \
+    "holds at least 2 MiB resident (its header shares a huge page with its "   \
+    "start), even one never touched, and one touched sparsely up to 2 MiB "    \
+    "for each page touched; no effect where the system's transparent huge "    \
+    "pages are `never`")                                                       \
   X(stats, "FERRY_STATS", 0, 0, 1, nullptr,                                     \
     "1 prints a statistics table to stderr at exit")                            \
   X(verbose, "FERRY_VERBOSE", 0, 0, 2, nullptr,                                 \
