@@ -35,8 +35,7 @@ std::string VmFlagsAt(const void* address) {
   std::string flags;
   while (std::fgets(line, sizeof(line), smaps) != nullptr) {
     unsigned long start = 0, end = 0;
-    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2 && std::strchr(line, ' ') != nullptr &&
-        std::strncmp(line, "VmFlags", 7) != 0) {
+    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2) {  // a mapping's first line
       inside = at >= start && at < end;
       continue;
     }

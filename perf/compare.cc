@@ -457,7 +457,7 @@ std::string FindOnPath(const std::string& name) {
 // a hand-off between threads on the two costs). About 0.1 s.
 struct SpeedProbe {
   double chain_ns = 0;
-  double round_trip_ns = 0;  // 0: one CPU only, or the threads could not be pinned
+  double round_trip_ns = 0;  // 0: not measured (CPU 0 or 1 not ours, or pinning refused)
 };
 
 bool PinTo(int cpu) {
@@ -479,7 +479,14 @@ double ChainNs() {
 }
 
 double RoundTripNs() {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) return 0;
+  // Both threads spin, so on one CPU every round would wait for the
+  // scheduler: measured only where this process may run on CPUs 0 and 1
+  // (not under `taskset -c 0`).
+  cpu_set_t before;
+  if (pthread_getaffinity_np(pthread_self(), sizeof before, &before) != 0 || !CPU_ISSET(0, &before) ||
+      !CPU_ISSET(1, &before)) {
+    return 0;
+  }
   constexpr uint64_t kRounds = 100'000;
   alignas(64) std::atomic<uint64_t> turn{0};
   std::atomic<bool> pinned{true};
@@ -491,8 +498,6 @@ double RoundTripNs() {
       turn.store(2 * i + 2, std::memory_order_release);
     }
   });
-  cpu_set_t before;
-  const bool saved = pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0;
   if (!PinTo(0)) pinned.store(false);
   const double start = Now();
   for (uint64_t i = 0; i < kRounds; ++i) {
@@ -502,7 +507,7 @@ double RoundTripNs() {
   }
   const double seconds = Now() - start;
   other.join();
-  if (saved) pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+  pthread_setaffinity_np(pthread_self(), sizeof before, &before);
   return pinned.load() ? seconds / kRounds * 1e9 : 0;
 }
 
