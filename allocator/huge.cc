@@ -55,18 +55,22 @@ namespace {
 // program, FERRY_RECLAIMERS=0, the oneTBB backend) what waits stays until
 // the program's next huge allocation or free, or ferry_collect: there it
 // holds 32 MiB of blocks (and a header), as glibc's largest mmap
-// threshold, or half the program's huge bytes if that is more, so that an
-// idle program keeps at most half again what it holds (glibc's heap keeps
-// the chunks freed between live ones, too). With 32 MiB alone, one thread
-// replacing twenty buffers of 5-25 MiB at random (mimalloc-bench's
-// malloc-large) took 5.0 s, 2.8 now, peak RSS 466 MiB, 542 now (glibc 2.0
-// s and 534 MiB; perf/RESULTS.md, 2026-12-05).
+// threshold, or the program's huge bytes if that is more where it has
+// only ever run one thread, so that an idle program keeps at most as much
+// again as it holds (glibc's heap keeps the chunks freed between live
+// ones, too), and half of them where it has run more: there a free past
+// that cap asks for the pool (AskForThePoolIfSeveralThreads), whose timer
+// gives back what idles. One thread replacing twenty buffers of 5-25 MiB
+// at random (mimalloc-bench's malloc-large) took 5.0 s with 32 MiB alone,
+// 2.8 with half its huge bytes (peak RSS 466 and 542 MiB; glibc 2.0 s and
+// 534 MiB; perf/RESULTS.md, 2026-12-05); at scale 0.3 on 2026-12-06 3.0 s
+// with half and 2.6 with all, peak RSS 461 MiB both (tcmalloc 1.7 s, 477).
 constexpr size_t kHugeCacheSlots = 64;
 constexpr size_t kHugeCacheMaxBytes = (size_t{32} << 20) + kSliceSize;
 
 size_t HugeCacheCapBytes() {
   int64_t live = g_counters.huge_bytes_live.load(std::memory_order_relaxed);
-  if (!PoolHousekeepsOnATimer()) live /= 2;
+  if (!PoolHousekeepsOnATimer() && ProgramRanSeveralThreads()) live /= 2;
   return live > static_cast<int64_t>(kHugeCacheMaxBytes) ? static_cast<size_t>(live) : kHugeCacheMaxBytes;
 }
 
