@@ -198,12 +198,16 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // grew one: one thread replacing twenty buffers of 5-25 MiB (the `large`
 // workload, mimalloc-bench's malloc-large) faulted in 2.5 MiB a round,
 // tcmalloc, which coalesces its freed spans, 0.3 (perf/RESULTS.md,
-// 2026-12-05). An eighth of the block's size stays resident, its pages as
-// the last block left them (the rounding HugeBlockBytes allows a fresh
-// block); the rest is decommitted. The tail is not the block's to use:
-// its usable size stays its own.
+// 2026-12-05). A quarter of the block's size stays resident, its pages as
+// the last block left them; the rest is decommitted. With an eighth (the
+// rounding HugeBlockBytes allows a fresh block), until 2026-12-06, the
+// next larger block to take the mapping faulted those pages in again:
+// `large` took 5.4 s, 3.5 with a quarter, 3.0 with all of it resident
+// (tcmalloc 5.2), peak RSS 481, 495 and 507 MiB (tcmalloc 497;
+// perf/RESULTS.md). The tail is not the block's to use: its usable size
+// stays its own.
 void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
-  const size_t resident_end = AlignUp(size + size / 8, OsPageSize());
+  const size_t resident_end = AlignUp(size + size / 4, OsPageSize());
   if (resident_end < keep) OsDecommit(base + resident_end, keep - resident_end);
 }
 

@@ -858,31 +858,31 @@ TEST(Threads, TheRestOfAWaitingMappingABlockTookWaitsForTheNextBlock) {
 // pages as they were, instead of growing a piece into a fresh range (where
 // the part below the 4 MiB boundary went back to the OS, and the two
 // pieces could never join: a program replacing buffers of 5-25 MiB
-// faulted in 2.5 MiB a round). Of the block's tail below the boundary an
-// eighth of its size stays resident, the rest is decommitted.
+// faulted in 2.5 MiB a round). Of the block's tail below the boundary a
+// quarter of its size stays resident, the rest is decommitted.
 TEST(Threads, ABlockAndTheRestOfItsMappingAreOneMappingAgainOnceFreed) {
   std::vector<void*> held;
   char* big = FreedPagePatterned13MiBBlock(&held);
   if (big == nullptr) GTEST_SKIP() << "no reclaimer thread: a block takes a smaller cache's mapping whole";
-  // 7 MiB and a header: up to the boundary at 8 MiB is the block's (7 MiB
+  // 5 MiB and a header: up to the boundary at 8 MiB is the block's (5 MiB
   // of it usable), the last 5 MiB and 64 KiB wait on their own.
-  char* seven = static_cast<char*>(ferry_malloc(7 * kMiB));
-  ASSERT_EQ(seven, big);
-  EXPECT_EQ(ferry_usable_size(seven), 7 * kMiB);
+  char* five = static_cast<char*>(ferry_malloc(5 * kMiB));
+  ASSERT_EQ(five, big);
+  EXPECT_EQ(ferry_usable_size(five), 5 * kMiB);
   ferry_stats_t cut;
   ferry_stats_get(&cut);
   EXPECT_EQ(cut.huge_bytes_cached, 5 * kMiB + 64 * kKiB);
-  ferry_free(seven);
+  ferry_free(five);
   ferry_stats_t merged;
   ferry_stats_get(&merged);
   EXPECT_EQ(merged.huge_bytes_cached, 13 * kMiB + 64 * kKiB);
   char* again = static_cast<char*>(ferry_malloc(13 * kMiB));
   ASSERT_EQ(again, big) << "the two pieces did not join";
-  // Offsets in the mapping: up to the 7 MiB block's end plus an eighth the
+  // Offsets in the mapping: up to the 5 MiB block's end plus a quarter the
   // pages are as the 13 MiB block left them, from there to 8 MiB they were
   // decommitted (zeros), and past 8 MiB the rest kept them.
   const size_t header = 64 * kKiB;
-  const size_t resident_end = (7 * kMiB + header) + (7 * kMiB + header) / 8;
+  const size_t resident_end = (5 * kMiB + header) + (5 * kMiB + header) / 4;
   for (size_t k = 0; k < 13 * kMiB; k += 4096) {
     const size_t in_mapping = k + header;
     const bool decommitted = in_mapping >= (resident_end + 4095) / 4096 * 4096 && in_mapping < 8 * kMiB;
