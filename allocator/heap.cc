@@ -458,20 +458,31 @@ void ReleaseKeptSegmentsLocked(Heap* heap, uint64_t now_ms, const Segment* excep
 // A single-threaded program whose use swings by tens of MiB takes its
 // committed slices back rather than fault them in again: 64 MiB of 1 KiB
 // blocks allocated and freed ten times, 3.6x faster (perf/RESULTS.md,
-// 2026-12-03). False when every slot names a segment that is still empty.
-bool KeepEmptySegmentLocked(Heap* heap, Segment* segment) {
+// 2026-12-03). With kKeptEmptySegmentsAskingForThePool kept, a program that
+// has other threads asks for the pool too, whose timer then gives them
+// back should the program idle (ReleasePage). False when every
+// slot names a segment that is still empty.
+// *empty_kept: how many of the kept segments are empty, this one counted.
+bool KeepEmptySegmentLocked(Heap* heap, Segment* segment, size_t* empty_kept) {
   const uint64_t now_ms = OsMonotonicMs();
   if (heap->kept_any) ReleaseKeptSegmentsLocked(heap, now_ms, segment);
   Segment** free_slot = nullptr;
   Segment** in_use_slot = nullptr;
+  size_t empty = 1;
+  bool already = false;
   for (Segment*& slot : heap->kept) {
-    if (slot == segment) return true;
-    if (slot == nullptr) {
+    if (slot == segment) {
+      already = true;
+    } else if (slot == nullptr) {
       if (free_slot == nullptr) free_slot = &slot;
-    } else if (in_use_slot == nullptr && slot->used_slices.load(std::memory_order_relaxed) != 1) {
-      in_use_slot = &slot;
+    } else if (slot->used_slices.load(std::memory_order_relaxed) != 1) {
+      if (in_use_slot == nullptr) in_use_slot = &slot;
+    } else {
+      ++empty;
     }
   }
+  *empty_kept = empty;
+  if (already) return true;
   if (free_slot == nullptr) free_slot = in_use_slot;  // that segment goes untracked
   if (free_slot == nullptr) return false;
   *free_slot = segment;
@@ -498,20 +509,23 @@ enum class KeepEmpty {
 // slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
 // while new pages touched clean memory elsewhere.) Pages of other heaps may
 // live in it (ClaimSlices); detaching with one CAS settles who wins.
-// The caller holds heap->segments_lock.
-void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
+// True when the owner keeps it itself, with kKeptEmptySegmentsAskingForThePool
+// or more kept and empty (then, once the lock is dropped, it asks for a
+// pool to give them back should the program idle:
+// AskForThePoolIfSeveralThreads). The caller holds heap->segments_lock.
+bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
   // On another heap's list, or given back by the housekeeping (then nullptr).
-  if (segment->heap.load(std::memory_order_relaxed) != heap) return;
-  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
+  if (segment->heap.load(std::memory_order_relaxed) != heap) return false;
+  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
   if (keep != KeepEmpty::kNothing) {
     Segment* spare = heap->spare;
-    if (spare == segment) return;
+    if (spare == segment) return false;
     // A spare that pages use again is a spare no longer.
     if (spare == nullptr || spare->used_slices.load(std::memory_order_relaxed) != 1) {
       if (spare != nullptr) spare->is_spare.store(false, std::memory_order_relaxed);
       heap->spare = segment;
       segment->is_spare.store(true, std::memory_order_relaxed);
-      return;
+      return false;
     }
   }
   if (keep == KeepEmpty::kSpareAndMore) {
@@ -524,9 +538,14 @@ void ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
     // instead of faulting in fresh ones: 128 MiB of 1 KiB blocks
     // allocated and freed ten times, 3x faster (perf/RESULTS.md,
     // 2026-12-02). Without such a pool the owner keeps a few itself.
-    if (PoolHousekeepsOnATimer() || KeepEmptySegmentLocked(heap, segment)) return;
+    if (PoolHousekeepsOnATimer()) return false;
+    size_t empty_kept = 0;
+    if (KeepEmptySegmentLocked(heap, segment, &empty_kept)) {
+      return empty_kept >= kKeptEmptySegmentsAskingForThePool;
+    }
   }
   if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
+  return false;
 }
 
 // The empty segments an owner left for the pool's housekeeping, or kept
@@ -548,8 +567,12 @@ void ReleasePage(Heap* heap, Page* page) {
   ReleasePageSlices(page);
   // Most released pages leave others in their segment: no lock for those.
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
-  SpinLockHolder hold(&heap->segments_lock);
-  ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
+  bool kept;
+  {
+    SpinLockHolder hold(&heap->segments_lock);
+    kept = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
+  }
+  if (kept) AskForThePoolIfSeveralThreads();
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -1694,6 +1717,7 @@ bool LargeBlockGoesHuge(size_t n) {
 // *zeroed (if given): the block reads as zeros (ClaimSlices); calloc's
 // call, which also takes no cached huge mapping.
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullptr) {
+  PoolMaybeStartUnlessExiting();  // as AllocateSlow: a large block is a slow path too
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
   const bool own_mapping = alignment <= kSliceSize && LargeBlockGoesHuge(n);
@@ -1767,6 +1791,36 @@ void CountThisThread() {
 }
 
 bool ProgramRanSeveralThreads() { return g_threads_seen.load(std::memory_order_relaxed) >= 2; }
+
+// The kernel's thread count is read at most this often: a single-threaded
+// program that keeps emptying segments pays one read of /proc (about 20 us)
+// a quarter second at most.
+constexpr uint64_t kThreadCountCheckMs = 250;
+constinit std::atomic<uint64_t> g_thread_count_due_ms{0};
+
+// Huge blocks that four threads each churned, freeing only their own,
+// never started the pool (no batch is ever handed on) and took 25-28 s,
+// the kernel mapping and faulting in most blocks afresh; 13 s with it
+// (perf/RESULTS.md, 2026-12-05). A program whose other threads never
+// allocate counts one thread to ferry, yet it has threads, and nothing of
+// its own would ever give back what its one allocating thread keeps while
+// it idles: redis-server (its background threads only wait for jobs) held
+// the 16 segments its FLUSHALL emptied, 64 MiB, for good (perf/RESULTS.md,
+// 2026-12-06). jemalloc's background thread, which redis turns on, does
+// this work there.
+void AskForThePoolIfSeveralThreads() {
+  if (!PoolAwaitsAskToHousekeep()) return;
+  if (!ProgramRanSeveralThreads()) {
+    const uint64_t now_ms = OsMonotonicMs();
+    uint64_t due_ms = g_thread_count_due_ms.load(std::memory_order_relaxed);
+    if (now_ms < due_ms || !g_thread_count_due_ms.compare_exchange_strong(due_ms, now_ms + kThreadCountCheckMs,
+                                                                           std::memory_order_relaxed)) {
+      return;
+    }
+    if (OsProcessThreadCount() < 2) return;
+  }
+  PoolAskToHousekeep();
+}
 
 // Pool side: empty segments wait on their heap's list, each with its header
 // resident and its 4 MiB of address space held: those other threads

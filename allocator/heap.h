@@ -46,6 +46,13 @@ inline constexpr uint32_t kRetainSlowPaths = 256;
 // thread that then idles holds on to. glibc's heap keeps up to as much at
 // its top when its dynamic trim threshold is at its highest.
 inline constexpr size_t kKeptEmptySegments = 16;
+// As many kept and empty at once make the thread ask for the pool where the
+// program has other threads (AskForThePoolIfSeveralThreads): fewer, at
+// most 28 MiB, are a cache that a program of a little local churn keeps
+// while it idles without a thread started for it. Three threads that each
+// allocated and freed 12 MiB of their own, four times over, kept four
+// (tests/reclaimer_test.cc, ProgramWithoutRemoteFreesNeverStartsAThread).
+inline constexpr size_t kKeptEmptySegmentsAskingForThePool = 8;
 
 // Local frees between two of the owner's checkpoints (Heap::frees_to_checkpoint).
 inline constexpr uint32_t kFreesPerCheckpoint = 256;
@@ -348,6 +355,13 @@ void CountThisThread();
 // More than one thread has used the allocator (in a fork child: since the
 // fork).
 bool ProgramRanSeveralThreads();
+// Memory a thread keeps for a while because no reclaimer ticks (its empty
+// segments, the huge cache past its cap) is given back on the pool's timer
+// once there is one: asks for it (PoolAskToHousekeep; the next allocation
+// starts it) where the program has run several threads that allocate, or
+// has other threads now that never did (heap.cc says why). A
+// single-threaded program never gets a thread from this.
+void AskForThePoolIfSeveralThreads();
 
 }  // namespace ferry
 

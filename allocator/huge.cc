@@ -312,19 +312,6 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
   return taken.mapping;
 }
 
-// The cache is outgrown, and no reclaimer ticks: a program that has run
-// more than one thread asks for the pool, whose timer lets the cache hold
-// the program's huge bytes (HugeCacheCapBytes) and still gives them back
-// once idle; the next allocation starts it. Four threads that each churn
-// huge blocks of 2-16 MiB, freeing only their own, never started it (no
-// batch is ever handed on) and took 25-28 s, the kernel mapping and
-// faulting in most blocks afresh; 13 s with the pool (glibc 3.6-4.3,
-// mimalloc 3.0-3.5; perf/RESULTS.md, 2026-12-05). A single-threaded
-// program never gets a thread from this.
-void AskForThePoolIfSeveralThreads() {
-  if (ProgramRanSeveralThreads()) PoolAskToHousekeep();
-}
-
 // Keeps a freed huge block's mapping for reuse; false when it is not to be
 // kept (too big, or the kernel would not make it plain read-write memory
 // again): the caller unmaps it.

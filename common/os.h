@@ -119,6 +119,11 @@ bool OsIsThreadWithTidWord(int32_t tid);
 // ran there (MADV_WIPEONFORK); false where the kernel cannot (before 4.14).
 bool OsWipeInChildren(void* base, size_t size);
 
+// How many threads this process has now (the kernel's count, from
+// /proc/self/stat), or 0 where it cannot say (no /proc). Raw system calls;
+// leaves errno as it was. Tens of microseconds: for slow paths, rarely.
+int OsProcessThreadCount();
+
 // Monotonic milliseconds.
 uint64_t OsMonotonicMs();
 // Monotonic nanoseconds: precise, and coarse (a few milliseconds of

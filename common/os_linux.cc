@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "common/base.h"
 
@@ -333,6 +334,30 @@ int64_t ParseLeading(const char* p, const char** end) {
   if (end != nullptr) *end = p;
   return v;
 }
+
+}  // namespace
+
+int OsProcessThreadCount() {
+  const int saved_errno = errno;
+  char buf[512];  // about 300 bytes: the command name is at most 16
+  const bool ok = ReadSmallFile("/proc/self/stat", buf, sizeof(buf));
+  errno = saved_errno;
+  if (!ok) return 0;
+  // "pid (comm) state ppid ... nice num_threads ...": the name may hold
+  // spaces and parentheses, so count fields from its last ')'; the thread
+  // count is the 18th field after it.
+  const char* p = strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  for (int field = 0; field < 18; ++field) {
+    while (*p != '\0' && *p != ' ') ++p;
+    while (*p == ' ') ++p;
+    if (*p == '\0') return 0;
+  }
+  const int64_t threads = ParseLeading(p, nullptr);
+  return threads > 0 && threads < INT32_MAX ? static_cast<int>(threads) : 0;
+}
+
+namespace {
 
 // The cgroup CPU quota in whole CPUs (rounded up), or 0 when unlimited.
 int CgroupCpuQuota() {

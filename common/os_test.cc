@@ -1,7 +1,9 @@
 // os_test.cc — the parts of the OS layer whose answers a test can know.
 #include "common/os.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <gnu/libc-version.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
@@ -76,6 +78,45 @@ TEST(Os, MonotonicNanosecondsAgreeWithMilliseconds) {
 
 // Three threads that never block, on one CPU: the scheduler must take the
 // CPU from them, and the count of involuntary context switches grows.
+// Entries of /proc/self/task: the threads the kernel lists now.
+int TaskDirectoryEntries() {
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return -1;
+  int count = 0;
+  while (dirent* entry = readdir(dir)) count += entry->d_name[0] != '.';
+  closedir(dir);
+  return count;
+}
+
+// The kernel's count agrees with its list of the process's threads as
+// threads start and are joined (a sanitizer's runtime may add one of its
+// own), a fork child has one, and errno is left as it was (the call comes
+// from free).
+TEST(Os, ProcessThreadCountFollowsThreadsAndAForkChildHasOne) {
+  EXPECT_EQ(ferry::OsProcessThreadCount(), TaskDirectoryEntries());
+  std::atomic<bool> started{false}, stop{false};
+  std::thread other([&] {
+    started.store(true);
+    while (!stop.load()) sched_yield();
+  });
+  while (!started.load()) sched_yield();
+  errno = EAGAIN;
+  const int with_other = ferry::OsProcessThreadCount();
+  EXPECT_EQ(errno, EAGAIN);
+  EXPECT_GE(with_other, 2);
+  EXPECT_EQ(with_other, TaskDirectoryEntries());
+  const pid_t child = fork();
+  if (child == 0) _exit(ferry::OsProcessThreadCount() == 1 ? 0 : 1);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "a fork child counted other threads";
+  stop.store(true);
+  other.join();
+  EXPECT_EQ(ferry::OsProcessThreadCount(), TaskDirectoryEntries());
+  EXPECT_EQ(ferry::OsProcessThreadCount(), with_other - 1);
+}
+
 TEST(Os, PreemptionsCountThreadsThatLoseTheirCpu) {
   cpu_set_t mine;
   ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);

@@ -878,6 +878,11 @@ void PoolAskToHousekeep() {
   }
 }
 
+bool PoolAwaitsAskToHousekeep() {
+  return g_pool.state.load(std::memory_order_acquire) == kNotStarted && g_pool.config.backend == 0 &&
+         g_pool_start_requested.load(std::memory_order_relaxed) == 0;
+}
+
 void PoolStartRequested() {
   if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
   uint32_t expected = kNotStarted;

@@ -59,6 +59,8 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn =
 // ferry's own threads, not started yet and not off. For memory that only a
 // ticking pool may hold (the huge cache, huge.cc).
 void PoolAskToHousekeep();
+// Whether PoolAskToHousekeep would ask for anything now (not asked for yet).
+bool PoolAwaitsAskToHousekeep();
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;

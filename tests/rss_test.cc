@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -591,6 +593,72 @@ TEST(Rss, WithoutThePoolKeptSegmentsAnotherThreadUsedStillGoBack) {
          static_cast<unsigned long long>(live_later));
   EXPECT_LE(live_later, live_before + 3) << "segments kept by this thread and emptied by another stayed";
   for (void* p : large_blocks) ferry_free(p);
+}
+
+// (h) A program whose other threads never allocate (a server's background
+// threads waiting for jobs: redis-server's) counts one thread to ferry, and
+// frees nothing across threads, so no pool starts from a batch. Its one
+// allocating thread keeps the segments it empties (f), and nothing of its
+// own would give them back while it idles: redis held the 64 MiB its
+// FLUSHALL emptied for good (perf/RESULTS.md, 2026-12-06). So a thread that
+// keeps a segment asks for the pool where the process has other threads,
+// and its next allocation slow path starts it. Checked: 96 MiB freed, one
+// large block allocated and freed (a server's next reply), then no call at
+// all; within 2 s the kept segments have gone back and resident memory is
+// near the baseline, with one reclaimer thread running.
+void* WaitWithoutAllocating(void* arg) {
+  auto* stop = static_cast<std::atomic<bool>*>(arg);
+  while (!stop->load(std::memory_order_acquire)) {
+    timespec pause{0, 10 * 1000 * 1000};
+    nanosleep(&pause, nullptr);
+  }
+  return nullptr;
+}
+
+TEST(Rss, SegmentsKeptByTheOnlyAllocatingThreadGoBackWhileItIdlesBesideOtherThreads) {
+  constexpr size_t kBlock = 1000;
+  constexpr size_t kBig = 96 * kMiB;
+  constexpr size_t kAllowance = 12 * kMiB;  // as (f): the spare and the current page's segment
+  std::atomic<bool> stop{false};
+  pthread_t quiet;
+  ASSERT_EQ(pthread_create(&quiet, nullptr, WaitWithoutAllocating, &stop), 0);
+
+  std::vector<void*> blocks;
+  const size_t baseline = ResidentBytes();
+  const uint64_t live_before = ferry_test::Stats().segments_live;
+  const bool filled = FillBlocks(&blocks, kBig, kBlock);
+  const uint64_t live_full = ferry_test::Stats().segments_live;
+  const size_t corrupt = FreeBlocks(&blocks, kBlock);
+  const uint64_t live_freed = ferry_test::Stats().segments_live;
+  ASSERT_TRUE(filled) << "out of memory";
+  EXPECT_EQ(corrupt, 0u);
+  EXPECT_EQ(ferry_test::Stats().batches_published, 0u) << "a remote free: the case measures something else";
+  void* reply = ferry_malloc(256 * kKiB);
+  ASSERT_NE(reply, nullptr);
+  ferry_free(reply);
+
+  std::ostringstream samples;
+  std::chrono::milliseconds waited{0};
+  const size_t rss = WaitForResidentNear(baseline, kAllowance, &samples, &waited);
+  // The segments go back after their keep time, which the purge of their
+  // slices may precede: polled to the same deadline.
+  while (ferry_test::Stats().segments_live > live_before + 3 && waited < kReturnDeadline) {
+    std::this_thread::sleep_for(kPollStep);
+    waited += std::chrono::duration_cast<std::chrono::milliseconds>(kPollStep);
+  }
+  const ferry_stats_t stats = ferry_test::Stats();
+  stop.store(true, std::memory_order_release);
+  pthread_join(quiet, nullptr);
+  printf("%.0f MiB: %llu segments live, %llu after the free (%llu before), %llu %lld ms later; "
+         "MiB above the baseline: %s\n",
+         MiB(kBig), static_cast<unsigned long long>(live_full), static_cast<unsigned long long>(live_freed),
+         static_cast<unsigned long long>(live_before), static_cast<unsigned long long>(stats.segments_live),
+         static_cast<long long>(waited.count()), samples.str().c_str());
+  EXPECT_GT(live_freed, live_before + 3) << "the thread kept no segment: the case tests nothing";
+  EXPECT_EQ(stats.reclaimer_threads, 1u) << "no pool started beside a thread that never allocates";
+  EXPECT_LE(stats.segments_live, live_before + 3) << "the kept segments stayed while the thread idled";
+  EXPECT_LT(Above(rss, baseline), static_cast<int64_t>(kAllowance))
+      << "resident memory above the baseline is still " << MiB(Above(rss, baseline)) << " MiB";
 }
 
 // (c) Producers allocate, one thread frees the oldest blocks, live data
