@@ -481,7 +481,7 @@ bool KeepEmptySegmentLocked(Heap* heap, Segment* segment, size_t* empty_kept) {
       ++empty;
     }
   }
-  *empty_kept = empty;
+  *empty_kept = empty;  // every slot holding an empty segment: this one goes back, and 17
   if (already) return true;
   if (free_slot == nullptr) free_slot = in_use_slot;  // that segment goes untracked
   if (free_slot == nullptr) return false;
@@ -509,11 +509,12 @@ enum class KeepEmpty {
 // slices stayed resident for the thread's lifetime, up to 4 MiB a heap,
 // while new pages touched clean memory elsewhere.) Pages of other heaps may
 // live in it (ClaimSlices); detaching with one CAS settles who wins.
-// True when the owner keeps it itself, with kKeptEmptySegmentsAskingForThePool
-// or more kept and empty (then, once the lock is dropped, it asks for a
-// pool to give them back should the program idle:
+// True when the owner keeps kKeptEmptySegmentsAskingForThePool or more
+// empty segments, this one among them or not (then, once the lock is
+// dropped, it asks for a pool to give them back should the program idle:
 // AskForThePoolIfSeveralThreads). The caller holds heap->segments_lock.
 bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
+  bool ask_for_pool = false;
   // On another heap's list, or given back by the housekeeping (then nullptr).
   if (segment->heap.load(std::memory_order_relaxed) != heap) return false;
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
@@ -540,12 +541,12 @@ bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
     // 2026-12-02). Without such a pool the owner keeps a few itself.
     if (PoolHousekeepsOnATimer()) return false;
     size_t empty_kept = 0;
-    if (KeepEmptySegmentLocked(heap, segment, &empty_kept)) {
-      return empty_kept >= kKeptEmptySegmentsAskingForThePool;
-    }
+    const bool kept = KeepEmptySegmentLocked(heap, segment, &empty_kept);
+    ask_for_pool = empty_kept >= kKeptEmptySegmentsAskingForThePool;
+    if (kept) return ask_for_pool;
   }
   if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
-  return false;
+  return ask_for_pool;
 }
 
 // The empty segments an owner left for the pool's housekeeping, or kept
