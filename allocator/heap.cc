@@ -1630,7 +1630,12 @@ void CollectExitHeap() {
   g_exit_lock.Unlock();
 }
 
-void HousekeepingDuty(uint64_t now_ms, bool urgent) {
+// True when a run soon may find work: it purged slices, or free slices
+// are still committed (too young, or within FERRY_PURGE_DELAY_MS), or
+// huge mappings wait in the cache. Empty segments that wait for their keep
+// time hold only purged slices and their header: a slower pace (pool.cc,
+// IdleSleepMs) delays them by a run at most.
+bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
     CollectInboxes(heap);
@@ -1638,9 +1643,11 @@ void HousekeepingDuty(uint64_t now_ms, bool urgent) {
   CollectAbandonedHeaps();
   AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
-  ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
+  const size_t purged = ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
   ReleaseIdleEmptySegments(now_ms, urgent);
   ReleaseIdleHugeMappings(now_ms, urgent);
+  return purged != 0 || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
+         g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0;
 }
 
 // One heap at a time, the rest staying on the lists: a new thread takes

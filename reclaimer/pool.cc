@@ -96,6 +96,13 @@ namespace {
 
 constexpr int kMaxReclaimers = 64;
 constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
+// After housekeeping runs that found nothing to do the pace halves, down to
+// one run in kIdleTickMs << kQuietTickShifts (400 ms): an idle process's
+// reclaimer woke 20 times a second for good (redis-server after a
+// FLUSHALL: 200 wake-ups in 10 s, 20 ms of CPU; 25 now). What the
+// program's own frees leave meanwhile waits 400 ms at most for a run;
+// an offer wakes a pool that slowed down (PoolOffer).
+constexpr uint32_t kQuietTickShifts = 3;
 constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
 constexpr size_t kStackBytes = 256 << 10;
 // How long the oneTBB backend's start waits for all of its arena's workers
@@ -134,7 +141,9 @@ enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork
 
 struct Pool {
   PoolConfig config{};
-  void (*duty)(uint64_t now_ms, bool urgent) = nullptr;
+  bool (*duty)(uint64_t now_ms, bool urgent) = nullptr;
+  // Housekeeping runs in a row that found nothing to do (IdleSleepMs).
+  std::atomic<uint32_t> quiet_duties{0};
   std::atomic<uint32_t> state{kOff};
   // Reclaimers running (or being started); set before state becomes kRunning.
   std::atomic<int> count{0};
@@ -421,7 +430,9 @@ void EndDutyTurn() {
   }
 }
 void RunDutyInTurn(uint64_t now, bool urgent) {
-  g_pool.duty(now, urgent);
+  const bool more = g_pool.duty(now, urgent);
+  const uint32_t quiet = g_pool.quiet_duties.load(std::memory_order_relaxed);
+  g_pool.quiet_duties.store(more ? 0 : quiet + (quiet < UINT32_MAX), std::memory_order_relaxed);
   g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
 }
 
@@ -484,6 +495,21 @@ void Housekeeping() {
   }
 }
 
+// How long an idle reclaimer sleeps: the idle tick, doubled for each
+// housekeeping run in a row that found nothing to do, kQuietTickShifts
+// times at most. An offer, a flush or a collect wakes it sooner.
+int IdleSleepMs() {
+  const uint32_t quiet = g_pool.quiet_duties.load(std::memory_order_relaxed);
+  return g_pool.idle_tick_ms.load(std::memory_order_relaxed) << (quiet < kQuietTickShifts ? quiet : kQuietTickShifts);
+}
+
+// A batch applied: the idle pace is the usual one again.
+void NoteBusy() {
+  if (g_pool.quiet_duties.load(std::memory_order_relaxed) != 0) {
+    g_pool.quiet_duties.store(0, std::memory_order_relaxed);
+  }
+}
+
 void Park() {
   g_pool.parked.fetch_add(1, std::memory_order_seq_cst);
   OsFutexWake(&g_pool.parked, INT_MAX);
@@ -512,17 +538,19 @@ void* ReclaimerMain(void* arg) {
     Batch* batch = nullptr;
     if (PopBatch(self, &batch)) {
       Apply(batch, &self->batches);
+      NoteBusy();
       Housekeeping();
       continue;
     }
     if (Steal(self, &batch)) {
       Apply(batch, &self->batches);
+      NoteBusy();
       self->steals.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     Housekeeping();
     self->sleeping.store(1, std::memory_order_seq_cst);
-    if (!AnyWork()) OsFutexWait(&self->sleeping, 1, g_pool.idle_tick_ms.load(std::memory_order_relaxed));
+    if (!AnyWork()) OsFutexWait(&self->sleeping, 1, IdleSleepMs());
     self->sleeping.store(0, std::memory_order_relaxed);
   }
   return nullptr;
@@ -900,7 +928,7 @@ void PoolStartRequested() {
   }
 }
 
-void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t, bool)) {
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t, bool)) {
   g_pool.config = config;
   g_pool.duty = duty;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
@@ -996,8 +1024,8 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // per batch when each offer woke it (producer/consumer on two cores: 30k
   // of each a second). So an offer wakes it only when the offering heap
   // asks (it has no spare batch left, or its batches hold kWakeBytes),
-  // kWakeQueued batches wait, or a flush waits for this batch; others wait
-  // at most the idle tick.
+  // kWakeQueued batches wait, or a flush waits for this batch, or the pool
+  // has slowed its idle pace; others wait at most the idle tick.
   const uint32_t queued = target->queued.fetch_add(1, std::memory_order_relaxed) + 1;
   // A flush that began after this batch joined its epoch waits for it, and
   // the flush's wake-up (WakeAll) may have come before the push, with every
@@ -1007,7 +1035,12 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // the push's CAS (Boost's default, seq_cst) and this load are ordered
   // against the flush's seq_cst store of the epoch and its WakeAll.
   const bool flush_waits = g_pool.epoch.load(std::memory_order_seq_cst) != epoch;
-  if (!wake_now && !flush_waits && queued < kWakeQueued) return true;
+  // A pool that slowed its pace (IdleSleepMs) is woken by the first offer,
+  // or the batch would wait up to 400 ms; applying it restores the pace.
+  if (!wake_now && !flush_waits && queued < kWakeQueued &&
+      g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) {
+    return true;
+  }
   if (target->sleeping.load(std::memory_order_seq_cst) != 0) {
     Wake(target);
   } else {

@@ -34,7 +34,10 @@ inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int reclaimers) 
 }
 
 // Called once, from the allocator's global initialisation (no allocation).
-void PoolConfigure(const PoolConfig& config, void (*duty)(uint64_t now_ms, bool urgent));
+// `duty` is the housekeeping; it returns whether a run soon may find work
+// (memory purged or still to purge): after runs that found none, the
+// reclaimers' idle pace slows (pool.cc, IdleSleepMs).
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t now_ms, bool urgent));
 
 // Hands a full batch to the pool; `home_hint` spreads heaps over the
 // reclaimers. Returns false when the pool cannot take it (off, not started

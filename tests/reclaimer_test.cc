@@ -14,6 +14,7 @@
 // test's own blocks. They use 176, 192, 208, 240, 352, 2560, 3584 and 20480
 // bytes (one class each); the stress tests draw from StressSize(), which
 // avoids those classes, and the churn test uses 1280 alone.
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <latch>
 #include <mutex>
@@ -922,6 +924,85 @@ TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
     if (!home) {
       return "two full batches handed on without a flush: " + std::to_string(returned) + " of " +
              std::to_string(2 * BatchSize()) + " blocks home after 10 s";
+    }
+    return std::string();
+  });
+}
+
+// Voluntary context switches of the ferry-reclaim* threads so far: each
+// idle tick's wake-up is one.
+uint64_t ReclaimerWakeUps() {
+  uint64_t total = 0;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return 0;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    const std::string task = std::string("/proc/self/task/") + entry->d_name;
+    std::ifstream comm(task + "/comm");
+    std::string name;
+    if (!std::getline(comm, name) || !ferry_test::IsReclaimerName(name)) continue;
+    std::ifstream status(task + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::stoull(line.substr(24));
+    }
+  }
+  closedir(dir);
+  return total;
+}
+
+// An idle pool slows its housekeeping pace (50 ms, doubled after each run
+// that found nothing to do, up to 400 ms): an idle process's reclaimers
+// woke 20 times a second each for good. A batch handed on without a wake
+// (as above) then wakes it, so it still reaches home at once.
+TEST(ReclaimerPool, AnIdlePoolSlowsItsPaceAndTheNextBatchWakesIt) {
+  if (ferry_test::BackendIsTbb() || ferry_test::ExpectedReclaimers() == 0) GTEST_SKIP() << "no reclaimer threads here";
+  EXPECT_IN_FRESH_PROCESS([] {
+    std::vector<Item> warm;
+    for (size_t i = 0; i < BatchSize(); ++i) warm.push_back(Make(96));
+    std::thread([&] {
+      for (const Item& item : warm) CheckAndFree(item);
+      ferry_flush();
+    }).join();
+    // A new reclaimer names itself once it runs.
+    const int wanted = ferry_test::ExpectedReclaimers();
+    if (!WaitFor([&] { return ferry_test::ReclaimerThreadCount() == wanted; }, 10000ms)) {
+      return "the pool did not start its " + std::to_string(wanted) + " threads: " + ferry_test::AllThreadNames();
+    }
+    const int reclaimers = wanted;
+    std::this_thread::sleep_for(1500ms);  // the pool finds nothing to do, run after run
+    const uint64_t before_idle = ReclaimerWakeUps();
+    std::this_thread::sleep_for(2000ms);
+    const uint64_t idle_wake_ups = ReclaimerWakeUps() - before_idle;
+    // 400 ms a run: 5 in 2 s each, and a few more on a loaded machine; at
+    // 50 ms, 40.
+    if (idle_wake_ups > static_cast<uint64_t>(12 * reclaimers)) {
+      return "the idle pool's " + std::to_string(reclaimers) + " reclaimer(s) woke " +
+             std::to_string(idle_wake_ups) + " times in 2 s";
+    }
+    std::vector<Item> blocks;
+    for (size_t i = 0; i < BatchSize(); ++i) blocks.push_back(Make(64));
+    const uint64_t returned_before = Stats().blocks_returned;
+    std::latch freed(1);
+    std::latch done(1);
+    std::atomic<size_t> corrupt{0};
+    std::thread freer([&] {
+      for (const Item& item : blocks) corrupt += !CheckAndFree(item);
+      freed.count_down();
+      done.wait();  // alive, no flush
+    });
+    freed.wait();
+    const auto begin = std::chrono::steady_clock::now();
+    const bool home = WaitFor([&] { return Stats().blocks_returned >= returned_before + BatchSize(); },
+                              10000ms * kSanitizerSlowdown);
+    const auto waited =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - begin);
+    done.count_down();
+    freer.join();
+    if (corrupt != 0) return std::string("blocks changed before their remote free");
+    if (!home) return std::string("a batch handed on to the idle pool did not reach home in 10 s");
+    if (waited > 150ms * kSanitizerSlowdown) {
+      return "a batch handed on to the idle pool took " + std::to_string(waited.count()) +
+             " ms to reach home: it waited for the slow pace";
     }
     return std::string();
   });
