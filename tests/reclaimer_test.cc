@@ -887,42 +887,65 @@ TEST(ReclaimerPool, StartsWhenAThreadExitsWithAPartialBatch) {
   });
 }
 
+// Starts the pool with a batch of another thread's frees, flushed, so that
+// later batches are queued, not returned inline by a pool not running yet.
+void StartThePoolWithAFlushedBatch() {
+  std::vector<Item> warm;
+  for (size_t i = 0; i < BatchSize(); ++i) warm.push_back(Make(96));
+  std::thread([&] {
+    for (const Item& item : warm) CheckAndFree(item);
+    ferry_flush();
+  }).join();
+}
+
+// What became of blocks freed on a thread that stays alive without a flush
+// (nothing but the pool hands their batches on) until they are home.
+struct FreedOnALiveThread {
+  bool home = false;
+  uint64_t returned = 0;  // of them, home when the wait ended
+  std::chrono::milliseconds waited{0};  // from the last free on
+  size_t corrupt = 0;
+};
+
+FreedOnALiveThread FreeOnALiveThreadUntilHome(const std::vector<Item>& blocks) {
+  FreedOnALiveThread result;
+  const uint64_t before = Stats().blocks_returned;
+  std::latch freed(1);
+  std::latch done(1);
+  std::atomic<size_t> corrupt{0};
+  std::thread freer([&] {
+    for (const Item& item : blocks) corrupt += !CheckAndFree(item);
+    freed.count_down();
+    done.wait();
+  });
+  freed.wait();
+  const auto begin = std::chrono::steady_clock::now();
+  result.home = WaitFor([&] { return Stats().blocks_returned >= before + blocks.size(); },
+                        10000ms * kSanitizerSlowdown);
+  result.waited =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - begin);
+  result.returned = Stats().blocks_returned - before;
+  done.count_down();
+  freer.join();
+  result.corrupt = corrupt.load();
+  return result;
+}
+
 // A batch handed on need not wake a sleeping reclaimer at once (PoolOffer
 // lets a few gather); such batches still reach home with no flush, no exit
 // and no further free: at the reclaimer's idle tick at the latest.
 TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
   EXPECT_IN_FRESH_PROCESS([] {
-    // Start the pool first, so that the batches below are queued, not
-    // returned inline by a pool that is not running yet.
-    std::vector<Item> warm;
-    for (size_t i = 0; i < BatchSize(); ++i) warm.push_back(Make(96));
-    std::thread([&] {
-      for (const Item& item : warm) CheckAndFree(item);
-      ferry_flush();
-    }).join();
+    StartThePoolWithAFlushedBatch();
     std::this_thread::sleep_for(200ms);  // the reclaimers go to sleep
     // Two full batches of small blocks: the freeing heap keeps spares and
     // holds far less than the wake threshold, so neither offer wakes anyone.
     std::vector<Item> blocks;
     for (size_t i = 0; i < 2 * BatchSize(); ++i) blocks.push_back(Make(64));
-    const uint64_t before = Stats().blocks_returned;
-    std::latch freed(1);
-    std::latch done(1);
-    std::atomic<size_t> corrupt{0};
-    std::thread freer([&] {
-      for (const Item& item : blocks) corrupt += !CheckAndFree(item);
-      freed.count_down();
-      done.wait();  // alive, no flush: nothing else hands the batches on
-    });
-    freed.wait();
-    const bool home = WaitFor([&] { return Stats().blocks_returned >= before + 2 * BatchSize(); },
-                              10000ms * kSanitizerSlowdown);
-    const uint64_t returned = Stats().blocks_returned - before;
-    done.count_down();
-    freer.join();
-    if (corrupt != 0) return std::string("blocks changed before their remote free");
-    if (!home) {
-      return "two full batches handed on without a flush: " + std::to_string(returned) + " of " +
+    const FreedOnALiveThread freed = FreeOnALiveThreadUntilHome(blocks);
+    if (freed.corrupt != 0) return std::string("blocks changed before their remote free");
+    if (!freed.home) {
+      return "two full batches handed on without a flush: " + std::to_string(freed.returned) + " of " +
              std::to_string(2 * BatchSize()) + " blocks home after 10 s";
     }
     return std::string();
@@ -957,12 +980,7 @@ uint64_t ReclaimerWakeUps() {
 TEST(ReclaimerPool, AnIdlePoolSlowsItsPaceAndTheNextBatchWakesIt) {
   if (ferry_test::BackendIsTbb() || ferry_test::ExpectedReclaimers() == 0) GTEST_SKIP() << "no reclaimer threads here";
   EXPECT_IN_FRESH_PROCESS([] {
-    std::vector<Item> warm;
-    for (size_t i = 0; i < BatchSize(); ++i) warm.push_back(Make(96));
-    std::thread([&] {
-      for (const Item& item : warm) CheckAndFree(item);
-      ferry_flush();
-    }).join();
+    StartThePoolWithAFlushedBatch();
     // A new reclaimer names itself once it runs.
     const int wanted = ferry_test::ExpectedReclaimers();
     if (!WaitFor([&] { return ferry_test::ReclaimerThreadCount() == wanted; }, 10000ms)) {
@@ -981,27 +999,11 @@ TEST(ReclaimerPool, AnIdlePoolSlowsItsPaceAndTheNextBatchWakesIt) {
     }
     std::vector<Item> blocks;
     for (size_t i = 0; i < BatchSize(); ++i) blocks.push_back(Make(64));
-    const uint64_t returned_before = Stats().blocks_returned;
-    std::latch freed(1);
-    std::latch done(1);
-    std::atomic<size_t> corrupt{0};
-    std::thread freer([&] {
-      for (const Item& item : blocks) corrupt += !CheckAndFree(item);
-      freed.count_down();
-      done.wait();  // alive, no flush
-    });
-    freed.wait();
-    const auto begin = std::chrono::steady_clock::now();
-    const bool home = WaitFor([&] { return Stats().blocks_returned >= returned_before + BatchSize(); },
-                              10000ms * kSanitizerSlowdown);
-    const auto waited =
-        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - begin);
-    done.count_down();
-    freer.join();
-    if (corrupt != 0) return std::string("blocks changed before their remote free");
-    if (!home) return std::string("a batch handed on to the idle pool did not reach home in 10 s");
-    if (waited > 150ms * kSanitizerSlowdown) {
-      return "a batch handed on to the idle pool took " + std::to_string(waited.count()) +
+    const FreedOnALiveThread freed = FreeOnALiveThreadUntilHome(blocks);
+    if (freed.corrupt != 0) return std::string("blocks changed before their remote free");
+    if (!freed.home) return std::string("a batch handed on to the idle pool did not reach home in 10 s");
+    if (freed.waited > 150ms * kSanitizerSlowdown) {
+      return "a batch handed on to the idle pool took " + std::to_string(freed.waited.count()) +
              " ms to reach home: it waited for the slow pace";
     }
     return std::string();
