@@ -481,7 +481,7 @@ bool KeepEmptySegmentLocked(Heap* heap, Segment* segment, size_t* empty_kept) {
       ++empty;
     }
   }
-  *empty_kept = empty;  // every slot holding an empty segment: this one goes back, and 17
+  *empty_kept = empty;  // 17 where every slot holds an empty segment: this one is not kept
   if (already) return true;
   if (free_slot == nullptr) free_slot = in_use_slot;  // that segment goes untracked
   if (free_slot == nullptr) return false;
@@ -568,12 +568,12 @@ void ReleasePage(Heap* heap, Page* page) {
   ReleasePageSlices(page);
   // Most released pages leave others in their segment: no lock for those.
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
-  bool kept;
+  bool ask_for_pool;
   {
     SpinLockHolder hold(&heap->segments_lock);
-    kept = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
+    ask_for_pool = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
   }
-  if (kept) AskForThePoolIfSeveralThreads();
+  if (ask_for_pool) AskForThePoolIfSeveralThreads();
 }
 
 // --- refilling a page --------------------------------------------------------------

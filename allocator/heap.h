@@ -359,8 +359,8 @@ bool ProgramRanSeveralThreads();
 // segments, the huge cache past its cap) is given back on the pool's timer
 // once there is one: asks for it (PoolAskToHousekeep; the next allocation
 // starts it) where the program has run several threads that allocate, or
-// has other threads now that never did (heap.cc says why). A
-// single-threaded program never gets a thread from this.
+// has other threads now that never did (heap.cc says why). A process of
+// one thread never gets a thread from this.
 void AskForThePoolIfSeveralThreads();
 
 }  // namespace ferry
