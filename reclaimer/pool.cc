@@ -898,17 +898,14 @@ void Start() {
 
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
 
-void PoolAskToHousekeep() {
-  // The state first: the backend is written before kNotStarted is published.
-  if (g_pool.state.load(std::memory_order_acquire) != kNotStarted || g_pool.config.backend != 0) return;
-  if (g_pool_start_requested.load(std::memory_order_relaxed) == 0) {
-    g_pool_start_requested.store(1, std::memory_order_relaxed);
-  }
-}
-
 bool PoolAwaitsAskToHousekeep() {
+  // The state first: the backend is written before kNotStarted is published.
   return g_pool.state.load(std::memory_order_acquire) == kNotStarted && g_pool.config.backend == 0 &&
          g_pool_start_requested.load(std::memory_order_relaxed) == 0;
+}
+
+void PoolAskToHousekeep() {
+  if (PoolAwaitsAskToHousekeep()) g_pool_start_requested.store(1, std::memory_order_relaxed);
 }
 
 void PoolStartRequested() {

@@ -70,18 +70,26 @@ inline int ExpectedReclaimers() {
 
 inline bool ReclaimersFromDefault() { return EnvInt("FERRY_RECLAIMERS", -1) < 0; }
 
+// Calls visit(task, name) for every thread of this process that
+// /proc/self/task shows: its directory there, and its name (comm).
+template <typename Visit>
+void ForEachThread(Visit visit) {
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    const std::string task = std::string("/proc/self/task/") + entry->d_name;
+    std::ifstream comm(task + "/comm");
+    std::string name;
+    if (comm && std::getline(comm, name)) visit(task, name);
+  }
+  closedir(dir);
+}
+
 // Names (comm) of every thread of this process, as /proc/self/task shows them.
 inline std::vector<std::string> ThreadNames() {
   std::vector<std::string> names;
-  DIR* dir = opendir("/proc/self/task");
-  if (dir == nullptr) return names;
-  while (dirent* entry = readdir(dir)) {
-    if (entry->d_name[0] == '.') continue;
-    std::ifstream comm(std::string("/proc/self/task/") + entry->d_name + "/comm");
-    std::string name;
-    if (comm && std::getline(comm, name)) names.push_back(name);
-  }
-  closedir(dir);
+  ForEachThread([&](const std::string&, const std::string& name) { names.push_back(name); });
   return names;
 }
 

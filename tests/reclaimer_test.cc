@@ -14,7 +14,6 @@
 // test's own blocks. They use 176, 192, 208, 240, 352, 2560, 3584 and 20480
 // bytes (one class each); the stress tests draw from StressSize(), which
 // avoids those classes, and the churn test uses 1280 alone.
-#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -956,20 +955,13 @@ TEST(ReclaimerPool, BatchesHandedOnWithoutAWakeReachHomeWithoutAFlush) {
 // idle tick's wake-up is one.
 uint64_t ReclaimerWakeUps() {
   uint64_t total = 0;
-  DIR* dir = opendir("/proc/self/task");
-  if (dir == nullptr) return 0;
-  while (dirent* entry = readdir(dir)) {
-    if (entry->d_name[0] == '.') continue;
-    const std::string task = std::string("/proc/self/task/") + entry->d_name;
-    std::ifstream comm(task + "/comm");
-    std::string name;
-    if (!std::getline(comm, name) || !ferry_test::IsReclaimerName(name)) continue;
+  ferry_test::ForEachThread([&](const std::string& task, const std::string& name) {
+    if (!ferry_test::IsReclaimerName(name)) return;
     std::ifstream status(task + "/status");
     for (std::string line; std::getline(status, line);) {
       if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::stoull(line.substr(24));
     }
-  }
-  closedir(dir);
+  });
   return total;
 }
 
