@@ -209,6 +209,17 @@ bool FreeMayStartPool(const void* caller) {
   return !CalledFromLoader(caller) && !in_libc;
 }
 
+// A free that asked for the pool (its heap keeps enough empty segments,
+// ReleasePage; the huge cache outgrew its cap, CacheHugeMapping) starts it
+// here where it may. Left to the next allocation slow path, as it was until
+// 2026-12-06, a program that freed what it held and then idled without
+// allocating kept every byte of it for good.
+void StartAskedPoolFromFree(const void* caller) {
+  if (g_pool_start_requested.load(std::memory_order_relaxed) != 0 && FreeMayStartPool(caller)) {
+    PoolMaybeStart();
+  }
+}
+
 // The share of a segment's 63 page slices that pages of `slices` slices,
 // each holding as many blocks of `size` as fit, fill with blocks (per
 // mille): what a program of only that size gets of the address space.
@@ -563,17 +574,27 @@ void ReleaseKeptEmptySegments(Heap* heap) {
   }
 }
 
-void ReleasePage(Heap* heap, Page* page) {
+// True when it left the heap keeping enough empty segments to ask for the
+// pool (the owner's free then starts what it asked for: StartAskedPoolFromFree).
+bool ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
   // Most released pages leave others in their segment: no lock for those.
-  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return;
+  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
   bool ask_for_pool;
   {
     SpinLockHolder hold(&heap->segments_lock);
     ask_for_pool = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
   }
   if (ask_for_pool) AskForThePoolIfSeveralThreads();
+  return ask_for_pool;
+}
+
+// Out of line, so that a free whose page stays (a malloc/free loop empties
+// its page at every free) keeps nothing for the start: checked after every
+// such free, it cost 4-9 instructions a malloc/free pair (fast_path_budget_test).
+FERRY_NOINLINE void ReleasePageFromFree(Heap* heap, Page* page, const void* caller) {
+  if (ReleasePage(heap, page)) StartAskedPoolFromFree(caller);
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -931,8 +952,9 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
   heap->inbox_owner_holding.store(0, std::memory_order_release);
 }
 
-// All of this page's blocks are free (used == 0).
-void RetirePage(Heap* heap, Page* page) {
+// All of this page's blocks are free (used == 0): true when it stays on its
+// queue, else it is off its queue, for the caller to release.
+bool KeepsEmptyPage(Heap* heap, Page* page) {
   if (page->kind == PageKind::kSmall) {
     PageQueue* q = &heap->queues[page->size_class];
     // A class's only page stays, so that a block allocated and freed in a
@@ -946,12 +968,12 @@ void RetirePage(Heap* heap, Page* page) {
     // by one-slice pages while their slices waited); after 256, 14.
     if (q->head == page && q->tail == page) {
       if (page->slice_count > 1) RetainForAWhile(heap, page);
-      return;
+      return true;
     }
     QueueRemove(q, page);
     SyncDirect(heap, page->size_class);
   }
-  ReleasePage(heap, page);
+  return false;
 }
 
 // The retained empty pages (RetirePage) of every class but `keep` that are
@@ -2149,13 +2171,14 @@ namespace {
 
 }  // namespace
 
-void FreeUnmapped(void* p, const char* call) {
+void FreeUnmapped(void* p, const char* call, const void* caller) {
   if (p == nullptr) return;
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   if (SegmentMapLookup(address) == kMapHugeAlignedBlock) {
     Segment* segment = reinterpret_cast<Segment*>(
         reinterpret_cast<uintptr_t>(SegmentOf(address)) - kSegmentSize);
-    return FreeHuge(segment, &segment->pages[0], p, call);
+    FreeHuge(segment, &segment->pages[0], p, call);
+    return StartAskedPoolFromFree(caller);
   }
   ReportFreedHugeOrForeign(call, p, "double free (huge block already free)");
 }
@@ -2169,8 +2192,11 @@ void* PopLastBlock(Page* page, Block* block, Block* next) {
   return HandOutBlock(page, block, nullptr);
 }
 
-void FreeChecksFailed(Page* page, void* p, const char* call) {
-  if (page->kind == PageKind::kHuge) return FreeHuge(SegmentOf(page->start), page, p, call);
+void FreeChecksFailed(Page* page, void* p, const char* call, const void* caller) {
+  if (page->kind == PageKind::kHuge) {
+    FreeHuge(SegmentOf(page->start), page, p, call);
+    return StartAskedPoolFromFree(caller);
+  }
   if (page->kind == PageKind::kNone) FatalBadPointer(call, p, "pointer not allocated by ferry");
   if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(p))) {
     FatalBadPointer(call, p, "not the start of a block (interior pointer)");
@@ -2213,14 +2239,15 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
   if (may_spawn && g_pool_start_requested.load(std::memory_order_relaxed) != 0) PoolMaybeStart();
 }
 
-void FreeLocalSlow(Heap* heap, Page* page) {
+void FreeLocalSlow(Heap* heap, Page* page, const void* caller) {
   CounterAdd(g_counters.local_frees_slow, 1);
-  RetirePage(heap, page);
+  if (!KeepsEmptyPage(heap, page)) ReleasePageFromFree(heap, page, caller);
 }
 
-void FreeCheckpoint(Heap* heap) {
+void FreeCheckpoint(Heap* heap, const void* caller) {
   heap->frees_to_checkpoint = kFreesPerCheckpoint;
   TendHeap(heap, kNumClasses);
+  StartAskedPoolFromFree(caller);
 }
 
 // The owner frees a block of a page it had found full. If nothing has come
@@ -2230,7 +2257,7 @@ void FreeCheckpoint(Heap* heap) {
 // page (and it is on the inbox, or about to be): the block joins them like a
 // remote free, and the page comes back through the inbox (DrainInbox).
 // A large block (one per page) that nobody else has freed is released at once.
-void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
+void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call, const void* caller) {
   Block* block = static_cast<Block*>(p);
   uintptr_t expected = kReturnedFull;
   const bool took_back = page->returned.compare_exchange_strong(
@@ -2239,8 +2266,7 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
     if (!took_back) FatalBadPointer(call, p, "double free (block already free)");
     page->in_full = 0;
     page->used = 0;
-    ReleasePage(heap, page);
-    return;
+    return ReleasePageFromFree(heap, page, caller);
   }
   if (!took_back) {
     // Not counted in chains_pushed: with blocks_returned it tells how
@@ -2257,7 +2283,7 @@ void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call) {
   if (q->head == page) SyncDirect(heap, page->size_class);
   block->next_encoded = EncodeNext(page->free);
   page->free = block;
-  if (--page->used == 0) FreeLocalSlow(heap, page);
+  if (--page->used == 0) FreeLocalSlow(heap, page, caller);
 }
 
 size_t UsableSize(uintptr_t address, const char* call, bool require_live) {

@@ -167,11 +167,13 @@ extern __thread Heap* tl_heap __attribute__((tls_model("initial-exec")));
 
 // Slow paths.
 void* AllocateSlow(Heap* heap, size_t size_class);
-void FreeUnmapped(void* p, const char* call);
-void FreeChecksFailed(Page* page, void* p, const char* call);
-void FreeLocalSlow(Heap* heap, Page* page);
-void FreeCheckpoint(Heap* heap);
-void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call);
+// `caller` as Free's: these may empty the segments or cache the huge
+// mapping whose keeping asks for the pool, and start it (FreeMayStartPool).
+void FreeUnmapped(void* p, const char* call, const void* caller);
+void FreeChecksFailed(Page* page, void* p, const char* call, const void* caller);
+void FreeLocalSlow(Heap* heap, Page* page, const void* caller);
+void FreeCheckpoint(Heap* heap, const void* caller);
+void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call, const void* caller);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const void* caller);
 void PublishBatchSlow(Heap* heap, const void* caller);
 // The housekeeping's turn to give back segments that other threads emptied
@@ -253,7 +255,7 @@ FERRY_ALWAYS_INLINE void FreeRemote(Heap* heap, Page* page, void* p, const char*
 
 FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* caller = nullptr) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  if (FERRY_UNLIKELY(SegmentMapLookup(address) != kMapSegment)) return FreeUnmapped(p, call);
+  if (FERRY_UNLIKELY(SegmentMapLookup(address) != kMapSegment)) return FreeUnmapped(p, call, caller);
   Page* page = PageOf(SegmentOf(address), address);
   // IsBlockStart and LooksFree, sharing their loads: a block this page has
   // carved, whose first word is not a free-list link of this page. Huge and
@@ -263,17 +265,17 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   const uint64_t offset = address - start;
   Block* block = static_cast<Block*>(p);
   if (FERRY_UNLIKELY(offset >= carved || offset * page->divisor_magic >= page->divisor_magic)) {
-    return FreeChecksFailed(page, p, call);
+    return FreeChecksFailed(page, p, call, caller);
   }
   // Only now, p being a block this page carved, its first word: a huge
   // block (nothing carved) is never read, so one whose first page the
   // program made inaccessible (a guard page under a stack) frees as it
   // does on glibc; reading first faulted there.
   const uintptr_t next = reinterpret_cast<uintptr_t>(DecodeNext(block->next_encoded));
-  if (FERRY_UNLIKELY(next == 0 || next - start < carved)) return FreeChecksFailed(page, p, call);
+  if (FERRY_UNLIKELY(next == 0 || next - start < carved)) return FreeChecksFailed(page, p, call, caller);
   Heap* heap = tl_heap;
   if (FERRY_UNLIKELY(page->heap != heap)) return FreeRemote(heap, page, p, call, caller);
-  if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call);
+  if (FERRY_UNLIKELY(page->in_full)) return FreeIntoFullPage(heap, page, p, call, caller);
   // Onto the list the next allocation pops: a block freed by its owner is
   // handed out again while it is still in cache (realloc: the buffer just
   // copied out of). Kept on a list of its own until this one ran dry (as
@@ -281,8 +283,8 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   // of the page, cold by then (perf/RESULTS.md, 2026-12-02).
   block->next_encoded = EncodeNext(page->free);
   page->free = block;
-  if (FERRY_UNLIKELY(--page->used == 0)) return FreeLocalSlow(heap, page);
-  if (FERRY_UNLIKELY(--heap->frees_to_checkpoint == 0)) FreeCheckpoint(heap);
+  if (FERRY_UNLIKELY(--page->used == 0)) return FreeLocalSlow(heap, page, caller);
+  if (FERRY_UNLIKELY(--heap->frees_to_checkpoint == 0)) FreeCheckpoint(heap, caller);
 }
 
 // A free by the user (the malloc family's and operator delete's entry

@@ -12,12 +12,14 @@
 
 #include <dirent.h>
 #include <sched.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -146,6 +148,17 @@ bool WaitFor(Predicate done, std::chrono::milliseconds timeout,
     if (std::chrono::steady_clock::now() >= deadline) return done();
     std::this_thread::sleep_for(step);
   }
+}
+
+// A thread that never allocates (a server's background thread waiting for
+// jobs): a pthread_create start routine that sleeps 10 ms at a time until
+// the std::atomic<bool> it is given is set.
+inline void* WaitWithoutAllocating(void* stop) {
+  while (!static_cast<std::atomic<bool>*>(stop)->load(std::memory_order_acquire)) {
+    timespec pause{0, 10 * 1000 * 1000};
+    nanosleep(&pause, nullptr);
+  }
+  return nullptr;
 }
 
 inline ferry_stats_t Stats() {
