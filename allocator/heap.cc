@@ -190,8 +190,9 @@ bool CalledFromLoader(const void* caller) {
   return address >= g_loader_text_begin && address < g_loader_text_end;
 }
 
-// A batch handed on by free() asks for the pool; starting it there means
-// pthread_create inside free(). That is safe except where the C library
+// A free may ask for the pool (a batch handed on, a heap keeping its 8th
+// empty segment, a huge mapping the cache cannot hold); starting it there
+// means pthread_create inside free(). That is safe except where the C library
 // frees while holding its thread-stack lock, which pthread_create takes:
 // the dynamic loader freeing a dead thread's TLS (_dl_deallocate_tls, from
 // pthread_join, pthread_detach, a detached thread's exit or pthread_create
@@ -879,8 +880,8 @@ void SweepClasses(Heap* heap, size_t word) {
       // out. RefillPage takes the chain when the list runs dry (and orders
       // it then, a walk that its next allocations repay, OrderChain). The chain's blocks count in `used`
       // until then, so the owner's own frees cannot bring it to 0; that
-      // changes nothing for this page only, which RetirePage keeps when
-      // empty. A page that RetirePage would give back (one of several, or
+      // changes nothing for this page only, which KeepsEmptyPage keeps when
+      // empty. A page that KeepsEmptyPage would let go (one of several, or
       // of several slices) is swept as before.
       if (page == q->head && page == q->tail && page->slice_count == 1 && page->free != nullptr &&
           ReturnedCount(page->returned.load(std::memory_order_relaxed)) < page->used) {
@@ -976,7 +977,7 @@ bool KeepsEmptyPage(Heap* heap, Page* page) {
   return false;
 }
 
-// The retained empty pages (RetirePage) of every class but `keep` that are
+// The retained empty pages (KeepsEmptyPage) of every class but `keep` that are
 // still their class's only page and still empty.
 void ReleaseRetainedPages(Heap* heap, size_t keep) {
   for (size_t w = 0; w < std::size(heap->retained_classes); ++w) {
@@ -2244,10 +2245,9 @@ void FreeLocalSlow(Heap* heap, Page* page, const void* caller) {
   if (!KeepsEmptyPage(heap, page)) ReleasePageFromFree(heap, page, caller);
 }
 
-void FreeCheckpoint(Heap* heap, const void* caller) {
+void FreeCheckpoint(Heap* heap) {
   heap->frees_to_checkpoint = kFreesPerCheckpoint;
   TendHeap(heap, kNumClasses);
-  StartAskedPoolFromFree(caller);
 }
 
 // The owner frees a block of a page it had found full. If nothing has come

@@ -38,7 +38,7 @@ extern Page g_empty_page;
 // enough that the wrapping compare does not come due for 2^30 slow paths.
 inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
 
-// Slow paths (and checkpoints) a retained empty page waits (RetirePage).
+// Slow paths (and checkpoints) a retained empty page waits (KeepsEmptyPage).
 inline constexpr uint32_t kRetainSlowPaths = 256;
 // Where no reclaimer thread ticks (a single-threaded program, the oneTBB
 // backend, FERRY_RECLAIMERS=0), the empty segments an owner keeps besides
@@ -107,7 +107,7 @@ struct Heap {
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
   // Classes whose only page, spanning several slices, is empty and kept a
-  // little while (RetirePage): released once kRetainSlowPaths more slow
+  // little while (KeepsEmptyPage): released once kRetainSlowPaths more slow
   // paths have passed without the class using it again.
   uint64_t retained_classes[(kNumClasses + 63) / 64] = {};
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
@@ -172,7 +172,7 @@ void* AllocateSlow(Heap* heap, size_t size_class);
 void FreeUnmapped(void* p, const char* call, const void* caller);
 void FreeChecksFailed(Page* page, void* p, const char* call, const void* caller);
 void FreeLocalSlow(Heap* heap, Page* page, const void* caller);
-void FreeCheckpoint(Heap* heap, const void* caller);
+void FreeCheckpoint(Heap* heap);
 void FreeIntoFullPage(Heap* heap, Page* page, void* p, const char* call, const void* caller);
 void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const void* caller);
 void PublishBatchSlow(Heap* heap, const void* caller);
@@ -284,7 +284,7 @@ FERRY_ALWAYS_INLINE void Free(void* p, const char* call = "free", const void* ca
   block->next_encoded = EncodeNext(page->free);
   page->free = block;
   if (FERRY_UNLIKELY(--page->used == 0)) return FreeLocalSlow(heap, page, caller);
-  if (FERRY_UNLIKELY(--heap->frees_to_checkpoint == 0)) FreeCheckpoint(heap, caller);
+  if (FERRY_UNLIKELY(--heap->frees_to_checkpoint == 0)) FreeCheckpoint(heap);
 }
 
 // A free by the user (the malloc family's and operator delete's entry

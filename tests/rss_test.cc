@@ -251,7 +251,7 @@ TEST(Rss, MemoryFreedByAnotherThreadReturnsAfterItsOwnerExitedMediumBlocks) {
 // pool never purged it: each idle thread held up to 4 MiB; 13.9 MiB here,
 // 2.1 MiB since.)
 // One size: an idle heap also keeps its last page of each class it used
-// (RetirePage), which the pool cannot take from under a live owner; with
+// (KeepsEmptyPage), which the pool cannot take from under a live owner; with
 // every size of SmallSize those are 1.8 MiB a thread.
 TEST(Rss, MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles) {
   constexpr int kThreads = 6;
@@ -630,7 +630,10 @@ void CheckKeptSegmentsGoBackBesideAQuietThread(AfterTheFrees after) {
   EXPECT_EQ(corrupt, 0u);
   EXPECT_EQ(ferry_test::Stats().batches_published, 0u) << "a remote free: the case measures something else";
   if (after == AfterTheFrees::kOneLargeBlock) {
-    void* reply = ferry_malloc(kMiB);  // a large block: its slow path starts the pool too
+    // A large block, as a server's next reply. The frees above started the
+    // pool already; that a large block's slow path starts one asked for by
+    // frees that could not is pool_start_test's case.
+    void* reply = ferry_malloc(kMiB);
     ASSERT_NE(reply, nullptr);
     ferry_free(reply);
   }
