@@ -193,6 +193,7 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   stats.reclaimer_threads = pool.threads;
   stats.reclaimer_cpu_ns = pool.cpu_ns;
   stats.pool_starts = pool.starts;
+  stats.pool_stops = pool.stops;
   // A caller built against a newer header: what it has beyond ours is 0.
   const size_t known = size < sizeof(stats) ? size : sizeof(stats);
   memcpy(out, &stats, known);
@@ -221,6 +222,7 @@ FERRY_EXPORT void ferry_stats_print(FILE* out) {
   FERRY_PRINT_COUNTER(reclaimer_threads, "reclaimer threads running now")
   FERRY_PRINT_COUNTER(reclaimer_cpu_ns, "CPU time of the reclaimer threads, or of ferry's oneTBB tasks (ns)")
   FERRY_PRINT_COUNTER(pool_starts, "times the pool started")
+  FERRY_PRINT_COUNTER(pool_stops, "times an idle pool's threads exited")
 #undef FERRY_PRINT_COUNTER
   fflush(out);
 }

@@ -1968,7 +1968,8 @@ void EnsureGlobalInit() {
     PoolConfigure(PoolConfig{static_cast<int>(g_options.reclaimers),
                              static_cast<int>(g_options.reclaimer_backend),
                              static_cast<int>(g_options.purge_delay_ms),
-                             g_options.inline_when_busy != 0},
+                             g_options.inline_when_busy != 0,
+                             static_cast<int>(g_options.reclaimer_idle_ms)},
                   HousekeepingDuty);
     g_init_state.store(kOnceDone, std::memory_order_release);
   }

@@ -137,13 +137,24 @@ struct alignas(64) Reclaimer {
 // holds). kStartingOnTbb: oneTBB's arena being made on ferry's starter
 // thread (Start), which may wait on the program's locks (its pthread_create
 // wrapper's): a fork takes that start over as it does one not begun.
-enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork, kStartingOnTbb };
+// kStopping: an idle pool's threads on their way out (StopIdlePool), which
+// holds the flush mutex throughout, so that neither a flush nor a fork
+// sees the pool half gone; kNotStarted follows.
+enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork, kStartingOnTbb, kStopping };
 
 struct Pool {
   PoolConfig config{};
   bool (*duty)(uint64_t now_ms, bool urgent) = nullptr;
-  // Housekeeping runs in a row that found nothing to do (IdleSleepMs).
+  // Housekeeping runs in a row that found nothing to do (IdleSleepMs), and
+  // when the first of them ran (StopIdlePool).
   std::atomic<uint32_t> quiet_duties{0};
+  std::atomic<uint64_t> quiet_since_ms{0};
+  // ferry's threads in their loop (futex word): set by Start, each counts
+  // itself out as it leaves (StopIdlePool waits for that).
+  std::atomic<uint32_t> looping{0};
+  // PoolStatsGet calls reading the threads' CPU clocks: a stop lets no
+  // thread exit under one (pthread_getcpuclockid on a gone thread).
+  std::atomic<uint32_t> stats_readers{0};
   std::atomic<uint32_t> state{kOff};
   // Reclaimers running (or being started); set before state becomes kRunning.
   std::atomic<int> count{0};
@@ -235,12 +246,15 @@ struct Pool {
   // PoolSetFlushWaitForTest).
   std::atomic<int> idle_tick_ms{kIdleTickMs};
   std::atomic<void (*)()> offer_hook{nullptr};
+  std::atomic<void (*)()> stop_hook{nullptr};
   std::atomic<int> flush_timeout_ms{kFlushTimeoutMs};
   std::atomic<void (*)()> flush_wait_hook{nullptr};
   // Statistics.
   std::atomic<uint64_t> starts{0};
   std::atomic<uint64_t> retired_batches{0};  // of threads gone (fork)
   std::atomic<uint64_t> retired_steals{0};
+  std::atomic<uint64_t> retired_cpu_ns{0};  // of threads gone (an idle stop)
+  std::atomic<uint64_t> stops{0};
 };
 
 constinit Pool g_pool;
@@ -382,7 +396,8 @@ bool AnyWork() {
   return (g_pool.collect_requested.load(std::memory_order_seq_cst) !=
               g_pool.collect_done.load(std::memory_order_seq_cst) &&
           g_pool.collect_claimed.load(std::memory_order_seq_cst) == 0) ||
-         g_pool.paused.load(std::memory_order_seq_cst) != 0;
+         g_pool.paused.load(std::memory_order_seq_cst) != 0 ||
+         g_pool.state.load(std::memory_order_seq_cst) == kStopping;
 }
 
 // Pops a batch from r's queue, keeping r->queued (which PoolOffer reads to
@@ -432,6 +447,7 @@ void EndDutyTurn() {
 void RunDutyInTurn(uint64_t now, bool urgent) {
   const bool more = g_pool.duty(now, urgent);
   const uint32_t quiet = g_pool.quiet_duties.load(std::memory_order_relaxed);
+  if (!more && quiet == 0) g_pool.quiet_since_ms.store(now, std::memory_order_relaxed);
   g_pool.quiet_duties.store(more ? 0 : quiet + (quiet < UINT32_MAX), std::memory_order_relaxed);
   g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
 }
@@ -517,6 +533,88 @@ void Park() {
   g_pool.parked.fetch_sub(1, std::memory_order_seq_cst);
 }
 
+// A thread's CPU time, kept for the statistics as it leaves the pool.
+void RetireThisThreadsCpuTime() {
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
+    g_pool.retired_cpu_ns.fetch_add(static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec),
+                                    std::memory_order_relaxed);
+  }
+}
+
+// A reclaimer other than the first, told to go by StopIdlePool: it leaves
+// between batches, touching its record no more.
+void LeaveStoppingPool() {
+  RetireThisThreadsCpuTime();
+  g_pool.looping.fetch_sub(1, std::memory_order_seq_cst);
+  OsFutexWake(&g_pool.looping, INT_MAX);
+}
+
+// Whether the pool has been idle for FERRY_RECLAIMER_IDLE_MS: no batch
+// applied (NoteBusy) and no housekeeping run that found work since.
+bool IdleLongEnoughToStop() {
+  const int idle_ms = g_pool.config.idle_exit_ms;
+  if (idle_ms <= 0 || g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) return false;
+  return OsMonotonicMs() - g_pool.quiet_since_ms.load(std::memory_order_relaxed) >= static_cast<uint64_t>(idle_ms);
+}
+
+// Run by the first reclaimer once the pool has idled for
+// FERRY_RECLAIMER_IDLE_MS: the threads exit and the pool is not started
+// again until a batch is handed on or a thread keeps 8 emptied segments
+// (PoolOffer, PoolAskToHousekeep). Kept for good, they made a program that
+// had ended its own threads unable to do what only a single-threaded
+// process may (unshare(CLONE_NEWUSER) failed with EINVAL), and showed in
+// every `ps -L` of an idle server. The flush mutex is held throughout: a
+// flush waits for the stop and finds every batch applied (PoolFlush), and
+// a fork (whose prepare takes the mutex first) never sees a pool half gone.
+// False, and nothing done, where a flush or a fork holds the mutex.
+bool StopIdlePool() {
+  if (pthread_mutex_trylock(&g_pool.flush_mutex) != 0) return false;
+  uint32_t running = kRunning;
+  if (!g_pool.state.compare_exchange_strong(running, kStopping, std::memory_order_seq_cst)) {
+    pthread_mutex_unlock(&g_pool.flush_mutex);
+    return false;
+  }
+  if (auto hook = g_pool.stop_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
+  // Offers that saw the pool running finish their push; a statistics read
+  // that did finishes with the threads' clocks (both count themselves in,
+  // then read the state: seq_cst on both sides).
+  while (g_pool.offers_in_progress.load(std::memory_order_seq_cst) != 0 ||
+         g_pool.stats_readers.load(std::memory_order_seq_cst) != 0) {
+    sched_yield();
+  }
+  WakeAll();
+  for (uint32_t left; (left = g_pool.looping.load(std::memory_order_seq_cst)) > 1;) {
+    OsFutexWait(&g_pool.looping, left, 10);
+  }
+  // What the others left queued: a flush waiting for it wakes as its epoch
+  // empties (Apply).
+  const int count = g_pool.count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Reclaimer* r = g_pool.reclaimers[i];
+    Batch* batch;
+    while (PopBatch(r, &batch)) Apply(batch, &r->batches);
+    // An offer between its push and its count may leave this one off, as
+    // across a fork (PoolForkChild).
+    r->queued.store(0, std::memory_order_relaxed);
+    r->sleeping.store(0, std::memory_order_relaxed);
+  }
+  // What waits for a later run goes back now: with no pool, nothing else
+  // would give it back (as ferry_collect).
+  WaitForDutyTurn();
+  RunDutyInTurn(OsMonotonicMs(), /*urgent=*/true);
+  EndDutyTurn();
+  RetireThisThreadsCpuTime();
+  g_pool.quiet_duties.store(0, std::memory_order_relaxed);
+  g_pool.looping.store(0, std::memory_order_relaxed);
+  g_pool.count.store(0, std::memory_order_release);
+  g_pool.stops.fetch_add(1, std::memory_order_relaxed);
+  if (Verbose(1)) DiagLine().Str("ferry: reclaimer pool idle, its threads exit").WriteToStderr();
+  g_pool.state.store(kNotStarted, std::memory_order_seq_cst);
+  pthread_mutex_unlock(&g_pool.flush_mutex);
+  return true;
+}
+
 void* ReclaimerMain(void* arg) {
   Reclaimer* self = static_cast<Reclaimer*>(arg);
   tl_is_reclaimer = true;
@@ -535,6 +633,10 @@ void* ReclaimerMain(void* arg) {
       Park();
       continue;
     }
+    if (FERRY_UNLIKELY(g_pool.state.load(std::memory_order_acquire) == kStopping) && self->index != 0) {
+      LeaveStoppingPool();
+      return nullptr;
+    }
     Batch* batch = nullptr;
     if (PopBatch(self, &batch)) {
       Apply(batch, &self->batches);
@@ -549,6 +651,7 @@ void* ReclaimerMain(void* arg) {
       continue;
     }
     Housekeeping();
+    if (self->index == 0 && IdleLongEnoughToStop() && StopIdlePool()) return nullptr;
     self->sleeping.store(1, std::memory_order_seq_cst);
     if (!AnyWork()) OsFutexWait(&self->sleeping, 1, IdleSleepMs());
     self->sleeping.store(0, std::memory_order_relaxed);
@@ -878,6 +981,7 @@ void Start() {
     }
   });
   g_pool.count.store(started, std::memory_order_release);
+  g_pool.looping.store(static_cast<uint32_t>(started), std::memory_order_release);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
@@ -900,7 +1004,9 @@ constinit std::atomic<uint32_t> g_pool_start_requested{0};
 
 bool PoolAwaitsAskToHousekeep() {
   // The state first: the backend is written before kNotStarted is published.
-  return g_pool.state.load(std::memory_order_acquire) == kNotStarted && g_pool.config.backend == 0 &&
+  // A pool stopping (StopIdlePool) is asked for again, as a held one.
+  const uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  return (state == kNotStarted || state == kStopping) && g_pool.config.backend == 0 &&
          g_pool_start_requested.load(std::memory_order_relaxed) == 0;
 }
 
@@ -919,8 +1025,9 @@ void PoolStartRequested() {
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
     Start();
     pthread_setcancelstate(cancel_state, nullptr);
-  } else if (expected == kHeldForFork) {
-    // Asked for before the fork began: still asked for after it.
+  } else if (expected == kHeldForFork || expected == kStopping) {
+    // Asked for before the fork began, or as an idle pool's threads leave:
+    // still asked for after.
     g_pool_start_requested.store(1, std::memory_order_relaxed);
   }
 }
@@ -950,7 +1057,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   if (tl_is_reclaimer) return false;  // a reclaimer's own frees never wait on its pool
   const uint32_t state = g_pool.state.load(std::memory_order_acquire);
   if (FERRY_UNLIKELY(state != kRunning)) {
-    if (state == kNotStarted) g_pool_start_requested.store(1, std::memory_order_relaxed);
+    if (state == kNotStarted || state == kStopping) g_pool_start_requested.store(1, std::memory_order_relaxed);
     return false;
   }
   // oneTBB launches a worker it has not started yet from inside enqueue, on
@@ -1090,6 +1197,8 @@ void PoolSetIdleTickForTest(int idle_tick_ms) {
 }
 
 void PoolSetOfferHookForTest(void (*hook)()) { g_pool.offer_hook.store(hook, std::memory_order_relaxed); }
+void PoolSetStopHookForTest(void (*hook)()) { g_pool.stop_hook.store(hook, std::memory_order_relaxed); }
+uint64_t PoolStopsForTest() { return g_pool.stops.load(std::memory_order_relaxed); }
 
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)()) {
   g_pool.flush_timeout_ms.store(timeout_ms > 0 ? timeout_ms : kFlushTimeoutMs, std::memory_order_relaxed);
@@ -1129,8 +1238,14 @@ void ApplyQueuedForFork() {
 void PoolFlush() {
   if (tl_holds_pool_for_fork) return ApplyQueuedForFork();
   PoolMaybeStart();
-  if (g_pool.state.load(std::memory_order_acquire) != kRunning) return;
+  const uint32_t state = g_pool.state.load(std::memory_order_acquire);
+  if (state != kRunning && state != kStopping) return;
   pthread_mutex_lock(&g_pool.flush_mutex);
+  // A stop held the mutex until every batch offered was applied.
+  if (g_pool.state.load(std::memory_order_acquire) != kRunning) {
+    pthread_mutex_unlock(&g_pool.flush_mutex);
+    return;
+  }
   const uint32_t epoch = g_pool.epoch.load(std::memory_order_seq_cst);
   g_pool.epoch.store(epoch + 1, std::memory_order_seq_cst);
   const uint32_t slot = epoch & 1;
@@ -1155,6 +1270,8 @@ void PoolCollectNow() {
   WakeAll();
   for (uint32_t done; static_cast<int32_t>((done = g_pool.collect_done.load(std::memory_order_acquire)) -
                                            ticket) < 0;) {
+    // Its threads leaving (StopIdlePool) may not have seen the request.
+    if (g_pool.state.load(std::memory_order_acquire) != kRunning) return RunDutyForCollect();
     OsFutexWait(&g_pool.collect_done, done, 100);
   }
 }
@@ -1176,10 +1293,13 @@ void PoolStatsGet(PoolStats* out) {
   out->batches_pooled = g_pool.retired_batches.load(std::memory_order_relaxed) +
                         g_pool.tbb_batches.load(std::memory_order_acquire);
   out->steals = g_pool.retired_steals.load(std::memory_order_relaxed);
-  out->cpu_ns = g_pool.tbb_cpu_ns.load(std::memory_order_relaxed);
+  out->cpu_ns = g_pool.tbb_cpu_ns.load(std::memory_order_relaxed) +
+                g_pool.retired_cpu_ns.load(std::memory_order_relaxed);
   // use_tbb is read only once the pool is seen running (Start sets it
-  // before its release of the state); it may be starting now.
-  const int threads = PoolThreadCount();
+  // before its release of the state); it may be starting now. Counted in
+  // before the state is read: a stop waits for this read of the clocks.
+  g_pool.stats_readers.fetch_add(1, std::memory_order_seq_cst);
+  const int threads = g_pool.state.load(std::memory_order_seq_cst) == kRunning ? PoolThreadCount() : 0;
   const int running = threads > 0 && !g_pool.use_tbb ? threads : 0;
   for (int i = 0; i < kMaxReclaimers; ++i) {
     Reclaimer* r = __atomic_load_n(&g_pool.reclaimers[i], __ATOMIC_ACQUIRE);
@@ -1194,8 +1314,10 @@ void PoolStatsGet(PoolStats* out) {
       }
     }
   }
+  g_pool.stats_readers.fetch_sub(1, std::memory_order_release);
   out->threads = static_cast<uint64_t>(PoolThreadCount());
   out->starts = g_pool.starts.load(std::memory_order_relaxed);
+  out->stops = g_pool.stops.load(std::memory_order_relaxed);
 }
 
 // Stops the running pool between batches: no batch half applied, no queue
@@ -1300,6 +1422,8 @@ void PoolForkChild() {
   g_pool.collect_done.store(g_pool.collect_requested.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_relaxed);
+  g_pool.looping.store(0, std::memory_order_relaxed);
+  g_pool.stats_readers.store(0, std::memory_order_relaxed);
   g_pool_start_requested.store(0, std::memory_order_relaxed);
   // oneTBB's workers did not come along either, and its state cannot be
   // trusted in the child: a pool started here uses ferry's own threads.

@@ -24,6 +24,7 @@ struct PoolConfig {
   int backend;             // 0 threads, 1 tbb
   int purge_delay_ms;
   bool inline_when_busy;   // FERRY_INLINE_WHEN_BUSY (pool.cc, "Crowded CPUs")
+  int idle_exit_ms;        // FERRY_RECLAIMER_IDLE_MS: 0 never (pool.cc, StopIdlePool)
 };
 
 // Involuntary context switches a second per reclaimer (PoolWatchedReclaimers)
@@ -116,6 +117,11 @@ bool PoolFlushWaitsWhileReclaimersSleepForTest();
 // none).
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)());
 
+// Tests: a function an idle pool's stop calls as it begins, its state
+// stopping and the flush mutex held (nullptr: none); how many stops so far.
+void PoolSetStopHookForTest(void (*hook)());
+uint64_t PoolStopsForTest();
+
 // True on the pool's own threads.
 bool IsReclaimerThread();
 
@@ -134,6 +140,7 @@ struct PoolStats {
   uint64_t cpu_ns;           // CPU time of the reclaimer threads
   uint64_t threads;          // threads running now
   uint64_t starts;           // times the pool started (again after fork)
+  uint64_t stops;            // times an idle pool's threads exited (StopIdlePool)
 };
 void PoolStatsGet(PoolStats* out);
 

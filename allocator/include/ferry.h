@@ -18,7 +18,7 @@
 
 #define FERRY_VERSION_MAJOR 0
 #define FERRY_VERSION_MINOR 2
-#define FERRY_VERSION_PATCH 2
+#define FERRY_VERSION_PATCH 3
 // One number that grows with every release: major * 10000 + minor * 100 + patch.
 #define FERRY_VERSION \
   (FERRY_VERSION_MAJOR * 10000 + FERRY_VERSION_MINOR * 100 + FERRY_VERSION_PATCH)
@@ -139,6 +139,8 @@ typedef struct ferry_stats_s {
   uint64_t huge_bytes_cached;     // bytes of freed huge mappings kept for reuse
   // From 0.2.2 on:
   uint64_t bytes_unmapped;        // bytes of huge mappings given back to the OS (munmap, mremap)
+  // From 0.2.3 on:
+  uint64_t pool_stops;            // times an idle pool's threads exited (FERRY_RECLAIMER_IDLE_MS)
 } ferry_stats_t;
 
 // Fills *out with the current counters. Cheap: no lock, no allocation.

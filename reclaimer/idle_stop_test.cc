@@ -1,0 +1,154 @@
+// idle_stop_test.cc — the moments of an idle pool's stop (pool.cc,
+// StopIdlePool) that a stress run seldom hits, held open with test hooks:
+// an offer caught between its epoch and its push when the stop begins (the
+// stop waits for it and applies its batch, with no flush and no other
+// thread left), and a flush or a collect called while the threads leave
+// (each returns once the stop has applied every batch, and neither hangs).
+//
+// Runs with FERRY_RECLAIMERS=2, FERRY_RECLAIMER_IDLE_MS=300, FERRY_BATCH=16
+// and FERRY_INLINE_WHEN_BUSY=0 (BUILD).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+#include "reclaimer/pool.h"
+#include "tests/pool_test_util.h"
+
+namespace ferry {
+namespace {
+
+constexpr size_t kBatch = 16;  // FERRY_BATCH in BUILD
+constexpr size_t kSize = 48;
+
+// Offer hook: 1 = hold the next offer until g_offer_release; 2 = one is held.
+std::atomic<int> g_offer_hold{0};
+std::atomic<int> g_offer_release{0};
+// Stop hook: the stops that began; 1 = hold the next one until g_stop_release.
+std::atomic<int> g_stops_begun{0};
+std::atomic<int> g_stop_hold{0};
+std::atomic<int> g_stop_release{0};
+
+void HoldOneOffer() {
+  int expected = 1;
+  if (!g_offer_hold.compare_exchange_strong(expected, 2)) return;
+  while (g_offer_release.load() == 0) usleep(1000);
+}
+
+void NoteOrHoldAStop() {
+  g_stops_begun.fetch_add(1);
+  int expected = 1;
+  if (!g_stop_hold.compare_exchange_strong(expected, 2)) return;
+  while (g_stop_release.load() == 0) usleep(1000);
+}
+
+template <typename Condition>
+bool WaitFor(Condition condition) {
+  return ferry_test::WaitFor(condition, std::chrono::seconds(10), std::chrono::milliseconds(1));
+}
+
+std::vector<void*> AllocatedHere(size_t count) {
+  std::vector<void*> blocks(count);
+  for (void*& p : blocks) {
+    p = ferry_malloc(kSize);
+    EXPECT_NE(p, nullptr);
+  }
+  return blocks;
+}
+
+uint64_t BlocksReturned() { return ferry_test::Stats().blocks_returned; }
+
+// Starts the pool with a flushed batch of another thread's frees and waits
+// until both of its threads run.
+void StartThePoolAndWaitForItsThreads() {
+  std::vector<void*> blocks = AllocatedHere(kBatch);
+  std::thread([&] {
+    for (void* p : blocks) ferry_free(p);
+    ferry_flush();
+  }).join();
+  ASSERT_TRUE(WaitFor([] { return PoolThreadCount() == 2 && ferry_test::ReclaimerThreadCount() == 2; }))
+      << ferry_test::AllThreadNames();
+}
+
+TEST(IdleStop, AStopWaitsForAnOfferBetweenItsEpochAndItsPushThenAppliesItsBatch) {
+  PoolSetStopHookForTest(NoteOrHoldAStop);
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  const int stops_before = g_stops_begun.load();
+
+  // One batch's offer held before its push; the pool, seeing nothing, goes
+  // idle and begins its stop.
+  std::vector<void*> blocks = AllocatedHere(kBatch);
+  const uint64_t returned_before = BlocksReturned();
+  PoolSetOfferHookForTest(HoldOneOffer);
+  g_offer_hold = 1;
+  std::thread freer([&] {
+    for (void* p : blocks) ferry_free(p);
+  });
+  const bool held = WaitFor([] { return g_offer_hold.load() == 2; });
+  const bool stop_began = held && WaitFor([&] { return g_stops_begun.load() > stops_before; });
+  usleep(50'000);  // the stop waits for the offer meanwhile
+  // The other reclaimer may leave already; the one stopping the pool stays.
+  const bool stop_ended_early = ferry_test::ReclaimerThreadCount() == 0;
+  g_offer_release = 1;
+  freer.join();
+  PoolSetOfferHookForTest(nullptr);
+  ASSERT_TRUE(held) << "no offer reached the hook (was the batch applied inline?)";
+  ASSERT_TRUE(stop_began) << "the idle pool never began its stop";
+  EXPECT_FALSE(stop_ended_early) << "the stop ended while an offer was still on its way to a queue";
+
+  // No flush, no other batch: the stop alone brings the batch home.
+  EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
+  EXPECT_TRUE(WaitFor([&] { return BlocksReturned() - returned_before >= kBatch; }))
+      << BlocksReturned() - returned_before << " of the " << kBatch
+      << " blocks of the batch offered as the pool stopped reached home";
+  EXPECT_EQ(PoolThreadCount(), 0);
+  PoolSetStopHookForTest(nullptr);
+}
+
+TEST(IdleStop, AFlushOrCollectDuringTheStopReturnsOnceItIsDoneAndNeitherHangs) {
+  PoolSetStopHookForTest(NoteOrHoldAStop);
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  g_stop_release = 0;
+  g_stop_hold = 1;
+  const bool stopping = WaitFor([] { return g_stop_hold.load() == 2; });
+  std::atomic<int> flushed{0}, collected{0};
+  std::thread flusher, collector;
+  if (stopping) {
+    flusher = std::thread([&] {
+      // A batch of its own first: it goes inline (the pool is stopping),
+      // and the flush must cover it and wait for the stop.
+      std::vector<void*> mine = AllocatedHere(kBatch);
+      std::thread([&] {
+        for (void* p : mine) ferry_free(p);
+      }).join();
+      ferry_flush();
+      flushed = 1;
+    });
+    collector = std::thread([&] {
+      ferry_collect();
+      collected = 1;
+    });
+    usleep(100'000);
+  }
+  const int flushed_during_stop = flushed.load();
+  g_stop_release = 1;
+  if (flusher.joinable()) flusher.join();
+  if (collector.joinable()) collector.join();
+  PoolSetStopHookForTest(nullptr);
+  ASSERT_TRUE(stopping) << "the idle pool never began its stop";
+  EXPECT_EQ(flushed_during_stop, 0) << "ferry_flush returned while the pool's threads were still leaving";
+  EXPECT_EQ(flushed.load(), 1);
+  EXPECT_EQ(collected.load(), 1);
+  EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
+  // And the next batch starts the pool again.
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  EXPECT_GE(PoolStopsForTest(), 2u);
+}
+
+}  // namespace
+}  // namespace ferry

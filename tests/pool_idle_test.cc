@@ -1,0 +1,193 @@
+// pool_idle_test.cc — an idle pool's threads exit (FERRY_RECLAIMER_IDLE_MS,
+// reclaimer/pool.cc StopIdlePool) and the next batch starts them again,
+// with flush, collect and fork keeping their promises across the stops.
+//
+// Runs with FERRY_RECLAIMERS=2 (a stop has another thread to wait for) and
+// FERRY_RECLAIMER_IDLE_MS=300 (BUILD).
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ferry.h"
+#include "gtest/gtest.h"
+#include "tests/pool_test_util.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ferry_test::Item;
+using ferry_test::kSanitizerSlowdown;
+using ferry_test::Stats;
+using ferry_test::WaitFor;
+
+constexpr int kIdleMs = 300;  // FERRY_RECLAIMER_IDLE_MS in BUILD
+
+bool PoolRunsWithItsThreads() {
+  const int wanted = ferry_test::ExpectedReclaimers();
+  return Stats().reclaimer_threads == static_cast<uint64_t>(wanted) &&
+         ferry_test::ReclaimerThreadCount() == wanted;
+}
+
+bool PoolGone() { return Stats().reclaimer_threads == 0 && ferry_test::ReclaimerThreadCount() == 0; }
+
+// Blocks of `size` made here and freed by another thread, which then calls
+// ferry_flush: true when every one of them had reached its page by then
+// (blocks_returned), the flush's promise. The freeing thread stays alive
+// until the check is done, so that no exit hands anything on.
+bool FreedElsewhereAndFlushedAreHome(size_t count, size_t size, std::string* problem) {
+  std::vector<Item> blocks;
+  for (size_t i = 0; i < count; ++i) blocks.push_back(ferry_test::Make(size));
+  std::atomic<size_t> corrupt{0};
+  uint64_t before = 0, after = 0;
+  std::thread freer([&] {
+    before = Stats().blocks_returned;
+    for (const Item& item : blocks) corrupt += !ferry_test::CheckAndFree(item);
+    ferry_flush();
+    after = Stats().blocks_returned;
+  });
+  freer.join();
+  if (corrupt.load() != 0) *problem = "blocks changed before their remote free";
+  if (after - before < count) {
+    *problem = "ferry_flush returned with " + std::to_string(after - before) + " of " + std::to_string(count) +
+               " freed blocks home";
+  }
+  return problem->empty();
+}
+
+TEST(PoolIdle, ThreadsExitAfterTheIdleTimeAndTheNextBatchStartsThemAgain) {
+  ASSERT_EQ(ferry_test::EnvInt("FERRY_RECLAIMER_IDLE_MS", -1), kIdleMs) << "run through its BUILD target";
+  const int wanted = ferry_test::ExpectedReclaimers();
+  ASSERT_GE(wanted, 2);
+  std::string problem;
+  ASSERT_TRUE(FreedElsewhereAndFlushedAreHome(2 * ferry_test::BatchSize(), 80, &problem)) << problem;
+  ASSERT_TRUE(WaitFor(PoolRunsWithItsThreads, 5000ms * kSanitizerSlowdown))
+      << "the pool did not start its " << wanted << " threads: " << ferry_test::AllThreadNames();
+  EXPECT_EQ(Stats().pool_starts, 1u);
+
+  // Idle: the housekeeping finds nothing for kIdleMs, and the threads go.
+  const auto idle_from = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WaitFor(PoolGone, 5000ms * kSanitizerSlowdown))
+      << "the idle pool's threads are still there: " << ferry_test::AllThreadNames();
+  const auto idle_for = std::chrono::steady_clock::now() - idle_from;
+  EXPECT_GE(idle_for, std::chrono::milliseconds(kIdleMs) - 50ms) << "the threads left before the idle time";
+  const ferry_stats_t stopped = Stats();
+  EXPECT_EQ(stopped.pool_starts, 1u);
+  EXPECT_EQ(stopped.pool_stops, 1u);
+  EXPECT_GT(stopped.reclaimer_cpu_ns, 0u) << "the CPU time of the threads that left was lost";
+
+  // The next batch starts the pool again; its flush still covers it.
+  ASSERT_TRUE(FreedElsewhereAndFlushedAreHome(2 * ferry_test::BatchSize(), 80, &problem)) << problem;
+  EXPECT_TRUE(WaitFor(PoolRunsWithItsThreads, 5000ms * kSanitizerSlowdown))
+      << "the pool did not start its " << wanted << " threads again: " << ferry_test::AllThreadNames();
+  const ferry_stats_t again = Stats();
+  EXPECT_EQ(again.pool_starts, 2u);
+  EXPECT_EQ(again.pool_stops, 1u);
+  EXPECT_GE(again.reclaimer_cpu_ns, stopped.reclaimer_cpu_ns);
+  EXPECT_GE(again.batches_pooled + again.batches_inline, stopped.batches_pooled + stopped.batches_inline);
+}
+
+// Bursts of remote frees with content checks, separated by gaps around
+// the idle time, so that the pool stops and starts again many times while
+// another thread flushes, collects and (outside ThreadSanitizer and
+// AddressSanitizer, as tests/BUILD's fork tests) forks at random moments. Every block must
+// come back intact, every flush must find what was freed before it home,
+// and no call may hang.
+TEST(PoolIdle, BurstsAroundTheIdleTimeWithFlushesCollectsAndForks) {
+  ASSERT_EQ(ferry_test::EnvInt("FERRY_RECLAIMER_IDLE_MS", -1), kIdleMs) << "run through its BUILD target";
+  const int kBursts = kSanitizerSlowdown > 1 ? 6 : 14;
+  const uint64_t starts_before = Stats().pool_starts;
+  std::atomic<bool> done{false};
+  std::atomic<size_t> problems{0};
+  std::mutex problem_mu;
+  std::string first_problem;
+  auto report = [&](const std::string& what) {
+    std::lock_guard<std::mutex> hold(problem_mu);
+    if (problems++ == 0) first_problem = what;
+  };
+  std::thread meddler([&] {
+    std::mt19937 rng(7);
+    [[maybe_unused]] int forks = 0;
+    while (!done.load(std::memory_order_acquire)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (2 * kIdleMs)));
+      switch (rng() % 3) {
+        case 0:
+          ferry_flush();
+          break;
+        case 1:
+          ferry_collect();
+          break;
+        default: {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+          ferry_flush();
+#else
+          if (forks >= 6) break;
+          ++forks;
+          const pid_t child = fork();
+          if (child == 0) {
+            // The child allocates and frees across its own threads.
+            std::vector<Item> blocks;
+            for (int i = 0; i < 2000; ++i) blocks.push_back(ferry_test::Make(48 + i % 200));
+            bool intact = true;
+            std::thread([&] {
+              for (const Item& item : blocks) intact &= ferry_test::CheckAndFree(item);
+              ferry_flush();
+            }).join();
+            _exit(intact ? 0 : 3);
+          }
+          int status = 0;
+          if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            report("a fork child failed (status " + std::to_string(status) + ")");
+          }
+#endif
+          break;
+        }
+      }
+    }
+  });
+  std::mt19937 rng(11);
+  for (int burst = 0; burst < kBursts; ++burst) {
+    // Two producers' blocks, freed by a third thread that checks them.
+    std::vector<Item> blocks[2];
+    std::thread producers[2];
+    for (int t = 0; t < 2; ++t) {
+      producers[t] = std::thread([&, t] {
+        for (int i = 0; i < 3000; ++i) blocks[t].push_back(ferry_test::Make(16 + (i * 37 + t) % 1500));
+      });
+    }
+    for (auto& producer : producers) producer.join();
+    std::thread freer([&] {
+      size_t corrupt = 0;
+      for (auto& list : blocks) {
+        for (const Item& item : list) corrupt += !ferry_test::CheckAndFree(item);
+      }
+      if (corrupt != 0) report(std::to_string(corrupt) + " blocks changed before their remote free");
+      if (burst % 2 == 0) ferry_flush();
+    });
+    freer.join();
+    std::string problem;
+    if (!FreedElsewhereAndFlushedAreHome(600, 200, &problem)) report(problem);
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (3 * kIdleMs)));
+  }
+  // One more idle time: the last threads go too.
+  const bool gone = WaitFor(PoolGone, 5000ms * kSanitizerSlowdown);
+  done.store(true, std::memory_order_release);
+  meddler.join();
+  EXPECT_EQ(problems.load(), 0u) << first_problem;
+  EXPECT_TRUE(gone) << "the pool's threads are still there: " << ferry_test::AllThreadNames();
+  const ferry_stats_t stats = Stats();
+  EXPECT_GE(stats.pool_starts, starts_before + 2) << "the pool stopped once at most between the bursts: the case tests little";
+  EXPECT_EQ(stats.pool_stops, stats.pool_starts) << "every start was followed by a stop, the last one included";
+  printf("%d bursts: the pool started %llu times\n", kBursts,
+         static_cast<unsigned long long>(stats.pool_starts - starts_before));
+}
+
+}  // namespace
