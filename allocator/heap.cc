@@ -575,17 +575,20 @@ void ReleaseKeptEmptySegments(Heap* heap) {
   }
 }
 
-// True when it left the heap keeping enough empty segments to ask for the
-// pool (the owner's free then starts what it asked for: StartAskedPoolFromFree).
+// True when it asked for the pool (the owner's free then starts it:
+// StartAskedPoolFromFree): it left the heap keeping enough empty segments,
+// or an idle pool has stopped since it last ran (reclaimer/pool.cc,
+// StopIdlePool). Then the slices this page leaves committed have nobody to
+// purge them: a thread that churned 20 MiB of its own after the stop kept
+// all of it resident for good (a review, 2026-12-06).
 bool ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
+  bool ask_for_pool = g_pool_stopped_idle.load(std::memory_order_relaxed) != 0;
   // Most released pages leave others in their segment: no lock for those.
-  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
-  bool ask_for_pool;
-  {
+  if (segment->used_slices.load(std::memory_order_relaxed) == 1) {
     SpinLockHolder hold(&heap->segments_lock);
-    ask_for_pool = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
+    ask_for_pool |= ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
   }
   if (ask_for_pool) AskForThePoolIfSeveralThreads();
   return ask_for_pool;

@@ -32,8 +32,8 @@ namespace ferry {
   X(reclaimer_idle_ms, "FERRY_RECLAIMER_IDLE_MS", 10000, 0, 3600000, nullptr,   \
     "milliseconds the pool of ferry's own threads may stay idle (no batch "    \
     "to apply, nothing left to purge) before it gives back what is idle and "  \
-    "its threads exit; the next batch handed on, or a thread keeping 8 "       \
-    "emptied segments, starts them again; 0 keeps them for good")              \
+    "its threads exit; the next batch handed on, or the next page a thread "  \
+    "gives back, starts them again; 0 keeps them for good")                    \
   X(batch, "FERRY_BATCH", 256, 1, 4096, nullptr,                                \
     "frees of other threads' memory gathered per batch before it is sorted "    \
     "and returned to the owning pages")                                         \

@@ -5,7 +5,8 @@
 // thread left), and a flush or a collect called while the threads leave
 // (each returns once the stop has applied every batch, and neither hangs).
 //
-// Runs with FERRY_RECLAIMERS=2, FERRY_RECLAIMER_IDLE_MS=300, FERRY_BATCH=16
+// Runs with FERRY_RECLAIMERS=2, FERRY_RECLAIMER_IDLE_MS=1000 (room for a slow
+// machine between a case's start of the pool and its held offer), FERRY_BATCH=16
 // and FERRY_INLINE_WHEN_BUSY=0 (BUILD).
 #include <gtest/gtest.h>
 #include <unistd.h>

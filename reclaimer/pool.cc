@@ -155,6 +155,12 @@ struct Pool {
   // PoolStatsGet calls reading the threads' CPU clocks: a stop lets no
   // thread exit under one (pthread_getcpuclockid on a gone thread).
   std::atomic<uint32_t> stats_readers{0};
+  // Set by a stop once no offer or statistics read can reach the threads any
+  // more: the reclaimers other than the first leave on it (StopIdlePool).
+  std::atomic<bool> leave_now{false};
+  // The largest reclaimer_cpu_ns reported: a read during a stop sees
+  // neither the leaving threads' clocks nor yet their retired time.
+  std::atomic<uint64_t> cpu_ns_reported{0};
   std::atomic<uint32_t> state{kOff};
   // Reclaimers running (or being started); set before state becomes kRunning.
   std::atomic<int> count{0};
@@ -397,7 +403,7 @@ bool AnyWork() {
               g_pool.collect_done.load(std::memory_order_seq_cst) &&
           g_pool.collect_claimed.load(std::memory_order_seq_cst) == 0) ||
          g_pool.paused.load(std::memory_order_seq_cst) != 0 ||
-         g_pool.state.load(std::memory_order_seq_cst) == kStopping;
+         g_pool.leave_now.load(std::memory_order_seq_cst);
 }
 
 // Pops a batch from r's queue, keeping r->queued (which PoolOffer reads to
@@ -567,8 +573,17 @@ bool IdleLongEnoughToStop() {
 // every `ps -L` of an idle server. The flush mutex is held throughout: a
 // flush waits for the stop and finds every batch applied (PoolFlush), and
 // a fork (whose prepare takes the mutex first) never sees a pool half gone.
-// False, and nothing done, where a flush or a fork holds the mutex.
+// False, and nothing done, where a flush or a fork holds the mutex, the
+// duty turn is taken, or the last run before the stop found work after all.
 bool StopIdlePool() {
+  // What waits for a later run goes back first, as ferry_collect would give
+  // it back: with no pool, nothing else would. Before the flush mutex, so
+  // that the mutex is never held waiting for the duty turn (a thread holding
+  // the turn may call ferry_flush).
+  if (!TryTakeDutyTurn()) return false;
+  RunDutyInTurn(OsMonotonicMs(), /*urgent=*/true);
+  EndDutyTurn();
+  if (g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) return false;
   if (pthread_mutex_trylock(&g_pool.flush_mutex) != 0) return false;
   uint32_t running = kRunning;
   if (!g_pool.state.compare_exchange_strong(running, kStopping, std::memory_order_seq_cst)) {
@@ -583,6 +598,7 @@ bool StopIdlePool() {
          g_pool.stats_readers.load(std::memory_order_seq_cst) != 0) {
     sched_yield();
   }
+  g_pool.leave_now.store(true, std::memory_order_seq_cst);
   WakeAll();
   for (uint32_t left; (left = g_pool.looping.load(std::memory_order_seq_cst)) > 1;) {
     OsFutexWait(&g_pool.looping, left, 10);
@@ -599,19 +615,22 @@ bool StopIdlePool() {
     r->queued.store(0, std::memory_order_relaxed);
     r->sleeping.store(0, std::memory_order_relaxed);
   }
-  // What waits for a later run goes back now: with no pool, nothing else
-  // would give it back (as ferry_collect).
-  WaitForDutyTurn();
-  RunDutyInTurn(OsMonotonicMs(), /*urgent=*/true);
-  EndDutyTurn();
   RetireThisThreadsCpuTime();
   g_pool.quiet_duties.store(0, std::memory_order_relaxed);
   g_pool.looping.store(0, std::memory_order_relaxed);
+  g_pool.leave_now.store(false, std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_release);
   g_pool.stops.fetch_add(1, std::memory_order_relaxed);
+  // From now on a page given back asks for the pool again (heap.cc,
+  // ReleasePage): the memory it leaves committed has nobody else to purge it.
+  g_pool_stopped_idle.store(1, std::memory_order_relaxed);
   if (Verbose(1)) DiagLine().Str("ferry: reclaimer pool idle, its threads exit").WriteToStderr();
   g_pool.state.store(kNotStarted, std::memory_order_seq_cst);
   pthread_mutex_unlock(&g_pool.flush_mutex);
+  // A start asked for while the threads left (an offer, a heap keeping
+  // segments, the drain's own returns) is kept (PoolStartRequested), but
+  // a program that then idles would make no call that starts it.
+  PoolMaybeStart();
   return true;
 }
 
@@ -633,7 +652,7 @@ void* ReclaimerMain(void* arg) {
       Park();
       continue;
     }
-    if (FERRY_UNLIKELY(g_pool.state.load(std::memory_order_acquire) == kStopping) && self->index != 0) {
+    if (FERRY_UNLIKELY(g_pool.leave_now.load(std::memory_order_acquire)) && self->index != 0) {
       LeaveStoppingPool();
       return nullptr;
     }
@@ -982,6 +1001,7 @@ void Start() {
   });
   g_pool.count.store(started, std::memory_order_release);
   g_pool.looping.store(static_cast<uint32_t>(started), std::memory_order_release);
+  if (started > 0) g_pool_stopped_idle.store(0, std::memory_order_relaxed);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
@@ -1001,6 +1021,7 @@ void Start() {
 }  // namespace
 
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
+constinit std::atomic<uint32_t> g_pool_stopped_idle{0};
 
 bool PoolAwaitsAskToHousekeep() {
   // The state first: the backend is written before kNotStarted is published.
@@ -1077,7 +1098,7 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // and reads the pause lifted must not go on to the threads' path with
   // no thread (count 0).
   if (g_pool.paused.load(std::memory_order_seq_cst) != 0 ||
-      g_pool.state.load(std::memory_order_acquire) != kRunning) {
+      g_pool.state.load(std::memory_order_seq_cst) != kRunning) {
     g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
     return false;
   }
@@ -1118,6 +1139,9 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   Reclaimer* target = g_pool.reclaimers[home];
   if (auto hook = g_pool.offer_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
   const bool pushed = target->queue.bounded_push(batch);
+  // Counted before the offer ends: a stop's drain (StopIdlePool) resets the
+  // count once offers are done, and one counted after it stayed one high.
+  const uint32_t queued = pushed ? target->queued.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
   g_pool.offers_in_progress.fetch_sub(1, std::memory_order_release);
   if (!pushed) {
     batch->in_flight.store(0, std::memory_order_relaxed);
@@ -1130,7 +1154,6 @@ bool PoolOffer(Batch* batch, uint32_t home_hint, bool wake_now, bool may_spawn) 
   // asks (it has no spare batch left, or its batches hold kWakeBytes),
   // kWakeQueued batches wait, or a flush waits for this batch, or the pool
   // has slowed its idle pace; others wait at most the idle tick.
-  const uint32_t queued = target->queued.fetch_add(1, std::memory_order_relaxed) + 1;
   // A flush that began after this batch joined its epoch waits for it, and
   // the flush's wake-up (WakeAll) may have come before the push, with every
   // reclaimer asleep again by now: this offer wakes one, or the flush would
@@ -1315,6 +1338,11 @@ void PoolStatsGet(PoolStats* out) {
     }
   }
   g_pool.stats_readers.fetch_sub(1, std::memory_order_release);
+  uint64_t reported = g_pool.cpu_ns_reported.load(std::memory_order_relaxed);
+  while (reported < out->cpu_ns &&
+         !g_pool.cpu_ns_reported.compare_exchange_weak(reported, out->cpu_ns, std::memory_order_relaxed)) {
+  }
+  if (reported > out->cpu_ns) out->cpu_ns = reported;
   out->threads = static_cast<uint64_t>(PoolThreadCount());
   out->starts = g_pool.starts.load(std::memory_order_relaxed);
   out->stops = g_pool.stops.load(std::memory_order_relaxed);
@@ -1424,6 +1452,8 @@ void PoolForkChild() {
   g_pool.count.store(0, std::memory_order_relaxed);
   g_pool.looping.store(0, std::memory_order_relaxed);
   g_pool.stats_readers.store(0, std::memory_order_relaxed);
+  g_pool.leave_now.store(false, std::memory_order_relaxed);
+  g_pool_stopped_idle.store(0, std::memory_order_relaxed);
   g_pool_start_requested.store(0, std::memory_order_relaxed);
   // oneTBB's workers did not come along either, and its state cannot be
   // trusted in the child: a pool started here uses ferry's own threads.

@@ -68,6 +68,9 @@ bool PoolAwaitsAskToHousekeep();
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
+// Set once an idle pool's threads have exited (pool.cc, StopIdlePool),
+// until it starts again: a page given back then asks for it (heap.cc).
+extern std::atomic<uint32_t> g_pool_stopped_idle;
 void PoolStartRequested();
 inline void PoolMaybeStart() {
   if (__builtin_expect(g_pool_start_requested.load(std::memory_order_relaxed) != 0, 0)) {

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <latch>
 #include <mutex>
 #include <random>
 #include <string>
@@ -68,17 +69,18 @@ TEST(PoolIdle, ThreadsExitAfterTheIdleTimeAndTheNextBatchStartsThemAgain) {
   const int wanted = ferry_test::ExpectedReclaimers();
   ASSERT_GE(wanted, 2);
   std::string problem;
+  // The idle time counts from the pool's last work, before the flush returns.
+  const auto idle_from = std::chrono::steady_clock::now();
   ASSERT_TRUE(FreedElsewhereAndFlushedAreHome(2 * ferry_test::BatchSize(), 80, &problem)) << problem;
   ASSERT_TRUE(WaitFor(PoolRunsWithItsThreads, 5000ms * kSanitizerSlowdown))
       << "the pool did not start its " << wanted << " threads: " << ferry_test::AllThreadNames();
-  EXPECT_EQ(Stats().pool_starts, 1u);
+  EXPECT_EQ(Stats().pool_starts, 1u) << "the first case of the process";
 
   // Idle: the housekeeping finds nothing for kIdleMs, and the threads go.
-  const auto idle_from = std::chrono::steady_clock::now();
   ASSERT_TRUE(WaitFor(PoolGone, 5000ms * kSanitizerSlowdown))
       << "the idle pool's threads are still there: " << ferry_test::AllThreadNames();
   const auto idle_for = std::chrono::steady_clock::now() - idle_from;
-  EXPECT_GE(idle_for, std::chrono::milliseconds(kIdleMs) - 50ms) << "the threads left before the idle time";
+  EXPECT_GE(idle_for, std::chrono::milliseconds(kIdleMs)) << "the threads left before the idle time";
   const ferry_stats_t stopped = Stats();
   EXPECT_EQ(stopped.pool_starts, 1u);
   EXPECT_EQ(stopped.pool_stops, 1u);
@@ -175,7 +177,13 @@ TEST(PoolIdle, BurstsAroundTheIdleTimeWithFlushesCollectsAndForks) {
     freer.join();
     std::string problem;
     if (!FreedElsewhereAndFlushedAreHome(600, 200, &problem)) report(problem);
-    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (3 * kIdleMs)));
+    if (burst == 1 || burst == 3) {
+      // Two stops for sure, however slow the machine; the other gaps fall
+      // where they may.
+      if (!WaitFor(PoolGone, 5000ms * kSanitizerSlowdown)) report("the pool did not stop after burst " + std::to_string(burst));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(rng() % (3 * kIdleMs)));
+    }
   }
   // One more idle time: the last threads go too.
   const bool gone = WaitFor(PoolGone, 5000ms * kSanitizerSlowdown);
@@ -188,6 +196,48 @@ TEST(PoolIdle, BurstsAroundTheIdleTimeWithFlushesCollectsAndForks) {
   EXPECT_EQ(stats.pool_stops, stats.pool_starts) << "every start was followed by a stop, the last one included";
   printf("%d bursts: the pool started %llu times\n", kBursts,
          static_cast<unsigned long long>(stats.pool_starts - starts_before));
+}
+
+// After a stop, nothing purges what a thread's own frees leave committed,
+// and a thread keeps up to 16 emptied segments itself: so the first page
+// given back after a stop asks for the pool again (heap.cc, ReleasePage).
+// Before, 20 MiB one thread churned after the stop stayed resident for good
+// (a review, 2026-12-06).
+TEST(PoolIdle, MemoryAThreadFreesAfterAStopGoesBackToo) {
+  ASSERT_EQ(ferry_test::EnvInt("FERRY_RECLAIMER_IDLE_MS", -1), kIdleMs) << "run through its BUILD target";
+  std::string problem;
+  ASSERT_TRUE(FreedElsewhereAndFlushedAreHome(ferry_test::BatchSize(), 80, &problem)) << problem;
+  ASSERT_TRUE(WaitFor(PoolGone, 5000ms * kSanitizerSlowdown)) << ferry_test::AllThreadNames();
+  const ferry_stats_t before = Stats();
+  const size_t resident_before = ferry_test::ResidentBytes();
+  constexpr size_t kChurn = 24 * ferry_test::kMiB;
+  constexpr size_t kBlock = 1000;
+  std::latch freed(1), done(1);
+  uint64_t live_full = 0;
+  std::thread churner([&] {
+    std::vector<Item> blocks;
+    for (size_t i = 0; i < kChurn / kBlock; ++i) blocks.push_back(ferry_test::Make(kBlock));
+    live_full = Stats().segments_live;
+    for (const Item& item : blocks) {
+      if (!ferry_test::CheckAndFree(item)) problem = "a block changed";
+    }
+    freed.count_down();
+    done.wait();  // the thread stays: its heap is not abandoned
+  });
+  freed.wait();
+  const bool restarted = WaitFor([&] { return Stats().pool_starts > before.pool_starts; }, 3000ms * kSanitizerSlowdown);
+  const bool back = WaitFor([&] { return Stats().segments_live <= before.segments_live + 2; }, 3000ms * kSanitizerSlowdown);
+  const size_t resident_after = ferry_test::ResidentBytes();
+  done.count_down();
+  churner.join();
+  EXPECT_EQ(problem, "");
+  EXPECT_GT(live_full, before.segments_live + 4) << "the churn took few segments: the case tests little";
+  EXPECT_TRUE(restarted) << "no page given back after the stop asked for the pool";
+  EXPECT_TRUE(back) << Stats().segments_live << " segments live, " << before.segments_live << " before the churn";
+  if (kSanitizerSlowdown == 1) {
+    EXPECT_LT(resident_after, resident_before + 8 * ferry_test::kMiB)
+        << "resident memory " << (resident_after - resident_before) / ferry_test::kMiB << " MiB above the level before";
+  }
 }
 
 }  // namespace
