@@ -584,14 +584,20 @@ void ReleaseKeptEmptySegments(Heap* heap) {
 bool ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
-  bool ask_for_pool = g_pool_stopped_idle.load(std::memory_order_relaxed) != 0;
+  const bool pool_stopped = g_pool_stopped_idle.load(std::memory_order_relaxed) != 0;
+  bool ask_for_pool = false;
   // Most released pages leave others in their segment: no lock for those.
   if (segment->used_slices.load(std::memory_order_relaxed) == 1) {
     SpinLockHolder hold(&heap->segments_lock);
-    ask_for_pool |= ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
+    ask_for_pool = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
   }
+  // After a stop only where the process has other threads now: one that
+  // ended them all is a single-threaded program again, which never gets a
+  // pool (and may want to unshare(CLONE_NEWUSER), which is why the
+  // threads left).
   if (ask_for_pool) AskForThePoolIfSeveralThreads();
-  return ask_for_pool;
+  else if (pool_stopped) AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
+  return ask_for_pool || pool_stopped;
 }
 
 // Out of line, so that a free whose page stays (a malloc/free loop empties
@@ -1842,9 +1848,9 @@ constinit std::atomic<uint64_t> g_thread_count_due_ms{0};
 // the 16 segments its FLUSHALL emptied, 64 MiB, for good (perf/RESULTS.md,
 // 2026-12-06). jemalloc's background thread, which redis turns on, does
 // this work there.
-void AskForThePoolIfSeveralThreads() {
+void AskForThePoolIfSeveralThreads(bool by_threads_run) {
   if (!PoolAwaitsAskToHousekeep()) return;
-  if (!ProgramRanSeveralThreads()) {
+  if (!by_threads_run || !ProgramRanSeveralThreads()) {
     const uint64_t now_ms = OsMonotonicMs();
     uint64_t due_ms = g_thread_count_due_ms.load(std::memory_order_relaxed);
     if (now_ms < due_ms || !g_thread_count_due_ms.compare_exchange_strong(due_ms, now_ms + kThreadCountCheckMs,

@@ -363,7 +363,8 @@ bool ProgramRanSeveralThreads();
 // starts it) where the program has run several threads that allocate, or
 // has other threads now that never did (heap.cc says why). A process of
 // one thread never gets a thread from this.
-void AskForThePoolIfSeveralThreads();
+// by_threads_run false: only the kernel's count of threads now decides.
+void AskForThePoolIfSeveralThreads(bool by_threads_run = true);
 
 }  // namespace ferry
 

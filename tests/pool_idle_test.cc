@@ -240,4 +240,30 @@ TEST(PoolIdle, MemoryAThreadFreesAfterAStopGoesBackToo) {
   }
 }
 
+// A program that ended its other threads is single-threaded again: pages it
+// gives back after the stop do not start the pool (ReleasePage asks only
+// where the kernel counts other threads now), so what the kernel allows a
+// single-threaded process only, unshare(CLONE_NEWUSER), works (it failed
+// with EINVAL while the threads stayed for good; checked by hand, RESULTS).
+TEST(PoolIdle, AProgramBackToOneThreadChurnsWithoutStartingThePoolAgain) {
+  ASSERT_EQ(ferry_test::EnvInt("FERRY_RECLAIMER_IDLE_MS", -1), kIdleMs) << "run through its BUILD target";
+  std::string problem;
+  ASSERT_TRUE(FreedElsewhereAndFlushedAreHome(ferry_test::BatchSize(), 80, &problem)) << problem;
+  ASSERT_TRUE(WaitFor(PoolGone, 5000ms * kSanitizerSlowdown)) << ferry_test::AllThreadNames();
+  if (ferry_test::TaskCount() != 1) {
+    GTEST_SKIP() << "this process has other threads (a sanitizer's?): " << ferry_test::AllThreadNames();
+  }
+  const uint64_t starts = Stats().pool_starts;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Item> blocks;
+    for (size_t i = 0; i < 24 * ferry_test::kMiB / 1000; ++i) blocks.push_back(ferry_test::Make(1000));
+    for (const Item& item : blocks) ASSERT_TRUE(ferry_test::CheckAndFree(item));
+  }
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(Stats().pool_starts, starts) << "a single-threaded program's frees started the pool";
+  // One task: what unshare(CLONE_NEWUSER) asks of its caller (not called
+  // here: it would change this process for good).
+  EXPECT_EQ(ferry_test::TaskCount(), 1) << ferry_test::AllThreadNames();
+}
+
 }  // namespace
