@@ -210,6 +210,12 @@ bool FreeMayStartPool(const void* caller) {
   return !CalledFromLoader(caller) && !in_libc;
 }
 
+// The kernel's thread count is read at most this often
+// (AskForThePoolIfSeveralThreads): a single-threaded program that keeps
+// emptying segments pays one read of /proc (about 20 us) a quarter second
+// at most.
+constexpr uint64_t kThreadCountCheckMs = 250;
+
 // A free that asked for the pool (its heap keeps enough empty segments,
 // ReleasePage; the huge cache outgrew its cap, CacheHugeMapping) starts it
 // here where it may. Left to the next allocation slow path, as it was until
@@ -575,36 +581,44 @@ void ReleaseKeptEmptySegments(Heap* heap) {
   }
 }
 
-// True when it asked for the pool (the owner's free then starts it:
-// StartAskedPoolFromFree): it left the heap keeping enough empty segments,
-// or an idle pool has stopped since it last ran (reclaimer/pool.cc,
-// StopIdlePool). Then the slices this page leaves committed have nobody to
-// purge them: a thread that churned 20 MiB of its own after the stop kept
-// all of it resident for good (a review, 2026-12-06).
+// True when it left the heap keeping enough empty segments to ask for the
+// pool (the owner's free then starts what it asked for: StartAskedPoolFromFree).
 bool ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
   ReleasePageSlices(page);
-  const bool pool_stopped = g_pool_stopped_idle.load(std::memory_order_relaxed) != 0;
-  bool ask_for_pool = false;
   // Most released pages leave others in their segment: no lock for those.
-  if (segment->used_slices.load(std::memory_order_relaxed) == 1) {
+  if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
+  bool ask_for_pool;
+  {
     SpinLockHolder hold(&heap->segments_lock);
     ask_for_pool = ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpareAndMore);
   }
-  // After a stop only where the process has other threads now: one that
-  // ended them all is a single-threaded program again, which never gets a
-  // pool (and may want to unshare(CLONE_NEWUSER), which is why the
-  // threads left).
   if (ask_for_pool) AskForThePoolIfSeveralThreads();
-  else if (pool_stopped) AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
-  return ask_for_pool || pool_stopped;
+  return ask_for_pool;
 }
 
 // Out of line, so that a free whose page stays (a malloc/free loop empties
 // its page at every free) keeps nothing for the start: checked after every
 // such free, it cost 4-9 instructions a malloc/free pair (fast_path_budget_test).
+// After an idle pool's stop (reclaimer/pool.cc, StopIdlePool) nothing
+// purges what a page leaves committed, and a thread keeps up to 16 emptied
+// segments itself: a thread that churned 20 MiB of its own after the stop
+// kept all of it resident for good (a review, 2026-12-06). So a page its
+// owner frees then asks for the pool again: only the owner's frees (a
+// program's periodic malloc_trim, whose collect releases every empty page,
+// restarted the pool at each trim), only where the process has other
+// threads now (one that ended them all is single-threaded again, and may
+// want to unshare(CLONE_NEWUSER), which is why the threads left; the
+// kernel may still count a leaving reclaimer for a moment after the stop,
+// which a free then would take for another thread: the pool starts again
+// and stops after the next idle time).
 FERRY_NOINLINE void ReleasePageFromFree(Heap* heap, Page* page, const void* caller) {
-  if (ReleasePage(heap, page)) StartAskedPoolFromFree(caller);
+  bool asked = ReleasePage(heap, page);
+  if (FERRY_UNLIKELY(g_pool_stopped_idle_ms.load(std::memory_order_relaxed) != 0) && !asked) {
+    AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
+    asked = true;
+  }
+  if (asked) StartAskedPoolFromFree(caller);
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -1667,6 +1681,18 @@ void CollectExitHeap() {
 // huge mappings wait in the cache. Empty segments that wait for their keep
 // time hold only purged slices and their header: a slower pace (pool.cc,
 // IdleSleepMs) delays them by a run at most.
+// A reclaimer leaving an idle pool (reclaimer/pool.cc, StopIdlePool), no
+// fork possible meanwhile: its heap becomes an ordinary thread's. A fork
+// child collects a reclaimer's heap as one whose thread parked between
+// batches (AbandonOrphanedHeapsInChild); this thread goes on to free on its
+// way out (the C library's exit, its heap's abandonment), so a fork then
+// must leave its heap be, as any other thread's. seq_cst: before this
+// thread's later writes to the heap, as a fork's copy sees them.
+void LeavingReclaimer() {
+  Heap* heap = tl_heap;
+  if (heap != &g_empty_heap) __atomic_store_n(&heap->is_reclaimer, false, __ATOMIC_SEQ_CST);
+}
+
 bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
@@ -1832,11 +1858,7 @@ void CountThisThread() {
 
 bool ProgramRanSeveralThreads() { return g_threads_seen.load(std::memory_order_relaxed) >= 2; }
 
-// The kernel's thread count is read at most this often: a single-threaded
-// program that keeps emptying segments pays one read of /proc (about 20 us)
-// a quarter second at most.
-constexpr uint64_t kThreadCountCheckMs = 250;
-constinit std::atomic<uint64_t> g_thread_count_due_ms{0};
+constinit std::atomic<uint64_t> g_thread_count_due_ms{0};  // kThreadCountCheckMs
 
 // Huge blocks that four threads each churned, freeing only their own,
 // never started the pool (no batch is ever handed on) and took 25-28 s,
@@ -1979,7 +2001,7 @@ void EnsureGlobalInit() {
                              static_cast<int>(g_options.purge_delay_ms),
                              g_options.inline_when_busy != 0,
                              static_cast<int>(g_options.reclaimer_idle_ms)},
-                  HousekeepingDuty);
+                  HousekeepingDuty, LeavingReclaimer);
     g_init_state.store(kOnceDone, std::memory_order_release);
   }
 }

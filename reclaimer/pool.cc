@@ -145,6 +145,7 @@ enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork
 struct Pool {
   PoolConfig config{};
   bool (*duty)(uint64_t now_ms, bool urgent) = nullptr;
+  void (*leaving)() = nullptr;  // PoolConfigure
   // Housekeeping runs in a row that found nothing to do (IdleSleepMs), and
   // when the first of them ran (StopIdlePool).
   std::atomic<uint32_t> quiet_duties{0};
@@ -498,7 +499,12 @@ void Housekeeping() {
   if (g_pool.collect_requested.load(std::memory_order_acquire) !=
           g_pool.collect_done.load(std::memory_order_acquire) &&
       g_pool.collect_claimed.exchange(1, std::memory_order_acquire) == 0) {
-    WaitForDutyTurn();
+    // A stop waits for this thread to leave; the collect then runs on its
+    // caller (PoolCollectNow).
+    if (!WaitForDutyTurnUnless([] { return g_pool.leave_now.load(std::memory_order_acquire); })) {
+      g_pool.collect_claimed.store(0, std::memory_order_release);
+      return;
+    }
     // Every request made by now is covered by a duty that starts now.
     if (g_pool.collect_requested.load(std::memory_order_acquire) !=
         g_pool.collect_done.load(std::memory_order_relaxed)) {
@@ -551,6 +557,7 @@ void RetireThisThreadsCpuTime() {
 // A reclaimer other than the first, told to go by StopIdlePool: it leaves
 // between batches, touching its record no more.
 void LeaveStoppingPool() {
+  if (g_pool.leaving != nullptr) g_pool.leaving();
   RetireThisThreadsCpuTime();
   g_pool.looping.fetch_sub(1, std::memory_order_seq_cst);
   OsFutexWake(&g_pool.looping, INT_MAX);
@@ -621,9 +628,12 @@ bool StopIdlePool() {
   g_pool.leave_now.store(false, std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_release);
   g_pool.stops.fetch_add(1, std::memory_order_relaxed);
-  // From now on a page given back asks for the pool again (heap.cc,
-  // ReleasePage): the memory it leaves committed has nobody else to purge it.
-  g_pool_stopped_idle.store(1, std::memory_order_relaxed);
+  // From now on a page its owner frees asks for the pool again (heap.cc,
+  // ReleasePageFromFree): what it leaves committed has nobody else to purge.
+  g_pool_stopped_idle_ms.store(OsMonotonicMs(), std::memory_order_relaxed);
+  // Before the mutex is let go, so that no fork sees this thread's heap as a
+  // parked reclaimer's while the thread frees on its way out.
+  if (g_pool.leaving != nullptr) g_pool.leaving();
   if (Verbose(1)) DiagLine().Str("ferry: reclaimer pool idle, its threads exit").WriteToStderr();
   g_pool.state.store(kNotStarted, std::memory_order_seq_cst);
   pthread_mutex_unlock(&g_pool.flush_mutex);
@@ -1001,7 +1011,7 @@ void Start() {
   });
   g_pool.count.store(started, std::memory_order_release);
   g_pool.looping.store(static_cast<uint32_t>(started), std::memory_order_release);
-  if (started > 0) g_pool_stopped_idle.store(0, std::memory_order_relaxed);
+  if (started > 0) g_pool_stopped_idle_ms.store(0, std::memory_order_relaxed);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
@@ -1021,7 +1031,7 @@ void Start() {
 }  // namespace
 
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
-constinit std::atomic<uint32_t> g_pool_stopped_idle{0};
+constinit std::atomic<uint64_t> g_pool_stopped_idle_ms{0};
 
 bool PoolAwaitsAskToHousekeep() {
   // The state first: the backend is written before kNotStarted is published.
@@ -1053,9 +1063,10 @@ void PoolStartRequested() {
   }
 }
 
-void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t, bool)) {
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t, bool), void (*leaving)()) {
   g_pool.config = config;
   g_pool.duty = duty;
+  g_pool.leaving = leaving;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   // From the first: a finalize before any start keeps the pool from making
   // an arena after it (registered at the start, the hook was missed then).
@@ -1453,7 +1464,7 @@ void PoolForkChild() {
   g_pool.looping.store(0, std::memory_order_relaxed);
   g_pool.stats_readers.store(0, std::memory_order_relaxed);
   g_pool.leave_now.store(false, std::memory_order_relaxed);
-  g_pool_stopped_idle.store(0, std::memory_order_relaxed);
+  g_pool_stopped_idle_ms.store(0, std::memory_order_relaxed);
   g_pool_start_requested.store(0, std::memory_order_relaxed);
   // oneTBB's workers did not come along either, and its state cannot be
   // trusted in the child: a pool started here uses ferry's own threads.

@@ -38,7 +38,10 @@ inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int reclaimers) 
 // `duty` is the housekeeping; it returns whether a run soon may find work
 // (memory purged or still to purge): after runs that found none, the
 // reclaimers' idle pace slows (pool.cc, IdleSleepMs).
-void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t now_ms, bool urgent));
+// `leaving`: called on a reclaimer thread as it leaves an idle pool
+// (StopIdlePool), while no fork can come: its heap is no longer one that a
+// fork child may take as a parked reclaimer's (heap.cc).
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t now_ms, bool urgent), void (*leaving)());
 
 // Hands a full batch to the pool; `home_hint` spreads heaps over the
 // reclaimers. Returns false when the pool cannot take it (off, not started
@@ -68,9 +71,10 @@ bool PoolAwaitsAskToHousekeep();
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
-// Set once an idle pool's threads have exited (pool.cc, StopIdlePool),
-// until it starts again: a page given back then asks for it (heap.cc).
-extern std::atomic<uint32_t> g_pool_stopped_idle;
+// When an idle pool's threads exited (OsMonotonicMs; pool.cc, StopIdlePool),
+// 0 while it runs or never stopped: a page its owner frees then asks for it
+// again (heap.cc, ReleasePageFromFree).
+extern std::atomic<uint64_t> g_pool_stopped_idle_ms;
 void PoolStartRequested();
 inline void PoolMaybeStart() {
   if (__builtin_expect(g_pool_start_requested.load(std::memory_order_relaxed) != 0, 0)) {

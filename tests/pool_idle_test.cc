@@ -240,6 +240,40 @@ TEST(PoolIdle, MemoryAThreadFreesAfterAStopGoesBackToo) {
   }
 }
 
+// A program that trims now and then (malloc_trim, ferry_collect) gives
+// back every empty page in the collect, its size classes' last ones too:
+// that alone must not start a stopped pool again, or it would start at
+// every trim and stop after each idle time, for as long as the program
+// runs (a review, 2026-12-06). Only the owner's own frees ask.
+TEST(PoolIdle, APeriodicCollectDoesNotStartAStoppedPool) {
+  ASSERT_EQ(ferry_test::EnvInt("FERRY_RECLAIMER_IDLE_MS", -1), kIdleMs) << "run through its BUILD target";
+  std::atomic<bool> stop{false};
+  pthread_t quiet;  // other threads now: the kernel's count allows a start
+  ASSERT_EQ(pthread_create(&quiet, nullptr, ferry_test::WaitWithoutAllocating, &stop), 0);
+  std::string problem;
+  const bool home = FreedElsewhereAndFlushedAreHome(ferry_test::BatchSize(), 80, &problem);
+  const bool gone = WaitFor(PoolGone, 5000ms * kSanitizerSlowdown);
+  const uint64_t starts = Stats().pool_starts;
+  std::this_thread::sleep_for(300ms);  // past the grace after the stop
+  for (int round = 0; round < 5; ++round) {
+    // The class's only page empties and stays (KeepsEmptyPage); the
+    // collect gives it back.
+    std::vector<Item> blocks;
+    for (int i = 0; i < 50; ++i) blocks.push_back(ferry_test::Make(112));
+    for (const Item& item : blocks) {
+      if (!ferry_test::CheckAndFree(item)) problem = "a block changed";
+    }
+    ferry_collect();
+  }
+  const uint64_t starts_after = Stats().pool_starts;
+  stop.store(true, std::memory_order_release);
+  pthread_join(quiet, nullptr);
+  ASSERT_TRUE(home) << problem;
+  ASSERT_TRUE(gone) << ferry_test::AllThreadNames();
+  EXPECT_EQ(problem, "");
+  EXPECT_EQ(starts_after, starts) << "collects started the stopped pool again";
+}
+
 // A program that ended its other threads is single-threaded again: pages it
 // gives back after the stop do not start the pool (ReleasePage asks only
 // where the kernel counts other threads now), so what the kernel allows a
