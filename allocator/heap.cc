@@ -210,12 +210,6 @@ bool FreeMayStartPool(const void* caller) {
   return !CalledFromLoader(caller) && !in_libc;
 }
 
-// The kernel's thread count is read at most this often
-// (AskForThePoolIfSeveralThreads): a single-threaded program that keeps
-// emptying segments pays one read of /proc (about 20 us) a quarter second
-// at most.
-constexpr uint64_t kThreadCountCheckMs = 250;
-
 // A free that asked for the pool (its heap keeps enough empty segments,
 // ReleasePage; the huge cache outgrew its cap, CacheHugeMapping) starts it
 // here where it may. Left to the next allocation slow path, as it was until
@@ -614,7 +608,7 @@ bool ReleasePage(Heap* heap, Page* page) {
 // and stops after the next idle time).
 FERRY_NOINLINE void ReleasePageFromFree(Heap* heap, Page* page, const void* caller) {
   bool asked = ReleasePage(heap, page);
-  if (FERRY_UNLIKELY(g_pool_stopped_idle_ms.load(std::memory_order_relaxed) != 0) && !asked) {
+  if (FERRY_UNLIKELY(g_pool_stopped_idle.load(std::memory_order_relaxed) != 0) && !asked) {
     AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
     asked = true;
   }
@@ -1858,7 +1852,11 @@ void CountThisThread() {
 
 bool ProgramRanSeveralThreads() { return g_threads_seen.load(std::memory_order_relaxed) >= 2; }
 
-constinit std::atomic<uint64_t> g_thread_count_due_ms{0};  // kThreadCountCheckMs
+// The kernel's thread count is read at most this often: a single-threaded
+// program that keeps emptying segments pays one read of /proc (about 20 us)
+// a quarter second at most.
+constexpr uint64_t kThreadCountCheckMs = 250;
+constinit std::atomic<uint64_t> g_thread_count_due_ms{0};
 
 // Huge blocks that four threads each churned, freeing only their own,
 // never started the pool (no batch is ever handed on) and took 25-28 s,

@@ -630,7 +630,7 @@ bool StopIdlePool() {
   g_pool.stops.fetch_add(1, std::memory_order_relaxed);
   // From now on a page its owner frees asks for the pool again (heap.cc,
   // ReleasePageFromFree): what it leaves committed has nobody else to purge.
-  g_pool_stopped_idle_ms.store(OsMonotonicMs(), std::memory_order_relaxed);
+  g_pool_stopped_idle.store(1, std::memory_order_relaxed);
   // Before the mutex is let go, so that no fork sees this thread's heap as a
   // parked reclaimer's while the thread frees on its way out.
   if (g_pool.leaving != nullptr) g_pool.leaving();
@@ -1011,7 +1011,7 @@ void Start() {
   });
   g_pool.count.store(started, std::memory_order_release);
   g_pool.looping.store(static_cast<uint32_t>(started), std::memory_order_release);
-  if (started > 0) g_pool_stopped_idle_ms.store(0, std::memory_order_relaxed);
+  if (started > 0) g_pool_stopped_idle.store(0, std::memory_order_relaxed);
   g_pool.starts.fetch_add(1, std::memory_order_relaxed);
   if (Verbose(1)) {
     DiagLine().Str("ferry: reclaimer pool started with ").Dec(static_cast<uint64_t>(started))
@@ -1031,7 +1031,7 @@ void Start() {
 }  // namespace
 
 constinit std::atomic<uint32_t> g_pool_start_requested{0};
-constinit std::atomic<uint64_t> g_pool_stopped_idle_ms{0};
+constinit std::atomic<uint32_t> g_pool_stopped_idle{0};
 
 bool PoolAwaitsAskToHousekeep() {
   // The state first: the backend is written before kNotStarted is published.
@@ -1464,7 +1464,7 @@ void PoolForkChild() {
   g_pool.looping.store(0, std::memory_order_relaxed);
   g_pool.stats_readers.store(0, std::memory_order_relaxed);
   g_pool.leave_now.store(false, std::memory_order_relaxed);
-  g_pool_stopped_idle_ms.store(0, std::memory_order_relaxed);
+  g_pool_stopped_idle.store(0, std::memory_order_relaxed);
   g_pool_start_requested.store(0, std::memory_order_relaxed);
   // oneTBB's workers did not come along either, and its state cannot be
   // trusted in the child: a pool started here uses ferry's own threads.

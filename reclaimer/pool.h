@@ -71,10 +71,10 @@ bool PoolAwaitsAskToHousekeep();
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
-// When an idle pool's threads exited (OsMonotonicMs; pool.cc, StopIdlePool),
-// 0 while it runs or never stopped: a page its owner frees then asks for it
-// again (heap.cc, ReleasePageFromFree).
-extern std::atomic<uint64_t> g_pool_stopped_idle_ms;
+// Set once an idle pool's threads have exited (pool.cc, StopIdlePool),
+// until it starts again: a page its owner frees then asks for it again
+// (heap.cc, ReleasePageFromFree).
+extern std::atomic<uint32_t> g_pool_stopped_idle;
 void PoolStartRequested();
 inline void PoolMaybeStart() {
   if (__builtin_expect(g_pool_start_requested.load(std::memory_order_relaxed) != 0, 0)) {
