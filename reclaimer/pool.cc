@@ -546,11 +546,15 @@ void Park() {
 }
 
 // A thread's CPU time, kept for the statistics as it leaves the pool.
-void RetireThisThreadsCpuTime() {
-  timespec ts;
-  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) {
-    g_pool.retired_cpu_ns.fetch_add(static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec),
-                                    std::memory_order_relaxed);
+void RetireThisThreadsCpuTime() { g_pool.retired_cpu_ns.fetch_add(OsThreadCpuNs(), std::memory_order_relaxed); }
+
+// Every batch still queued to a reclaimer, applied on the calling thread
+// (an idle stop's, after the others left; a fork's holder or child).
+void ApplyEveryQueuedBatch() {
+  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
+    Reclaimer* r = g_pool.reclaimers[i];
+    Batch* batch;
+    while (PopBatch(r, &batch)) Apply(batch, &r->batches);
   }
 }
 
@@ -612,11 +616,10 @@ bool StopIdlePool() {
   }
   // What the others left queued: a flush waiting for it wakes as its epoch
   // empties (Apply).
+  ApplyEveryQueuedBatch();
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
-    Batch* batch;
-    while (PopBatch(r, &batch)) Apply(batch, &r->batches);
     // An offer between its push and its count may leave this one off, as
     // across a fork (PoolForkChild).
     r->queued.store(0, std::memory_order_relaxed);
@@ -1262,11 +1265,7 @@ bool PoolTryRunInDutyTurn(void (*fn)(void*), void* arg) {
 // offers made since were refused, and applied by the offering threads.
 void ApplyQueuedForFork() {
   if (g_pool.state.load(std::memory_order_acquire) != kRunning || g_pool.use_tbb) return;
-  for (int i = 0; i < g_pool.count.load(std::memory_order_acquire); ++i) {
-    Reclaimer* r = g_pool.reclaimers[i];
-    Batch* batch;
-    while (PopBatch(r, &batch)) Apply(batch, &r->batches);
-  }
+  ApplyEveryQueuedBatch();
 }
 
 void PoolFlush() {
