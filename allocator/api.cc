@@ -39,12 +39,18 @@ FERRY_COLD void* FailTooLarge() {
 // memmove took 22% of the samples, against 8% under tbbmalloc; a quarter
 // more cut the bytes copied by 42%, half as much by another 14%).
 // Larger jumps are the caller's own geometric growth and get what they ask
-// for; so does anything above the medium classes, where the room would be
-// whole pages. The room is rounded up to a multiple of 16 (as every class
-// above 8 bytes is).
+// for. Large blocks get the room too, up to kLargeMax: there it is whole
+// slices, which cost no resident memory until written, and a buffer
+// appended to through the large range was copied at every slice boundary
+// another block held (by eighths from 64 B to 2.1 MiB, 7.7 MiB resident
+// after, 6.3 with the room; mimalloc 5.1). Huge blocks grow in place by
+// mremap (ReallocHuge). The room is rounded up to a multiple of 16 (as
+// every class above 8 bytes is).
 constexpr size_t GrowthRequest(size_t size, size_t usable) {
   const bool appending = size > usable && size - usable < usable / 4;
-  return appending && size <= ferry::kMediumMax / 3 * 2 ? (size + size / 2 + 15) & ~size_t{15} : size;
+  if (!appending || size > ferry::kLargeMax) return size;
+  const size_t roomy = (size + size / 2 + 15) & ~size_t{15};
+  return roomy < ferry::kLargeMax ? roomy : ferry::kLargeMax;
 }
 
 }  // namespace
@@ -76,6 +82,9 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote
   memcpy(fresh, ptr, size < usable ? size : usable);
   ferry::VgQuietEnd();
+  if (usable > ferry::kMediumMax && usable <= ferry::kLargeMax && size > ferry::kLargeMax) {
+    ferry::DecommitOutgrownLargeBlock(ptr);
+  }
   FreeUserBlock(ptr, "realloc", caller);
   return fresh;
 }

@@ -1964,6 +1964,26 @@ bool ResizeLargeInPlace(void* p, size_t n) {
   return true;
 }
 
+// A large block that realloc has just copied into a huge one goes back with
+// its slices decommitted, not dirty: a buffer grown past kLargeMax has left
+// the large range for good, and its old run, 1.5-2 MiB by then, waited
+// resident for the purge, which a single-threaded program never runs (a
+// buffer grown from 64 B to 2.1 MiB by eighths: 2 MiB of the 6.4 above the
+// baseline; perf/RESULTS.md, 2026-12-06 12:30). The block's first OS page
+// stays: the free that follows reads and writes its first word.
+void DecommitOutgrownLargeBlock(void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (SegmentMapLookup(address) != kMapSegment) return;
+  Segment* segment = SegmentOf(address);
+  Page* page = PageOf(segment, address);
+  if (page->kind != PageKind::kLarge || page->start != address) return;
+  const size_t first = (address - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
+  const size_t count = page->slice_count;
+  const size_t head = OsPageSize();
+  OsDecommit(reinterpret_cast<char*>(address + head), kSliceSize - head);
+  if (count > 1) SegmentDecommitSlices(segment, first + 1, count - 1);
+}
+
 // --- huge blocks: defined in huge.cc --------------------------------------------
 void FreeHuge(Segment* segment, Page* page, void* p, const char* call);
 size_t HugeUsableSize(Page* page, uintptr_t address, const char* call);

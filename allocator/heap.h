@@ -308,6 +308,9 @@ void* ReallocHuge(void* p, size_t n);
 // after it or shrunk; false when it cannot grow in place (then nothing
 // changed).
 bool ResizeLargeInPlace(void* p, size_t n);
+// Before the free of a large block whose bytes realloc has copied into a
+// huge block: gives back all but its first OS page to the OS at once.
+void DecommitOutgrownLargeBlock(void* p);
 // The usable size of the block at `address`; aborts with a diagnostic naming
 // `call` when it is not a ferry block (foreign, interior, or a huge block
 // already freed). Without `require_live` it never reads the block's bytes,

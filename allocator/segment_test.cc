@@ -1530,6 +1530,44 @@ TEST(LargeBlocks, CallocWritesOnlySlicesThatMayHoldOldData) {
   }).join();
 }
 
+// realloc gives a block appended to (grown by less than a quarter) into or
+// within the large range half as much again as it asked for, up to
+// kLargeMax, so that the next steps grow in place: untouched slices cost no
+// resident memory. A large block that realloc copies into a huge one goes
+// back decommitted, all but the first OS page, which its free writes: a
+// buffer grown by eighths from 64 B to 2.1 MiB left 7.7 MiB resident, the
+// last 2 MiB of it its old run waiting for a purge that a single-threaded
+// program never runs.
+TEST(LargeBlocks, AnAppendedLargeBlockGetsRoomAndGoesBackDecommittedWhenItTurnsHuge) {
+  SKIP_UNDER_ADDRESS_SPACE_LIMIT();
+  std::thread([] {
+    size_t size = 480 << 10;  // the largest medium class holds it
+    void* p = ferry_malloc(size);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 0x5a, size);
+    size_t grown = size + size / 8;
+    p = ferry_realloc(p, grown);
+    ASSERT_NE(p, nullptr);
+    EXPECT_GE(ferry_usable_size(p), grown + grown / 2) << "an append into the large range got no room";
+    EXPECT_EQ(static_cast<unsigned char*>(p)[size - 1], 0x5a);
+    ferry_free(p);
+
+    size = kLargeMax - (64 << 10);
+    p = ferry_malloc(size);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 0x77, size);
+    ASSERT_GE(ResidentPages(p, size), size / 4096);
+    void* q = ferry_realloc(p, size + size / 8);
+    ASSERT_NE(q, nullptr);
+    ASSERT_GT(ferry_usable_size(q), kLargeMax);
+    EXPECT_EQ(static_cast<unsigned char*>(q)[size - 1], 0x77);
+    // The old run is free now, and nothing here takes slices meanwhile (no
+    // pool in this binary).
+    EXPECT_LE(ResidentPages(p, size), 1u) << "the outgrown large block's slices stayed resident";
+    ferry_free(q);
+  }).join();
+}
+
 // Memory the program locked (mlock, mlockall) cannot be decommitted: the
 // kernel refuses MADV_DONTNEED. Such slices keep their bytes, so they must
 // stay dirty, and calloc must clear a block made of them.
