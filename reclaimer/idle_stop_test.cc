@@ -11,9 +11,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -41,7 +43,8 @@ void HoldOneOffer() {
   while (g_offer_release.load() == 0) usleep(1000);
 }
 
-void NoteOrHoldAStop() {
+void NoteOrHoldAStop(int stage) {
+  if (stage != kStopHookStopping) return;
   g_stops_begun.fetch_add(1);
   int expected = 1;
   if (!g_stop_hold.compare_exchange_strong(expected, 2)) return;
@@ -149,6 +152,74 @@ TEST(IdleStop, AFlushOrCollectDuringTheStopReturnsOnceItIsDoneAndNeitherHangs) {
   // And the next batch starts the pool again.
   ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
   EXPECT_GE(PoolStopsForTest(), 2u);
+}
+
+// An owner that empties segments of its own as the stop begins: just before
+// the pool turns stopping (it leaves them on its list for the housekeeping,
+// which is about to go), or just after (it keeps them itself and, keeping
+// fewer than 8, asks nobody). Either way they go back with no call by the
+// program, although the owner then idles. Before 2026-12-06 both stayed
+// resident for good.
+std::atomic<int> g_owner_free_stage{-1};
+std::atomic<int> g_owner_free_now{0};
+std::atomic<int> g_owner_freed{0};
+
+void LetTheOwnerFreeAt(int stage) {
+  int expected = stage;
+  if (!g_owner_free_stage.compare_exchange_strong(expected, -1)) return;
+  g_owner_free_now = 1;
+  for (int i = 0; i < 5000 && g_owner_freed.load() == 0; ++i) usleep(1000);
+}
+
+void SegmentsEmptiedAsTheStopBeginsGoBack(int stage) {
+  constexpr size_t kBlocks = 16;  // 1 MiB each: six segments, fewer than a heap keeps before it asks
+  constexpr size_t kBlockSize = size_t{1} << 20;
+  g_owner_free_now = 0;
+  g_owner_freed = 0;
+  g_owner_free_stage = -1;
+  PoolSetStopHookForTest(LetTheOwnerFreeAt);
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  std::atomic<int> ready{0}, done{0};
+  std::thread owner([&] {
+    std::vector<void*> blocks(kBlocks);
+    for (void*& p : blocks) {
+      p = ferry_malloc(kBlockSize);
+      if (p != nullptr) std::memset(p, 0x3c, kBlockSize);
+    }
+    ready = 1;
+    while (g_owner_free_now.load() == 0) usleep(1000);
+    for (void* p : blocks) ferry_free(p);
+    g_owner_freed = 1;
+    while (done.load() == 0) usleep(1000);  // idles: no slow path of its own gives anything back
+  });
+  ASSERT_TRUE(WaitFor([&] { return ready.load() != 0; }));
+  const size_t held = ferry_test::ResidentBytes();
+  const uint64_t stops = PoolStopsForTest();
+  g_owner_free_stage = stage;
+  const bool freed = WaitFor([] { return g_owner_freed.load() != 0; });
+  const bool stopped = WaitFor([&] { return PoolStopsForTest() > stops; });
+  size_t now = held;
+  for (int i = 0; i < 300; ++i) {  // 3 s
+    now = ferry_test::ResidentBytes();
+    if (now + 12 * kBlockSize <= held) break;
+    usleep(10'000);
+  }
+  done = 1;
+  owner.join();
+  PoolSetStopHookForTest(nullptr);
+  ASSERT_TRUE(freed) << "the stop never reached its hook";
+  ASSERT_TRUE(stopped);
+  EXPECT_LE(now + 12 * kBlockSize, held) << "of the " << kBlocks << " MiB the owner freed as the stop began, "
+                                         << (held - std::min(now, held)) / kBlockSize
+                                         << " MiB went back within 3 s";
+}
+
+TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBack) {
+  SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStillRunning);
+}
+
+TEST(IdleStop, SegmentsEmptiedJustAfterThePoolTurnsStoppingGoBack) {
+  SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStopping);
 }
 
 }  // namespace

@@ -253,7 +253,7 @@ struct Pool {
   // PoolSetFlushWaitForTest).
   std::atomic<int> idle_tick_ms{kIdleTickMs};
   std::atomic<void (*)()> offer_hook{nullptr};
-  std::atomic<void (*)()> stop_hook{nullptr};
+  std::atomic<void (*)(int)> stop_hook{nullptr};
   std::atomic<int> flush_timeout_ms{kFlushTimeoutMs};
   std::atomic<void (*)()> flush_wait_hook{nullptr};
   // Statistics.
@@ -596,12 +596,20 @@ bool StopIdlePool() {
   EndDutyTurn();
   if (g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) return false;
   if (pthread_mutex_trylock(&g_pool.flush_mutex) != 0) return false;
+  auto* const hook = g_pool.stop_hook.load(std::memory_order_relaxed);
+  if (FERRY_UNLIKELY(hook != nullptr)) hook(kStopHookStillRunning);
   uint32_t running = kRunning;
   if (!g_pool.state.compare_exchange_strong(running, kStopping, std::memory_order_seq_cst)) {
     pthread_mutex_unlock(&g_pool.flush_mutex);
     return false;
   }
-  if (auto hook = g_pool.stop_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook();
+  // From now on a page its owner frees asks for the pool again (heap.cc,
+  // ReleasePageFromFree): what it leaves committed has nobody else to purge.
+  // Set as the state turns, not once the threads are gone: an owner that
+  // emptied segments in between kept them itself without asking, and held
+  // them for good if it then idled.
+  g_pool_stopped_idle.store(1, std::memory_order_seq_cst);
+  if (FERRY_UNLIKELY(hook != nullptr)) hook(kStopHookStopping);
   // Offers that saw the pool running finish their push; a statistics read
   // that did finishes with the threads' clocks (both count themselves in,
   // then read the state: seq_cst on both sides).
@@ -617,6 +625,10 @@ bool StopIdlePool() {
   // What the others left queued: a flush waiting for it wakes as its epoch
   // empties (Apply).
   ApplyEveryQueuedBatch();
+  // Once more, now that no housekeeping will follow: what the batches just
+  // applied emptied, and the segments owners emptied after the first run
+  // while the pool still ran, which they left on their lists for it.
+  RunDuty(OsMonotonicMs(), /*urgent=*/true);
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
@@ -631,9 +643,6 @@ bool StopIdlePool() {
   g_pool.leave_now.store(false, std::memory_order_relaxed);
   g_pool.count.store(0, std::memory_order_release);
   g_pool.stops.fetch_add(1, std::memory_order_relaxed);
-  // From now on a page its owner frees asks for the pool again (heap.cc,
-  // ReleasePageFromFree): what it leaves committed has nobody else to purge.
-  g_pool_stopped_idle.store(1, std::memory_order_relaxed);
   // Before the mutex is let go, so that no fork sees this thread's heap as a
   // parked reclaimer's while the thread frees on its way out.
   if (g_pool.leaving != nullptr) g_pool.leaving();
@@ -1234,7 +1243,7 @@ void PoolSetIdleTickForTest(int idle_tick_ms) {
 }
 
 void PoolSetOfferHookForTest(void (*hook)()) { g_pool.offer_hook.store(hook, std::memory_order_relaxed); }
-void PoolSetStopHookForTest(void (*hook)()) { g_pool.stop_hook.store(hook, std::memory_order_relaxed); }
+void PoolSetStopHookForTest(void (*hook)(int)) { g_pool.stop_hook.store(hook, std::memory_order_relaxed); }
 uint64_t PoolStopsForTest() { return g_pool.stops.load(std::memory_order_relaxed); }
 
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)()) {

@@ -124,9 +124,13 @@ bool PoolFlushWaitsWhileReclaimersSleepForTest();
 // none).
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)());
 
-// Tests: a function an idle pool's stop calls as it begins, its state
-// stopping and the flush mutex held (nullptr: none); how many stops so far.
-void PoolSetStopHookForTest(void (*hook)());
+// Tests: a function an idle pool's stop calls twice as it begins, the
+// flush mutex held: with kStopHookStillRunning just before the state turns
+// stopping, then with kStopHookStopping (nullptr: none); how many stops so
+// far.
+inline constexpr int kStopHookStillRunning = 0;
+inline constexpr int kStopHookStopping = 1;
+void PoolSetStopHookForTest(void (*hook)(int stage));
 uint64_t PoolStopsForTest();
 
 // True on the pool's own threads.
