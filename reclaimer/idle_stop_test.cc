@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -199,11 +200,14 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage) {
   const bool freed = WaitFor([] { return g_owner_freed.load() != 0; });
   const bool stopped = WaitFor([&] { return PoolStopsForTest() > stops; });
   size_t now = held;
-  for (int i = 0; i < 300; ++i) {  // 3 s
+  int waited_ms = 0;
+  for (; waited_ms < 3000; waited_ms += 10) {
     now = ferry_test::ResidentBytes();
     if (now + 12 * kBlockSize <= held) break;
     usleep(10'000);
   }
+  printf("stage %d: %zu of %zu MiB back %d ms after the stop\n", stage, (held - std::min(now, held)) >> 20,
+         kBlocks * kBlockSize >> 20, waited_ms);
   done = 1;
   owner.join();
   PoolSetStopHookForTest(nullptr);
