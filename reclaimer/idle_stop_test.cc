@@ -2,13 +2,18 @@
 // StopIdlePool) that a stress run seldom hits, held open with test hooks:
 // an offer caught between its epoch and its push when the stop begins (the
 // stop waits for it and applies its batch, with no flush and no other
-// thread left), and a flush or a collect called while the threads leave
-// (each returns once the stop has applied every batch, and neither hangs).
+// thread left), a flush or a collect called while the threads leave
+// (each returns once the stop has applied every batch, and neither hangs),
+// an owner that empties segments just before or just after the pool turns
+// stopping (they go back), and a fork asked for while the threads leave
+// (it waits for the stop, and its child is sound).
 //
 // Runs with FERRY_RECLAIMERS=2, FERRY_RECLAIMER_IDLE_MS=1000 (room for a slow
 // machine between a case's start of the pool and its held offer), FERRY_BATCH=16
 // and FERRY_INLINE_WHEN_BUSY=0 (BUILD).
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -224,6 +229,75 @@ TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBack) {
 
 TEST(IdleStop, SegmentsEmptiedJustAfterThePoolTurnsStoppingGoBack) {
   SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStopping);
+}
+
+// A fork asked for while the threads leave waits for the stop (fork's
+// prepare takes the flush mutex the stop holds), then runs while the last
+// reclaimer, the one that stopped the pool, is on its way out and frees as
+// it goes. The child must find no heap half changed: it allocates, frees
+// across threads of its own, flushes and collects, and exits cleanly.
+// (The stopping reclaimer marks its heap an ordinary thread's before it
+// lets the mutex go, so the child leaves that heap alone.)
+std::atomic<int> g_fork_asked{0};
+
+void AskForAForkWhileStopping(int stage) {
+  if (stage != kStopHookStopping || g_fork_asked.load() != 1) return;
+  g_fork_asked = 2;
+  usleep(50'000);  // the fork waits in its prepare handler meanwhile
+}
+
+TEST(IdleStop, AForkAskedForWhileTheThreadsLeaveWaitsAndItsChildIsSound) {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "fork with threads is not judged under this sanitizer (tests/BUILD's fork tests)";
+#endif
+  PoolSetStopHookForTest(AskForAForkWhileStopping);
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+    const uint64_t stops = PoolStopsForTest();
+    g_fork_asked = 1;
+    ASSERT_TRUE(WaitFor([] { return g_fork_asked.load() == 2; })) << "the idle pool never began its stop";
+    const pid_t child = fork();
+    if (child > 0) {
+      EXPECT_GT(PoolStopsForTest(), stops) << "the fork ran before the stop was done";
+    }
+    if (child == 0) {
+      std::vector<void*> blocks;
+      for (int i = 0; i < 4000; ++i) {
+        void* p = ferry_malloc(16 + i % 700);
+        if (p == nullptr) _exit(2);
+        std::memset(p, i & 0xff, 16 + i % 700);
+        blocks.push_back(p);
+      }
+      bool intact = true;
+      std::thread([&] {
+        for (int i = 0; i < 4000; ++i) {
+          intact &= static_cast<unsigned char*>(blocks[i])[15] == (i & 0xff);
+          ferry_free(blocks[i]);
+        }
+        ferry_flush();
+      }).join();
+      ferry_collect();
+      _exit(intact ? 0 : 3);
+    }
+    ASSERT_GT(child, 0);
+    int status = -1;
+    bool exited = false;
+    for (int waited = 0; waited < 20000 * ferry_test::kSanitizerSlowdown; waited += 10) {
+      if (waitpid(child, &status, WNOHANG) == child) {
+        exited = true;
+        break;
+      }
+      usleep(10'000);
+    }
+    if (!exited) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+    }
+    ASSERT_TRUE(exited) << "the child hung";
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+    EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
+  }
+  PoolSetStopHookForTest(nullptr);
 }
 
 }  // namespace
