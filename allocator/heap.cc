@@ -1980,7 +1980,7 @@ void DecommitOutgrownLargeBlock(void* p) {
   const size_t first = (address - reinterpret_cast<uintptr_t>(segment)) / kSliceSize;
   const size_t count = page->slice_count;
   const size_t head = OsPageSize();
-  OsDecommit(reinterpret_cast<char*>(address + head), kSliceSize - head);
+  if (head < kSliceSize) OsDecommit(reinterpret_cast<char*>(address + head), kSliceSize - head);
   if (count > 1) SegmentDecommitSlices(segment, first + 1, count - 1);
 }
 

@@ -43,8 +43,13 @@ void ReleasePageSlices(Page* page) {
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->free = nullptr;
   if (Verbose(2)) DiagLine().Str("ferry: page ").Hex(page->start).Str(" released").WriteToStderr();
+  // Counted while the slices are still held: a large block realloc copied
+  // out of went back decommitted but for its first slice
+  // (DecommitOutgrownLargeBlock), and counting all of them kept the purge's
+  // hint up by as many slices for good where no purge ran to correct it.
+  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(start, count);
   FreeSlices(segment, start, count, OsMonotonicMs());
-  NoteDirtySlicesFreed(count);
+  NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(dirty)));
   CounterAdd(g_counters.pages_released, 1);
 }
 

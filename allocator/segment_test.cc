@@ -1557,8 +1557,12 @@ TEST(LargeBlocks, AnAppendedLargeBlockGetsRoomAndGoesBackDecommittedWhenItTurnsH
     ASSERT_NE(p, nullptr);
     std::memset(p, 0x77, size);
     ASSERT_GE(ResidentPages(p, size), size / 4096);
+    const int64_t dirty_hint = g_free_dirty_slices_hint.load();
     void* q = ferry_realloc(p, size + size / 8);
     ASSERT_NE(q, nullptr);
+    // The purge's hint of free slices that may be committed: the first slice
+    // only (it counted all 31, for good where no purge runs).
+    EXPECT_EQ(g_free_dirty_slices_hint.load() - dirty_hint, 1);
     ASSERT_GT(ferry_usable_size(q), kLargeMax);
     EXPECT_EQ(static_cast<unsigned char*>(q)[size - 1], 0x77);
     // The old run is free now, and nothing here takes slices meanwhile (no

@@ -170,14 +170,24 @@ std::atomic<int> g_owner_free_stage{-1};
 std::atomic<int> g_owner_free_now{0};
 std::atomic<int> g_owner_freed{0};
 
+// 1: at the stop's second moment, have another thread hold the duty turn
+// for 40 ms (as a heap's PoolTryRunInDutyTurn may), so that the stop's
+// last housekeeping run finds it taken; 2: it does.
+std::atomic<int> g_turn_hold{0};
+
 void LetTheOwnerFreeAt(int stage) {
   int expected = stage;
-  if (!g_owner_free_stage.compare_exchange_strong(expected, -1)) return;
-  g_owner_free_now = 1;
-  for (int i = 0; i < 5000 && g_owner_freed.load() == 0; ++i) usleep(1000);
+  if (g_owner_free_stage.compare_exchange_strong(expected, -1)) {
+    g_owner_free_now = 1;
+    for (int i = 0; i < 5000 && g_owner_freed.load() == 0; ++i) usleep(1000);
+  }
+  if (stage == kStopHookStopping && g_turn_hold.load() == 1) {
+    g_turn_hold = 2;
+    for (int i = 0; i < 5000 && g_turn_hold.load() == 2; ++i) usleep(1000);
+  }
 }
 
-void SegmentsEmptiedAsTheStopBeginsGoBack(int stage) {
+void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
   constexpr size_t kBlocks = 16;  // 1 MiB each: six segments, fewer than a heap keeps before it asks
   constexpr size_t kBlockSize = size_t{1} << 20;
   g_owner_free_now = 0;
@@ -199,6 +209,22 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage) {
     while (done.load() == 0) usleep(1000);  // idles: no slow path of its own gives anything back
   });
   ASSERT_TRUE(WaitFor([&] { return ready.load() != 0; }));
+  std::thread turn_holder;
+  if (turn_taken) {
+    g_turn_hold = 1;
+    turn_holder = std::thread([] {
+      for (int i = 0; i < 10000 && g_turn_hold.load() == 1; ++i) usleep(1000);
+      if (g_turn_hold.load() != 2) return;
+      // Taken before the hook returns: the stop's first run has ended.
+      const bool took = PoolTryRunInDutyTurn(
+          [](void*) {
+            g_turn_hold = 3;
+            usleep(40'000);
+          },
+          nullptr);
+      if (!took) g_turn_hold = 4;
+    });
+  }
   const size_t held = ferry_test::ResidentBytes();
   const uint64_t stops = PoolStopsForTest();
   g_owner_free_stage = stage;
@@ -215,8 +241,13 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage) {
          kBlocks * kBlockSize >> 20, waited_ms);
   done = 1;
   owner.join();
+  if (turn_holder.joinable()) turn_holder.join();
   PoolSetStopHookForTest(nullptr);
   ASSERT_TRUE(freed) << "the stop never reached its hook";
+  if (turn_taken) {
+    ASSERT_EQ(g_turn_hold.load(), 3) << "the duty turn was not held during the stop";
+    g_turn_hold = 0;
+  }
   ASSERT_TRUE(stopped);
   EXPECT_LE(now + 12 * kBlockSize, held) << "of the " << kBlocks << " MiB the owner freed as the stop began, "
                                          << (held - std::min(now, held)) / kBlockSize
@@ -229,6 +260,12 @@ TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBack) {
 
 TEST(IdleStop, SegmentsEmptiedJustAfterThePoolTurnsStoppingGoBack) {
   SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStopping);
+}
+
+// The same, before the turn, with the duty turn held by another thread as
+// the stop's last housekeeping run comes: the run waits for it.
+TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBackWhileTheDutyTurnIsBusy) {
+  SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStillRunning, /*turn_taken=*/true);
 }
 
 // A fork asked for while the threads leave waits for the stop (fork's

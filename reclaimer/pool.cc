@@ -104,6 +104,7 @@ constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 // an offer wakes a pool that slowed down (PoolOffer).
 constexpr uint32_t kQuietTickShifts = 3;
 constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
+constexpr int kStopDutyTries = 100;     // an idle stop's last housekeeping run waits ~100 ms for its turn at most
 constexpr size_t kStackBytes = 256 << 10;
 // How long the oneTBB backend's start waits for all of its arena's workers
 // to run at once (TbbBackendLaunchWorkers): oneTBB may be giving some of
@@ -627,8 +628,20 @@ bool StopIdlePool() {
   ApplyEveryQueuedBatch();
   // Once more, now that no housekeeping will follow: what the batches just
   // applied emptied, and the segments owners emptied after the first run
-  // while the pool still ran, which they left on their lists for it.
-  RunDuty(OsMonotonicMs(), /*urgent=*/true);
+  // while the pool still ran, which they left on their lists for it. The
+  // turn may be a heap's for a moment (PoolTryRunInDutyTurn) or a collect's:
+  // waited for a while, never for good, since this thread holds the flush
+  // mutex (no holder of the turn is known to flush, but none is to be
+  // waited on blindly under it).
+  for (int tries = 0; g_pool.duty != nullptr; ++tries) {
+    if (TryTakeDutyTurn()) {
+      RunDutyInTurn(OsMonotonicMs(), /*urgent=*/true);
+      EndDutyTurn();
+      break;
+    }
+    if (tries == kStopDutyTries) break;
+    OsFutexWait(&g_pool.duty_running, 1, 1);
+  }
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     Reclaimer* r = g_pool.reclaimers[i];
