@@ -91,6 +91,35 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
 
 }  // namespace ferry
 
+namespace {
+
+// "ferry: free_sized(0x…): size N is larger than the block (M bytes): not the
+// size that was asked for", then abort.
+[[noreturn]] FERRY_COLD void ReportWrongFreeSize(const char* call, void* ptr, size_t size, size_t usable) {
+  ferry::DiagLine().Str("ferry: ").Str(call).Str("(").Ptr(ptr).Str("): size ").Dec(size)
+      .Str(" is larger than the block (").Dec(usable).Str(" bytes): not the size that was asked for")
+      .WriteToStderr();
+  abort();
+}
+
+}  // namespace
+
+namespace ferry {
+
+// ferry needs no size to free a block, so it checks the one it is given: a
+// size the block cannot hold is a caller's bookkeeping error (which would
+// free the wrong size class on an allocator that trusts it). A smaller size
+// cannot be told apart from a correct one: every request rounds up.
+void FreeSized(void* ptr, size_t size, const char* call, const void* caller) {
+  if (ptr != nullptr) {
+    const size_t usable = UsableSize(reinterpret_cast<uintptr_t>(ptr), call);
+    if (FERRY_UNLIKELY(size > usable)) ReportWrongFreeSize(call, ptr, size, usable);
+  }
+  FreeUserBlock(ptr, call, caller);
+}
+
+}  // namespace ferry
+
 extern "C" {
 
 // Sizes past PTRDIFF_MAX need no test here: they are huge, and the huge
@@ -123,30 +152,7 @@ FERRY_EXPORT void* ferry_realloc(void* ptr, size_t size) { return ferry::Realloc
 
 FERRY_EXPORT void ferry_free(void* ptr) { FreeUserBlock(ptr, "free"); }
 
-namespace {
-
-// "ferry: free_sized(0x…): size N is larger than the block (M bytes): not the
-// size that was asked for", then abort.
-[[noreturn]] FERRY_COLD void ReportWrongFreeSize(void* ptr, size_t size, size_t usable) {
-  ferry::DiagLine().Str("ferry: free_sized(").Ptr(ptr).Str("): size ").Dec(size)
-      .Str(" is larger than the block (").Dec(usable).Str(" bytes): not the size that was asked for")
-      .WriteToStderr();
-  abort();
-}
-
-}  // namespace
-
-// ferry needs no size to free a block, so it checks the one it is given: a
-// size the block cannot hold is a caller's bookkeeping error (which would
-// free the wrong size class on an allocator that trusts it). A smaller size
-// cannot be told apart from a correct one: every request rounds up.
-FERRY_EXPORT void ferry_free_sized(void* ptr, size_t size) {
-  if (ptr != nullptr) {
-    const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "free_sized");
-    if (FERRY_UNLIKELY(size > usable)) ReportWrongFreeSize(ptr, size, usable);
-  }
-  FreeUserBlock(ptr, "free_sized");
-}
+FERRY_EXPORT void ferry_free_sized(void* ptr, size_t size) { ferry::FreeSized(ptr, size, "free_sized", nullptr); }
 
 FERRY_EXPORT void* ferry_aligned_alloc(size_t alignment, size_t size) {
   if (FERRY_UNLIKELY(!ferry::IsPowerOfTwo(alignment))) {

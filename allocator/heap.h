@@ -322,6 +322,9 @@ size_t UsableSize(uintptr_t address, const char* call, bool require_live = false
 // library's realloc entry points pass their return address, ferry_realloc
 // nullptr.
 void* Realloc(void* ptr, size_t size, const void* caller);
+// free_sized and free_aligned_sized (`call` names which): aborts with a
+// diagnostic when the block cannot hold `size`; `caller` as Free's.
+void FreeSized(void* ptr, size_t size, const char* call, const void* caller);
 // The calling thread's heap, made (or taken over from an exited thread) on
 // first use; the one it has when it has one. nullptr if the OS refuses.
 Heap* InitThreadHeap();

@@ -146,10 +146,13 @@ FERRY_EXPORT void* pvalloc(size_t size) { return Pvalloc(size); }
 
 FERRY_EXPORT size_t malloc_usable_size(void* ptr) { return ferry_usable_size(ptr); }
 
-FERRY_EXPORT void free_sized(void* ptr, size_t size) { ferry_free_sized(ptr, size); }
+// The return address, as free's: a free by the C library's code starts no pool.
+FERRY_EXPORT void free_sized(void* ptr, size_t size) {
+  ferry::FreeSized(ptr, size, "free_sized", __builtin_return_address(0));
+}
 
 FERRY_EXPORT void free_aligned_sized(void* ptr, size_t /*alignment*/, size_t size) {
-  ferry_free_sized(ptr, size);
+  ferry::FreeSized(ptr, size, "free_aligned_sized", __builtin_return_address(0));
 }
 
 // glibc's answer: 1 when memory went back to the OS, 0 when there was none

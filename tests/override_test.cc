@@ -687,6 +687,19 @@ TEST(OverrideDeath, ReallocToZeroOfAFreedBlockIsReportedByFerry) {
       testing::KilledBySignal(SIGABRT), "ferry.*realloc.*0x[0-9a-f]+");
 }
 
+// A size the block cannot hold is reported under the name it came by.
+TEST(OverrideDeath, FreeAlignedSizedOfTooLargeASizeIsReportedUnderItsOwnName) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        NoCoreDumps();
+        void* p = aligned_alloc(64, 64);
+        free_aligned_sized(Launder(p), 64, 4096);
+        exit(0);
+      },
+      testing::KilledBySignal(SIGABRT), "ferry: free_aligned_sized\\(0x[0-9a-f]+\\): size 4096 is larger than the block");
+}
+
 TEST(OverrideDeath, ReallocToZeroOfAPointerFerryNeverReturnedIsReportedByFerry) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
