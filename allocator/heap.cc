@@ -1403,6 +1403,11 @@ void ReturnUnpublishedBatch(Heap* heap) {
 }
 
 void AbandonHeap(Heap* heap) {
+  // Whoever takes it over is an ordinary thread, and a fork child must leave
+  // it be meanwhile (AbandonOrphanedHeapsInChild collects a reclaimer's heap
+  // as a parked one's). Reclaimers leave as ordinary threads
+  // (LeavingReclaimer); this is for any heap that still says otherwise.
+  __atomic_store_n(&heap->is_reclaimer, false, __ATOMIC_SEQ_CST);
   PublishBatch(heap, /*may_spawn=*/false);  // an exiting thread (FreeMayStartPool)
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
   CollectHeap(heap);
@@ -1676,7 +1681,9 @@ void CollectExitHeap() {
 // time hold only purged slices and their header: a slower pace (pool.cc,
 // IdleSleepMs) delays them by a run at most.
 // A reclaimer leaving an idle pool (reclaimer/pool.cc, StopIdlePool), no
-// fork possible meanwhile: its heap becomes an ordinary thread's. A fork
+// fork possible meanwhile: its heap becomes an ordinary thread's (and the
+// thread an ordinary thread, LeaveAsAnOrdinaryThread, so that a heap it
+// makes later is one too). A fork
 // child collects a reclaimer's heap as one whose thread parked between
 // batches (AbandonOrphanedHeapsInChild); this thread goes on to free on its
 // way out (the C library's exit, its heap's abandonment), so a fork then

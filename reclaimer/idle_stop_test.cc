@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocator/heap.h"
 #include "ferry.h"
 #include "reclaimer/pool.h"
 #include "tests/pool_test_util.h"
@@ -335,6 +336,38 @@ TEST(IdleStop, AForkAskedForWhileTheThreadsLeaveWaitsAndItsChildIsSound) {
     EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
   }
   PoolSetStopHookForTest(nullptr);
+}
+
+// What the reclaimer that stopped the pool allocates after it left (the
+// next pool's pthread_create, the C library's exit) goes to an ordinary
+// thread's heap: a heap made then was marked a reclaimer's, so that, taken
+// over by an application thread after this one exited, a fork child
+// collected it as a parked reclaimer's (and spun on the lock its owner held
+// in the parent; a stress hunt, 2026-12-06).
+std::atomic<int> g_left_checked{0};  // 1: armed; 2: the heap was ordinary; 3: it was not
+std::atomic<bool> g_left_had_heap{false};
+
+void AllocateOnceLeft(int stage) {
+  if (stage != kStopHookLeft || g_left_checked.load() != 1) return;
+  g_left_had_heap = tl_heap != &g_empty_heap;
+  void* p = ferry_malloc(kSize);
+  Heap* heap = InitThreadHeap();
+  const bool ordinary = heap != nullptr && !__atomic_load_n(&heap->is_reclaimer, __ATOMIC_SEQ_CST) &&
+                        !IsReclaimerThread();
+  ferry_free(p);
+  g_left_checked = ordinary ? 2 : 3;
+}
+
+TEST(IdleStop, WhatTheStoppingReclaimerAllocatesOnceLeftIsAnOrdinaryThreadsHeap) {
+  PoolSetStopHookForTest(AllocateOnceLeft);
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  g_left_checked = 1;
+  const bool checked = WaitFor([] { return g_left_checked.load() >= 2; });
+  PoolSetStopHookForTest(nullptr);
+  ASSERT_TRUE(checked) << "the idle pool never reached the end of its stop";
+  EXPECT_FALSE(g_left_had_heap.load()) << "the reclaimer had a heap before: the case tests only the leaving hook";
+  EXPECT_EQ(g_left_checked.load(), 2) << "a heap made by the stopping reclaimer after it left is marked a reclaimer's";
+  EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
 }
 
 }  // namespace

@@ -559,10 +559,25 @@ void ApplyEveryQueuedBatch() {
   }
 }
 
+// A reclaimer on its way out of an idle pool, no fork possible meanwhile
+// (the stop holds the flush mutex): from now on it is an ordinary thread,
+// and so is its heap, now or made later. It frees on its way out (the C
+// library's exit, its heap's abandonment), and the reclaimer that stopped
+// the pool may start the next one (pthread_create allocates): a heap made
+// then, still marked a reclaimer's, was abandoned at the thread's exit,
+// taken over by an application thread, and collected by a fork child as a
+// parked reclaimer's while that thread held its lock in the parent (the
+// child spun for good: a stress hunt's forkloop with
+// FERRY_RECLAIMER_IDLE_MS=1, 3 runs of 12).
+void LeaveAsAnOrdinaryThread() {
+  if (g_pool.leaving != nullptr) g_pool.leaving();
+  tl_is_reclaimer = false;
+}
+
 // A reclaimer other than the first, told to go by StopIdlePool: it leaves
 // between batches, touching its record no more.
 void LeaveStoppingPool() {
-  if (g_pool.leaving != nullptr) g_pool.leaving();
+  LeaveAsAnOrdinaryThread();
   RetireThisThreadsCpuTime();
   g_pool.looping.fetch_sub(1, std::memory_order_seq_cst);
   OsFutexWake(&g_pool.looping, INT_MAX);
@@ -658,7 +673,8 @@ bool StopIdlePool() {
   g_pool.stops.fetch_add(1, std::memory_order_relaxed);
   // Before the mutex is let go, so that no fork sees this thread's heap as a
   // parked reclaimer's while the thread frees on its way out.
-  if (g_pool.leaving != nullptr) g_pool.leaving();
+  LeaveAsAnOrdinaryThread();
+  if (FERRY_UNLIKELY(hook != nullptr)) hook(kStopHookLeft);
   if (Verbose(1)) DiagLine().Str("ferry: reclaimer pool idle, its threads exit").WriteToStderr();
   g_pool.state.store(kNotStarted, std::memory_order_seq_cst);
   pthread_mutex_unlock(&g_pool.flush_mutex);

@@ -124,12 +124,14 @@ bool PoolFlushWaitsWhileReclaimersSleepForTest();
 // none).
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)());
 
-// Tests: a function an idle pool's stop calls twice as it begins, the
-// flush mutex held: with kStopHookStillRunning just before the state turns
-// stopping, then with kStopHookStopping (nullptr: none); how many stops so
-// far.
+// Tests: a function an idle pool's stop calls on the reclaimer that stops
+// it, the flush mutex held: with kStopHookStillRunning just before the
+// state turns stopping, with kStopHookStopping just after, and with
+// kStopHookLeft once the other threads have left and this one is an
+// ordinary thread (nullptr: none); how many stops so far.
 inline constexpr int kStopHookStillRunning = 0;
 inline constexpr int kStopHookStopping = 1;
+inline constexpr int kStopHookLeft = 2;
 void PoolSetStopHookForTest(void (*hook)(int stage));
 uint64_t PoolStopsForTest();
 
