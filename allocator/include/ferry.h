@@ -1,9 +1,11 @@
 // ferry.h — the public C and C++ interface of the ferry memory allocator.
 //
 // Every function here is thread-safe and may be called from any thread at any
-// time, including before main() and during thread or process exit. None of
-// them takes a lock that a signal handler could also take, but none is
-// async-signal-safe either (as with malloc).
+// time, including before main() and during thread or process exit. None is
+// async-signal-safe (as with malloc): a signal handler that calls one while
+// its thread is inside another may wait for good on a lock the interrupted
+// call holds (a heap's segment list, taken on the paths that make a new
+// page), as it may under glibc's malloc.
 //
 // Linking libferry.a (or LD_PRELOAD=libferry.so) also makes the standard
 // malloc family and C++ operator new/delete ferry's; the ferry_* names below
