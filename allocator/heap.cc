@@ -1976,7 +1976,7 @@ bool ResizeLargeInPlace(void* p, size_t n) {
 // the large range for good, and its old run, 1.5-2 MiB by then, waited
 // resident for the purge, which a single-threaded program never runs (a
 // buffer grown from 64 B to 2.1 MiB by eighths: 2 MiB of the 6.4 above the
-// baseline; perf/RESULTS.md, 2026-12-06 12:30). The block's first OS page
+// baseline; perf/RESULTS.md, 2026-12-06 12:00). The block's first OS page
 // stays: the free that follows reads and writes its first word.
 void DecommitOutgrownLargeBlock(void* p) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
