@@ -314,7 +314,7 @@ void Apply(Batch* batch, std::atomic<uint64_t>* pooled) {
   LeaveEpoch(slot);
 }
 
-void RunDuty(uint64_t now, bool urgent);
+bool RunDuty(uint64_t now, bool urgent);
 
 // Applies one of the batches waiting for the oneTBB arena; false if there
 // was none. Each offer sends a task for one, so a task that finds none left
@@ -460,10 +460,12 @@ void RunDutyInTurn(uint64_t now, bool urgent) {
   g_pool.last_duty_ms.store(now, std::memory_order_relaxed);
 }
 
-void RunDuty(uint64_t now, bool urgent) {
-  if (g_pool.duty == nullptr || !TryTakeDutyTurn()) return;
+// False when there is no duty or another thread holds the turn.
+bool RunDuty(uint64_t now, bool urgent) {
+  if (g_pool.duty == nullptr || !TryTakeDutyTurn()) return false;
   RunDutyInTurn(now, urgent);
   EndDutyTurn();
+  return true;
 }
 
 // A duty that covers every collect asked for before it began: the
@@ -648,13 +650,8 @@ bool StopIdlePool() {
   // waited for a while, never for good, since this thread holds the flush
   // mutex (no holder of the turn is known to flush, but none is to be
   // waited on blindly under it).
-  for (int tries = 0; g_pool.duty != nullptr; ++tries) {
-    if (TryTakeDutyTurn()) {
-      RunDutyInTurn(OsMonotonicMs(), /*urgent=*/true);
-      EndDutyTurn();
-      break;
-    }
-    if (tries == kStopDutyTries) break;
+  for (int tries = 0; g_pool.duty != nullptr && tries < kStopDutyTries; ++tries) {
+    if (RunDuty(OsMonotonicMs(), /*urgent=*/true)) break;
     OsFutexWait(&g_pool.duty_running, 1, 1);
   }
   const int count = g_pool.count.load(std::memory_order_acquire);

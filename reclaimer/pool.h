@@ -71,9 +71,9 @@ bool PoolAwaitsAskToHousekeep();
 
 // Starts the pool if an offer asked for it. Cheap when nothing is pending.
 extern std::atomic<uint32_t> g_pool_start_requested;
-// Set once an idle pool's threads have exited (pool.cc, StopIdlePool),
-// until it starts again: a page its owner frees then asks for it again
-// (heap.cc, ReleasePageFromFree).
+// Set as an idle pool turns stopping (pool.cc, StopIdlePool), until it
+// starts again: a page its owner frees then asks for it again (heap.cc,
+// ReleasePageFromFree).
 extern std::atomic<uint32_t> g_pool_stopped_idle;
 void PoolStartRequested();
 inline void PoolMaybeStart() {
