@@ -158,6 +158,7 @@ constexpr char kUsage[] =
     "                    configuration exactly once (programs x 10 runs, a fixed set for a\n"
     "                    given seed; CI's form)\n"
     "  --max-scale S     largest --scale a run draws (default 0.5; at least each program's minimum)\n"
+    "  --max-scale-of NAME=S  a lower largest --scale for one program (repeatable)\n"
     "  --scale S         run every program at this scale instead\n"
     "  --timeout S       a run that takes longer has hung: backtraces, kill, failure (default 120)\n"
     "  --only NAME       run only this program (repeatable)\n"
@@ -176,6 +177,7 @@ struct Flags {
   long min_cycles = 0;
   bool every_pair = false;
   double max_scale = 0.5;
+  std::map<std::string, double> max_scale_of;  // --max-scale-of
   std::optional<double> scale;
   double timeout_s = 120;
   std::vector<std::string> only;
@@ -230,6 +232,11 @@ Flags ParseFlags(int argc, char** argv) {
       flags.every_pair = true;
     } else if (arg == "--max-scale") {
       flags.max_scale = NumberOrDie(arg, value(), 0.001, 10);
+    } else if (arg == "--max-scale-of") {
+      const std::string setting = value();
+      const size_t equals = setting.find('=');
+      if (equals == std::string::npos || equals == 0) UsageError("--max-scale-of wants NAME=S");
+      flags.max_scale_of[setting.substr(0, equals)] = NumberOrDie(arg, setting.substr(equals + 1), 0.001, 10);
     } else if (arg == "--scale") {
       flags.scale = NumberOrDie(arg, value(), 0.001, 10);
     } else if (arg == "--timeout") {
@@ -487,6 +494,13 @@ class Soak {
         return false;
       }
     }
+    for (const auto& [name, cap] : flags_.max_scale_of) {
+      if (Info(name) == nullptr) {
+        std::fprintf(stderr, "soak: --max-scale-of %s: no such program (workload --list, --list-soak)\n",
+                     name.c_str());
+        return false;
+      }
+    }
     if (programs_.empty()) {
       std::fprintf(stderr, "soak: no programs\n");
       return false;
@@ -528,7 +542,9 @@ class Soak {
     config.pin = rng() % 3 != 0;
     config.pairs = 1 + static_cast<int>(rng() % 4);
     const double low = std::max(0.01, Info(program)->min_scale);
-    const double high = std::max(low, flags_.max_scale);
+    const auto cap = flags_.max_scale_of.find(program);
+    const double high =
+        std::max(low, cap == flags_.max_scale_of.end() ? flags_.max_scale : std::min(flags_.max_scale, cap->second));
     const double u = static_cast<double>(rng() >> 11) / 9007199254740992.0;
     config.scale = flags_.scale ? std::max(*flags_.scale, Info(program)->min_scale)
                                 : low * std::pow(high / low, u);
