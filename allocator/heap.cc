@@ -1703,9 +1703,9 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
   const size_t purged = ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
-  ReleaseIdleEmptySegments(now_ms, urgent);
+  const bool heap_passed_by = ReleaseIdleEmptySegments(now_ms, urgent);
   ReleaseIdleHugeMappings(now_ms, urgent);
-  return purged != 0 || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
+  return purged != 0 || heap_passed_by || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
          g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0;
 }
 
@@ -1900,13 +1900,20 @@ void AskForThePoolIfSeveralThreads(bool by_threads_run) {
 // EmptySegmentKeepMs (any, when `urgent`) go back to their arena here; the
 // heap's spare stays (and the purge does not count it, so that a heap's
 // spare does not have this walk every heap at every run). A heap whose
-// owner holds its list is left for the next run.
-void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
-  if (!g_idle_empty_segments.exchange(false, std::memory_order_relaxed)) return;
+// owner holds its list is left for the next run, which is asked for: true
+// then (an idle pool's stop runs its last one again, StopIdlePool; before
+// 2026-12-06 it went without, and an owner on its slow path at that moment
+// kept its emptied segments for as long as it then idled).
+bool ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
+  if (!g_idle_empty_segments.exchange(false, std::memory_order_relaxed)) return false;
+  bool passed_by = false;
   const uint64_t keep_ms = urgent ? 0 : EmptySegmentKeepMs(static_cast<uint64_t>(g_options.purge_delay_ms));
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
-    if (!heap->segments_lock.TryLock()) continue;  // the next purge flags its segments again
+    if (!heap->segments_lock.TryLock()) {
+      passed_by = true;
+      continue;
+    }
     Segment* released = nullptr;
     for (Segment* segment = heap->segments; segment != nullptr;) {
       Segment* next = segment->heap_next;
@@ -1927,6 +1934,8 @@ void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
       released = next;
     }
   }
+  if (passed_by) g_idle_empty_segments.store(true, std::memory_order_relaxed);
+  return passed_by;
 }
 
 // A large block is the one block of its run of slices, so it can grow into
@@ -1964,9 +1973,11 @@ bool ResizeLargeInPlace(void* p, size_t n) {
   page->divisor_magic = ~uint64_t{0} / page->block_size + 1;
   page->carved_bytes.store(static_cast<uint32_t>(page->block_size), std::memory_order_relaxed);
   if (wanted < count) {
-    // The record first: once the slices are free, another heap may take them.
+    // The record and the purge's hint first: once the slices are free,
+    // another heap may take them (ReleasePageSlices).
+    NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(
+        segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(first + wanted, count - wanted))));
     FreeSlices(segment, first + wanted, count - wanted, OsMonotonicMs());
-    NoteDirtySlicesFreed(count - wanted);
   }
   return true;
 }

@@ -178,7 +178,8 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
 void PublishBatchSlow(Heap* heap, const void* caller);
 // The housekeeping's turn to give back segments that other threads emptied
 // (heap.cc); run after ArenaPurge, which tells it whether any are due.
-void ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent);
+// True when it passed by a heap whose owner held its list.
+bool ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent);
 
 // "ferry: malloc: free list of the page at … corrupted …" and abort: the free
 // block's link decodes to `next`, outside the page.

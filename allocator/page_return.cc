@@ -47,9 +47,12 @@ void ReleasePageSlices(Page* page) {
   // out of went back decommitted but for its first slice
   // (DecommitOutgrownLargeBlock), and counting all of them kept the purge's
   // hint up by as many slices for good where no purge ran to correct it.
+  // (Counted after the free until a review of 2026-12-06: another heap's
+  // claim in between found the hint at 0 and left it, and the late count
+  // then kept it too high.)
   const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(start, count);
-  FreeSlices(segment, start, count, OsMonotonicMs());
   NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(dirty)));
+  FreeSlices(segment, start, count, OsMonotonicMs());
   CounterAdd(g_counters.pages_released, 1);
 }
 

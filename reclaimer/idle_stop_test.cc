@@ -176,11 +176,20 @@ std::atomic<int> g_owner_freed{0};
 // last housekeeping run finds it taken; 2: it does.
 std::atomic<int> g_turn_hold{0};
 
+// 1: at the stop's second moment, have the owner take its heap's segment
+// list (as its own slow path does for a moment) and keep it 40 ms, so that
+// the stop's last housekeeping run finds it taken; 2: asked; 3: it holds it.
+std::atomic<int> g_owner_list_hold{0};
+
 void LetTheOwnerFreeAt(int stage) {
   int expected = stage;
   if (g_owner_free_stage.compare_exchange_strong(expected, -1)) {
     g_owner_free_now = 1;
     for (int i = 0; i < 5000 && g_owner_freed.load() == 0; ++i) usleep(1000);
+  }
+  if (stage == kStopHookStopping && g_owner_list_hold.load() == 1) {
+    g_owner_list_hold = 2;
+    for (int i = 0; i < 5000 && g_owner_list_hold.load() == 2; ++i) usleep(1000);
   }
   if (stage == kStopHookStopping && g_turn_hold.load() == 1) {
     g_turn_hold = 2;
@@ -188,7 +197,13 @@ void LetTheOwnerFreeAt(int stage) {
   }
 }
 
-void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
+uint64_t SegmentsLive() {
+  ferry_stats_t stats{};
+  ferry_stats_get(&stats);
+  return stats.segments_live;
+}
+
+void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false, bool list_held = false) {
   constexpr size_t kBlocks = 16;  // 1 MiB each: six segments, fewer than a heap keeps before it asks
   constexpr size_t kBlockSize = size_t{1} << 20;
   g_owner_free_now = 0;
@@ -207,7 +222,15 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
     while (g_owner_free_now.load() == 0) usleep(1000);
     for (void* p : blocks) ferry_free(p);
     g_owner_freed = 1;
-    while (done.load() == 0) usleep(1000);  // idles: no slow path of its own gives anything back
+    while (done.load() == 0) {  // idles: no slow path of its own gives anything back
+      if (g_owner_list_hold.load() == 2) {
+        tl_heap->segments_lock.Lock();
+        g_owner_list_hold = 3;
+        usleep(40'000);
+        tl_heap->segments_lock.Unlock();
+      }
+      usleep(1000);
+    }
   });
   ASSERT_TRUE(WaitFor([&] { return ready.load() != 0; }));
   std::thread turn_holder;
@@ -226,7 +249,9 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
       if (!took) g_turn_hold = 4;
     });
   }
+  if (list_held) g_owner_list_hold = 1;
   const size_t held = ferry_test::ResidentBytes();
+  const uint64_t segments_held = SegmentsLive();
   const uint64_t stops = PoolStopsForTest();
   g_owner_free_stage = stage;
   const bool freed = WaitFor([] { return g_owner_freed.load() != 0; });
@@ -238,8 +263,16 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
     if (now + 12 * kBlockSize <= held) break;
     usleep(10'000);
   }
-  printf("stage %d: %zu of %zu MiB back %d ms after the stop\n", stage, (held - std::min(now, held)) >> 20,
-         kBlocks * kBlockSize >> 20, waited_ms);
+  // And the segments themselves (their headers, their address space), which
+  // only a run that gets the owner's list gives back.
+  uint64_t segments_now = SegmentsLive();
+  for (int i = 0; i < 300 && segments_now + 4 > segments_held; ++i) {
+    usleep(10'000);
+    segments_now = SegmentsLive();
+  }
+  printf("stage %d: %zu of %zu MiB back %d ms after the stop; segments %llu -> %llu\n", stage,
+         (held - std::min(now, held)) >> 20, kBlocks * kBlockSize >> 20, waited_ms,
+         static_cast<unsigned long long>(segments_held), static_cast<unsigned long long>(segments_now));
   done = 1;
   owner.join();
   if (turn_holder.joinable()) turn_holder.join();
@@ -249,10 +282,19 @@ void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false) {
     ASSERT_EQ(g_turn_hold.load(), 3) << "the duty turn was not held during the stop";
     g_turn_hold = 0;
   }
+  if (list_held) {
+    ASSERT_EQ(g_owner_list_hold.load(), 3) << "the owner did not hold its segment list during the stop";
+    g_owner_list_hold = 0;
+  }
   ASSERT_TRUE(stopped);
   EXPECT_LE(now + 12 * kBlockSize, held) << "of the " << kBlocks << " MiB the owner freed as the stop began, "
                                          << (held - std::min(now, held)) / kBlockSize
                                          << " MiB went back within 3 s";
+  // (Four: the heap keeps one as its spare, and the first holds the test's
+  // own small blocks.)
+  EXPECT_LE(segments_now + 4, segments_held) << "of the six segments the owner emptied as the stop began, "
+                                             << segments_held - std::min(segments_now, segments_held)
+                                             << " went back within 3 s";
 }
 
 TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBack) {
@@ -267,6 +309,13 @@ TEST(IdleStop, SegmentsEmptiedJustAfterThePoolTurnsStoppingGoBack) {
 // the stop's last housekeeping run comes: the run waits for it.
 TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBackWhileTheDutyTurnIsBusy) {
   SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStillRunning, /*turn_taken=*/true);
+}
+
+// The same, with the owner holding its heap's segment list (its own slow
+// path may, at any moment) as the stop's last housekeeping run comes: the
+// run, which passes such a heap by, runs again once the list is free.
+TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBackWhileTheirOwnerHoldsItsList) {
+  SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStillRunning, /*turn_taken=*/false, /*list_held=*/true);
 }
 
 // A fork asked for while the threads leave waits for the stop (fork's

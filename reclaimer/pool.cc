@@ -104,7 +104,7 @@ constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 // an offer wakes a pool that slowed down (PoolOffer).
 constexpr uint32_t kQuietTickShifts = 3;
 constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
-constexpr int kStopDutyTries = 100;     // an idle stop's last housekeeping run waits ~100 ms for its turn at most
+constexpr int kStopDutyTries = 100;     // an idle stop's last housekeeping runs take ~100 ms at most
 constexpr size_t kStackBytes = 256 << 10;
 // How long the oneTBB backend's start waits for all of its arena's workers
 // to run at once (TbbBackendLaunchWorkers): oneTBB may be giving some of
@@ -649,10 +649,18 @@ bool StopIdlePool() {
   // turn may be a heap's for a moment (PoolTryRunInDutyTurn) or a collect's:
   // waited for a while, never for good, since this thread holds the flush
   // mutex (no holder of the turn is known to flush, but none is to be
-  // waited on blindly under it).
+  // waited on blindly under it). A run that finds work left (an owner held
+  // its heap's segment list at that moment, or freed more meanwhile) is run
+  // again within the same bound: before 2026-12-06 such a heap kept its
+  // emptied segments for as long as it then idled.
   for (int tries = 0; g_pool.duty != nullptr && tries < kStopDutyTries; ++tries) {
-    if (RunDuty(OsMonotonicMs(), /*urgent=*/true)) break;
-    OsFutexWait(&g_pool.duty_running, 1, 1);
+    if (!RunDuty(OsMonotonicMs(), /*urgent=*/true)) {
+      OsFutexWait(&g_pool.duty_running, 1, 1);
+    } else if (g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) {
+      OsSleepMicroseconds(1000);
+    } else {
+      break;
+    }
   }
   const int count = g_pool.count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
