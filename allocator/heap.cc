@@ -1694,6 +1694,12 @@ void LeavingReclaimer() {
   if (heap != &g_empty_heap) __atomic_store_n(&heap->is_reclaimer, false, __ATOMIC_SEQ_CST);
 }
 
+// Whether the last housekeeping run left a heap's empty segments for later
+// (ReleaseIdleEmptySegments); read in the duty turn.
+constinit std::atomic<bool> g_duty_passed_by_a_heap{false};
+
+bool HousekeepingPassedByAHeap() { return g_duty_passed_by_a_heap.load(std::memory_order_relaxed); }
+
 bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
        heap = heap->all_next) {
@@ -1703,9 +1709,9 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
   const size_t purged = ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
-  const bool heap_passed_by = ReleaseIdleEmptySegments(now_ms, urgent);
+  g_duty_passed_by_a_heap.store(ReleaseIdleEmptySegments(now_ms, urgent), std::memory_order_relaxed);
   ReleaseIdleHugeMappings(now_ms, urgent);
-  return purged != 0 || heap_passed_by || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
+  return purged != 0 || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
          g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0;
 }
 
@@ -1900,10 +1906,15 @@ void AskForThePoolIfSeveralThreads(bool by_threads_run) {
 // EmptySegmentKeepMs (any, when `urgent`) go back to their arena here; the
 // heap's spare stays (and the purge does not count it, so that a heap's
 // spare does not have this walk every heap at every run). A heap whose
-// owner holds its list is left for the next run, which is asked for: true
-// then (an idle pool's stop runs its last one again, StopIdlePool; before
-// 2026-12-06 it went without, and an owner on its slow path at that moment
-// kept its emptied segments for as long as it then idled).
+// owner holds its list is left for the next run (the next purge flags its
+// segments again): true then. An idle pool's stop, after which no run
+// comes, runs its last one again for a while (StopIdlePool, through
+// HousekeepingPassedByAHeap); before 2026-12-06 it went without, and an
+// owner on its slow path at that moment kept its emptied segments for as
+// long as it then idled. Not more work for the duty's pace: in a fork
+// child, the heap of a parent's thread that held its list at the fork
+// holds it for good, and a first form that counted it as work kept that
+// child's pool ticking at full pace and never let it stop (a review).
 bool ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
   if (!g_idle_empty_segments.exchange(false, std::memory_order_relaxed)) return false;
   bool passed_by = false;
@@ -1934,7 +1945,6 @@ bool ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent) {
       released = next;
     }
   }
-  if (passed_by) g_idle_empty_segments.store(true, std::memory_order_relaxed);
   return passed_by;
 }
 
@@ -2037,7 +2047,7 @@ void EnsureGlobalInit() {
                              static_cast<int>(g_options.purge_delay_ms),
                              g_options.inline_when_busy != 0,
                              static_cast<int>(g_options.reclaimer_idle_ms)},
-                  HousekeepingDuty, LeavingReclaimer);
+                  HousekeepingDuty, HousekeepingPassedByAHeap, LeavingReclaimer);
     g_init_state.store(kOnceDone, std::memory_order_release);
   }
 }

@@ -104,7 +104,8 @@ constexpr int kIdleTickMs = 50;         // housekeeping pace while idle
 // an offer wakes a pool that slowed down (PoolOffer).
 constexpr uint32_t kQuietTickShifts = 3;
 constexpr int kFlushTimeoutMs = 100;    // a waiting flush looks again at least this often
-constexpr int kStopDutyTries = 100;     // an idle stop's last housekeeping runs take ~100 ms at most
+constexpr int kStopDutyTries = 100;     // an idle stop's last housekeeping run waits ~100 ms for its turn at most
+constexpr int kStopPassedByTries = 20;  // and runs again ~20 ms at most while a heap's list is held
 constexpr size_t kStackBytes = 256 << 10;
 // How long the oneTBB backend's start waits for all of its arena's workers
 // to run at once (TbbBackendLaunchWorkers): oneTBB may be giving some of
@@ -146,7 +147,8 @@ enum PoolState : uint32_t { kOff, kNotStarted, kStarting, kRunning, kHeldForFork
 struct Pool {
   PoolConfig config{};
   bool (*duty)(uint64_t now_ms, bool urgent) = nullptr;
-  void (*leaving)() = nullptr;  // PoolConfigure
+  bool (*duty_passed_by)() = nullptr;  // PoolConfigure
+  void (*leaving)() = nullptr;         // PoolConfigure
   // Housekeeping runs in a row that found nothing to do (IdleSleepMs), and
   // when the first of them ran (StopIdlePool).
   std::atomic<uint32_t> quiet_duties{0};
@@ -649,14 +651,17 @@ bool StopIdlePool() {
   // turn may be a heap's for a moment (PoolTryRunInDutyTurn) or a collect's:
   // waited for a while, never for good, since this thread holds the flush
   // mutex (no holder of the turn is known to flush, but none is to be
-  // waited on blindly under it). A run that finds work left (an owner held
-  // its heap's segment list at that moment, or freed more meanwhile) is run
-  // again within the same bound: before 2026-12-06 such a heap kept its
-  // emptied segments for as long as it then idled.
-  for (int tries = 0; g_pool.duty != nullptr && tries < kStopDutyTries; ++tries) {
+  // waited on blindly under it). A run that passed by a heap whose owner
+  // held its segment list at that moment is run again, 1 ms apart, up to
+  // kStopPassedByTries times: before 2026-12-06 such a heap kept its
+  // emptied segments for as long as it then idled. Bounded, and not asked
+  // for again after: a fork child holds for good the list of a parent's
+  // thread caught holding it, and should stop all the same (what stays is
+  // headers and address space; the purge above gave their slices back).
+  for (int tries = 0, passed_by = 0; g_pool.duty != nullptr && tries < kStopDutyTries; ++tries) {
     if (!RunDuty(OsMonotonicMs(), /*urgent=*/true)) {
       OsFutexWait(&g_pool.duty_running, 1, 1);
-    } else if (g_pool.quiet_duties.load(std::memory_order_relaxed) == 0) {
+    } else if (g_pool.duty_passed_by != nullptr && g_pool.duty_passed_by() && ++passed_by < kStopPassedByTries) {
       OsSleepMicroseconds(1000);
     } else {
       break;
@@ -1092,26 +1097,37 @@ void PoolAskToHousekeep() {
 }
 
 void PoolStartRequested() {
-  if (g_pool_start_requested.exchange(0, std::memory_order_acq_rel) == 0) return;
-  uint32_t expected = kNotStarted;
-  if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
-    // Not unwound halfway by a pending cancel (the state would stay
-    // kStarting, and fork wait for it for good), whatever oneTBB or the C
-    // library calls on the way: free and malloc are no cancellation points.
-    int cancel_state;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
-    Start();
-    pthread_setcancelstate(cancel_state, nullptr);
-  } else if (expected == kHeldForFork || expected == kStopping) {
+  for (;;) {
+    if (g_pool_start_requested.exchange(0, std::memory_order_seq_cst) == 0) return;
+    uint32_t expected = kNotStarted;
+    if (g_pool.state.compare_exchange_strong(expected, kStarting, std::memory_order_acq_rel)) {
+      // Not unwound halfway by a pending cancel (the state would stay
+      // kStarting, and fork wait for it for good), whatever oneTBB or the C
+      // library calls on the way: free and malloc are no cancellation points.
+      int cancel_state;
+      pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+      Start();
+      pthread_setcancelstate(cancel_state, nullptr);
+      return;
+    }
+    if (expected != kHeldForFork && expected != kStopping) return;
     // Asked for before the fork began, or as an idle pool's threads leave:
-    // still asked for after.
-    g_pool_start_requested.store(1, std::memory_order_relaxed);
+    // still asked for after. The stop (or the fork) may have ended since
+    // the exchange, its own look at the request (PoolMaybeStart) done
+    // before this store: then this thread starts it (a review, 2026-12-06:
+    // the request was left for whichever call came next, and a program
+    // that then idled kept what it was asked for). seq_cst against the
+    // state's store at the stop's end: one of the two sees the other.
+    g_pool_start_requested.store(1, std::memory_order_seq_cst);
+    if (g_pool.state.load(std::memory_order_seq_cst) != kNotStarted) return;
   }
 }
 
-void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t, bool), void (*leaving)()) {
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t, bool), bool (*passed_by)(),
+                   void (*leaving)()) {
   g_pool.config = config;
   g_pool.duty = duty;
+  g_pool.duty_passed_by = passed_by;
   g_pool.leaving = leaving;
   g_pool.have_cpus = OsThreadCpuMask(&g_pool.cpus);
   // From the first: a finalize before any start keeps the pool from making

@@ -38,10 +38,14 @@ inline bool CpusCrowded(uint64_t preemptions, uint64_t wall_ns, int reclaimers) 
 // `duty` is the housekeeping; it returns whether a run soon may find work
 // (memory purged or still to purge): after runs that found none, the
 // reclaimers' idle pace slows (pool.cc, IdleSleepMs).
+// `passed_by`: whether the last run of `duty` left something for a later
+// run because a lock was taken at that moment (an idle pool's stop, which
+// no later run follows, runs it again for a while: StopIdlePool).
 // `leaving`: called on a reclaimer thread as it leaves an idle pool
 // (StopIdlePool), while no fork can come: its heap is no longer one that a
 // fork child may take as a parked reclaimer's (heap.cc).
-void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t now_ms, bool urgent), void (*leaving)());
+void PoolConfigure(const PoolConfig& config, bool (*duty)(uint64_t now_ms, bool urgent), bool (*passed_by)(),
+                   void (*leaving)());
 
 // Hands a full batch to the pool; `home_hint` spreads heaps over the
 // reclaimers. Returns false when the pool cannot take it (off, not started
