@@ -311,6 +311,17 @@ TEST(IdleStop, SegmentsEmptiedJustBeforeThePoolTurnsStoppingGoBackWhileTheDutyTu
   SegmentsEmptiedAsTheStopBeginsGoBack(kStopHookStillRunning, /*turn_taken=*/true);
 }
 
+// Waits up to 20 s for `child` (killed after that); false if it hung.
+bool WaitForChild(pid_t child, int* status) {
+  for (int waited = 0; waited < 20000 * ferry_test::kSanitizerSlowdown; waited += 10) {
+    if (waitpid(child, status, WNOHANG) == child) return true;
+    usleep(10'000);
+  }
+  kill(child, SIGKILL);
+  waitpid(child, status, 0);
+  return false;
+}
+
 // The same, with the owner holding its heap's segment list (its own slow
 // path may, at any moment) as the stop's last housekeeping run comes: the
 // run, which passes such a heap by, runs again once the list is free.
@@ -366,19 +377,7 @@ TEST(IdleStop, AForkChildWhereAParentsThreadHeldItsSegmentListStillStopsItsIdleP
   holder.join();
   ASSERT_GT(child, 0);
   int status = -1;
-  bool exited = false;
-  for (int waited = 0; waited < 20000 * ferry_test::kSanitizerSlowdown; waited += 10) {
-    if (waitpid(child, &status, WNOHANG) == child) {
-      exited = true;
-      break;
-    }
-    usleep(10'000);
-  }
-  if (!exited) {
-    kill(child, SIGKILL);
-    waitpid(child, &status, 0);
-  }
-  ASSERT_TRUE(exited) << "the child hung";
+  ASSERT_TRUE(WaitForChild(child, &status)) << "the child hung";
   ASSERT_TRUE(WIFEXITED(status)) << "child status " << status;
   EXPECT_NE(WEXITSTATUS(status), 3) << "the child's idle pool never stopped";
   EXPECT_NE(WEXITSTATUS(status), 4) << "the child's emptied segments did not go back";
@@ -435,19 +434,7 @@ TEST(IdleStop, AForkAskedForWhileTheThreadsLeaveWaitsAndItsChildIsSound) {
     }
     ASSERT_GT(child, 0);
     int status = -1;
-    bool exited = false;
-    for (int waited = 0; waited < 20000 * ferry_test::kSanitizerSlowdown; waited += 10) {
-      if (waitpid(child, &status, WNOHANG) == child) {
-        exited = true;
-        break;
-      }
-      usleep(10'000);
-    }
-    if (!exited) {
-      kill(child, SIGKILL);
-      waitpid(child, &status, 0);
-    }
-    ASSERT_TRUE(exited) << "the child hung";
+    ASSERT_TRUE(WaitForChild(child, &status)) << "the child hung";
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
     EXPECT_TRUE(WaitFor([] { return ferry_test::ReclaimerThreadCount() == 0; })) << ferry_test::AllThreadNames();
   }
