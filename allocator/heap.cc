@@ -1695,7 +1695,7 @@ void LeavingReclaimer() {
 }
 
 // Whether the last housekeeping run left a heap's empty segments for later
-// (ReleaseIdleEmptySegments); read in the duty turn.
+// (ReleaseIdleEmptySegments); read by an idle pool's stop after its runs.
 constinit std::atomic<bool> g_duty_passed_by_a_heap{false};
 
 bool HousekeepingPassedByAHeap() { return g_duty_passed_by_a_heap.load(std::memory_order_relaxed); }

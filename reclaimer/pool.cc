@@ -690,8 +690,11 @@ bool StopIdlePool() {
   pthread_mutex_unlock(&g_pool.flush_mutex);
   // A start asked for while the threads left (an offer, a heap keeping
   // segments, the drain's own returns) is kept (PoolStartRequested), but
-  // a program that then idles would make no call that starts it.
-  PoolMaybeStart();
+  // a program that then idles would make no call that starts it. seq_cst
+  // after the state's seq_cst store, as the asking side's store and load
+  // are (PoolStartRequested): of the two, one sees the other (x86's locked
+  // store did so with PoolMaybeStart's relaxed read; aarch64's would not).
+  if (g_pool_start_requested.load(std::memory_order_seq_cst) != 0) PoolStartRequested();
   return true;
 }
 
@@ -1112,12 +1115,14 @@ void PoolStartRequested() {
     }
     if (expected != kHeldForFork && expected != kStopping) return;
     // Asked for before the fork began, or as an idle pool's threads leave:
-    // still asked for after. The stop (or the fork) may have ended since
-    // the exchange, its own look at the request (PoolMaybeStart) done
-    // before this store: then this thread starts it (a review, 2026-12-06:
-    // the request was left for whichever call came next, and a program
-    // that then idled kept what it was asked for). seq_cst against the
-    // state's store at the stop's end: one of the two sees the other.
+    // still asked for after. The stop may have ended since the exchange,
+    // its own look at the request (PoolMaybeStart) done before this store:
+    // then this thread starts it (a review, 2026-12-06: the request was
+    // left for whichever call came next, and a program that then idled
+    // kept what it was asked for). seq_cst against the state's store and
+    // the fence at the stop's end: one of the two sees the other. (A fork's
+    // end makes no such look: a request kept across it waits for the next
+    // slow path, flush or collect, as before.)
     g_pool_start_requested.store(1, std::memory_order_seq_cst);
     if (g_pool.state.load(std::memory_order_seq_cst) != kNotStarted) return;
   }
