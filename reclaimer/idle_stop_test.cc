@@ -389,6 +389,45 @@ TEST(IdleStop, AForkChildWhereAParentsThreadHeldItsSegmentListStillStopsItsIdleP
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+// A start asked for as the pool stops, whose asker finds the pool stopping
+// and puts the request back only after the stop has ended and made its own
+// last look (the request back hook holds it there): the asker starts the
+// pool itself. Before 2026-12-06 the request waited for whichever call came
+// next, and a program that then idled kept what it had asked for.
+std::atomic<int> g_request_stage{0};  // 1: asking; 2: the asker found the pool stopping
+
+void HoldTheRequestUntilTheStopEnds() {
+  if (g_request_stage.load() != 1) return;
+  g_request_stage = 2;
+  // The stop counts itself, then ends: its state, its mutex, its last look.
+  for (int i = 0; i < 5000 && PoolThreadCount() != 0; ++i) usleep(1000);
+  usleep(50'000);
+}
+
+void AskAtTheStopsSecondMoment(int stage) {
+  if (stage != kStopHookStopping || g_request_stage.load() != 0) return;
+  g_request_stage = 1;
+  std::thread([] {
+    PoolAskToHousekeep();
+    PoolStartRequested();
+  }).detach();
+  for (int i = 0; i < 5000 && g_request_stage.load() != 2; ++i) usleep(1000);
+}
+
+TEST(IdleStop, AStartAskedForAsThePoolStopsIsNotLostWhenTheStopEndsFirst) {
+  g_request_stage = 0;
+  PoolSetRequestBackHookForTest(HoldTheRequestUntilTheStopEnds);
+  PoolSetStopHookForTest(AskAtTheStopsSecondMoment);
+  ASSERT_NO_FATAL_FAILURE(StartThePoolAndWaitForItsThreads());
+  const uint64_t stops = PoolStopsForTest();
+  ASSERT_TRUE(WaitFor([&] { return PoolStopsForTest() > stops; })) << "the idle pool never stopped";
+  PoolSetStopHookForTest(nullptr);
+  ASSERT_EQ(g_request_stage.load(), 2) << "the asker never found the pool stopping";
+  // No call of this thread's starts it: the asker does.
+  EXPECT_TRUE(WaitFor([] { return PoolThreadCount() == 2; })) << "the start asked for during the stop was lost";
+  PoolSetRequestBackHookForTest(nullptr);
+}
+
 // A fork asked for while the threads leave waits for the stop (fork's
 // prepare takes the flush mutex the stop holds), then runs while the last
 // reclaimer, the one that stopped the pool, is on its way out and frees as

@@ -257,6 +257,7 @@ struct Pool {
   std::atomic<int> idle_tick_ms{kIdleTickMs};
   std::atomic<void (*)()> offer_hook{nullptr};
   std::atomic<void (*)(int)> stop_hook{nullptr};
+  std::atomic<void (*)()> request_back_hook{nullptr};
   std::atomic<int> flush_timeout_ms{kFlushTimeoutMs};
   std::atomic<void (*)()> flush_wait_hook{nullptr};
   // Statistics.
@@ -1123,6 +1124,9 @@ void PoolStartRequested() {
     // the fence at the stop's end: one of the two sees the other. (A fork's
     // end makes no such look: a request kept across it waits for the next
     // slow path, flush or collect, as before.)
+    if (auto* const hook = g_pool.request_back_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {
+      hook();
+    }
     g_pool_start_requested.store(1, std::memory_order_seq_cst);
     if (g_pool.state.load(std::memory_order_seq_cst) != kNotStarted) return;
   }
@@ -1299,6 +1303,9 @@ void PoolSetIdleTickForTest(int idle_tick_ms) {
 
 void PoolSetOfferHookForTest(void (*hook)()) { g_pool.offer_hook.store(hook, std::memory_order_relaxed); }
 void PoolSetStopHookForTest(void (*hook)(int)) { g_pool.stop_hook.store(hook, std::memory_order_relaxed); }
+void PoolSetRequestBackHookForTest(void (*hook)()) {
+  g_pool.request_back_hook.store(hook, std::memory_order_relaxed);
+}
 uint64_t PoolStopsForTest() { return g_pool.stops.load(std::memory_order_relaxed); }
 
 void PoolSetFlushWaitForTest(int timeout_ms, void (*before_wait)()) {

@@ -138,6 +138,9 @@ inline constexpr int kStopHookStopping = 1;
 inline constexpr int kStopHookLeft = 2;
 void PoolSetStopHookForTest(void (*hook)(int stage));
 uint64_t PoolStopsForTest();
+// Tests: a function PoolStartRequested calls when it found the pool
+// stopping (or held for a fork), just before it puts the request back.
+void PoolSetRequestBackHookForTest(void (*hook)());
 
 // True on the pool's own threads.
 bool IsReclaimerThread();
