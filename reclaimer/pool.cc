@@ -1117,13 +1117,13 @@ void PoolStartRequested() {
     if (expected != kHeldForFork && expected != kStopping) return;
     // Asked for before the fork began, or as an idle pool's threads leave:
     // still asked for after. The stop may have ended since the exchange,
-    // its own look at the request (PoolMaybeStart) done before this store:
-    // then this thread starts it (a review, 2026-12-06: the request was
-    // left for whichever call came next, and a program that then idled
-    // kept what it was asked for). seq_cst against the state's store and
-    // the fence at the stop's end: one of the two sees the other. (A fork's
-    // end makes no such look: a request kept across it waits for the next
-    // slow path, flush or collect, as before.)
+    // its own last look at the request done before this store: then this
+    // thread starts it (a review, 2026-12-06: the request was left for
+    // whichever call came next, and a program that then idled kept what it
+    // was asked for). seq_cst, as the state's store and the request's read
+    // at the stop's end are: one of the two sees the other. (A fork's end
+    // makes no such look: a request kept across it waits for the next slow
+    // path, flush or collect, as before.)
     if (auto* const hook = g_pool.request_back_hook.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {
       hook();
     }
