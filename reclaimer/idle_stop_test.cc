@@ -197,11 +197,7 @@ void LetTheOwnerFreeAt(int stage) {
   }
 }
 
-uint64_t SegmentsLive() {
-  ferry_stats_t stats{};
-  ferry_stats_get(&stats);
-  return stats.segments_live;
-}
+uint64_t SegmentsLive() { return ferry_test::Stats().segments_live; }
 
 void SegmentsEmptiedAsTheStopBeginsGoBack(int stage, bool turn_taken = false, bool list_held = false) {
   constexpr size_t kBlocks = 16;  // 1 MiB each: six segments, fewer than a heap keeps before it asks
