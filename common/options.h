@@ -33,7 +33,8 @@ namespace ferry {
     "milliseconds the pool of ferry's own threads may stay idle (no batch "    \
     "to apply, nothing left to purge) before it gives back what is idle and "  \
     "its threads exit; the next batch handed on, or the next page a thread "  \
-    "gives back, starts them again; 0 keeps them for good")                    \
+    "gives back while the process has other threads, starts them again; 0 "    \
+    "keeps them for good")                                                     \
   X(batch, "FERRY_BATCH", 256, 1, 4096, nullptr,                                \
     "frees of other threads' memory gathered per batch before it is sorted "    \
     "and returned to the owning pages")                                         \
@@ -41,7 +42,9 @@ namespace ferry {
     "bytes of freed blocks a batch may hold before it is handed on early")     \
   X(purge_delay_ms, "FERRY_PURGE_DELAY_MS", 0, 0, 60000, nullptr,               \
     "milliseconds free memory stays committed before the pool gives it back "   \
-    "to the OS, at its next housekeeping run (every 50 ms); memory freed less " \
+    "to the OS, at its next housekeeping run (every 50 ms, down to every "      \
+    "400 ms while runs find nothing to do; with no pool, only ferry_collect "   \
+    "purges); memory freed less "                                               \
     "than 250 ms ago goes back at most 1 MiB a run, plus half of what no new "  \
     "page needed since the run before; a segment emptied "                      \
     "whole waits this long or 250 ms, whichever is longer, before it goes "     \
@@ -57,7 +60,8 @@ namespace ferry {
   X(stats, "FERRY_STATS", 0, 0, 1, nullptr,                                     \
     "1 prints a statistics table to stderr at exit")                            \
   X(verbose, "FERRY_VERBOSE", 0, 0, 2, nullptr,                                 \
-    "1 reports segment, heap and pool events on stderr, 2 also every page")
+    "1 reports segment, heap, huge-block and pool events on stderr, 2 also "   \
+    "every page")
 
 struct Options {
 #define FERRY_OPTION_FIELD(field, name, def, lo, hi, choices, help) int64_t field = def;

@@ -219,6 +219,12 @@ TEST(Api, FreeSizedReleasesBlocksOfEverySize) {
     ASSERT_NE(p, nullptr) << "size " << n;
     FillBlock(p, n);
     ferry_free_sized(p, n);
+    // Released, not only checked: the next block of the size is this one
+    // (the class's list hands out its last free block first; a large
+    // block's slices and a huge block's cached mapping are taken again).
+    void* again = ferry_malloc(n);
+    EXPECT_EQ(again, p) << "size " << n;
+    ferry_free_sized(again, n);
   }
   // Blocks released by size can be handed out again.
   std::vector<void*> blocks;

@@ -511,6 +511,14 @@ TEST(Threads, BlocksOfExitedThreadsStayIntactUntilFreedAndTheirMemoryIsReused) {
     }
     for (std::thread& t : threads) t.join();
   }
+  ferry_stats_t second;
+  ferry_stats_get(&second);
+  // The new threads take over abandoned heaps (with their free memory)
+  // instead of making heaps from OS memory: each of them in runs here, all
+  // but one or two where a heap is still on its way to the abandoned list
+  // (TSan).
+  EXPECT_GE(second.heaps_reused - exited.heaps_reused, uint64_t{kThreads / 2})
+      << "heaps made meanwhile: " << second.heaps_created - exited.heaps_created;
   for (const Item& item : rest) corrupt += !CheckAndFree(item);
   ferry_flush();
   EXPECT_EQ(corrupt, 0u);
@@ -577,6 +585,7 @@ void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
     FillBlock(first.back(), size);
   }
   const std::set<void*> freed(first.begin(), first.end());
+  const ferry_stats_t before = ThreadsTestStats();
   std::thread([&] {
     for (void* p : first) {
       EXPECT_TRUE(BlockIntact(p, size));
@@ -594,12 +603,20 @@ void ExpectOwnerReusesRemotelyFreedBlocks(size_t size, size_t count) {
     reused += freed.count(p);
     second.push_back(p);
   }
-  // Pages that came back whole went to their segments (any heap may take
-  // them): the owner's blocks may then sit elsewhere in that memory, but no
-  // new segment is needed for them.
-  EXPECT_TRUE(reused > count / 2 || ThreadsTestStats().segments_live <= flushed.segments_live)
+  // The flush saw every block home. Most of them are handed out again; a
+  // page whose blocks all came back is given back to its segment instead,
+  // and the owner's next pages may be made of other free slices of its
+  // segments (lower ones first), so for those no new segment is needed.
+  // (Until 2026-12-06 the last alone passed, which held with every remote
+  // free lost: a review.)
+  const ferry_stats_t after = ThreadsTestStats();
+  EXPECT_GE(flushed.blocks_returned - before.blocks_returned, count);
+  EXPECT_TRUE(reused > count / 2 || (flushed.pages_freed_by_returns > before.pages_freed_by_returns &&
+                                     after.segments_live <= flushed.segments_live))
       << "only " << reused << " of " << count << " blocks of " << size
-      << " B freed by another thread and flushed came back to their owner, and the heap needed more segments";
+      << " B freed by another thread and flushed came back to their owner; pages freed by returns "
+      << flushed.pages_freed_by_returns - before.pages_freed_by_returns << ", segments " << flushed.segments_live
+      << " -> " << after.segments_live;
   for (void* p : second) {
     EXPECT_TRUE(BlockIntact(p, size));
     ferry_free(p);
@@ -660,6 +677,8 @@ TEST(Threads, RemoteFreesOfHugeAndLargeBlocksReachTheirOwners) {
   EXPECT_EQ(after.huge_frees - before.huge_frees, 6u);
   EXPECT_EQ(after.huge_bytes_live + 6 * 3 * kMiB <= before.huge_bytes_live, true)
       << "huge bytes live before " << before.huge_bytes_live << ", after " << after.huge_bytes_live;
+  // The six large blocks travel as remote frees, and the flush saw them home.
+  EXPECT_GE(after.blocks_returned - before.blocks_returned, 6u);
   for (int i = 0; i < 12; ++i) blocks[i] = Make(i % 2 == 0 ? 3 * kMiB : 512 * kKiB);
   for (const Item& item : blocks) EXPECT_TRUE(CheckAndFree(item));
 }
