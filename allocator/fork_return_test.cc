@@ -262,6 +262,13 @@ TEST(GoneOwners, ASignalHandlerThatForksDuringANewThreadsLookGoesOn) {
 // child's own heap still named the parent's thread, unknown in the child,
 // and was abandoned under it (a review's program, a signal injected by
 // strace at the renaming's first system call).
+std::atomic<int> g_collects_in_renaming{0};
+
+void CountedCollect() {
+  g_collects_in_renaming.fetch_add(1);
+  ferry_collect();
+}
+
 TEST(GoneOwners, ACollectWhileAForkChildNamesItsHeapsAbandonsNone) {
   std::atomic<bool> stop{false};
   std::atomic<bool> ready{false};
@@ -274,10 +281,12 @@ TEST(GoneOwners, ACollectWhileAForkChildNamesItsHeapsAbandonsNone) {
   ferry_free(ferry_malloc(64));  // this thread's heap too
   ferry_stats_t before;
   ferry_stats_get(&before);
-  g_take_ownership_hook_for_test.store(ferry_collect);
+  g_collects_in_renaming.store(0);
+  g_take_ownership_hook_for_test.store(CountedCollect);
   const pid_t pid = fork();
   if (pid == 0) {
     g_take_ownership_hook_for_test.store(nullptr);
+    if (g_collects_in_renaming.load() == 0) _exit(2);  // the renaming never ran the collect
     ferry_stats_t after;
     ferry_stats_get(&after);
     _exit(after.heaps_abandoned == before.heaps_abandoned ? 0 : 1);
@@ -285,6 +294,7 @@ TEST(GoneOwners, ACollectWhileAForkChildNamesItsHeapsAbandonsNone) {
   g_take_ownership_hook_for_test.store(nullptr);
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 2) << "no collect ran while the child named its heaps";
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
       << "the child's collects during its renaming abandoned heaps";
   stop = true;

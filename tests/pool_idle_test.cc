@@ -255,6 +255,7 @@ TEST(PoolIdle, APeriodicCollectDoesNotStartAStoppedPool) {
   const bool gone = WaitFor(PoolGone, 5000ms * kSanitizerSlowdown);
   const uint64_t starts = Stats().pool_starts;
   std::this_thread::sleep_for(300ms);  // past the grace after the stop
+  const uint64_t released_before = Stats().pages_released;
   for (int round = 0; round < 5; ++round) {
     // The class's only page empties and stays (KeepsEmptyPage); the
     // collect gives it back.
@@ -266,11 +267,14 @@ TEST(PoolIdle, APeriodicCollectDoesNotStartAStoppedPool) {
     ferry_collect();
   }
   const uint64_t starts_after = Stats().pool_starts;
+  const uint64_t released_after = Stats().pages_released;
   stop.store(true, std::memory_order_release);
   pthread_join(quiet, nullptr);
   ASSERT_TRUE(home) << problem;
   ASSERT_TRUE(gone) << ferry_test::AllThreadNames();
   EXPECT_EQ(problem, "");
+  // Each collect gave the page back (had none, the case would test nothing).
+  EXPECT_GE(released_after - released_before, 5u);
   EXPECT_EQ(starts_after, starts) << "collects started the stopped pool again";
 }
 

@@ -2,6 +2,8 @@
 // (tests/preload_dlopen_main.c): under LD_PRELOAD=libferry.so, ferry was
 // loaded before any C++ runtime, so its operator new must find the runtime
 // when it is needed, not when it was loaded.
+#include <dlfcn.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -37,4 +39,14 @@ extern "C" int plugin_nothrow_runs_the_handler() {
   std::set_new_handler(GiveUp);
   void* p = ::operator new(too_big, std::nothrow);
   return handler_calls * 10 + (p == nullptr ? 1 : 0);
+}
+
+// The file of the operator new[] this plugin's calls bind to (ferry's under
+// LD_PRELOAD, libstdc++'s otherwise), or "?" where the loader cannot tell:
+// the answers above would be the same with libstdc++'s own operators.
+extern "C" const char* plugin_operator_new_comes_from() {
+  void* (*const op)(std::size_t) = &::operator new[];
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(op), &info) == 0 || info.dli_fname == nullptr) return "?";
+  return info.dli_fname;
 }

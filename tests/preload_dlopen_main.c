@@ -1,7 +1,8 @@
 /* preload_dlopen_main.c — a C program (no C++ runtime of its own) that
  * dlopens a C++ plugin, RTLD_LOCAL or RTLD_GLOBAL (argv[2]), and checks that
- * operator new's failures behave under the plugin's C++ runtime. Exit 0 when
- * they do. */
+ * the plugin's operator new is ferry's and that its failures behave under the
+ * plugin's C++ runtime. Exit 0 when they do (so never without ferry
+ * preloaded). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,9 +20,13 @@ int main(int argc, char** argv) {
   }
   int (*catches)(void) = (int (*)(void))dlsym(plugin, "plugin_catches_bad_alloc");
   int (*nothrow)(void) = (int (*)(void))dlsym(plugin, "plugin_nothrow_runs_the_handler");
-  if (catches == NULL || nothrow == NULL) return 2;
+  const char* (*comes_from)(void) = (const char* (*)(void))dlsym(plugin, "plugin_operator_new_comes_from");
+  if (catches == NULL || nothrow == NULL || comes_from == NULL) return 2;
   const int handler = nothrow();
   const int caught = catches();
-  printf("%s: nothrow with a handler %d (want 11), bad_alloc caught %d (want 1)\n", argv[2], handler, caught);
-  return handler == 11 && caught == 1 ? 0 : 1;
+  const char* from = comes_from();
+  const int ferrys = strstr(from, "libferry") != NULL;
+  printf("%s: nothrow with a handler %d (want 11), bad_alloc caught %d (want 1), operator new[] from %s\n",
+         argv[2], handler, caught, from);
+  return handler == 11 && caught == 1 && ferrys ? 0 : 1;
 }

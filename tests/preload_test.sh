@@ -74,10 +74,13 @@ if command -v readelf >/dev/null; then
   [[ "$needed" == "libc.so.6 " ]] || fail "libferry.so needs more than libc.so.6: $needed"
   echo "ok: libferry.so needs only: $needed"
 fi
-if LD_PRELOAD="$lib" cat /proc/self/maps | grep -q 'libstdc++'; then
+# Read whole first: grep -q stops at its first match, and cat, killed by
+# SIGPIPE, would fail the pipeline under pipefail.
+cat_maps="$(LD_PRELOAD="$lib" cat /proc/self/maps)" || fail "cat on libferry.so failed"
+if grep -q 'libstdc++' <<<"$cat_maps"; then
   fail "a C program (cat) run on libferry.so maps libstdc++"
 fi
-LD_PRELOAD="$lib" cat /proc/self/maps | grep -q 'libferry' || fail "cat did not map libferry.so"
+grep -q 'libferry' <<<"$cat_maps" || fail "cat did not map libferry.so"
 echo "ok: cat on libferry.so maps libferry.so and no libstdc++"
 
 # 0b. C++ loaded after ferry: a C program dlopens a C++ plugin, whose
@@ -91,6 +94,10 @@ fi
 for mode in local global; do
   LD_PRELOAD="$lib" "$dlopen_main" "$plugin" "$mode" || fail "C++ plugin dlopened ($mode) on ferry"
 done
+# Without ferry the plugin's operator new is libstdc++'s: the check must see it.
+if "$dlopen_main" "$plugin" local >/dev/null; then
+  fail "preload_dlopen_main passes without ferry: it cannot tell whose operator new ran"
+fi
 
 # 0c. glibc's other names for its allocator (__libc_malloc and co., and
 #     cfree as binaries from before glibc 2.26 bind it) must reach ferry too:

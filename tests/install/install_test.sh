@@ -65,6 +65,7 @@ cmake -S "$src/cmake_project" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
 cmake --build "$work/cmake" >>"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; fail "cmake build"; }
 loads_installed_ferry "$work/cmake/app_shared" || fail "app_shared does not load the installed libferry.so"
 run_on_ferry "cmake ok" "$work/cmake/app_shared"
+! loads_installed_ferry "$work/cmake/app_static" || fail "app_static loads libferry.so: it is not linked statically"
 run_on_ferry "cmake ok" "$work/cmake/app_static"
 
 # A Makefile project with pkg-config, shared and static.
@@ -72,6 +73,7 @@ cp "$src/make_project/Makefile" "$src/make_project/main.c" "$work/"
 PKG_CONFIG_PATH="$prefix/lib/pkgconfig" make -s -C "$work" app app_static
 loads_installed_ferry "$work/app" || fail "the pkg-config program does not load the installed libferry.so"
 run_on_ferry "make ok" "$work/app"
+! loads_installed_ferry "$work/app_static" || fail "the static pkg-config program loads libferry.so"
 run_on_ferry "make ok" "$work/app_static"
 
 "${runfiles}/tools/install" --prefix "$prefix" --uninstall
