@@ -5,12 +5,18 @@
 #include <errno.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -2197,6 +2203,52 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   ferry_free(last);
   EmptyHugeCache();
 }
+
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+// Where the kernel refuses to remove guard regions for any reason but not
+// knowing them (a seccomp filter's EPERM here), the mapping may keep the
+// program's guards: it goes back to the OS, not to the next block, which
+// faulted on its first write (a fault-injection hunt, 2026-12-06).
+TEST(HugeCache, AMappingWhoseGuardsTheKernelWouldNotRemoveIsNotReused) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  const pid_t child = fork();
+  if (child == 0) {
+    constexpr int kMadvGuardInstall = 102;  // Linux 6.13
+    char* guarded = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+    if (guarded == nullptr) _exit(2);
+    memset(guarded, 'a', 5 * kHugeMiB);
+    if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) _exit(10);  // no guards here
+    // madvise(..., MADV_GUARD_REMOVE) fails with EPERM from now on.
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 103, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog program = {sizeof filter / sizeof filter[0], filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) {
+      _exit(11);  // no seccomp here
+    }
+    ferry_free(guarded);
+    char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+    if (next == nullptr) _exit(3);
+    memset(next, 'b', 5 * kHugeMiB);  // faulted on the guard page of a reused mapping
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 10) GTEST_SKIP() << "no guard regions on this kernel";
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 11) GTEST_SKIP() << "no seccomp filter here";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's status " << status;
+}
+#endif
 
 // A block whose mapping waits in the cache is out of the segment map, like
 // memory ferry never handed out; it is still reported as what it is.

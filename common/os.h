@@ -47,7 +47,8 @@ bool OsAdviseHugePages(void* base, size_t size);
 // set on the range since (mprotect, MADV_DONTFORK, MADV_WIPEONFORK, guard
 // regions; not mlock or a protection key), so that it can hold a
 // new block; false when the kernel refused (the program unmapped part of
-// it): then it is fit only for OsRelease.
+// it, or a seccomp filter refused the removal of guard regions, which may
+// then still be there): then it is fit only for OsRelease.
 bool OsResetForReuse(void* base, size_t size);
 // True when [base, base + size), a range OsReserve returned, is still one
 // mapping in the kernel (one VMA). After OsResetForReuse it is one exactly

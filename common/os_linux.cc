@@ -71,7 +71,11 @@ namespace {
 // Guard regions (MADV_GUARD_INSTALL, Linux 6.13) are page-table markers:
 // they split no mapping, and neither mprotect nor MADV_DONTNEED clears
 // them, so the next block faulted on its first write. Older kernels refuse
-// the advice, and have no guards to remove.
+// the advice (EINVAL, as any advice they do not know), and have no guards
+// to remove. Any other refusal (a seccomp filter's EPERM, say) may leave
+// guards in place: the range is then not fit for reuse (a fault-injection
+// hunt, 2026-12-06: the cached mapping went to the next block with the
+// program's guard pages, which faulted on its first write).
 //
 // MADV_GUARD_REMOVE visits every page table entry of its range, present or
 // not, one call each: 15 us for 3 MiB written, 79 us for 16 MiB (3 and 10
@@ -86,18 +90,29 @@ namespace {
 // touched), reading them too would only add mincore's cost, and the
 // removal runs over the whole range as before. Where mincore fails (a
 // hole: the program unmapped part) the removal runs over the stretch.
-void RemoveGuardRegionsWhereAbsent(char* start, size_t length, const unsigned char* resident, size_t pages,
+// An advice the kernel may not know: true when it was taken, or refused
+// with EINVAL (a kernel without it, where there is nothing to undo).
+bool AdviseIfKnown(void* start, size_t length, int advice) {
+  for (int tries = 0; tries < 3; ++tries) {
+    if (madvise(start, length, advice) == 0 || errno == EINVAL) return true;
+    if (errno != EINTR && errno != EAGAIN) return false;
+  }
+  return false;
+}
+
+bool RemoveGuardRegionsWhereAbsent(char* start, size_t length, const unsigned char* resident, size_t pages,
                                    size_t page) {
   size_t first = 0;
   while (first < pages && (resident[first] & 1) != 0) ++first;
-  if (first == pages) return;
+  if (first == pages) return true;
   size_t last = pages - 1;
   while ((resident[last] & 1) != 0) --last;
   const size_t end = std::min((last + 1) * page, length);
-  (void)madvise(start + first * page, end - first * page, kMadvGuardRemove);
+  return AdviseIfKnown(start + first * page, end - first * page, kMadvGuardRemove);
 }
 
-void RemoveGuardRegions(char* base, size_t size) {
+// True when no guard region is left in the range.
+bool RemoveGuardRegions(char* base, size_t size) {
   const size_t page = OsPageSize();
   constexpr size_t kProbePages = 64;
   constexpr size_t kPagesAtOnce = 1024;  // 4 MiB of 4 KiB pages a call
@@ -108,31 +123,29 @@ void RemoveGuardRegions(char* base, size_t size) {
     const size_t length = std::min(pages * page, size - done);
     char* const start = base + done;
     if (mincore(start, length, resident) != 0) {
-      (void)madvise(start, length, kMadvGuardRemove);
+      if (!AdviseIfKnown(start, length, kMadvGuardRemove)) return false;
     } else {
       if (done == 0) {
         size_t present = 0;
         for (size_t i = 0; i < pages; ++i) present += resident[i] & 1;
-        if (2 * present < pages) {
-          (void)madvise(base, size, kMadvGuardRemove);
-          return;
-        }
+        if (2 * present < pages) return AdviseIfKnown(base, size, kMadvGuardRemove);
       }
-      RemoveGuardRegionsWhereAbsent(start, length, resident, pages, page);
+      if (!RemoveGuardRegionsWhereAbsent(start, length, resident, pages, page)) return false;
     }
     done += length;
   }
+  return true;
 }
 
 }  // namespace
 
 bool OsResetForReuse(void* base, size_t size) {
   const int saved_errno = errno;
+  // A kernel without MADV_WIPEONFORK refuses MADV_KEEPONFORK too, and has
+  // nothing to undo.
   const bool done = mprotect(base, size, PROT_READ | PROT_WRITE) == 0 &&
-                    madvise(base, size, MADV_DOFORK) == 0;
-  // A kernel without MADV_WIPEONFORK refuses this too, and has nothing to undo.
-  (void)madvise(base, size, MADV_KEEPONFORK);
-  RemoveGuardRegions(static_cast<char*>(base), size);
+                    madvise(base, size, MADV_DOFORK) == 0 && AdviseIfKnown(base, size, MADV_KEEPONFORK) &&
+                    RemoveGuardRegions(static_cast<char*>(base), size);
   errno = saved_errno;
   return done;
 }
