@@ -59,10 +59,13 @@ namespace ferry {
 
 void* Realloc(void* ptr, size_t size, const void* caller) {
   if (ptr == nullptr) return ferry_malloc(size);
-  if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
   // A freed block kept in place below would be live and free at once, and
-  // handed out again by the next malloc: it must be live.
+  // handed out again by the next malloc: it must be live. Checked before
+  // the size, so that a bad pointer is reported whatever size comes with it
+  // (a review, 2026-12-06: one with a size over PTRDIFF_MAX got NULL and
+  // ENOMEM, and the double free went unreported).
   const size_t usable = ferry::UsableSize(reinterpret_cast<uintptr_t>(ptr), "realloc", /*require_live=*/true);
+  if (FERRY_UNLIKELY(size > kMaxRequest)) return FailTooLarge();
   // Keep the block when the new size fits and does not waste more than half
   // (it has the alignment malloc gives that size: 16 for every block above
   // 8 bytes). Not under memcheck, which would need the block's old size to

@@ -594,6 +594,27 @@ void ReallocInPlaceBad(void* p, size_t size) {
   exit(0);
 }
 
+// The pointer is checked before the size: an impossible size does not turn
+// a double free into a plain ENOMEM.
+TEST_F(Death, ReallocOfAFreedBlockToAnImpossibleSizeAborts) {
+  EXPECT_EXIT(
+      {
+        void* p = ferry_malloc(100);
+        ferry_free(p);
+        ReallocInPlaceBad(p, static_cast<size_t>(PTRDIFF_MAX) + 1);
+      },
+      kAborted, NamesBadPointer("): double free (block already free)"));
+}
+
+TEST_F(Death, ReallocOfAStackPointerToAnImpossibleSizeAborts) {
+  EXPECT_EXIT(
+      {
+        char on_stack[64];
+        ReallocInPlaceBad(on_stack + 16, SIZE_MAX);
+      },
+      kAborted, NamesBadPointer("): pointer not allocated by ferry"));
+}
+
 TEST_F(Death, ReallocOfAFreedBlockToASizeItFitsAborts) {
   EXPECT_EXIT(
       {
