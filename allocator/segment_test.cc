@@ -2204,47 +2204,95 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   EmptyHugeCache();
 }
 
-#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__) && defined(__x86_64__)
+// A seccomp filter on this process (and its threads to come) under which
+// madvise with advice `refused` (and `also_refused`, if not 0) fails with
+// EPERM; false where none can be installed.
+bool RefuseMadviseAdvice(uint32_t refused, uint32_t also_refused = 0) {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 3),
+      // The advice is an int: its low word is all of it.
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, refused, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, also_refused == 0 ? refused : also_refused, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+  };
+  struct sock_fprog program = {sizeof filter / sizeof filter[0], filter};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+}
+
+uint64_t HugeBytesCached() {
+  ferry_stats_t stats;
+  ferry_stats_get(&stats);
+  return stats.huge_bytes_cached;
+}
+
+// The status of a child running `body` (exit 10: no guard regions on this
+// kernel, 11: no seccomp filter, which skip).
+template <typename Body>
+int InChild(Body body) {
+  const pid_t child = fork();
+  if (child == 0) _exit(body());
+  if (child < 0) return -1;
+  int status = 0;
+  if (waitpid(child, &status, 0) != child) return -1;
+  return status;
+}
+
+constexpr int kMadvGuardInstall = 102;  // Linux 6.13
+constexpr int kMadvGuardRemove = 103;
+
 // Where the kernel refuses to remove guard regions for any reason but not
-// knowing them (a seccomp filter's EPERM here), the mapping may keep the
-// program's guards: it goes back to the OS, not to the next block, which
-// faulted on its first write (a fault-injection hunt, 2026-12-06).
+// knowing them (a seccomp filter's EPERM here) while it lets the program
+// install them, the mapping may keep the program's guards: it goes back to
+// the OS, not to the next block, which faulted on its first write (a
+// fault-injection hunt, 2026-12-06).
 TEST(HugeCache, AMappingWhoseGuardsTheKernelWouldNotRemoveIsNotReused) {
   if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
   EmptyHugeCache();
-  const pid_t child = fork();
-  if (child == 0) {
-    constexpr int kMadvGuardInstall = 102;  // Linux 6.13
+  const int status = InChild([] {
     char* guarded = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
-    if (guarded == nullptr) _exit(2);
+    if (guarded == nullptr) return 2;
     memset(guarded, 'a', 5 * kHugeMiB);
-    if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) _exit(10);  // no guards here
-    // madvise(..., MADV_GUARD_REMOVE) fails with EPERM from now on.
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 4),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 2),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 103, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-    };
-    struct sock_fprog program = {sizeof filter / sizeof filter[0], filter};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) {
-      _exit(11);  // no seccomp here
-    }
+    if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) return 10;
+    if (!RefuseMadviseAdvice(kMadvGuardRemove)) return 11;
+    if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardRemove) == 0 || errno != EPERM) return 3;  // the filter
+    const uint64_t cached = HugeBytesCached();
     ferry_free(guarded);
+    if (HugeBytesCached() != cached) return 4;  // kept for the next block
     char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
-    if (next == nullptr) _exit(3);
+    if (next == nullptr) return 5;
     memset(next, 'b', 5 * kHugeMiB);  // faulted on the guard page of a reused mapping
-    _exit(0);
-  }
-  ASSERT_GT(child, 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
+    return 0;
+  });
   if (WIFEXITED(status) && WEXITSTATUS(status) == 10) GTEST_SKIP() << "no guard regions on this kernel";
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 11) GTEST_SKIP() << "no seccomp filter here";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's status " << status;
+}
+
+// Where the program can install no guard region either (a filter that
+// refuses both advices, as one that allows only the advice it knows does),
+// a refused removal leaves none behind: the mapping is cached as anywhere.
+TEST(HugeCache, WhereGuardsCanBeNeitherInstalledNorRemovedMappingsAreStillReused) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  const int status = InChild([] {
+    if (!RefuseMadviseAdvice(kMadvGuardRemove, kMadvGuardInstall)) return 11;
+    char* p = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+    if (p == nullptr) return 2;
+    memset(p, 'a', 5 * kHugeMiB);
+    const uint64_t cached = HugeBytesCached();
+    ferry_free(p);
+    if (HugeBytesCached() <= cached) return 3;  // unmapped: every huge free would be
+    char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
+    if (next != p) return 4;
+    memset(next, 'b', 5 * kHugeMiB);
+    return 0;
+  });
   if (WIFEXITED(status) && WEXITSTATUS(status) == 11) GTEST_SKIP() << "no seccomp filter here";
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's status " << status;
 }
