@@ -84,20 +84,7 @@ namespace {
 // cannot be installed here either (GuardsInstallable): a filter that
 // allows only the advice it knows refuses both, and unmapping every huge
 // block there made a free of 4 MiB 14 ms instead of 0.1 (a review).
-//
-// MADV_GUARD_REMOVE visits every page table entry of its range, present or
-// not, one call each: 15 us for 3 MiB written, 79 us for 16 MiB (3 and 10
-// us untouched; 2026-12-05), most of what a cached huge block's free cost.
-// A guard marker is never a present page, and mincore, which reads the
-// same entries in batches (2 us for 3 MiB written, 3 untouched), calls a
-// page resident only where one is present (or, swapped out, in the swap
-// cache). So where the block's first pages are resident (a buffer the
-// program wrote, the usual huge block) the removal runs only from the
-// first to the last absent page of each stretch mincore reads, not at all
-// on a block written whole; where they are mostly absent (a block barely
-// touched), reading them too would only add mincore's cost, and the
-// removal runs over the whole range as before. Where mincore fails (a
-// hole: the program unmapped part) the removal runs over the stretch.
+
 // An advice the kernel may not know: true when it was taken, or refused
 // with EINVAL (a kernel without it, where there is nothing to undo).
 bool AdviseIfKnown(void* start, size_t length, int advice) {
@@ -134,6 +121,19 @@ bool RemoveGuards(char* start, size_t length) {
   return AdviseIfKnown(start, length, kMadvGuardRemove) || !GuardsInstallable();
 }
 
+// MADV_GUARD_REMOVE visits every page table entry of its range, present or
+// not, one call each: 15 us for 3 MiB written, 79 us for 16 MiB (3 and 10
+// us untouched; 2026-12-05), most of what a cached huge block's free cost.
+// A guard marker is never a present page, and mincore, which reads the
+// same entries in batches (2 us for 3 MiB written, 3 untouched), calls a
+// page resident only where one is present (or, swapped out, in the swap
+// cache). So where the block's first pages are resident (a buffer the
+// program wrote, the usual huge block) the removal runs only from the
+// first to the last absent page of each stretch mincore reads, not at all
+// on a block written whole; where they are mostly absent (a block barely
+// touched), reading them too would only add mincore's cost, and the
+// removal runs over the whole range as before. Where mincore fails (a
+// hole: the program unmapped part) the removal runs over the stretch.
 bool RemoveGuardRegionsWhereAbsent(char* start, size_t length, const unsigned char* resident, size_t pages,
                                    size_t page) {
   size_t first = 0;
