@@ -2132,6 +2132,9 @@ TEST(HugeCache, AMappingTheProgramChangedInPartIsNotKept) {
   EmptyHugeCache();
 }
 
+constexpr int kMadvGuardInstall = 102;  // Linux 6.13
+constexpr int kMadvGuardRemove = 103;
+
 // A stack with a guard page: the program makes a huge block's first page
 // inaccessible (mprotect, or a guard region of Linux 6.13) and frees the
 // block as it is. free read the block's first word before it knew the block
@@ -2149,7 +2152,6 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   ASSERT_NE(again, nullptr);
   memset(again, 'a', 8 * kHugeMiB);  // the cached mapping's first page too
   ferry_free(again);
-  constexpr int kMadvGuardInstall = 102;  // Linux 6.13
   char* guarded = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
   ASSERT_NE(guarded, nullptr);
   if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) {
@@ -2225,12 +2227,6 @@ bool RefuseMadviseAdvice(uint32_t refused, uint32_t also_refused = 0) {
   return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
 }
 
-uint64_t HugeBytesCached() {
-  ferry_stats_t stats;
-  ferry_stats_get(&stats);
-  return stats.huge_bytes_cached;
-}
-
 // The status of a child running `body` (exit 10: no guard regions on this
 // kernel, 11: no seccomp filter, which skip).
 template <typename Body>
@@ -2242,9 +2238,6 @@ int InChild(Body body) {
   if (waitpid(child, &status, 0) != child) return -1;
   return status;
 }
-
-constexpr int kMadvGuardInstall = 102;  // Linux 6.13
-constexpr int kMadvGuardRemove = 103;
 
 // Where the kernel refuses to remove guard regions for any reason but not
 // knowing them (a seccomp filter's EPERM here) while it lets the program
@@ -2261,9 +2254,9 @@ TEST(HugeCache, AMappingWhoseGuardsTheKernelWouldNotRemoveIsNotReused) {
     if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardInstall) != 0) return 10;
     if (!RefuseMadviseAdvice(kMadvGuardRemove)) return 11;
     if (madvise(guarded + 2 * kHugeMiB, 4096, kMadvGuardRemove) == 0 || errno != EPERM) return 3;  // the filter
-    const uint64_t cached = HugeBytesCached();
+    const uint64_t cached = HugeStats().huge_bytes_cached;
     ferry_free(guarded);
-    if (HugeBytesCached() != cached) return 4;  // kept for the next block
+    if (HugeStats().huge_bytes_cached != cached) return 4;  // kept for the next block
     char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
     if (next == nullptr) return 5;
     memset(next, 'b', 5 * kHugeMiB);  // faulted on the guard page of a reused mapping
@@ -2285,9 +2278,9 @@ TEST(HugeCache, WhereGuardsCanBeNeitherInstalledNorRemovedMappingsAreStillReused
     char* p = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
     if (p == nullptr) return 2;
     memset(p, 'a', 5 * kHugeMiB);
-    const uint64_t cached = HugeBytesCached();
+    const uint64_t cached = HugeStats().huge_bytes_cached;
     ferry_free(p);
-    if (HugeBytesCached() <= cached) return 3;  // unmapped: every huge free would be
+    if (HugeStats().huge_bytes_cached <= cached) return 3;  // unmapped: every huge free would be
     char* next = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
     if (next != p) return 4;
     memset(next, 'b', 5 * kHugeMiB);
