@@ -192,6 +192,74 @@ TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
   }
 }
 
+// realloc gives a block that is being appended to room to grow (half as
+// much again as asked for), but the room must never make it fail where a
+// malloc of the size would not: before 2026-12-06 a realloc whose room no
+// free run could hold answered NULL (a review's suspicion, reproduced
+// here). In a child whose address space is full (its limit is what it
+// maps, and every free run of 9 slices or more holds a 576 KiB block), one
+// such block between two others is freed: a run of 9 slices, the only one
+// that long. A 448 KiB block (medium, which never grows in place) grown to
+// 540 KiB (9 slices) fits there; its room, 810 KiB (13 slices), nowhere.
+// The child's exit status: 0 when realloc moved the block there with its
+// bytes and errno untouched, 1 when it answered NULL, others as below.
+int ChildReallocWithoutRoomForTheRoom() {
+  constexpr size_t kKiB = 1024;
+  constexpr size_t kFillerSize = 576 * kKiB;  // 9 slices
+  constexpr size_t kMaxBlocks = 4096;
+  static void* blocks[kMaxBlocks];  // no allocation to hold them
+  size_t count = 0;
+  unsigned char* grown = static_cast<unsigned char*>(ferry_malloc(448 * kKiB));
+  if (grown == nullptr || ferry_usable_size(grown) != 448 * kKiB) return 10;
+  for (size_t k = 0; k < 448 * kKiB; ++k) grown[k] = static_cast<unsigned char>(k * 13);
+  const long kib = MappedKiB();
+  if (kib < 0) return 11;
+  const rlimit limit = {static_cast<rlim_t>(kib) * 1024, static_cast<rlim_t>(kib) * 1024};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
+  // Every run of 32 slices, then of 9, holds a block.
+  for (const size_t size : {size_t{2} << 20, kFillerSize}) {
+    for (void* p; count < kMaxBlocks && (p = ferry_malloc(size)) != nullptr;) blocks[count++] = p;
+  }
+  if (count == kMaxBlocks) return 12;  // the limit did not hold
+  // A filler with fillers on both sides: freed, a run of exactly 9 slices.
+  void* hole = nullptr;
+  for (size_t i = 0; i < count && hole == nullptr; ++i) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(blocks[i]);
+    bool before = false;
+    bool after = false;
+    for (size_t j = 0; j < count; ++j) {
+      const uintptr_t other = reinterpret_cast<uintptr_t>(blocks[j]);
+      before = before || other + ferry_usable_size(blocks[j]) == at;
+      after = after || other == at + kFillerSize;
+    }
+    if (ferry_usable_size(blocks[i]) == kFillerSize && before && after) hole = blocks[i];
+  }
+  if (hole == nullptr) return 13;
+  ferry_free(hole);
+  errno = EDOM;
+  unsigned char* moved = static_cast<unsigned char*>(ferry_realloc(grown, 540 * kKiB));
+  if (moved == nullptr) return errno == ENOMEM ? 1 : 2;
+  if (moved != hole) return 14;  // the layout was not what this test built
+  if (errno != EDOM) return 16;  // a success leaves errno alone
+  for (size_t k = 0; k < 448 * kKiB; ++k) {
+    if (moved[k] != static_cast<unsigned char>(k * 13)) return 15;
+  }
+  return 0;
+}
+
+TEST(AddressSpace, ReallocGetsTheSizeWhereThereIsNoRoomForItsGrowthRoom) {
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(ChildReallocWithoutRoomForTheRoom());
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died (status " << status << ")";
+  const int code = WEXITSTATUS(status);
+  if (code == 3) GTEST_SKIP() << "cannot set a limit here";
+  EXPECT_NE(code, 1) << "realloc answered NULL and ENOMEM where the size had room";
+  EXPECT_EQ(code, 0) << "see ChildReallocWithoutRoomForTheRoom for what the child's status means";
+}
+
 // What a limit changes for 512 KiB-2 MiB blocks is where they live, not
 // what they do. The test runs itself again under a limit (set before the
 // exec, as `ulimit -v` would be; a limit set later counts from the next

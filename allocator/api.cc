@@ -53,6 +53,16 @@ constexpr size_t GrowthRequest(size_t size, size_t usable) {
   return roomy < ferry::kLargeMax ? roomy : ferry::kLargeMax;
 }
 
+// The room is a guess at the caller's next steps, never a reason to fail:
+// where the address space has a run for the size but none for the room
+// (near an address-space limit), realloc gets what a malloc of the size
+// would. errno is the caller's again when that works.
+FERRY_COLD void* AllocateWithoutTheRoom(size_t size, int caller_errno) {
+  void* p = Allocate(size);
+  if (p != nullptr) errno = caller_errno;
+  return p;
+}
+
 }  // namespace
 
 namespace ferry {
@@ -80,8 +90,12 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
       size > ferry::kMediumMax && size <= ferry::kLargeMax && ferry::ResizeLargeInPlace(ptr, size)) {
     return ptr;
   }
-  void* fresh = VgAllocated(Allocate(GrowthRequest(size, usable)), size);
+  const int caller_errno = errno;
+  const size_t request = GrowthRequest(size, usable);
+  void* fresh = Allocate(request);
+  if (FERRY_UNLIKELY(fresh == nullptr) && request != size) fresh = AllocateWithoutTheRoom(size, caller_errno);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid
+  VgAllocated(fresh, size);
   ferry::VgQuietBegin();  // the copy may read past what the caller wrote
   memcpy(fresh, ptr, size < usable ? size : usable);
   ferry::VgQuietEnd();
