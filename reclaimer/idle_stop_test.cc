@@ -96,6 +96,7 @@ TEST(IdleStop, AStopWaitsForAnOfferBetweenItsEpochAndItsPushThenAppliesItsBatch)
   std::vector<void*> blocks = AllocatedHere(kBatch);
   const uint64_t returned_before = BlocksReturned();
   PoolSetOfferHookForTest(HoldOneOffer);
+  g_offer_release = 0;  // a run before this one (--gtest_repeat) left it set
   g_offer_hold = 1;
   std::thread freer([&] {
     for (void* p : blocks) ferry_free(p);
