@@ -5,6 +5,7 @@
 // address space than any limit here leaves.
 #include <errno.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -110,6 +111,17 @@ long MiBUnderAddressSpaceLimit(size_t size, bool cache_first = false, int resour
   waitpid(pid, &status, 0);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 3) return kCannotLimit;
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? mib : -1;
+}
+
+// Runs `child` in a forked child process: its exit status, or minus the
+// signal that ended it.
+int ExitStatusOfChild(int (*child)()) {
+  const pid_t pid = fork();
+  if (pid < 0) return -SIGABRT;
+  if (pid == 0) _exit(child());
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -SIGABRT;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
 }
 
 // Where these figures mean nothing: the child may not raise its limit that
@@ -271,14 +283,10 @@ int ChildChurnAcrossTheLimit() {
 }
 
 TEST(AddressSpace, FreeSegmentsAreUnmappedForRoomWhileOtherThreadsTakeAndGiveBackSegments) {
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) _exit(ChildChurnAcrossTheLimit());
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child died (status " << status << ")";
-  if (WEXITSTATUS(status) == 3) GTEST_SKIP() << "cannot set a limit here";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "a block lost its bytes, a NULL came without ENOMEM, or no huge block was had";
+  const int code = ExitStatusOfChild(ChildChurnAcrossTheLimit);
+  ASSERT_GE(code, 0) << "the child died of signal " << -code;
+  if (code == 3) GTEST_SKIP() << "cannot set a limit here";
+  EXPECT_EQ(code, 0) << "a block lost its bytes, a NULL came without ENOMEM, or no huge block was had";
 }
 
 TEST(AddressSpace, BlocksOfOneSizeGetMostOfALimitedAddressSpace) {
@@ -362,13 +370,8 @@ int ChildReallocWithoutRoomForTheRoom() {
 }
 
 TEST(AddressSpace, ReallocGetsTheSizeWhereThereIsNoRoomForItsGrowthRoom) {
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) _exit(ChildReallocWithoutRoomForTheRoom());
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child died (status " << status << ")";
-  const int code = WEXITSTATUS(status);
+  const int code = ExitStatusOfChild(ChildReallocWithoutRoomForTheRoom);
+  ASSERT_GE(code, 0) << "the child died of signal " << -code;
   if (code == 3) GTEST_SKIP() << "cannot set a limit here";
   EXPECT_NE(code, 1) << "realloc answered NULL and ENOMEM where the size had room";
   EXPECT_EQ(code, 0) << "see ChildReallocWithoutRoomForTheRoom for what the child's status means";
