@@ -46,8 +46,7 @@ struct Arena {
   uintptr_t base;
   uint32_t used;  // bit i: segment i is handed out
   // Bit i: the arena has a segment i. All kSegmentsPerArena of them, but
-  // for one reserved where a whole arena would not fit (ArenaAllocateSegment),
-  // and for those unmapped to make room (ArenaUnreserveFreeSegments).
+  // for one reserved where a whole arena would not fit (ArenaAllocateSegment).
   uint32_t all;
   // Bit i: segment i came back but the kernel would not decommit it all
   // (locked memory), so it may hold old bytes, header included.
@@ -288,7 +287,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
         if (i == g_arenas_full_below) ++g_arenas_full_below;
         continue;
       }
-      const int slot = __builtin_ctz(arena.all & ~arena.used);
+      const int slot = __builtin_ctz(~arena.used);
       arena.used |= uint32_t{1} << slot;
       not_zero = (arena.not_zero >> slot & 1) != 0;
       arena.not_zero &= ~(uint32_t{1} << slot);
@@ -535,44 +534,6 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
   g_free_dirty_slices_low.store(still_dirty, std::memory_order_relaxed);
   g_free_dirty_slices_hint.store(still_dirty, std::memory_order_relaxed);
   if (idle_empty) g_idle_empty_segments.store(true, std::memory_order_relaxed);
-  return bytes;
-}
-
-// A segment given back keeps its address space, so that the next one
-// costs no system call. Under a limit that counts address space (RLIMIT_AS,
-// RLIMIT_DATA, strict overcommit) that kept a program whose small blocks had
-// filled the limit, all freed and trimmed, from ever getting a block over 2
-// MiB again: every mapping was refused (a review, 2026-12-06: 4000-byte
-// blocks to a 400 MiB limit, then 8 MB blocks: 0 MiB, glibc 350). The
-// address is not reserved again: by then the kernel may have mapped
-// something else there.
-size_t ArenaUnreserveFreeSegments() {
-  size_t bytes = 0;
-  {
-    SpinLockHolder hold(&g_arena_lock);
-    for (size_t i = 0; i < g_arena_count; ++i) {
-      Arena& arena = g_arenas[i];
-      for (uint32_t spare = arena.all & ~arena.used; spare != 0;) {
-        const int first = __builtin_ctz(spare);
-        const int count = __builtin_ctz(~(spare >> first));  // spare segments in a row from `first`
-        const uint32_t run = static_cast<uint32_t>(((uint64_t{1} << count) - 1) << first);
-        spare &= ~run;
-        const size_t run_bytes = static_cast<size_t>(count) * kSegmentSize;
-        if (!OsRelease(reinterpret_cast<void*>(arena.base + static_cast<size_t>(first) * kSegmentSize), run_bytes)) {
-          continue;
-        }
-        arena.all &= ~run;
-        arena.not_zero &= ~run;
-        bytes += run_bytes;
-      }
-    }
-  }
-  if (bytes != 0) {
-    CounterAdd(g_counters.arena_bytes_reserved, -static_cast<int64_t>(bytes));
-    if (Verbose(1)) {
-      DiagLine().Str("ferry: ").Dec(bytes >> 20).Str(" MiB of free segments unmapped to make room").WriteToStderr();
-    }
-  }
   return bytes;
 }
 

@@ -1853,16 +1853,6 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 
 void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 
-// Other threads' kept segments stay: their owners give them back at their
-// next claims once they have waited (ReleaseKeptSegmentsLocked), or the
-// pool does. This thread's go now: a single-threaded program kept up to 16
-// (64 MiB) that a limit then refused a mapping for.
-bool MakeRoomInAddressSpace() {
-  Heap* heap = tl_heap;
-  if (heap != &g_empty_heap) ReleaseKeptEmptySegments(heap);
-  return ArenaUnreserveFreeSegments() != 0;
-}
-
 void PoolMaybeStartUnlessExiting() {
   if (!tl_exiting) PoolMaybeStart();
 }

@@ -448,9 +448,6 @@ bool GiveBackHugeCacheForRoom(size_t size) {
 void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) {
   void* mapping = OsReserve(size, alignment, overcommit_check);
   if (mapping == nullptr && GiveBackHugeCacheForRoom(size)) mapping = OsReserve(size, alignment, overcommit_check);
-  if (mapping == nullptr && OsReservationMayFitAfterRelease(size) && MakeRoomInAddressSpace()) {
-    mapping = OsReserve(size, alignment, overcommit_check);
-  }
   return mapping;
 }
 

@@ -385,11 +385,6 @@ size_t AddressSpaceLimit();
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
-// Unmaps every segment no heap holds (given back and decommitted, but
-// still reserved) and forgets it: its arena never hands it out again. For
-// a mapping the address space would not take (ulimit -v): returns the
-// bytes unmapped.
-size_t ArenaUnreserveFreeSegments();
 // About how many free slices, across all segments, may still hold committed
 // memory. A hint kept without locks: page releases add, claims, purges and
 // segment releases subtract, and every purge run sets it right. When it is
@@ -480,8 +475,7 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 // goes back to the OS at once; false when nothing went (then a retry is
 // pointless).
 bool GiveBackHugeCacheForRoom(size_t size);
-// OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom,
-// and then after MakeRoomInAddressSpace (heap.h).
+// OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom.
 void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check = false);
 // In a fork child: no reclaimer thread will give back what the huge cache
 // holds, so it keeps no more than where none ticks (the parent's may hold

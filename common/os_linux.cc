@@ -53,11 +53,10 @@ void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
   return reinterpret_cast<void*>(aligned);
 }
 
-bool OsRelease(void* base, size_t size) {
+void OsRelease(void* base, size_t size) {
   const int saved_errno = errno;
-  const bool released = munmap(base, size) == 0;
+  munmap(base, size);
   errno = saved_errno;
-  return released;
 }
 
 // Not in every libc's headers yet (Linux 6.13's uapi value).
