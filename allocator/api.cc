@@ -90,8 +90,8 @@ void* Realloc(void* ptr, size_t size, const void* caller) {
       size > ferry::kMediumMax && size <= ferry::kLargeMax && ferry::ResizeLargeInPlace(ptr, size)) {
     return ptr;
   }
-  const int caller_errno = errno;
   const size_t request = GrowthRequest(size, usable);
+  const int caller_errno = request != size ? errno : 0;  // the room's failure would overwrite it
   void* fresh = Allocate(request);
   if (FERRY_UNLIKELY(fresh == nullptr) && request != size) fresh = AllocateWithoutTheRoom(size, caller_errno);
   if (fresh == nullptr) return nullptr;  // errno is ENOMEM; ptr stays valid

@@ -44,7 +44,7 @@ struct Slot {
 }
 
 // Whether the stride's word at `at` ends before the buffer's last 8 bytes,
-// which hold the tag too. One that overlapped them (a size 8-15 bytes past
+// which hold the tag too. One that overlapped them (a size 9-15 bytes past
 // a multiple of the stride) was partly overwritten by the last tag and read
 // back as corruption: a soak run of 2026-12-06 (22151182 bytes) failed so
 // under every allocator setting, and on every build back to the first.
