@@ -27,22 +27,55 @@
 
 namespace ferry {
 
+namespace {
+
+constexpr int kReserveProt = PROT_READ | PROT_WRITE;
+
+// `size` bytes aligned to `alignment` without the padding OsReserve asks
+// for first: where that was refused, the address space left (`ulimit -v`,
+// RLIMIT_AS, which counts the padding until it is trimmed) may still hold
+// the range itself. Until 2026-12-07 it did not try, so the last 4-8 MiB
+// under a limit never held a segment or a huge block. The kernel places an
+// unaligned mapping first; the range is then asked for at the aligned
+// address just below it, which the kernel's top-down placement leaves free
+// as a rule, or just above, each only where nothing is mapped
+// (MAP_FIXED_NOREPLACE; a kernel older than 4.17 takes the flag as a hint,
+// and a range elsewhere is given back).
+void* ReserveAlignedUnpadded(size_t size, size_t alignment, int flags) {
+  void* first = mmap(nullptr, size, kReserveProt, flags, -1, 0);
+  if (first == MAP_FAILED) return nullptr;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(first);
+  if ((start & (alignment - 1)) == 0) return first;
+  munmap(first, size);
+  const uintptr_t below = start & ~(alignment - 1);
+  for (uintptr_t candidate : {below, below + alignment}) {
+    if (candidate == 0 || candidate + size < candidate) continue;
+    void* want = reinterpret_cast<void*>(candidate);
+    void* p = mmap(want, size, kReserveProt, flags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == want) return p;
+    if (p != MAP_FAILED) munmap(p, size);
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
-  const int kProt = PROT_READ | PROT_WRITE;
   const int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | (overcommit_check ? 0 : MAP_NORESERVE);
   const int saved_errno = errno;
   if (alignment <= OsPageSize()) {
-    void* p = mmap(nullptr, size, kProt, kFlags, -1, 0);
+    void* p = mmap(nullptr, size, kReserveProt, kFlags, -1, 0);
     errno = saved_errno;
     return p == MAP_FAILED ? nullptr : p;
   }
   // Over-reserve, then trim both ends so that what stays is aligned.
   const size_t padded = size + alignment;
   if (padded < size) return nullptr;
-  void* raw = mmap(nullptr, padded, kProt, kFlags, -1, 0);
+  void* raw = mmap(nullptr, padded, kReserveProt, kFlags, -1, 0);
   if (raw == MAP_FAILED) {
+    void* p = ReserveAlignedUnpadded(size, alignment, kFlags);
     errno = saved_errno;
-    return nullptr;
+    return p;
   }
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t aligned = AlignUp(start, alignment);
