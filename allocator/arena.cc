@@ -9,6 +9,9 @@
 // exist, and only in segments whose bound in the room index allows a run
 // long enough) and the purge run under one lock; it is never held across a
 // call that can allocate.
+#include <sched.h>
+
+#include <atomic>
 #include <cstring>
 
 #include "allocator/segment.h"
@@ -45,12 +48,18 @@ constexpr size_t kMaxArenas = 65536;      // 4 TiB of small and large blocks (25
 struct Arena {
   uintptr_t base;
   uint32_t used;  // bit i: segment i is handed out
-  // Bit i: the arena has a segment i. All kSegmentsPerArena of them, but
-  // for one reserved where a whole arena would not fit (ArenaAllocateSegment).
+  // Bit i: the arena has a segment i, mapped. All kSegmentsPerArena of
+  // them, but for one reserved where a whole arena would not fit
+  // (ArenaAllocateSegment), and for those unmapped to make room
+  // (ArenaUnreserveFreeSegments). An arena with none is dead: its entry
+  // takes the next reservation.
   uint32_t all;
   // Bit i: segment i came back but the kernel would not decommit it all
   // (locked memory), so it may hold old bytes, header included.
   uint32_t not_zero;
+  // Bit i: segment i is free and being unmapped (ArenaUnreserveFreeSegments):
+  // not handed out meanwhile.
+  uint32_t unmapping;
 };
 
 constinit ForkHeldSpinLock g_arena_lock;
@@ -59,6 +68,12 @@ constinit size_t g_arena_count = 0;
 // Every arena below it has all its segments handed out: where the search
 // for a segment to hand out starts.
 constinit size_t g_arenas_full_below = 0;
+// How many arenas are dead (every segment unmapped), under the lock.
+constinit size_t g_dead_arenas = 0;
+// One unmapping at a time (ArenaUnreserveFreeSegments), so that the
+// `unmapping` bits are its own; held across fork() (taken before the arena
+// lock), so that a fork child never finds an unmapping half done.
+constinit ForkHeldSpinLock g_unreserve_lock;
 
 // The room index (segment.h, NoteSlicesFreed): entry a * kSegmentsPerArena
 // + i is segment i of arena a (Segment::room_index), g_arena_room[a] bounds
@@ -270,6 +285,36 @@ size_t AddressSpaceLimit() {
   return limit;
 }
 
+namespace {
+
+// The entry for a new reservation: a dead arena's (ArenaUnreserveFreeSegments)
+// where there is one, its room bounds cleared, else the next. Without the
+// dead ones taken again, a program that hit its limit once a round (take a
+// segment, free it, ask for a block too large to fit) used up an entry a
+// round, and after 65536 rounds every small block failed (a review,
+// 2026-12-06). The caller holds the arena lock and has checked that one is
+// left.
+size_t TakeArenaEntryLocked() {
+  if (g_dead_arenas != 0) {
+    for (size_t i = 0; i < g_arena_count; ++i) {
+      if (g_arenas[i].all != 0) continue;
+      --g_dead_arenas;
+      // A bound left high costs a search a look at the header; one left low
+      // would hide a run, but these stay at zero until a segment is handed
+      // out here, which sets its own.
+      for (size_t k = 0; k < kSegmentsPerArena; ++k) {
+        g_segment_room[i * kSegmentsPerArena + k].store(0, std::memory_order_seq_cst);
+      }
+      g_arena_room[i].store(0, std::memory_order_seq_cst);
+      return i;
+    }
+  }
+  FERRY_CHECK(g_arena_count < kMaxArenas);
+  return g_arena_count++;
+}
+
+}  // namespace
+
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
   RefreshAddressSpaceLimit();
   const size_t first_segments =
@@ -287,7 +332,9 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
         if (i == g_arenas_full_below) ++g_arenas_full_below;
         continue;
       }
-      const int slot = __builtin_ctz(~arena.used);
+      const uint32_t free_slots = arena.all & ~arena.used & ~arena.unmapping;
+      if (free_slots == 0) continue;
+      const int slot = __builtin_ctz(free_slots);
       arena.used |= uint32_t{1} << slot;
       not_zero = (arena.not_zero >> slot & 1) != 0;
       arena.not_zero &= ~(uint32_t{1} << slot);
@@ -297,15 +344,19 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // A whole arena, or, where the address space left will not take one
     // (RLIMIT_AS), half as many segments, down to one: otherwise the last
     // 64 MiB under a limit were never used.
-    for (size_t segments = first_segments; address == 0 && g_arena_count < kMaxArenas && segments != 0;
-         segments /= 2) {
+    for (size_t segments = first_segments;
+         address == 0 && (g_arena_count < kMaxArenas || g_dead_arenas != 0) && segments != 0; segments /= 2) {
       void* base = OsReserve(segments * kSegmentSize, kSegmentSize);
       if (base == nullptr) continue;
-      room_index = g_arena_count * kSegmentsPerArena;
-      Arena& arena = g_arenas[g_arena_count++];
+      const size_t index = TakeArenaEntryLocked();
+      room_index = index * kSegmentsPerArena;
+      Arena& arena = g_arenas[index];
       arena.base = reinterpret_cast<uintptr_t>(base);
       arena.all = static_cast<uint32_t>((uint64_t{1} << segments) - 1);
       arena.used = 1;
+      arena.not_zero = 0;
+      arena.unmapping = 0;
+      if (index < g_arenas_full_below) g_arenas_full_below = index;
       address = arena.base;
       // Once per arena, for every segment it will hold (common/valgrind.h).
       for (size_t k = 0; k < segments; ++k) {
@@ -560,7 +611,108 @@ ArenaUsage ArenaUsageNow() {
   return usage;
 }
 
-void ArenaLockForFork() { g_arena_lock.LockForFork(); }
-void ArenaUnlockAfterFork() { g_arena_lock.UnlockAfterFork(); }
+constinit std::atomic<uint64_t> g_segment_read_windows{0};
+
+namespace {
+
+// Waits until no SegmentReadWindow is open, up to kReadWindowWaitMs: true
+// once none is. A window is a few loads long, unless its thread lost its
+// CPU in it or waits there for a heap's lock.
+constexpr uint64_t kReadWindowWaitMs = 200;
+
+bool WaitForSegmentReadWindows() {
+  const uint64_t deadline = OsMonotonicMs() + kReadWindowWaitMs;
+  for (int spins = 0; g_segment_read_windows.load(std::memory_order_acquire) != 0; ++spins) {
+    if ((spins & 63) == 63 && OsMonotonicMs() >= deadline) return false;
+    sched_yield();
+  }
+  return true;
+}
+
+}  // namespace
+
+// A segment given back keeps its address space, so that the next one costs
+// no system call. Under a limit that counts address space (RLIMIT_AS,
+// RLIMIT_DATA, strict overcommit) that kept a program whose small blocks
+// had filled the limit, all freed and trimmed, from ever getting a block
+// over 2 MiB again: every mapping was refused (a review, 2026-12-06:
+// 4000-byte blocks to a 400 MiB limit, then 8 MB blocks: 0 MiB, glibc 350).
+//
+// A free segment's header may still be read by a thread that freed its
+// last slices a moment ago (ReleasePage reads used_slices and the heap
+// after ReleasePageSlices; FreeSlices' notice reads the heap): that was
+// harmless while a segment stayed mapped, reading zeros or another heap's
+// live header, and would fault once it is unmapped. Those reads run inside
+// SegmentReadWindows, each opened before the slices that held the segment
+// were freed, so every window that can still reach a segment chosen here
+// was open when it was chosen (it went free after the slices). The segments
+// are chosen and marked under the arena lock, unmapped only once no window
+// is open, and handed out by nobody meanwhile. Where windows stay open for
+// kReadWindowWaitMs (a thread preempted in one), nothing is unmapped.
+size_t ArenaUnreserveFreeSegments() {
+  SpinLockHolder serialize(&g_unreserve_lock);
+  bool any = false;
+  {
+    SpinLockHolder hold(&g_arena_lock);
+    for (size_t i = 0; i < g_arena_count; ++i) {
+      Arena& arena = g_arenas[i];
+      arena.unmapping = arena.all & ~arena.used;
+      any = any || arena.unmapping != 0;
+    }
+  }
+  if (!any) return 0;
+  const bool quiet = WaitForSegmentReadWindows();
+  size_t bytes = 0;
+  {
+    SpinLockHolder hold(&g_arena_lock);
+    for (size_t i = 0; i < g_arena_count; ++i) {
+      Arena& arena = g_arenas[i];
+      for (uint32_t rest = quiet ? arena.unmapping : 0; rest != 0;) {
+        const int first = __builtin_ctz(rest);
+        const int count = __builtin_ctz(~(rest >> first));  // free segments in a row from `first`
+        const uint32_t run = static_cast<uint32_t>(((uint64_t{1} << count) - 1) << first);
+        rest &= ~run;
+        const size_t run_bytes = static_cast<size_t>(count) * kSegmentSize;
+        // Refused (splitting the range would pass vm.max_map_count): kept.
+        if (!OsRelease(reinterpret_cast<void*>(arena.base + static_cast<size_t>(first) * kSegmentSize), run_bytes)) {
+          continue;
+        }
+        arena.all &= ~run;
+        arena.not_zero &= ~run;
+        bytes += run_bytes;
+        if (arena.all == 0) ++g_dead_arenas;
+      }
+      arena.unmapping = 0;
+    }
+  }
+  if (bytes != 0) {
+    CounterAdd(g_counters.arena_bytes_reserved, -static_cast<int64_t>(bytes));
+    if (Verbose(1)) {
+      DiagLine().Str("ferry: ").Dec(bytes >> 20).Str(" MiB of free segments unmapped to make room").WriteToStderr();
+    }
+  } else if (!quiet && Verbose(1)) {
+    DiagLine().Str("ferry: free segments not unmapped: a thread stayed in a read of a header").WriteToStderr();
+  }
+  return bytes;
+}
+
+size_t ArenaCountForTest() {
+  SpinLockHolder hold(&g_arena_lock);
+  return g_arena_count - g_dead_arenas;
+}
+
+size_t ArenaEntriesForTest() {
+  SpinLockHolder hold(&g_arena_lock);
+  return g_arena_count;
+}
+
+void ArenaLockForFork() {
+  g_unreserve_lock.LockForFork();
+  g_arena_lock.LockForFork();
+}
+void ArenaUnlockAfterFork() {
+  g_arena_lock.UnlockAfterFork();
+  g_unreserve_lock.UnlockAfterFork();
+}
 
 }  // namespace ferry

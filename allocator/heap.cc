@@ -579,7 +579,14 @@ void ReleaseKeptEmptySegments(Heap* heap) {
 // pool (the owner's free then starts what it asked for: StartAskedPoolFromFree).
 bool ReleasePage(Heap* heap, Page* page) {
   Segment* segment = SegmentOf(page->start);
+  // Another heap (the one whose list holds the segment) or the housekeeping
+  // may give the segment back once the page's slices are free; the reads
+  // below stay inside the window.
+  SegmentReadWindow window;
   ReleasePageSlices(page);
+  if (auto hook = g_page_released_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {
+    hook();
+  }
   // Most released pages leave others in their segment: no lock for those.
   if (segment->used_slices.load(std::memory_order_relaxed) != 1) return false;
   bool ask_for_pool;
@@ -1097,6 +1104,10 @@ void AtForkChild() {
   g_abandoned_lock.UnlockAfterFork();
   g_exit_lock.UnlockAfterFork();
   ResetInlineReturnsInChild();  // only this thread is left
+  // A thread that was in one (waiting for the arena lock the fork held,
+  // say) is gone: left counted, it would keep every unmapping from going
+  // ahead (ArenaUnreserveFreeSegments).
+  g_segment_read_windows.store(0, std::memory_order_relaxed);
   tl_forking = false;
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
@@ -1852,6 +1863,16 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 }  // namespace
 
 void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
+
+// Other threads' kept segments stay: their owners give them back at their
+// next claims once they have waited (ReleaseKeptSegmentsLocked), or the
+// pool does. This thread's go now: a single-threaded program kept up to 16
+// (64 MiB) that a limit then refused a mapping for.
+bool MakeRoomInAddressSpace() {
+  Heap* heap = tl_heap;
+  if (heap != &g_empty_heap) ReleaseKeptEmptySegments(heap);
+  return ArenaUnreserveFreeSegments() != 0;
+}
 
 void PoolMaybeStartUnlessExiting() {
   if (!tl_exiting) PoolMaybeStart();

@@ -356,6 +356,13 @@ void EnsureForkHandlersRegistered();
 // exiting (heap.cc, AllocateSlow says why); for the huge blocks' path,
 // which takes no allocation slow path.
 void PoolMaybeStartUnlessExiting();
+// A mapping the address space would not take (ulimit -v, ulimit -d, strict
+// overcommit): the empty segments this thread's heap keeps for its next
+// pages go back to their arenas (its spare stays), and every segment no
+// heap holds is unmapped (ArenaUnreserveFreeSegments). False when nothing
+// was unmapped (then a retry is pointless). The caller holds no allocator
+// lock. heap.cc.
+bool MakeRoomInAddressSpace();
 // Counts the calling thread among those that have used the allocator, once
 // (a heap made or taken over, a huge block allocated or freed: a thread
 // that handles only huge blocks has no heap); a fork child counts its one

@@ -448,6 +448,13 @@ bool GiveBackHugeCacheForRoom(size_t size) {
 void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) {
   void* mapping = OsReserve(size, alignment, overcommit_check);
   if (mapping == nullptr && GiveBackHugeCacheForRoom(size)) mapping = OsReserve(size, alignment, overcommit_check);
+  // Then the free segments' address space, for a huge block's mapping only
+  // (callers that hold no lock and are in no SegmentReadWindow; a heap's
+  // own page-sized reservation in CreateHeap is not one of them).
+  if (mapping == nullptr && alignment == kSegmentSize && OsReservationMayFitAfterRelease(size) &&
+      MakeRoomInAddressSpace()) {
+    mapping = OsReserve(size, alignment, overcommit_check);
+  }
   return mapping;
 }
 

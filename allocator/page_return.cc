@@ -66,6 +66,7 @@ void NoteRoomInFullSegment(Segment* segment) {
 
 constinit std::atomic<uint32_t> g_inbox_complete_pending{0};
 constinit std::atomic<void (*)()> g_return_chain_post_hook_for_test{nullptr};
+constinit std::atomic<void (*)()> g_page_released_hook_for_test{nullptr};
 
 void NoteInboxPageComplete(Heap* owner, size_t size_class) {
   // Release: the owner's acquiring exchange of the bit then sees the push
@@ -131,6 +132,10 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   }
   if ((word & kReturnedFull) != 0) {
     if ((old & kReturnedPosted) != 0) return;  // on the inbox already
+    // Once linked, the page may be freed by whoever drains the inbox, and
+    // its segment given back, before the read below: a window from before
+    // the push (ArenaUnreserveFreeSegments).
+    SegmentReadWindow window;
     // The first return to a full page: post it, so that the owner can find
     // it should the rest never come back.
     if (auto hook = g_return_chain_post_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {

@@ -29,6 +29,9 @@ void NoteInboxPageComplete(Heap* owner, size_t size_class);
 // pushing it onto its owner's inbox (nullptr: nothing), to hold a return
 // half done there.
 extern std::atomic<void (*)()> g_return_chain_post_hook_for_test;
+// Called by ReleasePage once the page's slices are free, before it reads
+// the segment's header again: for tests (heap.cc).
+extern std::atomic<void (*)()> g_page_released_hook_for_test;
 extern std::atomic<uint32_t> g_inbox_complete_pending;
 
 // Pushes a page onto an inbox (a lock-free stack linked through inbox_next).

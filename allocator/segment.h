@@ -352,10 +352,30 @@ void LowerRoomForTest(Segment* segment);
 // The bound of the segment's arena. For tests.
 size_t ArenaRoomForTest(const Segment* segment);
 
+// Open SegmentReadWindows (arena.cc).
+extern std::atomic<uint64_t> g_segment_read_windows;
+
+// Held by a thread that reads a segment's header after it may have freed
+// the last slices that kept the segment from going back to its arena (and
+// from there, under an address-space limit, to the OS:
+// ArenaUnreserveFreeSegments). Opened before those slices are freed;
+// windows nest. Costs two atomic operations on a shared line, so only for
+// page and segment releases, never for a block.
+class SegmentReadWindow {
+ public:
+  SegmentReadWindow() { g_segment_read_windows.fetch_add(1, std::memory_order_seq_cst); }
+  ~SegmentReadWindow() { g_segment_read_windows.fetch_sub(1, std::memory_order_release); }
+  SegmentReadWindow(const SegmentReadWindow&) = delete;
+  SegmentReadWindow& operator=(const SegmentReadWindow&) = delete;
+};
+
 // Frees the slices [start, start + count), stamped `now_ms` for the purge
 // (ArenaPurge). The stamps are written before the release that clears the
 // bits, which the purge acquires.
 inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
+  // The notice reads the header after the clear, which may have been the
+  // segment's last hold.
+  SegmentReadWindow window;
   for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
   // seq_cst: the read of the segment's heap in the notice comes after (a
   // release alone would let it run ahead of the clear on some CPUs), and so
@@ -385,6 +405,16 @@ size_t AddressSpaceLimit();
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
+// Unmaps every segment no heap holds (given back and decommitted, but still
+// reserved), once no SegmentReadWindow that could reach one is open; an
+// arena whose segments are all gone is dead, and its entry takes the next
+// reservation. For a mapping the address space would not take (ulimit -v):
+// returns the bytes unmapped. The caller holds no allocator lock and is in
+// no window.
+size_t ArenaUnreserveFreeSegments();
+// Arenas with a segment mapped, and entries ever used. For tests.
+size_t ArenaCountForTest();
+size_t ArenaEntriesForTest();
 // About how many free slices, across all segments, may still hold committed
 // memory. A hint kept without locks: page releases add, claims, purges and
 // segment releases subtract, and every purge run sets it right. When it is
@@ -475,7 +505,9 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 // goes back to the OS at once; false when nothing went (then a retry is
 // pointless).
 bool GiveBackHugeCacheForRoom(size_t size);
-// OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom.
+// OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom,
+// and, for a huge mapping (alignment kSegmentSize), after
+// MakeRoomInAddressSpace (heap.h).
 void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check = false);
 // In a fork child: no reclaimer thread will give back what the huge cache
 // holds, so it keeps no more than where none ticks (the parent's may hold

@@ -2613,5 +2613,209 @@ TEST(HugeCache, ThreadsNeverShareAMapping) {
 }
 
 
+// --- free segments unmapped for room (ArenaUnreserveFreeSegments) ------------
+// Last in the file: they unmap every free segment in the process, so the
+// tests above see arenas as they always were.
+
+// Whether [p, p + 4 KiB) is mapped (mincore fails with ENOMEM on a gap).
+bool IsMapped(const void* p) {
+  unsigned char resident = 0;
+  return mincore(const_cast<void*>(p), 4096, &resident) == 0;
+}
+
+// A segment whose last slices were freed by a thread that may still read
+// its header (ReleasePage, FreeSlices' notice) stays mapped until that
+// thread's SegmentReadWindow closes; then it goes, and its arena's entry,
+// all of whose segments are gone, takes the next reservation: a program
+// that hit its limit once a round used up a new entry a round, and after
+// 65536 rounds every small block failed (a review, 2026-12-06).
+TEST(Unreserve, AFreeSegmentIsUnmappedOnlyOnceNoReaderOfItsHeaderRemains) {
+  Segment* segment = ArenaAllocateSegment(SliceRun(1, 1));
+  ASSERT_NE(segment, nullptr);
+  {
+    // As a thread freeing the segment's last page: the window opens before
+    // the slices go, and the owner gives the segment back meanwhile.
+    SegmentReadWindow window;
+    FreeSlices(segment, 1, 1, OsMonotonicMs());
+    uint64_t expected = 1;
+    ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+    ArenaReleaseSegment(segment);
+    EXPECT_EQ(ArenaUnreserveFreeSegments(), 0u) << "unmapped while a reader could still be in its header";
+    ASSERT_TRUE(IsMapped(segment));
+    EXPECT_EQ(segment->used_slices.load(), 0u) << "a released header reads as zeros";
+  }
+  EXPECT_GE(ArenaUnreserveFreeSegments(), kSegmentSize);
+  EXPECT_FALSE(IsMapped(segment)) << "the free segment was not unmapped";
+  const size_t entries = ArenaEntriesForTest();
+  for (int round = 0; round < 200; ++round) {
+    Segment* again = ArenaAllocateSegment(SliceRun(1, 1));
+    ASSERT_NE(again, nullptr);
+    static_cast<volatile char*>(static_cast<void*>(again))[kSegmentSize - 1] = 1;
+    TakeEverySliceAndRelease(again);
+    ASSERT_GE(ArenaUnreserveFreeSegments(), kSegmentSize) << "round " << round;
+  }
+  EXPECT_LE(ArenaEntriesForTest(), entries + 2) << "dead arenas' entries are not taken again";
+}
+
+// ReleasePage reads the segment's header after the page's slices are
+// free, when another heap (whose list holds the segment) may have given it
+// back: those reads must be inside a window.
+// The calls of a test hook, and those made with no window open.
+struct WindowCheck {
+  std::atomic<int> seen{0};
+  std::atomic<int> outside{0};
+  void Note() {
+    seen.fetch_add(1);
+    if (g_segment_read_windows.load() == 0) outside.fetch_add(1);
+  }
+};
+WindowCheck g_release_check;
+void CheckTheReleaseIsInAWindow() { g_release_check.Note(); }
+
+TEST(Unreserve, APageReleaseReadsTheHeaderOnlyInsideAWindow) {
+  g_page_released_hook_for_test.store(CheckTheReleaseIsInAWindow);
+  for (int round = 0; round < 4; ++round) {
+    std::vector<void*> blocks;
+    for (int k = 0; k < 2000; ++k) blocks.push_back(ferry_malloc(size_t{1} << (4 + k % 12)));
+    for (void* p : blocks) ferry_free(p);
+  }
+  g_page_released_hook_for_test.store(nullptr);
+  EXPECT_GT(g_release_check.seen.load(), 0) << "no page was released: the test measures nothing";
+  EXPECT_EQ(g_release_check.outside.load(), 0);
+}
+
+// The first return to a full page posts it to its owner's inbox and then
+// reads the page again, when whoever drains the inbox may have freed it and
+// given its segment back: inside a window too.
+WindowCheck g_post_check;
+void CheckThePostIsInAWindow() { g_post_check.Note(); }
+
+TEST(Unreserve, AFullPagePostedToItsOwnerIsReadAgainOnlyInsideAWindow) {
+  std::vector<void*> blocks;
+  for (int k = 0; k < 5000; ++k) blocks.push_back(ferry_malloc(64));
+  g_return_chain_post_hook_for_test.store(CheckThePostIsInAWindow);
+  std::thread freer([&] {
+    for (size_t k = 0; k < blocks.size(); k += 2) ferry_free(blocks[k]);
+    ferry_flush();
+  });
+  freer.join();
+  g_return_chain_post_hook_for_test.store(nullptr);
+  for (size_t k = 1; k < blocks.size(); k += 2) ferry_free(blocks[k]);
+  EXPECT_GT(g_post_check.seen.load(), 0) << "no full page was posted: the test measures nothing";
+  EXPECT_EQ(g_post_check.outside.load(), 0);
+}
+
+// A fork child has none of the windows its parent's other threads had open
+// (one waiting at the fork for the arena lock, say): left counted, they
+// kept every unmapping in the child from going ahead.
+TEST(Unreserve, AForkChildUnmapsThoughAnotherThreadWasInAWindowAtTheFork) {
+  std::atomic<bool> open{false};
+  std::atomic<bool> close{false};
+  std::thread reader([&] {
+    SegmentReadWindow window;
+    open.store(true);
+    while (!close.load()) std::this_thread::yield();
+  });
+  while (!open.load()) std::this_thread::yield();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    Segment* segment = ArenaAllocateSegment(SliceRun(1, 1));
+    if (segment == nullptr) _exit(2);
+    uint64_t expected = 1 | SliceRun(1, 1);
+    if (!segment->used_slices.compare_exchange_strong(expected, kSegmentDetached)) _exit(3);
+    ArenaReleaseSegment(segment);
+    _exit(ArenaUnreserveFreeSegments() >= kSegmentSize ? 0 : 1);
+  }
+  close.store(true);
+  reader.join();
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: nothing unmapped in the child; 2-3: setup";
+}
+
+// Threads that allocate, free each other's blocks and give their emptied
+// segments back, while another unmaps every free segment over and over: a
+// segment must never be unmapped under a heap that holds it or a thread
+// that still reads its header (a fault), nor handed out while it goes (a
+// block that loses its bytes).
+TEST(Unreserve, FreeSegmentsGoWhileThreadsTakeFreeAndGiveBackSegments) {
+  constexpr int kWorkers = 3;
+  constexpr size_t kBlocks = 3000;
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::atomic<uint64_t> unmapped{0};
+  // Worker t frees what worker t - 1 (mod kWorkers) handed it: remote frees
+  // whose returns release pages in segments other heaps' lists hold.
+  std::mutex handoff_lock;
+  std::vector<void*> handoff[kWorkers];
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kWorkers; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<unsigned>(t) + 1);
+      std::vector<unsigned char*> held;
+      for (unsigned round = 1; !stop.load(std::memory_order_relaxed); ++round) {
+        for (size_t k = 0; k < kBlocks; ++k) {
+          const size_t size = size_t{16} << (rng() % 14);  // 16 B-128 KiB
+          auto* p = static_cast<unsigned char*>(ferry_malloc(size));
+          if (p == nullptr) {
+            bad.fetch_add(1);
+            return;
+          }
+          const auto tag = static_cast<unsigned char>(round * 7 + k);
+          p[0] = tag;
+          p[size - 1] = tag;
+          held.push_back(p);
+        }
+        std::vector<void*> mine;
+        {
+          std::lock_guard<std::mutex> hold(handoff_lock);
+          mine.swap(handoff[t]);
+        }
+        for (void* p : mine) ferry_free(p);
+        std::vector<void*> theirs;
+        for (size_t k = 0; k < held.size(); ++k) {
+          unsigned char* p = held[k];
+          const size_t size = ferry_usable_size(p);
+          (void)size;
+          const auto tag = static_cast<unsigned char>(round * 7 + k);
+          if (p[0] != tag) bad.fetch_add(1);
+          if (k % 2 == 0) {
+            theirs.push_back(p);  // checked here, freed by the next worker
+          } else {
+            ferry_free(p);
+          }
+        }
+        held.clear();
+        {
+          std::lock_guard<std::mutex> hold(handoff_lock);
+          for (void* p : theirs) handoff[(t + 1) % kWorkers].push_back(p);
+        }
+        ferry_flush();
+        if (round % 4 == 0) ferry_collect();  // emptied segments back to their arenas
+      }
+      ferry_flush();
+    });
+  }
+  std::thread unmapper([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      unmapped.fetch_add(ArenaUnreserveFreeSegments(), std::memory_order_relaxed);
+      std::this_thread::yield();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  stop.store(true);
+  for (std::thread& thread : threads) thread.join();
+  unmapper.join();
+  for (auto& list : handoff) {
+    for (void* p : list) ferry_free(p);
+  }
+  ferry_collect();
+  EXPECT_EQ(bad.load(), 0) << "a block lost its bytes, or an allocation failed";
+  EXPECT_GT(unmapped.load(), 0u) << "nothing was unmapped: the test measures nothing";
+}
+
+
 }  // namespace
 }  // namespace ferry

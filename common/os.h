@@ -10,7 +10,10 @@
 //    policy may refuse a size it could never back (used for huge blocks, so
 //    an absurd malloc fails with ENOMEM instead of succeeding on paper);
 //    without it the range is reserved regardless (arenas, metadata).
-//  - OsRelease gives back a range that OsReserve returned, whole.
+//  - OsRelease gives back a range that OsReserve returned, whole, or a run
+//    of whole pages of it; false when the kernel refused (unmapping the
+//    middle of a range splits it in two, which vm.max_map_count may not
+//    allow): then the range is as it was.
 //  - OsResizeInPlace grows or shrinks a range that OsReserve returned,
 //    keeping its contents, or fails (nullptr, the range as it was). It sets
 //    *no_room when growing failed only because something is mapped after
@@ -34,7 +37,7 @@
 namespace ferry {
 
 void* OsReserve(size_t size, size_t alignment, bool overcommit_check = false);
-void OsRelease(void* base, size_t size);
+bool OsRelease(void* base, size_t size);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);

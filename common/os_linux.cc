@@ -86,10 +86,11 @@ void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
   return reinterpret_cast<void*>(aligned);
 }
 
-void OsRelease(void* base, size_t size) {
+bool OsRelease(void* base, size_t size) {
   const int saved_errno = errno;
-  munmap(base, size);
+  const bool released = munmap(base, size) == 0;
   errno = saved_errno;
+  return released;
 }
 
 // Not in every libc's headers yet (Linux 6.13's uapi value).
