@@ -611,20 +611,31 @@ ArenaUsage ArenaUsageNow() {
   return usage;
 }
 
-constinit std::atomic<uint64_t> g_segment_read_windows{0};
+constinit SegmentReadWindows g_segment_read_windows{};
 
 namespace {
 
-// Waits until no SegmentReadWindow is open, up to kReadWindowWaitMs: true
-// once none is. A window is a few loads long, unless its thread lost its
-// CPU in it or waits there for a heap's lock.
+// Waits until every SegmentReadWindow opened before the call has closed, up
+// to kReadWindowWaitMs: true once they have. A window is a few loads long,
+// unless its thread lost its CPU in it or waits there for a heap's lock.
+// Each phase moves the epoch on and waits for the slot it leaves: windows
+// opened after the move count in the other slot, so that threads releasing
+// pages without pause cannot keep the wait from ending (waiting for one
+// count to read zero, a program of such threads could refuse every
+// unmapping). Two phases, so that both slots have drained, whatever epoch
+// a window opened in (an earlier call that gave up may have left old
+// windows in either).
 constexpr uint64_t kReadWindowWaitMs = 200;
 
 bool WaitForSegmentReadWindows() {
   const uint64_t deadline = OsMonotonicMs() + kReadWindowWaitMs;
-  for (int spins = 0; g_segment_read_windows.load(std::memory_order_acquire) != 0; ++spins) {
-    if ((spins & 63) == 63 && OsMonotonicMs() >= deadline) return false;
-    sched_yield();
+  for (int phase = 0; phase < 2; ++phase) {
+    const uint32_t left = g_segment_read_windows.epoch.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic<uint64_t>& open = g_segment_read_windows.open[left & 1];
+    for (int spins = 0; open.load(std::memory_order_acquire) != 0; ++spins) {
+      if ((spins & 63) == 63 && OsMonotonicMs() >= deadline) return false;
+      sched_yield();
+    }
   }
   return true;
 }
@@ -646,9 +657,10 @@ bool WaitForSegmentReadWindows() {
 // SegmentReadWindows, each opened before the slices that held the segment
 // were freed, so every window that can still reach a segment chosen here
 // was open when it was chosen (it went free after the slices). The segments
-// are chosen and marked under the arena lock, unmapped only once no window
-// is open, and handed out by nobody meanwhile. Where windows stay open for
-// kReadWindowWaitMs (a thread preempted in one), nothing is unmapped.
+// are chosen and marked under the arena lock, unmapped only once every
+// window open then has closed (WaitForSegmentReadWindows), and handed out
+// by nobody meanwhile. Where one stays open for kReadWindowWaitMs (a
+// thread preempted in it), nothing is unmapped.
 size_t ArenaUnreserveFreeSegments() {
   SpinLockHolder serialize(&g_unreserve_lock);
   bool any = false;

@@ -1107,7 +1107,8 @@ void AtForkChild() {
   // A thread that was in one (waiting for the arena lock the fork held,
   // say) is gone: left counted, it would keep every unmapping from going
   // ahead (ArenaUnreserveFreeSegments).
-  g_segment_read_windows.store(0, std::memory_order_relaxed);
+  g_segment_read_windows.open[0].store(0, std::memory_order_relaxed);
+  g_segment_read_windows.open[1].store(0, std::memory_order_relaxed);
   tl_forking = false;
   PoolForkChild();
   AbandonOrphanedHeapsInChild();

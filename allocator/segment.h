@@ -352,8 +352,14 @@ void LowerRoomForTest(Segment* segment);
 // The bound of the segment's arena. For tests.
 size_t ArenaRoomForTest(const Segment* segment);
 
-// Open SegmentReadWindows (arena.cc).
-extern std::atomic<uint64_t> g_segment_read_windows;
+// Open SegmentReadWindows, counted in the slot of the epoch each opened
+// in (arena.cc): an unmapping moves the epoch on, so that it waits only for
+// the windows opened before, while new ones count in the other slot.
+struct SegmentReadWindows {
+  std::atomic<uint32_t> epoch;
+  alignas(64) std::atomic<uint64_t> open[2];
+};
+extern SegmentReadWindows g_segment_read_windows;
 
 // Held by a thread that reads a segment's header after it may have freed
 // the last slices that kept the segment from going back to its arena (and
@@ -363,11 +369,21 @@ extern std::atomic<uint64_t> g_segment_read_windows;
 // page and segment releases, never for a block.
 class SegmentReadWindow {
  public:
-  SegmentReadWindow() { g_segment_read_windows.fetch_add(1, std::memory_order_seq_cst); }
-  ~SegmentReadWindow() { g_segment_read_windows.fetch_sub(1, std::memory_order_release); }
+  SegmentReadWindow() : slot_(g_segment_read_windows.epoch.load(std::memory_order_relaxed) & 1) {
+    g_segment_read_windows.open[slot_].fetch_add(1, std::memory_order_seq_cst);
+  }
+  ~SegmentReadWindow() { g_segment_read_windows.open[slot_].fetch_sub(1, std::memory_order_release); }
   SegmentReadWindow(const SegmentReadWindow&) = delete;
   SegmentReadWindow& operator=(const SegmentReadWindow&) = delete;
+
+ private:
+  const uint32_t slot_;
 };
+// Windows open now, in both slots. For tests.
+inline uint64_t SegmentReadWindowsOpen() {
+  return g_segment_read_windows.open[0].load(std::memory_order_acquire) +
+         g_segment_read_windows.open[1].load(std::memory_order_acquire);
+}
 
 // Frees the slices [start, start + count), stamped `now_ms` for the purge
 // (ArenaPurge). The stamps are written before the release that clears the

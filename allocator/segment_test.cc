@@ -24,6 +24,7 @@
 #include <cstring>
 #include <latch>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -2657,6 +2658,34 @@ TEST(Unreserve, AFreeSegmentIsUnmappedOnlyOnceNoReaderOfItsHeaderRemains) {
   EXPECT_LE(ArenaEntriesForTest(), entries + 2) << "dead arenas' entries are not taken again";
 }
 
+// Windows that never all close at once (threads releasing pages without
+// pause) do not hold the unmapping up: only those open when it began do.
+TEST(Unreserve, WindowsOpenedDuringTheWaitDoNotHoldItUp) {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> overlapping{false};
+  std::thread reader([&] {
+    // Each window opens before the last one closes: one is always open.
+    std::optional<SegmentReadWindow> first;
+    std::optional<SegmentReadWindow> second;
+    first.emplace();
+    overlapping.store(true);
+    while (!stop.load(std::memory_order_relaxed)) {
+      second.emplace();
+      first.reset();
+      first.emplace();
+      second.reset();
+    }
+  });
+  while (!overlapping.load()) std::this_thread::yield();
+  Segment* segment = ArenaAllocateSegment(SliceRun(1, 1));
+  ASSERT_NE(segment, nullptr);
+  TakeEverySliceAndRelease(segment);
+  const size_t unmapped = ArenaUnreserveFreeSegments();
+  stop.store(true);
+  reader.join();
+  EXPECT_GE(unmapped, kSegmentSize) << "the windows opened meanwhile kept every segment mapped";
+}
+
 // ReleasePage reads the segment's header after the page's slices are
 // free, when another heap (whose list holds the segment) may have given it
 // back: those reads must be inside a window.
@@ -2666,7 +2695,7 @@ struct WindowCheck {
   std::atomic<int> outside{0};
   void Note() {
     seen.fetch_add(1);
-    if (g_segment_read_windows.load() == 0) outside.fetch_add(1);
+    if (SegmentReadWindowsOpen() == 0) outside.fetch_add(1);
   }
 };
 WindowCheck g_release_check;
