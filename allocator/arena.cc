@@ -341,6 +341,22 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
       address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
       room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
     }
+    // Only segments being unmapped are free (ArenaUnreserveFreeSegments
+    // waits for readers): one of them, taken back, rather than a new
+    // reservation, which the limit that caused the unmapping would refuse
+    // (small blocks failed with ENOMEM for the wait's length).
+    for (size_t i = g_arenas_full_below; i < g_arena_count && address == 0; ++i) {
+      Arena& arena = g_arenas[i];
+      const uint32_t going = arena.all & ~arena.used & arena.unmapping;
+      if (going == 0) continue;
+      const int slot = __builtin_ctz(going);
+      arena.unmapping &= ~(uint32_t{1} << slot);
+      arena.used |= uint32_t{1} << slot;
+      not_zero = (arena.not_zero >> slot & 1) != 0;
+      arena.not_zero &= ~(uint32_t{1} << slot);
+      address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
+      room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
+    }
     // A whole arena, or, where the address space left will not take one
     // (RLIMIT_AS), half as many segments, down to one: otherwise the last
     // 64 MiB under a limit were never used.
@@ -612,6 +628,7 @@ ArenaUsage ArenaUsageNow() {
 }
 
 constinit SegmentReadWindows g_segment_read_windows{};
+__thread uint32_t tl_segment_read_windows[2] __attribute__((tls_model("initial-exec"))) = {0, 0};
 
 namespace {
 
@@ -632,8 +649,9 @@ bool WaitForSegmentReadWindows() {
   for (int phase = 0; phase < 2; ++phase) {
     const uint32_t left = g_segment_read_windows.epoch.fetch_add(1, std::memory_order_seq_cst);
     std::atomic<uint64_t>& open = g_segment_read_windows.open[left & 1];
-    for (int spins = 0; open.load(std::memory_order_acquire) != 0; ++spins) {
-      if ((spins & 63) == 63 && OsMonotonicMs() >= deadline) return false;
+    while (open.load(std::memory_order_acquire) != 0) {
+      // Every time: on crowded CPUs one yield may take milliseconds.
+      if (OsMonotonicMs() >= deadline) return false;
       sched_yield();
     }
   }
@@ -661,18 +679,37 @@ bool WaitForSegmentReadWindows() {
 // window open then has closed (WaitForSegmentReadWindows), and handed out
 // by nobody meanwhile. Where one stays open for kReadWindowWaitMs (a
 // thread preempted in it), nothing is unmapped.
-size_t ArenaUnreserveFreeSegments() {
+//
+// Not where the request could not fit even with every free segment gone:
+// what ferry keeps mapped besides them (its live segments, huge blocks and
+// cache, the segment map) is part of what the limit counts. A program that
+// probed for a block too large to fit once a round lost its free segments
+// each time, and paid for them again (a review's program: 350-400 ms a
+// round under a 512 MiB limit, 115-150 without the probe).
+size_t ArenaUnreserveFreeSegments(size_t wanted) {
   SpinLockHolder serialize(&g_unreserve_lock);
-  bool any = false;
+  size_t free_bytes = 0;
+  size_t kept_bytes = sizeof(g_segment_map);
+  {
+    SpinLockHolder hold(&g_arena_lock);
+    for (size_t i = 0; i < g_arena_count; ++i) {
+      const Arena& arena = g_arenas[i];
+      free_bytes += static_cast<size_t>(__builtin_popcount(arena.all & ~arena.used)) * kSegmentSize;
+      kept_bytes += static_cast<size_t>(__builtin_popcount(arena.used)) * kSegmentSize;
+    }
+  }
+  const int64_t huge = g_counters.huge_bytes_live.load(std::memory_order_relaxed) +
+                       g_counters.huge_bytes_cached.load(std::memory_order_relaxed);
+  if (huge > 0) kept_bytes += static_cast<size_t>(huge);
+  const size_t limit = AddressSpaceLimit();
+  if (free_bytes == 0 || (limit != SIZE_MAX && (kept_bytes >= limit || wanted > limit - kept_bytes))) return 0;
   {
     SpinLockHolder hold(&g_arena_lock);
     for (size_t i = 0; i < g_arena_count; ++i) {
       Arena& arena = g_arenas[i];
       arena.unmapping = arena.all & ~arena.used;
-      any = any || arena.unmapping != 0;
     }
   }
-  if (!any) return 0;
   const bool quiet = WaitForSegmentReadWindows();
   size_t bytes = 0;
   {

@@ -1104,11 +1104,14 @@ void AtForkChild() {
   g_abandoned_lock.UnlockAfterFork();
   g_exit_lock.UnlockAfterFork();
   ResetInlineReturnsInChild();  // only this thread is left
-  // A thread that was in one (waiting for the arena lock the fork held,
-  // say) is gone: left counted, it would keep every unmapping from going
-  // ahead (ArenaUnreserveFreeSegments).
-  g_segment_read_windows.open[0].store(0, std::memory_order_relaxed);
-  g_segment_read_windows.open[1].store(0, std::memory_order_relaxed);
+  // The other threads that were in one (waiting for the arena lock the
+  // fork held, say) are gone: left counted, they would keep every
+  // unmapping from going ahead (ArenaUnreserveFreeSegments). This thread's
+  // own stay counted: fork() from a signal handler that interrupted a
+  // free may be in one, and closes it later.
+  for (int slot = 0; slot < 2; ++slot) {
+    g_segment_read_windows.open[slot].store(tl_segment_read_windows[slot], std::memory_order_relaxed);
+  }
   tl_forking = false;
   PoolForkChild();
   AbandonOrphanedHeapsInChild();
@@ -1869,10 +1872,10 @@ void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 // next claims once they have waited (ReleaseKeptSegmentsLocked), or the
 // pool does. This thread's go now: a single-threaded program kept up to 16
 // (64 MiB) that a limit then refused a mapping for.
-bool MakeRoomInAddressSpace() {
+bool MakeRoomInAddressSpace(size_t wanted) {
   Heap* heap = tl_heap;
   if (heap != &g_empty_heap) ReleaseKeptEmptySegments(heap);
-  return ArenaUnreserveFreeSegments() != 0;
+  return ArenaUnreserveFreeSegments(wanted) != 0;
 }
 
 void PoolMaybeStartUnlessExiting() {

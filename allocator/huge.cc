@@ -452,7 +452,7 @@ void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) 
   // (callers that hold no lock and are in no SegmentReadWindow; a heap's
   // own page-sized reservation in CreateHeap is not one of them).
   if (mapping == nullptr && alignment == kSegmentSize && OsReservationMayFitAfterRelease(size) &&
-      MakeRoomInAddressSpace()) {
+      MakeRoomInAddressSpace(size)) {
     mapping = OsReserve(size, alignment, overcommit_check);
   }
   return mapping;

@@ -360,6 +360,10 @@ struct SegmentReadWindows {
   alignas(64) std::atomic<uint64_t> open[2];
 };
 extern SegmentReadWindows g_segment_read_windows;
+// This thread's open windows, by slot: what a fork child's count starts
+// from (the forking thread may be in one: fork() from a signal handler
+// that interrupted a free).
+extern __thread uint32_t tl_segment_read_windows[2] __attribute__((tls_model("initial-exec")));
 
 // Held by a thread that reads a segment's header after it may have freed
 // the last slices that kept the segment from going back to its arena (and
@@ -370,9 +374,13 @@ extern SegmentReadWindows g_segment_read_windows;
 class SegmentReadWindow {
  public:
   SegmentReadWindow() : slot_(g_segment_read_windows.epoch.load(std::memory_order_relaxed) & 1) {
+    ++tl_segment_read_windows[slot_];
     g_segment_read_windows.open[slot_].fetch_add(1, std::memory_order_seq_cst);
   }
-  ~SegmentReadWindow() { g_segment_read_windows.open[slot_].fetch_sub(1, std::memory_order_release); }
+  ~SegmentReadWindow() {
+    g_segment_read_windows.open[slot_].fetch_sub(1, std::memory_order_release);
+    --tl_segment_read_windows[slot_];
+  }
   SegmentReadWindow(const SegmentReadWindow&) = delete;
   SegmentReadWindow& operator=(const SegmentReadWindow&) = delete;
 
@@ -427,7 +435,9 @@ void ArenaReleaseSegment(Segment* segment);
 // reservation. For a mapping the address space would not take (ulimit -v):
 // returns the bytes unmapped. The caller holds no allocator lock and is in
 // no window.
-size_t ArenaUnreserveFreeSegments();
+// `wanted`: the bytes the caller will ask for; nothing is unmapped where
+// they could not fit under the address-space limit even then.
+size_t ArenaUnreserveFreeSegments(size_t wanted);
 // Arenas with a segment mapped, and entries ever used. For tests.
 size_t ArenaCountForTest();
 size_t ArenaEntriesForTest();
