@@ -326,36 +326,35 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     SpinLockHolder hold(&g_arena_lock);
     uintptr_t address = 0;
     size_t room_index = 0;
-    for (size_t i = g_arenas_full_below; i < g_arena_count && address == 0; ++i) {
-      Arena& arena = g_arenas[i];
+    // A free segment of an arena; one being unmapped (ArenaUnreserveFreeSegments
+    // waits for readers) only where no other is free, taken back rather
+    // than a new reservation, which the limit that caused the unmapping
+    // would refuse (small blocks failed with ENOMEM for the wait's length).
+    size_t chosen = g_arena_count;
+    for (size_t i = g_arenas_full_below; i < g_arena_count; ++i) {
+      const Arena& arena = g_arenas[i];
       if (arena.used == arena.all) {
         if (i == g_arenas_full_below) ++g_arenas_full_below;
         continue;
       }
-      const uint32_t free_slots = arena.all & ~arena.used & ~arena.unmapping;
-      if (free_slots == 0) continue;
-      const int slot = __builtin_ctz(free_slots);
-      arena.used |= uint32_t{1} << slot;
-      not_zero = (arena.not_zero >> slot & 1) != 0;
-      arena.not_zero &= ~(uint32_t{1} << slot);
-      address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
-      room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
+      if ((arena.all & ~arena.used & ~arena.unmapping) != 0) {
+        chosen = i;
+        break;
+      }
+      if (chosen == g_arena_count) chosen = i;
     }
-    // Only segments being unmapped are free (ArenaUnreserveFreeSegments
-    // waits for readers): one of them, taken back, rather than a new
-    // reservation, which the limit that caused the unmapping would refuse
-    // (small blocks failed with ENOMEM for the wait's length).
-    for (size_t i = g_arenas_full_below; i < g_arena_count && address == 0; ++i) {
-      Arena& arena = g_arenas[i];
-      const uint32_t going = arena.all & ~arena.used & arena.unmapping;
-      if (going == 0) continue;
-      const int slot = __builtin_ctz(going);
-      arena.unmapping &= ~(uint32_t{1} << slot);
-      arena.used |= uint32_t{1} << slot;
-      not_zero = (arena.not_zero >> slot & 1) != 0;
-      arena.not_zero &= ~(uint32_t{1} << slot);
+    if (chosen != g_arena_count) {
+      Arena& arena = g_arenas[chosen];
+      const uint32_t free_slots = arena.all & ~arena.used;
+      const uint32_t staying = free_slots & ~arena.unmapping;
+      const int slot = __builtin_ctz(staying != 0 ? staying : free_slots);
+      const uint32_t bit = uint32_t{1} << slot;
+      arena.unmapping &= ~bit;
+      arena.used |= bit;
+      not_zero = (arena.not_zero & bit) != 0;
+      arena.not_zero &= ~bit;
       address = arena.base + static_cast<size_t>(slot) * kSegmentSize;
-      room_index = i * kSegmentsPerArena + static_cast<size_t>(slot);
+      room_index = chosen * kSegmentsPerArena + static_cast<size_t>(slot);
     }
     // A whole arena, or, where the address space left will not take one
     // (RLIMIT_AS), half as many segments, down to one: otherwise the last
@@ -688,27 +687,20 @@ bool WaitForSegmentReadWindows() {
 // round under a 512 MiB limit, 115-150 without the probe).
 size_t ArenaUnreserveFreeSegments(size_t wanted) {
   SpinLockHolder serialize(&g_unreserve_lock);
-  size_t free_bytes = 0;
-  size_t kept_bytes = sizeof(g_segment_map);
+  const size_t limit = AddressSpaceLimit();
+  const int64_t huge = g_counters.huge_bytes_live.load(std::memory_order_relaxed) +
+                       g_counters.huge_bytes_cached.load(std::memory_order_relaxed);
+  size_t kept_bytes = sizeof(g_segment_map) + (huge > 0 ? static_cast<size_t>(huge) : 0);
   {
     SpinLockHolder hold(&g_arena_lock);
+    size_t free_bytes = 0;
     for (size_t i = 0; i < g_arena_count; ++i) {
       const Arena& arena = g_arenas[i];
       free_bytes += static_cast<size_t>(__builtin_popcount(arena.all & ~arena.used)) * kSegmentSize;
       kept_bytes += static_cast<size_t>(__builtin_popcount(arena.used)) * kSegmentSize;
     }
-  }
-  const int64_t huge = g_counters.huge_bytes_live.load(std::memory_order_relaxed) +
-                       g_counters.huge_bytes_cached.load(std::memory_order_relaxed);
-  if (huge > 0) kept_bytes += static_cast<size_t>(huge);
-  const size_t limit = AddressSpaceLimit();
-  if (free_bytes == 0 || (limit != SIZE_MAX && (kept_bytes >= limit || wanted > limit - kept_bytes))) return 0;
-  {
-    SpinLockHolder hold(&g_arena_lock);
-    for (size_t i = 0; i < g_arena_count; ++i) {
-      Arena& arena = g_arenas[i];
-      arena.unmapping = arena.all & ~arena.used;
-    }
+    if (free_bytes == 0 || (limit != SIZE_MAX && (kept_bytes >= limit || wanted > limit - kept_bytes))) return 0;
+    for (size_t i = 0; i < g_arena_count; ++i) g_arenas[i].unmapping = g_arenas[i].all & ~g_arenas[i].used;
   }
   const bool quiet = WaitForSegmentReadWindows();
   size_t bytes = 0;
@@ -743,11 +735,6 @@ size_t ArenaUnreserveFreeSegments(size_t wanted) {
     DiagLine().Str("ferry: free segments not unmapped: a thread stayed in a read of a header").WriteToStderr();
   }
   return bytes;
-}
-
-size_t ArenaCountForTest() {
-  SpinLockHolder hold(&g_arena_lock);
-  return g_arena_count - g_dead_arenas;
 }
 
 size_t ArenaEntriesForTest() {

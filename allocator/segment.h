@@ -438,8 +438,7 @@ void ArenaReleaseSegment(Segment* segment);
 // `wanted`: the bytes the caller will ask for; nothing is unmapped where
 // they could not fit under the address-space limit even then.
 size_t ArenaUnreserveFreeSegments(size_t wanted);
-// Arenas with a segment mapped, and entries ever used. For tests.
-size_t ArenaCountForTest();
+// Arena entries ever used, dead ones among them. For tests.
 size_t ArenaEntriesForTest();
 // About how many free slices, across all segments, may still hold committed
 // memory. A hint kept without locks: page releases add, claims, purges and
