@@ -1692,7 +1692,8 @@ void CollectExitHeap() {
 
 // True when a run soon may find work: it purged slices, or free slices
 // are still committed (too young, or within FERRY_PURGE_DELAY_MS), or
-// huge mappings wait in the cache. Empty segments that wait for their keep
+// huge mappings wait in the cache, or huge blocks' tails wait resident
+// (huge.cc, KeepTailResidentForAWhile). Empty segments that wait for their keep
 // time hold only purged slices and their header: a slower pace (pool.cc,
 // IdleSleepMs) delays them by a run at most.
 // A reclaimer leaving an idle pool (reclaimer/pool.cc, StopIdlePool), no
@@ -1727,7 +1728,7 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   g_duty_passed_by_a_heap.store(ReleaseIdleEmptySegments(now_ms, urgent), std::memory_order_relaxed);
   ReleaseIdleHugeMappings(now_ms, urgent);
   return purged != 0 || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
-         g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0;
+         g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0 || HugeTailsWaitResident();
 }
 
 // One heap at a time, the rest staying on the lists: a new thread takes

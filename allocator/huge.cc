@@ -205,15 +205,98 @@ void* GrowTakenMapping(void* mapping, size_t old_size, size_t size) {
 // `large` took 5.4 s, 3.5 with a quarter, 3.0 with all of it resident
 // (tcmalloc 5.2), peak RSS 481, 495 and 507 MiB (tcmalloc 497;
 // perf/RESULTS.md). The tail is not the block's to use: its usable size
-// stays its own.
-void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
+// stays its own. Where a pool's housekeeping ticks, the rest is decommitted
+// only once it has waited as long as a freed mapping would
+// (KeepTailResidentForAWhile): a block that realloc grows into the tail
+// soon after finds its pages resident.
+// Returns the offset in the mapping from which the tail is to be
+// decommitted; `keep` when nothing is.
+size_t ResidentTailOfTakenMapping(size_t size, size_t keep) {
   const size_t resident_end = AlignUp(size + size / 4, OsPageSize());
-  if (resident_end < keep) OsDecommit(base + resident_end, keep - resident_end);
+  return resident_end < keep ? resident_end : keep;
+}
+
+// The table of tails left resident (ResidentTailOfTakenMapping) until the
+// housekeeping decommits them. A program that allocated 3 MiB and grew it
+// to 5 MiB with realloc (the soak's objects), in threads that took the
+// mappings of each other's freed 5 MiB blocks, had the tail past 3.75 MiB
+// decommitted when the block took its mapping and faulted in again by the
+// growth a moment later: 1.3 MiB a block, 70 k of threadchurn's 97 k page
+// faults (`--scale quick`: 1.35 s, with the tails left resident 0.60;
+// mimalloc 0.70, tcmalloc 0.52; perf/RESULTS.md, 2026-12-07). A leaf lock;
+// the housekeeping decommits under it (a few hundred microseconds for the
+// largest tails), so that a free or realloc of the block, which takes its
+// tail out first (TakeResidentTail), never sees its mapping change under
+// a decommit, nor a decommit reach a mapping reused since.
+struct ResidentTail {
+  Segment* segment;  // nullptr: a free slot
+  uintptr_t start;
+  uintptr_t end;
+  uint64_t since_ms;
+};
+constexpr size_t kResidentTailSlots = 64;
+ForkHeldSpinLock g_resident_tails_lock;
+ResidentTail g_resident_tails[kResidentTailSlots];
+std::atomic<uint32_t> g_resident_tails_count{0};
+
+// [start, end) of the block's mapping, past its usable size: waits in the
+// table for the housekeeping to decommit it (DecommitIdleResidentTails)
+// once it has waited from `since_ms` as long as a freed mapping waits in
+// the cache. Decommitted at once where no housekeeping ticks (then nothing
+// would decommit it but the block's free) or the table is full.
+void KeepTailResidentForAWhile(Segment* segment, uintptr_t start, uintptr_t end, uint64_t since_ms) {
+  if (start >= end) return;
+  if (PoolHousekeepsOnATimer()) {
+    SpinLockHolder hold(&g_resident_tails_lock);
+    for (ResidentTail& slot : g_resident_tails) {
+      if (slot.segment != nullptr) continue;
+      slot = ResidentTail{segment, start, end, since_ms};
+      segment->tail_resident.store(true, std::memory_order_relaxed);
+      g_resident_tails_count.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  OsDecommit(reinterpret_cast<void*>(start), end - start);
+}
+
+// The block's tail taken out of the table, where it waits there, into
+// *tail: nothing decommits it from now on. Before anything changes the
+// block's mapping (free, realloc). The block's own thread (or one the
+// program synchronised with) set the flag before the block was handed out.
+bool TakeResidentTail(Segment* segment, ResidentTail* tail) {
+  // Acquire: where the housekeeping cleared it, its decommit is done.
+  if (!segment->tail_resident.load(std::memory_order_acquire)) return false;
+  SpinLockHolder hold(&g_resident_tails_lock);
+  for (ResidentTail& slot : g_resident_tails) {
+    if (slot.segment != segment) continue;
+    *tail = slot;
+    slot.segment = nullptr;
+    segment->tail_resident.store(false, std::memory_order_relaxed);
+    g_resident_tails_count.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+// Decommits the tails that have waited `keep_ms` (all, for 0).
+void DecommitIdleResidentTails(uint64_t now_ms, uint64_t keep_ms) {
+  if (g_resident_tails_count.load(std::memory_order_relaxed) == 0) return;
+  SpinLockHolder hold(&g_resident_tails_lock);
+  for (ResidentTail& slot : g_resident_tails) {
+    if (slot.segment == nullptr) continue;
+    if (keep_ms != 0 && (now_ms < slot.since_ms || now_ms - slot.since_ms < keep_ms)) continue;
+    OsDecommit(reinterpret_cast<void*>(slot.start), slot.end - slot.start);
+    slot.segment->tail_resident.store(false, std::memory_order_release);
+    slot.segment = nullptr;
+    g_resident_tails_count.fetch_sub(1, std::memory_order_relaxed);
+  }
 }
 
 // A mapping of at least `size` bytes from the cache, its pages as the last
 // block left them, its size in *taken_size and how much of it the block
-// may use in *usable_size; nullptr when none waits.
+// may use in *usable_size, and in *resident_tail_from where the part of it
+// to be decommitted starts (ResidentTailOfTakenMapping; *taken_size where
+// none is); nullptr when none waits.
 // The smallest waiting mapping that SlackIsBounded allows is taken (the
 // newest of equals). Where the cache is the small one (!HugeCacheIsLarge)
 // it is taken whole, the rest its block's usable size, as a block
@@ -227,7 +310,7 @@ void KeepTailOfTakenMapping(char* base, size_t size, size_t keep) {
 // twice their size held an idle program at twice its live data, past
 // malloc_trim (a review's program: 312 MiB resident for 156 asked for,
 // 162 now; glibc 157).
-void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
+void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size, size_t* resident_tail_from) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return nullptr;
   const bool large_cache = HugeCacheIsLarge();
   CachedMapping taken;
@@ -272,11 +355,12 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
   }
   if (grow) {
     void* grown = GrowTakenMapping(taken.mapping, taken.size, size);
-    if (grown != nullptr) *taken_size = *usable_size = size;
+    if (grown != nullptr) *taken_size = *usable_size = *resident_tail_from = size;
     return grown;
   }
   size_t keep = taken.size;
   *usable_size = keep;
+  *resident_tail_from = keep;
   if ((large_cache || cut_larger) && keep > size) {
     *usable_size = size;
     // The rest past the next 4 MiB boundary waits in the cache on its own
@@ -304,9 +388,8 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size) {
       // huge blocks only may never take one.
       if (keep > size) UnmapAndCount(base + size, keep - size);
       keep = size;
-    } else {
-      KeepTailOfTakenMapping(base, size, keep);
     }
+    *resident_tail_from = ResidentTailOfTakenMapping(size, keep);
   }
   *taken_size = keep;
   return taken.mapping;
@@ -423,8 +506,9 @@ void KeepInCache(void* mapping, size_t size, size_t cap) {
 }  // namespace
 
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent) {
-  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
   const uint64_t keep_ms = urgent ? 0 : HugeCacheKeepMs();
+  DecommitIdleResidentTails(now_ms, keep_ms);
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return;
   CachedMapping out[kHugeCacheSlots];
   size_t released;
   {
@@ -569,8 +653,16 @@ void AdviseHugePagesIfAsked(uintptr_t start, uintptr_t end) {
 
 }  // namespace
 
-void HugeCacheLockForFork() { g_huge_cache_lock.LockForFork(); }
-void HugeCacheUnlockAfterFork() { g_huge_cache_lock.UnlockAfterFork(); }
+void HugeCacheLockForFork() {
+  g_huge_cache_lock.LockForFork();
+  g_resident_tails_lock.LockForFork();
+}
+void HugeCacheUnlockAfterFork() {
+  g_resident_tails_lock.UnlockAfterFork();
+  g_huge_cache_lock.UnlockAfterFork();
+}
+
+bool HugeTailsWaitResident() { return g_resident_tails_count.load(std::memory_order_relaxed) != 0; }
 
 size_t HugeBlockBytes(size_t n) {
   const size_t bytes = AlignUp(n == 0 ? 1 : n, OsPageSize());
@@ -591,13 +683,14 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   void* mapping;
   size_t mapping_size;
   size_t usable_size;  // of the mapping, from its start: the block's end
+  size_t resident_tail_from = 0;  // of the mapping: where its tail to decommit starts
   uintptr_t block;
   if (alignment < kSegmentSize) {
     const size_t offset = alignment > kSliceSize ? alignment : kSliceSize;
     mapping_size = offset + block_bytes;
     ReleaseIdleHugeMappings(OsMonotonicMs(), /*urgent=*/false);
-    usable_size = mapping_size;
-    mapping = may_reuse ? TakeCachedMapping(mapping_size, &mapping_size, &usable_size) : nullptr;
+    usable_size = resident_tail_from = mapping_size;
+    mapping = may_reuse ? TakeCachedMapping(mapping_size, &mapping_size, &usable_size, &resident_tail_from) : nullptr;
     if (mapping != nullptr) {
       // As a fresh mapping's: the last block's header may have had its
       // page at another slice.
@@ -648,7 +741,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
     // The block only: the header's chunk holds a few hundred bytes.
     AdviseHugePagesIfAsked(block, kept_end);
     mapping = segment;
-    mapping_size = usable_size = kept_end - kept_start;
+    mapping_size = usable_size = resident_tail_from = kept_end - kept_start;
     page = &segment->pages[0];
     page->slice_count = 1;
   }
@@ -659,6 +752,9 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse) {
   page->kind = PageKind::kHuge;
   page->start = block;
   page->block_size = reinterpret_cast<uintptr_t>(mapping) + usable_size - block;
+  // After the header's reset above, which cleared tail_resident.
+  KeepTailResidentForAWhile(segment, reinterpret_cast<uintptr_t>(mapping) + resident_tail_from,
+                            reinterpret_cast<uintptr_t>(mapping) + mapping_size, OsMonotonicMs());
   if (alignment < kSegmentSize) {
     SegmentMapSet(reinterpret_cast<uintptr_t>(segment), kMapSegment);
   } else {
@@ -676,7 +772,7 @@ namespace {
 
 // A pointer into the chunk of a huge block's header or block, but past the
 // block's end (past its mapping, the kernel's to give to anyone, or in the
-// tail the block keeps, KeepTailOfTakenMapping): not ferry's to hand out.
+// tail the block keeps, ResidentTailOfTakenMapping): not ferry's to hand out.
 [[noreturn]] FERRY_COLD void ReportBadHugePointer(const Page* page, uintptr_t address, const char* call) {
   FatalBadPointer(call, reinterpret_cast<const void*>(address),
                   address > page->start && address - page->start >= page->block_size
@@ -693,6 +789,8 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
     FatalBadPointer(call, p, "double free (huge block already free)");
   }
   RememberHugeFree(address);
+  ResidentTail tail;
+  (void)TakeResidentTail(segment, &tail);  // its pages go to the cache with the mapping, or away
   const bool over_aligned = page == &segment->pages[0];
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
   CounterAdd(g_counters.huge_frees, 1);
@@ -719,7 +817,7 @@ namespace {
 // (CacheHugeMapping: the program may have changed it while it was a
 // block). False when it is not kept: the caller shrinks the mapping as
 // before. The part below the boundary goes back to the OS, unlike a taken
-// mapping's (KeepTailOfTakenMapping): kept, it cost an idle program RSS (16
+// mapping's (ResidentTailOfTakenMapping): kept, it cost an idle program RSS (16
 // blocks shrunk from 15 to 5 MiB: 92 MiB after ferry_collect, 82 without)
 // and bought nothing without copying growths into waiting mappings,
 // which was tried and undone (perf/RESULTS.md, 2026-12-05 18:00).
@@ -757,13 +855,22 @@ void* ReallocHuge(void* p, size_t n) {
   const size_t offset = address - old_base;
   const size_t slice = static_cast<size_t>(page - segment->pages);
   const size_t new_size = offset + HugeBlockBytes(n);
+  // Nothing decommits the tail under the block's growth, nor where a
+  // shrink or a move puts it.
+  ResidentTail tail;
+  const bool tail_was_waiting = TakeResidentTail(segment, &tail);
   if (new_size <= old_size && new_size >= offset + page->block_size) {
     // A growth the mapping already holds: a block keeps the tail of a
-    // mapping it took (KeepTailOfTakenMapping, or a smaller cache's mapping
+    // mapping it took (ResidentTailOfTakenMapping, or a smaller cache's mapping
     // taken whole). Cut at the new end (the shrink's path, until
     // 2026-12-05), it left a hole between the block and the rest that waits
     // in the cache after the tail, so the two could never join again.
     page->block_size = new_size - offset;
+    if (tail_was_waiting) {
+      // What the growth left of it waits on, its wait unchanged.
+      const uintptr_t from = old_base + ResidentTailOfTakenMapping(new_size, old_size);
+      KeepTailResidentForAWhile(segment, from > tail.start ? from : tail.start, tail.end, tail.since_ms);
+    }
     return p;
   }
   bool no_room = false;
@@ -776,17 +883,22 @@ void* ReallocHuge(void* p, size_t n) {
       CounterAdd(g_counters.bytes_unmapped, static_cast<int64_t>(old_size - new_size));
     }
   }
+  // Where the block stays as it was, so does its tail's wait.
+  const auto unchanged = [&]() -> void* {
+    if (tail_was_waiting) KeepTailResidentForAWhile(segment, tail.start, tail.end, tail.since_ms);
+    return nullptr;
+  };
   if (base == nullptr) {
-    if (!no_room) return nullptr;
+    if (!no_room) return unchanged();
     void* target = OsReserveMakingRoom(new_size, kSegmentSize, /*overcommit_check=*/true);
-    if (target == nullptr) return nullptr;
+    if (target == nullptr) return unchanged();
     // Out of the map while this thread still holds the old range: once the
     // move lets it go, another thread may map it and mark it its own.
     SegmentMapSet(old_base, kMapNone);
     base = OsMoveOnto(segment->mapping, old_size, new_size, target);
     if (base == nullptr) {
       SegmentMapSet(old_base, kMapSegment);
-      return nullptr;
+      return unchanged();
     }
   }
   // `segment` may point at memory that is gone now: only `moved` from here.

@@ -169,6 +169,11 @@ struct alignas(64) Segment {
   Page pages[kSlicesPerSegment];
   SegmentKind kind;
   std::atomic<bool> huge_freed;  // kHuge: set once, by the free that unmaps it
+  // kHuge: the tail of its mapping past the block's size and a quarter
+  // waits, resident, in the table of resident tails for the housekeeping
+  // to decommit (huge.cc, KeepTailResidentForAWhile). Written under that
+  // table's lock.
+  std::atomic<bool> tail_resident;
   // The heap whose list holds the segment (kNormal). Pages of other heaps
   // may live in it and read this to tell it is not theirs.
   std::atomic<Heap*> heap;
@@ -523,7 +528,9 @@ bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count);
 void ArenaLockForFork();
 void ArenaUnlockAfterFork();
 // Freed huge mappings kept for reuse (huge.cc) that have waited
-// EmptySegmentKeepMs (all of them when `urgent`) go back to the OS.
+// EmptySegmentKeepMs (all of them when `urgent`) go back to the OS, and the
+// resident tails of live huge blocks' mappings that have waited as long are
+// decommitted.
 void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 // A reservation of `size` bytes failed: unless `size` could never fit
 // (OsReservationMayFitAfterRelease), every mapping the huge cache holds
@@ -549,9 +556,12 @@ FreedHugeHit FindFreedHuge(uintptr_t address);
 // it (at most 1/8 more than asked; sizes that round alike share mappings in
 // the huge cache, and a realloc within the rounding needs no system call).
 size_t HugeBlockBytes(size_t n);
-// For fork: hold and release the huge cache's lock around fork().
+// For fork: hold and release the huge cache's locks around fork().
 void HugeCacheLockForFork();
 void HugeCacheUnlockAfterFork();
+// Whether tails of huge blocks' mappings wait resident for the
+// housekeeping to decommit them (ReleaseIdleHugeMappings does).
+bool HugeTailsWaitResident();
 
 }  // namespace ferry
 
