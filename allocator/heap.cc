@@ -1099,6 +1099,7 @@ void AtForkChild() {
   // the registering thread (absent here) had reached (EnsureForkHandlers).
   g_fork_handlers.store(kOnceDone, std::memory_order_relaxed);
   HugeCacheUnlockAfterFork();
+  ForgetResidentTailsInChild();
   TrimHugeCacheInChild();
   ArenaUnlockAfterFork();
   g_abandoned_lock.UnlockAfterFork();

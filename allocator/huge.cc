@@ -219,15 +219,16 @@ size_t ResidentTailOfTakenMapping(size_t size, size_t keep) {
 // The table of tails left resident (ResidentTailOfTakenMapping) until the
 // housekeeping decommits them. A program that allocated 3 MiB and grew it
 // to 5 MiB with realloc (the soak's objects), in threads that took the
-// mappings of each other's freed 5 MiB blocks, had the tail past 3.75 MiB
+// mappings of each other's freed 5 MiB blocks, had the tail past 3.83 MiB
 // decommitted when the block took its mapping and faulted in again by the
 // growth a moment later: 1.3 MiB a block, 70 k of threadchurn's 97 k page
-// faults (`--scale quick`: 1.35 s, with the tails left resident 0.60;
-// mimalloc 0.70, tcmalloc 0.52; perf/RESULTS.md, 2026-12-07). A leaf lock;
-// the housekeeping decommits under it (a few hundred microseconds for the
-// largest tails), so that a free or realloc of the block, which takes its
-// tail out first (TakeResidentTail), never sees its mapping change under
-// a decommit, nor a decommit reach a mapping reused since.
+// faults (`--scale quick`, 5 alternating runs: 1.67 s, 0.75 with the tails
+// left resident; mimalloc 0.86, tcmalloc 0.61; perf/RESULTS.md,
+// 2026-12-07). A leaf lock; a tail is decommitted under it, one a hold
+// (at most 4 MiB, a few hundred microseconds), so that a free or realloc
+// of the block, which takes its tail out first (TakeResidentTail), never
+// sees its mapping change under a decommit, nor a decommit reach a mapping
+// reused since.
 struct ResidentTail {
   Segment* segment;  // nullptr: a free slot
   uintptr_t start;
@@ -239,6 +240,23 @@ ForkHeldSpinLock g_resident_tails_lock;
 ResidentTail g_resident_tails[kResidentTailSlots];
 std::atomic<uint32_t> g_resident_tails_count{0};
 
+// Decommits the tails that have waited `keep_ms` (all, for 0), one a hold
+// of the lock: a ferry_collect with the table full decommitted up to 256
+// MiB in one, while every huge allocation waited for it.
+void DecommitIdleResidentTails(uint64_t now_ms, uint64_t keep_ms) {
+  for (size_t k = 0; k < kResidentTailSlots; ++k) {
+    if (g_resident_tails_count.load(std::memory_order_relaxed) == 0) return;
+    SpinLockHolder hold(&g_resident_tails_lock);
+    ResidentTail& slot = g_resident_tails[k];
+    if (slot.segment == nullptr) continue;
+    if (keep_ms != 0 && (now_ms < slot.since_ms || now_ms - slot.since_ms < keep_ms)) continue;
+    OsDecommit(reinterpret_cast<void*>(slot.start), slot.end - slot.start);
+    slot.segment->tail_resident.store(false, std::memory_order_release);
+    slot.segment = nullptr;
+    g_resident_tails_count.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
 // [start, end) of the block's mapping, past its usable size: waits in the
 // table for the housekeeping to decommit it (DecommitIdleResidentTails)
 // once it has waited from `since_ms` as long as a freed mapping waits in
@@ -247,14 +265,22 @@ std::atomic<uint32_t> g_resident_tails_count{0};
 void KeepTailResidentForAWhile(Segment* segment, uintptr_t start, uintptr_t end, uint64_t since_ms) {
   if (start >= end) return;
   if (PoolHousekeepsOnATimer()) {
-    SpinLockHolder hold(&g_resident_tails_lock);
-    for (ResidentTail& slot : g_resident_tails) {
-      if (slot.segment != nullptr) continue;
-      slot = ResidentTail{segment, start, end, since_ms};
-      segment->tail_resident.store(true, std::memory_order_relaxed);
-      g_resident_tails_count.fetch_add(1, std::memory_order_relaxed);
-      return;
+    bool kept = false;
+    {
+      SpinLockHolder hold(&g_resident_tails_lock);
+      for (ResidentTail& slot : g_resident_tails) {
+        if (slot.segment != nullptr) continue;
+        slot = ResidentTail{segment, start, end, since_ms};
+        segment->tail_resident.store(true, std::memory_order_relaxed);
+        g_resident_tails_count.fetch_add(1, std::memory_order_relaxed);
+        kept = true;
+        break;
+      }
     }
+    // An idle pool may have stopped since it was asked, after its last
+    // housekeeping run took the lock (a review): then no run would come.
+    if (kept && !PoolHousekeepsOnATimer()) DecommitIdleResidentTails(0, 0);
+    if (kept) return;
   }
   OsDecommit(reinterpret_cast<void*>(start), end - start);
 }
@@ -276,20 +302,6 @@ bool TakeResidentTail(Segment* segment, ResidentTail* tail) {
     return true;
   }
   return false;
-}
-
-// Decommits the tails that have waited `keep_ms` (all, for 0).
-void DecommitIdleResidentTails(uint64_t now_ms, uint64_t keep_ms) {
-  if (g_resident_tails_count.load(std::memory_order_relaxed) == 0) return;
-  SpinLockHolder hold(&g_resident_tails_lock);
-  for (ResidentTail& slot : g_resident_tails) {
-    if (slot.segment == nullptr) continue;
-    if (keep_ms != 0 && (now_ms < slot.since_ms || now_ms - slot.since_ms < keep_ms)) continue;
-    OsDecommit(reinterpret_cast<void*>(slot.start), slot.end - slot.start);
-    slot.segment->tail_resident.store(false, std::memory_order_release);
-    slot.segment = nullptr;
-    g_resident_tails_count.fetch_sub(1, std::memory_order_relaxed);
-  }
 }
 
 // A mapping of at least `size` bytes from the cache, its pages as the last
@@ -663,6 +675,20 @@ void HugeCacheUnlockAfterFork() {
 }
 
 bool HugeTailsWaitResident() { return g_resident_tails_count.load(std::memory_order_relaxed) != 0; }
+
+// The child has no reclaimer to decommit the tails, and the blocks' headers
+// are not to be written: a range the program marked MADV_DONTFORK or
+// MADV_WIPEONFORK may hold one (a review). Their flags may read true still
+// (TakeResidentTail then finds no slot). Decommitting a tail the child
+// lacks fails harmlessly.
+void ForgetResidentTailsInChild() {
+  for (ResidentTail& slot : g_resident_tails) {
+    if (slot.segment == nullptr) continue;
+    OsDecommit(reinterpret_cast<void*>(slot.start), slot.end - slot.start);
+    slot.segment = nullptr;
+  }
+  g_resident_tails_count.store(0, std::memory_order_relaxed);
+}
 
 size_t HugeBlockBytes(size_t n) {
   const size_t bytes = AlignUp(n == 0 ? 1 : n, OsPageSize());

@@ -562,6 +562,9 @@ void HugeCacheUnlockAfterFork();
 // Whether tails of huge blocks' mappings wait resident for the
 // housekeeping to decommit them (ReleaseIdleHugeMappings does).
 bool HugeTailsWaitResident();
+// In a fork child, after the huge cache's locks: the table of resident
+// tails emptied (their ranges decommitted) without a write to any header.
+void ForgetResidentTailsInChild();
 
 }  // namespace ferry
 

@@ -326,8 +326,16 @@ std::vector<pid_t> GroupMembers(pid_t pgid) {
     char* end = nullptr;
     long pid = std::strtol(entry->d_name, &end, 10);
     if (*end != '\0' || pid <= 0) continue;
-    std::ifstream stat_file(std::string("/proc/") + entry->d_name + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+    // A process that exits between readdir and the read fails the read
+    // with ESRCH, which libstdc++'s filebuf throws as ios_failure: it ended
+    // a 7-minute soak (seed 33, 2026-12-07) after 73 good runs.
+    std::string stat;
+    try {
+      std::ifstream stat_file(std::string("/proc/") + entry->d_name + "/stat");
+      stat.assign(std::istreambuf_iterator<char>(stat_file), std::istreambuf_iterator<char>());
+    } catch (const std::ios_base::failure&) {
+      continue;  // gone
+    }
     size_t paren = stat.rfind(')');
     if (paren == std::string::npos) continue;
     std::istringstream rest(stat.substr(paren + 1));
