@@ -153,9 +153,7 @@ FERRY_EXPORT void* ferry_calloc(size_t count, size_t size) {
     return VgAllocated(ferry::AllocateLargeZeroed(total), total, /*zeroed=*/true);
   }
   if (total > ferry::kLargeMax) {
-    // A fresh mapping, zero already, never one from the huge cache: its
-    // pages become resident only as the program touches them.
-    return VgAllocated(ferry::AllocateHuge(total, 0, /*may_reuse=*/false), total, /*zeroed=*/true);
+    return VgAllocated(ferry::AllocateHugeZeroed(total), total, /*zeroed=*/true);
   }
   void* p = Allocate(total);
   if (FERRY_LIKELY(p != nullptr)) {

@@ -299,8 +299,12 @@ FERRY_ALWAYS_INLINE void FreeUserBlock(void* p, const char* call, const void* ca
 void* AllocateAligned(size_t alignment, size_t n);  // alignment: power of two
 void* AllocateLargeZeroed(size_t n);  // calloc, kMediumMax < n <= kLargeMax
 // A huge block (n > kLargeMax, huge.cc). may_reuse false: a fresh mapping,
-// zero already (calloc), never one from the huge cache.
-void* AllocateHuge(size_t n, size_t alignment, bool may_reuse = true);
+// zero already, never one from the huge cache. *reused (if given) set when
+// the block took a waiting mapping (its bytes as the last block left them).
+void* AllocateHuge(size_t n, size_t alignment, bool may_reuse = true, bool* reused = nullptr);
+// calloc's huge block (n > kLargeMax): n bytes of zeros, from a waiting
+// mapping (cleared) where n is at most 32 MiB, else a fresh one.
+void* AllocateHugeZeroed(size_t n);
 // realloc of a huge block to a huge size (n > kLargeMax) without copying;
 // nullptr when it cannot (then nothing changed): huge.cc.
 void* ReallocHuge(void* p, size_t n);
