@@ -1180,6 +1180,19 @@ void ClearOwnerTid(Heap* heap) {
 // of the thread that just exited (larson hands its objects to a fresh
 // thread) frees that thread's blocks as its own, not as remote frees (taking
 // the oldest instead doubled larson's remote frees).
+// Abandoned heaps that hold their spare segment committed for the next
+// owner (AbandonHeap), at most kAbandonedSparesKept of them.
+constinit std::atomic<uint32_t> g_abandoned_spares{0};
+constexpr uint32_t kAbandonedSparesKept = 8;
+
+// The heap, off the abandoned list, no longer counts its spare as kept for
+// a next owner.
+void ForgetAbandonedSpare(Heap* heap) {
+  if (!heap->abandoned_with_spare) return;
+  heap->abandoned_with_spare = false;
+  g_abandoned_spares.fetch_sub(1, std::memory_order_relaxed);
+}
+
 Heap* TakeAbandonedHeap() {
   SpinLockHolder hold(&g_abandoned_lock);
   Heap* heap = g_abandoned_done;
@@ -1193,6 +1206,7 @@ Heap* TakeAbandonedHeap() {
   }
   heap->abandoned_next = nullptr;
   heap->abandoned = false;
+  ForgetAbandonedSpare(heap);  // its spare is the new owner's now
   return heap;
 }
 
@@ -1377,7 +1391,7 @@ void PublishBatch(Heap* heap, bool may_spawn) {
 
 // Gives back everything of this heap that is free now: adopts returned
 // chains, releases empty pages and the spare segment.
-void CollectHeap(Heap* heap) {
+void CollectHeap(Heap* heap, KeepEmpty keep) {
   DrainAllInboxes(heap);
   for (size_t c = 0; c < kNumClasses; ++c) {
     PageQueue* q = &heap->queues[c];
@@ -1397,11 +1411,13 @@ void CollectHeap(Heap* heap) {
   SpinLockHolder hold(&heap->segments_lock);
   for (Segment* segment = heap->segments; segment != nullptr;) {
     Segment* next = segment->heap_next;
-    ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kNothing);
+    ReleaseSegmentIfEmptyLocked(heap, segment, keep);
     segment = next;
   }
+  if (keep == KeepEmpty::kSpare) return;
   if (heap->spare != nullptr) heap->spare->is_spare.store(false, std::memory_order_relaxed);
   heap->spare = nullptr;  // released above, or in use again
+  ForgetAbandonedSpare(heap);
 }
 
 // Returns the batch of a heap whose owner can no longer hand it on (a
@@ -1426,7 +1442,22 @@ void AbandonHeap(Heap* heap) {
   __atomic_store_n(&heap->is_reclaimer, false, __ATOMIC_SEQ_CST);
   PublishBatch(heap, /*may_spawn=*/false);  // an exiting thread (FreeMayStartPool)
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
-  CollectHeap(heap);
+  // One empty segment stays committed for the thread that takes the heap
+  // over next, as a live owner keeps its spare: released, each segment was
+  // decommitted whole (ArenaReleaseSegment), and a program that ran four
+  // threads at a time, each taking 2 MiB and 300 KB and exiting, faulted
+  // every page in afresh, 2000 threads in 4.3 s (glibc 0.20, mimalloc 0.18;
+  // perf/RESULTS.md, 2026-12-07). At most kAbandonedSparesKept heaps keep
+  // one (32 MiB); the pool's collect of abandoned heaps, or ferry_collect,
+  // gives them back.
+  const bool keep_spare =
+      g_abandoned_spares.fetch_add(1, std::memory_order_relaxed) < kAbandonedSparesKept;
+  CollectHeap(heap, keep_spare ? KeepEmpty::kSpare : KeepEmpty::kNothing);
+  if (keep_spare && heap->spare != nullptr) {
+    heap->abandoned_with_spare = true;
+  } else {
+    g_abandoned_spares.fetch_sub(1, std::memory_order_relaxed);
+  }
   tl_heap = &g_empty_heap;
   // A thread that left a return early (pthread_exit or longjmp from a
   // handler inside one) would leave it counted for good: every fork would
@@ -1455,7 +1486,7 @@ void AbandonOrphanedHeapsInChild() {
     if (heap != tl_heap) heap->inbox_owner_holding.store(0, std::memory_order_relaxed);
     if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
     ReturnUnpublishedBatch(heap);
-    CollectHeap(heap);
+    CollectHeap(heap, KeepEmpty::kNothing);
     heap->is_reclaimer = false;
     CounterAdd(g_counters.heaps_abandoned, 1);
     PushAbandoned(heap, kNoPass);
@@ -1511,7 +1542,7 @@ void AbandonHeapOfGoneThread(Heap* heap) {
   // Left counted if the thread left a return early (AbandonHeap).
   heap->returns_in_progress.store(0, std::memory_order_relaxed);
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
-  CollectHeap(heap);
+  CollectHeap(heap, KeepEmpty::kNothing);
   CounterAdd(g_counters.heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned: its thread is gone").WriteToStderr();
   PushAbandoned(heap, pass);
@@ -1687,7 +1718,7 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
 // heap's, unless an exiting thread holds it now (the next run comes soon).
 void CollectExitHeap() {
   if (!g_exit_lock.TryLock()) return;
-  if (g_exit_heap != nullptr) CollectHeap(g_exit_heap);
+  if (g_exit_heap != nullptr) CollectHeap(g_exit_heap, KeepEmpty::kNothing);
   g_exit_lock.Unlock();
 }
 
@@ -1759,7 +1790,7 @@ void CollectAbandonedHeaps() {
       g_abandoned = heap->abandoned_next;
       heap->abandoned_next = nullptr;
     }
-    CollectHeap(heap);
+    CollectHeap(heap, KeepEmpty::kNothing);
     CounterAdd(g_counters.abandoned_collections, 1);
     SpinLockHolder hold(&g_abandoned_lock);
     PushAbandonedDoneLocked(heap);
@@ -2426,7 +2457,7 @@ void FlushThisThread() {
 void CollectThisThread() {
   FlushThisThread();
   Heap* heap = tl_heap;
-  if (heap != &g_empty_heap) CollectHeap(heap);
+  if (heap != &g_empty_heap) CollectHeap(heap, KeepEmpty::kNothing);
   EnsureGlobalInit();
   EnsureForkHandlers();  // the collect takes the duty turn, which fork() must see
   PoolCollectNow();

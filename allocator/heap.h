@@ -116,6 +116,10 @@ struct Heap {
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)
+  // Its exiting thread left its spare committed for the next owner, counted
+  // in g_abandoned_spares (AbandonHeap); cleared by whoever takes the heap
+  // off the abandoned list.
+  bool abandoned_with_spare = false;
   Heap* all_next = nullptr;        // every heap ever made (for statistics)
   Heap* abandoned_next = nullptr;
   // --- written by other threads ------------------------------------------------

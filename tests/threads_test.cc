@@ -930,6 +930,41 @@ TEST(Threads, ATailLeftResidentHoldsAGrowthAndIsDecommittedOnceItHasWaited) {
   ferry_collect();
 }
 
+// A thread that takes over the heap an exited thread left finds the spare
+// segment it left committed: before 2026-12-07 every empty segment of an
+// exiting thread's heap went back to its arena, decommitted whole, and a
+// program that ran its requests on short threads, each taking 2 MiB and
+// 300 KB, faulted every page in afresh (2000 threads in 4.3 s, glibc 0.20).
+// With a pool its collect of abandoned heaps may give the spare back
+// between two threads: most rounds, not all, must find it.
+TEST(Threads, AThreadTakingOverAnExitedThreadsHeapFindsItsMemoryCommitted) {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the sanitizers' shadow memory faults too";
+#else
+  constexpr int kRounds = 20;
+  int warm_rounds = 0;
+  uint64_t most_faults = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    uint64_t faults = 0;
+    std::thread([&] {
+      const uint64_t before = MinorFaults();
+      char* p = static_cast<char*>(ferry_malloc(2 * kMiB));
+      char* q = static_cast<char*>(ferry_malloc(300000));
+      if (p == nullptr || q == nullptr) std::abort();
+      memset(p, round, 2 * kMiB);
+      memset(q, round, 300000);
+      faults = MinorFaults() - before;
+      ferry_free(q);
+      ferry_free(p);
+    }).join();
+    if (round > 0 && faults < 64) ++warm_rounds;  // of 586 pages written
+    most_faults = std::max(most_faults, faults);
+  }
+  EXPECT_GE(warm_rounds, kRounds / 2) << "threads faulted their memory in afresh (up to " << most_faults << " faults)";
+  ferry_collect();
+#endif
+}
+
 // A fork child has no reclaimer to decommit the tails it inherits, and
 // must not write the headers of the blocks they belong to: the program may
 // have kept a block's mapping, header and all, out of the child
