@@ -1094,6 +1094,7 @@ void AtForkParent() {
 }
 void AbandonOrphanedHeapsInChild();
 void TakeOwnershipInChild();
+void ReleaseAbandonedSparesInChild();
 void AtForkChild() {
   // This handler ran, so the handlers are registered here whatever state
   // the registering thread (absent here) had reached (EnsureForkHandlers).
@@ -1118,6 +1119,7 @@ void AtForkChild() {
   AbandonOrphanedHeapsInChild();
   TakeOwnershipInChild();
   ReleaseKeptEmptySegments(tl_heap);
+  ReleaseAbandonedSparesInChild();
   g_threads_seen.store(tl_seen ? 1 : 0, std::memory_order_relaxed);
   g_forking.store(false, std::memory_order_relaxed);
 }
@@ -1450,12 +1452,17 @@ void AbandonHeap(Heap* heap) {
   // perf/RESULTS.md, 2026-12-07). At most kAbandonedSparesKept heaps keep
   // one (32 MiB); the pool's collect of abandoned heaps, or ferry_collect,
   // gives them back.
+  // Not under an address-space limit: the segment unmapping for a huge
+  // block's room (MakeRoomInAddressSpace) sees only its own thread's kept
+  // segments, and 32 MiB held by abandoned heaps refused what fitted before
+  // (a review).
+  const bool counted = OsAddressSpaceLimit() == SIZE_MAX;
   const bool keep_spare =
-      g_abandoned_spares.fetch_add(1, std::memory_order_relaxed) < kAbandonedSparesKept;
+      counted && g_abandoned_spares.fetch_add(1, std::memory_order_relaxed) < kAbandonedSparesKept;
   CollectHeap(heap, keep_spare ? KeepEmpty::kSpare : KeepEmpty::kNothing);
   if (keep_spare && heap->spare != nullptr) {
     heap->abandoned_with_spare = true;
-  } else {
+  } else if (counted) {
     g_abandoned_spares.fetch_sub(1, std::memory_order_relaxed);
   }
   tl_heap = &g_empty_heap;
@@ -1479,6 +1486,19 @@ void AbandonHeap(Heap* heap) {
 // took a new page would set that heap's inbox bits again and walk its
 // inboxes once more.
 void CollectAbandonedHeaps();
+
+// The spares abandoned heaps keep (AbandonHeap) go back in a fork child,
+// which has no pool to collect them and may never start one (a review):
+// up to 32 MiB committed for good otherwise. Only this thread is left, so
+// the lists are the child's own to walk.
+void ReleaseAbandonedSparesInChild() {
+  if (g_abandoned_spares.load(std::memory_order_relaxed) == 0) return;
+  for (Heap* list : {g_abandoned, g_abandoned_done}) {
+    for (Heap* heap = list; heap != nullptr; heap = heap->abandoned_next) {
+      if (heap->abandoned_with_spare) CollectHeap(heap, KeepEmpty::kNothing);
+    }
+  }
+}
 
 void AbandonOrphanedHeapsInChild() {
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr;
