@@ -1178,10 +1178,6 @@ void ClearOwnerTid(Heap* heap) {
                     std::memory_order_release);
 }
 
-// The most recently abandoned heap first: a thread that takes over the heap
-// of the thread that just exited (larson hands its objects to a fresh
-// thread) frees that thread's blocks as its own, not as remote frees (taking
-// the oldest instead doubled larson's remote frees).
 // Abandoned heaps that hold their spare segment committed for the next
 // owner (AbandonHeap), at most kAbandonedSparesKept of them.
 constinit std::atomic<uint32_t> g_abandoned_spares{0};
@@ -1195,6 +1191,10 @@ void ForgetAbandonedSpare(Heap* heap) {
   g_abandoned_spares.fetch_sub(1, std::memory_order_relaxed);
 }
 
+// The most recently abandoned heap first: a thread that takes over the heap
+// of the thread that just exited (larson hands its objects to a fresh
+// thread) frees that thread's blocks as its own, not as remote frees (taking
+// the oldest instead doubled larson's remote frees).
 Heap* TakeAbandonedHeap() {
   SpinLockHolder hold(&g_abandoned_lock);
   Heap* heap = g_abandoned_done;

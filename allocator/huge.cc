@@ -242,14 +242,20 @@ std::atomic<uint32_t> g_resident_tails_count{0};
 
 // Decommits the tails that have waited `keep_ms` (all, for 0), one a hold
 // of the lock: a ferry_collect with the table full decommitted up to 256
-// MiB in one, while every huge allocation waited for it.
+// MiB in one, while every huge allocation waited for it. The lock is taken
+// again only for a tail to decommit (every huge allocation and free comes
+// here while one waits).
 void DecommitIdleResidentTails(uint64_t now_ms, uint64_t keep_ms) {
-  for (size_t k = 0; k < kResidentTailSlots; ++k) {
-    if (g_resident_tails_count.load(std::memory_order_relaxed) == 0) return;
+  size_t k = 0;
+  while (g_resident_tails_count.load(std::memory_order_relaxed) != 0) {
     SpinLockHolder hold(&g_resident_tails_lock);
-    ResidentTail& slot = g_resident_tails[k];
-    if (slot.segment == nullptr) continue;
-    if (keep_ms != 0 && (now_ms < slot.since_ms || now_ms - slot.since_ms < keep_ms)) continue;
+    for (; k < kResidentTailSlots; ++k) {
+      const ResidentTail& slot = g_resident_tails[k];
+      if (slot.segment == nullptr) continue;
+      if (keep_ms == 0 || (now_ms >= slot.since_ms && now_ms - slot.since_ms >= keep_ms)) break;
+    }
+    if (k == kResidentTailSlots) return;
+    ResidentTail& slot = g_resident_tails[k++];
     OsDecommit(reinterpret_cast<void*>(slot.start), slot.end - slot.start);
     slot.segment->tail_resident.store(false, std::memory_order_release);
     slot.segment = nullptr;
@@ -277,10 +283,12 @@ void KeepTailResidentForAWhile(Segment* segment, uintptr_t start, uintptr_t end,
         break;
       }
     }
-    // An idle pool may have stopped since it was asked, after its last
-    // housekeeping run took the lock (a review): then no run would come.
-    if (kept && !PoolHousekeepsOnATimer()) DecommitIdleResidentTails(0, 0);
-    if (kept) return;
+    if (kept) {
+      // An idle pool may have stopped since it was asked, after its last
+      // housekeeping run took the lock (a review): then no run would come.
+      if (!PoolHousekeepsOnATimer()) DecommitIdleResidentTails(0, 0);
+      return;
+    }
   }
   OsDecommit(reinterpret_cast<void*>(start), end - start);
 }
