@@ -218,7 +218,13 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
   // claims pass many), and finds a single slice at once.
   const uint64_t candidates = ~segment->used_slices.load(std::memory_order_acquire) & dirty & ~uint64_t{1};
   if (static_cast<size_t>(__builtin_popcountll(candidates)) < count) return -1;
-  if (count == 1 && align == 1) return __builtin_ctzll(candidates);
+  if (count == 1 && align == 1) {
+    // A slice with no free neighbour first: taken from the front of a run,
+    // a one-slice page shortened the run that a medium page was waiting
+    // for (realloc's peak RSS).
+    const uint64_t alone = candidates & ~(candidates << 1) & ~(candidates >> 1);
+    return __builtin_ctzll(alone != 0 ? alone : candidates);
+  }
   for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
     const uint64_t run = SliceRun(start, count);
     if ((segment->used_slices.load(std::memory_order_acquire) & run) == 0 && (dirty & run) == run) {

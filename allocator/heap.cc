@@ -878,10 +878,33 @@ void DrainAllInboxes(Heap* heap) {
   }
 }
 
+void ReleaseRetainedPages(Heap* heap, size_t keep);
+
 // An empty page of several slices that is its class's only page: released
-// by ReleaseRetainedPages unless the class uses it again first.
+// by ReleaseRetainedPages unless the class uses it again first, once the
+// heap has taken kRetainSlowPaths slow paths without retaining one, or at
+// once where the retained pages would span more than kRetainedSlicesMax
+// together. The wait starts again at every retention, so that a program
+// that cycles through its classes keeps their pages: with each page's
+// wait its own (two generations, tried 2026-12-07), the realloc
+// workload's peak RSS grew 15.4 -> 16.6 MiB, as released pages' slices
+// went to one-slice pages and broke the medium runs up. Without a bound
+// on the slices, a thread whose 64 KiB-4 MiB blocks came and went one at a
+// time (cliff pattern 3, about one in nine in a medium class) kept an
+// empty page in nearly every one of the 48 medium classes, 30 MiB a
+// thread, which fragmented its segments so that its large blocks mapped
+// new ones: 135 MB peak RSS for four threads, mimalloc 26
+// (perf/RESULTS.md, 2026-12-07).
+static_assert(kMaxPageSlices <= kRetainedSlicesMax, "a retained page of the largest spans too much");
 void RetainForAWhile(Heap* heap, Page* page) {
-  heap->retained_classes[page->size_class / 64] |= uint64_t{1} << (page->size_class % 64);
+  const size_t c = page->size_class;
+  uint64_t& word = heap->retained_classes[c / 64];
+  const uint64_t bit = uint64_t{1} << (c % 64);
+  if ((word & bit) == 0) {
+    word |= bit;
+    heap->retained_slices += page->slice_count;
+    if (heap->retained_slices > kRetainedSlicesMax) ReleaseRetainedPages(heap, c);
+  }
   heap->retained_until = heap->slow_paths + kRetainSlowPaths;
 }
 
@@ -1017,6 +1040,10 @@ void ReleaseRetainedPages(Heap* heap, size_t keep) {
       ReleasePage(heap, page);
     }
   }
+  // Only `keep`'s is left, if it was retained.
+  const bool kept = keep < kNumClasses && (heap->retained_classes[keep / 64] & (uint64_t{1} << (keep % 64))) != 0;
+  const Page* kept_page = kept ? heap->queues[keep].head : nullptr;
+  heap->retained_slices = kept_page != nullptr ? kept_page->slice_count : 0;
   if ((heap->retained_classes[0] | heap->retained_classes[1]) == 0) {
     heap->retained_until = heap->slow_paths + kNothingRetained;  // not due until a page is retained
   }
@@ -1857,8 +1884,14 @@ bool LargeBlockGoesHuge(size_t n) {
 
 // *zeroed (if given): the block reads as zeros (ClaimSlices); calloc's
 // call, which also takes no cached huge mapping.
+void TendHeap(Heap* heap, size_t keep);
+
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullptr) {
-  PoolMaybeStartUnlessExiting();  // as AllocateSlow: a large block is a slow path too
+  // As AllocateSlow: a large block is a slow path too, and counts as one
+  // for the retained pages' age (a thread of large blocks and the odd
+  // medium one never released its emptied medium pages).
+  PoolMaybeStartUnlessExiting();
+  TendHeap(heap, kNumClasses);
   const size_t slices = (n + kSliceSize - 1) / kSliceSize;
   const size_t align_slices = alignment > kSliceSize ? alignment / kSliceSize : 1;
   const bool own_mapping = alignment <= kSliceSize && LargeBlockGoesHuge(n);
@@ -2257,6 +2290,8 @@ void* AllocateAboveLookup(size_t n) {
     }
     return AllocateLarge(heap, n, kSliceSize);
   }
+  // A slow path of its thread's heap too, where it has one (AllocateLarge).
+  if (Heap* heap = tl_heap; heap != &g_empty_heap) TendHeap(heap, kNumClasses);
   return AllocateHuge(n, 0);
 }
 

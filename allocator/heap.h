@@ -40,6 +40,9 @@ inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
 
 // Slow paths (and checkpoints) a retained empty page waits (KeepsEmptyPage).
 inline constexpr uint32_t kRetainSlowPaths = 256;
+// The slices a heap's retained empty pages may span together: one page of
+// the largest (kMaxPageSlices, heap.cc checks) and some.
+inline constexpr uint32_t kRetainedSlicesMax = 48;
 // Where no reclaimer thread ticks (a single-threaded program, the oneTBB
 // backend, FERRY_RECLAIMERS=0), the empty segments an owner keeps besides
 // its spare (KeepEmptySegmentLocked, heap.cc): 16, 64 MiB, the most a
@@ -108,8 +111,12 @@ struct Heap {
   Batch batches[kBatchesPerHeap];
   // Classes whose only page, spanning several slices, is empty and kept a
   // little while (KeepsEmptyPage): released once kRetainSlowPaths more slow
-  // paths have passed without the class using it again.
+  // paths have passed without a page retained, or once they would span more
+  // than kRetainedSlicesMax.
   uint64_t retained_classes[(kNumClasses + 63) / 64] = {};
+  // Their pages' slices, counted as each class was retained; set again at
+  // each release (ReleaseRetainedPages).
+  uint32_t retained_slices = 0;
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
   // slow_paths value at which they go; kNothingRetained ahead when none is.
   uint32_t retained_until = kNothingRetained;

@@ -417,8 +417,10 @@ void* TakeCachedMapping(size_t size, size_t* taken_size, size_t* usable_size, si
 
 // Keeps a freed huge block's mapping for reuse; false when it is not to be
 // kept (too big, or the kernel would not make it plain read-write memory
-// again): the caller unmaps it.
-bool CacheHugeMapping(void* mapping, size_t size) {
+// again): the caller unmaps it. `block`, `block_size`: where the program's
+// block lay, when the mapping starts with its header's chunk, which the
+// program never held; nullptr for a piece that was all the program's.
+bool CacheHugeMapping(void* mapping, size_t size, void* block = nullptr, size_t block_size = 0) {
   // Under memcheck every huge block is a fresh mapping, as valgrind expects.
   if (kValgrind) return false;
   const size_t cap = HugeCacheCapBytes();
@@ -432,7 +434,21 @@ bool CacheHugeMapping(void* mapping, size_t size) {
   // went to the file), nor locked pages or a protection key. The reset
   // undoes protections and fork flags; whatever else is left splits the
   // mapping, and then it goes back to the OS as glibc's would.
-  if (!OsResetForReuse(mapping, size) || !OsIsOneMapping(mapping, size)) return false;
+  // Whatever the program set on part of its block splits the mapping but
+  // guard regions, and it cannot have set anything on the whole mapping,
+  // whose first chunk holds the header: a mapping that is still one needs
+  // only its guards removed, and only from the block. The reset's mprotect
+  // and two madvise calls, and a mincore and a guard removal over the
+  // header's chunk (its pages past the header are never touched, so never
+  // resident), were 5 of the 9 system calls of every such free, 3 of them
+  // under the mmap lock held for writing; four threads freeing 64 KiB-4
+  // MiB blocks spent more than half their time in them (cliff pattern 3,
+  // perf/RESULTS.md, 2026-12-07).
+  if (block != nullptr && OsIsOneMapping(mapping, size)) {
+    if (!OsRemoveGuardRegions(block, block_size)) return false;
+  } else if (!OsResetForReuse(mapping, size) || !OsIsOneMapping(mapping, size)) {
+    return false;
+  }
   // The lock is held across fork() from here on: a program whose threads
   // only ever allocate huge blocks has no heap that would have registered
   // the handlers.
@@ -849,7 +865,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   // Over-aligned blocks' mappings have a layout of their own: never cached.
   // A second free of a block whose mapping waits finds it out of the
   // segment map; FreeUnmapped then finds it here and reports a double free.
-  if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size)) return;
+  if (!over_aligned && CacheHugeMapping(segment->mapping, segment->mapping_size, p, page->block_size)) return;
   UnmapAndCount(segment->mapping, segment->mapping_size);
   TrimHugeCacheToCapWithoutPool();
   // Where no pool ticks, huge frees and allocations are when the cache's

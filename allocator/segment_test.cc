@@ -84,6 +84,29 @@ TEST(Segment, EveryBlockFindsItsSegmentAndPageByArithmetic) {
   for (void* p : blocks) ferry_free(p);
 }
 
+// A page of one slice takes a free slice with no free neighbour before the
+// first slice of a run: taken from the front of the run, it left the run
+// one slice short of the medium page it was kept for, which then took
+// fresh slices (the realloc workload's peak RSS, perf/RESULTS.md,
+// 2026-12-07).
+TEST(Segment, AOneSlicePageTakesALoneFreeSliceBeforeARunsFirst) {
+  auto* segment = static_cast<Segment*>(std::aligned_alloc(64, AlignUp(sizeof(Segment), 64)));
+  ASSERT_NE(segment, nullptr);
+  new (&segment->used_slices) std::atomic<uint64_t>(~(SliceRun(10, 20) | SliceRun(31, 1)));
+  new (&segment->dirty_slices) std::atomic<uint64_t>(~uint64_t{0});
+  EXPECT_EQ(FindFreeSlices(segment, 1, 1, /*dirty_only=*/true), 31);
+  EXPECT_EQ(FindFreeSlices(segment, 20, 1, /*dirty_only=*/true), 10);
+  // Only runs: the first free slice, as before.
+  segment->used_slices.store(~(SliceRun(10, 20) | SliceRun(40, 2)));
+  EXPECT_EQ(FindFreeSlices(segment, 1, 1, /*dirty_only=*/true), 10);
+  // Among committed slices only, the runs are theirs: slice 20 is alone.
+  segment->used_slices.store(~SliceRun(10, 20));
+  segment->dirty_slices.store(SliceRun(12, 3) | SliceRun(20, 1));
+  EXPECT_EQ(FindFreeSlices(segment, 1, 1, /*dirty_only=*/true), 20);
+  EXPECT_EQ(FindFreeSlices(segment, 1, 1, /*dirty_only=*/false), 10);
+  std::free(segment);
+}
+
 TEST(Segment, MapTellsForeignPointersApart) {
   int local = 0;
   EXPECT_EQ(SegmentMapLookup(reinterpret_cast<uintptr_t>(&local)), kMapNone);
@@ -710,6 +733,57 @@ TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadOnlyChurnsItsOwnBlocks) {
     ASSERT_EQ(page->kind, PageKind::kSmall) << "not retained";
     ExpectReleasedWhileChurningOwnBlocks(page, size_class);
     ferry_free(warm);
+  }).join();
+}
+
+// The slices of this thread's empty pages of several slices that are their
+// class's only page: the retained ones (KeepsEmptyPage).
+size_t RetainedEmptySlices() {
+  size_t slices = 0;
+  for (size_t c = 0; c < kNumClasses; ++c) {
+    const Page* page = tl_heap->queues[c].head;
+    if (page != nullptr && page == tl_heap->queues[c].tail && page->used == 0 && page->slice_count > 1) {
+      slices += page->slice_count;
+    }
+  }
+  return slices;
+}
+
+// An empty medium page, its class's only page, retained now.
+Page* RetainOneMediumPage(size_t size) {
+  void* p = ferry_malloc(size);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  Page* page = PageOf(SegmentOf(address), address);
+  EXPECT_GT(page->slice_count, 1);
+  EXPECT_EQ(tl_heap->queues[page->size_class].tail, page) << "not the class's only page";
+  ferry_free(p);
+  EXPECT_EQ(page->kind, PageKind::kSmall) << "not retained";
+  return page;
+}
+
+// A block at a time in every medium class (a program of blocks of all
+// sizes, one live at a time): each class kept its emptied page, 30 MiB a
+// thread (cliff pattern 3, perf/RESULTS.md, 2026-12-07); together they
+// span kRetainedSlicesMax at most now.
+TEST(PageLists, EmptyPagesOfManyMediumClassesSpanLittleTogether) {
+  std::thread([] {
+    size_t classes = 0;
+    for (size_t n = 64 << 10; n <= kMediumMax; n += 9 << 10, ++classes) ferry_free(ferry_malloc(n));
+    ASSERT_GT(classes, 40u);
+    EXPECT_LE(RetainedEmptySlices(), kRetainedSlicesMax);
+    EXPECT_GT(RetainedEmptySlices(), 0u) << "none retained: a loop in one class would make a page a block";
+  }).join();
+}
+
+// Allocations of large blocks are slow paths too: a thread of large blocks
+// and the odd medium one lets the medium pages go.
+TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadTakesLargeBlocks) {
+  std::thread([] {
+    Page* page = RetainOneMediumPage(200 << 10);
+    const size_t size_class = page->size_class;
+    for (uint32_t k = 0; k < 2 * kRetainSlowPaths + 1; ++k) ferry_free(ferry_malloc(1 << 20));
+    EXPECT_TRUE(page->kind == PageKind::kNone || page->size_class != size_class)
+        << "the empty medium page stayed while the thread took large blocks";
   }).join();
 }
 
@@ -2204,18 +2278,28 @@ TEST(HugeCache, ABlockWithAGuardPageIsFreedAndItsMappingWritableAgain) {
   ASSERT_EQ(last, guarded);
   memset(last, 'c', 5 * kHugeMiB);
   // Guards in a block written whole, the rest of it resident: the removal
-  // runs only where mincore finds pages absent. The block starts 16 pages
-  // into its mapping, which RemoveGuardRegions reads 64 pages first, then
-  // 1024 at a time: guards on the last and first pages of those stretches
-  // (mapping pages 63, 64, 1087 and 1088) and one between.
-  for (const size_t page : {63, 64, 300, 1087, 1088}) {
-    const size_t at = (page - 16) * 4096;
-    ASSERT_EQ(madvise(last + at, 4096, kMadvGuardInstall), 0);
+  // runs only where mincore finds pages absent, which it reads from the
+  // block's start (the mapping's first chunk is the header's) 2048 pages
+  // at a time: guards on the block's first and last pages and between.
+  for (const size_t page : {0, 1, 300, 1279}) {
+    ASSERT_EQ(madvise(last + page * 4096, 4096, kMadvGuardInstall), 0);
   }
   ferry_free(last);
   last = static_cast<char*>(ferry_malloc(5 * kHugeMiB));
   ASSERT_EQ(last, guarded);
   memset(last, 'e', 5 * kHugeMiB);  // faults on a guard left in place
+  // And on the last and first pages of two stretches, in a larger block.
+  char* big = static_cast<char*>(ferry_malloc(12 * kHugeMiB));
+  ASSERT_NE(big, nullptr);
+  memset(big, 'f', 12 * kHugeMiB);
+  for (const size_t page : {2047, 2048, 3000}) {
+    ASSERT_EQ(madvise(big + page * 4096, 4096, kMadvGuardInstall), 0);
+  }
+  ferry_free(big);
+  char* big_again = static_cast<char*>(ferry_malloc(12 * kHugeMiB));
+  ASSERT_EQ(big_again, big) << "not the cached mapping: nothing checked";
+  memset(big_again, 'g', 12 * kHugeMiB);  // faults on a guard left in place
+  ferry_free(big_again);
 #if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
   const pid_t child = fork();
   if (child == 0) {

@@ -53,6 +53,9 @@ bool OsAdviseHugePages(void* base, size_t size);
 // it, or a seccomp filter refused the removal of guard regions, which may
 // then still be there): then it is fit only for OsRelease.
 bool OsResetForReuse(void* base, size_t size);
+// The guard regions alone (OsResetForReuse's last step): false when some
+// may be left.
+bool OsRemoveGuardRegions(void* base, size_t size);
 // True when [base, base + size), a range OsReserve returned, is still one
 // mapping in the kernel (one VMA). After OsResetForReuse it is one exactly
 // when nothing the program did to part of it remains: a file mapped over

@@ -165,9 +165,9 @@ bool RemoveGuards(char* start, size_t length) {
 // program wrote, the usual huge block) the removal runs only from the
 // first to the last absent page of each stretch mincore reads, not at all
 // on a block written whole; where they are mostly absent (a block barely
-// touched), reading them too would only add mincore's cost, and the
-// removal runs over the whole range as before. Where mincore fails (a
-// hole: the program unmapped part) the removal runs over the stretch.
+// touched), reading more would only add mincore's cost, and the removal
+// runs over the whole range as before. Where mincore fails (a hole: the
+// program unmapped part) the removal runs over the stretch.
 bool RemoveGuardRegionsWhereAbsent(char* start, size_t length, const unsigned char* resident, size_t pages,
                                    size_t page) {
   size_t first = 0;
@@ -182,12 +182,13 @@ bool RemoveGuardRegionsWhereAbsent(char* start, size_t length, const unsigned ch
 // True when no guard region is left in the range (as RemoveGuards says).
 bool RemoveGuardRegions(char* base, size_t size) {
   const size_t page = OsPageSize();
-  constexpr size_t kProbePages = 64;
-  constexpr size_t kPagesAtOnce = 1024;  // 4 MiB of 4 KiB pages a call
+  // 8 MiB of 4 KiB pages a call: one call for most huge blocks (a first
+  // call of 64 pages, to see whether the block was touched before reading
+  // the rest, was one more system call for every huge block).
+  constexpr size_t kPagesAtOnce = 2048;
   unsigned char resident[kPagesAtOnce];
   for (size_t done = 0; done < size;) {
-    const size_t limit = done == 0 ? kProbePages : kPagesAtOnce;
-    const size_t pages = std::min((size - done + page - 1) / page, limit);
+    const size_t pages = std::min((size - done + page - 1) / page, kPagesAtOnce);
     const size_t length = std::min(pages * page, size - done);
     char* const start = base + done;
     if (mincore(start, length, resident) != 0) {
@@ -206,6 +207,13 @@ bool RemoveGuardRegions(char* base, size_t size) {
 }
 
 }  // namespace
+
+bool OsRemoveGuardRegions(void* base, size_t size) {
+  const int saved_errno = errno;
+  const bool done = RemoveGuardRegions(static_cast<char*>(base), size);
+  errno = saved_errno;
+  return done;
+}
 
 bool OsResetForReuse(void* base, size_t size) {
   const int saved_errno = errno;
