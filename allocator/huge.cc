@@ -897,6 +897,47 @@ bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
   return true;
 }
 
+// A block's mapping of `mapping_size` bytes at `mapping`, to grow to
+// `wanted`: where the piece waiting in the cache right after it reaches
+// that far (the rest of a mapping the block took, TakeCachedMapping), the
+// mapping extends over it with no system call, its pages as the cache
+// kept them, up to the next 4 MiB boundary past `wanted`, from where the
+// rest waits on (RestToKeepFrom). The new mapping size, or 0 where no
+// such piece waits. A buffer appended to 4 KiB at a time up to 16 MiB,
+// five times over, took the first 4 MiB of its last round's mapping, could
+// not grow into the 12 MiB waiting right after it, and moved away each
+// time, its growth faulted in afresh while those pages waited for nothing
+// (cliff pattern 2, perf/RESULTS.md, 2026-12-07). Not under an address-space
+// limit, where a block's mapping ends where the block does
+// (TakeCachedMapping).
+size_t JoinWaitingPieceAfter(void* mapping, size_t mapping_size, size_t wanted) {
+  if (!g_huge_cache_any.load(std::memory_order_relaxed)) return 0;
+  char* const base = static_cast<char*>(mapping);
+  CachedMapping piece{};
+  {
+    SpinLockHolder hold(&g_huge_cache_lock);
+    for (CachedMapping& slot : g_huge_cache) {
+      if (slot.mapping == base + mapping_size && mapping_size + slot.size >= wanted) {
+        piece = TakeSlotLocked(slot);
+        break;
+      }
+    }
+    UpdateAnyLocked();
+  }
+  if (piece.mapping == nullptr) return 0;
+  const size_t cap = HugeCacheCapBytes();
+  if (OsAddressSpaceLimit() != SIZE_MAX) {
+    InsertInCache(piece, cap);  // its wait unchanged
+    return 0;
+  }
+  size_t joined = mapping_size + piece.size;
+  if (const size_t split = RestToKeepFrom(wanted, joined); split != 0) {
+    InsertInCache(CachedMapping{base + split, joined - split, piece.freed_ms}, cap);
+    joined = split;
+  }
+  return joined;
+}
+
 }  // namespace
 
 // The huge block at `p` resized to hold n bytes (n > kLargeMax) without a
@@ -925,16 +966,29 @@ void* ReallocHuge(void* p, size_t n) {
   // shrink or a move puts it.
   ResidentTail tail;
   const bool tail_was_waiting = TakeResidentTail(segment, &tail);
-  if (new_size <= old_size && new_size >= offset + page->block_size) {
+  size_t held_size = old_size;
+  size_t joined_size = 0;
+  if (new_size > old_size) joined_size = JoinWaitingPieceAfter(segment->mapping, old_size, new_size);
+  if (joined_size != 0) {
+    CounterAdd(g_counters.huge_bytes_live, static_cast<int64_t>(joined_size - old_size));
+    segment->mapping_size = held_size = joined_size;
+  }
+  if (new_size <= held_size && new_size >= offset + page->block_size) {
     // A growth the mapping already holds: a block keeps the tail of a
     // mapping it took (ResidentTailOfTakenMapping, or a smaller cache's mapping
     // taken whole). Cut at the new end (the shrink's path, until
     // 2026-12-05), it left a hole between the block and the rest that waits
     // in the cache after the tail, so the two could never join again.
     page->block_size = new_size - offset;
-    if (tail_was_waiting) {
+    const uintptr_t from = old_base + ResidentTailOfTakenMapping(new_size, held_size);
+    if (joined_size != 0) {
+      // What the block does not use of the joined piece waits as its tail,
+      // as a taken mapping's does (the old tail's wait, if it had one).
+      const uintptr_t start = tail_was_waiting && tail.start > from ? tail.start : from;
+      KeepTailResidentForAWhile(segment, start, old_base + held_size,
+                                tail_was_waiting ? tail.since_ms : OsMonotonicMs());
+    } else if (tail_was_waiting) {
       // What the growth left of it waits on, its wait unchanged.
-      const uintptr_t from = old_base + ResidentTailOfTakenMapping(new_size, old_size);
       KeepTailResidentForAWhile(segment, from > tail.start ? from : tail.start, tail.end, tail.since_ms);
     }
     return p;

@@ -2111,6 +2111,48 @@ TEST(HugeCache, ABlockLargerThanEveryWaitingMappingGrowsOne) {
   EmptyHugeCache();
 }
 
+// A block cut from a larger waiting mapping grows by realloc into the rest
+// of it, which waits right after the block: in place, the pages the rest
+// held kept, up to the next 4 MiB boundary past the growth, from where the
+// rest waits on. It moved away before (cliff pattern 2, 2026-12-07).
+TEST(HugeCache, ABlockGrowsIntoTheRestOfItsMappingWaitingAfterIt) {
+  if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  EmptyHugeCache();
+  char* whole = static_cast<char*>(ferry_malloc(24 * kHugeMiB));
+  ASSERT_NE(whole, nullptr);
+  for (size_t k = 0; k < 24 * kHugeMiB; k += 4096) whole[k] = static_cast<char>(k / 4096 + 1);
+  ferry_free(whole);
+  const uint64_t cached = HugeStats().huge_bytes_cached;
+  ASSERT_EQ(cached, HugeMappingBytes(24 * kHugeMiB));
+  // The first 4 MiB of it; the rest waits on its own.
+  char* p = static_cast<char*>(ferry_malloc(3 * kHugeMiB));
+  ASSERT_EQ(p, whole) << "not the waiting mapping's start: nothing to grow into";
+  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 4 * kHugeMiB);
+  memset(p, 'a', 3 * kHugeMiB);
+  char* q = static_cast<char*>(ferry_realloc(p, 6 * kHugeMiB));
+  ASSERT_EQ(q, p) << "moved, not grown into the rest waiting after it";
+  // The block's mapping reaches 8 MiB now; the rest waits from there.
+  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 8 * kHugeMiB);
+  for (size_t k = 0; k < 3 * kHugeMiB; k += 4096) ASSERT_EQ(q[k], 'a') << "at " << k;
+  memset(q, 'b', 6 * kHugeMiB);
+  // And on, past the next boundary: the rest of the rest.
+  char* r = static_cast<char*>(ferry_realloc(q, 13 * kHugeMiB));
+  ASSERT_EQ(r, p);
+  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 16 * kHugeMiB);
+  for (size_t k = 0; k < 6 * kHugeMiB; k += 4096) ASSERT_EQ(r[k], 'b') << "at " << k;
+  memset(r, 'c', 13 * kHugeMiB);
+  // A block taken from what still waits shares no page with this one.
+  char* other = static_cast<char*>(ferry_malloc(2 * kHugeMiB + 4096));
+  ASSERT_NE(other, nullptr);
+  EXPECT_EQ(other, r + 16 * kHugeMiB) << "not the rest that waited";
+  EXPECT_TRUE(other >= r + 13 * kHugeMiB || other + 2 * kHugeMiB + 4096 <= r);
+  memset(other, 'd', 2 * kHugeMiB + 4096);
+  for (size_t k = 0; k < 13 * kHugeMiB; k += 4096) ASSERT_EQ(r[k], 'c') << "at " << k;
+  ferry_free(other);
+  ferry_free(r);
+  EmptyHugeCache();
+}
+
 // A reservation that fails where no limit makes room worth making (a size
 // the kernel refuses, no RLIMIT_AS) leaves the cache as it was: a program
 // that probed for a huge buffer once a round lost its cache each time (a

@@ -1072,6 +1072,77 @@ TEST(Threads, TailsDecommittedBesideGrowthsAndFreesNeverTouchALiveBlock) {
   ferry_collect();
 }
 
+// Blocks cut from waiting mappings grow by realloc into the pieces waiting
+// right after them (JoinWaitingPieceAfter) while other threads cut blocks
+// of their own from those pieces and free blocks cut from the same
+// mappings: every block keeps its bytes, and no two share a page.
+TEST(Threads, BlocksGrowingIntoWaitingPiecesKeepTheirBytes) {
+  StartThePoolWithAnEmptyHugeCache();
+  constexpr int kThreads = 3;
+  constexpr int kRounds = 24;
+  std::mutex lock;
+  std::deque<std::pair<char*, size_t>> passed;  // blocks handed to the next thread to free
+  std::atomic<bool> corrupt{false};
+  const auto check = [&](const char* p, size_t n, char value) {
+    for (size_t k = 0; k < n; k += 4096) {
+      if (p[k] != value) corrupt.store(true);
+    }
+    if (p[n - 1] != value) corrupt.store(true);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t state = 0x51afd7ed558ccd1dULL * (t + 1);
+      for (int round = 0; round < kRounds; ++round) {
+        state = Mix(state + round);
+        const char value = static_cast<char>(1 + (t * kRounds + round) % 250);
+        if (round % 3 == 0) {
+          // A large mapping to wait in the cache, for blocks to be cut from.
+          char* big = static_cast<char*>(ferry_malloc(20 * kMiB + (state % 8) * 512 * kKiB));
+          if (big == nullptr) std::abort();
+          big[0] = 1;
+          ferry_free(big);
+        }
+        size_t n = 2 * kMiB + 64 * kKiB + (state % 16) * 64 * kKiB;
+        char* p = static_cast<char*>(ferry_malloc(n));
+        if (p == nullptr) std::abort();
+        memset(p, value, n);
+        const size_t target = 4 * kMiB + (state >> 8) % (8 * kMiB);
+        while (n < target) {
+          const size_t grown_to = n + 256 * kKiB + (Mix(state + n) % 6) * 256 * kKiB;
+          char* grown = static_cast<char*>(ferry_realloc(p, grown_to));
+          if (grown == nullptr) std::abort();
+          check(grown, n, value);
+          memset(grown + n, value, grown_to - n);
+          p = grown;
+          n = grown_to;
+        }
+        check(p, n, value);
+        std::pair<char*, size_t> other{nullptr, 0};
+        {
+          std::lock_guard<std::mutex> hold(lock);
+          passed.emplace_back(p, n | static_cast<unsigned char>(value));
+          if (passed.size() > 2) {
+            other = passed.front();
+            passed.pop_front();
+          }
+        }
+        if (other.first != nullptr) {
+          check(other.first, other.second & ~size_t{0xff}, static_cast<char>(other.second & 0xff));
+          ferry_free(other.first);
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (const auto& [p, tagged] : passed) {
+    check(p, tagged & ~size_t{0xff}, static_cast<char>(tagged & 0xff));
+    ferry_free(p);
+  }
+  EXPECT_FALSE(corrupt.load()) << "a live huge block lost bytes";
+  ferry_collect();
+}
+
 // The byte FreedPagePatterned13MiBBlock writes on the page at offset k.
 char PagePattern(size_t k) { return static_cast<char>(k / 4096 + 1); }
 
