@@ -210,8 +210,9 @@ void HintSlicesTaken(int64_t n) {
 
 }  // namespace
 
-// The first run of `count` free slices starting at a multiple of `align`;
-// with `dirty_only`, only a run whose memory may still be committed.
+// The first run of `count` free slices starting at a multiple of `align`
+// (for one slice, a lone one first); with `dirty_only`, only a run whose
+// memory may still be committed.
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
   const uint64_t dirty = dirty_only ? segment->dirty_slices.load(std::memory_order_relaxed) : ~uint64_t{0};
   // One look rules out most segments (full ones above all: a big heap's

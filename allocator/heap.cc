@@ -1040,10 +1040,11 @@ void ReleaseRetainedPages(Heap* heap, size_t keep) {
       ReleasePage(heap, page);
     }
   }
-  // Only `keep`'s is left, if it was retained.
+  // Only `keep`'s is left, if it was retained: counted as a page of its
+  // class whether or not it has one now (a collect may have released it,
+  // and RetainForAWhile does not count a class whose bit is set).
   const bool kept = keep < kNumClasses && (heap->retained_classes[keep / 64] & (uint64_t{1} << (keep % 64))) != 0;
-  const Page* kept_page = kept ? heap->queues[keep].head : nullptr;
-  heap->retained_slices = kept_page != nullptr ? kept_page->slice_count : 0;
+  heap->retained_slices = kept ? kPageSlices[keep] : 0;
   if ((heap->retained_classes[0] | heap->retained_classes[1]) == 0) {
     heap->retained_until = heap->slow_paths + kNothingRetained;  // not due until a page is retained
   }
@@ -1882,10 +1883,10 @@ bool LargeBlockGoesHuge(size_t n) {
   return kSegmentSize / per_segment > kSliceSize + HugeBlockBytes(n);
 }
 
-// *zeroed (if given): the block reads as zeros (ClaimSlices); calloc's
-// call, which also takes no cached huge mapping.
 void TendHeap(Heap* heap, size_t keep);
 
+// *zeroed (if given): the block reads as zeros (ClaimSlices); calloc's
+// call, which also takes no cached huge mapping.
 void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullptr) {
   // As AllocateSlow: a large block is a slow path too, and counts as one
   // for the retained pages' age (a thread of large blocks and the odd
@@ -2212,8 +2213,9 @@ static_assert((kNumClasses + 63) / 64 == 2, "ReleaseRetainedPages and HasComplet
 
 // The owner's checkpoint, at every slow path and every kFreesPerCheckpoint
 // local frees: hints from other threads (pages they emptied), then retained
-// pages that are due. `keep`: a class whose retained page stays (the one
-// being allocated), or kNumClasses.
+// pages that are due. `keep`: a class whose retained page stays when they
+// are due (the one being allocated), or kNumClasses; a retention past
+// kRetainedSlicesMax in the sweep may still let it go.
 void TendHeap(Heap* heap, size_t keep) {
   for (size_t w = 0; w < std::size(heap->sweep_classes); ++w) {
     if (heap->sweep_classes[w].load(std::memory_order_relaxed) != 0) SweepClasses(heap, w);
@@ -2290,8 +2292,6 @@ void* AllocateAboveLookup(size_t n) {
     }
     return AllocateLarge(heap, n, kSliceSize);
   }
-  // A slow path of its thread's heap too, where it has one (AllocateLarge).
-  if (Heap* heap = tl_heap; heap != &g_empty_heap) TendHeap(heap, kNumClasses);
   return AllocateHuge(n, 0);
 }
 

@@ -439,8 +439,9 @@ bool CacheHugeMapping(void* mapping, size_t size, void* block = nullptr, size_t 
   // whose first chunk holds the header: a mapping that is still one needs
   // only its guards removed, and only from the block. The reset's mprotect
   // and two madvise calls, and a mincore and a guard removal over the
-  // header's chunk (its pages past the header are never touched, so never
-  // resident), were 5 of the 9 system calls of every such free, 3 of them
+  // header's chunk (its pages past the header are untouched, so absent,
+  // unless FERRY_HUGE_PAGES put them in one huge page with the block's
+  // start), were 5 of the 9 system calls of every such free, 3 of them
   // under the mmap lock held for writing; four threads freeing 64 KiB-4
   // MiB blocks spent more than half their time in them (cliff pattern 3,
   // perf/RESULTS.md, 2026-12-07).

@@ -297,7 +297,8 @@ inline constexpr uint64_t SliceRun(size_t first, size_t count) {
 }
 
 // The first run of `count` free slices of `segment` starting at a multiple
-// of `align`, or -1; with `dirty_only`, only a run that may still be
+// of `align` (for a single slice, one with no free neighbour first, so that
+// runs stay whole for pages of several slices), or -1; with `dirty_only`, only a run that may still be
 // committed (reusing it keeps the resident set from growing while other
 // free slices wait for their purge).
 int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only);

@@ -1007,6 +1007,69 @@ TEST(Threads, AForkChildForgetsTheTailsWithoutTouchingTheirHeaders) {
 #endif
 }
 
+// Huge blocks that threads hand on for another thread to free, each checked
+// whole (a byte a page and the last) before it is freed: a live block that
+// lost bytes marks `corrupt`.
+class PassedHugeBlocks {
+ public:
+  void Check(const char* p, size_t n, char value) {
+    for (size_t k = 0; k < n; k += 4096) {
+      if (p[k] != value) corrupt_.store(true);
+    }
+    if (p[n - 1] != value) corrupt_.store(true);
+  }
+  // Hands [p, p + n) filled with `value` on (n a multiple of 256), and
+  // frees the oldest block handed on once more than two wait.
+  void PassOn(char* p, size_t n, char value) {
+    std::pair<char*, size_t> other{nullptr, 0};
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      passed_.emplace_back(p, n | static_cast<unsigned char>(value));
+      if (passed_.size() > 2) {
+        other = passed_.front();
+        passed_.pop_front();
+      }
+    }
+    if (other.first != nullptr) CheckAndFree(other);
+  }
+  // Once the threads are done.
+  void FreeTheRest() {
+    for (const auto& block : passed_) CheckAndFree(block);
+    passed_.clear();
+  }
+  bool corrupt() const { return corrupt_.load(); }
+
+ private:
+  void CheckAndFree(const std::pair<char*, size_t>& block) {
+    Check(block.first, block.second & ~size_t{0xff}, static_cast<char>(block.second & 0xff));
+    ferry_free(block.first);
+  }
+  std::mutex lock_;
+  std::deque<std::pair<char*, size_t>> passed_;
+  std::atomic<bool> corrupt_{false};
+};
+
+// Three threads, each taking `rounds` rounds of round_fn(round, state,
+// value): `state` a random number of its own, `value` a fill byte no other
+// round uses (for fewer than 83 rounds); then the blocks still handed on
+// are checked and freed.
+template <typename RoundFn>
+void RunHugeBlockRounds(int rounds, uint64_t seed, PassedHugeBlocks* blocks, RoundFn round_fn) {
+  constexpr int kThreads = 3;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t state = seed * (t + 1);
+      for (int round = 0; round < rounds; ++round) {
+        state = Mix(state + round);
+        round_fn(round, state, static_cast<char>(1 + (t * rounds + round) % 250));
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  blocks->FreeTheRest();
+}
+
 // Threads that take each other's freed huge mappings, some grow their block
 // into the tail at once and some after the wait, and free each other's
 // blocks, while the housekeeping decommits tails that waited: no byte of a
@@ -1014,61 +1077,28 @@ TEST(Threads, AForkChildForgetsTheTailsWithoutTouchingTheirHeaders) {
 // table before a free or realloc changes the mapping).
 TEST(Threads, TailsDecommittedBesideGrowthsAndFreesNeverTouchALiveBlock) {
   StartThePoolWithAnEmptyHugeCache();
-  constexpr int kThreads = 3;
   constexpr int kRounds = 16;
-  std::mutex lock;
-  std::deque<std::pair<char*, size_t>> passed;  // blocks handed to the next thread to free
-  std::atomic<bool> corrupt{false};
-  const auto check = [&](const char* p, size_t n, char value) {
-    for (size_t k = 0; k < n; k += 4096) {
-      if (p[k] != value || p[n - 1] != value) corrupt.store(true);
+  PassedHugeBlocks blocks;
+  RunHugeBlockRounds(kRounds, 0x9e3779b97f4a7c15ULL, &blocks, [&](int /*round*/, uint64_t state, char value) {
+    char* p = static_cast<char*>(ferry_malloc(3 * kMiB + (state % 4) * 64 * kKiB));
+    if (p == nullptr) std::abort();
+    memset(p, value, 3 * kMiB);
+    // A third grow at once, a third after the tail's wait, a third not.
+    if (state % 3 == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    size_t n = 3 * kMiB;
+    if (state % 3 != 2) {
+      char* grown = static_cast<char*>(ferry_realloc(p, 5 * kMiB));
+      if (grown == nullptr) std::abort();
+      p = grown;
+      blocks.Check(p, 3 * kMiB, value);
+      memset(p, value, 5 * kMiB);
+      n = 5 * kMiB;
     }
-  };
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      uint64_t state = 0x9e3779b97f4a7c15ULL * (t + 1);
-      for (int round = 0; round < kRounds; ++round) {
-        state = Mix(state + round);
-        const char value = static_cast<char>(1 + (t * kRounds + round) % 250);
-        char* p = static_cast<char*>(ferry_malloc(3 * kMiB + (state % 4) * 64 * kKiB));
-        if (p == nullptr) std::abort();
-        memset(p, value, 3 * kMiB);
-        // A third grow at once, a third after the tail's wait, a third not.
-        if (state % 3 == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
-        size_t n = 3 * kMiB;
-        if (state % 3 != 2) {
-          char* grown = static_cast<char*>(ferry_realloc(p, 5 * kMiB));
-          if (grown == nullptr) std::abort();
-          p = grown;
-          check(p, 3 * kMiB, value);
-          memset(p, value, 5 * kMiB);
-          n = 5 * kMiB;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(state % 40));
-        check(p, n, value);
-        std::pair<char*, size_t> other{nullptr, 0};
-        {
-          std::lock_guard<std::mutex> hold(lock);
-          passed.emplace_back(p, n | static_cast<unsigned char>(value));
-          if (passed.size() > 2) {
-            other = passed.front();
-            passed.pop_front();
-          }
-        }
-        if (other.first != nullptr) {
-          check(other.first, other.second & ~size_t{0xff}, static_cast<char>(other.second & 0xff));
-          ferry_free(other.first);
-        }
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  for (const auto& [p, tagged] : passed) {
-    check(p, tagged & ~size_t{0xff}, static_cast<char>(tagged & 0xff));
-    ferry_free(p);
-  }
-  EXPECT_FALSE(corrupt.load()) << "a live huge block lost bytes";
+    std::this_thread::sleep_for(std::chrono::milliseconds(state % 40));
+    blocks.Check(p, n, value);
+    blocks.PassOn(p, n, value);
+  });
+  EXPECT_FALSE(blocks.corrupt()) << "a live huge block lost bytes";
   ferry_collect();
 }
 
@@ -1078,68 +1108,34 @@ TEST(Threads, TailsDecommittedBesideGrowthsAndFreesNeverTouchALiveBlock) {
 // mappings: every block keeps its bytes, and no two share a page.
 TEST(Threads, BlocksGrowingIntoWaitingPiecesKeepTheirBytes) {
   StartThePoolWithAnEmptyHugeCache();
-  constexpr int kThreads = 3;
   constexpr int kRounds = 24;
-  std::mutex lock;
-  std::deque<std::pair<char*, size_t>> passed;  // blocks handed to the next thread to free
-  std::atomic<bool> corrupt{false};
-  const auto check = [&](const char* p, size_t n, char value) {
-    for (size_t k = 0; k < n; k += 4096) {
-      if (p[k] != value) corrupt.store(true);
+  PassedHugeBlocks blocks;
+  RunHugeBlockRounds(kRounds, 0x51afd7ed558ccd1dULL, &blocks, [&](int round, uint64_t state, char value) {
+    if (round % 3 == 0) {
+      // A large mapping to wait in the cache, for blocks to be cut from.
+      char* big = static_cast<char*>(ferry_malloc(20 * kMiB + (state % 8) * 512 * kKiB));
+      if (big == nullptr) std::abort();
+      big[0] = 1;
+      ferry_free(big);
     }
-    if (p[n - 1] != value) corrupt.store(true);
-  };
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      uint64_t state = 0x51afd7ed558ccd1dULL * (t + 1);
-      for (int round = 0; round < kRounds; ++round) {
-        state = Mix(state + round);
-        const char value = static_cast<char>(1 + (t * kRounds + round) % 250);
-        if (round % 3 == 0) {
-          // A large mapping to wait in the cache, for blocks to be cut from.
-          char* big = static_cast<char*>(ferry_malloc(20 * kMiB + (state % 8) * 512 * kKiB));
-          if (big == nullptr) std::abort();
-          big[0] = 1;
-          ferry_free(big);
-        }
-        size_t n = 2 * kMiB + 64 * kKiB + (state % 16) * 64 * kKiB;
-        char* p = static_cast<char*>(ferry_malloc(n));
-        if (p == nullptr) std::abort();
-        memset(p, value, n);
-        const size_t target = 4 * kMiB + (state >> 8) % (8 * kMiB);
-        while (n < target) {
-          const size_t grown_to = n + 256 * kKiB + (Mix(state + n) % 6) * 256 * kKiB;
-          char* grown = static_cast<char*>(ferry_realloc(p, grown_to));
-          if (grown == nullptr) std::abort();
-          check(grown, n, value);
-          memset(grown + n, value, grown_to - n);
-          p = grown;
-          n = grown_to;
-        }
-        check(p, n, value);
-        std::pair<char*, size_t> other{nullptr, 0};
-        {
-          std::lock_guard<std::mutex> hold(lock);
-          passed.emplace_back(p, n | static_cast<unsigned char>(value));
-          if (passed.size() > 2) {
-            other = passed.front();
-            passed.pop_front();
-          }
-        }
-        if (other.first != nullptr) {
-          check(other.first, other.second & ~size_t{0xff}, static_cast<char>(other.second & 0xff));
-          ferry_free(other.first);
-        }
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  for (const auto& [p, tagged] : passed) {
-    check(p, tagged & ~size_t{0xff}, static_cast<char>(tagged & 0xff));
-    ferry_free(p);
-  }
-  EXPECT_FALSE(corrupt.load()) << "a live huge block lost bytes";
+    size_t n = 2 * kMiB + 64 * kKiB + (state % 16) * 64 * kKiB;
+    char* p = static_cast<char*>(ferry_malloc(n));
+    if (p == nullptr) std::abort();
+    memset(p, value, n);
+    const size_t target = 4 * kMiB + (state >> 8) % (8 * kMiB);
+    while (n < target) {
+      const size_t grown_to = n + 256 * kKiB + (Mix(state + n) % 6) * 256 * kKiB;
+      char* grown = static_cast<char*>(ferry_realloc(p, grown_to));
+      if (grown == nullptr) std::abort();
+      blocks.Check(grown, n, value);
+      memset(grown + n, value, grown_to - n);
+      p = grown;
+      n = grown_to;
+    }
+    blocks.Check(p, n, value);
+    blocks.PassOn(p, n, value);
+  });
+  EXPECT_FALSE(blocks.corrupt()) << "a live huge block lost bytes";
   ferry_collect();
 }
 
