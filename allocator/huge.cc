@@ -899,44 +899,55 @@ bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
 }
 
 // A block's mapping of `mapping_size` bytes at `mapping`, to grow to
-// `wanted`: where the piece waiting in the cache right after it reaches
-// that far (the rest of a mapping the block took, TakeCachedMapping), the
-// mapping extends over it with no system call, its pages as the cache
-// kept them, up to the next 4 MiB boundary past `wanted`, from where the
-// rest waits on (RestToKeepFrom). The new mapping size, or 0 where no
-// such piece waits. A buffer appended to 4 KiB at a time up to 16 MiB,
-// five times over, took the first 4 MiB of its last round's mapping, could
-// not grow into the 12 MiB waiting right after it, and moved away each
-// time, its growth faulted in afresh while those pages waited for nothing
-// (cliff pattern 2, perf/RESULTS.md, 2026-12-07). Not under an address-space
-// limit, where a block's mapping ends where the block does
-// (TakeCachedMapping).
+// `wanted`: where a piece waiting in the cache starts right where it ends
+// and reaches that far, and the two are one kernel mapping (the piece is
+// the rest of a mapping the block took, TakeCachedMapping, or of one that
+// lay beside it), the block's mapping extends over the piece without
+// moving, its pages as the cache kept them, up to the next 4 MiB boundary
+// past `wanted`, from where the rest waits on (RestToKeepFrom). The new
+// mapping size, or 0 where no such piece waits. A buffer appended to 4 KiB
+// at a time up to 16 MiB, five times over, took the first 4 MiB of its last
+// round's mapping, could not grow into the 12 MiB waiting right after it,
+// and moved away each time, its growth faulted in afresh while those pages
+// waited for nothing (cliff pattern 2, perf/RESULTS.md, 2026-12-07). Not
+// under an address-space limit, where a block's mapping ends where the
+// block does (TakeCachedMapping).
 size_t JoinWaitingPieceAfter(void* mapping, size_t mapping_size, size_t wanted) {
   if (!g_huge_cache_any.load(std::memory_order_relaxed)) return 0;
   char* const base = static_cast<char*>(mapping);
+  // Read before the piece is taken: the rest that waits on must fit it
+  // (it may have fallen since the piece was kept; a review's program: 600
+  // MiB cut for a 3 MiB block, then 700 MiB freed, failed the cache's
+  // check when the block grew).
+  const size_t cap = HugeCacheCapBytes();
   CachedMapping piece{};
+  size_t split = 0;
   {
     SpinLockHolder hold(&g_huge_cache_lock);
     for (CachedMapping& slot : g_huge_cache) {
-      if (slot.mapping == base + mapping_size && mapping_size + slot.size >= wanted) {
-        piece = TakeSlotLocked(slot);
-        break;
-      }
+      if (slot.mapping != base + mapping_size || mapping_size + slot.size < wanted) continue;
+      const size_t joined = mapping_size + slot.size;
+      split = RestToKeepFrom(wanted, joined);
+      if (split != 0 && joined - split > cap) break;
+      piece = TakeSlotLocked(slot);
+      break;
     }
     UpdateAnyLocked();
   }
   if (piece.mapping == nullptr) return 0;
-  const size_t cap = HugeCacheCapBytes();
-  if (OsAddressSpaceLimit() != SIZE_MAX) {
-    InsertInCache(piece, cap);  // its wait unchanged
+  const size_t joined = mapping_size + piece.size;
+  if (OsAddressSpaceLimit() != SIZE_MAX || !OsIsOneMapping(mapping, joined)) {
+    // As it was, its wait unchanged, where the cache still has room for it.
+    if (piece.size <= cap) {
+      InsertInCache(piece, cap);
+    } else {
+      UnmapAndCount(piece.mapping, piece.size);
+    }
     return 0;
   }
-  size_t joined = mapping_size + piece.size;
-  if (const size_t split = RestToKeepFrom(wanted, joined); split != 0) {
-    InsertInCache(CachedMapping{base + split, joined - split, piece.freed_ms}, cap);
-    joined = split;
-  }
-  return joined;
+  if (split == 0) return joined;
+  InsertInCache(CachedMapping{base + split, joined - split, piece.freed_ms}, cap);
+  return split;
 }
 
 }  // namespace
@@ -983,10 +994,10 @@ void* ReallocHuge(void* p, size_t n) {
     page->block_size = new_size - offset;
     const uintptr_t from = old_base + ResidentTailOfTakenMapping(new_size, held_size);
     if (joined_size != 0) {
-      // What the block does not use of the joined piece waits as its tail,
-      // as a taken mapping's does (the old tail's wait, if it had one).
-      const uintptr_t start = tail_was_waiting && tail.start > from ? tail.start : from;
-      KeepTailResidentForAWhile(segment, start, old_base + held_size,
+      // Past a quarter of the block's size, the joined piece waits as its
+      // tail, as a taken mapping's does (the old tail, below the growth's
+      // end, is the block's now; its wait goes on).
+      KeepTailResidentForAWhile(segment, from, old_base + held_size,
                                 tail_was_waiting ? tail.since_ms : OsMonotonicMs());
     } else if (tail_was_waiting) {
       // What the growth left of it waits on, its wait unchanged.

@@ -2120,34 +2120,55 @@ TEST(HugeCache, ABlockLargerThanEveryWaitingMappingGrowsOne) {
 // rest waits on. It moved away before (cliff pattern 2, 2026-12-07).
 TEST(HugeCache, ABlockGrowsIntoTheRestOfItsMappingWaitingAfterIt) {
   if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  if (OsAddressSpaceLimit() != SIZE_MAX) GTEST_SKIP() << "no growth into waiting pieces under a limit";
   EmptyHugeCache();
   char* whole = static_cast<char*>(ferry_malloc(24 * kHugeMiB));
   ASSERT_NE(whole, nullptr);
   for (size_t k = 0; k < 24 * kHugeMiB; k += 4096) whole[k] = static_cast<char>(k / 4096 + 1);
   ferry_free(whole);
+  // The pieces wait from now for 250 ms (kEagerWindowMs): a machine
+  // too slow to take the steps below in 200 ms checks nothing.
+  const uint64_t freed_ms = OsMonotonicMs();
+  const auto late = [&] { return OsMonotonicMs() - freed_ms > 200; };
   const uint64_t cached = HugeStats().huge_bytes_cached;
   ASSERT_EQ(cached, HugeMappingBytes(24 * kHugeMiB));
   // The first 4 MiB of it; the rest waits on its own.
   char* p = static_cast<char*>(ferry_malloc(3 * kHugeMiB));
   ASSERT_EQ(p, whole) << "not the waiting mapping's start: nothing to grow into";
-  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 4 * kHugeMiB);
+  if (!late()) {
+    EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 4 * kHugeMiB);
+  }
   memset(p, 'a', 3 * kHugeMiB);
   char* q = static_cast<char*>(ferry_realloc(p, 6 * kHugeMiB));
+  if (late()) {
+    ferry_free(q);
+    GTEST_SKIP() << "too slow: the pieces may have gone back to the OS";
+  }
   ASSERT_EQ(q, p) << "moved, not grown into the rest waiting after it";
   // The block's mapping reaches 8 MiB now; the rest waits from there.
-  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 8 * kHugeMiB);
+  if (!late()) {
+    EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 8 * kHugeMiB);
+  }
   for (size_t k = 0; k < 3 * kHugeMiB; k += 4096) ASSERT_EQ(q[k], 'a') << "at " << k;
   memset(q, 'b', 6 * kHugeMiB);
   // And on, past the next boundary: the rest of the rest.
   char* r = static_cast<char*>(ferry_realloc(q, 13 * kHugeMiB));
+  if (late()) {
+    ferry_free(r);
+    GTEST_SKIP() << "too slow: the pieces may have gone back to the OS";
+  }
   ASSERT_EQ(r, p);
-  EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 16 * kHugeMiB);
+  if (!late()) {
+    EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 16 * kHugeMiB);
+  }
   for (size_t k = 0; k < 6 * kHugeMiB; k += 4096) ASSERT_EQ(r[k], 'b') << "at " << k;
   memset(r, 'c', 13 * kHugeMiB);
   // A block taken from what still waits shares no page with this one.
   char* other = static_cast<char*>(ferry_malloc(2 * kHugeMiB + 4096));
   ASSERT_NE(other, nullptr);
-  EXPECT_EQ(other, r + 16 * kHugeMiB) << "not the rest that waited";
+  if (!late()) {
+    EXPECT_EQ(other, r + 16 * kHugeMiB) << "not the rest that waited";
+  }
   EXPECT_TRUE(other >= r + 13 * kHugeMiB || other + 2 * kHugeMiB + 4096 <= r);
   memset(other, 'd', 2 * kHugeMiB + 4096);
   for (size_t k = 0; k < 13 * kHugeMiB; k += 4096) ASSERT_EQ(r[k], 'c') << "at " << k;
