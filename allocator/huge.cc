@@ -905,7 +905,8 @@ bool CacheRestOfShrunkMapping(void* mapping, size_t old_size, size_t new_size) {
 // lay beside it), the block's mapping extends over the piece without
 // moving, its pages as the cache kept them, up to the next 4 MiB boundary
 // past `wanted`, from where the rest waits on (RestToKeepFrom). The new
-// mapping size, or 0 where no such piece waits. A buffer appended to 4 KiB
+// mapping size, or 0 where no such piece waits, where the rest would not
+// fit the cache as it is now, or under a limit. A buffer appended to 4 KiB
 // at a time up to 16 MiB, five times over, took the first 4 MiB of its last
 // round's mapping, could not grow into the 12 MiB waiting right after it,
 // and moved away each time, its growth faulted in afresh while those pages

@@ -2131,9 +2131,13 @@ TEST(HugeCache, ABlockGrowsIntoTheRestOfItsMappingWaitingAfterIt) {
   const uint64_t freed_ms = OsMonotonicMs();
   const auto late = [&] { return OsMonotonicMs() - freed_ms > 200; };
   const uint64_t cached = HugeStats().huge_bytes_cached;
-  ASSERT_EQ(cached, HugeMappingBytes(24 * kHugeMiB));
+  ASSERT_EQ(cached, HugeMappingBytes(24 * kHugeMiB));  // nothing has run since to let it go
   // The first 4 MiB of it; the rest waits on its own.
   char* p = static_cast<char*>(ferry_malloc(3 * kHugeMiB));
+  if (late()) {
+    ferry_free(p);
+    GTEST_SKIP() << "too slow: the mapping may have gone back to the OS";
+  }
   ASSERT_EQ(p, whole) << "not the waiting mapping's start: nothing to grow into";
   if (!late()) {
     EXPECT_EQ(HugeStats().huge_bytes_cached, cached - 4 * kHugeMiB);

@@ -1051,7 +1051,7 @@ class PassedHugeBlocks {
 
 // Three threads, each taking `rounds` rounds of round_fn(round, state,
 // value): `state` a random number of its own, `value` a fill byte no other
-// round uses (for fewer than 83 rounds); then the blocks still handed on
+// round uses (for 83 rounds or fewer); then the blocks still handed on
 // are checked and freed.
 template <typename RoundFn>
 void RunHugeBlockRounds(int rounds, uint64_t seed, PassedHugeBlocks* blocks, RoundFn round_fn) {
