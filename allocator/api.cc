@@ -213,10 +213,14 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   ferry::PoolStats pool;
   ferry::PoolStatsGet(&pool);
   const int64_t batches_inline = ferry::g_counters.batches_inline.load(std::memory_order_acquire);
-#define FERRY_COPY_COUNTER(field, description) \
-  stats.field = static_cast<uint64_t>(ferry::g_counters.field.load(std::memory_order_relaxed));
+#define FERRY_READ_Sharded(field) ferry::CounterSum(ferry::Counter::field)
+#define FERRY_READ_Single(field) ferry::g_counters.field.load(std::memory_order_relaxed)
+#define FERRY_COPY_COUNTER(field, kind, description) \
+  stats.field = static_cast<uint64_t>(FERRY_READ_##kind(field));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
+#undef FERRY_READ_Single
+#undef FERRY_READ_Sharded
   stats.batches_inline = static_cast<uint64_t>(batches_inline);
   stats.batches_pooled = pool.batches_pooled;
   stats.steals = pool.steals;
@@ -246,7 +250,9 @@ FERRY_EXPORT void ferry_stats_print(FILE* out) {
 #define FERRY_PRINT_COUNTER(field, description)                                  \
   fprintf(out, "  %-22s %16llu  %s\n", #field, static_cast<unsigned long long>(stats.field), \
           description);
-  FERRY_COUNTERS(FERRY_PRINT_COUNTER)
+#define FERRY_PRINT_LISTED_COUNTER(field, kind, description) FERRY_PRINT_COUNTER(field, description)
+  FERRY_COUNTERS(FERRY_PRINT_LISTED_COUNTER)
+#undef FERRY_PRINT_LISTED_COUNTER
   FERRY_PRINT_COUNTER(batches_pooled, "batches applied by the reclaimer pool")
   FERRY_PRINT_COUNTER(steals, "of those, stolen from another reclaimer")
   FERRY_PRINT_COUNTER(reclaimer_threads, "reclaimer threads running now")

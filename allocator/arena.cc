@@ -190,6 +190,15 @@ uint64_t FreedAgeMs(const Segment* segment, int slice, uint64_t now_ms) {
   return now_ms >= freed ? now_ms - freed : 0;
 }
 
+// A committed slice that another heap's page released less than this long
+// ago is left to that heap: it is likely still in its thread's cache, and
+// about to be taken again. Taken at once, two threads that each emptied and
+// remade their pages every round traded them (one thread's pages in the
+// other's segment), and ran half as fast as one thread doing both's rounds
+// (perf/RESULTS.md, 2026-12-07, teardown). Past this, the slice is idle
+// memory, and reusing it keeps the resident set from growing.
+constexpr uint64_t kForeignSlicesSettleMs = 4;
+
 // Takes `n` committed slices off the hint, never below zero. A fruitless
 // search sets it to zero while smaller committed runs remain; claims of
 // those took it below zero, where the releases that followed did not lift
@@ -210,11 +219,26 @@ void HintSlicesTaken(int64_t n) {
 
 }  // namespace
 
+uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t* now_ms, bool* passed_fresh) {
+  const uint64_t free_dirty = ~segment->used_slices.load(std::memory_order_acquire) &
+                              segment->dirty_slices.load(std::memory_order_relaxed) & ~uint64_t{1};
+  uint64_t left = 0;
+  for (uint64_t bits = free_dirty; bits != 0; bits &= bits - 1) {
+    const int slice = __builtin_ctzll(bits);
+    if (segment->released_by[slice].load(std::memory_order_relaxed) == claimer) continue;
+    if (*now_ms == 0) *now_ms = OsMonotonicMs();
+    if (FreedAgeMs(segment, slice, *now_ms) < kForeignSlicesSettleMs) left |= uint64_t{1} << slice;
+  }
+  if (left != 0) *passed_fresh = true;
+  return ~left;
+}
+
 // The first run of `count` free slices starting at a multiple of `align`
 // (for one slice, a lone one first); with `dirty_only`, only a run whose
 // memory may still be committed.
-int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only) {
-  const uint64_t dirty = dirty_only ? segment->dirty_slices.load(std::memory_order_relaxed) : ~uint64_t{0};
+int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only, uint64_t allowed) {
+  const uint64_t dirty =
+      (dirty_only ? segment->dirty_slices.load(std::memory_order_relaxed) : ~uint64_t{0}) & allowed;
   // One look rules out most segments (full ones above all: a big heap's
   // claims pass many), and finds a single slice at once.
   const uint64_t candidates = ~segment->used_slices.load(std::memory_order_acquire) & dirty & ~uint64_t{1};
@@ -255,9 +279,10 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
   return true;
 }
 
-int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean) {
+int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
+                   uint64_t allowed) {
   for (;;) {
-    const int start = FindFreeSlices(segment, count, align, dirty_only);
+    const int start = FindFreeSlices(segment, count, align, dirty_only, allowed);
     if (start < 0 || TryTakeSlices(segment, start, count, was_clean)) return start;
   }
 }
@@ -282,6 +307,8 @@ void RefreshAddressSpaceLimit() {
 }
 
 }  // namespace
+
+bool AddressSpaceIsScarce() { return AddressSpaceLimit() < kSmallArenasBelowLimit; }
 
 size_t AddressSpaceLimit() {
   size_t limit = g_address_space_limit.load(std::memory_order_relaxed);
@@ -411,7 +438,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     RaiseRoom(g_arena_room[room_index / kSegmentsPerArena], room);
     segment->used_slices.store(1 | taken, std::memory_order_release);  // the header, and the caller's
   }
-  CounterAdd(g_counters.segments_mapped, 1);
+  CounterAdd(Counter::segments_mapped, 1);
   CounterAdd(g_counters.segments_live, 1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Ptr(segment).Str(" mapped").WriteToStderr();
   if (zeroed != nullptr) *zeroed = !not_zero;
@@ -434,13 +461,13 @@ void ArenaReleaseSegment(Segment* segment) {
   // for unneeded ones (ArenaPurge).
   HintSlicesTaken(__builtin_popcountll(dirty));
   bool zero = OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
-  if (zero) CounterAdd(g_counters.bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
-  CounterAdd(g_counters.segments_released, 1);
+  if (zero) CounterAdd(Counter::bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
+  CounterAdd(Counter::segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
   if (Verbose(1)) DiagLine().Str("ferry: segment ").Hex(address).Str(" released").WriteToStderr();
   SpinLockHolder hold(&g_arena_lock);
   const bool header_zero = OsDecommit(segment, kSliceSize);
-  if (header_zero) CounterAdd(g_counters.bytes_decommitted, kSliceSize);
+  if (header_zero) CounterAdd(Counter::bytes_decommitted, kSliceSize);
   zero = header_zero && zero;
   FERRY_CHECK(arena_index < g_arena_count);
   Arena& arena = g_arenas[arena_index];
@@ -451,13 +478,16 @@ void ArenaReleaseSegment(Segment* segment) {
   if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
 }
 
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start, bool* was_clean) {
+Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align, bool dirty_only, int* start,
+                                 bool* was_clean) {
   if (dirty_only && (g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0 ||
                      count >= g_dirty_run_below.load(std::memory_order_relaxed))) {
     return nullptr;
   }
   SpinLockHolder hold(&g_arena_lock);
   Segment* found = nullptr;
+  uint64_t now_ms = 0;
+  bool passed_fresh = false;  // committed free slices left to their heap for now
   for (size_t i = 0; i < g_arena_count && found == nullptr; ++i) {
     if (g_arena_room[i].load(std::memory_order_seq_cst) < count) continue;
     const Arena& arena = g_arenas[i];
@@ -467,7 +497,9 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
       size_t room = g_segment_room[i * kSegmentsPerArena + slot].load(std::memory_order_seq_cst);
       if (room >= count) {
         Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
-        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean);
+        const uint64_t allowed =
+            dirty_only ? SlicesClaimableBy(segment, claimer, &now_ms, &passed_fresh) : ~uint64_t{0};
+        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, allowed);
         if (first >= 0) {
           *start = first;
           found = segment;
@@ -481,7 +513,7 @@ Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, in
   }
   // None of the size asked for: a smaller run may remain, but claims as
   // long would come here in vain until slices are freed.
-  if (found == nullptr && dirty_only) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
+  if (found == nullptr && dirty_only && !passed_fresh) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
   return found;
 }
 
@@ -490,7 +522,7 @@ bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
   if (!OsDecommit(reinterpret_cast<char*>(segment) + first * kSliceSize, count * kSliceSize)) return false;
   const uint64_t run = SliceRun(first, count);
   segment->dirty_slices.fetch_and(~run, std::memory_order_relaxed);
-  CounterAdd(g_counters.bytes_decommitted, static_cast<int64_t>(count * kSliceSize));
+  CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(count * kSliceSize));
   return true;
 }
 

@@ -332,13 +332,21 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   }
   // Slices that may still be committed first, in the heap's own segments
   // (their memory is likely warm; the heap's empty spare is one of them),
-  // then in any segment; only then slices never touched or decommitted, own
-  // segments first again. Resident memory grows only when no live segment
-  // has a committed free slice: taking an own clean slice while another
-  // heap's segments held freed, committed ones let the resident set ratchet
-  // up (one freeing thread, four allocating: RSS crept 87 -> 96 MiB over a
-  // run with FERRY_RECLAIMERS=0 at a steady ~1300 pages in use). Then a new
+  // then in any segment; those another heap's pages left are taken once
+  // they have been free a few ms (SlicesClaimableBy). Only then slices
+  // never touched or decommitted in the heap's own segments, then a new
   // segment.
+  // Resident memory grows only when no live segment has a committed free
+  // slice that has settled: taking an own clean slice while another heap's
+  // segments held freed, committed ones let the resident set ratchet up
+  // (one freeing thread, four allocating: RSS crept 87 -> 96 MiB over a run
+  // with FERRY_RECLAIMERS=0 at a steady ~1300 pages in use).
+  // Clean slices of other heaps' segments come last: a page there shares
+  // that segment's header with its heap, whose claims and frees work on
+  // the same lines (two threads that remade their pages every round, one
+  // in the other's segment, took 1.8x as long). Where the address space is
+  // scarce they come before a new segment, which may need a reservation
+  // the limit refuses.
   int start = -1;
   Segment* segment = nullptr;
   // Past the full segments at the front (they cannot have become empty,
@@ -357,6 +365,8 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   // All full: the next claim starts at the last of them, before whatever
   // segment this one appends.
   heap->claim_from = from != nullptr ? from : last_full;
+  uint64_t now_ms = 0;
+  bool passed_fresh = false;  // unused here: no hint to keep
   for (const bool dirty_only : {true, false}) {
     // The first few only: segments that keep a few free slices are never
     // full, and a heap of many (10 GiB of 960 KiB blocks leaves three free
@@ -366,15 +376,18 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     for (size_t looked = 0; segment != nullptr && looked < kOwnSegmentsLooked;
          segment = segment->heap_next, ++looked) {
       if (SegmentRoom(segment) < count) continue;
-      start = TakeFreeSlices(segment, count, align, dirty_only, zeroed);
+      const uint64_t allowed =
+          dirty_only ? SlicesClaimableBy(segment, heap, &now_ms, &passed_fresh) : ~uint64_t{0};
+      start = TakeFreeSlices(segment, count, align, dirty_only, zeroed, allowed);
       if (start >= 0) break;
     }
     if (segment != nullptr && start < 0) segment = nullptr;
-    if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(count, align, dirty_only, &start, zeroed);
+    if (segment == nullptr && dirty_only) segment = ArenaTakeSlicesAnywhere(heap, count, align, true, &start, zeroed);
     if (segment != nullptr) break;
   }
-  if (segment == nullptr && !may_take_segment) return nullptr;
-  if (segment == nullptr) {
+  const bool pack = segment == nullptr && AddressSpaceIsScarce();
+  if (segment == nullptr && pack) segment = ArenaTakeSlicesAnywhere(heap, count, align, false, &start, zeroed);
+  if (segment == nullptr && may_take_segment) {
     // The first aligned run after the header; taken before any other heap
     // can see the segment's free slices.
     start = static_cast<int>(align);
@@ -383,16 +396,17 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     if (segment == nullptr && GiveBackHugeCacheForRoom(kSegmentSize)) {
       segment = ArenaAllocateSegment(SliceRun(static_cast<size_t>(start), count), zeroed);
     }
-    if (segment == nullptr) return nullptr;
-    SegmentListPush(heap, segment);
+    if (segment != nullptr) SegmentListPush(heap, segment);
   }
+  if (segment == nullptr && !pack) segment = ArenaTakeSlicesAnywhere(heap, count, align, false, &start, zeroed);
+  if (segment == nullptr) return nullptr;
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);
   Page* page = &segment->pages[start];
   page->record_back = 0;
   page->slice_count = static_cast<uint8_t>(count);
   page->start = reinterpret_cast<uintptr_t>(segment) + static_cast<size_t>(start) * kSliceSize;
   page->heap = heap;
-  CounterAdd(g_counters.pages_made, 1);
+  CounterAdd(Counter::pages_made, 1);
   if (Verbose(2)) {
     DiagLine().Str("ferry: page ").Hex(page->start).Str(" of ").Dec(count).Str(" slices made").WriteToStderr();
   }
@@ -861,7 +875,7 @@ void DrainInbox(Heap* heap, size_t size_class) {
     uint32_t count;
     Block* chain = AdoptReturned(page, &count);  // clears the full and posted marks
     if (page->used == 0) {
-      CounterAdd(g_counters.pages_freed_by_returns, 1);
+      CounterAdd(Counter::pages_freed_by_returns, 1);
       ReleasePage(heap, page);
     } else {
       page->free = OrderChain(page, chain, count);  // a full page had nothing else to hand out
@@ -967,7 +981,7 @@ void FreeCompletedPagesOfInbox(Heap* heap, size_t c, bool caller_is_owner) {
       page->in_full = 0;
       AdoptReturned(page);  // clears the posted mark; checks the count
       FERRY_CHECK(page->used == 0);
-      CounterAdd(g_counters.pages_freed_by_returns, 1);
+      CounterAdd(Counter::pages_freed_by_returns, 1);
       if (caller_is_owner) {
         ReleasePage(heap, page);
       } else {
@@ -1173,7 +1187,7 @@ Heap* CreateHeap() {
     heap->all_next = first;
   } while (!g_all_heaps.compare_exchange_weak(first, heap, std::memory_order_seq_cst,
                                               std::memory_order_relaxed));
-  CounterAdd(g_counters.heaps_created, 1);
+  CounterAdd(Counter::heaps_created, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" created").WriteToStderr();
   return heap;
 }
@@ -1360,7 +1374,7 @@ Heap* InitThreadHeap() {
     if (looked) heap = TakeAbandonedHeap();
   }
   if (heap != nullptr) {
-    CounterAdd(g_counters.heaps_reused, 1);
+    CounterAdd(Counter::heaps_reused, 1);
     if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" taken over by a new thread").WriteToStderr();
   } else {
     heap = CreateHeap();
@@ -1393,8 +1407,8 @@ void PublishBatch(Heap* heap, bool may_spawn) {
   full->bytes = heap->batch_bytes;
   heap->batch_count = 0;
   heap->batch_bytes = 0;
-  CounterAdd(g_counters.remote_frees, count);
-  CounterAdd(g_counters.batches_published, 1);
+  CounterAdd(Counter::remote_frees, count);
+  CounterAdd(Counter::batches_published, 1);
   Batch* spare = nullptr;
   int spares = 0;
   size_t waiting_bytes = full->bytes;  // freed by this heap, not yet back home
@@ -1456,8 +1470,8 @@ void CollectHeap(Heap* heap, KeepEmpty keep) {
 void ReturnUnpublishedBatch(Heap* heap) {
   const uint32_t count = heap->batch_count;
   if (count == 0) return;
-  CounterAdd(g_counters.remote_frees, count);
-  CounterAdd(g_counters.batches_published, 1);
+  CounterAdd(Counter::remote_frees, count);
+  CounterAdd(Counter::batches_published, 1);
   ReturnBatch(heap->batch, count);
   CountBatchInline();
   heap->batch_count = 0;
@@ -1498,7 +1512,7 @@ void AbandonHeap(Heap* heap) {
   // handler inside one) would leave it counted for good: every fork would
   // wait for it, and the heap's next owner would never wait at the gate.
   heap->returns_in_progress.store(0, std::memory_order_relaxed);
-  CounterAdd(g_counters.heaps_abandoned, 1);
+  CounterAdd(Counter::heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned by its exiting thread").WriteToStderr();
   PushAbandoned(heap, pass);
 }
@@ -1536,7 +1550,7 @@ void AbandonOrphanedHeapsInChild() {
     ReturnUnpublishedBatch(heap);
     CollectHeap(heap, KeepEmpty::kNothing);
     heap->is_reclaimer = false;
-    CounterAdd(g_counters.heaps_abandoned, 1);
+    CounterAdd(Counter::heaps_abandoned, 1);
     PushAbandoned(heap, kNoPass);
   }
 }
@@ -1591,7 +1605,7 @@ void AbandonHeapOfGoneThread(Heap* heap) {
   heap->returns_in_progress.store(0, std::memory_order_relaxed);
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
   CollectHeap(heap, KeepEmpty::kNothing);
-  CounterAdd(g_counters.heaps_abandoned, 1);
+  CounterAdd(Counter::heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned: its thread is gone").WriteToStderr();
   PushAbandoned(heap, pass);
 }
@@ -1839,7 +1853,7 @@ void CollectAbandonedHeaps() {
       heap->abandoned_next = nullptr;
     }
     CollectHeap(heap, KeepEmpty::kNothing);
-    CounterAdd(g_counters.abandoned_collections, 1);
+    CounterAdd(Counter::abandoned_collections, 1);
     SpinLockHolder hold(&g_abandoned_lock);
     PushAbandonedDoneLocked(heap);
   }
@@ -1920,7 +1934,7 @@ void* AllocateLarge(Heap* heap, size_t n, size_t alignment, bool* zeroed = nullp
   page->in_full = 1;
   page->used_at_full.store(1, std::memory_order_relaxed);
   page->returned.store(kReturnedFull, std::memory_order_release);
-  CounterAdd(g_counters.large_allocs, 1);
+  CounterAdd(Counter::large_allocs, 1);
   // The slices may have held a freed block before: a live block must never
   // look free (see LooksFree).
   Block* block = reinterpret_cast<Block*>(page->start);
@@ -2420,8 +2434,8 @@ void FreeRemoteSlow(Heap* heap, Page* page, void* p, const char* call, const voi
   }
   static_cast<Block*>(p)->next_encoded = RemoteFreeMark(page);
   void* batch[1] = {p};
-  CounterAdd(g_counters.remote_frees, 1);
-  CounterAdd(g_counters.batches_published, 1);
+  CounterAdd(Counter::remote_frees, 1);
+  CounterAdd(Counter::batches_published, 1);
   ReturnBatchWithoutHeap(batch, 1);
 }
 
@@ -2432,7 +2446,7 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
 }
 
 void FreeLocalSlow(Heap* heap, Page* page, const void* caller) {
-  CounterAdd(g_counters.local_frees_slow, 1);
+  CounterAdd(Counter::local_frees_slow, 1);
   if (!KeepsEmptyPage(heap, page)) ReleasePageFromFree(heap, page, caller);
 }
 

@@ -127,7 +127,7 @@ void UpdateAnyLocked() { g_huge_cache_any.store(g_huge_cache_bytes != 0, std::me
 // fresh reservation had around it, which no block ever used.
 void UnmapAndCount(void* mapping, size_t size) {
   OsRelease(mapping, size);
-  CounterAdd(g_counters.bytes_unmapped, static_cast<int64_t>(size));
+  CounterAdd(Counter::bytes_unmapped, static_cast<int64_t>(size));
 }
 
 // Moves the slots that have waited `keep_ms` (all, for 0) into `out`;
@@ -746,7 +746,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse, bool* reused) {
       // As a fresh mapping's: the last block's header may have had its
       // page at another slice.
       memset(mapping, 0, sizeof(Segment));
-      CounterAdd(g_counters.huge_reused, 1);
+      CounterAdd(Counter::huge_reused, 1);
       if (reused != nullptr) *reused = true;
     } else {
       mapping = OsReserveMakingRoom(mapping_size, kSegmentSize, /*overcommit_check=*/true);
@@ -812,7 +812,7 @@ void* AllocateHuge(size_t n, size_t alignment, bool may_reuse, bool* reused) {
   } else {
     SegmentMapSet(block, kMapHugeAlignedBlock);
   }
-  CounterAdd(g_counters.huge_allocs, 1);
+  CounterAdd(Counter::huge_allocs, 1);
   if (Verbose(1)) {
     DiagLine().Str("ferry: huge block ").Hex(block).Str(" of ").Dec(n).Str(" bytes mapped").WriteToStderr();
   }
@@ -860,7 +860,7 @@ void FreeHuge(Segment* segment, Page* page, void* p, const char* call) {
   (void)TakeResidentTail(segment, &tail);  // its pages go to the cache with the mapping, or away
   const bool over_aligned = page == &segment->pages[0];
   SegmentMapSet(over_aligned ? address : reinterpret_cast<uintptr_t>(segment), kMapNone);
-  CounterAdd(g_counters.huge_frees, 1);
+  CounterAdd(Counter::huge_frees, 1);
   CounterAdd(g_counters.huge_bytes_live, -static_cast<int64_t>(segment->mapping_size));
   CountThisThread();
   // Over-aligned blocks' mappings have a layout of their own: never cached.
@@ -1013,7 +1013,7 @@ void* ReallocHuge(void* p, size_t n) {
   } else {
     base = OsResizeInPlace(segment->mapping, old_size, new_size, &no_room);
     if (base != nullptr && new_size < old_size) {
-      CounterAdd(g_counters.bytes_unmapped, static_cast<int64_t>(old_size - new_size));
+      CounterAdd(Counter::bytes_unmapped, static_cast<int64_t>(old_size - new_size));
     }
   }
   // Where the block stays as it was, so does its tail's wait.

@@ -37,6 +37,7 @@ void ReleasePageSlices(Page* page) {
   const size_t start = static_cast<size_t>(page - segment->pages);
   const size_t count = page->slice_count;
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = 0;
+  for (size_t k = 0; k < count; ++k) segment->released_by[start + k].store(page->heap, std::memory_order_relaxed);
   page->kind = PageKind::kNone;
   page->heap = nullptr;
   page->block_size = 0;
@@ -53,7 +54,7 @@ void ReleasePageSlices(Page* page) {
   const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(start, count);
   NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(dirty)));
   FreeSlices(segment, start, count, OsMonotonicMs());
-  CounterAdd(g_counters.pages_released, 1);
+  CounterAdd(Counter::pages_released, 1);
 }
 
 void NoteRoomInFullSegment(Segment* segment) {
@@ -142,7 +143,7 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
       hook();
     }
     InboxPush(owner->inbox[size_class], page);
-    CounterAdd(g_counters.pages_posted, 1);
+    CounterAdd(Counter::pages_posted, 1);
     // The rest may have come back between the CAS above and the push: that
     // return told the owner, which may have looked before the page was
     // linked. Tell it again. (The page may be taken and reused by now; a
@@ -166,7 +167,7 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
   page->returned.store(0, std::memory_order_relaxed);
   page->used = 0;
   page->in_full = 0;
-  CounterAdd(g_counters.pages_freed_by_returns, 1);
+  CounterAdd(Counter::pages_freed_by_returns, 1);
   ReleasePageSlices(page);
 }
 

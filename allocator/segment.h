@@ -193,6 +193,10 @@ struct alignas(64) Segment {
   // used_slices is cleared): the purge gives a free dirty slice back to the
   // OS once it has been free for FERRY_PURGE_DELAY_MS.
   std::atomic<uint64_t> freed_ms[kSlicesPerSegment];
+  // The heap whose page last held slice i, written as the page is released
+  // (before freed_ms): for a few ms after, only that heap takes the slice
+  // if it is still committed (SlicesClaimableBy).
+  std::atomic<const Heap*> released_by[kSlicesPerSegment];
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
   uint32_t room_index;         // kNormal: its entry in the room index (arena.cc, SegmentRoom)
@@ -301,7 +305,8 @@ inline constexpr uint64_t SliceRun(size_t first, size_t count) {
 // runs stay whole for pages of several slices), or -1; with `dirty_only`, only a run that may still be
 // committed (reusing it keeps the resident set from growing while other
 // free slices wait for their purge).
-int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only);
+int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirty_only,
+                   uint64_t allowed = ~uint64_t{0});
 // Takes the slices [start, start + count) if they are still free (another
 // heap, or the pool purging, may take them first); marks them dirty.
 // *was_clean (if given): none of them was dirty, so they read as zeros
@@ -310,7 +315,14 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = 
 // FindFreeSlices, then TryTakeSlices, again while another thread takes the
 // run found first (a heap of another list, the purge, a large block growing
 // in place): the first slice of the run taken, or -1 when none is left.
-int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean);
+int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
+                   uint64_t allowed = ~uint64_t{0});
+// The slices of `segment` that a claim by `claimer` may take: all but the
+// free committed ones that another heap's page released less than a few ms
+// ago (arena.cc, kForeignSlicesSettleMs). *now_ms: the clock, read here
+// once it is needed where it is still 0; *passed_fresh is set where slices
+// were left out.
+uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t* now_ms, bool* passed_fresh);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
@@ -432,6 +444,9 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed = nullptr);
 // took a segment: read again at every segment taken, so a limit set later
 // counts from the next segment on (two system calls per 4 MiB of segments).
 size_t AddressSpaceLimit();
+// The limit is low enough that arenas are reserved a quarter at a time:
+// segments are scarce, and heaps share them.
+bool AddressSpaceIsScarce();
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
 // its memory is decommitted.
 void ArenaReleaseSegment(Segment* segment);
@@ -463,9 +478,10 @@ void NoteDirtySlicesFreed(size_t count);
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
 // nobody), so that memory one heap's threads freed serves another heap;
-// with `dirty_only`, only slices that may still be committed. Returns the
-// segment and sets *start, or returns nullptr.
-Segment* ArenaTakeSlicesAnywhere(size_t count, size_t align, bool dirty_only, int* start,
+// with `dirty_only`, only slices that may still be committed and that
+// `claimer` may take (SlicesClaimableBy). Returns the segment and sets
+// *start, or returns nullptr.
+Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align, bool dirty_only, int* start,
                                  bool* was_clean = nullptr);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <array>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -895,9 +896,13 @@ size_t OwnUntouchedFreeSlices() {
   return count;
 }
 
+// Another heap's committed free slice is taken once it has been free for
+// a few ms (ArenaTakeSlicesAnywhere); the tests below wait that long.
+void SleepPastForeignSlicesSettling() { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }
+
 // Resident memory grows only when no committed slice is free anywhere: a
 // heap whose own segment has untouched free slices still takes the slice
-// another heap's thread freed a moment ago.
+// another heap's thread freed, once it has settled.
 TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   SKIP_UNDER_ADDRESS_SPACE_LIMIT();
   auto page_of = [](void* p) {
@@ -938,6 +943,7 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
     for (int k = 0; k < 64 && OwnUntouchedFreeSlices() == 0; ++k) large.push_back(ferry_malloc(kLargeMax));
     a_ready.count_down();
     b_freed.wait();
+    SleepPastForeignSlicesSettling();
     own_clean = OwnUntouchedFreeSlices();
     void* fresh = ferry_malloc(2816);  // a class no thread here has a page of: a new page
     fresh_start = page_of(fresh)->start;
@@ -950,6 +956,78 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
   ASSERT_GT(own_clean, 0u) << "thread A got no segment of its own";
   EXPECT_EQ(fresh_start, freed_start)
       << "the new page took an untouched slice while another heap's committed slice was free";
+}
+
+// Two threads that empty and remake their pages every round each take back
+// the slices their own pages left, not the other's: taken at once, the
+// other's are still in that thread's cache, and two threads trading their
+// pages so ran half as fast as one (perf/RESULTS.md, 2026-12-07). Rounds
+// in which a thread took more than a few ms from the other's frees to its
+// own next page are not counted (the other's slices had settled by then,
+// and may be taken).
+TEST(PageLists, ThreadsRemakingTheirPagesEveryRoundTakeBackTheirOwnSlices) {
+  SKIP_UNDER_ADDRESS_SPACE_LIMIT();
+  constexpr size_t kSize = 832;     // one-slice pages of 78 blocks; no other test here uses it
+  constexpr int kBlocks = 78 * 6;   // six pages: the emptied ones beyond the first go back
+  constexpr int kRounds = 60;
+  std::barrier sync(2);
+  std::vector<uintptr_t> pages[2][kRounds];
+  uint64_t allocated_ms[2][kRounds] = {};  // when the thread's last page of the round was made
+  auto run = [&](int t) {
+    std::vector<void*> blocks(kBlocks);
+    for (int round = 0; round < kRounds; ++round) {
+      sync.arrive_and_wait();
+      for (void*& p : blocks) {
+        p = ferry_malloc(kSize);
+        memset(p, t, 64);
+        const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+        const uintptr_t start = PageOf(SegmentOf(address), address)->start;
+        if (pages[t][round].empty() || pages[t][round].back() != start) pages[t][round].push_back(start);
+      }
+      allocated_ms[t][round] = OsMonotonicMs();
+      for (size_t i = blocks.size(); i-- > 0;) ferry_free(blocks[i]);
+    }
+  };
+  std::thread a(run, 0), b(run, 1);
+  a.join();
+  b.join();
+  // A round counts where this thread's pages were all made within 2 ms of
+  // when the other began to free its pages of the round before (and so of
+  // its frees of this round too): every slice the other's pages left was
+  // fresh for each of them.
+  int counted = 0, crossed = 0;
+  for (int t = 0; t < 2; ++t) {
+    for (int round = 1; round < kRounds; ++round) {
+      if (allocated_ms[t][round] > allocated_ms[1 - t][round - 1] + 2) continue;
+      ++counted;
+      const std::set<uintptr_t> others(pages[1 - t][round - 1].begin(), pages[1 - t][round - 1].end());
+      for (uintptr_t start : pages[t][round]) crossed += others.count(start) != 0 ? 1 : 0;
+    }
+  }
+  if (counted < kRounds / 4) GTEST_SKIP() << "only " << counted << " rounds quick enough to count";
+  EXPECT_EQ(crossed, 0) << "in " << counted << " rounds, pages took " << crossed
+                        << " slices that the other thread's pages had left a moment before";
+}
+
+// Where no committed slice is free, a heap's new page goes to a segment on
+// its own list, a new one if need be, not to the untouched slices of
+// another heap's segment: a page there shares that segment's header with
+// its heap's pages (the claims' and frees' atomic operations on the same
+// lines), and two threads so placed ran up to 1.8x as long (perf/RESULTS.md,
+// 2026-12-07).
+TEST(PageLists, ANewPageWithNoCommittedSliceFreeGoesToASegmentOfTheHeapsOwn) {
+  SKIP_UNDER_ADDRESS_SPACE_LIMIT();
+  std::vector<void*> held;
+  for (int k = 0; k < 4; ++k) held.push_back(ferry_malloc(kLargeMax));  // this heap's segments, partly free
+  bool own = false;
+  std::thread([&] {
+    ferry_collect();  // every free slice anywhere goes back to the OS now
+    void* p = ferry_malloc(704);  // a class no other test here uses: a new page
+    own = SegmentOf(reinterpret_cast<uintptr_t>(p))->heap.load() == tl_heap;
+    ferry_free(p);
+  }).join();
+  for (void* p : held) ferry_free(p);
+  EXPECT_TRUE(own) << "the page went to another heap's segment";
 }
 
 // The hint that committed free slices exist somewhere survives a search
@@ -1020,6 +1098,7 @@ TEST(PageLists, NewPagesFindCommittedSlicesAfterAFruitlessSearchAndAClaimOfAShor
     void* ten_slices = ferry_malloc(600 << 10);
     a_searched.count_down();
     b_freed_second.wait();
+    SleepPastForeignSlicesSettling();
     own_clean = OwnUntouchedFreeSlices();
     void* fresh = ferry_malloc(kFreshSize);  // a class no thread here has a page of: a new page
     fresh_start = page_of(fresh)->start;
@@ -1856,16 +1935,56 @@ TEST(RoomIndex, AFruitlessSearchForALongRunLeavesShorterOnesToBeFound) {
   FreeSlices(segment, 1, 62, OsMonotonicMs());  // committed: taken, never purged
   NoteDirtySlicesFreed(62);
   int start = -1;
-  Segment* found = ArenaTakeSlicesAnywhere(63, 1, /*dirty_only=*/true, &start);
+  Segment* found = ArenaTakeSlicesAnywhere(nullptr, 63, 1, /*dirty_only=*/true, &start);
   if (found != nullptr) {  // a whole committed segment elsewhere: give it back
     FreeSlices(found, static_cast<size_t>(start), 63, OsMonotonicMs());
     NoteDirtySlicesFreed(63);
     GTEST_SKIP() << "another segment had 63 committed free slices";
   }
-  found = ArenaTakeSlicesAnywhere(15, 1, /*dirty_only=*/true, &start);
+  found = ArenaTakeSlicesAnywhere(nullptr, 15, 1, /*dirty_only=*/true, &start);
   ASSERT_NE(found, nullptr) << "the 62 committed slices were not searched for";
   FreeSlices(found, static_cast<size_t>(start), 15, OsMonotonicMs());
   NoteDirtySlicesFreed(15);
+}
+
+// A committed slice that another heap's page released a moment ago is left
+// to that heap (it is likely in its thread's cache, about to be taken
+// again: two threads that remade their pages every round traded them at
+// half speed); that heap takes it at once, and any heap once it has been
+// free a few ms. A search that passed such slices does
+// not mark runs that long as absent.
+TEST(RoomIndex, AnotherHeapsCommittedSlicesAreTakenOnlyOnceTheyHaveSettled) {
+  SKIP_UNDER_ADDRESS_SPACE_LIMIT();
+  OwnArena arena;
+  Segment* segment = arena.first();
+  ASSERT_NE(segment, nullptr) << "no arena of its own";
+  const Heap* const owner = &g_empty_heap;  // the heap whose page held the slices (only compared)
+  constexpr size_t kRun = 40;         // no other segment here has so many committed free slices
+  // Freed "now" (a stamp ahead of the clock reads as freed this instant).
+  auto free_run = [&](size_t first, uint64_t stamp) {
+    for (size_t k = first; k < first + kRun; ++k) segment->released_by[k].store(owner);
+    FreeSlices(segment, first, kRun, stamp);
+    NoteDirtySlicesFreed(kRun);
+  };
+  free_run(1, OsMonotonicMs() + 60'000);
+  int start = -1;
+  Segment* found = ArenaTakeSlicesAnywhere(/*claimer=*/nullptr, kRun, 1, /*dirty_only=*/true, &start);
+  if (found != nullptr && found != segment) {
+    FreeSlices(found, static_cast<size_t>(start), kRun, OsMonotonicMs());
+    NoteDirtySlicesFreed(kRun);
+    GTEST_SKIP() << "another segment had " << kRun << " committed free slices";
+  }
+  EXPECT_EQ(found, nullptr) << "another heap's slices freed this instant were taken";
+  found = ArenaTakeSlicesAnywhere(owner, kRun, 1, /*dirty_only=*/true, &start);
+  EXPECT_EQ(found, segment) << "the segment's own heap did not take its fresh slices (or the search "
+                               "that passed them marked the run absent)";
+  if (found == segment) free_run(static_cast<size_t>(start), OsMonotonicMs() - 1000);
+  found = ArenaTakeSlicesAnywhere(/*claimer=*/nullptr, kRun, 1, /*dirty_only=*/true, &start);
+  EXPECT_EQ(found, segment) << "another heap's slices free for a second were not taken";
+  if (found != nullptr) {
+    FreeSlices(found, static_cast<size_t>(start), kRun, OsMonotonicMs());
+    NoteDirtySlicesFreed(kRun);
+  }
 }
 
 // An allocation nested in AllocateSlow before it makes the thread's heap

@@ -110,6 +110,7 @@ constexpr ProgramInfo kPrograms[] = {
     {"large", 0, 0.01, false},     // EXTRA live_mib_max (4 buffers of 5-25 MiB below scale 0.2, 20 from it)
     {"idle", 0, 0.2, false},       // the burst: scale x 512 MiB, at least 4; 3 s of idle from 0.2 on
     {"phases", 0, 0.01, false},    // EXTRA live_mib (2 x 64 MiB from scale 0.2 on)
+    {"teardown", 2, 0.01, true},   // per thread: 2000 objects of 8-1024 B, ~1 MiB
     {"forkloop", 0, 0.01, false},  // EXTRA live_mib_max
     {"threadchurn", 0, 0.01, false},  // EXTRA live_mib_max
 };

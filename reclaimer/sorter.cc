@@ -147,8 +147,8 @@ void ReturnBatch(void** ptrs, size_t n) {
   // Once a batch, not once a chain: the counters are process-wide, and every
   // freeing thread and reclaimer bumping them per chain kept their cache
   // line moving between cores.
-  CounterAdd(g_counters.chains_pushed, static_cast<int64_t>(chains));
-  CounterAdd(g_counters.blocks_returned, static_cast<int64_t>(n));
+  CounterAdd(Counter::chains_pushed, static_cast<int64_t>(chains));
+  CounterAdd(Counter::blocks_returned, static_cast<int64_t>(n));
 }
 
 }  // namespace ferry

@@ -557,6 +557,11 @@ TEST(Rss, WithoutThePoolKeptSegmentsAnotherThreadUsedStillGoBack) {
   };
   const uint64_t live_before = ferry_test::Stats().segments_live;
   fill_and_empty(kOwn, [] {});  // this thread keeps what it emptied
+  // Another heap takes a committed slice once it has been free a few ms
+  // (until then it is left to the heap that freed it): without the wait the
+  // other thread's first pages went to a segment of its own, which its
+  // heap then kept as a spare after it exited.
+  std::this_thread::sleep_for(20ms);
   const uint64_t kept = ferry_test::Stats().segments_live;
   const uint64_t mapped = ferry_test::Stats().segments_mapped;
   uint64_t mapped_by_other = 0;

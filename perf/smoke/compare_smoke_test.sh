@@ -3,7 +3,7 @@
 #
 #   compare_smoke_test.sh COMPARE NOT_AN_ALLOCATOR_SO WORKLOAD
 #
-# 1. One run of every workload (prodcons at 1, 2 and 4 pairs) on glibc and
+# 1. One run of every workload (prodcons and teardown at 1, 2 and 4 pairs) on glibc and
 #    ferry must succeed and print a table row with figures for both, with
 #    the extra columns of onefree and idle; the CSV and (when gnuplot is
 #    installed) the plot must be written.
@@ -41,7 +41,7 @@ has_row() {
 status=$?
 cat "$tmp/err.txt" "$tmp/out.md"
 [[ $status -eq 0 ]] || fail "compare exited with status $status"
-tables="churn prodcons/1 prodcons/2 prodcons/4 larson mstress onefree cscratch realloc medium large idle phases"
+tables="churn prodcons/1 prodcons/2 prodcons/4 larson mstress onefree cscratch realloc medium large idle phases teardown/1 teardown/2 teardown/4"
 for table in $tables; do
   grep -q "^## $table\$" "$tmp/out.md" || fail "no table for $table"
   for allocator in glibc ferry; do
@@ -53,7 +53,7 @@ grep -qE "^\| ferry +\|.*\| +[0-9]+\.[0-9]+ \| +[0-9]+\.[0-9]+ \|$" "$tmp/out.md
 grep -qE "^\| allocator .*\| RSS MiB before \| RSS MiB \+0 s \|" "$tmp/out.md" || fail "no RSS columns (idle)"
 [[ -s "$tmp/results/run.csv" ]] || fail "no run.csv written"
 rows=$(grep -c ",ok," "$tmp/results/run.csv")
-[[ $rows -eq 26 ]] || fail "expected 26 ok runs in run.csv, found $rows"
+[[ $rows -eq 32 ]] || fail "expected 32 ok runs in run.csv, found $rows"
 grep -q "^idle,0,ferry,.*rss_3s=.*,0.00:" "$tmp/results/run.csv" || fail "no RSS series for idle in run.csv"
 if command -v gnuplot >/dev/null; then
   [[ -s "$tmp/results/run.png" ]] || fail "gnuplot is installed but no run.png was written"

@@ -57,7 +57,10 @@
   X(phases, false, "2 threads build 64 MiB sets of 64 B-4 KiB objects and "    \
                    "tear them down, a few freed by the other thread, 12 "     \
                    "rounds; shows whether freed memory is reused or "        \
-                   "faulted in again")
+                   "faulted in again")                                      \
+  X(teardown, true, "threads each build a set of 2000 objects of 8-1024 B "   \
+                    "and free it newest first, again and again, so pages "    \
+                    "empty every round on every thread (sh6bench)")
 
 // The soak's programs, in the same form as FERRY_WORKLOADS.
 #define FERRY_SOAK_PROGRAMS(X)                                                 \
