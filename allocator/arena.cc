@@ -230,7 +230,8 @@ uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t
     if (FreedAgeMs(segment, slice, *now_ms) < kForeignSlicesSettleMs) left |= uint64_t{1} << slice;
   }
   if (left != 0) *passed_fresh = true;
-  return ~left;
+  // Only the slices judged here: one freed after this look is fresh too.
+  return free_dirty & ~left;
 }
 
 // The first run of `count` free slices starting at a multiple of `align`

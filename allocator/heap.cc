@@ -2113,6 +2113,7 @@ bool ResizeLargeInPlace(void* p, size_t n) {
     // another heap may take them (ReleasePageSlices).
     NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(
         segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(first + wanted, count - wanted))));
+    for (size_t k = wanted; k < count; ++k) segment->released_by[first + k].store(page->heap, std::memory_order_relaxed);
     FreeSlices(segment, first + wanted, count - wanted, OsMonotonicMs());
   }
   return true;

@@ -76,7 +76,9 @@ extern Counters g_counters;
 // together; threads take them in turn, so two share one only past this many.
 inline constexpr size_t kCounterShards = 64;
 
-struct alignas(64) CounterShard {
+// 128 bytes apart at least: CPUs that fetch lines in adjacent pairs would
+// otherwise still tie two threads' shards together.
+struct alignas(128) CounterShard {
   std::atomic<int64_t> counts[static_cast<size_t>(Counter::kCount)] = {};
 };
 

@@ -47,8 +47,8 @@ TEST(Stats, ThreadsCountingTogetherEachTakeAShardOfTheirOwn) {
   const std::set<uint32_t> distinct(shards.begin(), shards.end());
   EXPECT_EQ(distinct.size(), shards.size());
   EXPECT_EQ(distinct.count(0), 0u);
-  static_assert(sizeof(CounterShard) % 64 == 0 && alignof(CounterShard) == 64,
-                "each shard on cache lines of its own");
+  static_assert(sizeof(CounterShard) % 128 == 0 && alignof(CounterShard) == 128,
+                "each shard on a pair of cache lines of its own");
 }
 
 TEST(Stats, SingleCountersStayOneAtomicEach) {

@@ -2,7 +2,7 @@
 // it down, again and again (after sh6bench's rounds, as mimalloc-bench runs
 // it).
 //
-// Each of `pairs` threads, at once: build kObjects objects of 8-1024 bytes
+// Each of `pairs` threads (threads, not pairs, here), at once: build kObjects objects of 8-1024 bytes
 // (uniform), then free them newest first; repeat. Every round empties the
 // thread's pages, so the allocator releases and remakes pages at the pace of
 // the rounds, on every thread together: what is shared between threads on
@@ -10,6 +10,7 @@
 // grows with the threads. The work is fixed: kFullObjects in total, split
 // between the threads. Each object is filled with its tag pattern when made
 // and verified before it is freed.
+#include <barrier>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -32,10 +33,11 @@ struct Object {
   uint32_t size;
 };
 
-void BuildAndTearDown(const Options& options, int index, uint64_t rounds) {
+void BuildAndTearDown(const Options& options, int index, uint64_t rounds, std::barrier<>& start) {
   PinThisThread(options, index);
   Rng rng(options.seed ^ (0x7ea2d0ULL * (index + 1)));
   std::vector<Object> objects(kObjects);
+  start.arrive_and_wait();  // all threads at once, also at small scales
   uint64_t serial = static_cast<uint64_t>(index) << 48;
   for (uint64_t round = 0; round < rounds; ++round) {
     for (Object& object : objects) {
@@ -57,10 +59,11 @@ void BuildAndTearDown(const Options& options, int index, uint64_t rounds) {
 Result Run(const Options& options) {
   const int threads = options.pairs;
   const uint64_t rounds = Scaled(options, kFullObjects, 100 * kObjects) / kObjects / threads;
+  std::barrier<> together(threads);
   auto start = std::chrono::steady_clock::now();
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
-    workers.emplace_back(BuildAndTearDown, std::cref(options), t, rounds > 0 ? rounds : 1);
+    workers.emplace_back(BuildAndTearDown, std::cref(options), t, rounds > 0 ? rounds : 1, std::ref(together));
   }
   for (std::thread& worker : workers) worker.join();
   std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
