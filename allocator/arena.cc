@@ -219,9 +219,11 @@ void HintSlicesTaken(int64_t n) {
 
 }  // namespace
 
-uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t* now_ms, bool* passed_fresh) {
-  const uint64_t free_dirty = ~segment->used_slices.load(std::memory_order_acquire) &
-                              segment->dirty_slices.load(std::memory_order_relaxed) & ~uint64_t{1};
+uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, bool dirty_only, uint64_t* now_ms,
+                           bool* passed_fresh) {
+  const uint64_t free = ~segment->used_slices.load(std::memory_order_acquire) & ~uint64_t{1};
+  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed);
+  const uint64_t free_dirty = free & dirty;
   uint64_t left = 0;
   for (uint64_t bits = free_dirty; bits != 0; bits &= bits - 1) {
     const int slice = __builtin_ctzll(bits);
@@ -231,7 +233,7 @@ uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t
   }
   if (left != 0) *passed_fresh = true;
   // Only the slices judged here: one freed after this look is fresh too.
-  return free_dirty & ~left;
+  return (dirty_only ? 0 : free & ~dirty) | (free_dirty & ~left);
 }
 
 // The first run of `count` free slices starting at a multiple of `align`
@@ -499,7 +501,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
       if (room >= count) {
         Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
         const uint64_t allowed =
-            dirty_only ? SlicesClaimableBy(segment, claimer, &now_ms, &passed_fresh) : ~uint64_t{0};
+            dirty_only ? SlicesClaimableBy(segment, claimer, true, &now_ms, &passed_fresh) : ~uint64_t{0};
         const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, allowed);
         if (first >= 0) {
           *start = first;

@@ -376,8 +376,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     for (size_t looked = 0; segment != nullptr && looked < kOwnSegmentsLooked;
          segment = segment->heap_next, ++looked) {
       if (SegmentRoom(segment) < count) continue;
-      const uint64_t allowed =
-          dirty_only ? SlicesClaimableBy(segment, heap, &now_ms, &passed_fresh) : ~uint64_t{0};
+      const uint64_t allowed = SlicesClaimableBy(segment, heap, dirty_only, &now_ms, &passed_fresh);
       start = TakeFreeSlices(segment, count, align, dirty_only, zeroed, allowed);
       if (start >= 0) break;
     }

@@ -318,11 +318,13 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = 
 int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
                    uint64_t allowed = ~uint64_t{0});
 // The free committed slices of `segment` that a claim by `claimer` may
-// take: all but those another heap's page released less than a few ms ago
-// (arena.cc, kForeignSlicesSettleMs). *now_ms: the clock, read here
-// once it is needed where it is still 0; *passed_fresh is set where slices
-// were left out.
-uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, uint64_t* now_ms, bool* passed_fresh);
+// take (and, without `dirty_only`, the free clean ones too): all but those
+// another heap's page released less than a few ms ago (arena.cc,
+// kForeignSlicesSettleMs). *now_ms: the clock, read here once it is
+// needed where it is still 0; *passed_fresh is set where slices were left
+// out.
+uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, bool dirty_only, uint64_t* now_ms,
+                           bool* passed_fresh);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
