@@ -341,12 +341,16 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   // segments held freed, committed ones let the resident set ratchet up
   // (one freeing thread, four allocating: RSS crept 87 -> 96 MiB over a run
   // with FERRY_RECLAIMERS=0 at a steady ~1300 pages in use).
-  // Clean slices of other heaps' segments come last: a page there shares
-  // that segment's header with its heap, whose claims and frees work on
-  // the same lines (two threads that remade their pages every round, one
-  // in the other's segment, took 1.8x as long). Where the address space is
-  // scarce they come before a new segment, which may need a reservation
-  // the limit refuses.
+  // A heap with no segment of its own (a thread's first pages) takes a new
+  // one before the clean slices of other heaps' segments: a page there
+  // shares that segment's header with its heap, whose claims and frees
+  // work on the same lines, and the thread's later pages follow it there
+  // (two threads that remade their pages every round, one in the other's
+  // segment, took 1.8x as long). Any other heap, and any heap where the
+  // address space is scarce, takes those clean slices first: a new
+  // segment may need a reservation the limit refuses, and it costs its
+  // header's faults and, once empty, a release that decommits every slice
+  // at once (threads that come and go took 30% more faults so).
   int start = -1;
   Segment* segment = nullptr;
   // Past the full segments at the front (they cannot have become empty,
@@ -384,7 +388,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     if (segment == nullptr && dirty_only) segment = ArenaTakeSlicesAnywhere(heap, count, align, true, &start, zeroed);
     if (segment != nullptr) break;
   }
-  const bool pack = segment == nullptr && AddressSpaceIsScarce();
+  const bool pack = segment == nullptr && (heap->segments != nullptr || AddressSpaceIsScarce());
   if (segment == nullptr && pack) segment = ArenaTakeSlicesAnywhere(heap, count, align, false, &start, zeroed);
   if (segment == nullptr && may_take_segment) {
     // The first aligned run after the header; taken before any other heap
