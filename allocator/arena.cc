@@ -217,24 +217,22 @@ void HintSlicesTaken(int64_t n) {
   }
 }
 
-}  // namespace
-
-uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, bool dirty_only, uint64_t* now_ms,
-                           bool* passed_fresh) {
-  const uint64_t free = ~segment->used_slices.load(std::memory_order_acquire) & ~uint64_t{1};
-  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed);
-  const uint64_t free_dirty = free & dirty;
-  uint64_t left = 0;
-  for (uint64_t bits = free_dirty; bits != 0; bits &= bits - 1) {
+// The slices of `run` that may still be committed and that another heap's
+// page released less than kForeignSlicesSettleMs ago (nullptr: no heap's
+// page, the slices of a segment handed out again).
+uint64_t FreshForeignSlices(const Segment* segment, uint64_t run, SliceClaim* claim) {
+  uint64_t fresh = 0;
+  for (uint64_t bits = run & segment->dirty_slices.load(std::memory_order_relaxed); bits != 0; bits &= bits - 1) {
     const int slice = __builtin_ctzll(bits);
-    if (segment->released_by[slice].load(std::memory_order_relaxed) == claimer) continue;
-    if (*now_ms == 0) *now_ms = OsMonotonicMs();
-    if (FreedAgeMs(segment, slice, *now_ms) < kForeignSlicesSettleMs) left |= uint64_t{1} << slice;
+    const Heap* released_by = segment->released_by[slice].load(std::memory_order_relaxed);
+    if (released_by == claim->heap || released_by == nullptr) continue;
+    if (claim->now_ms == 0) claim->now_ms = OsMonotonicMs();
+    if (FreedAgeMs(segment, slice, claim->now_ms) < kForeignSlicesSettleMs) fresh |= uint64_t{1} << slice;
   }
-  if (left != 0) *passed_fresh = true;
-  // Only the slices judged here: one freed after this look is fresh too.
-  return (dirty_only ? 0 : free & ~dirty) | (free_dirty & ~left);
+  return fresh;
 }
+
+}  // namespace
 
 // The first run of `count` free slices starting at a multiple of `align`
 // (for one slice, a lone one first); with `dirty_only`, only a run whose
@@ -283,10 +281,23 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
 }
 
 int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
-                   uint64_t allowed) {
+                   SliceClaim* claim) {
+  // Only the run found is judged (most claims find one run of their own
+  // heap's slices, and read no clock); a fresh one is left out, and the
+  // search goes on without it.
+  uint64_t allowed = ~uint64_t{0};
   for (;;) {
     const int start = FindFreeSlices(segment, count, align, dirty_only, allowed);
-    if (start < 0 || TryTakeSlices(segment, start, count, was_clean)) return start;
+    if (start < 0) return start;
+    if (claim != nullptr) {
+      const uint64_t fresh = FreshForeignSlices(segment, SliceRun(static_cast<size_t>(start), count), claim);
+      if (fresh != 0) {
+        allowed &= ~fresh;
+        claim->passed_fresh = true;
+        continue;
+      }
+    }
+    if (TryTakeSlices(segment, start, count, was_clean)) return start;
   }
 }
 
@@ -489,8 +500,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
   }
   SpinLockHolder hold(&g_arena_lock);
   Segment* found = nullptr;
-  uint64_t now_ms = 0;
-  bool passed_fresh = false;  // committed free slices left to their heap for now
+  SliceClaim claim{claimer};  // what it leaves to other heaps for now
   for (size_t i = 0; i < g_arena_count && found == nullptr; ++i) {
     if (g_arena_room[i].load(std::memory_order_seq_cst) < count) continue;
     const Arena& arena = g_arenas[i];
@@ -500,9 +510,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
       size_t room = g_segment_room[i * kSegmentsPerArena + slot].load(std::memory_order_seq_cst);
       if (room >= count) {
         Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
-        const uint64_t allowed =
-            dirty_only ? SlicesClaimableBy(segment, claimer, true, &now_ms, &passed_fresh) : ~uint64_t{0};
-        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, allowed);
+        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, dirty_only ? &claim : nullptr);
         if (first >= 0) {
           *start = first;
           found = segment;
@@ -516,7 +524,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
   }
   // None of the size asked for: a smaller run may remain, but claims as
   // long would come here in vain until slices are freed.
-  if (found == nullptr && dirty_only && !passed_fresh) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
+  if (found == nullptr && dirty_only && !claim.passed_fresh) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
   return found;
 }
 

@@ -333,7 +333,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   // Slices that may still be committed first, in the heap's own segments
   // (their memory is likely warm; the heap's empty spare is one of them),
   // then in any segment; those another heap's pages left are taken once
-  // they have been free a few ms (SlicesClaimableBy). Only then slices
+  // they have been free a few ms (TakeFreeSlices). Only then slices
   // never touched or decommitted in the heap's own segments, then a new
   // segment.
   // Resident memory grows only when no live segment has a committed free
@@ -369,8 +369,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
   // All full: the next claim starts at the last of them, before whatever
   // segment this one appends.
   heap->claim_from = from != nullptr ? from : last_full;
-  uint64_t now_ms = 0;
-  bool passed_fresh = false;  // unused here: no hint to keep
+  SliceClaim claim{heap};
   for (const bool dirty_only : {true, false}) {
     // The first few only: segments that keep a few free slices are never
     // full, and a heap of many (10 GiB of 960 KiB blocks leaves three free
@@ -380,8 +379,7 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     for (size_t looked = 0; segment != nullptr && looked < kOwnSegmentsLooked;
          segment = segment->heap_next, ++looked) {
       if (SegmentRoom(segment) < count) continue;
-      const uint64_t allowed = SlicesClaimableBy(segment, heap, dirty_only, &now_ms, &passed_fresh);
-      start = TakeFreeSlices(segment, count, align, dirty_only, zeroed, allowed);
+      start = TakeFreeSlices(segment, count, align, dirty_only, zeroed, &claim);
       if (start >= 0) break;
     }
     if (segment != nullptr && start < 0) segment = nullptr;

@@ -195,7 +195,7 @@ struct alignas(64) Segment {
   std::atomic<uint64_t> freed_ms[kSlicesPerSegment];
   // The heap whose page last held slice i, written as the page is released
   // (before freed_ms): for a few ms after, only that heap takes the slice
-  // if it is still committed (SlicesClaimableBy).
+  // if it is still committed (TakeFreeSlices).
   std::atomic<const Heap*> released_by[kSlicesPerSegment];
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
@@ -315,16 +315,17 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = 
 // FindFreeSlices, then TryTakeSlices, again while another thread takes the
 // run found first (a heap of another list, the purge, a large block growing
 // in place): the first slice of the run taken, or -1 when none is left.
+// With `claim`, a run holding a committed slice that another heap's page
+// released less than a few ms ago is not taken (arena.cc,
+// kForeignSlicesSettleMs): that heap's thread likely has it in its cache,
+// about to take it again.
+struct SliceClaim {
+  const Heap* heap;          // the claiming heap
+  uint64_t now_ms = 0;       // the clock, read once a slice needs it
+  bool passed_fresh = false; // a run was left out for a fresh slice
+};
 int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
-                   uint64_t allowed = ~uint64_t{0});
-// The free committed slices of `segment` that a claim by `claimer` may
-// take (and, without `dirty_only`, the free clean ones too): all but those
-// another heap's page released less than a few ms ago (arena.cc,
-// kForeignSlicesSettleMs). *now_ms: the clock, read here once it is
-// needed where it is still 0; *passed_fresh is set where slices were left
-// out.
-uint64_t SlicesClaimableBy(const Segment* segment, const Heap* claimer, bool dirty_only, uint64_t* now_ms,
-                           bool* passed_fresh);
+                   SliceClaim* claim = nullptr);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
@@ -480,9 +481,9 @@ void NoteDirtySlicesFreed(size_t count);
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
 // nobody), so that memory one heap's threads freed serves another heap;
-// with `dirty_only`, only slices that may still be committed and that
-// `claimer` may take (SlicesClaimableBy). Returns the segment and sets
-// *start, or returns nullptr.
+// with `dirty_only`, only slices that may still be committed and not
+// left to another heap (TakeFreeSlices with `claimer`'s claim). Returns
+// the segment and sets *start, or returns nullptr.
 Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align, bool dirty_only, int* start,
                                  bool* was_clean = nullptr);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
