@@ -191,12 +191,13 @@ uint64_t FreedAgeMs(const Segment* segment, int slice, uint64_t now_ms) {
 }
 
 // A committed slice that another heap's page released less than this long
-// ago is left to that heap: it is likely still in its thread's cache, and
-// about to be taken again. Taken at once, two threads that each emptied and
-// remade their pages every round traded them (one thread's pages in the
-// other's segment), and ran half as fast as one thread doing both's rounds
-// (perf/RESULTS.md, 2026-12-07, teardown). Past this, the slice is idle
-// memory, and reusing it keeps the resident set from growing.
+// ago is left to that heap (but by a last resort): it is likely still in
+// its thread's cache, and about to be taken again. Taken at once, two
+// threads that each emptied and remade their pages every round traded them
+// (one thread's pages in the other's segment), and ran half as fast as one
+// thread doing both's rounds (perf/RESULTS.md, 2026-12-07, teardown). Past
+// this, the slice is idle memory, and reusing it keeps the resident set
+// from growing.
 constexpr uint64_t kForeignSlicesSettleMs = 4;
 
 // Takes `n` committed slices off the hint, never below zero. A fruitless
@@ -281,7 +282,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
 }
 
 int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
-                   SliceClaim* claim) {
+                   SliceClaim* claim, bool* passed_fresh) {
   // Only the run found is judged (most claims find one run of their own
   // heap's slices, and read no clock); a fresh one is left out, and the
   // search goes on without it.
@@ -293,7 +294,7 @@ int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only
       const uint64_t fresh = FreshForeignSlices(segment, SliceRun(static_cast<size_t>(start), count), claim);
       if (fresh != 0) {
         allowed &= ~fresh;
-        claim->passed_fresh = true;
+        if (passed_fresh != nullptr) *passed_fresh = true;
         continue;
       }
     }
@@ -492,7 +493,7 @@ void ArenaReleaseSegment(Segment* segment) {
   if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
 }
 
-Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align, bool dirty_only, int* start,
+Segment* ArenaTakeSlicesAnywhere(SliceClaim* claim, size_t count, size_t align, bool dirty_only, int* start,
                                  bool* was_clean) {
   if (dirty_only && (g_free_dirty_slices_hint.load(std::memory_order_relaxed) <= 0 ||
                      count >= g_dirty_run_below.load(std::memory_order_relaxed))) {
@@ -500,7 +501,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
   }
   SpinLockHolder hold(&g_arena_lock);
   Segment* found = nullptr;
-  SliceClaim claim{claimer};  // what it leaves to other heaps for now
+  bool passed_fresh = false;  // committed slices left to other heaps for now
   for (size_t i = 0; i < g_arena_count && found == nullptr; ++i) {
     if (g_arena_room[i].load(std::memory_order_seq_cst) < count) continue;
     const Arena& arena = g_arenas[i];
@@ -510,7 +511,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
       size_t room = g_segment_room[i * kSegmentsPerArena + slot].load(std::memory_order_seq_cst);
       if (room >= count) {
         Segment* segment = reinterpret_cast<Segment*>(arena.base + slot * kSegmentSize);
-        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, dirty_only ? &claim : nullptr);
+        const int first = TakeFreeSlices(segment, count, align, dirty_only, was_clean, claim, &passed_fresh);
         if (first >= 0) {
           *start = first;
           found = segment;
@@ -524,7 +525,7 @@ Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align
   }
   // None of the size asked for: a smaller run may remain, but claims as
   // long would come here in vain until slices are freed.
-  if (found == nullptr && dirty_only && !claim.passed_fresh) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
+  if (found == nullptr && dirty_only && !passed_fresh) g_dirty_run_below.store(static_cast<uint32_t>(count), std::memory_order_relaxed);
   return found;
 }
 

@@ -383,11 +383,11 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
       if (start >= 0) break;
     }
     if (segment != nullptr && start < 0) segment = nullptr;
-    if (segment == nullptr && dirty_only) segment = ArenaTakeSlicesAnywhere(heap, count, align, true, &start, zeroed);
+    if (segment == nullptr && dirty_only) segment = ArenaTakeSlicesAnywhere(&claim, count, align, true, &start, zeroed);
     if (segment != nullptr) break;
   }
   const bool pack = segment == nullptr && (heap->segments != nullptr || AddressSpaceIsScarce());
-  if (segment == nullptr && pack) segment = ArenaTakeSlicesAnywhere(heap, count, align, false, &start, zeroed);
+  if (segment == nullptr && pack) segment = ArenaTakeSlicesAnywhere(&claim, count, align, false, &start, zeroed);
   if (segment == nullptr && may_take_segment) {
     // The first aligned run after the header; taken before any other heap
     // can see the segment's free slices.
@@ -399,7 +399,8 @@ Page* ClaimSlices(Heap* heap, size_t count, size_t align, bool* zeroed = nullptr
     }
     if (segment != nullptr) SegmentListPush(heap, segment);
   }
-  if (segment == nullptr && !pack) segment = ArenaTakeSlicesAnywhere(heap, count, align, false, &start, zeroed);
+  // The last resort: any free run, fresh slices of other heaps' pages too.
+  if (segment == nullptr) segment = ArenaTakeSlicesAnywhere(nullptr, count, align, false, &start, zeroed);
   if (segment == nullptr) return nullptr;
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = RecordBack(k);
   Page* page = &segment->pages[start];

@@ -195,7 +195,7 @@ struct alignas(64) Segment {
   std::atomic<uint64_t> freed_ms[kSlicesPerSegment];
   // The heap whose page last held slice i, written as the page is released
   // (before freed_ms): for a few ms after, only that heap takes the slice
-  // if it is still committed (TakeFreeSlices).
+  // if it is still committed, but as a last resort (TakeFreeSlices).
   std::atomic<const Heap*> released_by[kSlicesPerSegment];
   Segment* heap_next;          // the owner's list of segments
   Segment* heap_prev;
@@ -318,14 +318,14 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = 
 // With `claim`, a run holding a committed slice that another heap's page
 // released less than a few ms ago is not taken (arena.cc,
 // kForeignSlicesSettleMs): that heap's thread likely has it in its cache,
-// about to take it again.
+// about to take it again. *passed_fresh (if given) is set where a run was
+// left out so. Without `claim`, any free run (a last resort).
 struct SliceClaim {
-  const Heap* heap;          // the claiming heap
-  uint64_t now_ms = 0;       // the clock, read once a slice needs it
-  bool passed_fresh = false; // a run was left out for a fresh slice
+  const Heap* heap;     // the claiming heap
+  uint64_t now_ms = 0;  // the clock, read once a slice needs it
 };
 int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only, bool* was_clean,
-                   SliceClaim* claim = nullptr);
+                   SliceClaim* claim = nullptr, bool* passed_fresh = nullptr);
 // What every claim of slices records besides used_slices: they may hold
 // committed memory from now on.
 inline void NoteSlicesClaimed(Segment* segment, uint64_t run) {
@@ -481,10 +481,10 @@ void NoteDirtySlicesFreed(size_t count);
 // Free slices anywhere: takes `count` free slices aligned to `align` in any
 // live segment, whoever's list it is on (pages belong to heaps, slices to
 // nobody), so that memory one heap's threads freed serves another heap;
-// with `dirty_only`, only slices that may still be committed and not
-// left to another heap (TakeFreeSlices with `claimer`'s claim). Returns
+// with `dirty_only`, only slices that may still be committed; with
+// `claim`, none left to another heap for now (TakeFreeSlices). Returns
 // the segment and sets *start, or returns nullptr.
-Segment* ArenaTakeSlicesAnywhere(const Heap* claimer, size_t count, size_t align, bool dirty_only, int* start,
+Segment* ArenaTakeSlicesAnywhere(SliceClaim* claim, size_t count, size_t align, bool dirty_only, int* start,
                                  bool* was_clean = nullptr);
 // The pool's purge: gives back to the OS (MADV_DONTNEED) the free slices of
 // every arena segment that have stayed free for delay_ms (all of them when

@@ -1935,13 +1935,13 @@ TEST(RoomIndex, AFruitlessSearchForALongRunLeavesShorterOnesToBeFound) {
   FreeSlices(segment, 1, 62, OsMonotonicMs());  // committed: taken, never purged
   NoteDirtySlicesFreed(62);
   int start = -1;
-  Segment* found = ArenaTakeSlicesAnywhere(nullptr, 63, 1, /*dirty_only=*/true, &start);
+  Segment* found = ArenaTakeSlicesAnywhere(/*claim=*/nullptr, 63, 1, /*dirty_only=*/true, &start);
   if (found != nullptr) {  // a whole committed segment elsewhere: give it back
     FreeSlices(found, static_cast<size_t>(start), 63, OsMonotonicMs());
     NoteDirtySlicesFreed(63);
     GTEST_SKIP() << "another segment had 63 committed free slices";
   }
-  found = ArenaTakeSlicesAnywhere(nullptr, 15, 1, /*dirty_only=*/true, &start);
+  found = ArenaTakeSlicesAnywhere(/*claim=*/nullptr, 15, 1, /*dirty_only=*/true, &start);
   ASSERT_NE(found, nullptr) << "the 62 committed slices were not searched for";
   FreeSlices(found, static_cast<size_t>(start), 15, OsMonotonicMs());
   NoteDirtySlicesFreed(15);
@@ -1968,18 +1968,20 @@ TEST(RoomIndex, AnotherHeapsCommittedSlicesAreTakenOnlyOnceTheyHaveSettled) {
   };
   free_run(1, OsMonotonicMs() + 60'000);
   int start = -1;
-  Segment* found = ArenaTakeSlicesAnywhere(/*claimer=*/nullptr, kRun, 1, /*dirty_only=*/true, &start);
+  SliceClaim other{nullptr}, own{owner};
+  Segment* found = ArenaTakeSlicesAnywhere(&other, kRun, 1, /*dirty_only=*/true, &start);
   if (found != nullptr && found != segment) {
     FreeSlices(found, static_cast<size_t>(start), kRun, OsMonotonicMs());
     NoteDirtySlicesFreed(kRun);
     GTEST_SKIP() << "another segment had " << kRun << " committed free slices";
   }
   EXPECT_EQ(found, nullptr) << "another heap's slices freed this instant were taken";
-  found = ArenaTakeSlicesAnywhere(owner, kRun, 1, /*dirty_only=*/true, &start);
+  found = ArenaTakeSlicesAnywhere(&own, kRun, 1, /*dirty_only=*/true, &start);
   EXPECT_EQ(found, segment) << "the segment's own heap did not take its fresh slices (or the search "
                                "that passed them marked the run absent)";
   if (found == segment) free_run(static_cast<size_t>(start), OsMonotonicMs() - 1000);
-  found = ArenaTakeSlicesAnywhere(/*claimer=*/nullptr, kRun, 1, /*dirty_only=*/true, &start);
+  other = SliceClaim{nullptr};  // a clock read now
+  found = ArenaTakeSlicesAnywhere(&other, kRun, 1, /*dirty_only=*/true, &start);
   EXPECT_EQ(found, segment) << "another heap's slices free for a second were not taken";
   if (found != nullptr) {
     FreeSlices(found, static_cast<size_t>(start), kRun, OsMonotonicMs());

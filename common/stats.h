@@ -73,7 +73,9 @@ struct Counters {
 extern Counters g_counters;
 
 // More shards than a machine's threads that are likely to hit slow paths
-// together; threads take them in turn, so two share one only past this many.
+// together. Threads take them in turn at their first count, so two threads
+// share one only where 64 others took shards between them (threads that
+// come and go use them up in a round and start again).
 inline constexpr size_t kCounterShards = 64;
 
 // 128 bytes apart at least: CPUs that fetch lines in adjacent pairs would
