@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "allocator/heap.h"
 #include "allocator/segment.h"
 #include "common/diag.h"
 #include "common/os.h"
@@ -227,6 +228,8 @@ uint64_t FreshForeignSlices(const Segment* segment, uint64_t run, SliceClaim* cl
     const int slice = __builtin_ctzll(bits);
     const Heap* released_by = segment->released_by[slice].load(std::memory_order_relaxed);
     if (released_by == claim->heap || released_by == nullptr) continue;
+    // Its thread has exited: no cache to spare.
+    if (!HeapHasOwnerThread(released_by)) continue;
     if (claim->now_ms == 0) claim->now_ms = OsMonotonicMs();
     if (FreedAgeMs(segment, slice, claim->now_ms) < kForeignSlicesSettleMs) fresh |= uint64_t{1} << slice;
   }

@@ -1210,7 +1210,6 @@ void SetUpOwnersMark() {
   g_owners_mark.store(mark, std::memory_order_relaxed);
 }
 
-constexpr uint64_t kOwnerTidMask = 0xffffffffu;
 int32_t OwnerTid(uint64_t owner) { return static_cast<int32_t>(owner & kOwnerTidMask); }
 // The heap changes hands: the count above the id moves on.
 void SetOwner(Heap* heap, int32_t tid) {

@@ -174,6 +174,16 @@ struct Heap {
 };
 
 extern Heap g_empty_heap;
+
+// Heap::owner's low bits: the owning thread's id.
+inline constexpr uint64_t kOwnerTidMask = 0xffffffffu;
+
+// A thread owns `heap` now. Heaps are never freed, so any heap pointer
+// may be asked about (arena.cc asks about the heap whose page last held
+// a slice).
+inline bool HeapHasOwnerThread(const Heap* heap) {
+  return (heap->owner.load(std::memory_order_relaxed) & kOwnerTidMask) != 0;
+}
 extern __thread Heap* tl_heap __attribute__((tls_model("initial-exec")));
 
 // Slow paths.

@@ -1951,15 +1951,18 @@ TEST(RoomIndex, AFruitlessSearchForALongRunLeavesShorterOnesToBeFound) {
 // to that heap (it is likely in its thread's cache, about to be taken
 // again: two threads that remade their pages every round traded them at
 // half speed); that heap takes it at once, and any heap once it has been
-// free a few ms. A search that passed such slices does
+// free a few ms, or at once where the heap's thread has exited. A search that passed such slices does
 // not mark runs that long as absent.
 TEST(RoomIndex, AnotherHeapsCommittedSlicesAreTakenOnlyOnceTheyHaveSettled) {
   SKIP_UNDER_ADDRESS_SPACE_LIMIT();
   OwnArena arena;
   Segment* segment = arena.first();
   ASSERT_NE(segment, nullptr) << "no arena of its own";
-  const Heap* const owner = &g_empty_heap;  // the heap whose page held the slices (only compared)
-  constexpr size_t kRun = 40;         // no other segment here has so many committed free slices
+  // The heap whose page held the slices: this thread's (owned by it).
+  ferry_free(ferry_malloc(16));
+  const Heap* owner = tl_heap;
+  ASSERT_TRUE(HeapHasOwnerThread(owner));
+  constexpr size_t kRun = 40;  // no other segment here has so many committed free slices
   // Freed "now" (a stamp ahead of the clock reads as freed this instant).
   auto free_run = [&](size_t first, uint64_t stamp) {
     for (size_t k = first; k < first + kRun; ++k) segment->released_by[k].store(owner);
@@ -1983,6 +1986,21 @@ TEST(RoomIndex, AnotherHeapsCommittedSlicesAreTakenOnlyOnceTheyHaveSettled) {
   other = SliceClaim{nullptr};  // a clock read now
   found = ArenaTakeSlicesAnywhere(&other, kRun, 1, /*dirty_only=*/true, &start);
   EXPECT_EQ(found, segment) << "another heap's slices free for a second were not taken";
+  // Slices an exited thread's heap freed this instant: nobody's cache holds
+  // them, so any heap takes them at once.
+  const Heap* exited = nullptr;
+  std::thread([&] {
+    ferry_free(ferry_malloc(16));
+    exited = tl_heap;
+  }).join();
+  ASSERT_FALSE(HeapHasOwnerThread(exited));
+  if (found == segment) {
+    owner = exited;
+    free_run(static_cast<size_t>(start), OsMonotonicMs() + 60'000);
+    other = SliceClaim{nullptr};
+    found = ArenaTakeSlicesAnywhere(&other, kRun, 1, /*dirty_only=*/true, &start);
+    EXPECT_EQ(found, segment) << "slices an exited thread's heap freed this instant were left";
+  }
   if (found != nullptr) {
     FreeSlices(found, static_cast<size_t>(start), kRun, OsMonotonicMs());
     NoteDirtySlicesFreed(kRun);
