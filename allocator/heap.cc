@@ -277,16 +277,29 @@ void QueuePushBack(PageQueue* q, Page* page) {
   q->tail = page;
 }
 
+// A standby page (KeepOnStandby) that leaves its queue, or becomes its
+// class's current page and so may hand out blocks, is one no longer.
+void EndStandby(Page* page) {
+  if (page->standby != 0) {
+    Heap* heap = page->heap;
+    heap->standby_slots[page->standby - 1] = nullptr;
+    --heap->standby_pages;
+    page->standby = 0;
+  }
+}
+
 void QueueRemove(PageQueue* q, Page* page) {
   if (page->queue_prev != nullptr) page->queue_prev->queue_next = page->queue_next;
   else q->head = page->queue_next;
   if (page->queue_next != nullptr) page->queue_next->queue_prev = page->queue_prev;
   else q->tail = page->queue_prev;
   page->queue_next = page->queue_prev = nullptr;
+  EndStandby(page);
 }
 
 void SyncDirect(Heap* heap, size_t size_class) {
   Page* head = heap->queues[size_class].head;
+  if (head != nullptr) EndStandby(head);
   heap->direct[size_class] = head != nullptr ? head : &g_empty_page;
 }
 
@@ -423,6 +436,7 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->free = nullptr;
   page->used = page->capacity = 0;
   page->in_full = 0;
+  page->standby = 0;
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->returned.store(0, std::memory_order_relaxed);
   page->queue_next = page->queue_prev = page->inbox_next = nullptr;
@@ -943,9 +957,9 @@ void SweepClasses(Heap* heap, size_t word) {
       // out. RefillPage takes the chain when the list runs dry (and orders
       // it then, a walk that its next allocations repay, OrderChain). The chain's blocks count in `used`
       // until then, so the owner's own frees cannot bring it to 0; that
-      // changes nothing for this page only, which KeepsEmptyPage keeps when
-      // empty. A page that KeepsEmptyPage would let go (one of several, or
-      // of several slices) is swept as before.
+      // changes nothing for this page only, which PageToReleaseOnEmpty keeps when
+      // empty. Any other page (one of several, or of several slices) is
+      // swept as before, a standby page too.
       if (page == q->head && page == q->tail && page->slice_count == 1 && page->free != nullptr &&
           ReturnedCount(page->returned.load(std::memory_order_relaxed)) < page->used) {
         page = next;
@@ -1016,9 +1030,46 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
   heap->inbox_owner_holding.store(0, std::memory_order_release);
 }
 
-// All of this page's blocks are free (used == 0): true when it stays on its
-// queue, else it is off its queue, for the caller to release.
-bool KeepsEmptyPage(Heap* heap, Page* page) {
+// An empty page of one slice, one of its class's several, stays on the
+// queue as a standby page, at its tail: pages with blocks out are handed out
+// from first, so that a standby page the class does not need again is left
+// empty, to go back to its segment with the retained pages
+// (ReleaseStandbyPages). It is never its class's current page (EndStandby),
+// so no block of it is out. Returns the page it displaced, the oldest
+// standby page where kStandbyPagesMax are kept already, off its queue, for
+// the caller to release: a thread that frees a few hundred pages' worth
+// then keeps the last ones it emptied, in the segments it used last, not
+// the first ones, each pinning a segment that is empty otherwise.
+Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page) {
+  uint32_t slot = heap->standby_next_slot;
+  Page* displaced = nullptr;
+  if (heap->standby_pages == kStandbyPagesMax) {
+    displaced = heap->standby_slots[slot];
+    QueueRemove(&heap->queues[displaced->size_class], displaced);  // frees the slot; never a head
+    // Its class's only page now, and so its current page (a standby page
+    // never is): it stays as that.
+    if (q->head == page && q->tail == page) return displaced;
+  } else {
+    while (heap->standby_slots[slot] != nullptr) slot = (slot + 1) % kStandbyPagesMax;
+  }
+  if (page != q->tail) {
+    const bool was_head = page == q->head;
+    QueueRemove(q, page);
+    QueuePushBack(q, page);
+    if (was_head) SyncDirect(heap, page->size_class);
+  }
+  heap->standby_slots[slot] = page;
+  page->standby = static_cast<uint8_t>(slot + 1);
+  ++heap->standby_pages;
+  heap->standby_next_slot = (slot + 1) % kStandbyPagesMax;
+  heap->retained_until = heap->slow_paths + kRetainSlowPaths;
+  return displaced;
+}
+
+// All of this page's blocks are free (used == 0). Returns the page to
+// release now, off its queue (this one, or a standby page it displaced), or
+// nullptr.
+Page* PageToReleaseOnEmpty(Heap* heap, Page* page) {
   if (page->kind == PageKind::kSmall) {
     PageQueue* q = &heap->queues[page->size_class];
     // A class's only page stays, so that a block allocated and freed in a
@@ -1032,17 +1083,30 @@ bool KeepsEmptyPage(Heap* heap, Page* page) {
     // by one-slice pages while their slices waited); after 256, 14.
     if (q->head == page && q->tail == page) {
       if (page->slice_count > 1) RetainForAWhile(heap, page);
-      return true;
+      return nullptr;
     }
+    if (page->slice_count == 1) return KeepOnStandby(heap, q, page);
     QueueRemove(q, page);
     SyncDirect(heap, page->size_class);
   }
-  return false;
+  return page;
 }
 
-// The retained empty pages (KeepsEmptyPage) of every class but `keep` that are
-// still their class's only page and still empty.
+// The standby pages (KeepOnStandby) of every class but `keep`.
+void ReleaseStandbyPages(Heap* heap, size_t keep) {
+  for (Page*& slot : heap->standby_slots) {
+    Page* page = slot;
+    if (page == nullptr || page->size_class == keep) continue;
+    FERRY_CHECK(page->used == 0);
+    QueueRemove(&heap->queues[page->size_class], page);  // clears the slot; never the head
+    ReleasePage(heap, page);
+  }
+}
+
+// The retained empty pages (PageToReleaseOnEmpty) of every class but `keep` that are
+// still their class's only page and still empty, and the standby pages.
 void ReleaseRetainedPages(Heap* heap, size_t keep) {
+  ReleaseStandbyPages(heap, keep);
   for (size_t w = 0; w < std::size(heap->retained_classes); ++w) {
     for (uint64_t classes = heap->retained_classes[w]; classes != 0; classes &= classes - 1) {
       const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(classes));
@@ -1061,7 +1125,7 @@ void ReleaseRetainedPages(Heap* heap, size_t keep) {
   // and RetainForAWhile does not count a class whose bit is set).
   const bool kept = keep < kNumClasses && (heap->retained_classes[keep / 64] & (uint64_t{1} << (keep % 64))) != 0;
   heap->retained_slices = kept ? kPageSlices[keep] : 0;
-  if ((heap->retained_classes[0] | heap->retained_classes[1]) == 0) {
+  if ((heap->retained_classes[0] | heap->retained_classes[1]) == 0 && heap->standby_pages == 0) {
     heap->retained_until = heap->slow_paths + kNothingRetained;  // not due until a page is retained
   }
 }
@@ -2197,6 +2261,7 @@ void* AllocateFromQueuedPage(Heap* heap, size_t size_class, Page* page) {
     QueueRemove(q, page);
     QueuePushFront(q, page);
   }
+  EndStandby(page);  // the head since dry pages before it left the queue
   heap->direct[size_class] = page;
   return PopBlock(page, page->free);
 }
@@ -2449,7 +2514,7 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
 
 void FreeLocalSlow(Heap* heap, Page* page, const void* caller) {
   CounterAdd(Counter::local_frees_slow, 1);
-  if (!KeepsEmptyPage(heap, page)) ReleasePageFromFree(heap, page, caller);
+  if (Page* release = PageToReleaseOnEmpty(heap, page)) ReleasePageFromFree(heap, release, caller);
 }
 
 void FreeCheckpoint(Heap* heap) {
@@ -2535,6 +2600,8 @@ void CollectThisThread() {
 }
 
 void DrainInboxForTest(Heap* heap, size_t size_class) { DrainInbox(heap, size_class); }
+
+void ReleaseStandbyPagesForTest(Heap* heap) { ReleaseStandbyPages(heap, kNumClasses); }
 
 bool InlineReturnsHeldForTest() { return g_inline_returns_held.load(std::memory_order_seq_cst); }
 

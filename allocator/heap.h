@@ -38,11 +38,19 @@ extern Page g_empty_page;
 // enough that the wrapping compare does not come due for 2^30 slow paths.
 inline constexpr uint32_t kNothingRetained = uint32_t{1} << 30;
 
-// Slow paths (and checkpoints) a retained empty page waits (KeepsEmptyPage).
+// Slow paths (and checkpoints) a retained empty page waits (PageToReleaseOnEmpty).
 inline constexpr uint32_t kRetainSlowPaths = 256;
 // The slices a heap's retained empty pages may span together: one page of
 // the largest (kMaxPageSlices, heap.cc checks) and some.
 inline constexpr uint32_t kRetainedSlicesMax = 48;
+// One-slice pages a heap keeps empty on their classes' queues besides each
+// class's current page (standby pages, KeepOnStandby in heap.cc): 1 MiB
+// at most. A thread that builds a set of objects and frees it, round after
+// round, empties several pages of a class each round: released and made
+// again, they cost it 8% of its time in the teardown workload
+// (perf/RESULTS.md, 2026-12-07). They go as retained pages do, after
+// kRetainSlowPaths slow paths with none kept.
+inline constexpr uint32_t kStandbyPagesMax = 16;
 // Where no reclaimer thread ticks (a single-threaded program, the oneTBB
 // backend, FERRY_RECLAIMERS=0), the empty segments an owner keeps besides
 // its spare (KeepEmptySegmentLocked, heap.cc): 16, 64 MiB, the most a
@@ -110,13 +118,20 @@ struct Heap {
   Batch* current = nullptr;        // the batch being filled, one of `batches`
   Batch batches[kBatchesPerHeap];
   // Classes whose only page, spanning several slices, is empty and kept a
-  // little while (KeepsEmptyPage): released once kRetainSlowPaths more slow
+  // little while (PageToReleaseOnEmpty): released once kRetainSlowPaths more slow
   // paths have passed without a page retained, or once they would span more
   // than kRetainedSlicesMax.
   uint64_t retained_classes[(kNumClasses + 63) / 64] = {};
   // Their pages' slices, counted as each class was retained; set again at
   // each release (ReleaseRetainedPages).
   uint32_t retained_slices = 0;
+  // The standby pages (KeepOnStandby in heap.cc), each in the slot its
+  // Page::standby names; a new one takes a free slot from
+  // standby_next_slot on, or displaces the page in that slot, the oldest
+  // but for those that left meanwhile.
+  Page* standby_slots[kStandbyPagesMax] = {};
+  uint32_t standby_pages = 0;      // slots in use
+  uint32_t standby_next_slot = 0;
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
   // slow_paths value at which they go; kNothingRetained ahead when none is.
   uint32_t retained_until = kNothingRetained;
@@ -374,6 +389,10 @@ extern std::atomic<void (*)()> g_gone_owners_tried_hook_for_test;
 extern std::atomic<void (*)()> g_take_ownership_hook_for_test;
 // The owner's drain of one class's inbox (heap.cc, DrainInbox), for tests.
 void DrainInboxForTest(Heap* heap, size_t size_class);
+// The owner's release of its standby pages (heap.cc, KeepOnStandby), as
+// their time running out does: for tests that need an emptied page's slices
+// free at once.
+void ReleaseStandbyPagesForTest(Heap* heap);
 // Registers the fork handlers once (heap.cc); for paths that take a lock
 // fork() must hold without making a heap (the huge cache).
 void EnsureForkHandlersRegistered();

@@ -136,6 +136,10 @@ struct Page {
   // last, while it is still in cache (see Free in heap.h).
   alignas(64) Block* free;
   uint16_t used;           // owner: blocks handed out and not yet back on a list
+  // Owner: 0, or the page is empty, behind its class's queue head, and in
+  // its heap's standby_slots[standby - 1] (KeepOnStandby in heap.cc);
+  // cleared as the page leaves the queue or becomes its head.
+  uint8_t standby;
   Page* queue_next;        // owner only
   Page* queue_prev;
   // --- third cache line: written by other threads -----------------------------

@@ -685,6 +685,140 @@ void ExpectReleasedAfterSlowPathsInOtherClasses(Page* page, size_t size_class) {
   for (void* q : others) ferry_free(q);
 }
 
+// Blocks of `size` (a class of one-slice pages) until `full` pages are
+// full and one more has a block: each page's blocks, oldest page first.
+std::vector<std::vector<void*>> FillOneSlicePages(size_t size, size_t full) {
+  std::vector<std::vector<void*>> pages;
+  Page* last = nullptr;
+  while (pages.size() < full + 1) {
+    void* p = ferry_malloc(size);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+    Page* page = PageOf(SegmentOf(address), address);
+    EXPECT_EQ(page->slice_count, 1);
+    if (page != last) pages.emplace_back();
+    last = page;
+    pages.back().push_back(p);
+  }
+  return pages;
+}
+
+Page* PageOfBlock(void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  return PageOf(SegmentOf(address), address);
+}
+
+// The standby pages of this thread that still have their mark.
+size_t MarkedStandbyPages() {
+  size_t marked = 0;
+  for (size_t slot = 0; slot < kStandbyPagesMax; ++slot) {
+    const Page* page = tl_heap->standby_slots[slot];
+    if (page == nullptr) continue;
+    EXPECT_EQ(page->standby, slot + 1);
+    EXPECT_EQ(page->used, 0u);
+    EXPECT_NE(tl_heap->queues[page->size_class].head, page) << "a standby page is its class's current page";
+    ++marked;
+  }
+  EXPECT_EQ(marked, tl_heap->standby_pages);
+  return marked;
+}
+
+// A thread that builds a set of objects and frees it, round after round
+// (teardown, sh6bench), empties several pages of a class each round: they
+// wait on the queue for the next round instead of going back to their
+// segment and being made again.
+TEST(PageLists, PagesEmptiedEveryRoundAreKeptForTheNextRound) {
+  std::thread([] {
+    ASSERT_EQ(tl_heap->standby_pages, 0u);
+    constexpr size_t kSize = 1536;
+    std::set<Page*> first_round;
+    for (int round = 0; round < 4; ++round) {
+      std::vector<std::vector<void*>> pages = FillOneSlicePages(kSize, 3);
+      std::set<Page*> used;
+      for (auto& blocks : pages) used.insert(PageOfBlock(blocks.front()));
+      if (round == 0) first_round = used;
+      EXPECT_EQ(used, first_round) << "round " << round << " made pages anew";
+      for (size_t i = pages.size(); i-- > 0;) {  // newest first
+        for (size_t k = pages[i].size(); k-- > 0;) ferry_free(pages[i][k]);
+      }
+      // The last page emptied is the class's only one; the others wait.
+      EXPECT_EQ(MarkedStandbyPages(), pages.size() - 1) << "round " << round;
+    }
+    for (Page* page : first_round) EXPECT_EQ(page->kind, PageKind::kSmall);
+  }).join();
+}
+
+// kStandbyPagesMax at most: a thread that frees many pages' worth keeps
+// the last ones it emptied, and releases the first; and they all go once
+// the heap has taken a few hundred slow paths in other classes.
+TEST(PageLists, StandbyPagesAreTheLastEmptiedAndGoAfterSlowPathsElsewhere) {
+  std::thread([] {
+    ASSERT_EQ(tl_heap->standby_pages, 0u);
+    constexpr size_t kExtra = 4;
+    std::vector<std::vector<void*>> pages = FillOneSlicePages(1280, kStandbyPagesMax + kExtra);
+    std::vector<Page*> records;
+    for (auto& blocks : pages) records.push_back(PageOfBlock(blocks.front()));
+    for (size_t i = 0; i + 1 < pages.size(); ++i) {  // oldest first; the current page keeps its block
+      for (void* p : pages[i]) ferry_free(p);
+    }
+    EXPECT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
+    for (size_t i = 0; i < kExtra; ++i) {
+      EXPECT_EQ(records[i]->kind, PageKind::kNone) << "page " << i << ", among the first emptied, was kept";
+    }
+    for (size_t i = kExtra; i + 1 < records.size(); ++i) {
+      EXPECT_NE(records[i]->standby, 0u) << "page " << i << ", among the last emptied, is not on standby";
+    }
+    std::vector<void*> others;
+    for (int k = 0; k < 1200; ++k) others.push_back(ferry_malloc(8 << 10));  // slow paths in another class
+    EXPECT_EQ(MarkedStandbyPages(), 0u) << "standby pages stayed while the thread took slow paths elsewhere";
+    for (size_t i = 0; i + 1 < records.size(); ++i) {
+      EXPECT_TRUE(records[i]->kind == PageKind::kNone || records[i]->size_class != records.back()->size_class)
+          << "page " << i << " stayed";
+    }
+    for (void* p : others) ferry_free(p);
+    for (void* p : pages.back()) ferry_free(p);
+  }).join();
+}
+
+// A page that empties while kStandbyPagesMax are kept displaces the oldest;
+// where that one was of its own class and their last other page, it is its
+// class's only page and current page then, and no standby page. (Marked
+// standby all the same, it handed out blocks, and the next release of
+// standby pages found one with blocks out: a soak run's abort.)
+TEST(PageLists, APageThatDisplacesTheLastOtherPageOfItsClassStaysAsItsCurrentPage) {
+  std::thread([] {
+    ASSERT_EQ(tl_heap->standby_pages, 0u);
+    // Class X: enough full pages to fill every standby slot but one, made
+    // first: making pages takes slow paths, and those let standby pages go.
+    std::vector<std::vector<void*>> x = FillOneSlicePages(1792, kStandbyPagesMax - 1);
+    // Class Y: a full page A, and the current page C with one block.
+    std::vector<std::vector<void*>> y = FillOneSlicePages(2816, 1);
+    Page* a = PageOfBlock(y[0].front());
+    Page* c = PageOfBlock(y[1].front());
+    const size_t y_class = c->size_class;
+    for (void* p : y[0]) ferry_free(p);  // A empties behind C: the oldest standby page
+    ASSERT_NE(a->standby, 0u);
+    for (size_t i = 0; i + 1 < x.size(); ++i) {
+      for (void* p : x[i]) ferry_free(p);
+    }
+    ASSERT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
+    PageQueue* q = &tl_heap->queues[y_class];
+    ASSERT_EQ(q->head, c);
+    ASSERT_EQ(q->tail, a);
+    ferry_free(y[1].front());  // C empties: displaces A, and is alone on the queue
+    EXPECT_EQ(a->kind, PageKind::kNone) << "A, the oldest standby page, was not released";
+    EXPECT_EQ(c->standby, 0u) << "C was marked standby as its class's only page";
+    EXPECT_EQ(q->head, c);
+    EXPECT_EQ(tl_heap->direct[y_class], c);
+    EXPECT_EQ(MarkedStandbyPages(), kStandbyPagesMax - 1);
+    void* again = ferry_malloc(2816);
+    EXPECT_EQ(PageOfBlock(again), c);
+    ReleaseStandbyPagesForTest(tl_heap);  // aborted here while C held a block with the mark
+    EXPECT_EQ(MarkedStandbyPages(), 0u);
+    ferry_free(again);
+    for (void* p : x.back()) ferry_free(p);
+  }).join();
+}
+
 // A class keeps its only page when it empties; a page of several slices (a
 // medium class, up to 2 MiB) only until the heap has taken a few hundred
 // slow paths in other classes.
@@ -738,7 +872,7 @@ TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadOnlyChurnsItsOwnBlocks) {
 }
 
 // The slices of this thread's empty pages of several slices that are their
-// class's only page: the retained ones (KeepsEmptyPage).
+// class's only page: the retained ones (PageToReleaseOnEmpty).
 size_t RetainedEmptySlices() {
   size_t slices = 0;
   for (size_t c = 0; c < kNumClasses; ++c) {
@@ -867,6 +1001,7 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
           p = nullptr;
         }
       }
+      ReleaseStandbyPagesForTest(tl_heap);  // not kept for the class's next use
     };
     free_page(first_start);
     ferry_collect();  // the first page's slice goes back to the OS now
@@ -927,6 +1062,7 @@ TEST(PageLists, NewPagesTakeAnotherHeapsCommittedSliceBeforeAnUntouchedOwnOne) {
         p = nullptr;
       }
     }
+    ReleaseStandbyPagesForTest(tl_heap);  // not kept for the class's next use
     Segment* segment = SegmentOf(freed_start);
     const uint64_t bit = uint64_t{1} << ((freed_start - reinterpret_cast<uintptr_t>(segment)) / kSliceSize);
     EXPECT_EQ(segment->used_slices.load() & bit, 0u) << "the page was not released";
@@ -1058,6 +1194,7 @@ TEST(PageLists, NewPagesFindCommittedSlicesAfterAFruitlessSearchAndAClaimOfAShor
         p = nullptr;
       }
     }
+    ReleaseStandbyPagesForTest(tl_heap);  // not kept for the class's next use
   };
   // B: three pages of one class (the last stays: a class's only page is
   // kept), in a segment of its own list: with no committed slice anywhere,
@@ -1151,6 +1288,7 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
           p = nullptr;
         }
       }
+      ReleaseStandbyPagesForTest(tl_heap);  // not kept for the class's next use
     };
     Segment* segment = SegmentOf(pages[0]->start);
     ASSERT_EQ(SegmentOf(pages[1]->start), segment);

@@ -257,7 +257,7 @@ TEST(PoolIdle, APeriodicCollectDoesNotStartAStoppedPool) {
   std::this_thread::sleep_for(300ms);  // past the grace after the stop
   const uint64_t released_before = Stats().pages_released;
   for (int round = 0; round < 5; ++round) {
-    // The class's only page empties and stays (KeepsEmptyPage); the
+    // The class's only page empties and stays (PageToReleaseOnEmpty); the
     // collect gives it back.
     std::vector<Item> blocks;
     for (int i = 0; i < 50; ++i) blocks.push_back(ferry_test::Make(112));

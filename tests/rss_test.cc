@@ -251,7 +251,7 @@ TEST(Rss, MemoryFreedByAnotherThreadReturnsAfterItsOwnerExitedMediumBlocks) {
 // pool never purged it: each idle thread held up to 4 MiB; 13.9 MiB here,
 // 2.1 MiB since.)
 // One size: an idle heap also keeps its last page of each class it used
-// (KeepsEmptyPage), which the pool cannot take from under a live owner; with
+// (PageToReleaseOnEmpty), which the pool cannot take from under a live owner; with
 // every size of SmallSize those are 1.8 MiB a thread.
 TEST(Rss, MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles) {
   constexpr int kThreads = 6;
