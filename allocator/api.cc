@@ -215,10 +215,12 @@ FERRY_EXPORT void ferry_stats_get_sized(ferry_stats_t* out, size_t size) {
   const int64_t batches_inline = ferry::g_counters.batches_inline.load(std::memory_order_acquire);
 #define FERRY_READ_Sharded(field) ferry::CounterSum(ferry::Counter::field)
 #define FERRY_READ_Single(field) ferry::g_counters.field.load(std::memory_order_relaxed)
+#define FERRY_READ_PerHeap(field) ferry::SumOverHeaps(&ferry::Heap::field)
 #define FERRY_COPY_COUNTER(field, kind, description) \
   stats.field = static_cast<uint64_t>(FERRY_READ_##kind(field));
   FERRY_COUNTERS(FERRY_COPY_COUNTER)
 #undef FERRY_COPY_COUNTER
+#undef FERRY_READ_PerHeap
 #undef FERRY_READ_Single
 #undef FERRY_READ_Sharded
   stats.batches_inline = static_cast<uint64_t>(batches_inline);

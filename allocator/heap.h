@@ -93,6 +93,9 @@ struct Heap {
   // without this, pages other threads emptied and retained pages would
   // wait for it for good.
   uint32_t frees_to_checkpoint = kFreesPerCheckpoint;
+  // Statistics (common/stats.h, PerHeap): the owner's load and store, read
+  // by anyone (SumOverHeaps).
+  std::atomic<uint64_t> local_frees_slow{0};
   void** batch = nullptr;          // current->ptrs: remote frees waiting to be handed on
   uint32_t batch_count = 0;
   uint32_t batch_limit = 0;
@@ -389,6 +392,8 @@ extern std::atomic<void (*)()> g_gone_owners_tried_hook_for_test;
 extern std::atomic<void (*)()> g_take_ownership_hook_for_test;
 // The owner's drain of one class's inbox (heap.cc, DrainInbox), for tests.
 void DrainInboxForTest(Heap* heap, size_t size_class);
+// A PerHeap statistics counter (common/stats.h) summed over every heap made.
+uint64_t SumOverHeaps(std::atomic<uint64_t> Heap::*counter);
 // The owner's release of its standby pages (heap.cc, KeepOnStandby), as
 // their time running out does: for tests that need an emptied page's slices
 // free at once.

@@ -6,7 +6,10 @@
 // often take as long as one (a review's program of 64 threads freeing into
 // pages of two blocks: 1.9x mimalloc's time, 1.0x without the counter).
 // The few that ferry reads for its own decisions, and batches_inline, whose
-// release orders a snapshot, are single atomics. The list mirrors
+// release orders a snapshot, are single atomics. One, counted on a path a
+// malloc/free loop of one block takes at every free, is a field of each
+// heap that its owner bumps without a locked instruction (PerHeap: summed
+// over the heaps when read, allocator/heap.cc). The list mirrors
 // ferry_stats_t.
 #ifndef FERRY_COMMON_STATS_H_
 #define FERRY_COMMON_STATS_H_
@@ -19,7 +22,7 @@
 
 namespace ferry {
 
-// X(field, kind, description); kind is Sharded or Single.
+// X(field, kind, description); kind is Sharded, Single or PerHeap.
 #define FERRY_COUNTERS(X)                                                           \
   X(heaps_created, Sharded, "thread heaps made from OS memory")                     \
   X(heaps_abandoned, Sharded, "heaps left by exited threads")                       \
@@ -34,7 +37,7 @@ namespace ferry {
   X(huge_allocs, Sharded, "allocations on their own OS mapping")                    \
   X(huge_frees, Sharded, "huge blocks freed")                                       \
   X(huge_bytes_live, Single, "bytes mapped for live huge blocks")                   \
-  X(local_frees_slow, Sharded, "local frees that took the slow path")               \
+  X(local_frees_slow, PerHeap, "local frees that took the slow path")               \
   X(remote_frees, Sharded, "frees of another thread's block")                       \
   X(batches_published, Sharded, "remote-free batches handed on")                    \
   X(batches_inline, Single, "batches sorted by the freeing thread")                 \
@@ -52,6 +55,8 @@ namespace ferry {
 #define FERRY_IF_Single(...)
 #define FERRY_UNLESS_Sharded(...)
 #define FERRY_UNLESS_Single(...) __VA_ARGS__
+#define FERRY_IF_PerHeap(...)
+#define FERRY_UNLESS_PerHeap(...)
 
 // The sharded counters, by name: CounterAdd(Counter::pages_made, 1).
 enum class Counter : uint8_t {

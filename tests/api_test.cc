@@ -945,6 +945,25 @@ TEST(Api, StatisticsDescribeHeapsSegmentsAndPages) {
   ferry_free(p);
 }
 
+// A free that empties its page counts in its thread's heap
+// (local_frees_slow), summed over every heap when read: threads that have
+// exited count too.
+TEST(Api, StatisticsCountEveryThreadsFreesThatEmptyTheirPage) {
+  constexpr int kThreads = 4;
+  constexpr uint64_t kPairs = 1000;
+  const uint64_t before = Stats().local_frees_slow;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([] {
+      for (uint64_t k = 0; k < kPairs; ++k) ferry_free(ferry_malloc(200));  // each free empties the page
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const uint64_t counted = Stats().local_frees_slow - before;
+  EXPECT_GE(counted, kThreads * kPairs);
+  EXPECT_LE(counted, kThreads * kPairs + 64) << "frees of other threads counted";
+}
+
 // A program built against an older header (a smaller ferry_stats_t) or a
 // newer one (a larger) gets exactly its own size written: nothing past it,
 // and zeroes for fields the library does not know.
