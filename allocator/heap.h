@@ -47,7 +47,7 @@ inline constexpr uint32_t kRetainedSlicesMax = 48;
 // class's current page (standby pages, KeepOnStandby in heap.cc): 1 MiB
 // at most. A thread that builds a set of objects and frees it, round after
 // round, empties several pages of a class each round: released and made
-// again, they cost it 8% of its time in the teardown workload
+// again, they cost it 9% of its time in the teardown workload
 // (perf/RESULTS.md, 2026-12-07). They go as retained pages do, after
 // kRetainSlowPaths slow paths with none kept.
 inline constexpr uint32_t kStandbyPagesMax = 16;
@@ -135,6 +135,10 @@ struct Heap {
   Page* standby_slots[kStandbyPagesMax] = {};
   uint32_t standby_pages = 0;      // slots in use
   uint32_t standby_next_slot = 0;
+  // Standby pages displaced since the last allocation slow path; past
+  // kStandbyPagesMax, standby pages are paused until the next one.
+  uint32_t standby_displaced = 0;
+  bool standby_paused = false;
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)
   // slow_paths value at which they go; kNothingRetained ahead when none is.
   uint32_t retained_until = kNothingRetained;

@@ -149,6 +149,9 @@ void FreeElsewhereAndFlush(const std::vector<void*>& blocks, size_t first, size_
 // Fills one page of `size` (the page is marked full and leaves its queue)
 // and one block more; returns the page's blocks.
 std::vector<void*> FillOnePage(size_t size, Page** page_out, void** extra) {
+  // Standby pages that earlier tests of this thread left: the first block's
+  // page, not fully carved, would hand its class on to their carved blocks.
+  ReleaseStandbyPagesForTest(tl_heap);
   void* first = ferry_malloc(size);
   const uintptr_t address = reinterpret_cast<uintptr_t>(first);
   Page* page = PageOf(SegmentOf(address), address);
@@ -702,9 +705,25 @@ std::vector<std::vector<void*>> FillOneSlicePages(size_t size, size_t full) {
   return pages;
 }
 
+// Frees the blocks of pages[first, last), oldest page first.
+void FreePages(const std::vector<std::vector<void*>>& pages, size_t first, size_t last) {
+  for (size_t i = first; i < last; ++i) {
+    for (void* p : pages[i]) ferry_free(p);
+  }
+}
+
 Page* PageOfBlock(void* p) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(p);
   return PageOf(SegmentOf(address), address);
+}
+
+// This thread's heap, made now if it had none (then tl_heap is the empty
+// heap), with no standby page: a new thread may take over a heap an
+// exited one left, whose exit released every empty page.
+void ExpectHeapWithoutStandbyPages() {
+  ferry_free(ferry_malloc(16));
+  ASSERT_NE(tl_heap, nullptr);
+  EXPECT_EQ(tl_heap->standby_pages, 0u);
 }
 
 // The standby pages of this thread that still have their mark.
@@ -728,8 +747,8 @@ size_t MarkedStandbyPages() {
 // segment and being made again.
 TEST(PageLists, PagesEmptiedEveryRoundAreKeptForTheNextRound) {
   std::thread([] {
-    ASSERT_EQ(tl_heap->standby_pages, 0u);
-    constexpr size_t kSize = 1536;
+    ExpectHeapWithoutStandbyPages();
+    constexpr size_t kSize = 1920;  // one-slice pages; no other test here uses it
     std::set<Page*> first_round;
     for (int round = 0; round < 4; ++round) {
       std::vector<std::vector<void*>> pages = FillOneSlicePages(kSize, 3);
@@ -740,7 +759,7 @@ TEST(PageLists, PagesEmptiedEveryRoundAreKeptForTheNextRound) {
       for (size_t i = pages.size(); i-- > 0;) {  // newest first
         for (size_t k = pages[i].size(); k-- > 0;) ferry_free(pages[i][k]);
       }
-      // The last page emptied is the class's only one; the others wait.
+      // The current page, emptied first, stays current; the others wait.
       EXPECT_EQ(MarkedStandbyPages(), pages.size() - 1) << "round " << round;
     }
     for (Page* page : first_round) EXPECT_EQ(page->kind, PageKind::kSmall);
@@ -752,14 +771,13 @@ TEST(PageLists, PagesEmptiedEveryRoundAreKeptForTheNextRound) {
 // the heap has taken a few hundred slow paths in other classes.
 TEST(PageLists, StandbyPagesAreTheLastEmptiedAndGoAfterSlowPathsElsewhere) {
   std::thread([] {
-    ASSERT_EQ(tl_heap->standby_pages, 0u);
+    ExpectHeapWithoutStandbyPages();
     constexpr size_t kExtra = 4;
-    std::vector<std::vector<void*>> pages = FillOneSlicePages(1280, kStandbyPagesMax + kExtra);
+    // One-slice pages; no other test here uses the size.
+    std::vector<std::vector<void*>> pages = FillOneSlicePages(1024, kStandbyPagesMax + kExtra);
     std::vector<Page*> records;
     for (auto& blocks : pages) records.push_back(PageOfBlock(blocks.front()));
-    for (size_t i = 0; i + 1 < pages.size(); ++i) {  // oldest first; the current page keeps its block
-      for (void* p : pages[i]) ferry_free(p);
-    }
+    FreePages(pages, 0, pages.size() - 1);  // the current page keeps its block
     EXPECT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
     for (size_t i = 0; i < kExtra; ++i) {
       EXPECT_EQ(records[i]->kind, PageKind::kNone) << "page " << i << ", among the first emptied, was kept";
@@ -779,43 +797,102 @@ TEST(PageLists, StandbyPagesAreTheLastEmptiedAndGoAfterSlowPathsElsewhere) {
   }).join();
 }
 
-// A page that empties while kStandbyPagesMax are kept displaces the oldest;
-// where that one was of its own class and their last other page, it is its
-// class's only page and current page then, and no standby page. (Marked
-// standby all the same, it handed out blocks, and the next release of
-// standby pages found one with blocks out: a soak run's abort.)
-TEST(PageLists, APageThatDisplacesTheLastOtherPageOfItsClassStaysAsItsCurrentPage) {
+// A page that empties while kStandbyPagesMax are kept displaces the oldest,
+// which may be of its own class, on the same queue; the class's current
+// page stays current. (A page that displaced the last other page of its
+// class, and so was its class's only page, was marked standby all the same
+// in the first form, handed out blocks with the mark on, and the next
+// release of standby pages found one with blocks out: a soak run's abort.
+// A current page with only standby pages behind it now stays current
+// before any displacement: ALoopOfOneBlockKeepsItsCurrentPageInFrontOfStandbyPages.)
+TEST(PageLists, APageThatEmptiesDisplacesTheOldestStandbyPageOfItsOwnClass) {
   std::thread([] {
-    ASSERT_EQ(tl_heap->standby_pages, 0u);
+    ExpectHeapWithoutStandbyPages();
+    // Two classes of one-slice pages that no other test here uses.
+    constexpr size_t kSizeX = 896, kSizeY = 640;  // Y: six blocks carved at a time
     // Class X: enough full pages to fill every standby slot but one, made
     // first: making pages takes slow paths, and those let standby pages go.
-    std::vector<std::vector<void*>> x = FillOneSlicePages(1792, kStandbyPagesMax - 1);
-    // Class Y: a full page A, and the current page C with one block.
-    std::vector<std::vector<void*>> y = FillOneSlicePages(2816, 1);
+    std::vector<std::vector<void*>> x = FillOneSlicePages(kSizeX, kStandbyPagesMax - 1);
+    // Class Y: full pages A and N, and the current page C with one block.
+    std::vector<std::vector<void*>> y = FillOneSlicePages(kSizeY, 2);
     Page* a = PageOfBlock(y[0].front());
-    Page* c = PageOfBlock(y[1].front());
+    Page* n = PageOfBlock(y[1].front());
+    Page* c = PageOfBlock(y[2].front());
     const size_t y_class = c->size_class;
     for (void* p : y[0]) ferry_free(p);  // A empties behind C: the oldest standby page
     ASSERT_NE(a->standby, 0u);
-    for (size_t i = 0; i + 1 < x.size(); ++i) {
-      for (void* p : x[i]) ferry_free(p);
-    }
-    ASSERT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
+    ferry_free(y[1].back());  // N back on the queue, ahead of A
+    y[1].pop_back();
     PageQueue* q = &tl_heap->queues[y_class];
     ASSERT_EQ(q->head, c);
+    ASSERT_EQ(c->queue_next, n) << "a page with blocks out went in behind a standby page";
     ASSERT_EQ(q->tail, a);
-    ferry_free(y[1].front());  // C empties: displaces A, and is alone on the queue
+    FreePages(x, 0, x.size() - 1);
+    ASSERT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
+    for (void* p : y[1]) ferry_free(p);  // N empties: displaces A, on the same queue
     EXPECT_EQ(a->kind, PageKind::kNone) << "A, the oldest standby page, was not released";
-    EXPECT_EQ(c->standby, 0u) << "C was marked standby as its class's only page";
+    EXPECT_NE(n->standby, 0u);
     EXPECT_EQ(q->head, c);
+    EXPECT_EQ(q->tail, n);
     EXPECT_EQ(tl_heap->direct[y_class], c);
-    EXPECT_EQ(MarkedStandbyPages(), kStandbyPagesMax - 1);
-    void* again = ferry_malloc(2816);
+    EXPECT_EQ(MarkedStandbyPages(), kStandbyPagesMax);
+    void* again = ferry_malloc(kSizeY);
     EXPECT_EQ(PageOfBlock(again), c);
-    ReleaseStandbyPagesForTest(tl_heap);  // aborted here while C held a block with the mark
+    ReleaseStandbyPagesForTest(tl_heap);
     EXPECT_EQ(MarkedStandbyPages(), 0u);
+    EXPECT_EQ(n->kind, PageKind::kNone);
+    EXPECT_EQ(q->head, c);
     ferry_free(again);
+    for (void* p : y[2]) ferry_free(p);
     for (void* p : x.back()) ferry_free(p);
+  }).join();
+}
+
+// A thread that frees more than twice kStandbyPagesMax pages' worth with no
+// allocation slow path between is shrinking: it keeps none, so that an
+// idle thread does not hold the last ones; its next slow path lets it keep
+// pages again.
+TEST(PageLists, AFreeBurstOfManyPagesKeepsNone) {
+  std::thread([] {
+    ExpectHeapWithoutStandbyPages();
+    constexpr size_t kSize = 576;  // one-slice pages; no other test here uses it
+    std::vector<std::vector<void*>> pages = FillOneSlicePages(kSize, 3 * kStandbyPagesMax);
+    FreePages(pages, 0, pages.size() - 1);
+    EXPECT_EQ(MarkedStandbyPages(), 0u) << "a heap shrinking by 3 x kStandbyPagesMax pages kept some";
+    for (size_t i = 0; i + 1 < pages.size(); ++i) {
+      EXPECT_EQ(PageOfBlock(pages[i].front())->kind, PageKind::kNone) << "page " << i << " stayed";
+    }
+    // Pages of a round again: kept.
+    std::vector<std::vector<void*>> round = FillOneSlicePages(kSize, 2);
+    FreePages(round, 0, round.size());
+    EXPECT_EQ(MarkedStandbyPages(), 2u) << "not kept after the heap ran short of blocks again";
+    for (void* p : pages.back()) ferry_free(p);
+  }).join();
+}
+
+// A class whose pages were all emptied has its current page and standby
+// pages behind it; a malloc/free loop of one block empties the current
+// page at every free, and it stays the current page. (Put on standby in
+// its turn, it made a standby page current, and the loop swapped the two
+// pages at every free, each swap putting off the standby pages' release.)
+TEST(PageLists, ALoopOfOneBlockKeepsItsCurrentPageInFrontOfStandbyPages) {
+  std::thread([] {
+    ExpectHeapWithoutStandbyPages();
+    constexpr size_t kSize = 768;  // one-slice pages; no other test here uses it
+    std::vector<std::vector<void*>> pages = FillOneSlicePages(kSize, 2);
+    FreePages(pages, 0, pages.size());  // the current page empties last
+    const size_t size_class = PageOfBlock(pages[0].front())->size_class;
+    Page* current = tl_heap->direct[size_class];
+    ASSERT_EQ(MarkedStandbyPages(), 2u);
+    const uint32_t until = tl_heap->retained_until;
+    for (int k = 0; k < 100; ++k) {
+      void* p = ferry_malloc(kSize);
+      EXPECT_EQ(PageOfBlock(p), current) << "pair " << k;
+      ferry_free(p);
+    }
+    EXPECT_EQ(tl_heap->direct[size_class], current);
+    EXPECT_EQ(MarkedStandbyPages(), 2u);
+    EXPECT_EQ(tl_heap->retained_until, until) << "the loop put off the standby pages' release";
   }).join();
 }
 

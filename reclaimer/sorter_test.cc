@@ -148,6 +148,11 @@ TEST(Sorter, APagesReturnedListHoldsItsBlocksLastFreedFirst) {
 // that class is carved from free slices again.
 TEST(Sorter, ReturningAWholeFullPageFreesIt) {
   constexpr size_t kSize = 2048;
+  // Standby pages of the class that earlier tests of this thread left: the
+  // first block's page, not fully carved, would hand the class on to their
+  // carved blocks and never fill.
+  ferry_free(ferry_malloc(kSize));
+  ReleaseStandbyPagesForTest(tl_heap);
   std::vector<void*> blocks{ferry_malloc(kSize)};
   Page* page = PageOfBlock(blocks[0]);
   while (blocks.size() < page->reserved) blocks.push_back(ferry_malloc(kSize));
