@@ -277,6 +277,10 @@ void QueuePushBack(PageQueue* q, Page* page) {
   q->tail = page;
 }
 
+// Behind an emptied current page: a page that the next allocations should
+// not move to the front in its place (PageToReleaseOnEmpty).
+bool PageCannotHandOutFirst(const Page* next) { return next->standby != 0 || next->free == nullptr; }
+
 // A standby page (KeepOnStandby) that leaves its queue, or becomes its
 // class's current page and so may hand out blocks, is one no longer.
 void EndStandby(Page* page) {
@@ -1055,19 +1059,24 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
 // the caller to release: a thread that frees a few hundred pages' worth
 // then keeps the last ones it emptied, in the segments it used last, not
 // the first ones, each pinning a segment that is empty otherwise.
-Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page) {
+Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, const void* caller) {
   uint32_t slot = heap->standby_next_slot;
   Page* displaced = nullptr;
   if (heap->standby_pages == kStandbyPagesMax && ++heap->standby_displaced > kStandbyPagesMax) {
-    // Frees that empty more than twice as many pages as are kept, with no
-    // allocation slow path between them, are a heap shrinking, not a round
-    // that its next one repays: every standby page goes, and pages go at
+    // More standby pages displaced than are kept, none of them used again
+    // meanwhile (AllocateFromQueuedPage): a heap shrinking, not a round
+    // that its next one repays. Every standby page goes, and pages go at
     // once until the heap next runs short of blocks (AllocateSlow). Kept,
     // the last 16 of six threads' 16 MiB of frees stayed resident while
     // the threads idled: 8.3 MiB above the baseline where 2.1 was
-    // (Rss.MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles).
+    // (Rss.MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles). Released
+    // as a free releases a page, so that one that asks for the pool starts it.
     heap->standby_paused = true;
-    ReleaseStandbyPages(heap, kNumClasses);
+    for (Page* standby : heap->standby_slots) {
+      if (standby == nullptr) continue;
+      QueueRemove(&heap->queues[standby->size_class], standby);  // clears the slot; never a head
+      ReleasePageFromFree(heap, standby, caller);
+    }
     if (q->head == page && q->tail == page) return nullptr;  // its class's only page now: it stays
     const bool was_head = q->head == page;
     QueueRemove(q, page);
@@ -1100,7 +1109,7 @@ Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page) {
 // All of this page's blocks are free (used == 0). Returns the page to
 // release now, off its queue (this one, or a standby page it displaced), or
 // nullptr.
-Page* PageToReleaseOnEmpty(Heap* heap, Page* page) {
+Page* PageToReleaseOnEmpty(Heap* heap, Page* page, const void* caller) {
   if (page->kind == PageKind::kSmall) {
     PageQueue* q = &heap->queues[page->size_class];
     // A class's only page stays, so that a block allocated and freed in a
@@ -1116,12 +1125,14 @@ Page* PageToReleaseOnEmpty(Heap* heap, Page* page) {
       if (page->slice_count > 1) RetainForAWhile(heap, page);
       return nullptr;
     }
-    if (page->slice_count == 1 && !heap->standby_paused) {
-      // The current page, with only standby pages behind it, stays the
-      // current page: moved behind them, it made one of them current, and a
-      // malloc/free loop of one block then swapped the two at every free.
-      if (q->head == page && page->queue_next->standby != 0) return nullptr;
-      return KeepOnStandby(heap, q, page);
+    if (page->slice_count == 1) {
+      // The current page stays current where the page behind it has no
+      // block to hand out either (a standby page has all of its blocks, but
+      // is the last to be used again): moved behind it, it made that page
+      // current, and a malloc/free loop of one block then swapped the two
+      // at every free, through a slow path where the page behind was dry.
+      if (q->head == page && PageCannotHandOutFirst(page->queue_next)) return nullptr;
+      if (!heap->standby_paused) return KeepOnStandby(heap, q, page, caller);
     }
     QueueRemove(q, page);
     SyncDirect(heap, page->size_class);
@@ -1557,6 +1568,8 @@ void CollectHeap(Heap* heap, KeepEmpty keep) {
     }
     SyncDirect(heap, c);
   }
+  heap->standby_displaced = 0;  // every standby page released: a fresh start (KeepOnStandby)
+  heap->standby_paused = false;
   // Every empty segment, the spare too, and those that pages of other
   // heaps, or the pool, emptied meanwhile.
   SpinLockHolder hold(&heap->segments_lock);
@@ -2303,6 +2316,7 @@ void* AllocateFromQueuedPage(Heap* heap, size_t size_class, Page* page) {
     QueueRemove(q, page);
     QueuePushFront(q, page);
   }
+  if (page->standby != 0) heap->standby_displaced = 0;  // a standby page used again: rounds (KeepOnStandby)
   EndStandby(page);  // the head since dry pages before it left the queue
   heap->direct[size_class] = page;
   return PopBlock(page, page->free);
@@ -2370,8 +2384,7 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   // FreeMayStartPool keeps exiting threads from starting it too).
   PoolMaybeStartUnlessExiting();
   TendHeap(heap, size_class);
-  heap->standby_displaced = 0;  // the heap uses blocks again (KeepOnStandby)
-  heap->standby_paused = false;
+  heap->standby_paused = false;  // the heap runs short of blocks again (KeepOnStandby)
   // Blocks already carved and free come first, on any page of the class
   // (those on its inbox too), and carving new blocks last: carved blocks
   // are resident memory.
@@ -2557,7 +2570,7 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
 }
 
 FERRY_NOINLINE void FreeEmptiedPage(Heap* heap, Page* page, const void* caller) {
-  if (Page* release = PageToReleaseOnEmpty(heap, page)) ReleasePageFromFree(heap, release, caller);
+  if (Page* release = PageToReleaseOnEmpty(heap, page, caller)) ReleasePageFromFree(heap, release, caller);
 }
 
 // A malloc/free loop of one block empties its page at every free: the
@@ -2569,7 +2582,7 @@ void FreeLocalSlow(Heap* heap, Page* page, const void* caller) {
                                std::memory_order_relaxed);
   if (page->kind == PageKind::kSmall && page->slice_count == 1 && heap->queues[page->size_class].head == page) {
     const Page* next = page->queue_next;
-    if (next == nullptr || next->standby != 0) return;  // stays the current page, as PageToReleaseOnEmpty would
+    if (next == nullptr || PageCannotHandOutFirst(next)) return;  // stays current, as PageToReleaseOnEmpty would
   }
   FreeEmptiedPage(heap, page, caller);
 }

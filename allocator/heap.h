@@ -135,8 +135,9 @@ struct Heap {
   Page* standby_slots[kStandbyPagesMax] = {};
   uint32_t standby_pages = 0;      // slots in use
   uint32_t standby_next_slot = 0;
-  // Standby pages displaced since the last allocation slow path; past
-  // kStandbyPagesMax, standby pages are paused until the next one.
+  // Standby pages displaced since a standby page was last used again; past
+  // kStandbyPagesMax, standby pages are paused until the next allocation
+  // slow path.
   uint32_t standby_displaced = 0;
   bool standby_paused = false;
   uint32_t slow_paths = 0;         // allocation slow paths so far (wraps)

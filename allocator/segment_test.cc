@@ -722,7 +722,7 @@ Page* PageOfBlock(void* p) {
 // exited one left, whose exit released every empty page.
 void ExpectHeapWithoutStandbyPages() {
   ferry_free(ferry_malloc(16));
-  ASSERT_NE(tl_heap, nullptr);
+  ASSERT_NE(tl_heap, &g_empty_heap);
   EXPECT_EQ(tl_heap->standby_pages, 0u);
 }
 
@@ -759,7 +759,8 @@ TEST(PageLists, PagesEmptiedEveryRoundAreKeptForTheNextRound) {
       for (size_t i = pages.size(); i-- > 0;) {  // newest first
         for (size_t k = pages[i].size(); k-- > 0;) ferry_free(pages[i][k]);
       }
-      // The current page, emptied first, stays current; the others wait.
+      // The current page, emptied first while the others were full, stays
+      // as the class's only page; the others, emptied behind it, wait.
       EXPECT_EQ(MarkedStandbyPages(), pages.size() - 1) << "round " << round;
     }
     for (Page* page : first_round) EXPECT_EQ(page->kind, PageKind::kSmall);
@@ -893,6 +894,37 @@ TEST(PageLists, ALoopOfOneBlockKeepsItsCurrentPageInFrontOfStandbyPages) {
     EXPECT_EQ(tl_heap->direct[size_class], current);
     EXPECT_EQ(MarkedStandbyPages(), 2u);
     EXPECT_EQ(tl_heap->retained_until, until) << "the loop put off the standby pages' release";
+  }).join();
+}
+
+// The same where the page behind the current one is dry, its carved blocks
+// all out: a standby page taken in its place stays current when the loop
+// empties it.
+TEST(PageLists, ALoopOfOneBlockKeepsItsCurrentPageInFrontOfADryPage) {
+  std::thread([] {
+    ExpectHeapWithoutStandbyPages();
+    constexpr size_t kSize = 352;  // one-slice pages, carved 11 blocks at a time; no other test here uses it
+    void* first = ferry_malloc(kSize);
+    Page* a = PageOfBlock(first);
+    std::vector<void*> a_blocks{first};
+    while (a_blocks.size() < a->reserved) a_blocks.push_back(ferry_malloc(kSize));
+    std::vector<void*> g_blocks{ferry_malloc(kSize)};
+    Page* g = PageOfBlock(g_blocks[0]);
+    ASSERT_NE(g, a);
+    while (g->free != nullptr) g_blocks.push_back(ferry_malloc(kSize));  // every carved block out
+    ASSERT_LT(g->capacity, g->reserved);
+    for (void* p : a_blocks) ferry_free(p);  // A empties behind G
+    ASSERT_NE(a->standby, 0u);
+    ferry_free(ferry_malloc(kSize));  // G is dry: A is taken, and stays current when it empties
+    EXPECT_EQ(tl_heap->queues[a->size_class].head, a);
+    const uint32_t until = tl_heap->retained_until;
+    for (int k = 0; k < 100; ++k) {
+      void* p = ferry_malloc(kSize);
+      EXPECT_EQ(PageOfBlock(p), a) << "pair " << k;
+      ferry_free(p);
+    }
+    EXPECT_EQ(tl_heap->retained_until, until) << "the loop put off the release of retained pages";
+    for (void* p : g_blocks) ferry_free(p);
   }).join();
 }
 
