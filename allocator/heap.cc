@@ -2519,7 +2519,26 @@ void ReportCorruptFreeList(Page* page, Block* block, Block* next) {
 
 void* PopLastBlock(Page* page, Block* block, Block* next) {
   if (next != nullptr) ReportCorruptFreeList(page, block, next);
-  return HandOutBlock(page, block, nullptr);
+  void* p = HandOutBlock(page, block, nullptr);
+  // The class's only page, with blocks left to carve and none coming back
+  // (no returned chain, no page waiting on the inbox): carving now is what
+  // the next allocation's slow path would do after looking everywhere else,
+  // and a page of 64 KiB carved 4 KiB at a time took 16 of them (a fifth of
+  // the time of sh6bench-like rounds of 10 MiB, whose pages are all new
+  // each round). The slow path's checkpoint stays: retained pages age by
+  // slow paths, and without it onefree's medium pages stayed longer
+  // (steady RSS/live 1.211 -> 1.218, 21 runs each).
+  if (page->capacity < page->reserved) {
+    Heap* heap = page->heap;
+    const size_t c = page->size_class;
+    const PageQueue& q = heap->queues[c];
+    if (q.head == page && q.tail == page && page->returned.load(std::memory_order_relaxed) == 0 &&
+        heap->inbox[c].load(std::memory_order_relaxed) == nullptr) {
+      TendHeap(heap, c);  // leaves the class's current page where it is
+      if (q.head == page && q.tail == page) ExtendPage(page);
+    }
+  }
+  return p;
 }
 
 void FreeChecksFailed(Page* page, void* p, const char* call, const void* caller) {

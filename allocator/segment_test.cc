@@ -146,6 +146,11 @@ void FreeElsewhereAndFlush(const std::vector<void*>& blocks, size_t first, size_
   }).join();
 }
 
+Page* PageOfBlock(void* p) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  return PageOf(SegmentOf(address), address);
+}
+
 // Fills one page of `size` (the page is marked full and leaves its queue)
 // and one block more; returns the page's blocks.
 std::vector<void*> FillOnePage(size_t size, Page** page_out, void** extra) {
@@ -646,8 +651,27 @@ TEST(PageLists, LocalFreeIntoAFullPageWithReturnsJoinsThem) {
   ferry_free(extra);
 }
 
+// The class's only page carves its next blocks as its list runs out (the
+// allocation that takes the last block does), not at the next allocation's
+// slow path: nothing else of the class could serve it.
+TEST(PageLists, TheOnlyPageOfAClassCarvesOnAsItsListRunsOut) {
+  std::thread([] {
+    constexpr size_t kSize = 416;  // one-slice pages; no other test here uses it
+    std::vector<void*> blocks{ferry_malloc(kSize)};
+    Page* page = PageOfBlock(blocks[0]);
+    ASSERT_EQ(tl_heap->queues[page->size_class].tail, page) << "not the class's only page";
+    const uint16_t first_carve = page->capacity;
+    ASSERT_LT(first_carve, page->reserved);
+    while (blocks.size() < first_carve) blocks.push_back(ferry_malloc(kSize));
+    EXPECT_GT(page->capacity, first_carve) << "the list ran out and nothing was carved";
+    EXPECT_NE(page->free, nullptr);
+    for (void* p : blocks) ferry_free(p);
+  }).join();
+}
+
 // Blocks freed on an older page of the class are handed out before the
 // newest page carves more: carving makes memory resident, reuse does not.
+// (The class's only page carves on as its list runs out: PopLastBlock.)
 TEST(PageLists, FreeBlocksOfOlderPagesAreUsedBeforeNewBlocksAreCarved) {
   constexpr size_t kSize = 1792;  // a class no other test here uses
   std::thread([] {
@@ -658,13 +682,13 @@ TEST(PageLists, FreeBlocksOfOlderPagesAreUsedBeforeNewBlocksAreCarved) {
     const uintptr_t address = reinterpret_cast<uintptr_t>(extra);
     Page* newest = PageOf(SegmentOf(address), address);
     ASSERT_NE(newest, older);
-    std::vector<void*> more{extra};
-    while (newest->used < newest->capacity) more.push_back(ferry_malloc(kSize));
-    const uint16_t carved = newest->capacity;
-    ASSERT_LT(carved, newest->reserved) << "the newest page is carved in steps";
     constexpr size_t kFreed = 4;
     std::set<void*> freed(blocks.begin(), blocks.begin() + kFreed);
     for (void* p : freed) ferry_free(p);  // local frees: the older page is back on the queue
+    std::vector<void*> more{extra};
+    while (newest->free != nullptr) more.push_back(ferry_malloc(kSize));
+    const uint16_t carved = newest->capacity;
+    ASSERT_LT(carved, newest->reserved) << "the newest page is carved in steps";
     for (size_t k = 0; k < kFreed; ++k) {
       void* p = ferry_malloc(kSize);
       EXPECT_TRUE(freed.count(p)) << "allocation " << k << " did not reuse a freed block";
@@ -712,10 +736,6 @@ void FreePages(const std::vector<std::vector<void*>>& pages, size_t first, size_
   }
 }
 
-Page* PageOfBlock(void* p) {
-  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
-  return PageOf(SegmentOf(address), address);
-}
 
 // This thread's heap, made now if it had none (then tl_heap is the empty
 // heap), with no standby page: a new thread may take over a heap an
@@ -911,8 +931,10 @@ TEST(PageLists, ALoopOfOneBlockKeepsItsCurrentPageInFrontOfADryPage) {
     std::vector<void*> g_blocks{ferry_malloc(kSize)};
     Page* g = PageOfBlock(g_blocks[0]);
     ASSERT_NE(g, a);
+    ferry_free(a_blocks.back());  // A back on the queue, behind G: G is no longer its class's only page
+    a_blocks.pop_back();
     while (g->free != nullptr) g_blocks.push_back(ferry_malloc(kSize));  // every carved block out
-    ASSERT_LT(g->capacity, g->reserved);
+    ASSERT_LT(g->capacity, g->reserved) << "G carved on as its list ran out, with A on the queue";
     for (void* p : a_blocks) ferry_free(p);  // A empties behind G
     ASSERT_NE(a->standby, 0u);
     ferry_free(ferry_malloc(kSize));  // G is dry: A is taken, and stays current when it empties
