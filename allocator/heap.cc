@@ -661,13 +661,20 @@ bool ReleasePage(Heap* heap, Page* page) {
 // kernel may still count a leaving reclaimer for a moment after the stop,
 // which a free then would take for another thread: the pool starts again
 // and stops after the next idle time).
-FERRY_NOINLINE void ReleasePageFromFree(Heap* heap, Page* page, const void* caller) {
+// True when the free should then start the pool (StartAskedPoolFromFree),
+// once the heap's state is whole again: the start creates a thread, and
+// pthread_create allocates on this thread.
+bool ReleasePageFromFreeAsking(Heap* heap, Page* page) {
   bool asked = ReleasePage(heap, page);
   if (FERRY_UNLIKELY(g_pool_stopped_idle.load(std::memory_order_relaxed) != 0) && !asked) {
     AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
     asked = true;
   }
-  if (asked) StartAskedPoolFromFree(caller);
+  return asked;
+}
+
+FERRY_NOINLINE void ReleasePageFromFree(Heap* heap, Page* page, const void* caller) {
+  if (ReleasePageFromFreeAsking(heap, page)) StartAskedPoolFromFree(caller);
 }
 
 // --- refilling a page --------------------------------------------------------------
@@ -1059,7 +1066,7 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
 // the caller to release: a thread that frees a few hundred pages' worth
 // then keeps the last ones it emptied, in the segments it used last, not
 // the first ones, each pinning a segment that is empty otherwise.
-Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, const void* caller) {
+Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, bool* asked_for_pool) {
   uint32_t slot = heap->standby_next_slot;
   Page* displaced = nullptr;
   if (heap->standby_pages == kStandbyPagesMax && ++heap->standby_displaced > kStandbyPagesMax) {
@@ -1070,12 +1077,15 @@ Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, const void* caller) {
     // the last 16 of six threads' 16 MiB of frees stayed resident while
     // the threads idled: 8.3 MiB above the baseline where 2.1 was
     // (Rss.MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles). Released
-    // as a free releases a page, so that one that asks for the pool starts it.
+    // as a free releases a page; a pool their release asks for starts once
+    // `page` is dealt with (FreeEmptiedPage): started here, pthread_create's
+    // allocations could take a block of `page`, which the caller then
+    // released with that block live.
     heap->standby_paused = true;
     for (Page* standby : heap->standby_slots) {
       if (standby == nullptr) continue;
       QueueRemove(&heap->queues[standby->size_class], standby);  // clears the slot; never a head
-      ReleasePageFromFree(heap, standby, caller);
+      *asked_for_pool |= ReleasePageFromFreeAsking(heap, standby);
     }
     if (q->head == page && q->tail == page) return nullptr;  // its class's only page now: it stays
     const bool was_head = q->head == page;
@@ -1109,7 +1119,7 @@ Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, const void* caller) {
 // All of this page's blocks are free (used == 0). Returns the page to
 // release now, off its queue (this one, or a standby page it displaced), or
 // nullptr.
-Page* PageToReleaseOnEmpty(Heap* heap, Page* page, const void* caller) {
+Page* PageToReleaseOnEmpty(Heap* heap, Page* page, bool* asked_for_pool) {
   if (page->kind == PageKind::kSmall) {
     PageQueue* q = &heap->queues[page->size_class];
     // A class's only page stays, so that a block allocated and freed in a
@@ -1132,7 +1142,7 @@ Page* PageToReleaseOnEmpty(Heap* heap, Page* page, const void* caller) {
       // current, and a malloc/free loop of one block then swapped the two
       // at every free, through a slow path where the page behind was dry.
       if (q->head == page && PageCannotHandOutFirst(page->queue_next)) return nullptr;
-      if (!heap->standby_paused) return KeepOnStandby(heap, q, page, caller);
+      if (!heap->standby_paused) return KeepOnStandby(heap, q, page, asked_for_pool);
     }
     QueueRemove(q, page);
     SyncDirect(heap, page->size_class);
@@ -2527,15 +2537,25 @@ void* PopLastBlock(Page* page, Block* block, Block* next) {
   // the time of sh6bench-like rounds of 10 MiB, whose pages are all new
   // each round). The slow path's checkpoint stays: retained pages age by
   // slow paths, and without it onefree's medium pages stayed longer
-  // (steady RSS/live 1.211 -> 1.218, 21 runs each).
+  // (steady RSS/live 1.211 -> 1.218, 21 runs each). Not quite the slow
+  // path's choice: that comes at the next allocation, and blocks the owner
+  // frees meanwhile (into this page, or a full one of the class) would
+  // come before the carved ones; now they come after, 4 KiB (or one medium
+  // block) later.
   if (page->capacity < page->reserved) {
     Heap* heap = page->heap;
     const size_t c = page->size_class;
     const PageQueue& q = heap->queues[c];
     if (q.head == page && q.tail == page && page->returned.load(std::memory_order_relaxed) == 0 &&
-        heap->inbox[c].load(std::memory_order_relaxed) == nullptr) {
-      TendHeap(heap, c);  // leaves the class's current page where it is
-      if (q.head == page && q.tail == page) ExtendPage(page);
+        heap->inbox[c].load(std::memory_order_relaxed) == nullptr &&
+        heap->inbox_borrowed.load(std::memory_order_relaxed) == 0) {  // else the slow path waits for it
+      // The rest of the slow path's start: a pending pool start (its thread's
+      // allocations may use this page: looked at again below), and the
+      // checkpoint, which leaves the class's current page where it is (its
+      // sweep may refill it).
+      PoolMaybeStartUnlessExiting();
+      TendHeap(heap, c);
+      if (q.head == page && q.tail == page && page->free == nullptr) ExtendPage(page);
     }
   }
   return p;
@@ -2589,7 +2609,10 @@ void PublishBatchSlow(Heap* heap, const void* caller) {
 }
 
 FERRY_NOINLINE void FreeEmptiedPage(Heap* heap, Page* page, const void* caller) {
-  if (Page* release = PageToReleaseOnEmpty(heap, page, caller)) ReleasePageFromFree(heap, release, caller);
+  bool asked_for_pool = false;
+  Page* release = PageToReleaseOnEmpty(heap, page, &asked_for_pool);
+  if (release != nullptr) asked_for_pool |= ReleasePageFromFreeAsking(heap, release);
+  if (asked_for_pool) StartAskedPoolFromFree(caller);
 }
 
 // A malloc/free loop of one block empties its page at every free: the

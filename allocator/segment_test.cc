@@ -310,12 +310,21 @@ TEST(PageLists, AnOwnerShortOfAClassWaitsForTheInboxTheHousekeepingHolds) {
   std::atomic<bool> put_back{false};
   std::thread housekeeping = BorrowInboxFor100Ms(owner, size_class, &put_back);
   // The owner's other page (extra's) runs dry, then the returned blocks.
+  // Nor does extra's page, its class's only queued page, carve more as its
+  // list runs out (PopLastBlock) while the inbox is away.
+  Page* extra_page = PageOfBlock(extra);
+  const uint16_t extra_carved = extra_page->capacity;
   std::set<void*> fresh;
   bool reused_after_put_back = true;
+  bool returned_seen = false;
   for (uint32_t k = 0; k < 2 * uint32_t{page->reserved}; ++k) {
     void* p = ferry_malloc(kSize);
     const bool returned_block = std::find(blocks.begin(), blocks.begin() + half, p) != blocks.begin() + half;
     if (returned_block && !put_back.load()) reused_after_put_back = false;
+    if (returned_block && !returned_seen) {
+      returned_seen = true;
+      EXPECT_EQ(extra_page->capacity, extra_carved) << "carved while the returned blocks were away";
+    }
     fresh.insert(p);
   }
   housekeeping.join();
