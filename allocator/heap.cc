@@ -1056,6 +1056,28 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
   heap->inbox_owner_holding.store(0, std::memory_order_release);
 }
 
+// True when the heap stops keeping standby pages, having released them
+// all: more displaced than are kept, none of them used again meanwhile
+// (AllocateFromQueuedPage), is a heap shrinking, not a round that its next
+// one repays; pages then go at once until the heap next runs short of
+// blocks (AllocateSlow). Kept, the last 16 of six threads' 16 MiB of frees
+// stayed resident while the threads idled: 8.3 MiB above the baseline
+// where 2.1 was (Rss.MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles).
+// Released as a free releases a page; a pool their release asks for starts
+// once the emptied page is dealt with (FreeEmptiedPage): started here,
+// pthread_create's allocations could take a block of that page, which the
+// caller then released with the block live.
+bool PausesStandby(Heap* heap, bool* asked_for_pool) {
+  if (heap->standby_pages < kStandbyPagesMax || ++heap->standby_displaced <= kStandbyPagesMax) return false;
+  heap->standby_paused = true;
+  for (Page* standby : heap->standby_slots) {
+    if (standby == nullptr) continue;
+    QueueRemove(&heap->queues[standby->size_class], standby);  // clears the slot; never a head
+    *asked_for_pool |= ReleasePageFromFreeAsking(heap, standby);
+  }
+  return true;
+}
+
 // An empty page of one slice, one of its class's several, stays on the
 // queue as a standby page, at its tail: pages with blocks out are handed out
 // from first, so that a standby page the class does not need again is left
@@ -1066,38 +1088,16 @@ void FreeCompletedInboxPages(Heap* heap, size_t word) {
 // the caller to release: a thread that frees a few hundred pages' worth
 // then keeps the last ones it emptied, in the segments it used last, not
 // the first ones, each pinning a segment that is empty otherwise.
-Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page, bool* asked_for_pool) {
+Page* KeepOnStandby(Heap* heap, PageQueue* q, Page* page) {
   uint32_t slot = heap->standby_next_slot;
   Page* displaced = nullptr;
-  if (heap->standby_pages == kStandbyPagesMax && ++heap->standby_displaced > kStandbyPagesMax) {
-    // More standby pages displaced than are kept, none of them used again
-    // meanwhile (AllocateFromQueuedPage): a heap shrinking, not a round
-    // that its next one repays. Every standby page goes, and pages go at
-    // once until the heap next runs short of blocks (AllocateSlow). Kept,
-    // the last 16 of six threads' 16 MiB of frees stayed resident while
-    // the threads idled: 8.3 MiB above the baseline where 2.1 was
-    // (Rss.MemoryFreedByItsOwnThreadReturnsWhileTheThreadIdles). Released
-    // as a free releases a page; a pool their release asks for starts once
-    // `page` is dealt with (FreeEmptiedPage): started here, pthread_create's
-    // allocations could take a block of `page`, which the caller then
-    // released with that block live.
-    heap->standby_paused = true;
-    for (Page* standby : heap->standby_slots) {
-      if (standby == nullptr) continue;
-      QueueRemove(&heap->queues[standby->size_class], standby);  // clears the slot; never a head
-      *asked_for_pool |= ReleasePageFromFreeAsking(heap, standby);
-    }
-    if (q->head == page && q->tail == page) return nullptr;  // its class's only page now: it stays
-    const bool was_head = q->head == page;
-    QueueRemove(q, page);
-    if (was_head) SyncDirect(heap, page->size_class);
-    return page;
-  }
   if (heap->standby_pages == kStandbyPagesMax) {
     displaced = heap->standby_slots[slot];
     QueueRemove(&heap->queues[displaced->size_class], displaced);  // frees the slot; never a head
     // Its class's only page now, and so its current page (a standby page
-    // never is): it stays as that.
+    // never is): it stays as that. PageToReleaseOnEmpty keeps such a page
+    // current before it gets here (the soak's abort came from the first
+    // form, which marked it): a guard, not a path.
     if (q->head == page && q->tail == page) return displaced;
   } else {
     while (heap->standby_slots[slot] != nullptr) slot = (slot + 1) % kStandbyPagesMax;
@@ -1142,7 +1142,7 @@ Page* PageToReleaseOnEmpty(Heap* heap, Page* page, bool* asked_for_pool) {
       // current, and a malloc/free loop of one block then swapped the two
       // at every free, through a slow path where the page behind was dry.
       if (q->head == page && PageCannotHandOutFirst(page->queue_next)) return nullptr;
-      if (!heap->standby_paused) return KeepOnStandby(heap, q, page, asked_for_pool);
+      if (!heap->standby_paused && !PausesStandby(heap, asked_for_pool)) return KeepOnStandby(heap, q, page);
     }
     QueueRemove(q, page);
     SyncDirect(heap, page->size_class);
