@@ -2239,12 +2239,8 @@ bool ResizeLargeInPlace(void* p, size_t n) {
   page->divisor_magic = ~uint64_t{0} / page->block_size + 1;
   page->carved_bytes.store(static_cast<uint32_t>(page->block_size), std::memory_order_relaxed);
   if (wanted < count) {
-    // The record and the purge's hint first: once the slices are free,
-    // another heap may take them (ReleasePageSlices).
-    NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(
-        segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(first + wanted, count - wanted))));
-    for (size_t k = wanted; k < count; ++k) segment->released_by[first + k].store(page->heap, std::memory_order_relaxed);
-    FreeSlices(segment, first + wanted, count - wanted, OsMonotonicMs());
+    // The record first: once the slices are free, another heap may take them.
+    ReleaseSliceRun(segment, first + wanted, count - wanted, page->heap);
   }
   return true;
 }

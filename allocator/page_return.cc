@@ -37,7 +37,7 @@ void ReleasePageSlices(Page* page) {
   const size_t start = static_cast<size_t>(page - segment->pages);
   const size_t count = page->slice_count;
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = 0;
-  for (size_t k = 0; k < count; ++k) segment->released_by[start + k].store(page->heap, std::memory_order_relaxed);
+  const Heap* heap = page->heap;
   page->kind = PageKind::kNone;
   page->heap = nullptr;
   page->block_size = 0;
@@ -51,10 +51,15 @@ void ReleasePageSlices(Page* page) {
   // (Counted after the free until a review of 2026-12-06: another heap's
   // claim in between found the hint at 0 and left it, and the late count
   // then kept it too high.)
-  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(start, count);
-  NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(dirty)));
-  FreeSlices(segment, start, count, OsMonotonicMs());
+  ReleaseSliceRun(segment, start, count, heap);
   CounterAdd(Counter::pages_released, 1);
+}
+
+void ReleaseSliceRun(Segment* segment, size_t first, size_t count, const Heap* heap) {
+  const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & SliceRun(first, count);
+  NoteDirtySlicesFreed(static_cast<size_t>(__builtin_popcountll(dirty)));
+  for (size_t k = 0; k < count; ++k) segment->released_by[first + k].store(heap, std::memory_order_relaxed);
+  FreeSlices(segment, first, count, OsMonotonicMs());
 }
 
 void NoteRoomInFullSegment(Segment* segment) {

@@ -52,6 +52,12 @@ inline void InboxPush(std::atomic<Page*>& inbox, Page* page) {
 // heap. The caller has the page to itself and nothing of it is in use.
 void ReleasePageSlices(Page* page);
 
+// Frees slices [first, first + count) of `segment`, which a page of `heap`
+// held (a page released, or a large block's tail cut off): the purge's hint
+// and who released them first, since once the slices are free another heap
+// may take them (ClaimSlices).
+void ReleaseSliceRun(Segment* segment, size_t first, size_t count, const Heap* heap);
+
 }  // namespace ferry
 
 #endif  // FERRY_ALLOCATOR_PAGE_RETURN_H_
