@@ -672,8 +672,9 @@ constexpr int64_t kDirtySlicesAskingForThePool = (int64_t{16} << 20) / static_ca
 // kernel may still count a leaving reclaimer for a moment after the stop,
 // which a free then would take for another thread: the pool starts again
 // and stops after the next idle time).
-// True when the free should then start the pool (StartAskedPoolFromFree),
-// once the heap's state is whole again: the start creates a thread, and
+// True when the free may have asked for the pool, which it then starts
+// (StartAskedPoolFromFree, which looks whether it was asked) once the
+// heap's state is whole again: the start creates a thread, and
 // pthread_create allocates on this thread.
 bool ReleasePageFromFreeAsking(Heap* heap, Page* page) {
   bool asked = ReleasePage(heap, page);

@@ -62,7 +62,7 @@ inline constexpr size_t kKeptEmptySegments = 16;
 // most 28 MiB, are a cache that a program of a little local churn keeps
 // while it idles without a thread started for it. Three threads that each
 // allocated and freed 12 MiB of their own, four times over, kept four
-// (tests/reclaimer_test.cc, ProgramWithoutRemoteFreesNeverStartsAThread).
+// (tests/reclaimer_test.cc, ProgramWithoutRemoteFreesOrMuchFreeMemoryNeverStartsAThread).
 inline constexpr size_t kKeptEmptySegmentsAskingForThePool = 8;
 
 // Local frees between two of the owner's checkpoints (Heap::frees_to_checkpoint).

@@ -313,8 +313,11 @@ bool ForgetAccessesBeforeGrowingInto(uintptr_t start, size_t size) {
 #if defined(__SANITIZE_THREAD__)
   void* probe = mmap(reinterpret_cast<void*>(start), size, PROT_NONE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
-  if (probe == MAP_FAILED) return false;
-  munmap(probe, size);  // elsewhere on kernels before 4.17: ours all the same
+  // Only a range in use refuses (EEXIST, or on kernels before 4.17, which
+  // take the flag for a hint, a probe placed elsewhere): out of mapping
+  // entries (vm.max_map_count), the mremap may still grow the range.
+  if (probe == MAP_FAILED) return errno != EEXIST;
+  munmap(probe, size);
   return probe == reinterpret_cast<void*>(start);
 #else
   (void)start;

@@ -613,7 +613,7 @@ std::string SingleThreadedProgramHasNoReclaimer() {
   return "";
 }
 
-TEST(ReclaimerPool, ProgramWithoutRemoteFreesNeverStartsAThread) {
+TEST(ReclaimerPool, ProgramWithoutRemoteFreesOrMuchFreeMemoryNeverStartsAThread) {
   EXPECT_IN_FRESH_PROCESS(SingleThreadedProgramHasNoReclaimer);
 }
 
