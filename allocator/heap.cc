@@ -677,14 +677,12 @@ constexpr int64_t kDirtySlicesAskingForThePool = (int64_t{16} << 20) / static_ca
 // heap's state is whole again: the start creates a thread, and
 // pthread_create allocates on this thread.
 bool ReleasePageFromFreeAsking(Heap* heap, Page* page) {
-  bool asked = ReleasePage(heap, page);
-  if (asked) return true;
-  if (FERRY_UNLIKELY(g_pool_stopped_idle.load(std::memory_order_relaxed) != 0)) {
+  if (ReleasePage(heap, page)) return true;
+  // After an idle pool's stop, or with much committed memory free
+  // (kDirtySlicesAskingForThePool): threads now decide, not threads once.
+  if (FERRY_UNLIKELY(g_pool_stopped_idle.load(std::memory_order_relaxed) != 0 ||
+                     g_free_dirty_slices_hint.load(std::memory_order_relaxed) >= kDirtySlicesAskingForThePool)) {
     AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);
-    return true;
-  }
-  if (FERRY_UNLIKELY(g_free_dirty_slices_hint.load(std::memory_order_relaxed) >= kDirtySlicesAskingForThePool)) {
-    AskForThePoolIfSeveralThreads(/*by_threads_run=*/false);  // as above: threads now, not threads once
     return true;
   }
   return false;
