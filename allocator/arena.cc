@@ -1,8 +1,9 @@
 // arena.cc — segments carved from larger reservations, and the segment map.
 //
-// An arena is kArenaSize of address space, reserved once and never unmapped;
-// segments are handed out lowest address first (keeping the heap compact) and
-// come back decommitted, so a released segment costs address space only.
+// An arena is kArenaSize of address space, reserved inaccessible;
+// segments are handed out lowest address first (keeping the heap compact),
+// made writable as they are, and come back inaccessible but their header, so
+// a released segment costs address space only, not commit charge.
 // Arena growth, the search of the segments for free slices
 // (ArenaTakeSlicesAnywhere: only when the heap's first own segments have
 // none of the kind wanted, for committed ones only while the hint says some
@@ -27,17 +28,101 @@ namespace ferry {
 // constinit where the compiler can check it. clang gives up evaluating the
 // 64 Mi atomics' constructors (its constexpr step limit) and rejects
 // constinit, though it too zero-initializes the map statically (in .bss,
-// with no dynamic initializer; checked with clang 14).
+// with no dynamic initializer; checked with clang 14). Page-aligned, so
+// that it can be mapped again read-only (SegmentMapCommit).
 #if defined(__clang__)
-std::atomic<uint8_t> g_segment_map[kMapEntries];
+alignas(kMapPageBytes) std::atomic<uint8_t> g_segment_map[kMapEntries];
 #else
-constinit std::atomic<uint8_t> g_segment_map[kMapEntries];
+alignas(kMapPageBytes) constinit std::atomic<uint8_t> g_segment_map[kMapEntries];
 #endif
 constinit FreeListKeys g_keys{};  // set once, in EnsureGlobalInit
+
+namespace {
+
+// The map is 32 MiB of .bss: a private writable mapping, which strict
+// overcommit (vm.overcommit_memory=2) and RLIMIT_DATA charge in full, though
+// a process writes a page or two of it (a page's entries cover 16 GiB of
+// address space). So the first reservation maps it again read-only (reads
+// still find zeros, with no charge), and each reservation makes the pages
+// of its entries writable before its entries are set.
+enum MapState : uint8_t {
+  kMapAsLoaded,     // nothing reserved yet: every entry is zero
+  kMapByPage,       // read-only but the pages in g_map_pages_writable
+  kMapAllWritable,  // as loaded, for good (the remap refused, or a page size the map does not fit)
+};
+constexpr size_t kMapPages = kMapEntries / kMapPageBytes;
+constinit std::atomic<uint8_t> g_map_state{kMapAsLoaded};
+constinit std::atomic<uint64_t> g_map_pages_writable[kMapPages / 64] = {};
+// Serializes the remap and the pages' mprotect; held across fork() (after
+// the arena lock, which a reservation may hold when it commits).
+constinit ForkHeldSpinLock g_map_lock;
+
+bool MapPageWritable(size_t page) {
+  return (g_map_pages_writable[page / 64].load(std::memory_order_acquire) >> (page % 64) & 1) != 0;
+}
+
+bool MapEntryWritable(uintptr_t chunk) {
+  const uint8_t state = g_map_state.load(std::memory_order_acquire);
+  return state == kMapAllWritable || (state == kMapByPage && MapPageWritable(chunk / kMapPageBytes));
+}
+
+// The first commit, under g_map_lock: the map read-only. Where the kernel
+// refuses, the map stays writable as loaded; where the refusal left nothing
+// mapped there (the kernel out of memory of its own, in mmap's middle),
+// ferry cannot go on.
+void RemapSegmentMapReadOnlyLocked() {
+  uint8_t state = kMapAllWritable;
+  if (OsPageSize() <= kMapPageBytes && kMapPageBytes % OsPageSize() == 0) {
+    if (OsUncommit(g_segment_map, sizeof(g_segment_map), /*readable=*/true)) {
+      state = kMapByPage;
+    } else {
+      const bool still_mapped = OsCommit(g_segment_map, sizeof(g_segment_map));
+      FERRY_CHECK(still_mapped);
+    }
+  }
+  g_map_state.store(state, std::memory_order_release);
+}
+
+}  // namespace
+
+bool SegmentMapCommit(uintptr_t begin, size_t size) {
+  const size_t first = (begin >> kSegmentShift) / kMapPageBytes;
+  const size_t last = ((begin + size - 1) >> kSegmentShift) / kMapPageBytes;
+  if (first >= kMapPages) return true;  // no entries (SegmentMapSet refuses them)
+  const size_t end = (last < kMapPages ? last : kMapPages - 1) + 1;
+  const auto all_writable = [&] {
+    const uint8_t state = g_map_state.load(std::memory_order_acquire);
+    if (state != kMapByPage) return state == kMapAllWritable;
+    for (size_t page = first; page < end; ++page) {
+      if (!MapPageWritable(page)) return false;
+    }
+    return true;
+  };
+  if (all_writable()) return true;
+  SpinLockHolder hold(&g_map_lock);
+  if (g_map_state.load(std::memory_order_relaxed) == kMapAsLoaded) RemapSegmentMapReadOnlyLocked();
+  if (g_map_state.load(std::memory_order_relaxed) == kMapAllWritable) return true;
+  for (size_t page = first; page < end; ++page) {
+    if (MapPageWritable(page)) continue;
+    if (!OsCommit(reinterpret_cast<char*>(g_segment_map) + page * kMapPageBytes, kMapPageBytes)) return false;
+    g_map_pages_writable[page / 64].fetch_or(uint64_t{1} << (page % 64), std::memory_order_release);
+  }
+  return true;
+}
+
+size_t SegmentMapWritablePagesForTest() {
+  if (g_map_state.load(std::memory_order_acquire) != kMapByPage) return SIZE_MAX;
+  size_t pages = 0;
+  for (const auto& word : g_map_pages_writable) pages += __builtin_popcountll(word.load(std::memory_order_acquire));
+  return pages;
+}
 
 void SegmentMapSet(uintptr_t chunk_address, uint8_t value) {
   const uintptr_t chunk = chunk_address >> kSegmentShift;
   FERRY_CHECK(chunk < kMapEntries);
+  // A reservation that skipped SegmentMapCommit would fault here, or, set
+  // before the first commit, lose its entry to the remap.
+  FERRY_CHECK(MapEntryWritable(chunk));
   g_segment_map[chunk].store(value, std::memory_order_release);
 }
 
@@ -413,8 +498,13 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // 64 MiB under a limit were never used.
     for (size_t segments = first_segments;
          address == 0 && (g_arena_count < kMaxArenas || g_dead_arenas != 0) && segments != 0; segments /= 2) {
-      void* base = OsReserve(segments * kSegmentSize, kSegmentSize);
+      // Inaccessible, so uncharged, until a segment of it is taken.
+      void* base = OsReserveInaccessible(segments * kSegmentSize, kSegmentSize);
       if (base == nullptr) continue;
+      if (!SegmentMapCommit(reinterpret_cast<uintptr_t>(base), segments * kSegmentSize)) {
+        OsRelease(base, segments * kSegmentSize);
+        break;
+      }
       const size_t index = TakeArenaEntryLocked();
       room_index = index * kSegmentsPerArena;
       Arena& arena = g_arenas[index];
@@ -432,6 +522,18 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
       CounterAdd(g_counters.arena_bytes_reserved, static_cast<int64_t>(segments * kSegmentSize));
     }
     if (address == 0) return nullptr;
+    // Charged from here (strict overcommit, RLIMIT_DATA): a segment is
+    // inaccessible but its header while it is not handed out. Refused, it
+    // goes back free, as it was.
+    if (!OsCommit(reinterpret_cast<void*>(address), kSegmentSize)) {
+      const size_t arena_index = room_index / kSegmentsPerArena;
+      Arena& arena = g_arenas[arena_index];
+      const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
+      arena.used &= ~bit;
+      if (not_zero) arena.not_zero |= bit;
+      if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
+      return nullptr;
+    }
     // Under the lock: ArenaTakeSlicesAnywhere reads the header of every
     // segment handed out, so it must be valid before the lock is dropped.
     segment = reinterpret_cast<Segment*>(address);
@@ -478,7 +580,12 @@ void ArenaReleaseSegment(Segment* segment) {
   // until the next purge run would have that run take other free slices
   // for unneeded ones (ArenaPurge).
   HintSlicesTaken(__builtin_popcountll(dirty));
-  bool zero = OsDecommit(reinterpret_cast<char*>(segment) + kSliceSize, kSegmentSize - kSliceSize);
+  // Inaccessible again, uncharged, and zero when next taken. The header
+  // stays readable: a thread that freed the segment's last slices a moment
+  // ago may still read it (SegmentReadWindow), and finds it detached, then
+  // all free. Where the kernel refuses the fixed mapping, decommitted.
+  char* const slices = reinterpret_cast<char*>(segment) + kSliceSize;
+  bool zero = OsUncommit(slices, kSegmentSize - kSliceSize) || OsDecommit(slices, kSegmentSize - kSliceSize);
   if (zero) CounterAdd(Counter::bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
   CounterAdd(Counter::segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
@@ -799,8 +906,10 @@ size_t ArenaEntriesForTest() {
 void ArenaLockForFork() {
   g_unreserve_lock.LockForFork();
   g_arena_lock.LockForFork();
+  g_map_lock.LockForFork();
 }
 void ArenaUnlockAfterFork() {
+  g_map_lock.UnlockAfterFork();
   g_arena_lock.UnlockAfterFork();
   g_unreserve_lock.UnlockAfterFork();
 }

@@ -576,6 +576,11 @@ void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check) 
       MakeRoomInAddressSpace(size)) {
     mapping = OsReserve(size, alignment, overcommit_check);
   }
+  // A huge block's mapping has entries in the segment map.
+  if (mapping != nullptr && alignment == kSegmentSize && !SegmentMapCommit(reinterpret_cast<uintptr_t>(mapping), size)) {
+    OsRelease(mapping, size);
+    return nullptr;
+  }
   return mapping;
 }
 

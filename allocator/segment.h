@@ -288,6 +288,7 @@ enum : uint8_t {
                             // here; its header is one chunk below
 };
 inline constexpr size_t kMapEntries = size_t{1} << (kAddressBits - kSegmentShift);
+inline constexpr size_t kMapPageBytes = 4096;
 extern std::atomic<uint8_t> g_segment_map[kMapEntries];
 
 FERRY_ALWAYS_INLINE uint8_t SegmentMapLookup(uintptr_t p) {
@@ -295,7 +296,16 @@ FERRY_ALWAYS_INLINE uint8_t SegmentMapLookup(uintptr_t p) {
   if (FERRY_UNLIKELY(chunk >= kMapEntries)) return kMapNone;
   return g_segment_map[chunk].load(std::memory_order_relaxed);
 }
+// Makes the map's entries for [begin, begin + size) writable: every range
+// ferry reserves for segments or huge blocks, before any entry of it is set
+// (the map is read-only elsewhere, so that it costs no commit charge);
+// false when the kernel refused (strict overcommit's limit, RLIMIT_DATA):
+// then the range cannot be used. Once writable, a page of the map stays so.
+bool SegmentMapCommit(uintptr_t begin, size_t size);
 void SegmentMapSet(uintptr_t chunk_address, uint8_t value);
+// Pages of the map made writable, or SIZE_MAX where it stayed writable
+// whole (or nothing was reserved yet). For tests.
+size_t SegmentMapWritablePagesForTest();
 
 // --- arenas -------------------------------------------------------------------
 
@@ -563,7 +573,8 @@ void ReleaseIdleHugeMappings(uint64_t now_ms, bool urgent);
 bool GiveBackHugeCacheForRoom(size_t size);
 // OsReserve, and where it fails, once more after GiveBackHugeCacheForRoom,
 // and, for a huge mapping (alignment kSegmentSize), after
-// MakeRoomInAddressSpace (heap.h).
+// MakeRoomInAddressSpace (heap.h); a huge mapping's segment map entries
+// are writable (SegmentMapCommit), or it is given back and nullptr returned.
 void* OsReserveMakingRoom(size_t size, size_t alignment, bool overcommit_check = false);
 // In a fork child: no reclaimer thread will give back what the huge cache
 // holds, so it keeps no more than where none ticks (the parent's may hold

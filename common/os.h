@@ -27,6 +27,18 @@
 //    reads as zero afterwards); resident memory falls at once (MADV_DONTNEED,
 //    not MADV_FREE, so RSS tells the truth). False when the kernel refused
 //    (memory locked by mlock or mlockall): then the range keeps its bytes.
+//  - OsReserveInaccessible reserves address space as OsReserve does, but no
+//    access is allowed and nothing is charged against the kernel's commit
+//    limit (strict overcommit, vm.overcommit_memory=2, and RLIMIT_DATA
+//    count every private writable mapping in full, MAP_NORESERVE or not).
+//    OsCommit makes a part of it readable and writable, charged; false when
+//    the kernel refused (the commit limit, RLIMIT_DATA, vm.max_map_count):
+//    then the range is as it was. OsUncommit drops a committed range's
+//    pages and its charge at once (a fixed mapping over it: madvise keeps
+//    the charge): inaccessible again, or with `readable` read-only zeros.
+//    False when the kernel refused: then the range holds its bytes as it
+//    was, or, rarely (the kernel out of memory of its own after it took the
+//    old mapping down), nothing is mapped there.
 //  - None of these allocate or take locks.
 #ifndef FERRY_COMMON_OS_H_
 #define FERRY_COMMON_OS_H_
@@ -38,6 +50,9 @@ namespace ferry {
 
 void* OsReserve(size_t size, size_t alignment, bool overcommit_check = false);
 bool OsRelease(void* base, size_t size);
+void* OsReserveInaccessible(size_t size, size_t alignment);
+bool OsCommit(void* base, size_t size);
+bool OsUncommit(void* base, size_t size, bool readable = false);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);

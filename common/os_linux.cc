@@ -41,8 +41,8 @@ constexpr int kReserveProt = PROT_READ | PROT_WRITE;
 // as a rule, or just above, each only where nothing is mapped
 // (MAP_FIXED_NOREPLACE; a kernel older than 4.17 takes the flag as a hint,
 // and a range elsewhere is given back).
-void* ReserveAlignedUnpadded(size_t size, size_t alignment, int flags) {
-  void* first = mmap(nullptr, size, kReserveProt, flags, -1, 0);
+void* ReserveAlignedUnpadded(size_t size, size_t alignment, int prot, int flags) {
+  void* first = mmap(nullptr, size, prot, flags, -1, 0);
   if (first == MAP_FAILED) return nullptr;
   const uintptr_t start = reinterpret_cast<uintptr_t>(first);
   if ((start & (alignment - 1)) == 0) return first;
@@ -51,29 +51,26 @@ void* ReserveAlignedUnpadded(size_t size, size_t alignment, int flags) {
   for (uintptr_t candidate : {below, below + alignment}) {
     if (candidate == 0 || candidate + size < candidate) continue;
     void* want = reinterpret_cast<void*>(candidate);
-    void* p = mmap(want, size, kReserveProt, flags | MAP_FIXED_NOREPLACE, -1, 0);
+    void* p = mmap(want, size, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
     if (p == want) return p;
     if (p != MAP_FAILED) munmap(p, size);
   }
   return nullptr;
 }
 
-}  // namespace
-
-void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
-  const int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | (overcommit_check ? 0 : MAP_NORESERVE);
+void* ReserveWith(size_t size, size_t alignment, int prot, int flags) {
   const int saved_errno = errno;
   if (alignment <= OsPageSize()) {
-    void* p = mmap(nullptr, size, kReserveProt, kFlags, -1, 0);
+    void* p = mmap(nullptr, size, prot, flags, -1, 0);
     errno = saved_errno;
     return p == MAP_FAILED ? nullptr : p;
   }
   // Over-reserve, then trim both ends so that what stays is aligned.
   const size_t padded = size + alignment;
   if (padded < size) return nullptr;
-  void* raw = mmap(nullptr, padded, kReserveProt, kFlags, -1, 0);
+  void* raw = mmap(nullptr, padded, prot, flags, -1, 0);
   if (raw == MAP_FAILED) {
-    void* p = ReserveAlignedUnpadded(size, alignment, kFlags);
+    void* p = ReserveAlignedUnpadded(size, alignment, prot, flags);
     errno = saved_errno;
     return p;
   }
@@ -84,6 +81,31 @@ void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
   if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - aligned - size);
   errno = saved_errno;
   return reinterpret_cast<void*>(aligned);
+}
+
+}  // namespace
+
+void* OsReserve(size_t size, size_t alignment, bool overcommit_check) {
+  return ReserveWith(size, alignment, kReserveProt,
+                     MAP_PRIVATE | MAP_ANONYMOUS | (overcommit_check ? 0 : MAP_NORESERVE));
+}
+
+void* OsReserveInaccessible(size_t size, size_t alignment) {
+  return ReserveWith(size, alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+}
+
+bool OsCommit(void* base, size_t size) {
+  const int saved_errno = errno;
+  const bool done = mprotect(base, size, kReserveProt) == 0;
+  errno = saved_errno;
+  return done;
+}
+
+bool OsUncommit(void* base, size_t size, bool readable) {
+  const int saved_errno = errno;
+  void* p = mmap(base, size, readable ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  errno = saved_errno;
+  return p == base;
 }
 
 bool OsRelease(void* base, size_t size) {

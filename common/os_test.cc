@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -325,4 +326,62 @@ TEST(Os, OnlyThreadsOfTheProcessHaveATidWord) {
 }
 
 }  // namespace
+// The permissions /proc/self/maps shows for the mapping holding `p`
+// ("rw-p", "---p"...), or "" where none does.
+std::string PermissionsAt(const void* p) {
+  FILE* maps = fopen("/proc/self/maps", "r");
+  char line[512];
+  std::string found;
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  while (maps != nullptr && fgets(line, sizeof line, maps) != nullptr) {
+    unsigned long from = 0, to = 0;
+    char perms[8] = {};
+    if (sscanf(line, "%lx-%lx %7s", &from, &to, perms) == 3 && from <= address && address < to) found = perms;
+  }
+  if (maps != nullptr) fclose(maps);
+  return found;
+}
+
+// True when a write to `p` in a fork child never completes (SIGSEGV; a
+// sanitizer's handler reports it, to /dev/null here, and exits).
+bool WriteFaults(char* p) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, 2);
+    *reinterpret_cast<volatile char*>(p) = 1;
+    _exit(0);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return false;
+  return !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+// An inaccessible reservation is made writable in parts, which hold their
+// bytes, and uncommitted parts lose them: inaccessible again, or read-only
+// zeros.
+TEST(Os, InaccessibleReservationsAreCommittedAndUncommittedInParts) {
+  constexpr size_t kSize = size_t{4} << 20;
+  char* base = static_cast<char*>(ferry::OsReserveInaccessible(kSize, kSize));
+  ASSERT_NE(base, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(base) % kSize, 0u);
+  EXPECT_EQ(PermissionsAt(base), "---p");
+  EXPECT_TRUE(WriteFaults(base));
+  ASSERT_TRUE(ferry::OsCommit(base, kSize / 2));
+  EXPECT_EQ(PermissionsAt(base), "rw-p");
+  EXPECT_EQ(PermissionsAt(base + kSize / 2), "---p");
+  memset(base, 0x7e, kSize / 2);
+  ASSERT_TRUE(ferry::OsUncommit(base + kSize / 4, kSize / 4));
+  EXPECT_EQ(base[kSize / 4 - 1], 0x7e) << "the part below keeps its bytes";
+  EXPECT_EQ(PermissionsAt(base + kSize / 4), "---p");
+  EXPECT_TRUE(WriteFaults(base + kSize / 4));
+  ASSERT_TRUE(ferry::OsCommit(base + kSize / 4, kSize / 4));
+  EXPECT_EQ(base[kSize / 4], 0) << "committed again, it reads as zeros";
+  ASSERT_TRUE(ferry::OsUncommit(base, kSize / 4, /*readable=*/true));
+  EXPECT_EQ(PermissionsAt(base), "r--p");
+  EXPECT_EQ(base[0], 0);
+  EXPECT_TRUE(WriteFaults(base));
+  EXPECT_TRUE(ferry::OsRelease(base, kSize));
+}
+
 }  // namespace ferry
