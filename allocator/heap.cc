@@ -2120,8 +2120,13 @@ void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 // (64 MiB) that a limit then refused a mapping for.
 bool MakeRoomInAddressSpace(size_t wanted) {
   Heap* heap = tl_heap;
+  // A segment released gives back its commit charge by itself (strict
+  // overcommit, ulimit -d), unmapped or not: worth a retry too. Other
+  // threads' segments count here as well, which at worst costs a retry.
+  const int64_t live_before = g_counters.segments_live.load(std::memory_order_relaxed);
   if (heap != &g_empty_heap) ReleaseKeptEmptySegments(heap);
-  return ArenaUnreserveFreeSegments(wanted) != 0;
+  const bool released = g_counters.segments_live.load(std::memory_order_relaxed) < live_before;
+  return ArenaUnreserveFreeSegments(wanted) != 0 || released;
 }
 
 void PoolMaybeStartUnlessExiting() {

@@ -37,8 +37,8 @@
 //    pages and its charge at once (a fixed mapping over it: madvise keeps
 //    the charge): inaccessible again, or with `readable` read-only zeros.
 //    False when the kernel refused: then the range holds its bytes as it
-//    was, or, rarely (the kernel out of memory of its own after it took the
-//    old mapping down), nothing is mapped there.
+//    was (where the refusal took the old mapping down, the range is mapped
+//    again, uncommitted, and that is a success).
 //  - None of these allocate or take locks.
 #ifndef FERRY_COMMON_OS_H_
 #define FERRY_COMMON_OS_H_

@@ -103,7 +103,17 @@ bool OsCommit(void* base, size_t size) {
 
 bool OsUncommit(void* base, size_t size, bool readable) {
   const int saved_errno = errno;
-  void* p = mmap(base, size, readable ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  const int prot = readable ? PROT_READ : PROT_NONE;
+  constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* p = mmap(base, size, prot, kFlags | MAP_FIXED, -1, 0);
+  if (p != base) {
+    // The kernel may have taken the old mapping down before it failed (out
+    // of memory of its own): a hole, which the next mprotect would refuse
+    // for good, and another thread's mmap could fill. Filled here where it
+    // is one; where the range is still mapped, this fails with EEXIST.
+    p = mmap(base, size, prot, kFlags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != MAP_FAILED && p != base) munmap(p, size);  // a kernel before 4.17 took it as a hint
+  }
   errno = saved_errno;
   return p == base;
 }
