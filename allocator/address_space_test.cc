@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "allocator/segment.h"
+#include "common/os.h"
 #include "ferry.h"
 
 namespace {
@@ -691,4 +692,40 @@ TEST(CommitCharge, SegmentsPastADataLimitSetLaterAreRefused) {
   });
   if (status == 3) GTEST_SKIP() << "no data limit to set here";
   EXPECT_EQ(status, 0) << "10-11: set-up; 12: not ENOMEM; 13-14: past the limit; 15: room unused; 16: not usable again";
+}
+
+// A segment's slices are made writable from the header up as they are
+// taken, half a MiB at a time: a thread that allocates a little is charged
+// a little. Before 2026-12-07 every segment taken was charged its whole 4
+// MiB (16 threads that each allocated a thousand small blocks: 199 MiB of
+// private writable mappings, 163 since; glibc 137, mimalloc 192).
+TEST(CommitCharge, ASegmentIsChargedForTheSlicesTakenInSteps) {
+  using ferry::kSliceSize;
+  const long before = commit::DataBytes();
+  ferry::Segment* segment = ferry::ArenaAllocateSegment(ferry::SliceRun(1, 1));  // as a heap's first page
+  ASSERT_NE(segment, nullptr);
+  const long after = commit::DataBytes();
+  const auto base = reinterpret_cast<uintptr_t>(segment);
+  const auto writable_bytes = [&] { return commit::WritableBytes(base, base + ferry::kSegmentSize); };
+  EXPECT_LE(after - before, 512 << 10) << "a segment handed out for one slice charged more than half a MiB";
+  EXPECT_EQ(segment->writable_slices.load(), 8u);
+  EXPECT_EQ(writable_bytes(), 8 * kSliceSize);
+  // A slice past the mark raises it to the next step; one below leaves it.
+  ASSERT_TRUE(ferry::TryTakeSlices(segment, 20, 2));
+  EXPECT_EQ(segment->writable_slices.load(), 24u);
+  EXPECT_EQ(writable_bytes(), 24 * kSliceSize);
+  memset(reinterpret_cast<char*>(base + 20 * kSliceSize), 1, 2 * kSliceSize);
+  ASSERT_TRUE(ferry::TryTakeSlices(segment, 5, 1));
+  EXPECT_EQ(segment->writable_slices.load(), 24u);
+  ASSERT_TRUE(ferry::TryTakeSlices(segment, 60, 4));
+  EXPECT_EQ(writable_bytes(), ferry::kSegmentSize);
+  memset(reinterpret_cast<char*>(base + 60 * kSliceSize), 1, 4 * kSliceSize);
+  // Given back, the slices are inaccessible again, the header aside.
+  for (int first : {1, 5, 20, 60}) {
+    ferry::FreeSlices(segment, static_cast<size_t>(first), first == 60 ? 4 : first == 20 ? 2 : 1, ferry::OsMonotonicMs());
+  }
+  uint64_t expected = 1;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, ferry::kSegmentDetached));
+  ferry::ArenaReleaseSegment(segment);
+  EXPECT_EQ(writable_bytes(), kSliceSize);
 }

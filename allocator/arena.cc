@@ -70,9 +70,24 @@ bool MapEntryWritable(uintptr_t chunk) {
 // refuses, the map stays writable as loaded; where the refusal left nothing
 // mapped there (the kernel out of memory of its own, in mmap's middle),
 // ferry cannot go on.
+// Not under ThreadSanitizer, whose mmap interceptor records the remap as a
+// write of the whole map by this thread, which every lookup by another
+// thread then races with (zeros before and after, but reported).
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kRemapSegmentMap = false;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kRemapSegmentMap = false;
+#else
+constexpr bool kRemapSegmentMap = true;
+#endif
+#else
+constexpr bool kRemapSegmentMap = true;
+#endif
+
 void RemapSegmentMapReadOnlyLocked() {
   uint8_t state = kMapAllWritable;
-  if (OsPageSize() <= kMapPageBytes && kMapPageBytes % OsPageSize() == 0) {
+  if (kRemapSegmentMap && OsPageSize() <= kMapPageBytes && kMapPageBytes % OsPageSize() == 0) {
     if (OsUncommit(g_segment_map, sizeof(g_segment_map), /*readable=*/true)) {
       state = kMapByPage;
     } else {
@@ -349,6 +364,41 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
   return -1;
 }
 
+namespace {
+
+// A segment's slices are made writable from the header up, this many at a
+// time past what its first page needed: a thread that allocates a little
+// is charged a little (strict overcommit, ulimit -d), 512 KiB and not the
+// whole 4 MiB, for at most eight mprotects a segment.
+constexpr size_t kCommitStepSlices = 8;
+
+size_t CommitTarget(size_t end) {
+  const size_t target = AlignUp(end, kCommitStepSlices);
+  return target < kSlicesPerSegment ? target : kSlicesPerSegment;
+}
+
+// Makes slices [0, end) of `segment` writable; the caller holds a slice
+// below `end` (or the arena lock, for a segment it hands out), so that the
+// segment cannot go back meanwhile and lower the mark under it. Others may
+// raise it at the same time: mprotect of a writable range changes nothing.
+bool CommitSlicesUpTo(Segment* segment, size_t end) {
+  uint8_t writable = segment->writable_slices.load(std::memory_order_acquire);
+  if (FERRY_LIKELY(end <= writable)) return true;
+  char* const base = reinterpret_cast<char*>(segment);
+  size_t target = CommitTarget(end);
+  if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) {
+    target = end;  // the step refused: what is needed only
+    if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) return false;
+  }
+  while (writable < target && !segment->writable_slices.compare_exchange_weak(
+                                  writable, static_cast<uint8_t>(target), std::memory_order_acq_rel,
+                                  std::memory_order_acquire)) {
+  }
+  return true;
+}
+
+}  // namespace
+
 // Takes the slices [start, start + count) if they are still free (the pool
 // may hold some for a moment while it purges them).
 bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
@@ -358,6 +408,12 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
     if ((used & run) != 0) return false;
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
+  // Held, the segment stays, so its writable mark can only rise.
+  if (FERRY_UNLIKELY(!CommitSlicesUpTo(segment, static_cast<size_t>(start) + count))) {
+    // Refused its charge: free again, as found (never dirty, never claimed).
+    FreeSlices(segment, static_cast<size_t>(start), count, OsMonotonicMs());
+    return false;
+  }
   // Ours now: the purge (which clears dirty bits only for slices it holds)
   // cannot change these bits until we free the slices.
   const uint64_t dirty = segment->dirty_slices.load(std::memory_order_relaxed) & run;
@@ -387,6 +443,8 @@ int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only
       }
     }
     if (TryTakeSlices(segment, start, count, was_clean)) return start;
+    // Taken first by another thread, or refused its charge: another run.
+    allowed &= ~SliceRun(static_cast<size_t>(start), count);
   }
 }
 
@@ -522,10 +580,12 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
       CounterAdd(g_counters.arena_bytes_reserved, static_cast<int64_t>(segments * kSegmentSize));
     }
     if (address == 0) return nullptr;
-    // Charged from here (strict overcommit, RLIMIT_DATA): a segment is
-    // inaccessible but its header while it is not handed out. Refused, it
-    // goes back free, as it was.
-    if (!OsCommit(reinterpret_cast<void*>(address), kSegmentSize)) {
+    // Charged from here (strict overcommit, RLIMIT_DATA): the header and the
+    // slices up to the caller's, in steps (CommitSlicesUpTo); a segment not
+    // handed out is inaccessible but its header. Refused, it goes back free,
+    // as it was.
+    const size_t writable = CommitTarget(taken == 0 ? 1 : static_cast<size_t>(64 - __builtin_clzll(taken)));
+    if (!OsCommit(reinterpret_cast<void*>(address), writable * kSliceSize)) {
       const size_t arena_index = room_index / kSegmentsPerArena;
       Arena& arena = g_arenas[arena_index];
       const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
@@ -542,6 +602,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // calloc clears them).
     if (not_zero) memset(static_cast<void*>(segment), 0, sizeof(Segment));
     segment->kind = SegmentKind::kNormal;
+    segment->writable_slices.store(static_cast<uint8_t>(writable), std::memory_order_relaxed);
     segment->heap.store(nullptr, std::memory_order_relaxed);
     segment->heap_next = segment->heap_prev = nullptr;
     segment->dirty_slices.store(not_zero ? ~uint64_t{1} : taken, std::memory_order_relaxed);

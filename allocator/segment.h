@@ -185,6 +185,11 @@ struct alignas(64) Segment {
   // segments_lock): empty on purpose, so the purge does not count it as a
   // segment to give back (g_idle_empty_segments).
   std::atomic<bool> is_spare;
+  // kNormal: slices [0, writable_slices) are writable, the rest inaccessible
+  // and uncharged (arena.cc, CommitSlicesUpTo). Set when the segment is
+  // handed out, raised by a holder of slices past it, never lowered while
+  // any slice is held.
+  std::atomic<uint8_t> writable_slices;
   // Bit i: slice i belongs to a page (bit 0: the header), or the pool holds
   // it for a moment while it gives its memory back to the OS. The owner
   // claims free slices and releases its pages' slices with atomic
@@ -325,6 +330,8 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // heap, or the pool purging, may take them first); marks them dirty.
 // *was_clean (if given): none of them was dirty, so they read as zeros
 // (never touched, or decommitted with MADV_DONTNEED).
+// False too where the slices could not be made writable (the commit
+// limit: strict overcommit, ulimit -d); then they stay free.
 bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = nullptr);
 // FindFreeSlices, then TryTakeSlices, again while another thread takes the
 // run found first (a heap of another list, the purge, a large block growing

@@ -2094,6 +2094,8 @@ void TakeEverySliceAndRelease(Segment* segment) {
       ASSERT_TRUE(TryTakeSlices(segment, static_cast<int>(k), 1));
     }
   }
+  // Every slice taken is writable (they are made so as they are taken).
+  static_cast<volatile char*>(static_cast<void*>(segment))[kSegmentSize - 1] = 1;
   uint64_t expected = kSegmentFull;
   ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
   ArenaReleaseSegment(segment);
@@ -3255,7 +3257,7 @@ TEST(Unreserve, AFreeSegmentIsUnmappedOnlyOnceNoReaderOfItsHeaderRemains) {
   for (int round = 0; round < 200; ++round) {
     Segment* again = ArenaAllocateSegment(SliceRun(1, 1));
     ASSERT_NE(again, nullptr);
-    static_cast<volatile char*>(static_cast<void*>(again))[kSegmentSize - 1] = 1;
+    static_cast<volatile char*>(static_cast<void*>(again))[2 * kSliceSize - 1] = 1;  // its slice is writable
     TakeEverySliceAndRelease(again);
     ASSERT_GE(ArenaUnreserveFreeSegments(0), kSegmentSize) << "round " << round;
   }
