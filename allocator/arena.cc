@@ -401,7 +401,7 @@ bool CommitSlicesUpTo(Segment* segment, size_t end) {
 
 // Takes the slices [start, start + count) if they are still free (the pool
 // may hold some for a moment while it purges them).
-bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
+bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean, bool* refused) {
   const uint64_t run = SliceRun(static_cast<size_t>(start), count);
   uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
   do {
@@ -410,8 +410,11 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean) {
                                                        std::memory_order_relaxed));
   // Held, the segment stays, so its writable mark can only rise.
   if (FERRY_UNLIKELY(!CommitSlicesUpTo(segment, static_cast<size_t>(start) + count))) {
-    // Refused its charge: free again, as found (never dirty, never claimed).
-    FreeSlices(segment, static_cast<size_t>(start), count, OsMonotonicMs());
+    // Refused its charge: free again, as found (stamps, dirty bits and the
+    // hint untouched: they change only once the slices are ours).
+    SegmentReadWindow window;
+    ClearSlicesAndNoteRoom(segment, run);
+    if (refused != nullptr) *refused = true;
     return false;
   }
   // Ours now: the purge (which clears dirty bits only for slices it holds)
@@ -442,9 +445,12 @@ int TakeFreeSlices(Segment* segment, size_t count, size_t align, bool dirty_only
         continue;
       }
     }
-    if (TryTakeSlices(segment, start, count, was_clean)) return start;
-    // Taken first by another thread, or refused its charge: another run.
-    allowed &= ~SliceRun(static_cast<size_t>(start), count);
+    bool refused = false;
+    if (TryTakeSlices(segment, start, count, was_clean, &refused)) return start;
+    // Refused its charge: only runs already writable, which need none (a
+    // segment's free slices past its mark would each be refused in turn).
+    // Taken first by another thread: the search again, as it is now.
+    if (refused) allowed &= SliceRun(0, segment->writable_slices.load(std::memory_order_acquire));
   }
 }
 

@@ -331,8 +331,10 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // *was_clean (if given): none of them was dirty, so they read as zeros
 // (never touched, or decommitted with MADV_DONTNEED).
 // False too where the slices could not be made writable (the commit
-// limit: strict overcommit, ulimit -d); then they stay free.
-bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = nullptr);
+// limit: strict overcommit, ulimit -d); then they stay free, and
+// *refused (if given) is set.
+bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean = nullptr,
+                   bool* refused = nullptr);
 // FindFreeSlices, then TryTakeSlices, again while another thread takes the
 // run found first (a heap of another list, the purge, a large block growing
 // in place): the first slice of the run taken, or -1 when none is left.
@@ -438,19 +440,23 @@ inline uint64_t SegmentReadWindowsOpen() {
 // Frees the slices [start, start + count), stamped `now_ms` for the purge
 // (ArenaPurge). The stamps are written before the release that clears the
 // bits, which the purge acquires.
-inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
-  // The notice reads the header after the clear, which may have been the
-  // segment's last hold.
-  SegmentReadWindow window;
-  for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
+// Clears `run` in used_slices and notes the room it leaves; the caller is
+// in a SegmentReadWindow (the notice reads the header after the clear,
+// which may have been the segment's last hold).
+inline void ClearSlicesAndNoteRoom(Segment* segment, uint64_t run) {
   // seq_cst: the read of the segment's heap in the notice comes after (a
   // release alone would let it run ahead of the clear on some CPUs), and so
   // does the room index's (NoteSlicesFreed).
-  const uint64_t run = SliceRun(start, count);
   const uint32_t room_index = segment->room_index;
   const uint64_t used = segment->used_slices.fetch_and(~run, std::memory_order_seq_cst);
   NoteSlicesFreed(room_index, used & ~run);
   if (FERRY_UNLIKELY(used == kSegmentFull)) NoteRoomInFullSegment(segment);
+}
+
+inline void FreeSlices(Segment* segment, size_t start, size_t count, uint64_t now_ms) {
+  SegmentReadWindow window;
+  for (size_t k = 0; k < count; ++k) segment->freed_ms[start + k].store(now_ms, std::memory_order_relaxed);
+  ClearSlicesAndNoteRoom(segment, SliceRun(start, count));
 }
 
 // used_slices of a segment that its owner is giving back: every slice looks
