@@ -552,8 +552,6 @@ TEST(AddressSpace, UnderALimitPoorlyPackingLargeBlocksAreHugeAndBehaveAsAnyOther
   EXPECT_EQ(after.huge_allocs, before.huge_allocs);
 }
 
-}  // namespace
-
 // --- commit charge -----------------------------------------------------------
 //
 // Strict overcommit (vm.overcommit_memory=2) charges every private writable
@@ -759,3 +757,5 @@ TEST(CommitCharge, SlicesRefusedTheirChargeStayFreeAndTheSearchTakesWritableOnes
   if (status == 3) GTEST_SKIP() << "no data limit to set here";
   EXPECT_EQ(status, 0) << "10: set-up; 11: not refused; 12: taken or the mark moved; 13-15: the search after";
 }
+
+}  // namespace

@@ -2,8 +2,9 @@
 //
 // An arena is kArenaSize of address space, reserved inaccessible;
 // segments are handed out lowest address first (keeping the heap compact),
-// made writable as they are, and come back inaccessible but their header, so
-// a released segment costs address space only, not commit charge.
+// their slices made writable as they are taken (CommitSlicesUpTo), and come
+// back inaccessible but their 64 KiB header, so a released segment costs
+// address space, and commit charge for its header only.
 // Arena growth, the search of the segments for free slices
 // (ArenaTakeSlicesAnywhere: only when the heap's first own segments have
 // none of the kind wanted, for committed ones only while the hint says some
@@ -461,7 +462,9 @@ namespace {
 std::atomic<size_t> g_address_space_limit{0};
 
 // Below this limit an arena is reserved a quarter at a time (16 MiB): an
-// arena's unused segments count against the limit, and a program whose
+// arena's unused segments count against RLIMIT_AS (not RLIMIT_DATA since
+// 2026-12-07: they are inaccessible; the limit read is the lower of the
+// two, so this errs towards small arenas), and a program whose
 // large blocks go huge under it (LargeBlockGoesHuge) could use none of them
 // (1 MiB blocks under a 1.2 GiB limit: 60 MiB of it reserved for nothing).
 // Far above what one process maps, so that the arenas' table (4 TiB in
@@ -590,7 +593,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // slices up to the caller's, in steps (CommitSlicesUpTo); a segment not
     // handed out is inaccessible but its header. Refused, it goes back free,
     // as it was.
-    const size_t writable = CommitTarget(taken == 0 ? 1 : static_cast<size_t>(64 - __builtin_clzll(taken)));
+    const size_t writable = CommitTarget(taken == 0 ? 1 : static_cast<size_t>(Log2Floor(taken)) + 1);
     if (!OsCommit(reinterpret_cast<void*>(address), writable * kSliceSize)) {
       const size_t arena_index = room_index / kSegmentsPerArena;
       Arena& arena = g_arenas[arena_index];
@@ -888,8 +891,9 @@ bool WaitForSegmentReadWindows() {
 }  // namespace
 
 // A segment given back keeps its address space, so that the next one costs
-// no system call. Under a limit that counts address space (RLIMIT_AS,
-// RLIMIT_DATA, strict overcommit) that kept a program whose small blocks
+// no mmap. Under a limit that counts address space (RLIMIT_AS; RLIMIT_DATA
+// and strict overcommit too until 2026-12-07, and still a free segment's
+// header; the estimate below counts as RLIMIT_AS does) that kept a program whose small blocks
 // had filled the limit, all freed and trimmed, from ever getting a block
 // over 2 MiB again: every mapping was refused (a review, 2026-12-06:
 // 4000-byte blocks to a 400 MiB limit, then 8 MB blocks: 0 MiB, glibc 350).

@@ -572,8 +572,9 @@ enum class KeepEmpty {
 // True when the owner keeps kKeptEmptySegmentsAskingForThePool or more
 // empty segments, this one among them or not (then, once the lock is
 // dropped, it asks for a pool to give them back should the program idle:
-// AskForThePoolIfSeveralThreads). The caller holds heap->segments_lock.
-bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
+// AskForThePoolIfSeveralThreads). *released (if given) is set where the
+// segment went back to its arena. The caller holds heap->segments_lock.
+bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep, bool* released = nullptr) {
   bool ask_for_pool = false;
   // On another heap's list, or given back by the housekeeping (then nullptr).
   if (segment->heap.load(std::memory_order_relaxed) != heap) return false;
@@ -605,7 +606,10 @@ bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
     ask_for_pool = empty_kept >= kKeptEmptySegmentsAskingForThePool;
     if (kept) return ask_for_pool;
   }
-  if (DetachEmptySegmentLocked(heap, segment)) ArenaReleaseSegment(segment);
+  if (DetachEmptySegmentLocked(heap, segment)) {
+    ArenaReleaseSegment(segment);
+    if (released != nullptr) *released = true;
+  }
   return ask_for_pool;
 }
 
@@ -613,14 +617,16 @@ bool ReleaseSegmentIfEmptyLocked(Heap* heap, Segment* segment, KeepEmpty keep) {
 // itself (ReleaseSegmentIfEmptyLocked), go back now, but one that stays as
 // the spare (a new one, if the spare was in use): in a fork child, which
 // has no pool and may never start one, those left for the pool would stay
-// for good.
-void ReleaseKeptEmptySegments(Heap* heap) {
+// for good. True when any went back.
+bool ReleaseKeptEmptySegments(Heap* heap) {
   SpinLockHolder hold(&heap->segments_lock);
+  bool released = false;
   for (Segment* segment = heap->segments; segment != nullptr;) {
     Segment* next = segment->heap_next;
-    ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpare);
+    ReleaseSegmentIfEmptyLocked(heap, segment, KeepEmpty::kSpare, &released);
     segment = next;
   }
+  return released;
 }
 
 // True when it left the heap keeping enough empty segments to ask for the
@@ -2121,11 +2127,8 @@ void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 bool MakeRoomInAddressSpace(size_t wanted) {
   Heap* heap = tl_heap;
   // A segment released gives back its commit charge by itself (strict
-  // overcommit, ulimit -d), unmapped or not: worth a retry too. Other
-  // threads' segments count here as well, which at worst costs a retry.
-  const int64_t live_before = g_counters.segments_live.load(std::memory_order_relaxed);
-  if (heap != &g_empty_heap) ReleaseKeptEmptySegments(heap);
-  const bool released = g_counters.segments_live.load(std::memory_order_relaxed) < live_before;
+  // overcommit, ulimit -d), unmapped or not: worth a retry too.
+  const bool released = heap != &g_empty_heap && ReleaseKeptEmptySegments(heap);
   return ArenaUnreserveFreeSegments(wanted) != 0 || released;
 }
 

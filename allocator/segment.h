@@ -329,7 +329,8 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
 // Takes the slices [start, start + count) if they are still free (another
 // heap, or the pool purging, may take them first); marks them dirty.
 // *was_clean (if given): none of them was dirty, so they read as zeros
-// (never touched, or decommitted with MADV_DONTNEED).
+// (never touched, decommitted with MADV_DONTNEED, or mapped again
+// inaccessible with the segment's release).
 // False too where the slices could not be made writable (the commit
 // limit: strict overcommit, ulimit -d); then they stay free, and
 // *refused (if given) is set.
@@ -478,9 +479,9 @@ size_t AddressSpaceLimit();
 // segments are scarce, and heaps share them.
 bool AddressSpaceIsScarce();
 // Gives back a segment whose used_slices the caller set to kSegmentDetached;
-// its memory is decommitted.
+// its header is decommitted, its slices inaccessible again (uncharged).
 void ArenaReleaseSegment(Segment* segment);
-// Unmaps every segment no heap holds (given back and decommitted, but still
+// Unmaps every segment no heap holds (given back and inaccessible, but still
 // reserved), once no SegmentReadWindow that could reach one is open; an
 // arena whose segments are all gone is dead, and its entry takes the next
 // reservation. For a mapping the address space would not take (ulimit -v):

@@ -9,8 +9,9 @@
 //    kernel on first touch. With `overcommit_check` the kernel's overcommit
 //    policy may refuse a size it could never back (used for huge blocks, so
 //    an absurd malloc fails with ENOMEM instead of succeeding on paper);
-//    without it the range is reserved regardless (arenas, metadata).
-//  - OsRelease gives back a range that OsReserve returned, whole, or a run
+//    without it the range is reserved regardless (metadata).
+//  - OsRelease gives back a range that OsReserve or OsReserveInaccessible
+//    returned, whole, or a run
 //    of whole pages of it; false when the kernel refused (unmapping the
 //    middle of a range splits it in two, which vm.max_map_count may not
 //    allow): then the range is as it was.

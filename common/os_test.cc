@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -325,7 +326,6 @@ TEST(Os, OnlyThreadsOfTheProcessHaveATidWord) {
   EXPECT_EQ(g_clone_answer.load(), 0) << "a CLONE_VM child with a tid word of its own counted as a thread";
 }
 
-}  // namespace
 // The permissions /proc/self/maps shows for the mapping holding `p`
 // ("rw-p", "---p"...), or "" where none does.
 std::string PermissionsAt(const void* p) {
@@ -384,4 +384,5 @@ TEST(Os, InaccessibleReservationsAreCommittedAndUncommittedInParts) {
   EXPECT_TRUE(ferry::OsRelease(base, kSize));
 }
 
+}  // namespace
 }  // namespace ferry
