@@ -67,10 +67,6 @@ bool MapEntryWritable(uintptr_t chunk) {
   return state == kMapAllWritable || (state == kMapByPage && MapPageWritable(chunk / kMapPageBytes));
 }
 
-// The first commit, under g_map_lock: the map read-only. Where the kernel
-// refuses, the map stays writable as loaded; where the refusal left nothing
-// mapped there (the kernel out of memory of its own, in mmap's middle),
-// ferry cannot go on.
 // Not under ThreadSanitizer, whose mmap interceptor records the remap as a
 // write of the whole map by this thread, which every lookup by another
 // thread then races with (zeros before and after, but reported).
@@ -86,6 +82,10 @@ constexpr bool kRemapSegmentMap = true;
 constexpr bool kRemapSegmentMap = true;
 #endif
 
+// The first commit, under g_map_lock: the map read-only. Where the kernel
+// refuses, the map stays writable as loaded; where the refusal left nothing
+// mapped there (the kernel out of memory of its own, in mmap's middle),
+// ferry cannot go on.
 void RemapSegmentMapReadOnlyLocked() {
   uint8_t state = kMapAllWritable;
   if (kRemapSegmentMap && OsPageSize() <= kMapPageBytes && kMapPageBytes % OsPageSize() == 0) {
@@ -370,7 +370,8 @@ namespace {
 // A segment's slices are made writable from the header up, this many at a
 // time past what its first page needed: a thread that allocates a little
 // is charged a little (strict overcommit, ulimit -d), 512 KiB and not the
-// whole 4 MiB, for at most eight mprotects a segment.
+// whole 4 MiB, for about eight mprotects a segment (more where holders race
+// to raise the mark, or a charge is refused).
 constexpr size_t kCommitStepSlices = 8;
 
 size_t CommitTarget(size_t end) {
