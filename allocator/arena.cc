@@ -518,6 +518,18 @@ size_t TakeArenaEntryLocked() {
   return g_arena_count++;
 }
 
+// Segment `address` of arena `arena_index` is free again, under the arena
+// lock; `not_zero`: it may hold old bytes (its decommit was refused).
+void MarkSegmentFreeLocked(size_t arena_index, uintptr_t address, bool not_zero) {
+  FERRY_CHECK(arena_index < g_arena_count);
+  Arena& arena = g_arenas[arena_index];
+  FERRY_CHECK(address >= arena.base && address < arena.base + kArenaSize);
+  const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
+  arena.used &= ~bit;
+  if (not_zero) arena.not_zero |= bit;
+  if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
+}
+
 }  // namespace
 
 Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
@@ -596,12 +608,7 @@ Segment* ArenaAllocateSegment(uint64_t taken, bool* zeroed) {
     // as it was.
     const size_t writable = CommitTarget(taken == 0 ? 1 : static_cast<size_t>(Log2Floor(taken)) + 1);
     if (!OsCommit(reinterpret_cast<void*>(address), writable * kSliceSize)) {
-      const size_t arena_index = room_index / kSegmentsPerArena;
-      Arena& arena = g_arenas[arena_index];
-      const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
-      arena.used &= ~bit;
-      if (not_zero) arena.not_zero |= bit;
-      if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
+      MarkSegmentFreeLocked(room_index / kSegmentsPerArena, address, not_zero);
       return nullptr;
     }
     // Under the lock: ArenaTakeSlicesAnywhere reads the header of every
@@ -656,7 +663,7 @@ void ArenaReleaseSegment(Segment* segment) {
   // ago may still read it (SegmentReadWindow), and finds it detached, then
   // all free. Where the kernel refuses the fixed mapping, decommitted.
   char* const slices = reinterpret_cast<char*>(segment) + kSliceSize;
-  bool zero = OsUncommit(slices, kSegmentSize - kSliceSize) || OsDecommit(slices, kSegmentSize - kSliceSize);
+  const bool zero = OsUncommit(slices, kSegmentSize - kSliceSize) || OsDecommit(slices, kSegmentSize - kSliceSize);
   if (zero) CounterAdd(Counter::bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
   CounterAdd(Counter::segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
@@ -664,14 +671,7 @@ void ArenaReleaseSegment(Segment* segment) {
   SpinLockHolder hold(&g_arena_lock);
   const bool header_zero = OsDecommit(segment, kSliceSize);
   if (header_zero) CounterAdd(Counter::bytes_decommitted, kSliceSize);
-  zero = header_zero && zero;
-  FERRY_CHECK(arena_index < g_arena_count);
-  Arena& arena = g_arenas[arena_index];
-  FERRY_CHECK(address >= arena.base && address < arena.base + kArenaSize);
-  const uint32_t bit = uint32_t{1} << ((address - arena.base) / kSegmentSize);
-  arena.used &= ~bit;
-  if (!zero) arena.not_zero |= bit;
-  if (arena_index < g_arenas_full_below) g_arenas_full_below = arena_index;
+  MarkSegmentFreeLocked(arena_index, address, /*not_zero=*/!(header_zero && zero));
 }
 
 Segment* ArenaTakeSlicesAnywhere(SliceClaim* claim, size_t count, size_t align, bool dirty_only, int* start,

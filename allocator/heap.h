@@ -415,7 +415,8 @@ void PoolMaybeStartUnlessExiting();
 // pages go back to their arenas (its spare stays), and every segment no
 // heap holds is unmapped (ArenaUnreserveFreeSegments). False when nothing
 // was released or unmapped (then a retry is pointless; nothing is unmapped
-// where `wanted` bytes could not fit even then). The caller holds no allocator lock. heap.cc.
+// where `wanted` bytes could not fit even then). The caller holds no
+// allocator lock. heap.cc.
 bool MakeRoomInAddressSpace(size_t wanted);
 // Counts the calling thread among those that have used the allocator, once
 // (a heap made or taken over, a huge block allocated or freed: a thread
