@@ -589,6 +589,22 @@ size_t WritableBytes(uintptr_t begin, uintptr_t end) {
   return bytes;
 }
 
+// `bytes` of `block`-byte blocks, each written; none where one is refused.
+std::vector<void*> WrittenBlocks(size_t block, size_t bytes) {
+  std::vector<void*> blocks;
+  blocks.reserve(bytes / block);
+  for (size_t held = 0; held < bytes; held += block) {
+    void* p = ferry_malloc(block);
+    if (p == nullptr) {
+      for (void* q : blocks) ferry_free(q);
+      return {};
+    }
+    memset(p, 1, block);
+    blocks.push_back(p);
+  }
+  return blocks;
+}
+
 }  // namespace commit
 
 // The segment map (32 MiB of .bss) is mapped again read-only at the first
@@ -620,15 +636,10 @@ TEST(CommitCharge, OnlyTheSegmentMapPagesHoldingEntriesAreWritable) {
 TEST(CommitCharge, SegmentsAreChargedWhileTakenOnly) {
   constexpr size_t kBlock = 256 << 10;
   constexpr size_t kBytes = size_t{48} << 20;
-  std::vector<void*> blocks;
   const long before = commit::DataBytes();
   ASSERT_GT(before, 0);
-  for (size_t held = 0; held < kBytes; held += kBlock) {
-    void* p = ferry_malloc(kBlock);
-    ASSERT_NE(p, nullptr);
-    memset(p, 1, kBlock);
-    blocks.push_back(p);
-  }
+  const std::vector<void*> blocks = commit::WrittenBlocks(kBlock, kBytes);
+  ASSERT_FALSE(blocks.empty());
   const long holding = commit::DataBytes();
   for (void* p : blocks) ferry_free(p);
   ferry_collect();
@@ -756,6 +767,100 @@ TEST(CommitCharge, SlicesRefusedTheirChargeStayFreeAndTheSearchTakesWritableOnes
   });
   if (status == 3) GTEST_SKIP() << "no data limit to set here";
   EXPECT_EQ(status, 0) << "10: set-up; 11: not refused; 12: taken or the mark moved; 13-15: the search after";
+}
+
+// Free slices past the last one in use, once idle, go back uncharged with
+// the purge: the mark comes down to the step above that slice. Before
+// 2026-12-07 only a segment's release gave its charge back, and purged
+// slices of a live segment stayed charged however long they waited.
+TEST(CommitCharge, ThePurgeUnchargesIdleFreeSlicesPastTheLastInUse) {
+  using ferry::kSliceSize;
+  ferry_free(ferry_malloc(64));
+  ferry::Segment* segment = ferry::ArenaAllocateSegment(ferry::SliceRun(1, 1));
+  ASSERT_NE(segment, nullptr);
+  const auto base = reinterpret_cast<uintptr_t>(segment);
+  const auto writable_bytes = [&] { return commit::WritableBytes(base, base + ferry::kSegmentSize); };
+  for (size_t first = 2; first < ferry::kSlicesPerSegment; first += 2) {
+    ASSERT_TRUE(ferry::TryTakeSlices(segment, static_cast<int>(first), 2));
+  }
+  ASSERT_EQ(segment->writable_slices.load(), 64u);
+  memset(reinterpret_cast<char*>(base + kSliceSize), 1, ferry::kSegmentSize - kSliceSize);
+  const long charged = commit::DataBytes();
+  // Slices 1-9 stay in use; 10-63 are freed, now.
+  const uint64_t now = ferry::OsMonotonicMs();
+  for (size_t first = 10; first < ferry::kSlicesPerSegment; first += 2) ferry::FreeSlices(segment, first, 2, now);
+  // Not idle yet: nothing changes.
+  ferry::ArenaPurge(now, /*delay_ms=*/10000, /*urgent=*/false);
+  EXPECT_EQ(segment->writable_slices.load(), 64u);
+  EXPECT_EQ(writable_bytes(), ferry::kSegmentSize);
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  ferry::ArenaPurge(now + 20000, 10000, false);
+  // Down to the step above slice 9: 16. Slices 10-15 are purged, charged.
+  EXPECT_EQ(segment->writable_slices.load(), 16u);
+  EXPECT_EQ(writable_bytes(), 16 * kSliceSize);
+  EXPECT_EQ(segment->dirty_slices.load() & ~ferry::SliceRun(0, 10), 0u) << "past slice 9, every slice reads as zeros";
+  EXPECT_EQ(segment->used_slices.load(), ferry::SliceRun(0, 10)) << "the purge let go of the slices it held";
+  EXPECT_LE(commit::DataBytes(), charged - static_cast<long>(48 * kSliceSize)) << "the charge was not given back";
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  EXPECT_EQ(after.bytes_uncharged - before.bytes_uncharged, 48 * kSliceSize);
+  EXPECT_GE(after.bytes_decommitted - before.bytes_decommitted, 54 * kSliceSize);
+  // Taken again, the slices are writable and zero, the mark up a step.
+  ASSERT_TRUE(ferry::TryTakeSlices(segment, 40, 2));
+  EXPECT_EQ(segment->writable_slices.load(), 48u);
+  for (size_t k = 40 * kSliceSize; k < 42 * kSliceSize; k += 4096) {
+    ASSERT_EQ(reinterpret_cast<volatile char*>(base)[k], 0);
+  }
+  memset(reinterpret_cast<char*>(base + 40 * kSliceSize), 2, 2 * kSliceSize);
+  // A slice in use above: the mark stays where it is.
+  ferry::ArenaPurge(ferry::OsMonotonicMs() + 20000, 10000, false);
+  EXPECT_EQ(segment->writable_slices.load(), 48u);
+  // A young committed slice between the last in use and the mark keeps it.
+  ferry::FreeSlices(segment, 40, 2, ferry::OsMonotonicMs());
+  ferry::ArenaPurge(ferry::OsMonotonicMs(), 10000, false);
+  EXPECT_EQ(segment->writable_slices.load(), 48u);
+  ferry::ArenaPurge(ferry::OsMonotonicMs() + 20000, 10000, false);
+  EXPECT_EQ(segment->writable_slices.load(), 16u);
+  for (size_t first = 1; first < 10; ++first) ferry::FreeSlices(segment, first, 1, now);
+  uint64_t expected = 1;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, ferry::kSegmentDetached));
+  ferry::ArenaReleaseSegment(segment);
+  EXPECT_EQ(writable_bytes(), kSliceSize);
+}
+
+// Through the API: 256 KiB blocks fill segments 15 to a segment; all but the
+// first of each segment freed, ferry_collect gives back the charge of the
+// rest (without it, the 11 of 12 segments' worth stayed charged while one
+// block of each lived).
+TEST(CommitCharge, CollectUnchargesSegmentsKeptByTheirFirstBlocks) {
+  constexpr size_t kBlock = 256 << 10;
+  constexpr size_t kBytes = size_t{48} << 20;
+  std::vector<void*> blocks = commit::WrittenBlocks(kBlock, kBytes);
+  ASSERT_FALSE(blocks.empty());
+  const long holding = commit::DataBytes();
+  size_t kept = 0;
+  for (void*& p : blocks) {
+    const size_t slice = (reinterpret_cast<uintptr_t>(p) & (ferry::kSegmentSize - 1)) / ferry::kSliceSize;
+    if (slice < 8) {
+      ++kept;
+      continue;
+    }
+    ferry_free(p);
+    p = nullptr;
+  }
+  ferry_collect();
+  const long after = commit::DataBytes();
+  EXPECT_GE(kept, 8u) << "blocks not in 4 MiB segments?";
+  // Each kept block's segment keeps the header and 7 more slices charged.
+  EXPECT_LE(after, holding - static_cast<long>(kBytes - kept * (8 << 16) - (8 << 20)))
+      << "the free slices' charge was not given back";
+  for (void* p : blocks) {
+    if (p != nullptr) {
+      EXPECT_EQ(static_cast<const char*>(p)[kBlock - 1], 1);
+      ferry_free(p);
+    }
+  }
 }
 
 }  // namespace

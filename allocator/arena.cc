@@ -379,23 +379,34 @@ size_t CommitTarget(size_t end) {
   return target < kSlicesPerSegment ? target : kSlicesPerSegment;
 }
 
+// Every change of a segment's writable mark, one at a time: a raise
+// commits a step of slices past the ones its caller holds, and the purge
+// lowers the mark over free slices it holds (UncommitSuffix). Lock-free,
+// a raise that read the mark before a lowering and stored it after could
+// leave it above slices the lowering had made inaccessible; that this
+// cannot happen while both round to the same steps (a raise never reaches
+// past where a lowering begins) is too fine a thread to hang every
+// holder's memory on. Raises are rare (about eight in a segment's life),
+// so one lock serves every segment. Held across fork() (taken last in
+// ArenaLockForFork: the purge holds the arena lock when it takes it).
+constinit ForkHeldSpinLock g_mark_lock;
+
 // Makes slices [0, end) of `segment` writable; the caller holds a slice
 // below `end` (or the arena lock, for a segment it hands out), so that the
-// segment cannot go back meanwhile and lower the mark under it. Others may
-// raise it at the same time: mprotect of a writable range changes nothing.
+// segment cannot go back meanwhile, and no lowering of the mark can reach
+// below `end` (the purge lowers it only past every slice in use).
 bool CommitSlicesUpTo(Segment* segment, size_t end) {
-  uint8_t writable = segment->writable_slices.load(std::memory_order_acquire);
-  if (FERRY_LIKELY(end <= writable)) return true;
+  if (FERRY_LIKELY(end <= segment->writable_slices.load(std::memory_order_acquire))) return true;
+  SpinLockHolder hold(&g_mark_lock);
+  const size_t writable = segment->writable_slices.load(std::memory_order_relaxed);
+  if (end <= writable) return true;
   char* const base = reinterpret_cast<char*>(segment);
   size_t target = CommitTarget(end);
-  if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) {
+  if (!OsCommit(base + writable * kSliceSize, (target - writable) * kSliceSize)) {
     target = end;  // the step refused: what is needed only
-    if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) return false;
+    if (!OsCommit(base + writable * kSliceSize, (target - writable) * kSliceSize)) return false;
   }
-  while (writable < target && !segment->writable_slices.compare_exchange_weak(
-                                  writable, static_cast<uint8_t>(target), std::memory_order_acq_rel,
-                                  std::memory_order_acquire)) {
-  }
+  segment->writable_slices.store(static_cast<uint8_t>(target), std::memory_order_release);
   return true;
 }
 
@@ -663,7 +674,10 @@ void ArenaReleaseSegment(Segment* segment) {
   // ago may still read it (SegmentReadWindow), and finds it detached, then
   // all free. Where the kernel refuses the fixed mapping, decommitted.
   char* const slices = reinterpret_cast<char*>(segment) + kSliceSize;
-  const bool zero = OsUncommit(slices, kSegmentSize - kSliceSize) || OsDecommit(slices, kSegmentSize - kSliceSize);
+  const size_t writable = segment->writable_slices.load(std::memory_order_relaxed);
+  const bool uncharged = OsUncommit(slices, kSegmentSize - kSliceSize);
+  const bool zero = uncharged || OsDecommit(slices, kSegmentSize - kSliceSize);
+  if (uncharged) CounterAdd(Counter::bytes_uncharged, static_cast<int64_t>((writable - 1) * kSliceSize));
   if (zero) CounterAdd(Counter::bytes_decommitted, __builtin_popcountll(dirty) * static_cast<int64_t>(kSliceSize));
   CounterAdd(Counter::segments_released, 1);
   CounterAdd(g_counters.segments_live, -1);
@@ -721,19 +735,53 @@ bool SegmentDecommitSlices(Segment* segment, size_t first, size_t count) {
 
 namespace {
 
+// Maps the slices [from, mark) of `segment` inaccessible again, uncharged
+// (strict overcommit, ulimit -d: MADV_DONTNEED frees the pages but keeps
+// the charge), and lowers its writable mark to `from`. The caller holds
+// every slice from `from` up. Returns the mark it had, or 0 where the mark
+// was not above `from` or the kernel refused.
+size_t UncommitSuffix(Segment* segment, size_t from) {
+  SpinLockHolder hold(&g_mark_lock);
+  const size_t mark = segment->writable_slices.load(std::memory_order_relaxed);
+  if (from >= mark) return 0;
+  if (!OsUncommit(reinterpret_cast<char*>(segment) + from * kSliceSize, (mark - from) * kSliceSize)) return 0;
+  segment->writable_slices.store(static_cast<uint8_t>(from), std::memory_order_release);
+  return mark;
+}
+
 // Holds the free slices in `wanted` as used, decommits them run by run, and
-// frees them again. Returns the bytes decommitted.
-size_t PurgeSlices(Segment* segment, uint64_t wanted) {
+// frees them again; with `uncommit_from` below kSlicesPerSegment, also every
+// slice from there up where all of them are still free, and uncommits
+// those below the mark (UncommitSuffix) rather than decommit them. Returns
+// the bytes decommitted (the slices of `wanted` that were, uncommitted ones
+// included).
+size_t PurgeSlices(Segment* segment, uint64_t wanted, size_t uncommit_from) {
+  const uint64_t suffix =
+      uncommit_from < kSlicesPerSegment ? SliceRun(uncommit_from, kSlicesPerSegment - uncommit_from) : 0;
   uint64_t used = segment->used_slices.load(std::memory_order_relaxed);
   uint64_t held;
   do {
-    held = wanted & ~used;
+    held = ((used & suffix) == 0 ? wanted | suffix : wanted) & ~used;
     if (held == 0) return 0;
   } while (!segment->used_slices.compare_exchange_weak(used, used | held, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
   size_t bytes = 0;
   uint64_t purged = 0;
-  for (uint64_t rest = held; rest != 0;) {
+  uint64_t rest = held & wanted;
+  if (suffix != 0 && (held & suffix) == suffix) {
+    const size_t mark = UncommitSuffix(segment, uncommit_from);
+    if (mark != 0) {
+      // Zero pages now, whatever they held: clean.
+      const uint64_t run = SliceRun(uncommit_from, mark - uncommit_from);
+      const uint64_t dirty = segment->dirty_slices.fetch_and(~run, std::memory_order_relaxed) & run;
+      bytes += static_cast<size_t>(__builtin_popcountll(dirty)) * kSliceSize;
+      CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(__builtin_popcountll(dirty) * kSliceSize));
+      CounterAdd(Counter::bytes_uncharged, static_cast<int64_t>((mark - uncommit_from) * kSliceSize));
+      purged |= dirty;
+      rest &= ~run;
+    }
+  }
+  for (; rest != 0;) {
     const int first = __builtin_ctzll(rest);
     int count = 0;
     while (first + count < 64 && (rest >> (first + count) & 1) != 0) ++count;
@@ -751,6 +799,20 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted) {
   if (used_before == kSegmentFull) NoteRoomInFullSegment(segment);
   HintSlicesTaken(__builtin_popcountll(purged));
   return bytes;
+}
+
+// Where the purge may lower the writable mark of `segment` to (below it,
+// the charge of free slices stays however long they wait): the step
+// (CommitTarget) past its last slice in use (`used`), where every free
+// slice from there to the mark is clean or goes back in this run (not in
+// `staying`, the free committed slices that stay). kSlicesPerSegment for
+// none. A step and not the slice: slices below the step would be
+// committed again by the next claim past the last one in use.
+size_t UncommitFrom(const Segment* segment, uint64_t used, uint64_t staying) {
+  const size_t from = CommitTarget(kSlicesPerSegment - static_cast<size_t>(__builtin_clzll(used | 1)));
+  const size_t mark = segment->writable_slices.load(std::memory_order_relaxed);
+  if (from >= mark || (staying & SliceRun(from, mark - from)) != 0) return kSlicesPerSegment;
+  return from;
 }
 
 }  // namespace
@@ -823,7 +885,8 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
       }
       due |= waiting & -waiting;
     }
-    if (due != 0) bytes += PurgeSlices(segment, due);
+    const size_t uncommit_from = UncommitFrom(segment, used, free_dirty & ~due);
+    if (due != 0 || uncommit_from < kSlicesPerSegment) bytes += PurgeSlices(segment, due, uncommit_from);
     still_dirty += __builtin_popcountll(free_dirty & ~due);
     return false;  // every segment
   });
@@ -979,8 +1042,10 @@ void ArenaLockForFork() {
   g_unreserve_lock.LockForFork();
   g_arena_lock.LockForFork();
   g_map_lock.LockForFork();
+  g_mark_lock.LockForFork();
 }
 void ArenaUnlockAfterFork() {
+  g_mark_lock.UnlockAfterFork();
   g_map_lock.UnlockAfterFork();
   g_arena_lock.UnlockAfterFork();
   g_unreserve_lock.UnlockAfterFork();

@@ -1715,6 +1715,61 @@ TEST(Purge, AHeapsSpareStaysAndDoesNotCallForTheHousekeeping) {
 // several slices, so that segments fill and empty quickly; each resized
 // once by realloc, half of them (again) by the other owner, which frees them;
 // a third made by calloc and checked to read as zeros.
+// The purge lowers a segment's writable mark while threads take slices
+// past it and free them again: every slice a thread holds stays writable.
+// A raise commits a step past the slices its caller holds; one that read
+// the mark before a lowering could set it back above slices the lowering
+// had just made inaccessible, and a later holder of one would fault (one
+// lock orders raises and lowerings, arena.cc).
+TEST(Purge, MarksComeDownWhileThreadsTakeAndFreeSlicesAboveThem) {
+  Segment* segment = ArenaAllocateSegment(SliceRun(1, 1));
+  ASSERT_NE(segment, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> taken{0};
+  std::atomic<uint64_t> lowered{0};
+  const auto base = reinterpret_cast<uintptr_t>(segment);
+  auto taker = [&](uint64_t rng) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    for (int round = 0; round < 200000 && std::chrono::steady_clock::now() < end; ++round) {
+      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+      const size_t count = 1 + rng % 2;
+      const size_t start = 8 + (rng >> 8) % (kSlicesPerSegment - 8 - count + 1);
+      if (!TryTakeSlices(segment, static_cast<int>(start), count)) continue;
+      // Faults where the mark says writable and the slices are not.
+      for (size_t k = start * kSliceSize; k < (start + count) * kSliceSize; k += 4096) {
+        reinterpret_cast<volatile char*>(base)[k] = 1;
+      }
+      taken.fetch_add(1, std::memory_order_relaxed);
+      FreeSlices(segment, start, count, 0);  // freed long ago: due at once
+    }
+  };
+  std::thread purger([&] {
+    while (!stop.load()) {
+      const uint8_t mark = segment->writable_slices.load();
+      ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);
+      if (segment->writable_slices.load() < mark) lowered.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  std::thread a(taker, 0x9e3779b97f4a7c15ULL), b(taker, 0xd1b54a32d192ed03ULL);
+  a.join();
+  b.join();
+  stop.store(true);
+  purger.join();
+  EXPECT_GT(taken.load(), 1000u);
+  EXPECT_GT(lowered.load(), 10u) << "the mark hardly came down: the test measures nothing";
+  // Every free slice below the mark is writable.
+  const size_t mark = segment->writable_slices.load();
+  for (size_t k = 2; k < mark; ++k) {
+    if (!TryTakeSlices(segment, static_cast<int>(k), 1)) continue;
+    reinterpret_cast<volatile char*>(base)[k * kSliceSize] = 1;
+    FreeSlices(segment, k, 1, 0);
+  }
+  FreeSlices(segment, 1, 1, 0);
+  uint64_t expected = 1;
+  ASSERT_TRUE(segment->used_slices.compare_exchange_strong(expected, kSegmentDetached));
+  ArenaReleaseSegment(segment);
+}
+
 TEST(Purge, SegmentsGoBackWhileTheirOwnersClaimReleaseAndResizeSlices) {
   constexpr int kRounds = 30;
   constexpr int kBlocks = 48;

@@ -49,7 +49,8 @@ namespace ferry {
   X(bytes_decommitted, Sharded, "bytes given back to the OS (MADV_DONTNEED)")       \
   X(huge_reused, Sharded, "huge blocks placed in a mapping freed before")           \
   X(huge_bytes_cached, Single, "bytes of freed huge mappings kept for reuse")       \
-  X(bytes_unmapped, Sharded, "bytes of huge mappings given back to the OS (munmap)")
+  X(bytes_unmapped, Sharded, "bytes of huge mappings given back to the OS (munmap)") \
+  X(bytes_uncharged, Sharded, "bytes of segments made inaccessible again, uncharged")
 
 #define FERRY_IF_Sharded(...) __VA_ARGS__
 #define FERRY_IF_Single(...)

@@ -20,7 +20,7 @@
 
 #define FERRY_VERSION_MAJOR 0
 #define FERRY_VERSION_MINOR 2
-#define FERRY_VERSION_PATCH 3
+#define FERRY_VERSION_PATCH 4
 // One number that grows with every release: major * 10000 + minor * 100 + patch.
 #define FERRY_VERSION \
   (FERRY_VERSION_MAJOR * 10000 + FERRY_VERSION_MINOR * 100 + FERRY_VERSION_PATCH)
@@ -143,6 +143,8 @@ typedef struct ferry_stats_s {
   uint64_t bytes_unmapped;        // bytes of huge mappings given back to the OS (munmap, mremap)
   // From 0.2.3 on:
   uint64_t pool_stops;            // times an idle pool's threads exited (FERRY_RECLAIMER_IDLE_MS)
+  // From 0.2.4 on:
+  uint64_t bytes_uncharged;       // bytes of segments made inaccessible again: commit charge given back
 } ferry_stats_t;
 
 // Fills *out with the current counters. Cheap: no lock, no allocation.
