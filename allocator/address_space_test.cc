@@ -804,7 +804,8 @@ TEST(CommitCharge, ThePurgeUnchargesIdleFreeSlicesPastTheLastInUse) {
   EXPECT_LE(commit::DataBytes(), charged - static_cast<long>(48 * kSliceSize)) << "the charge was not given back";
   ferry_stats_t after;
   ferry_stats_get(&after);
-  EXPECT_EQ(after.bytes_uncharged - before.bytes_uncharged, 48 * kSliceSize);
+  // (Other segments' idle suffixes may come down in the same run.)
+  EXPECT_GE(after.bytes_uncharged - before.bytes_uncharged, 48 * kSliceSize);
   EXPECT_GE(after.bytes_decommitted - before.bytes_decommitted, 54 * kSliceSize);
   // Taken again, the slices are writable and zero, the mark up a step.
   ASSERT_TRUE(ferry::TryTakeSlices(segment, 40, 2));
@@ -829,10 +830,10 @@ TEST(CommitCharge, ThePurgeUnchargesIdleFreeSlicesPastTheLastInUse) {
   EXPECT_EQ(writable_bytes(), kSliceSize);
 }
 
-// Through the API: 256 KiB blocks fill segments 15 to a segment; all but the
-// first of each segment freed, ferry_collect gives back the charge of the
-// rest (without it, the 11 of 12 segments' worth stayed charged while one
-// block of each lived).
+// Through the API: 256 KiB blocks fill segments, on pages of 20 slices (five
+// blocks). All but the block at slice 1 of each segment freed, ferry_collect
+// gives back the charge of all but that page and its step: 40 of 64 slices
+// (before, a segment stayed charged whole while one block of it lived).
 TEST(CommitCharge, CollectUnchargesSegmentsKeptByTheirFirstBlocks) {
   constexpr size_t kBlock = 256 << 10;
   constexpr size_t kBytes = size_t{48} << 20;
@@ -842,7 +843,7 @@ TEST(CommitCharge, CollectUnchargesSegmentsKeptByTheirFirstBlocks) {
   size_t kept = 0;
   for (void*& p : blocks) {
     const size_t slice = (reinterpret_cast<uintptr_t>(p) & (ferry::kSegmentSize - 1)) / ferry::kSliceSize;
-    if (slice < 8) {
+    if (slice == 1) {
       ++kept;
       continue;
     }
@@ -852,8 +853,9 @@ TEST(CommitCharge, CollectUnchargesSegmentsKeptByTheirFirstBlocks) {
   ferry_collect();
   const long after = commit::DataBytes();
   EXPECT_GE(kept, 8u) << "blocks not in 4 MiB segments?";
-  // Each kept block's segment keeps the header and 7 more slices charged.
-  EXPECT_LE(after, holding - static_cast<long>(kBytes - kept * (8 << 16) - (8 << 20)))
+  // Each kept block's segment keeps its page up to the next step (24
+  // slices) charged, the rest of it no longer: 32 slices at least.
+  EXPECT_LE(after, holding - static_cast<long>(kept * 32 * ferry::kSliceSize))
       << "the free slices' charge was not given back";
   for (void* p : blocks) {
     if (p != nullptr) {

@@ -4,7 +4,9 @@
 // segments are handed out lowest address first (keeping the heap compact),
 // their slices made writable as they are taken (CommitSlicesUpTo), and come
 // back inaccessible but their 64 KiB header, so a released segment costs
-// address space, and commit charge for its header only.
+// address space, and commit charge for its header only. A live segment's
+// free slices past its last one in use go back inaccessible too once idle
+// (the purge: UncommitSuffix).
 // Arena growth, the search of the segments for free slices
 // (ArenaTakeSlicesAnywhere: only when the heap's first own segments have
 // none of the kind wanted, for committed ones only while the hint says some
@@ -13,6 +15,7 @@
 // call that can allocate.
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -379,34 +382,26 @@ size_t CommitTarget(size_t end) {
   return target < kSlicesPerSegment ? target : kSlicesPerSegment;
 }
 
-// Every change of a segment's writable mark, one at a time: a raise
-// commits a step of slices past the ones its caller holds, and the purge
-// lowers the mark over free slices it holds (UncommitSuffix). Lock-free,
-// a raise that read the mark before a lowering and stored it after could
-// leave it above slices the lowering had made inaccessible; that this
-// cannot happen while both round to the same steps (a raise never reaches
-// past where a lowering begins) is too fine a thread to hang every
-// holder's memory on. Raises are rare (about eight in a segment's life),
-// so one lock serves every segment. Held across fork() (taken last in
-// ArenaLockForFork: the purge holds the arena lock when it takes it).
-constinit ForkHeldSpinLock g_mark_lock;
-
-// Makes slices [0, end) of `segment` writable; the caller holds a slice
-// below `end` (or the arena lock, for a segment it hands out), so that the
-// segment cannot go back meanwhile, and no lowering of the mark can reach
-// below `end` (the purge lowers it only past every slice in use).
+// Makes slices [0, end) of `segment` writable; the caller holds the slice
+// before `end`, so that the segment cannot go back meanwhile. Others may
+// raise the mark at the same time (mprotect of a writable range changes
+// nothing), and the purge may lower it (UncommitSuffix), only ever to a
+// step at or past every slice held: never below this raise's target,
+// CommitTarget(end) or `end`, so the two never touch the same slices, and
+// whichever stores last leaves the mark at or below what is writable.
 bool CommitSlicesUpTo(Segment* segment, size_t end) {
-  if (FERRY_LIKELY(end <= segment->writable_slices.load(std::memory_order_acquire))) return true;
-  SpinLockHolder hold(&g_mark_lock);
-  const size_t writable = segment->writable_slices.load(std::memory_order_relaxed);
-  if (end <= writable) return true;
+  uint8_t writable = segment->writable_slices.load(std::memory_order_acquire);
+  if (FERRY_LIKELY(end <= writable)) return true;
   char* const base = reinterpret_cast<char*>(segment);
   size_t target = CommitTarget(end);
-  if (!OsCommit(base + writable * kSliceSize, (target - writable) * kSliceSize)) {
+  if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) {
     target = end;  // the step refused: what is needed only
-    if (!OsCommit(base + writable * kSliceSize, (target - writable) * kSliceSize)) return false;
+    if (!OsCommit(base + size_t{writable} * kSliceSize, (target - writable) * kSliceSize)) return false;
   }
-  segment->writable_slices.store(static_cast<uint8_t>(target), std::memory_order_release);
+  while (writable < target && !segment->writable_slices.compare_exchange_weak(
+                                  writable, static_cast<uint8_t>(target), std::memory_order_acq_rel,
+                                  std::memory_order_acquire)) {
+  }
   return true;
 }
 
@@ -421,7 +416,7 @@ bool TryTakeSlices(Segment* segment, int start, size_t count, bool* was_clean, b
     if ((used & run) != 0) return false;
   } while (!segment->used_slices.compare_exchange_weak(used, used | run, std::memory_order_acq_rel,
                                                        std::memory_order_relaxed));
-  // Held, the segment stays, so its writable mark can only rise.
+  // Held, the segment stays, and its writable mark stays past these slices.
   if (FERRY_UNLIKELY(!CommitSlicesUpTo(segment, static_cast<size_t>(start) + count))) {
     // Refused its charge: free again, as found (stamps, dirty bits and the
     // hint untouched: they change only once the slices are ours).
@@ -737,15 +732,19 @@ namespace {
 
 // Maps the slices [from, mark) of `segment` inaccessible again, uncharged
 // (strict overcommit, ulimit -d: MADV_DONTNEED frees the pages but keeps
-// the charge), and lowers its writable mark to `from`. The caller holds
-// every slice from `from` up. Returns the mark it had, or 0 where the mark
-// was not above `from` or the kernel refused.
+// the charge), and lowers its writable mark to `from`, a commit step. The
+// caller holds every slice from `from` up: no raise in flight can reach
+// past `from` (CommitSlicesUpTo), nor can one start that would. Returns
+// the mark it had, or 0 where the mark was not above `from` or the kernel
+// refused.
 size_t UncommitSuffix(Segment* segment, size_t from) {
-  SpinLockHolder hold(&g_mark_lock);
-  const size_t mark = segment->writable_slices.load(std::memory_order_relaxed);
+  FERRY_CHECK(from % kCommitStepSlices == 0);
+  uint8_t mark = segment->writable_slices.load(std::memory_order_acquire);
   if (from >= mark) return 0;
   if (!OsUncommit(reinterpret_cast<char*>(segment) + from * kSliceSize, (mark - from) * kSliceSize)) return 0;
-  segment->writable_slices.store(static_cast<uint8_t>(from), std::memory_order_release);
+  // Nothing else moves the mark past `from` while the slices are held.
+  FERRY_CHECK(segment->writable_slices.compare_exchange_strong(mark, static_cast<uint8_t>(from),
+                                                               std::memory_order_acq_rel));
   return mark;
 }
 
@@ -803,15 +802,21 @@ size_t PurgeSlices(Segment* segment, uint64_t wanted, size_t uncommit_from) {
 
 // Where the purge may lower the writable mark of `segment` to (below it,
 // the charge of free slices stays however long they wait): the step
-// (CommitTarget) past its last slice in use (`used`), where every free
-// slice from there to the mark is clean or goes back in this run (not in
-// `staying`, the free committed slices that stay). kSlicesPerSegment for
-// none. A step and not the slice: slices below the step would be
-// committed again by the next claim past the last one in use.
-size_t UncommitFrom(const Segment* segment, uint64_t used, uint64_t staying) {
+// (CommitTarget) past its last slice in use (`used`), where every slice
+// from there to the mark has been free for `idle_ms` and none of them
+// committed stays in this run (`staying`). kSlicesPerSegment for none. A
+// step and not the slice: slices below the step would be committed again
+// by the next claim past the last one in use. Not sooner than the eager
+// window, whatever FERRY_PURGE_DELAY_MS says: each lowering and the raise
+// that may follow replace mappings, which holds up every thread's page
+// faults for a moment (MADV_DONTNEED does not).
+size_t UncommitFrom(const Segment* segment, uint64_t used, uint64_t staying, uint64_t now_ms, uint64_t idle_ms) {
   const size_t from = CommitTarget(kSlicesPerSegment - static_cast<size_t>(__builtin_clzll(used | 1)));
   const size_t mark = segment->writable_slices.load(std::memory_order_relaxed);
   if (from >= mark || (staying & SliceRun(from, mark - from)) != 0) return kSlicesPerSegment;
+  for (size_t slice = from; slice < mark && idle_ms != 0; ++slice) {
+    if (FreedAgeMs(segment, static_cast<int>(slice), now_ms) < idle_ms) return kSlicesPerSegment;
+  }
   return from;
 }
 
@@ -885,7 +890,8 @@ size_t ArenaPurge(uint64_t now_ms, uint64_t delay_ms, bool urgent) {
       }
       due |= waiting & -waiting;
     }
-    const size_t uncommit_from = UncommitFrom(segment, used, free_dirty & ~due);
+    const size_t uncommit_from = UncommitFrom(segment, used, free_dirty & ~due, now_ms,
+                                              urgent ? 0 : std::max(delay_ms, kEagerWindowMs));
     if (due != 0 || uncommit_from < kSlicesPerSegment) bytes += PurgeSlices(segment, due, uncommit_from);
     still_dirty += __builtin_popcountll(free_dirty & ~due);
     return false;  // every segment
@@ -1042,10 +1048,8 @@ void ArenaLockForFork() {
   g_unreserve_lock.LockForFork();
   g_arena_lock.LockForFork();
   g_map_lock.LockForFork();
-  g_mark_lock.LockForFork();
 }
 void ArenaUnlockAfterFork() {
-  g_mark_lock.UnlockAfterFork();
   g_map_lock.UnlockAfterFork();
   g_arena_lock.UnlockAfterFork();
   g_unreserve_lock.UnlockAfterFork();

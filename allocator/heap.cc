@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -452,6 +453,8 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->divisor_magic = ~uint64_t{0} / block_size + 1;
   page->reserved = static_cast<uint16_t>(reserved);
   page->free = nullptr;
+  page->purged_free = nullptr;
+  page->purged_used = 0;
   page->used = page->capacity = 0;
   page->in_full = 0;
   page->standby = 0;
@@ -555,6 +558,15 @@ enum class KeepEmpty {
   kNothing,       // every empty segment goes back (CollectHeap)
   kSpare,         // the spare stays (ReleaseKeptEmptySegments)
   kSpareAndMore,  // and, while it is recent, any other (ReleasePage)
+};
+
+// What CollectHeap does with free blocks on pages still in use.
+enum class FreeBlocks {
+  kKeep,             // they stay as they are
+  kGiveBack,         // large ones give their memory back (PurgeFreeBlockInteriors)
+  // Only those listed since the last purge of their page, where nobody
+  // owns the heap: what came back since, put in front of the list.
+  kGiveBackAdopted,
 };
 
 // A segment on this heap's list with only its header used goes back to its
@@ -1417,8 +1429,11 @@ void PushAbandonedDoneLocked(Heap* heap) {
 // that take a heap and exit at once keep a pass (and the duty turn) going
 // for as long as they ran.
 void PushAbandoned(Heap* heap, uint64_t pass_before_collect) {
+  const uint64_t now_ms = OsMonotonicMs();
   SpinLockHolder hold(&g_abandoned_lock);
   heap->abandoned = true;
+  heap->abandoned_ms = now_ms;
+  heap->free_blocks_given_back = false;
   ClearOwnerTid(heap);
   if (pass_before_collect == g_abandoned_pass.load(std::memory_order_relaxed)) {
     PushAbandonedDoneLocked(heap);
@@ -1582,9 +1597,54 @@ void PublishBatch(Heap* heap, bool may_spawn) {
   ReturnBatchInline(heap, full->ptrs, count);
 }
 
+// Free blocks at least this large on pages still in use give their memory
+// past their first OS page (the page holds their link) back to the OS
+// where nothing will allocate them soon (PurgeFreeBlockInteriors): a heap
+// abandoned for a while, and ferry_collect (malloc_trim, which glibc's
+// does for free chunks too). A page of a medium class holds a few blocks
+// (a 256 KiB class: five, 20 slices), and one live block kept all of it
+// resident: threads that built 48 MiB each of 16 B-256 KiB blocks and
+// exited, 90% freed by main, left 58 MiB resident for 17 MiB of blocks,
+// all of it in pages in use (perf/RESULTS.md, 2026-12-07).
+constexpr size_t kFreeBlockPurgeMin = size_t{32} << 10;
+
+// Gives back to the OS the memory of the free blocks on `page`'s list before
+// `stop` (nullptr: all of them), past each one's first OS page (which holds
+// its link). The caller has the heap to itself (its owner, or the collector
+// of an abandoned one); with a `stop` (the list's head at the page's last
+// purge, Page::purged_free), the blocks behind it gave theirs back then.
+// A list as it was after the last time is not walked again (the bytes
+// would count twice: madvise does not say what was resident). Returns the
+// bytes.
+size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
+  if (page->kind != PageKind::kSmall || page->block_size < kFreeBlockPurgeMin || page->used == 0) return 0;
+  if (page->free == page->purged_free && page->used == page->purged_used) return 0;
+  const size_t os_page = OsPageSize();
+  const size_t size = page->block_size;
+  size_t bytes = 0;
+  uint32_t walked = 0;
+  for (Block* block = page->free; block != nullptr && block != stop;) {
+    const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(block) + sizeof(Block), os_page);
+    const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(block) + size, os_page);
+    if (to > from && OsDecommit(reinterpret_cast<void*>(from), to - from)) bytes += to - from;
+    // Each link checked and the walk counted, as AdoptOntoLists does: a
+    // block written after its free can neither loop it nor steer it.
+    Block* next = DecodeNext(block->next_encoded);
+    if (next != nullptr && !IsInCarvedRange(page, next)) ReportCorruptFreeList(page, block, next);
+    if (++walked > page->capacity) ReportCorruptFreeList(page, block, next);
+    block = next;
+  }
+  page->purged_free = page->free;
+  page->purged_used = page->used;
+  if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
+  return bytes;
+}
+
 // Gives back everything of this heap that is free now: adopts returned
-// chains, releases empty pages and the spare segment.
-void CollectHeap(Heap* heap, KeepEmpty keep) {
+// chains, releases empty pages and the spare segment; with
+// FreeBlocks::kGiveBack, also the memory of large free blocks on pages
+// still in use (PurgeFreeBlockInteriors).
+void CollectHeap(Heap* heap, KeepEmpty keep, FreeBlocks free_blocks) {
   DrainAllInboxes(heap);
   for (size_t c = 0; c < kNumClasses; ++c) {
     PageQueue* q = &heap->queues[c];
@@ -1594,6 +1654,10 @@ void CollectHeap(Heap* heap, KeepEmpty keep) {
       if (page->used == 0) {
         QueueRemove(q, page);
         ReleasePage(heap, page);
+      } else if (free_blocks != FreeBlocks::kKeep) {
+        // Adopted chains (here, or by the inbox drain above) go in front of
+        // the blocks the last purge walked.
+        PurgeFreeBlockInteriors(page, free_blocks == FreeBlocks::kGiveBackAdopted ? page->purged_free : nullptr);
       }
       page = next;
     }
@@ -1652,7 +1716,7 @@ void AbandonHeap(Heap* heap) {
   const bool counted = OsAddressSpaceLimit() == SIZE_MAX;
   const bool keep_spare =
       counted && g_abandoned_spares.fetch_add(1, std::memory_order_relaxed) < kAbandonedSparesKept;
-  CollectHeap(heap, keep_spare ? KeepEmpty::kSpare : KeepEmpty::kNothing);
+  CollectHeap(heap, keep_spare ? KeepEmpty::kSpare : KeepEmpty::kNothing, FreeBlocks::kKeep);
   if (keep_spare && heap->spare != nullptr) {
     heap->abandoned_with_spare = true;
   } else if (counted) {
@@ -1678,7 +1742,7 @@ void AbandonHeap(Heap* heap) {
 // inbox_owner_holding set for good, and every heap of the child's that then
 // took a new page would set that heap's inbox bits again and walk its
 // inboxes once more.
-void CollectAbandonedHeaps();
+bool CollectAbandonedHeaps(uint64_t now_ms, bool urgent);
 
 // The spares abandoned heaps keep (AbandonHeap) go back in a fork child,
 // which has no pool to collect them and may never start one (a review):
@@ -1688,7 +1752,7 @@ void ReleaseAbandonedSparesInChild() {
   if (g_abandoned_spares.load(std::memory_order_relaxed) == 0) return;
   for (Heap* list : {g_abandoned, g_abandoned_done}) {
     for (Heap* heap = list; heap != nullptr; heap = heap->abandoned_next) {
-      if (heap->abandoned_with_spare) CollectHeap(heap, KeepEmpty::kNothing);
+      if (heap->abandoned_with_spare) CollectHeap(heap, KeepEmpty::kNothing, FreeBlocks::kKeep);
     }
   }
 }
@@ -1699,7 +1763,7 @@ void AbandonOrphanedHeapsInChild() {
     if (heap != tl_heap) heap->inbox_owner_holding.store(0, std::memory_order_relaxed);
     if (!heap->is_reclaimer || heap->abandoned || heap == tl_heap) continue;
     ReturnUnpublishedBatch(heap);
-    CollectHeap(heap, KeepEmpty::kNothing);
+    CollectHeap(heap, KeepEmpty::kNothing, FreeBlocks::kKeep);
     heap->is_reclaimer = false;
     CounterAdd(Counter::heaps_abandoned, 1);
     PushAbandoned(heap, kNoPass);
@@ -1755,7 +1819,7 @@ void AbandonHeapOfGoneThread(Heap* heap) {
   // Left counted if the thread left a return early (AbandonHeap).
   heap->returns_in_progress.store(0, std::memory_order_relaxed);
   const uint64_t pass = g_abandoned_pass.load(std::memory_order_acquire);
-  CollectHeap(heap, KeepEmpty::kNothing);
+  CollectHeap(heap, KeepEmpty::kNothing, FreeBlocks::kKeep);
   CounterAdd(Counter::heaps_abandoned, 1);
   if (Verbose(1)) DiagLine().Str("ferry: heap ").Ptr(heap).Str(" abandoned: its thread is gone").WriteToStderr();
   PushAbandoned(heap, pass);
@@ -1931,7 +1995,7 @@ void FreeOtherHeapsCompletedPages(Heap* self) {
 // heap's, unless an exiting thread holds it now (the next run comes soon).
 void CollectExitHeap() {
   if (!g_exit_lock.TryLock()) return;
-  if (g_exit_heap != nullptr) CollectHeap(g_exit_heap, KeepEmpty::kNothing);
+  if (g_exit_heap != nullptr) CollectHeap(g_exit_heap, KeepEmpty::kNothing, FreeBlocks::kKeep);
   g_exit_lock.Unlock();
 }
 
@@ -1966,13 +2030,13 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
        heap = heap->all_next) {
     CollectInboxes(heap);
   }
-  CollectAbandonedHeaps();
+  const bool heaps_waiting = CollectAbandonedHeaps(now_ms, urgent);
   AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
   const size_t purged = ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
   g_duty_passed_by_a_heap.store(ReleaseIdleEmptySegments(now_ms, urgent), std::memory_order_relaxed);
   ReleaseIdleHugeMappings(now_ms, urgent);
-  return purged != 0 || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
+  return purged != 0 || heaps_waiting || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
          g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0 || HugeTailsWaitResident();
 }
 
@@ -1982,7 +2046,17 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
 // ferry_collect in a loop kept it off nearly all the time, so each new
 // thread made a heap, each collect had one more to walk, and a program
 // starting threads at that moment slowed down round by round.
-void CollectAbandonedHeaps() {
+// A heap abandoned this long (FERRY_PURGE_DELAY_MS, 250 ms at least), or
+// any under ferry_collect, gives back its large free blocks' memory as it is
+// collected (FreeBlocks::kGiveBack); once, then only what each collect
+// adopts.
+// Sooner, a thread that takes it over (thread churn) would fault back in
+// the blocks it allocates. True while some heap waits for its time.
+bool CollectAbandonedHeaps(uint64_t now_ms, bool urgent) {
+  // As a segment's suffix (arena.cc, UncommitFrom): not sooner than the
+  // eager window, whatever FERRY_PURGE_DELAY_MS says (0 by default).
+  const uint64_t delay_ms = std::max(static_cast<uint64_t>(g_options.purge_delay_ms), kEagerWindowMs);
+  bool waiting = false;
   {
     SpinLockHolder hold(&g_abandoned_lock);  // in the duty turn: one pass at a time
     g_abandoned_pass.store(g_abandoned_pass.load(std::memory_order_relaxed) + 1,
@@ -1999,11 +2073,20 @@ void CollectAbandonedHeaps() {
     {
       SpinLockHolder hold(&g_abandoned_lock);
       heap = g_abandoned;
-      if (heap == nullptr) return;
+      if (heap == nullptr) return waiting;
       g_abandoned = heap->abandoned_next;
       heap->abandoned_next = nullptr;
     }
-    CollectHeap(heap, KeepEmpty::kNothing);
+    // Once given back, a heap that nobody owns gets blocks on its lists only
+    // from returns, adopted here.
+    FreeBlocks free_blocks = FreeBlocks::kGiveBackAdopted;
+    if (!heap->free_blocks_given_back) {
+      const bool due = urgent || now_ms - std::min(now_ms, heap->abandoned_ms) >= delay_ms;
+      free_blocks = due ? FreeBlocks::kGiveBack : FreeBlocks::kKeep;
+      heap->free_blocks_given_back = due;
+      waiting |= !due;
+    }
+    CollectHeap(heap, KeepEmpty::kNothing, free_blocks);
     CounterAdd(Counter::abandoned_collections, 1);
     SpinLockHolder hold(&g_abandoned_lock);
     PushAbandonedDoneLocked(heap);
@@ -2724,7 +2807,7 @@ void FlushThisThread() {
 void CollectThisThread() {
   FlushThisThread();
   Heap* heap = tl_heap;
-  if (heap != &g_empty_heap) CollectHeap(heap, KeepEmpty::kNothing);
+  if (heap != &g_empty_heap) CollectHeap(heap, KeepEmpty::kNothing, FreeBlocks::kGiveBack);
   EnsureGlobalInit();
   EnsureForkHandlers();  // the collect takes the duty turn, which fork() must see
   PoolCollectNow();

@@ -146,6 +146,11 @@ struct Heap {
   uint32_t home = 0;               // spreads heaps over the reclaimers' queues
   bool is_reclaimer = false;       // a pool thread's heap: never takes over others'
   bool abandoned = false;          // on the abandoned list (under its lock)
+  // When it was last abandoned (under that lock), and whether its large
+  // free blocks' memory has been given back since (heap.cc,
+  // CollectAbandonedHeaps).
+  uint64_t abandoned_ms = 0;
+  bool free_blocks_given_back = false;
   // Its exiting thread left its spare committed for the next owner, counted
   // in g_abandoned_spares (AbandonHeap); cleared by whoever takes the heap
   // off the abandoned list.

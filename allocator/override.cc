@@ -165,7 +165,8 @@ FERRY_EXPORT int malloc_trim(size_t /*pad*/) {
   ferry_stats_get(&after);
   return after.bytes_decommitted != before.bytes_decommitted ||
                  after.segments_released != before.segments_released ||
-                 after.bytes_unmapped != before.bytes_unmapped
+                 after.bytes_unmapped != before.bytes_unmapped ||
+                 after.bytes_uncharged != before.bytes_uncharged
              ? 1
              : 0;
 }

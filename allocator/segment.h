@@ -148,7 +148,14 @@ struct Page {
   // `used` when the owner marked the page full (written before the mark):
   // what the returns to a full page count against, readable by any thread.
   std::atomic<uint32_t> used_at_full;
-  char padding_to_power_of_two[64];
+  // --- fourth cache line: whoever has the heap to itself (its owner, or
+  // the collector of an abandoned one), on slow paths only ----------------
+  // `free` and `used` as they were when every free block on the list had
+  // given its memory back (PurgeFreeBlockInteriors, heap.cc): a list found
+  // so again is not walked again.
+  alignas(64) Block* purged_free;
+  uint32_t purged_used;
+  char padding_to_power_of_two[52];
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
@@ -187,8 +194,8 @@ struct alignas(64) Segment {
   std::atomic<bool> is_spare;
   // kNormal: slices [0, writable_slices) are writable, the rest inaccessible
   // and uncharged (arena.cc, CommitSlicesUpTo). Set when the segment is
-  // handed out, raised by a holder of slices past it, never lowered while
-  // any slice is held.
+  // handed out, raised by a holder of slices past it, lowered by the purge
+  // to a commit step past every slice in use (UncommitSuffix).
   std::atomic<uint8_t> writable_slices;
   // Bit i: slice i belongs to a page (bit 0: the header), or the pool holds
   // it for a moment while it gives its memory back to the OS. The owner

@@ -245,6 +245,72 @@ TEST(Rss, MemoryFreedByAnotherThreadReturnsAfterItsOwnerExitedMediumBlocks) {
   ExpectFreedMemoryReturns(kGiB, MediumSize, Owner::kExits);
 }
 
+// (b') Threads build sets of large medium blocks (64-256 KiB: pages of a
+// few blocks each) and exit; another thread frees all but one block in
+// eight, with no call after. Resident memory must fall to the live blocks
+// and a little within kReturnDeadline. Until 2026-12-07 a page with one
+// live block kept every block of it resident, and nearly every page had
+// one: 128 MiB stayed for 16 MiB of blocks.
+TEST(Rss, LargeBlocksLeftByExitedThreadsGoBackButTheLiveOnes) {
+  constexpr int kThreads = 4;
+  constexpr size_t kPerThread = 32 * kMiB;
+  constexpr size_t kMaxBlocks = kPerThread / (64 * kKiB) + 1;
+  std::vector<Block> blocks[kThreads];
+  for (auto& list : blocks) list.reserve(kMaxBlocks);
+  StartThePool();
+  const size_t baseline = ResidentBytes();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t bytes = 0, i = 0; bytes < kPerThread; ++i) {
+        const size_t n = 64 * kKiB + Mix(i * kThreads + t) % (192 * kKiB);
+        void* p = ferry_malloc(n);
+        ASSERT_NE(p, nullptr);
+        Touch(p, n);
+        blocks[t].push_back({p, n});
+        bytes += n;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const size_t peak = ResidentBytes();
+  size_t live = 0, corrupt = 0;
+  for (auto& list : blocks) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      corrupt += !TagsIntact(list[i].p, list[i].n);
+      if (i % 8 == 0) {
+        live += list[i].n;
+      } else {
+        ferry_free(list[i].p);
+      }
+    }
+  }
+  ASSERT_GT(Above(peak, baseline), static_cast<int64_t>(kThreads * kPerThread * 9 / 10))
+      << "the blocks were not resident: the test measures nothing";
+  // Within 10% of the live blocks, and 8 MiB for the rest (the free blocks'
+  // first pages, which hold their links; partly used small pages).
+  const size_t allowance = live + live / 10 + 8 * kMiB;
+  std::ostringstream samples;
+  std::chrono::milliseconds waited;
+  const size_t rss = WaitForResidentNear(baseline, allowance, &samples, &waited);
+  const ferry_stats_t s = ferry_test::Stats();
+  printf("live %.1f MiB; resident above baseline: peak %.1f MiB, %.1f MiB after %lld ms; samples (MiB):%s\n",
+         MiB(live), MiB(Above(peak, baseline)), MiB(Above(rss, baseline)), static_cast<long long>(waited.count()),
+         samples.str().c_str());
+  EXPECT_LT(Above(rss, baseline), static_cast<int64_t>(allowance))
+      << MiB(live) << " MiB live of " << MiB(kThreads * kPerThread) << " MiB its exited threads allocated: still "
+      << MiB(Above(rss, baseline)) << " MiB above the baseline after " << waited.count()
+      << " ms; samples (MiB):" << samples.str() << "; bytes_decommitted " << s.bytes_decommitted
+      << ", heaps_abandoned " << s.heaps_abandoned << ", reclaimer_threads " << s.reclaimer_threads;
+  for (auto& list : blocks) {
+    for (size_t i = 0; i < list.size(); i += 8) {
+      corrupt += !TagsIntact(list[i].p, list[i].n);
+      ferry_free(list[i].p);
+    }
+  }
+  EXPECT_EQ(corrupt, 0u);
+}
+
 // (d) Threads that free their own blocks and then idle: each heap keeps one
 // empty segment as its spare, and its memory must go back to the OS with the
 // rest. (Until 2026-12-02 the spare left the heap's segment list, where the
