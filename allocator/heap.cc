@@ -454,7 +454,6 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->reserved = static_cast<uint16_t>(reserved);
   page->free = nullptr;
   page->purged_free = nullptr;
-  page->purged_used = 0;
   page->used = page->capacity = 0;
   page->in_full = 0;
   page->standby = 0;
@@ -860,6 +859,9 @@ bool TryMarkFull(Page* page) {
   // another heap reset its record.
   page->used_at_full.store(page->used, std::memory_order_relaxed);
   page->in_full = 1;
+  // Its list is empty: what comes back later is listed anew, in front of
+  // nothing a purge walked (CollectHeap, FreeBlocks::kGiveBackAdopted).
+  page->purged_free = nullptr;
   uintptr_t expected = 0;
   if (!page->returned.compare_exchange_strong(expected, kReturnedFull, std::memory_order_acq_rel,
                                               std::memory_order_relaxed)) {
@@ -1611,14 +1613,13 @@ constexpr size_t kFreeBlockPurgeMin = size_t{32} << 10;
 // Gives back to the OS the memory of the free blocks on `page`'s list before
 // `stop` (nullptr: all of them), past each one's first OS page (which holds
 // its link). The caller has the heap to itself (its owner, or the collector
-// of an abandoned one); with a `stop` (the list's head at the page's last
-// purge, Page::purged_free), the blocks behind it gave theirs back then.
-// A list as it was after the last time is not walked again (the bytes
-// would count twice: madvise does not say what was resident). Returns the
-// bytes.
+// of an abandoned one); with a `stop` (Page::purged_free, the list's head
+// at the page's last purge in the same spell without an owner), the blocks
+// behind it gave theirs back then. Only a block with pages resident costs
+// the madvise, and only those pages count: madvise does not say, and a
+// second malloc_trim must answer 0. Returns the bytes.
 size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
   if (page->kind != PageKind::kSmall || page->block_size < kFreeBlockPurgeMin || page->used == 0) return 0;
-  if (page->free == page->purged_free && page->used == page->purged_used) return 0;
   const size_t os_page = OsPageSize();
   const size_t size = page->block_size;
   size_t bytes = 0;
@@ -1626,16 +1627,23 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
   for (Block* block = page->free; block != nullptr && block != stop;) {
     const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(block) + sizeof(Block), os_page);
     const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(block) + size, os_page);
-    if (to > from && OsDecommit(reinterpret_cast<void*>(from), to - from)) bytes += to - from;
-    // Each link checked and the walk counted, as AdoptOntoLists does: a
-    // block written after its free can neither loop it nor steer it.
+    if (to > from) {
+      const size_t resident = OsResidentPages(reinterpret_cast<void*>(from), to - from);
+      if (resident != 0 && OsDecommit(reinterpret_cast<void*>(from), to - from)) {
+        bytes += resident == SIZE_MAX ? to - from : resident * os_page;
+      }
+    }
+    // Each link checked and the walk counted, as OrderChain does: a block
+    // written after its free can neither loop the walk nor point it into
+    // the middle of a block (the madvise would reach a live neighbour).
     Block* next = DecodeNext(block->next_encoded);
-    if (next != nullptr && !IsInCarvedRange(page, next)) ReportCorruptFreeList(page, block, next);
+    if (next != nullptr && (!IsInCarvedRange(page, next) || !IsBlockStart(page, reinterpret_cast<uintptr_t>(next)))) {
+      ReportCorruptFreeList(page, block, next);
+    }
     if (++walked > page->capacity) ReportCorruptFreeList(page, block, next);
     block = next;
   }
   page->purged_free = page->free;
-  page->purged_used = page->used;
   if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
   return bytes;
 }
@@ -1643,8 +1651,10 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
 // Gives back everything of this heap that is free now: adopts returned
 // chains, releases empty pages and the spare segment; with
 // FreeBlocks::kGiveBack, also the memory of large free blocks on pages
-// still in use (PurgeFreeBlockInteriors).
-void CollectHeap(Heap* heap, KeepEmpty keep, FreeBlocks free_blocks) {
+// still in use (PurgeFreeBlockInteriors). With FreeBlocks::kKeep, true
+// where it left such blocks on a page in use.
+bool CollectHeap(Heap* heap, KeepEmpty keep, FreeBlocks free_blocks) {
+  bool kept_large_free_blocks = false;
   DrainAllInboxes(heap);
   for (size_t c = 0; c < kNumClasses; ++c) {
     PageQueue* q = &heap->queues[c];
@@ -1658,6 +1668,8 @@ void CollectHeap(Heap* heap, KeepEmpty keep, FreeBlocks free_blocks) {
         // Adopted chains (here, or by the inbox drain above) go in front of
         // the blocks the last purge walked.
         PurgeFreeBlockInteriors(page, free_blocks == FreeBlocks::kGiveBackAdopted ? page->purged_free : nullptr);
+      } else if (page->block_size >= kFreeBlockPurgeMin && page->free != nullptr) {
+        kept_large_free_blocks = true;
       }
       page = next;
     }
@@ -1673,10 +1685,11 @@ void CollectHeap(Heap* heap, KeepEmpty keep, FreeBlocks free_blocks) {
     ReleaseSegmentIfEmptyLocked(heap, segment, keep);
     segment = next;
   }
-  if (keep == KeepEmpty::kSpare) return;
+  if (keep == KeepEmpty::kSpare) return kept_large_free_blocks;
   if (heap->spare != nullptr) heap->spare->is_spare.store(false, std::memory_order_relaxed);
   heap->spare = nullptr;  // released above, or in use again
   ForgetAbandonedSpare(heap);
+  return kept_large_free_blocks;
 }
 
 // Returns the batch of a heap whose owner can no longer hand it on (a
@@ -2049,7 +2062,7 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
 // A heap abandoned this long (FERRY_PURGE_DELAY_MS, 250 ms at least), or
 // any under ferry_collect, gives back its large free blocks' memory as it is
 // collected (FreeBlocks::kGiveBack); once, then only what each collect
-// adopts.
+// adopts. True while a heap that holds such blocks waits for its time.
 // Sooner, a thread that takes it over (thread churn) would fault back in
 // the blocks it allocates. True while some heap waits for its time.
 bool CollectAbandonedHeaps(uint64_t now_ms, bool urgent) {
@@ -2084,9 +2097,9 @@ bool CollectAbandonedHeaps(uint64_t now_ms, bool urgent) {
       const bool due = urgent || now_ms - std::min(now_ms, heap->abandoned_ms) >= delay_ms;
       free_blocks = due ? FreeBlocks::kGiveBack : FreeBlocks::kKeep;
       heap->free_blocks_given_back = due;
-      waiting |= !due;
     }
-    CollectHeap(heap, KeepEmpty::kNothing, free_blocks);
+    // Waits for its time only where it has any to give back.
+    if (CollectHeap(heap, KeepEmpty::kNothing, free_blocks)) waiting = true;
     CounterAdd(Counter::abandoned_collections, 1);
     SpinLockHolder hold(&g_abandoned_lock);
     PushAbandonedDoneLocked(heap);

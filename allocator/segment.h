@@ -150,12 +150,12 @@ struct Page {
   std::atomic<uint32_t> used_at_full;
   // --- fourth cache line: whoever has the heap to itself (its owner, or
   // the collector of an abandoned one), on slow paths only ----------------
-  // `free` and `used` as they were when every free block on the list had
-  // given its memory back (PurgeFreeBlockInteriors, heap.cc): a list found
-  // so again is not walked again.
+  // `free` as it was when the free blocks on the list had given their
+  // memory back (PurgeFreeBlockInteriors, heap.cc): in a heap nobody owns,
+  // blocks come onto the list only in front of it. Cleared when the page is
+  // made and when it is marked full (its list empty).
   alignas(64) Block* purged_free;
-  uint32_t purged_used;
-  char padding_to_power_of_two[52];
+  char padding_to_power_of_two[56];
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };

@@ -57,6 +57,9 @@ bool OsUncommit(void* base, size_t size, bool readable = false);
 void* OsResizeInPlace(void* base, size_t old_size, size_t new_size, bool* no_room);
 void* OsMoveOnto(void* base, size_t old_size, size_t new_size, void* target);
 bool OsDecommit(void* base, size_t size);
+// Pages of [base, base + size) resident now (mincore; base page-aligned),
+// or SIZE_MAX where the kernel will not say.
+size_t OsResidentPages(void* base, size_t size);
 // Asks for transparent huge pages on [base, base + size) (MADV_HUGEPAGE):
 // the kernel then faults in, and zeroes, a whole aligned 2 MiB at a time
 // where it has one free. False when the kernel refused (built without

@@ -421,6 +421,24 @@ bool OsDecommit(void* base, size_t size) {
   return done;
 }
 
+size_t OsResidentPages(void* base, size_t size) {
+  const int saved_errno = errno;
+  const size_t page = OsPageSize();
+  unsigned char vec[256];
+  size_t resident = 0;
+  for (size_t done = 0; done < size;) {
+    const size_t chunk = size - done < sizeof(vec) * page ? size - done : sizeof(vec) * page;
+    if (mincore(static_cast<char*>(base) + done, chunk, vec) != 0) {
+      errno = saved_errno;
+      return SIZE_MAX;
+    }
+    for (size_t k = 0; k < (chunk + page - 1) / page; ++k) resident += vec[k] & 1;
+    done += chunk;
+  }
+  errno = saved_errno;
+  return resident;
+}
+
 bool OsAdviseHugePages(void* base, size_t size) {
   const int saved_errno = errno;
   const bool done = madvise(base, size, MADV_HUGEPAGE) == 0;
