@@ -1625,6 +1625,10 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
   size_t bytes = 0;
   uint32_t walked = 0;
   for (Block* block = page->free; block != nullptr && block != stop;) {
+    // The head too: a pop checks only that the next block is in the page.
+    // One that is not a block start was written after its free; the
+    // madvise would reach a live neighbour, so the rest stays as it is.
+    if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(block))) break;
     const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(block) + sizeof(Block), os_page);
     const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(block) + size, os_page);
     if (to > from) {
@@ -1633,13 +1637,11 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
         bytes += resident == SIZE_MAX ? to - from : resident * os_page;
       }
     }
-    // Each link checked and the walk counted, as OrderChain does: a block
-    // written after its free can neither loop the walk nor point it into
-    // the middle of a block (the madvise would reach a live neighbour).
+    // Each link checked and the walk counted, as AdoptOntoLists does: a
+    // block written after its free can neither loop the walk nor send it
+    // outside the page.
     Block* next = DecodeNext(block->next_encoded);
-    if (next != nullptr && (!IsInCarvedRange(page, next) || !IsBlockStart(page, reinterpret_cast<uintptr_t>(next)))) {
-      ReportCorruptFreeList(page, block, next);
-    }
+    if (next != nullptr && !IsInCarvedRange(page, next)) ReportCorruptFreeList(page, block, next);
     if (++walked > page->capacity) ReportCorruptFreeList(page, block, next);
     block = next;
   }
@@ -2062,9 +2064,9 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
 // A heap abandoned this long (FERRY_PURGE_DELAY_MS, 250 ms at least), or
 // any under ferry_collect, gives back its large free blocks' memory as it is
 // collected (FreeBlocks::kGiveBack); once, then only what each collect
-// adopts. True while a heap that holds such blocks waits for its time.
-// Sooner, a thread that takes it over (thread churn) would fault back in
-// the blocks it allocates. True while some heap waits for its time.
+// adopts. Sooner, a thread that takes it over (thread churn) would fault
+// back in the blocks it allocates. True while a heap that holds such
+// blocks waits for its time.
 bool CollectAbandonedHeaps(uint64_t now_ms, bool urgent) {
   // As a segment's suffix (arena.cc, UncommitFrom): not sooner than the
   // eager window, whatever FERRY_PURGE_DELAY_MS says (0 by default).

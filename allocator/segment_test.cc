@@ -1732,6 +1732,35 @@ TEST(FreeBlocks, LargeFreeBlocksOfAnExitedThreadGiveTheirMemoryBackOnceCollected
   ferry_collect();
 }
 
+// A free block's link written after its free to point into the middle of
+// a live block: the give-back stops there rather than madvise part of the
+// live block (whose bytes would read as zeros after).
+TEST(FreeBlocks, AFreeListLinkIntoALiveBlockStopsTheGiveBack) {
+  constexpr size_t kSize = 120 << 10;
+  std::thread([] {
+    void* blocks[3];
+    for (void*& p : blocks) {
+      p = ferry_malloc(kSize);
+      ASSERT_NE(p, nullptr);
+      memset(p, 7, kSize);
+    }
+    Page* page = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(blocks[0])), reinterpret_cast<uintptr_t>(blocks[0]));
+    for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
+    ferry_free(blocks[0]);
+    ASSERT_EQ(page->free, blocks[0]);
+    auto* freed = static_cast<Block*>(blocks[0]);
+    const uintptr_t link = freed->next_encoded;
+    freed->next_encoded = EncodeNext(reinterpret_cast<Block*>(static_cast<char*>(blocks[1]) + 3 * 4096));
+    ferry_collect();
+    const auto* live = static_cast<const unsigned char*>(blocks[1]);
+    for (size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(live[i], 7) << "the live block lost its bytes at " << i;
+    freed->next_encoded = link;  // put right before the list is used again
+    ferry_free(blocks[1]);
+    ferry_free(blocks[2]);
+    ferry_collect();
+  }).join();
+}
+
 // Blocks that come back to a heap nobody owns after its first give-back
 // give theirs back at a later collect, those of a page that was full (they
 // came in through the owner's inbox) too: until a review's fix the same
