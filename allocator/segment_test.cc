@@ -1673,18 +1673,23 @@ TEST(Purge, SegmentsAnotherThreadEmptiedGoBackWhileTheirOwnerSleeps) {
 }
 
 
+// OS pages of [p, p + n) that are resident.
+size_t ResidentPages(const void* p, size_t n) {
+  const size_t page = 4096;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const size_t count = (reinterpret_cast<uintptr_t>(p) + n - first + page - 1) / page;
+  std::vector<unsigned char> residency(count);
+  if (mincore(reinterpret_cast<void*>(first), count * page, residency.data()) != 0) return SIZE_MAX;
+  return static_cast<size_t>(std::count_if(residency.begin(), residency.end(), [](unsigned char r) { return r & 1; }));
+}
+
 // Resident OS pages of [p + first OS page, p + n): a free block's memory
 // past the page that holds its link.
 size_t ResidentPastFirstPage(void* p, size_t n) {
   const size_t os_page = OsPageSize();
   const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(p) + sizeof(Block), os_page);
   const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(p) + n, os_page);
-  if (to <= from) return 0;
-  std::vector<unsigned char> vec((to - from) / os_page);
-  if (mincore(reinterpret_cast<void*>(from), to - from, vec.data()) != 0) return SIZE_MAX;
-  size_t resident = 0;
-  for (unsigned char v : vec) resident += v & 1;
-  return resident;
+  return to <= from ? 0 : ResidentPages(reinterpret_cast<void*>(from), to - from);
 }
 
 // Blocks on `page`'s free list (each link checked).
@@ -2170,16 +2175,6 @@ TEST(PageLists, ASliceFreedInASkippedFullSegmentIsTakenFirst) {
   std::thread([&] {
     for (void* p : blocks) ferry_free(p);
   }).join();
-}
-
-// OS pages of [p, p + n) that are resident.
-size_t ResidentPages(const void* p, size_t n) {
-  const size_t page = 4096;
-  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
-  const size_t count = (reinterpret_cast<uintptr_t>(p) + n - first + page - 1) / page;
-  std::vector<unsigned char> residency(count);
-  if (mincore(reinterpret_cast<void*>(first), count * page, residency.data()) != 0) return SIZE_MAX;
-  return static_cast<size_t>(std::count_if(residency.begin(), residency.end(), [](unsigned char r) { return r & 1; }));
 }
 
 bool AllZero(const void* p, size_t n) {
