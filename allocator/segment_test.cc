@@ -1807,6 +1807,92 @@ TEST(FreeBlocks, BlocksReturnedToAFullPageOfAnExitedThreadGiveTheirMemoryBackToo
   ferry_collect();
 }
 
+// A heap given back, taken over by a new thread, and left again: the first
+// collect of its second spell without an owner walks every list again. The
+// new owner took the blocks the first walk had given back, wrote them and
+// freed them again, the one that was the list's head at that walk (its
+// stop, Page::purged_free) last, so that it heads the list again. Were the
+// second spell's collect to walk only up to that stop, as later collects
+// of one spell do, it would stop at once and leave every one of them
+// resident (PushAbandoned clears Heap::free_blocks_given_back for that).
+TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
+  constexpr size_t kSize = 136 << 10;  // a page of four
+  constexpr int kBlocks = 4;
+  void* blocks[kBlocks] = {};
+  Heap* left = nullptr;
+  std::thread([&] {
+    for (void*& p : blocks) {
+      p = ferry_malloc(kSize);
+      ASSERT_NE(p, nullptr);
+      memset(p, 7, kSize);
+    }
+    for (int k = 1; k < kBlocks; ++k) ferry_free(blocks[k]);
+    left = tl_heap;
+  }).join();
+  Page* page = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(blocks[0])), reinterpret_cast<uintptr_t>(blocks[0]));
+  for (void* p : blocks) {
+    ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page)
+        << "the test needs the blocks on one page";
+  }
+  ferry_collect();  // the first spell's give-back
+  for (int k = 1; k < kBlocks; ++k) ASSERT_EQ(ResidentPastFirstPage(blocks[k], kSize), 0u) << "block " << k;
+  ASSERT_NE(page->purged_free, nullptr);
+
+  // New threads take over abandoned heaps, one each; those that get
+  // another heap than `left` hold it until the end, so that the next
+  // thread takes the next one.
+  std::latch release(1);
+  std::vector<std::thread> holders;
+  std::vector<void*> rewritten;
+  bool taken = false;
+  for (int tries = 0; tries < 512 && !taken; ++tries) {
+    std::atomic<int> outcome{0};  // 1: took `left`, 2: another heap
+    holders.emplace_back([&] {
+      ferry_free(ferry_malloc(16));  // makes or takes this thread's heap
+      if (tl_heap != left) {
+        outcome.store(2, std::memory_order_release);
+        release.wait();
+        return;
+      }
+      const Block* stop = page->purged_free;
+      // Every free block of the page, the stop among them, written.
+      const size_t count = FreeListLength(page);
+      for (size_t k = 0; k < count; ++k) {
+        void* p = ferry_malloc(kSize);
+        memset(p, 9, kSize);
+        rewritten.push_back(p);
+      }
+      // Freed back so that the old stop heads the list again.
+      const auto at = std::find(rewritten.begin(), rewritten.end(), stop);
+      if (at != rewritten.end()) std::iter_swap(at, rewritten.end() - 1);
+      for (void* p : rewritten) ferry_free(p);
+      outcome.store(1, std::memory_order_release);
+    });
+    int seen;
+    while ((seen = outcome.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+    taken = seen == 1;
+  }
+  release.count_down();
+  for (std::thread& holder : holders) holder.join();
+  ASSERT_TRUE(taken) << "no new thread took over the heap the first thread left";
+  ASSERT_GE(rewritten.size(), size_t{kBlocks - 1});
+  ASSERT_EQ(page->heap, left);
+  ASSERT_EQ(page->free, rewritten.back()) << "the old stop does not head the list";
+  ASSERT_EQ(static_cast<const Block*>(rewritten.back()), page->purged_free);
+  for (void* p : rewritten) ASSERT_GT(ResidentPastFirstPage(p, kSize), kSize / OsPageSize() / 2);
+
+  ferry_collect();  // the second spell's: every list walked again
+  for (size_t k = 0; k < rewritten.size(); ++k) {
+    EXPECT_EQ(ResidentPastFirstPage(rewritten[k], kSize), 0u) << "block " << k << " of the second owner's";
+  }
+  EXPECT_EQ(FreeListLength(page), rewritten.size());
+  const auto* kept = static_cast<const unsigned char*>(blocks[0]);
+  for (size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(kept[i], 7) << "the live block lost its bytes at " << i;
+  ferry_free(blocks[0]);
+  ferry_flush();
+  ferry_collect();
+}
+
 // A thread that lives keeps its free blocks' memory, whoever collects: its
 // free lists are its own, and it may allocate from them at any moment. Its
 // own ferry_collect (malloc_trim) gives it back.
