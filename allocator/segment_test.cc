@@ -572,7 +572,10 @@ TEST(PageLists, ASweptPageOfSeveralSlicesIsRetiredWhenItsOwnerFreesTheRest) {
   ASSERT_EQ(ReturnedCount(page->returned.load()), returned);
   const size_t size_class = page->size_class;
   ASSERT_NE(tl_heap->sweep_classes[size_class / 64].load() & (uint64_t{1} << (size_class % 64)), 0u);
-  void* other = ferry_malloc(9000);  // a class of its own: a slow path, which sweeps
+  // A large block: a slow path whatever ran before (a class of its own
+  // took the fast path where an earlier test had left a page of it, in
+  // some orders under --gtest_shuffle), and a slow path sweeps.
+  void* other = ferry_malloc(kMediumMax + 1);
   for (size_t k = returned; k < blocks.size(); ++k) ferry_free(blocks[k]);
   EXPECT_EQ(page->used, 0u) << "the returned blocks still count: the owner's frees could not retire the page";
   EXPECT_NE(tl_heap->retained_classes[size_class / 64] & (uint64_t{1} << (size_class % 64)), 0u)
@@ -1161,11 +1164,15 @@ TEST(PageLists, NewPagesTakeCommittedFreeSlicesFirst) {
 }
 
 // Free slices of the calling thread's own segments that were never
-// touched or were decommitted.
+// touched or were decommitted, in segments that hold a page: an empty one
+// (a spare the heap had when a thread took it over) may go back to its
+// arena at any collect (in some orders of the tests under --gtest_shuffle,
+// the only segment counted went with the other thread's ferry_collect).
 size_t OwnUntouchedFreeSlices() {
   size_t count = 0;
   SpinLockHolder hold(&tl_heap->segments_lock);
   for (Segment* segment = tl_heap->segments; segment != nullptr; segment = segment->heap_next) {
+    if (segment->used_slices.load() == 1) continue;
     const uint64_t free_clean = ~segment->used_slices.load() & ~segment->dirty_slices.load();
     count += static_cast<size_t>(__builtin_popcountll(free_clean));
   }
@@ -1410,18 +1417,27 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
       const uintptr_t address = reinterpret_cast<uintptr_t>(p);
       return PageOf(SegmentOf(address), address);
     };
-    // Pages until a sixth is started: two of the first five in one segment
-    // are emptied below and go back to it (the class still uses the others).
+    // Pages until two filled ones share a segment: those two are emptied
+    // below and go back to it (the class still uses the others). Pages
+    // take free slices wherever this heap's segments, or those that exited
+    // threads left, have them, so neighbours in time may be segments apart
+    // (the first two of the first five were not, in some orders of the
+    // tests under --gtest_shuffle).
     std::vector<void*> blocks;
     std::vector<Page*> pages;
-    while (pages.size() < 6) {
+    std::optional<std::pair<size_t, size_t>> pair;
+    while (!pair && pages.size() < 256) {
       void* p = ferry_malloc(kSize);
       blocks.push_back(p);
-      if (pages.empty() || pages.back() != page_of(p)) pages.push_back(page_of(p));
+      if (!pages.empty() && pages.back() == page_of(p)) continue;
+      pages.push_back(page_of(p));
+      // The newest page is the class's current one; the others are full.
+      for (size_t i = 0; i + 2 < pages.size() && !pair; ++i) {
+        if (SegmentOf(pages[i]->start) == SegmentOf(pages[pages.size() - 2]->start)) pair.emplace(i, pages.size() - 2);
+      }
     }
-    for (size_t i = 0; i < 3 && SegmentOf(pages[0]->start) != SegmentOf(pages[1]->start); ++i) {
-      pages.erase(pages.begin());  // a segment boundary between the first two
-    }
+    ASSERT_TRUE(pair) << "no two of " << pages.size() << " pages in one segment";
+    pages = {pages[pair->first], pages[pair->second]};
     auto free_page = [&](Page* page) {
       for (void*& p : blocks) {
         if (p != nullptr && page_of(p) == page) {
@@ -1944,32 +1960,41 @@ TEST(Purge, AHeapsSpareStaysAndDoesNotCallForTheHousekeeping) {
     const uint64_t now = OsMonotonicMs();
     ArenaPurge(now, 0, /*urgent=*/true);  // every empty segment but the spares goes
     ReleaseIdleEmptySegments(now, /*urgent=*/true);
-    // A block that has a segment of this heap to itself; freed, that
-    // segment empties and the owner keeps it as its spare.
+    // Blocks until one has a segment of this heap to itself: freed, that
+    // segment empties, and the heap keeps a segment it emptied as its spare.
     std::vector<void*> blocks;
-    Segment* alone = nullptr;
-    for (int k = 0; k < 64 && alone == nullptr; ++k) {
+    bool alone = false;
+    for (int k = 0; k < 64 && !alone; ++k) {
       void* p = ferry_aligned_alloc(kLargeMax, kLargeMax);
       ASSERT_NE(p, nullptr);
       blocks.push_back(p);
       Segment* segment = SegmentOf(reinterpret_cast<uintptr_t>(p));
-      if (segment->heap.load() == tl_heap && segment->used_slices.load() == (1 | SliceRun(32, 32))) alone = segment;
+      alone = segment->heap.load() == tl_heap && segment->used_slices.load() == (1 | SliceRun(32, 32));
     }
-    ASSERT_NE(alone, nullptr) << "no segment of this heap held only one block";
+    ASSERT_TRUE(alone) << "no segment of this heap held only one block";
     for (void* p : blocks) ferry_free(p);
+    // The other segments the blocks emptied (a fresh heap's, where this
+    // test runs first in its process, or early under --gtest_shuffle) go;
+    // which one stays as the spare depends on the order they emptied in.
+    const uint64_t freed = OsMonotonicMs();
+    ArenaPurge(freed, 0, /*urgent=*/true);
+    ReleaseIdleEmptySegments(freed, /*urgent=*/true);
+    Segment* spare;
     {
       SpinLockHolder hold(&tl_heap->segments_lock);
-      ASSERT_EQ(tl_heap->spare, alone) << "the emptied segment did not become the spare";
+      spare = tl_heap->spare;
     }
-    EXPECT_TRUE(alone->is_spare.load());
+    ASSERT_NE(spare, nullptr) << "no emptied segment became the spare";
+    EXPECT_TRUE(spare->is_spare.load());
+    EXPECT_EQ(spare->used_slices.load(), 1u);
     g_idle_empty_segments.store(false);
     const uint64_t later = OsMonotonicMs() + 60'000;
     ArenaPurge(later, 0, false);
     EXPECT_FALSE(g_idle_empty_segments.load()) << "the purge counted a spare (or another heap's empty segment)";
     ReleaseIdleEmptySegments(later, /*urgent=*/true);
     SpinLockHolder hold(&tl_heap->segments_lock);
-    EXPECT_EQ(tl_heap->spare, alone);
-    EXPECT_EQ(alone->heap.load(), tl_heap) << "the housekeeping gave the spare back";
+    EXPECT_EQ(tl_heap->spare, spare);
+    EXPECT_EQ(spare->heap.load(), tl_heap) << "the housekeeping gave the spare back";
   }).join();
 }
 
@@ -2557,6 +2582,10 @@ TEST(RoomIndex, AnotherHeapsCommittedSlicesAreTakenOnlyOnceTheyHaveSettled) {
   OwnArena arena;
   Segment* segment = arena.first();
   ASSERT_NE(segment, nullptr) << "no arena of its own";
+  // No other segment's free slices committed, so that every search below
+  // that finds a run finds this test's (earlier tests leave runs that
+  // settle while this one runs, in some orders under --gtest_shuffle).
+  ArenaPurge(OsMonotonicMs(), 0, /*urgent=*/true);
   // The heap whose page held the slices: this thread's (owned by it).
   ferry_free(ferry_malloc(16));
   const Heap* owner = tl_heap;
@@ -3467,6 +3496,12 @@ TEST(HugeCache, WithoutAPoolTheCacheHoldsTheLiveHugeBytesOrHalfWithSeveralThread
 // 1016 MiB rest of a 1 GiB block shrunk to 5 MiB, while idle).
 TEST(HugeCache, WithoutAPoolWhatWaitsFollowsTheFallingCap) {
   if (kValgrind) GTEST_SKIP() << "no huge cache under memcheck";
+  // The caps below are those of a program that has run several threads
+  // (half its huge bytes); one that never has keeps all of them (run first
+  // in its process, under --gtest_shuffle, this test saw a cap of 40 MiB).
+  ferry_free(ferry_malloc(16));  // both threads counted, whatever ran before
+  std::thread([] { ferry_free(ferry_malloc(16)); }).join();
+  ASSERT_TRUE(ProgramRanSeveralThreads());
   EmptyHugeCache();
   constexpr size_t kIdleMost = 32 * kHugeMiB + 64 * 1024;
   // Six blocks of 40 MiB freed in order: the fifth is larger than the cap
