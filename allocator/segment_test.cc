@@ -1431,9 +1431,17 @@ TEST(Purge, EachFreeSliceWaitsTheDelayFromWhenItWasFreed) {
       blocks.push_back(p);
       if (!pages.empty() && pages.back() == page_of(p)) continue;
       pages.push_back(page_of(p));
+      if (pages.size() < 3) continue;
       // The newest page is the class's current one; the others are full.
-      for (size_t i = 0; i + 2 < pages.size() && !pair; ++i) {
-        if (SegmentOf(pages[i]->start) == SegmentOf(pages[pages.size() - 2]->start)) pair.emplace(i, pages.size() - 2);
+      // The pair's segment must hold a page besides them, or emptied it
+      // could go back to its arena, decommitted whole outside the purge.
+      const size_t j = pages.size() - 2;
+      for (size_t i = 0; i < j && !pair; ++i) {
+        Segment* segment = SegmentOf(pages[i]->start);
+        if (segment != SegmentOf(pages[j]->start)) continue;
+        const uint64_t pair_slices = uint64_t{1} | SliceRun(static_cast<size_t>(pages[i] - segment->pages), 1) |
+                                     SliceRun(static_cast<size_t>(pages[j] - segment->pages), 1);
+        if ((segment->used_slices.load() & ~pair_slices) != 0) pair.emplace(i, j);
       }
     }
     ASSERT_TRUE(pair) << "no two of " << pages.size() << " pages in one segment";
@@ -1860,19 +1868,25 @@ TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
   std::latch release(1);
   std::vector<std::thread> holders;
   std::vector<void*> rewritten;
-  bool taken = false;
-  for (int tries = 0; tries < 512 && !taken; ++tries) {
-    std::atomic<int> outcome{0};  // 1: took `left`, 2: another heap
-    holders.emplace_back([&] {
+  enum Outcome { kPending, kTookLeft, kTookAnother, kListNotAsLeft };
+  Outcome taken = kPending;
+  for (int tries = 0; tries < 512 && taken == kPending; ++tries) {
+    std::atomic<Outcome> outcome{kPending};  // the thread's last touch of it is its store
+    holders.emplace_back([&outcome, &release, &rewritten, left, page] {
       ferry_free(ferry_malloc(16));  // makes or takes this thread's heap
       if (tl_heap != left) {
-        outcome.store(2, std::memory_order_release);
+        outcome.store(kTookAnother, std::memory_order_release);
         release.wait();
         return;
       }
       const Block* stop = page->purged_free;
-      // Every free block of the page, the stop among them, written.
+      // Every free block of the page, the stop among them, written: the
+      // page's other three, all it has (four blocks, all carved).
       const size_t count = FreeListLength(page);
+      if (count != kBlocks - 1) {
+        outcome.store(kListNotAsLeft, std::memory_order_release);
+        return;
+      }
       for (size_t k = 0; k < count; ++k) {
         void* p = ferry_malloc(kSize);
         memset(p, 9, kSize);
@@ -1882,16 +1896,17 @@ TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
       const auto at = std::find(rewritten.begin(), rewritten.end(), stop);
       if (at != rewritten.end()) std::iter_swap(at, rewritten.end() - 1);
       for (void* p : rewritten) ferry_free(p);
-      outcome.store(1, std::memory_order_release);
+      outcome.store(kTookLeft, std::memory_order_release);
     });
-    int seen;
-    while ((seen = outcome.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
-    taken = seen == 1;
+    Outcome seen;
+    while ((seen = outcome.load(std::memory_order_acquire)) == kPending) std::this_thread::yield();
+    if (seen != kTookAnother) taken = seen;
   }
   release.count_down();
   for (std::thread& holder : holders) holder.join();
-  ASSERT_TRUE(taken) << "no new thread took over the heap the first thread left";
-  ASSERT_GE(rewritten.size(), size_t{kBlocks - 1});
+  ASSERT_NE(taken, kPending) << "no new thread took over the heap the first thread left";
+  ASSERT_EQ(taken, kTookLeft) << "the heap's page did not have its three free blocks on its list";
+  ASSERT_EQ(rewritten.size(), size_t{kBlocks - 1});
   ASSERT_EQ(page->heap, left);
   ASSERT_EQ(page->free, rewritten.back()) << "the old stop does not head the list";
   ASSERT_EQ(static_cast<const Block*>(rewritten.back()), page->purged_free);
