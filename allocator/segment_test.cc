@@ -3460,6 +3460,13 @@ void ChurnSixOfFourteenHugeBlocks(uint64_t* cached, uint64_t* reused) {
   for (void* p : held) ferry_free(p);
 }
 
+// Has this process count the calling thread and one more as threads it
+// ran (ProgramRanSeveralThreads), whatever ran before.
+void CountTwoThreads() {
+  ferry_free(ferry_malloc(64));
+  std::thread([] { ferry_free(ferry_malloc(64)); }).join();
+}
+
 // Where no reclaimer ticks (this test's FERRY_RECLAIMERS=0), the cache
 // holds 32 MiB or the program's live huge bytes, whichever is more, where
 // the program has only ever run one thread (a fork child of this one): a
@@ -3472,8 +3479,7 @@ TEST(HugeCache, WithoutAPoolTheCacheHoldsTheLiveHugeBytesOrHalfWithSeveralThread
   EmptyHugeCache();
   constexpr size_t kIdleMost = 32 * kHugeMiB + 64 * 1024;
   const size_t mapping = HugeMappingBytes(8 * kHugeMiB);
-  ferry_free(ferry_malloc(64));  // both threads counted, whatever ran before
-  std::thread([] { ferry_free(ferry_malloc(64)); }).join();
+  CountTwoThreads();
   ASSERT_TRUE(ProgramRanSeveralThreads());
   uint64_t cached = 0, reused = 0;
   ChurnSixOfFourteenHugeBlocks(&cached, &reused);
@@ -3514,8 +3520,7 @@ TEST(HugeCache, WithoutAPoolWhatWaitsFollowsTheFallingCap) {
   // The caps below are those of a program that has run several threads
   // (half its huge bytes); one that never has keeps all of them (run first
   // in its process, under --gtest_shuffle, this test saw a cap of 40 MiB).
-  ferry_free(ferry_malloc(16));  // both threads counted, whatever ran before
-  std::thread([] { ferry_free(ferry_malloc(16)); }).join();
+  CountTwoThreads();
   ASSERT_TRUE(ProgramRanSeveralThreads());
   EmptyHugeCache();
   constexpr size_t kIdleMost = 32 * kHugeMiB + 64 * 1024;
