@@ -1744,9 +1744,8 @@ TEST(FreeBlocks, LargeFreeBlocksOfAnExitedThreadGiveTheirMemoryBackOnceCollected
     }
     for (int k = 1; k < 5; ++k) ferry_free(blocks[k]);
   }).join();
-  auto page_of = [](void* p) { return PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)); };
-  Page* page = page_of(blocks[0]);
-  for (void* p : blocks) ASSERT_EQ(page_of(p), page) << "the test needs the five blocks on one page";
+  Page* page = PageOfBlock(blocks[0]);
+  for (void* p : blocks) ASSERT_EQ(PageOfBlock(p), page) << "the test needs the five blocks on one page";
   for (int k = 1; k < 5; ++k) EXPECT_GT(ResidentPastFirstPage(blocks[k], kSize), kSize / OsPageSize() / 2) << "freed, not yet given back";
   ferry_collect();
   for (int k = 1; k < 5; ++k) EXPECT_EQ(ResidentPastFirstPage(blocks[k], kSize), 0u) << "block " << k;
@@ -1773,8 +1772,8 @@ TEST(FreeBlocks, AFreeListLinkIntoALiveBlockStopsTheGiveBack) {
       ASSERT_NE(p, nullptr);
       memset(p, 7, kSize);
     }
-    Page* page = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(blocks[0])), reinterpret_cast<uintptr_t>(blocks[0]));
-    for (void* p : blocks) ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page);
+    Page* page = PageOfBlock(blocks[0]);
+    for (void* p : blocks) ASSERT_EQ(PageOfBlock(p), page);
     ferry_free(blocks[0]);
     ASSERT_EQ(page->free, blocks[0]);
     auto* freed = static_cast<Block*>(blocks[0]);
@@ -1799,7 +1798,6 @@ TEST(FreeBlocks, AFreeListLinkIntoALiveBlockStopsTheGiveBack) {
 TEST(FreeBlocks, BlocksReturnedToAFullPageOfAnExitedThreadGiveTheirMemoryBackToo) {
   constexpr size_t kSize = 176 << 10;
   std::vector<void*> blocks;
-  auto page_of = [](void* p) { return PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)); };
   std::thread([&] {
     // Until a block lands on a second page: the first is full then.
     for (;;) {
@@ -1807,17 +1805,17 @@ TEST(FreeBlocks, BlocksReturnedToAFullPageOfAnExitedThreadGiveTheirMemoryBackToo
       ASSERT_NE(p, nullptr);
       memset(p, 7, kSize);
       blocks.push_back(p);
-      if (page_of(p) != page_of(blocks[0])) break;
+      if (PageOfBlock(p) != PageOfBlock(blocks[0])) break;
     }
   }).join();
-  Page* page = page_of(blocks[0]);
+  Page* page = PageOfBlock(blocks[0]);
   ASSERT_GE(blocks.size(), 3u);
   ferry_collect();  // the heap's first give-back: nothing free yet
   ASSERT_EQ(page->in_full, 1) << "the test needs the first page full";
   ASSERT_EQ(page->free, nullptr);
   const size_t freed = blocks.size() - 2;  // all of the first page's but one
   for (size_t k = 1; k <= freed; ++k) {
-    ASSERT_EQ(page_of(blocks[k]), page);
+    ASSERT_EQ(PageOfBlock(blocks[k]), page);
     ferry_free(blocks[k]);
   }
   ferry_flush();
@@ -1853,11 +1851,8 @@ TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
     for (int k = 1; k < kBlocks; ++k) ferry_free(blocks[k]);
     left = tl_heap;
   }).join();
-  Page* page = PageOf(SegmentOf(reinterpret_cast<uintptr_t>(blocks[0])), reinterpret_cast<uintptr_t>(blocks[0]));
-  for (void* p : blocks) {
-    ASSERT_EQ(PageOf(SegmentOf(reinterpret_cast<uintptr_t>(p)), reinterpret_cast<uintptr_t>(p)), page)
-        << "the test needs the blocks on one page";
-  }
+  Page* page = PageOfBlock(blocks[0]);
+  for (void* p : blocks) ASSERT_EQ(PageOfBlock(p), page) << "the test needs the blocks on one page";
   ferry_collect();  // the first spell's give-back
   for (int k = 1; k < kBlocks; ++k) ASSERT_EQ(ResidentPastFirstPage(blocks[k], kSize), 0u) << "block " << k;
   ASSERT_NE(page->purged_free, nullptr);
