@@ -1610,6 +1610,18 @@ void PublishBatch(Heap* heap, bool may_spawn) {
 // all of it in pages in use (perf/RESULTS.md, 2026-12-07).
 constexpr size_t kFreeBlockPurgeMin = size_t{32} << 10;
 
+// The memory of the free block `block` of `size` bytes past its first OS
+// page, back to the OS where any of it is resident; the bytes that were.
+size_t GiveBackBlockInterior(const Block* block, size_t size) {
+  const size_t os_page = OsPageSize();
+  const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(block) + sizeof(Block), os_page);
+  const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(block) + size, os_page);
+  if (to <= from) return 0;
+  const size_t resident = OsResidentPages(reinterpret_cast<void*>(from), to - from);
+  if (resident == 0 || !OsDecommit(reinterpret_cast<void*>(from), to - from)) return 0;
+  return resident == SIZE_MAX ? to - from : resident * os_page;
+}
+
 // Gives back to the OS the memory of the free blocks on `page`'s list before
 // `stop` (nullptr: all of them), past each one's first OS page (which holds
 // its link). The caller has the heap to itself (its owner, or the collector
@@ -1620,7 +1632,6 @@ constexpr size_t kFreeBlockPurgeMin = size_t{32} << 10;
 // second malloc_trim must answer 0. Returns the bytes.
 size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
   if (page->kind != PageKind::kSmall || page->block_size < kFreeBlockPurgeMin || page->used == 0) return 0;
-  const size_t os_page = OsPageSize();
   const size_t size = page->block_size;
   size_t bytes = 0;
   uint32_t walked = 0;
@@ -1629,14 +1640,7 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
     // One that is not a block start was written after its free; the
     // madvise would reach a live neighbour, so the rest stays as it is.
     if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(block))) break;
-    const uintptr_t from = AlignUp(reinterpret_cast<uintptr_t>(block) + sizeof(Block), os_page);
-    const uintptr_t to = AlignDown(reinterpret_cast<uintptr_t>(block) + size, os_page);
-    if (to > from) {
-      const size_t resident = OsResidentPages(reinterpret_cast<void*>(from), to - from);
-      if (resident != 0 && OsDecommit(reinterpret_cast<void*>(from), to - from)) {
-        bytes += resident == SIZE_MAX ? to - from : resident * os_page;
-      }
-    }
+    bytes += GiveBackBlockInterior(block, size);
     // Each link checked and the walk counted, as AdoptOntoLists does: a
     // block written after its free can neither loop the walk nor send it
     // outside the page.
@@ -1646,6 +1650,101 @@ size_t PurgeFreeBlockInteriors(Page* page, const Block* stop) {
     block = next;
   }
   page->purged_free = page->free;
+  if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
+  return bytes;
+}
+
+// --- returned chains that wait ---------------------------------------------------
+
+// Page::returned_seen_ms once the housekeeping gave back the chain it saw.
+constexpr uint64_t kChainGivenBack = UINT64_MAX;
+
+// A chain the housekeeping took off its page (GiveBackWaitingChains).
+struct TakenChain {
+  Page* page;
+  Block* head;
+  uint32_t count;
+};
+
+// Chains one heap's look takes before it lets go of the heap's segment
+// list and walks them.
+constexpr size_t kTakenChainsMax = 64;
+
+// Chains the housekeeping holds off their pages now, and how many it has
+// put back so far: an owner short of a large class that found nothing
+// waits for them before it carves (ChainsWereAway), so that what
+// ferry_flush brought back is what its next allocations take.
+constinit std::atomic<uint32_t> g_chains_away{0};
+constinit std::atomic<uint32_t> g_chains_back{0};
+}  // namespace
+constinit std::atomic<void (*)(Page*)> g_chain_away_hook_for_test{nullptr};
+namespace {
+// This thread holds chains away now (GiveBackWaitingChains).
+__thread bool tl_holding_chains __attribute__((tls_model("initial-exec"))) = false;
+// How long an owner waits for chains away at most: their holder walks a
+// few blocks and makes a system call or two for each, unless it was
+// descheduled (or stopped) meanwhile.
+constexpr uint64_t kChainsAwayWaitMaxMs = 1000;
+
+// Owner, about to carve blocks of a class whose chains the housekeeping
+// takes: true if a chain was away during its looks since `back_before`
+// (g_chains_back then), after waiting for those away now to come back.
+// Not on the thread that holds them (a signal handler's allocation inside
+// the housekeeping's look), and not for ever.
+FERRY_NOINLINE bool ChainsWereAway(uint32_t back_before) {
+  // acquire, with the releases below: a chain counted back is on its page.
+  bool away = false;
+  uint64_t since_ms = 0;
+  for (uint32_t waits = 0; !tl_holding_chains && g_chains_away.load(std::memory_order_acquire) != 0; ++waits) {
+    away = true;
+    if (waits % 64 == 0) {
+      const uint64_t now_ms = OsMonotonicMs();
+      if (since_ms == 0) since_ms = now_ms;
+      if (now_ms - since_ms >= kChainsAwayWaitMaxMs) break;
+    }
+    sched_yield();
+  }
+  return away || g_chains_back.load(std::memory_order_acquire) != back_before;
+}
+
+// Gives back the memory of a chain taken off its page, past each block's
+// first OS page, and pushes the chain back (ReturnChain) as the remote
+// frees it was. Its blocks still count as used, so the page, and so its
+// record, stays what it is until then.
+size_t GiveBackTakenChain(const TakenChain& taken) {
+  Page* page = taken.page;
+  // A page made for another class since the hint was read: back as it was.
+  const bool gives_back = page->kind == PageKind::kSmall && page->block_size >= kFreeBlockPurgeMin;
+  size_t bytes = 0;
+  uint32_t walked = 1;
+  Block* tail = taken.head;
+  for (;;) {
+    if (gives_back) bytes += GiveBackBlockInterior(tail, page->block_size);
+    // Each link in the page and at a block start, the walk counted: a link
+    // written after its free stops the program here, as the owner's walks
+    // do, before a madvise could reach a live neighbour. (The head is the
+    // free path's, checked there.)
+    Block* next = DecodeNext(tail->next_encoded);
+    if (next == nullptr) break;
+    if (!IsInCarvedRange(page, next) || ++walked > taken.count) ReportCorruptFreeList(page, tail, next);
+    if (!IsBlockStart(page, reinterpret_cast<uintptr_t>(next))) {
+      ReportBadChainLink(page, tail, next, "inside a block, not at its start");
+    }
+    tail = next;
+  }
+  if (walked != taken.count) ReportBadChainLink(page, tail, nullptr, "the chain's end before its count");
+  if (auto hook = g_chain_away_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook(page);
+  ReturnChain(page, taken.head, tail, taken.count);
+  // Pushed back alone (nothing came meanwhile): the next looks pass it by
+  // until the word changes. The page may be freed and reused from the push
+  // on (its last blocks back); only these two, the housekeeping's own, are
+  // written, and a stale pair costs a look.
+  const uintptr_t word = page->returned.load(std::memory_order_relaxed);
+  page->returned_seen.store(word, std::memory_order_relaxed);
+  page->returned_seen_ms.store(ReturnedChain(word) == taken.head && ReturnedCount(word) == taken.count
+                                   ? kChainGivenBack
+                                   : OsMonotonicMs(),
+                               std::memory_order_relaxed);
   if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
   return bytes;
 }
@@ -2048,10 +2147,11 @@ bool HousekeepingDuty(uint64_t now_ms, bool urgent) {
   const bool heaps_waiting = CollectAbandonedHeaps(now_ms, urgent);
   AbandonHeapsOfGoneThreads(now_ms, urgent);
   CollectExitHeap();
+  const bool chains_waiting = GiveBackWaitingChains(now_ms, urgent);
   const size_t purged = ArenaPurge(now_ms, static_cast<uint64_t>(g_options.purge_delay_ms), urgent);
   g_duty_passed_by_a_heap.store(ReleaseIdleEmptySegments(now_ms, urgent), std::memory_order_relaxed);
   ReleaseIdleHugeMappings(now_ms, urgent);
-  return purged != 0 || heaps_waiting || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
+  return purged != 0 || heaps_waiting || chains_waiting || g_free_dirty_slices_hint.load(std::memory_order_relaxed) > 0 ||
          g_counters.huge_bytes_cached.load(std::memory_order_relaxed) != 0 || HugeTailsWaitResident();
 }
 
@@ -2215,6 +2315,83 @@ void* AllocateWhileExiting(size_t n, size_t alignment) {
 }
 
 }  // namespace
+
+// The housekeeping's look at returned chains of large blocks that wait on
+// their pages: returns to a page an owner does not take (a thread that
+// allocated and went idle, its blocks freed by others) kept all their
+// memory for as long as it idled: four threads that built 48 MiB each and
+// idled while main freed nine blocks in ten kept 133 MiB resident for
+// 20 MiB of blocks, where the same threads exited gave back all but
+// 31 MiB (perf/RESULTS.md, 2026-12-07). A chain is taken off its page with
+// a CAS, as the owner takes one, so the owner never meets a block the
+// housekeeping is giving back; it finds the page without those blocks for
+// a moment, and the push back is one more return. Taken only from a page
+// on its owner's queue (no mark) or a full one still waiting for blocks
+// (both marks, and then with its count, so that the page cannot complete
+// while the chain is away); never from one whose last block is back
+// (posted mark alone: its pusher or drainer frees it). A chain waits
+// FERRY_PURGE_DELAY_MS, 250 ms at least, unchanged; `urgent` (ferry_collect)
+// takes every one. True while a chain waits for its time; the chains taken
+// are added to *chains_taken (tests).
+bool GiveBackWaitingChains(uint64_t now_ms, bool urgent, size_t* chains_taken) {
+  const uint64_t delay_ms = std::max(static_cast<uint64_t>(g_options.purge_delay_ms), kEagerWindowMs);
+  bool waiting = false;
+  for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr; heap = heap->all_next) {
+    TakenChain taken[kTakenChainsMax];
+    size_t count = 0;
+    // The list of segments is the owner's; held, none of them goes.
+    if (!heap->segments_lock.TryLock()) continue;
+    tl_holding_chains = true;
+    for (Segment* segment = heap->segments; segment != nullptr && count < kTakenChainsMax;
+         segment = segment->heap_next) {
+      for (uint64_t pages = segment->large_block_pages.load(std::memory_order_relaxed);
+           pages != 0 && count < kTakenChainsMax; pages &= pages - 1) {
+        Page* page = &segment->pages[__builtin_ctzll(pages)];
+        const uintptr_t word = page->returned.load(std::memory_order_acquire);
+        const uintptr_t marks = word & (kReturnedFull | kReturnedPosted);
+        if (ReturnedChain(word) == nullptr || marks == kReturnedPosted) continue;
+        if (word != page->returned_seen.load(std::memory_order_relaxed)) {
+          page->returned_seen.store(word, std::memory_order_relaxed);
+          page->returned_seen_ms.store(now_ms, std::memory_order_relaxed);
+          if (!urgent) {
+            waiting = true;
+            continue;
+          }
+        } else {
+          const uint64_t seen_ms = page->returned_seen_ms.load(std::memory_order_relaxed);
+          if (seen_ms == kChainGivenBack) continue;
+          if (!urgent && now_ms - std::min(now_ms, seen_ms) < delay_ms) {
+            waiting = true;
+            continue;
+          }
+        }
+        // The chain and its count; the marks stay. acquire: the chain's
+        // links, and the page's record (made before its blocks went out).
+        // Counted away first: an owner that finds the page without it
+        // then sees the count (ChainsWereAway).
+        g_chains_away.fetch_add(1, std::memory_order_seq_cst);
+        uintptr_t expected = word;
+        if (!page->returned.compare_exchange_strong(expected, marks, std::memory_order_acq_rel,
+                                                    std::memory_order_relaxed)) {
+          g_chains_away.fetch_sub(1, std::memory_order_release);
+          waiting = true;  // the owner took it, or more came: looked at next time
+          continue;
+        }
+        taken[count++] = TakenChain{page, ReturnedChain(word), ReturnedCount(word)};
+      }
+    }
+    heap->segments_lock.Unlock();
+    for (size_t k = 0; k < count; ++k) GiveBackTakenChain(taken[k]);
+    if (count != 0) {
+      g_chains_back.fetch_add(1, std::memory_order_release);
+      g_chains_away.fetch_sub(static_cast<uint32_t>(count), std::memory_order_release);
+    }
+    tl_holding_chains = false;
+    if (chains_taken != nullptr) *chains_taken += count;
+    if (count == kTakenChainsMax) waiting = true;
+  }
+  return waiting;
+}
 
 void EnsureForkHandlersRegistered() { EnsureForkHandlers(); }
 
@@ -2516,22 +2693,30 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   // (those on its inbox too), and carving new blocks last: carved blocks
   // are resident memory.
   PageQueue* q = &heap->queues[size_class];
+  const bool chains_taken_away = kClassSize[size_class] >= kFreeBlockPurgeMin;
+  const uint32_t chains_back = chains_taken_away ? g_chains_back.load(std::memory_order_acquire) : 0;
   Page* growable = nullptr;
-  Page* page = FindPageWithFreeBlocks(q, &growable);
-  if (page != nullptr) return AllocateFromQueuedPage(heap, size_class, page);
-  // Pages of this class that are waiting for the rest of their blocks
-  // (ReturnChain) have some to give now.
-  if (InboxHead(heap, size_class) != nullptr) {
-    DrainInbox(heap, size_class);
-    page = FindPageWithFreeBlocks(q, &growable);
+  for (int look = 0;; ++look) {
+    Page* page = FindPageWithFreeBlocks(q, &growable);
     if (page != nullptr) return AllocateFromQueuedPage(heap, size_class, page);
+    // Pages of this class that are waiting for the rest of their blocks
+    // (ReturnChain) have some to give now.
+    if (InboxHead(heap, size_class) != nullptr) {
+      DrainInbox(heap, size_class);
+      page = FindPageWithFreeBlocks(q, &growable);
+      if (page != nullptr) return AllocateFromQueuedPage(heap, size_class, page);
+    }
+    // Once more if the housekeeping had a chain away meanwhile (it may be
+    // one of this class's); one look again only, or a thread that calls
+    // ferry_collect in a loop could keep this one looking.
+    if (!chains_taken_away || look != 0 || !ChainsWereAway(chains_back)) break;
   }
   if (growable != nullptr) {
     ExtendPage(growable);
     return AllocateFromQueuedPage(heap, size_class, growable);
   }
   FreeOtherHeapsCompletedPages(heap);
-  page = ClaimSlices(heap, kPageSlices[size_class], 1);
+  Page* page = ClaimSlices(heap, kPageSlices[size_class], 1);
   if (page == nullptr) {
     SyncDirect(heap, size_class);
     errno = ENOMEM;
@@ -2540,6 +2725,10 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   const size_t size = kClassSize[size_class];
   InitBlocks(page, PageKind::kSmall, size, page->slice_count * kSliceSize / size);
   page->size_class = static_cast<uint8_t>(size_class);
+  if (size >= kFreeBlockPurgeMin) {
+    Segment* segment = SegmentOf(page->start);
+    segment->large_block_pages.fetch_or(uint64_t{1} << (page - segment->pages), std::memory_order_relaxed);
+  }
   QueuePushFront(q, page);
   heap->direct[size_class] = page;
   ExtendPage(page);

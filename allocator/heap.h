@@ -229,6 +229,13 @@ void PublishBatchSlow(Heap* heap, const void* caller);
 // (heap.cc); run after ArenaPurge, which tells it whether any are due.
 // True when it passed by a heap whose owner held its list.
 bool ReleaseIdleEmptySegments(uint64_t now_ms, bool urgent);
+// The housekeeping's turn to give back the memory of large free blocks whose
+// returned chains wait on their pages (heap.cc); true while one waits for
+// its time. Adds the chains it took to *chains_taken where given.
+bool GiveBackWaitingChains(uint64_t now_ms, bool urgent, size_t* chains_taken = nullptr);
+// Tests: called by GiveBackWaitingChains with the page whose chain it has
+// away, just before it puts it back (nullptr: nothing).
+extern std::atomic<void (*)(Page*)> g_chain_away_hook_for_test;
 
 // "ferry: malloc: free list of the page at … corrupted …" and abort: the free
 // block's link decodes to `next`, outside the page.

@@ -20,6 +20,14 @@
 //     so do the owner (FreeCompletedInboxPages) and any heap about to take a
 //     new page (FreeOtherHeapsCompletedPages) for the classes flagged in
 //     inbox_complete.
+//   - the housekeeping takes the chain of a large class's page for a
+//     moment (GiveBackWaitingChains, heap.cc), with a CAS that leaves the
+//     marks and takes the count with the chain: from an unmarked page, or
+//     from a full one (both marks), which then cannot complete while the
+//     chain is away; never from a page with the posted mark alone, whose
+//     last block is back (so the push that completes a page never posted
+//     sets that mark until its pusher frees the page). It puts the chain
+//     back with ReturnChain, as the remote frees it was.
 // A page is on an inbox at most once (the posted bit), and only the holder
 // of the page (the owner, or whoever cleared the mark) touches its lists.
 #include "allocator/page_return.h"
@@ -36,6 +44,10 @@ void ReleasePageSlices(Page* page) {
   Segment* segment = SegmentOf(page->start);
   const size_t start = static_cast<size_t>(page - segment->pages);
   const size_t count = page->slice_count;
+  const uint64_t large_block_page = uint64_t{1} << start;
+  if ((segment->large_block_pages.load(std::memory_order_relaxed) & large_block_page) != 0) {
+    segment->large_block_pages.fetch_and(~large_block_page, std::memory_order_relaxed);
+  }
   for (size_t k = 1; k < count; ++k) segment->pages[start + k].record_back = 0;
   const Heap* heap = page->heap;
   page->kind = PageKind::kNone;
@@ -73,6 +85,7 @@ void NoteRoomInFullSegment(Segment* segment) {
 constinit std::atomic<uint32_t> g_inbox_complete_pending{0};
 constinit std::atomic<void (*)()> g_return_chain_post_hook_for_test{nullptr};
 constinit std::atomic<void (*)()> g_page_released_hook_for_test{nullptr};
+constinit std::atomic<void (*)(Page*)> g_return_chain_complete_hook_for_test{nullptr};
 
 void NoteInboxPageComplete(Heap* owner, size_t size_class) {
   // Release: the owner's acquiring exchange of the bit then sees the push
@@ -112,6 +125,12 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
       // partly returned pages would pile up); an owner that runs short of
       // that class takes it back sooner (heap.cc, DrainInbox).
       if (back < out) word |= kReturnedFull | kReturnedPosted;
+      // Every block back: the page is this pusher's to free (or, on the
+      // inbox, its drainer's). The posted mark, set either way until then,
+      // keeps the housekeeping from taking the chain of what it would
+      // otherwise see as an unmarked page on its owner's queue
+      // (GiveBackWaitingChains, heap.cc).
+      else word |= kReturnedPosted;
     }
     // acq_rel: release publishes the chain's links to the owner; acquire
     // orders this push after the owner's last handling of the page (its
@@ -168,6 +187,9 @@ void ReturnChain(Page* page, Block* head, Block* tail, uint32_t count) {
     // from here on; owner and class were read before the push.
     NoteInboxPageComplete(owner, size_class);
     return;
+  }
+  if (auto hook = g_return_chain_complete_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) {
+    hook(page);
   }
   page->returned.store(0, std::memory_order_relaxed);
   page->used = 0;

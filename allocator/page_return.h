@@ -29,6 +29,10 @@ void NoteInboxPageComplete(Heap* owner, size_t size_class);
 // pushing it onto its owner's inbox (nullptr: nothing), to hold a return
 // half done there.
 extern std::atomic<void (*)()> g_return_chain_post_hook_for_test;
+// Tests: called by ReturnChain with the page whose last block it brought
+// back, never posted, just before it clears the word and frees the page
+// (nullptr: nothing).
+extern std::atomic<void (*)(Page*)> g_return_chain_complete_hook_for_test;
 // Called by ReleasePage once the page's slices are free, before it reads
 // the segment's header again: for tests (heap.cc).
 extern std::atomic<void (*)()> g_page_released_hook_for_test;

@@ -71,7 +71,9 @@ enum class PageKind : uint8_t {
 //   bit 0       kReturnedFull: the owner found the page full and let go of
 //               it; returns collect on the page until every block is back
 //               (then the pusher frees the page) or the owner takes it back
-//   bit 1       kReturnedPosted: the page is on its owner's inbox
+//   bit 1       kReturnedPosted: the page is on its owner's inbox (alone,
+//               without kReturnedFull: every block is back, and the page
+//               is its drainer's, or its last pusher's, to free)
 //   bits 2..47  the chain's first block (blocks are 8-byte aligned, so bit
 //               2 is always 0; segments lie below 2^47)
 //   bits 48..63 blocks in the chain (a page holds at most 8192)
@@ -155,7 +157,14 @@ struct Page {
   // blocks come onto the list only in front of it. Cleared when the page is
   // made and when it is marked full (its list empty).
   alignas(64) Block* purged_free;
-  char padding_to_power_of_two[56];
+  // --- the housekeeping's own (GiveBackWaitingChains, heap.cc) -----------------
+  // The returned word it last saw on the page, and when it first saw it
+  // (kChainGivenBack: it gave that chain's memory back). Atomic because
+  // ferry_collect runs the housekeeping on whichever thread calls it (one
+  // at a time, in the duty turn).
+  std::atomic<uintptr_t> returned_seen;
+  std::atomic<uint64_t> returned_seen_ms;
+  char padding_to_power_of_two[40];
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
@@ -205,6 +214,12 @@ struct alignas(64) Segment {
   // Bit i: slice i may hold committed memory (set when claimed, cleared when
   // the pool decommits it).
   std::atomic<uint64_t> dirty_slices;
+  // Bit i: slice i starts a page of a class whose free blocks give their
+  // memory back past their first OS page (kFreeBlockPurgeMin, heap.cc):
+  // where the housekeeping looks for returned chains that wait on pages of
+  // owners who do not take them (GiveBackWaitingChains). Set as the page
+  // is made, cleared as it is released; a hint, the returned word decides.
+  std::atomic<uint64_t> large_block_pages;
   // When slice i was last freed (OsMonotonicMs, written before the bit in
   // used_slices is cleared): the purge gives a free dirty slice back to the
   // OS once it has been free for FERRY_PURGE_DELAY_MS.

@@ -1962,6 +1962,327 @@ TEST(FreeBlocks, ALiveThreadsLargeFreeBlocksStayUntilItCollectsItself) {
   owner.join();
 }
 
+// Allocates blocks of `size` on the calling thread until one lands on
+// another page than the first: the first page's blocks go to *blocks (each
+// set to `fill` where that is not -1), and the block on the next page is
+// returned (nullptr if an allocation failed). The allocation that went on
+// to the next page marked the first full.
+void* FillOnePage(size_t size, std::vector<void*>* blocks, int fill = -1) {
+  void* p = ferry_malloc(size);
+  Page* first = p == nullptr ? nullptr : PageOfBlock(p);
+  while (p != nullptr && PageOfBlock(p) == first) {
+    if (fill != -1) memset(p, fill, size);
+    blocks->push_back(p);
+    p = ferry_malloc(size);
+  }
+  return p;
+}
+
+// An owner that allocated and went idle never takes the chains other
+// threads' frees return to its pages. The housekeeping takes each chain
+// that waited FERRY_PURGE_DELAY_MS (250 ms at least) unchanged, gives back
+// its blocks' memory past their first OS page, and puts it back as it was.
+// One page was full when its blocks came back (both marks on its word),
+// the other is on the owner's queue (no mark).
+TEST(FreeBlocks, ChainsWaitingOnAnIdleOwnersPagesGiveTheirMemoryBack) {
+  constexpr size_t kSize = 184 << 10;
+  std::vector<void*> blocks;
+  Page* full = nullptr;
+  Page* queued = nullptr;
+  std::vector<void*> freed;
+  std::latch built(1), looked(1);
+  size_t zeros_again = 0, taken_again = 0;
+  std::thread owner([&] {
+    void* p = FillOnePage(kSize, &blocks, 7);
+    full = blocks.empty() ? nullptr : PageOfBlock(blocks.front());
+    queued = p == nullptr ? nullptr : PageOfBlock(p);
+    for (int k = 0; k < 3 && p != nullptr && PageOfBlock(p) == queued; ++k) {
+      memset(p, 7, kSize);
+      blocks.push_back(p);
+      if (k < 2) p = ferry_malloc(kSize);
+    }
+    built.count_down();
+    looked.wait();
+    // Until every freed block came back: the pages' chains, adopted now,
+    // hand out the blocks whose memory went back (zeros past the first OS
+    // page), after any block the queued page carved and never handed out.
+    std::vector<void*> again;
+    for (size_t k = 0; k < 64 && taken_again < freed.size(); ++k) {
+      void* q = ferry_malloc(kSize);
+      if (q == nullptr) break;
+      if (std::find(freed.begin(), freed.end(), q) != freed.end()) {
+        ++taken_again;
+        zeros_again += static_cast<unsigned char*>(q)[kSize - 1] == 0;
+      }
+      memset(q, 9, kSize);
+      again.push_back(q);
+    }
+    for (void* q : again) ferry_free(q);
+  });
+  built.wait();
+  std::vector<void*> kept;
+  bool shaped = queued != nullptr && full->in_full == 1 && queued->in_full == 0 &&
+                full->reserved >= 3 && PageOfBlock(blocks.back()) == queued;
+  if (shaped) {
+    for (void* p : blocks) {
+      const bool first_of_page = p == blocks.front() || (PageOfBlock(p) != full && kept.size() == 1);
+      (first_of_page ? kept : freed).push_back(p);
+    }
+    for (void* p : freed) ferry_free(p);
+    ferry_flush();
+  }
+  const uintptr_t full_word = full->returned.load();
+  const uintptr_t queued_word = queued == nullptr ? 0 : queued->returned.load();
+  if (shaped) {
+    EXPECT_EQ(full_word & (kReturnedFull | kReturnedPosted), kReturnedFull | kReturnedPosted);
+    EXPECT_EQ(ReturnedCount(full_word), full->reserved - 1u);
+    EXPECT_EQ(queued_word & (kReturnedFull | kReturnedPosted), 0u);
+    EXPECT_EQ(ReturnedCount(queued_word), 2u);
+    for (void* p : freed) EXPECT_GT(ResidentPastFirstPage(p, kSize), kSize / OsPageSize() / 2) << "freed, not yet given back";
+    // The delay is FERRY_PURGE_DELAY_MS, kEagerWindowMs at least (and here
+    // well under a minute).
+    const uint64_t now = OsMonotonicMs();
+    const uint64_t delay = 60'000;
+    EXPECT_TRUE(GiveBackWaitingChains(now, /*urgent=*/false)) << "first seen: the chains wait";
+    GiveBackWaitingChains(now + kEagerWindowMs - 1, /*urgent=*/false);
+    for (void* p : freed) EXPECT_GT(ResidentPastFirstPage(p, kSize), kSize / OsPageSize() / 2) << "given back before its time";
+    GiveBackWaitingChains(now + delay, /*urgent=*/false);
+    for (void* p : freed) EXPECT_EQ(ResidentPastFirstPage(p, kSize), 0u) << "still resident after the delay";
+    // Put back as it was taken: the same first block, count and marks.
+    EXPECT_EQ(full->returned.load(), full_word);
+    EXPECT_EQ(queued->returned.load(), queued_word);
+    GiveBackWaitingChains(now + 10 * delay, /*urgent=*/false);  // given back already: passed by
+    EXPECT_EQ(full->returned.load(), full_word);
+    for (void* p : kept) {
+      const auto* bytes = static_cast<const unsigned char*>(p);
+      for (size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(bytes[i], 7) << "a live block lost its bytes at " << i;
+      EXPECT_EQ(bytes[kSize - 1], 7);
+    }
+  }
+  looked.count_down();
+  owner.join();
+  ASSERT_TRUE(shaped) << "the test needs a full page and a queued one of three blocks";
+  EXPECT_EQ(taken_again, freed.size()) << "freed blocks the owner's 64 allocations did not take again";
+  EXPECT_EQ(zeros_again, taken_again) << "blocks handed out again were not given back";
+  for (void* p : kept) ferry_free(p);
+  ferry_flush();
+  ferry_collect();
+}
+
+// The push that brings a full page's last blocks back in its first push (so
+// the page was never posted) frees the page. Until it has, the page's word
+// carries the posted mark alone, as a completed page's on an inbox does: a
+// look in that moment must not take the chain, which the pusher drops with
+// the page.
+std::atomic<Page*> g_completing_page{nullptr};
+std::atomic<size_t> g_completions_seen{0}, g_chains_taken_at_completion{0};
+
+TEST(FreeBlocks, ALookAsAPushBringsAFullPagesLastBlocksBackTakesNothing) {
+  constexpr size_t kSize = 96 << 10;
+  std::vector<void*> blocks;
+  Page* full = nullptr;
+  std::latch built(1), done(1);
+  std::thread owner([&] {
+    void* p = FillOnePage(kSize, &blocks);
+    full = blocks.empty() ? nullptr : PageOfBlock(blocks.front());
+    blocks.push_back(p);  // on the next page, and stays
+    built.count_down();
+    done.wait();
+  });
+  built.wait();
+  const bool shaped = full != nullptr && full->in_full == 1 && blocks.back() != nullptr &&
+                      size_t{full->reserved} * kSize < (size_t{1} << 20);
+  if (shaped) {
+    g_completing_page = full;
+    g_return_chain_complete_hook_for_test.store(+[](Page* page) {
+      if (page != g_completing_page.load()) return;
+      g_completions_seen.fetch_add(1);
+      size_t taken = 0;
+      GiveBackWaitingChains(OsMonotonicMs(), /*urgent=*/true, &taken);
+      g_chains_taken_at_completion.fetch_add(taken);
+    });
+    // One batch (under FERRY_BATCH_BYTES), sorted into one chain per page.
+    for (size_t k = 0; k + 1 < blocks.size(); ++k) ferry_free(blocks[k]);
+    ferry_flush();
+    g_return_chain_complete_hook_for_test.store(nullptr);
+  }
+  done.count_down();
+  owner.join();
+  ASSERT_TRUE(shaped) << "the test needs a full page of less than 1 MiB of blocks";
+  EXPECT_EQ(g_completions_seen.load(), 1u) << "the page's blocks did not come back in one push";
+  EXPECT_EQ(g_chains_taken_at_completion.load(), 0u) << "a look took the chain of a page its pusher was freeing";
+  ferry_free(blocks.back());
+  ferry_flush();
+  ferry_collect();
+}
+
+// ferry_flush's promise holds while the housekeeping has a chain away: an
+// owner that finds nothing for a large class waits for the chain to come
+// back and takes its blocks, rather than carve new ones. The owner
+// allocates here just while the full page's chain is away (the hook).
+std::latch* g_owner_may_allocate = nullptr;
+std::atomic<Page*> g_page_of_the_chain_away{nullptr};
+
+TEST(FreeBlocks, AnOwnerShortOfAClassWaitsForItsChainAwayRatherThanCarve) {
+  constexpr size_t kSize = 64 << 10;
+  std::vector<void*> blocks;
+  Page* full = nullptr;
+  Page* current = nullptr;
+  std::vector<void*> freed;
+  std::latch built(1), may_allocate(1);
+  size_t handed_again = 0, allocations = 0;
+  std::thread owner([&] {
+    void* p = FillOnePage(kSize, &blocks);
+    full = blocks.empty() ? nullptr : PageOfBlock(blocks.front());
+    blocks.push_back(p);
+    current = p == nullptr ? nullptr : PageOfBlock(p);
+    built.count_down();
+    may_allocate.wait();
+    // What the current page has left, then the freed blocks: each of them,
+    // before any new page.
+    const size_t n = freed.size() + (current == nullptr ? 0 : size_t{current->reserved} - current->used);
+    std::vector<void*> again;
+    for (; allocations < n; ++allocations) {
+      void* q = ferry_malloc(kSize);
+      if (q == nullptr) break;
+      handed_again += std::find(freed.begin(), freed.end(), q) != freed.end();
+      again.push_back(q);
+    }
+    for (void* q : again) ferry_free(q);
+  });
+  built.wait();
+  const bool shaped = current != nullptr && full->in_full == 1 && full->reserved >= 3;
+  size_t taken = 0;
+  if (shaped) {
+    for (size_t k = 1; k + 1 < blocks.size(); ++k) freed.push_back(blocks[k]);  // the full page's but its first
+    for (void* p : freed) ferry_free(p);
+    ferry_flush();
+    g_owner_may_allocate = &may_allocate;
+    g_page_of_the_chain_away = full;
+    g_chain_away_hook_for_test.store(+[](Page* page) {
+      if (page != g_page_of_the_chain_away.load()) return;
+      g_owner_may_allocate->count_down();
+      // Long enough for the owner to use up its page and look for more.
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    });
+    GiveBackWaitingChains(OsMonotonicMs(), /*urgent=*/true, &taken);
+    g_chain_away_hook_for_test.store(nullptr);
+  } else {
+    may_allocate.count_down();
+  }
+  owner.join();
+  ASSERT_TRUE(shaped) << "the test needs a full page of three blocks or more";
+  ASSERT_GE(taken, 1u);
+  EXPECT_EQ(handed_again, freed.size()) << "the owner carved new blocks while its returned ones were away ("
+                                        << allocations << " allocations)";
+  ferry_free(blocks.front());
+  ferry_free(blocks.back());
+  ferry_flush();
+  ferry_collect();
+}
+
+// The take and the push back against everything else that moves a chain:
+// two owners allocate blocks of three classes of 32 KiB and more and free
+// some themselves; a third thread frees the rest (returns to their pages,
+// full ones too); a fourth takes every waiting chain, over and over
+// (urgent looks). Each block carries its tag on every OS page, checked
+// before each free: a block given back while it was out reads zeros.
+TEST(FreeBlocks, ChainsTakenWhileOwnersAllocateAndAnotherThreadFreesKeepEveryLiveBlock) {
+  constexpr size_t kSizes[] = {40 << 10, 72 << 10, 136 << 10};
+  const size_t os_page = OsPageSize();
+  struct Out {
+    void* p;
+    size_t n;
+    uint64_t tag;
+  };
+  auto fill = [os_page](const Out& b) {
+    for (size_t i = 0; i < b.n; i += os_page) memcpy(static_cast<char*>(b.p) + i, &b.tag, sizeof b.tag);
+  };
+  auto intact = [os_page](const Out& b) {
+    for (size_t i = 0; i < b.n; i += os_page) {
+      if (memcmp(static_cast<const char*>(b.p) + i, &b.tag, sizeof b.tag) != 0) return false;
+    }
+    return true;
+  };
+  std::mutex handed_lock;
+  std::vector<Out> handed;
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> torn{0}, looks{0}, taken{0}, owner_frees{0}, other_frees{0};
+  ferry_stats_t before;
+  ferry_stats_get(&before);
+  std::vector<std::thread> threads;
+  for (uint64_t t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<Out> mine;
+      std::mt19937_64 rng(t + 1);
+      for (uint64_t i = 1; !stop.load(std::memory_order_relaxed); ++i) {
+        const size_t n = kSizes[rng() % std::size(kSizes)];
+        Out b{ferry_malloc(n), n, (t + 1) << 56 | i};
+        if (b.p == nullptr) continue;
+        fill(b);
+        if (rng() % 2 == 0) {
+          std::lock_guard<std::mutex> hold(handed_lock);
+          handed.push_back(b);
+        } else {
+          mine.push_back(b);
+        }
+        if (mine.size() > 24) {
+          const size_t k = rng() % mine.size();
+          if (!intact(mine[k])) torn.fetch_add(1);
+          ferry_free(mine[k].p);
+          owner_frees.fetch_add(1, std::memory_order_relaxed);
+          mine[k] = mine.back();
+          mine.pop_back();
+        }
+      }
+      for (const Out& b : mine) {
+        if (!intact(b)) torn.fetch_add(1);
+        ferry_free(b.p);
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    std::vector<Out> take;
+    for (size_t round = 0;; ++round) {
+      const bool last = stop.load();
+      {
+        std::lock_guard<std::mutex> hold(handed_lock);
+        take.swap(handed);
+      }
+      for (const Out& b : take) {
+        if (!intact(b)) torn.fetch_add(1);
+        ferry_free(b.p);
+      }
+      other_frees.fetch_add(take.size(), std::memory_order_relaxed);
+      take.clear();
+      if (round % 8 == 0 || last) ferry_flush();
+      if (last) break;
+      std::this_thread::yield();
+    }
+  });
+  threads.emplace_back([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      size_t chains = 0;
+      GiveBackWaitingChains(OsMonotonicMs(), /*urgent=*/true, &chains);
+      taken.fetch_add(chains, std::memory_order_relaxed);
+      looks.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  stop.store(true);
+  for (auto& thread : threads) thread.join();
+  ferry_flush();
+  ferry_stats_t after;
+  ferry_stats_get(&after);
+  printf("%zu looks took %zu chains; %zu owner frees, %zu frees by the other thread, %.1f MiB given back\n",
+         looks.load(), taken.load(), owner_frees.load(), other_frees.load(),
+         (after.bytes_decommitted - before.bytes_decommitted) / 1048576.0);
+  EXPECT_EQ(torn.load(), 0u) << "blocks lost their tags while they were out";
+  EXPECT_GT(other_frees.load(), 1000u);
+  EXPECT_GT(taken.load(), 100u) << "few chains were taken: the test tested little";
+  ferry_collect();
+}
+
 // A heap's spare is empty on purpose: the housekeeping keeps it, and the
 // purge does not count it as a segment to give back (else every heap with
 // a spare would have the housekeeping walk every heap's list at every run).
