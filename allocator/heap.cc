@@ -459,6 +459,7 @@ void InitBlocks(Page* page, PageKind kind, size_t block_size, size_t reserved) {
   page->standby = 0;
   page->carved_bytes.store(0, std::memory_order_relaxed);
   page->returned.store(0, std::memory_order_relaxed);
+  page->returned_seen.store(0, std::memory_order_relaxed);
   page->queue_next = page->queue_prev = page->inbox_next = nullptr;
 }
 
@@ -718,6 +719,9 @@ Block* AdoptReturned(Page* page, uint32_t* count_out = nullptr) {
   const uint32_t count = ReturnedCount(word);
   if (count_out != nullptr) *count_out = chain == nullptr ? 0 : count;
   if (chain == nullptr) return nullptr;
+  // On the line the exchange just took: the chain the housekeeping saw, or
+  // gave back, is this one or older (GiveBackWaitingChains).
+  page->returned_seen.store(0, std::memory_order_relaxed);
   // More blocks back than are out: a block was freed twice (by two threads
   // at the same moment, past the other checks).
   if (count > page->used) {
@@ -840,7 +844,10 @@ void ExtendPage(Page* page) {
 // older pages keep free blocks in RAM (onefree: 9 MiB of free blocks on
 // queued pages).
 bool RefillPage(Page* page) {
-  if (page->returned.load(std::memory_order_relaxed) != 0) {
+  // acquire (a plain load on x86): a word a housekeeping take left orders
+  // the take's count of chains away before the owner's look at that count
+  // (ChainsWereAway).
+  if (page->returned.load(std::memory_order_acquire) != 0) {
     uint32_t count;
     Block* chain = AdoptReturned(page, &count);
     if (chain != nullptr) {
@@ -1664,11 +1671,14 @@ struct TakenChain {
   Page* page;
   Block* head;
   uint32_t count;
+  uintptr_t marks;  // the word's, as the chain was taken
 };
 
 // Chains one heap's look takes before it lets go of the heap's segment
 // list and walks them.
 constexpr size_t kTakenChainsMax = 64;
+// Rounds of kTakenChainsMax an urgent look makes of one heap at most.
+constexpr int kUrgentRoundsMax = 16;
 
 // Chains the housekeeping holds off their pages now, and how many it has
 // put back so far: an owner short of a large class that found nothing
@@ -1679,8 +1689,19 @@ constinit std::atomic<uint32_t> g_chains_back{0};
 }  // namespace
 constinit std::atomic<void (*)(Page*)> g_chain_away_hook_for_test{nullptr};
 namespace {
-// This thread holds chains away now (GiveBackWaitingChains).
-__thread bool tl_holding_chains __attribute__((tls_model("initial-exec"))) = false;
+// This thread holds chains away now (GiveBackWaitingChains). volatile, and
+// its stores fenced for signals: a handler's allocation on this thread
+// reads it.
+__thread volatile bool tl_holding_chains __attribute__((tls_model("initial-exec"))) = false;
+
+// Owner, where a page of a class whose chains the housekeeping takes shows
+// no returned chain (an acquire load of its word, as in ChainsWereAway):
+// true if none was away then, nor came back since `back_before`
+// (g_chains_back read before that load).
+bool NoChainWasAway(uint32_t back_before) {
+  return g_chains_away.load(std::memory_order_acquire) == 0 &&
+         g_chains_back.load(std::memory_order_acquire) == back_before;
+}
 // How long an owner waits for chains away at most: their holder walks a
 // few blocks and makes a system call or two for each, unless it was
 // descheduled (or stopped) meanwhile.
@@ -1692,7 +1713,10 @@ constexpr uint64_t kChainsAwayWaitMaxMs = 1000;
 // Not on the thread that holds them (a signal handler's allocation inside
 // the housekeeping's look), and not for ever.
 FERRY_NOINLINE bool ChainsWereAway(uint32_t back_before) {
-  // acquire, with the releases below: a chain counted back is on its page.
+  // The owner's looks read the page words with acquire (RefillPage, the
+  // exchanges): one that read a take's CAS sees the count raised before
+  // it. acquire below, with the releases in GiveBackWaitingChains: a chain
+  // counted back is on its page.
   bool away = false;
   uint64_t since_ms = 0;
   for (uint32_t waits = 0; !tl_holding_chains && g_chains_away.load(std::memory_order_acquire) != 0; ++waits) {
@@ -1734,17 +1758,17 @@ size_t GiveBackTakenChain(const TakenChain& taken) {
   }
   if (walked != taken.count) ReportBadChainLink(page, tail, nullptr, "the chain's end before its count");
   if (auto hook = g_chain_away_hook_for_test.load(std::memory_order_relaxed); FERRY_UNLIKELY(hook != nullptr)) hook(page);
+  // The word the push makes if nothing comes meanwhile, marked given back:
+  // the next looks pass it by until it changes (a word that differs, the
+  // page marked full meanwhile, or blocks pushed in front, is looked at
+  // again after the delay, and mincore spares the blocks given back now).
+  // Written before the push: from the push on, the page may be freed (its
+  // last blocks back), and its segment with it.
+  page->returned_seen.store(reinterpret_cast<uintptr_t>(taken.head) |
+                                (uintptr_t{taken.count} << kReturnedCountShift) | taken.marks,
+                            std::memory_order_relaxed);
+  page->returned_seen_ms.store(kChainGivenBack, std::memory_order_relaxed);
   ReturnChain(page, taken.head, tail, taken.count);
-  // Pushed back alone (nothing came meanwhile): the next looks pass it by
-  // until the word changes. The page may be freed and reused from the push
-  // on (its last blocks back); only these two, the housekeeping's own, are
-  // written, and a stale pair costs a look.
-  const uintptr_t word = page->returned.load(std::memory_order_relaxed);
-  page->returned_seen.store(word, std::memory_order_relaxed);
-  page->returned_seen_ms.store(ReturnedChain(word) == taken.head && ReturnedCount(word) == taken.count
-                                   ? kChainGivenBack
-                                   : OsMonotonicMs(),
-                               std::memory_order_relaxed);
   if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
   return bytes;
 }
@@ -2337,58 +2361,74 @@ bool GiveBackWaitingChains(uint64_t now_ms, bool urgent, size_t* chains_taken) {
   const uint64_t delay_ms = std::max(static_cast<uint64_t>(g_options.purge_delay_ms), kEagerWindowMs);
   bool waiting = false;
   for (Heap* heap = g_all_heaps.load(std::memory_order_acquire); heap != nullptr; heap = heap->all_next) {
-    TakenChain taken[kTakenChainsMax];
-    size_t count = 0;
-    // The list of segments is the owner's; held, none of them goes.
-    if (!heap->segments_lock.TryLock()) continue;
-    tl_holding_chains = true;
-    for (Segment* segment = heap->segments; segment != nullptr && count < kTakenChainsMax;
-         segment = segment->heap_next) {
-      for (uint64_t pages = segment->large_block_pages.load(std::memory_order_relaxed);
-           pages != 0 && count < kTakenChainsMax; pages &= pages - 1) {
-        Page* page = &segment->pages[__builtin_ctzll(pages)];
-        const uintptr_t word = page->returned.load(std::memory_order_acquire);
-        const uintptr_t marks = word & (kReturnedFull | kReturnedPosted);
-        if (ReturnedChain(word) == nullptr || marks == kReturnedPosted) continue;
-        if (word != page->returned_seen.load(std::memory_order_relaxed)) {
-          page->returned_seen.store(word, std::memory_order_relaxed);
-          page->returned_seen_ms.store(now_ms, std::memory_order_relaxed);
-          if (!urgent) {
-            waiting = true;
+    // Urgent: again while the last round took as many as it could hold (a
+    // few rounds at most: a busy owner's words may keep changing).
+    for (int round = 0; round < kUrgentRoundsMax; ++round) {
+      TakenChain taken[kTakenChainsMax];
+      size_t count = 0;
+      // The list of segments is the owner's; held, none of them goes. A
+      // heap passed by is not counted as waiting: in a fork child, a heap
+      // whose owner held the lock at the fork holds it for good, and the
+      // pool would never slow down (as ReleaseIdleEmptySegments).
+      if (!heap->segments_lock.TryLock()) break;
+      tl_holding_chains = true;
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      for (Segment* segment = heap->segments; segment != nullptr && count < kTakenChainsMax;
+           segment = segment->heap_next) {
+        for (uint64_t pages = segment->large_block_pages.load(std::memory_order_relaxed);
+             pages != 0 && count < kTakenChainsMax; pages &= pages - 1) {
+          const uint64_t bit = pages & -pages;
+          Page* page = &segment->pages[__builtin_ctzll(pages)];
+          const uintptr_t word = page->returned.load(std::memory_order_acquire);
+          const uintptr_t marks = word & (kReturnedFull | kReturnedPosted);
+          if (ReturnedChain(word) == nullptr || marks == kReturnedPosted) continue;
+          // Still such a page: a page of another class made on its slices
+          // since the bitmap was read cleared the bit before the push this
+          // load saw.
+          if ((segment->large_block_pages.load(std::memory_order_relaxed) & bit) == 0) continue;
+          if (word != page->returned_seen.load(std::memory_order_relaxed)) {
+            page->returned_seen.store(word, std::memory_order_relaxed);
+            page->returned_seen_ms.store(now_ms, std::memory_order_relaxed);
+            if (!urgent) {
+              waiting = true;
+              continue;
+            }
+          } else {
+            const uint64_t seen_ms = page->returned_seen_ms.load(std::memory_order_relaxed);
+            if (seen_ms == kChainGivenBack) continue;
+            if (!urgent && now_ms - std::min(now_ms, seen_ms) < delay_ms) {
+              waiting = true;
+              continue;
+            }
+          }
+          // The chain and its count; the marks stay. acquire: the chain's
+          // links, and the page's record (made before its blocks went out).
+          // Counted away first: an owner that finds the page without it
+          // then sees the count (ChainsWereAway).
+          g_chains_away.fetch_add(1, std::memory_order_seq_cst);
+          uintptr_t expected = word;
+          if (!page->returned.compare_exchange_strong(expected, marks, std::memory_order_acq_rel,
+                                                      std::memory_order_relaxed)) {
+            g_chains_away.fetch_sub(1, std::memory_order_release);
+            waiting = true;  // the owner took it, or more came: looked at next time
             continue;
           }
-        } else {
-          const uint64_t seen_ms = page->returned_seen_ms.load(std::memory_order_relaxed);
-          if (seen_ms == kChainGivenBack) continue;
-          if (!urgent && now_ms - std::min(now_ms, seen_ms) < delay_ms) {
-            waiting = true;
-            continue;
-          }
+          taken[count++] = TakenChain{page, ReturnedChain(word), ReturnedCount(word), marks};
         }
-        // The chain and its count; the marks stay. acquire: the chain's
-        // links, and the page's record (made before its blocks went out).
-        // Counted away first: an owner that finds the page without it
-        // then sees the count (ChainsWereAway).
-        g_chains_away.fetch_add(1, std::memory_order_seq_cst);
-        uintptr_t expected = word;
-        if (!page->returned.compare_exchange_strong(expected, marks, std::memory_order_acq_rel,
-                                                    std::memory_order_relaxed)) {
-          g_chains_away.fetch_sub(1, std::memory_order_release);
-          waiting = true;  // the owner took it, or more came: looked at next time
-          continue;
-        }
-        taken[count++] = TakenChain{page, ReturnedChain(word), ReturnedCount(word)};
       }
+      heap->segments_lock.Unlock();
+      for (size_t k = 0; k < count; ++k) GiveBackTakenChain(taken[k]);
+      if (count != 0) {
+        g_chains_back.fetch_add(1, std::memory_order_release);
+        g_chains_away.fetch_sub(static_cast<uint32_t>(count), std::memory_order_release);
+      }
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      tl_holding_chains = false;
+      if (chains_taken != nullptr) *chains_taken += count;
+      if (count < kTakenChainsMax) break;
+      if (!urgent || round + 1 == kUrgentRoundsMax) waiting = true;  // the rest at the next run
+      if (!urgent) break;
     }
-    heap->segments_lock.Unlock();
-    for (size_t k = 0; k < count; ++k) GiveBackTakenChain(taken[k]);
-    if (count != 0) {
-      g_chains_back.fetch_add(1, std::memory_order_release);
-      g_chains_away.fetch_sub(static_cast<uint32_t>(count), std::memory_order_release);
-    }
-    tl_holding_chains = false;
-    if (chains_taken != nullptr) *chains_taken += count;
-    if (count == kTakenChainsMax) waiting = true;
   }
   return waiting;
 }
@@ -2852,9 +2892,15 @@ void* PopLastBlock(Page* page, Block* block, Block* next) {
     Heap* heap = page->heap;
     const size_t c = page->size_class;
     const PageQueue& q = heap->queues[c];
-    if (q.head == page && q.tail == page && page->returned.load(std::memory_order_relaxed) == 0 &&
+    // A class whose chains the housekeeping takes: not while one is away
+    // (the slow path waits for it, ChainsWereAway).
+    const bool chains_taken_away = page->block_size >= kFreeBlockPurgeMin;
+    const uint32_t chains_back = chains_taken_away ? g_chains_back.load(std::memory_order_acquire) : 0;
+    if (q.head == page && q.tail == page &&
+        page->returned.load(chains_taken_away ? std::memory_order_acquire : std::memory_order_relaxed) == 0 &&
         heap->inbox[c].load(std::memory_order_relaxed) == nullptr &&
-        heap->inbox_borrowed.load(std::memory_order_relaxed) == 0) {  // else the slow path waits for it
+        heap->inbox_borrowed.load(std::memory_order_relaxed) == 0 &&  // else the slow path waits for it
+        (!chains_taken_away || NoChainWasAway(chains_back))) {
       // The rest of the slow path's start: a pending pool start (its thread's
       // allocations may use this page: looked at again below), and the
       // checkpoint, which leaves the class's current page where it is (its

@@ -13,7 +13,9 @@ namespace ferry {
 // still out: the first such push posts the page to the owner's inbox, so
 // the owner finds it without scanning. The push that brings the last block
 // back clears the mark: it frees the page's slices at once (any heap may
-// take them) if the page was never posted, and otherwise tells the owner,
+// take them) if the page was never posted (the word carries the posted
+// mark alone until then, so that the housekeeping leaves its chain be),
+// and otherwise tells the owner,
 // whose next slow path, or another heap's about to take a new page, frees
 // it (the page_return.cc header has the whole protocol). Safe from any thread while the chain's blocks are still
 // counted as used.

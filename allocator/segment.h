@@ -150,6 +150,13 @@ struct Page {
   // `used` when the owner marked the page full (written before the mark):
   // what the returns to a full page count against, readable by any thread.
   std::atomic<uint32_t> used_at_full;
+  // The housekeeping's (GiveBackWaitingChains, heap.cc): the returned word
+  // it last saw on the page, and since when (kChainGivenBack: it gave that
+  // chain's memory back). Whoever takes the chain (AdoptReturned) or makes
+  // the page clears the word, so that a chain of the same first block and
+  // length that comes back later is not taken for the one given back.
+  std::atomic<uintptr_t> returned_seen;
+  std::atomic<uint64_t> returned_seen_ms;
   // --- fourth cache line: whoever has the heap to itself (its owner, or
   // the collector of an abandoned one), on slow paths only ----------------
   // `free` as it was when the free blocks on the list had given their
@@ -157,14 +164,7 @@ struct Page {
   // blocks come onto the list only in front of it. Cleared when the page is
   // made and when it is marked full (its list empty).
   alignas(64) Block* purged_free;
-  // --- the housekeeping's own (GiveBackWaitingChains, heap.cc) -----------------
-  // The returned word it last saw on the page, and when it first saw it
-  // (kChainGivenBack: it gave that chain's memory back). Atomic because
-  // ferry_collect runs the housekeeping on whichever thread calls it (one
-  // at a time, in the duty turn).
-  std::atomic<uintptr_t> returned_seen;
-  std::atomic<uint64_t> returned_seen_ms;
-  char padding_to_power_of_two[40];
+  char padding_to_power_of_two[56];
 
   uintptr_t end() const { return start + size_t{slice_count} * kSliceSize; }
 };
@@ -178,7 +178,7 @@ static_assert((kSlicesPerSegment - 1) * sizeof(Page) <= UINT16_MAX, "RecordBack 
 static_assert(offsetof(Page, record_back) < 64 && offsetof(Page, free) == 64,
               "the free path's checks read one line, which holds nothing written per allocation");
 static_assert(offsetof(Page, queue_prev) + sizeof(Page*) <= 128 && offsetof(Page, returned) == 128 &&
-                  offsetof(Page, used_at_full) + sizeof(uint32_t) <= 192,
+                  offsetof(Page, returned_seen_ms) + sizeof(uint64_t) <= 192,
               "returns by other threads write a line of their own, not the owner's");
 
 enum class SegmentKind : uint8_t { kNormal, kHuge };

@@ -263,17 +263,35 @@ void ExpectLargeBlocksGoBackButTheLiveOnes(Owner owner) {
   const size_t baseline = ResidentBytes();
   std::latch built(kThreads), measured(1);
   std::vector<std::thread> threads;
+  // However the test ends (an ASSERT returns early): the sleeping threads
+  // are let go and joined.
+  struct LetGo {
+    std::latch& measured;
+    std::vector<std::thread>& threads;
+    ~LetGo() {
+      measured.count_down();
+      for (auto& thread : threads) {
+        if (thread.joinable()) thread.join();
+      }
+    }
+  } let_go{measured, threads};
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (size_t bytes = 0, i = 0; bytes < kPerThread; ++i) {
-        const size_t n = 64 * kKiB + Mix(i * kThreads + t) % (192 * kKiB);
-        void* p = ferry_malloc(n);
-        ASSERT_NE(p, nullptr);
-        Touch(p, n);
-        blocks[t].push_back({p, n});
-        bytes += n;
+      {
+        // Counted as built here, or where an ASSERT returns early.
+        struct Arrive {
+          std::latch& built;
+          ~Arrive() { built.count_down(); }
+        } arrive{built};
+        for (size_t bytes = 0, i = 0; bytes < kPerThread; ++i) {
+          const size_t n = 64 * kKiB + Mix(i * kThreads + t) % (192 * kKiB);
+          void* p = ferry_malloc(n);
+          ASSERT_NE(p, nullptr);
+          Touch(p, n);
+          blocks[t].push_back({p, n});
+          bytes += n;
+        }
       }
-      built.count_down();
       if (owner == Owner::kStaysIdle) measured.wait();
     });
   }
@@ -318,10 +336,6 @@ void ExpectLargeBlocksGoBackButTheLiveOnes(Owner owner) {
     }
   }
   EXPECT_EQ(corrupt, 0u);
-  if (owner == Owner::kStaysIdle) {
-    measured.count_down();
-    for (auto& thread : threads) thread.join();
-  }
 }
 
 TEST(Rss, LargeBlocksLeftByExitedThreadsGoBackButTheLiveOnes) {
