@@ -2370,7 +2370,10 @@ bool GiveBackWaitingChains(uint64_t now_ms, bool urgent, size_t* chains_taken) {
       // heap passed by is not counted as waiting: in a fork child, a heap
       // whose owner held the lock at the fork holds it for good, and the
       // pool would never slow down (as ReleaseIdleEmptySegments).
-      if (!heap->segments_lock.TryLock()) break;
+      if (!heap->segments_lock.TryLock()) {
+        if (round != 0) waiting = true;  // held a moment ago: not a fork child's for good
+        break;
+      }
       tl_holding_chains = true;
       std::atomic_signal_fence(std::memory_order_seq_cst);
       for (Segment* segment = heap->segments; segment != nullptr && count < kTakenChainsMax;

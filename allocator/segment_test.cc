@@ -2023,7 +2023,7 @@ TEST(FreeBlocks, ChainsWaitingOnAnIdleOwnersPagesGiveTheirMemoryBack) {
   });
   built.wait();
   std::vector<void*> kept;
-  bool shaped = queued != nullptr && full->in_full == 1 && queued->in_full == 0 &&
+  const bool shaped = full != nullptr && queued != nullptr && full->in_full == 1 && queued->in_full == 0 &&
                 full->reserved >= 3 && PageOfBlock(blocks.back()) == queued;
   if (shaped) {
     for (void* p : blocks) {
@@ -2033,18 +2033,18 @@ TEST(FreeBlocks, ChainsWaitingOnAnIdleOwnersPagesGiveTheirMemoryBack) {
     for (void* p : freed) ferry_free(p);
     ferry_flush();
   }
-  const uintptr_t full_word = full->returned.load();
-  const uintptr_t queued_word = queued == nullptr ? 0 : queued->returned.load();
-  if (shaped) {
+  // The delay is FERRY_PURGE_DELAY_MS (unset here), kEagerWindowMs at
+  // least. The clocks the looks are given stay within it of now: a look
+  // stamps the chains it sees first anywhere with its clock.
+  const bool delay_unset = getenv("FERRY_PURGE_DELAY_MS") == nullptr;
+  if (shaped && delay_unset) {
+    const uintptr_t full_word = full->returned.load();
+    const uintptr_t queued_word = queued->returned.load();
     EXPECT_EQ(full_word & (kReturnedFull | kReturnedPosted), kReturnedFull | kReturnedPosted);
     EXPECT_EQ(ReturnedCount(full_word), full->reserved - 1u);
     EXPECT_EQ(queued_word & (kReturnedFull | kReturnedPosted), 0u);
     EXPECT_EQ(ReturnedCount(queued_word), 2u);
     for (void* p : freed) EXPECT_GT(ResidentPastFirstPage(p, kSize), kSize / OsPageSize() / 2) << "freed, not yet given back";
-    // The delay is FERRY_PURGE_DELAY_MS (unset here), kEagerWindowMs at
-    // least. The clocks the looks are given stay within it of now: a look
-    // stamps the chains it sees first anywhere with its clock.
-    ASSERT_EQ(getenv("FERRY_PURGE_DELAY_MS"), nullptr);
     const uint64_t now = OsMonotonicMs();
     EXPECT_TRUE(GiveBackWaitingChains(now, /*urgent=*/false)) << "first seen: the chains wait";
     GiveBackWaitingChains(now + kEagerWindowMs - 1, /*urgent=*/false);
@@ -2059,12 +2059,15 @@ TEST(FreeBlocks, ChainsWaitingOnAnIdleOwnersPagesGiveTheirMemoryBack) {
     EXPECT_EQ(queued->returned.load(), queued_word);
     for (void* p : kept) {
       const auto* bytes = static_cast<const unsigned char*>(p);
-      for (size_t i = 0; i < kSize; i += 4096) ASSERT_EQ(bytes[i], 7) << "a live block lost its bytes at " << i;
+      size_t lost = 0;
+      for (size_t i = 0; i < kSize; i += 4096) lost += bytes[i] != 7;
+      EXPECT_EQ(lost, 0u) << "a live block lost its bytes";
       EXPECT_EQ(bytes[kSize - 1], 7);
     }
   }
   looked.count_down();
   owner.join();
+  ASSERT_TRUE(delay_unset) << "the test assumes FERRY_PURGE_DELAY_MS unset";
   ASSERT_TRUE(shaped) << "the test needs a full page and a queued one of three blocks";
   EXPECT_EQ(taken_again, freed.size()) << "freed blocks the owner's 64 allocations did not take again";
   EXPECT_EQ(zeros_again, taken_again) << "blocks handed out again were not given back";
