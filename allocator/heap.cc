@@ -1735,7 +1735,7 @@ FERRY_NOINLINE bool ChainsWereAway(uint32_t back_before) {
 // first OS page, and pushes the chain back (ReturnChain) as the remote
 // frees it was. Its blocks still count as used, so the page, and so its
 // record, stays what it is until then.
-size_t GiveBackTakenChain(const TakenChain& taken) {
+void GiveBackTakenChain(const TakenChain& taken) {
   Page* page = taken.page;
   // A page made for another class since the hint was read: back as it was.
   const bool gives_back = page->kind == PageKind::kSmall && page->block_size >= kFreeBlockPurgeMin;
@@ -1770,7 +1770,6 @@ size_t GiveBackTakenChain(const TakenChain& taken) {
   page->returned_seen_ms.store(kChainGivenBack, std::memory_order_relaxed);
   ReturnChain(page, taken.head, tail, taken.count);
   if (bytes != 0) CounterAdd(Counter::bytes_decommitted, static_cast<int64_t>(bytes));
-  return bytes;
 }
 
 // Gives back everything of this heap that is free now: adopts returned
