@@ -232,25 +232,31 @@ constexpr size_t SegmentFillPerMille(size_t size, size_t slices) {
 }
 
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
-// for eight blocks, capped at kMaxPageSlices; unless such a page spans a MiB
-// or more and pages that size fill less than 90% of a segment, when the
-// smallest page of four blocks or more (three for 512 KiB, whose four need
-// 32 slices) and no more slices that fills the most is taken. Eight blocks
-// of 256 KiB or more needed 32 slices, one page a segment: a program of
-// 256-512 KiB buffers held two to four times their bytes in address space,
-// and under an address-space limit (RLIMIT_AS) got 40% of what glibc gave
-// it (perf/RESULTS.md, 2026-12-05).
+// for four blocks, capped at kMaxPageSlices. Each class a thread uses keeps
+// a page of its own, so what a page holds beyond a class's few blocks out
+// stays with it: with pages of eight blocks, buffers that grow by realloc
+// through the classes of 16 B-64 KiB held 17.3 MB resident against
+// mimalloc's 12.6, with pages of four 14.5, for 0.1% more instructions
+// (perf/RESULTS.md, 2026-12-08). Where such a page spans a MiB or more and
+// pages that size fill less than 90% of a segment, the page of four to
+// eight blocks (three for 512 KiB, whose four need 32 slices) and fewest
+// slices that fills the most is taken: pages of 256 KiB blocks or more
+// that spanned 32 slices, one page a segment, made a program of 256-512 KiB
+// buffers hold two to four times their bytes in address space, and under
+// an address-space limit (RLIMIT_AS) get 40% of what glibc gave it
+// (perf/RESULTS.md, 2026-12-05).
+constexpr size_t kBlocksPerMediumPage = 4;
 constexpr auto kPageSlices = [] {
   std::array<uint8_t, kNumClasses> slices{};
   for (size_t c = 0; c < kNumClasses; ++c) {
     const size_t size = kClassSize[c];
-    size_t n = size <= (8 << 10) ? 1 : (8 * size + kSliceSize - 1) / kSliceSize;
-    if (n > kMaxPageSlices) n = kMaxPageSlices;
+    const auto slices_for = [size](size_t blocks) {
+      return std::min((blocks * size + kSliceSize - 1) / kSliceSize, kMaxPageSlices);
+    };
+    size_t n = size <= (8 << 10) ? 1 : slices_for(kBlocksPerMediumPage);
     if (n >= 16 && SegmentFillPerMille(size, n) < 900) {
-      size_t least = (4 * size + kSliceSize - 1) / kSliceSize;
-      if (least > kMaxPageSlices * 3 / 4) least = kMaxPageSlices * 3 / 4;
-      size_t best = n;
-      for (size_t k = least; k < n; ++k) {
+      size_t best = std::min(n, kMaxPageSlices * 3 / 4);
+      for (size_t k = best + 1; k <= slices_for(2 * kBlocksPerMediumPage); ++k) {
         if (SegmentFillPerMille(size, k) > SegmentFillPerMille(size, best)) best = k;
       }
       n = best;
@@ -259,6 +265,9 @@ constexpr auto kPageSlices = [] {
   }
   return slices;
 }();
+static_assert(kPageSlices[ComputeSizeClass(9 << 10)] == 1 && kPageSlices[ComputeSizeClass(64 << 10)] == 4 &&
+                  kPageSlices[ComputeSizeClass(256 << 10)] == 20 && kPageSlices[ComputeSizeClass(512 << 10)] == 24,
+              "four blocks a page; the segment-filling choice for pages of a MiB or more as before");
 
 // --- page queues ----------------------------------------------------------------
 

@@ -550,7 +550,7 @@ TEST(PageLists, AHeapThatFindsTheOwnerHoldingItsInboxLeavesTheBitForIt) {
 // blocks would count in `used` until the class allocated again, and the
 // owner's frees could never retire it.
 TEST(PageLists, ASweptPageOfSeveralSlicesIsRetiredWhenItsOwnerFreesTheRest) {
-  constexpr size_t kSize = 28672;  // no other test here uses it
+  constexpr size_t kSize = 18432;  // pages of two slices, seven blocks; no other test here uses it
   void* first = ferry_malloc(kSize);
   const uintptr_t address = reinterpret_cast<uintptr_t>(first);
   Page* page = PageOf(SegmentOf(address), address);
@@ -1073,7 +1073,7 @@ TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadTakesLargeBlocks) {
 // thread free those blocks and flush: the page has every block back, on a
 // returned chain the owner has not taken yet.
 void EmptyAMediumPageFromAnotherThread(Page** page_out, size_t* size_class_out) {
-  constexpr size_t kSize = 200 << 10;  // class 208 KiB: 6 blocks to a page of 20 slices
+  constexpr size_t kSize = 20 << 10;  // six blocks to a page of two slices
   std::vector<void*> blocks;
   for (int k = 0; k < 4; ++k) blocks.push_back(ferry_malloc(kSize));
   const uintptr_t address = reinterpret_cast<uintptr_t>(blocks[0]);
@@ -1726,15 +1726,15 @@ size_t FreeListLength(Page* page) {
   return count;
 }
 
-// Five 200 KiB blocks share a page; the thread frees four and exits with the
-// fifth live. The four kept their memory resident for good before
+// Five 256 KiB blocks share a page (of 20 slices); the thread frees four and
+// exits with the fifth live. The four kept their memory resident for good before
 // 2026-12-07 (only wholly free pages went back): now a collect gives back
 // all but each one's first OS page, and their links still make the list.
 // Each FreeBlocks test has a size class of its own, and leaves nothing of
 // it behind (flushed, collected): a thread of another test that takes over
 // its heap then finds no page of the class.
 TEST(FreeBlocks, LargeFreeBlocksOfAnExitedThreadGiveTheirMemoryBackOnceCollected) {
-  constexpr size_t kSize = 200 << 10;
+  constexpr size_t kSize = 256 << 10;
   void* blocks[5] = {};
   std::thread([&] {
     for (void*& p : blocks) {
@@ -1923,7 +1923,7 @@ TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
 // free lists are its own, and it may allocate from them at any moment. Its
 // own ferry_collect (malloc_trim) gives it back.
 TEST(FreeBlocks, ALiveThreadsLargeFreeBlocksStayUntilItCollectsItself) {
-  constexpr size_t kSize = 150 << 10;
+  constexpr size_t kSize = 36 << 10;  // five blocks to a page of three slices
   void* blocks[5] = {};
   std::latch freed(1), others_collected(1), collected(1), looked(1);
   std::thread owner([&] {
