@@ -232,31 +232,25 @@ constexpr size_t SegmentFillPerMille(size_t size, size_t slices) {
 }
 
 // Slices a page of each class spans: one for blocks up to 8 KiB, else enough
-// for four blocks, capped at kMaxPageSlices. Each class a thread uses keeps
-// a page of its own, so what a page holds beyond a class's few blocks out
-// stays with it: with pages of eight blocks, buffers that grow by realloc
-// through the classes of 16 B-64 KiB held 17.3 MB resident against
-// mimalloc's 12.6, with pages of four 14.5, for 0.1% more instructions
-// (perf/RESULTS.md, 2026-12-08). Where such a page spans a MiB or more and
-// pages that size fill less than 90% of a segment, the page of four to
-// eight blocks (three for 512 KiB, whose four need 32 slices) and fewest
-// slices that fills the most is taken: pages of 256 KiB blocks or more
-// that spanned 32 slices, one page a segment, made a program of 256-512 KiB
-// buffers hold two to four times their bytes in address space, and under
-// an address-space limit (RLIMIT_AS) get 40% of what glibc gave it
-// (perf/RESULTS.md, 2026-12-05).
-constexpr size_t kBlocksPerMediumPage = 4;
+// for eight blocks, capped at kMaxPageSlices; unless such a page spans a MiB
+// or more and pages that size fill less than 90% of a segment, when the
+// smallest page of four blocks or more (three for 512 KiB, whose four need
+// 32 slices) and no more slices that fills the most is taken. Eight blocks
+// of 256 KiB or more needed 32 slices, one page a segment: a program of
+// 256-512 KiB buffers held two to four times their bytes in address space,
+// and under an address-space limit (RLIMIT_AS) got 40% of what glibc gave
+// it (perf/RESULTS.md, 2026-12-05).
 constexpr auto kPageSlices = [] {
   std::array<uint8_t, kNumClasses> slices{};
   for (size_t c = 0; c < kNumClasses; ++c) {
     const size_t size = kClassSize[c];
-    const auto slices_for = [size](size_t blocks) {
-      return std::min((blocks * size + kSliceSize - 1) / kSliceSize, kMaxPageSlices);
-    };
-    size_t n = size <= (8 << 10) ? 1 : slices_for(kBlocksPerMediumPage);
+    size_t n = size <= (8 << 10) ? 1 : (8 * size + kSliceSize - 1) / kSliceSize;
+    if (n > kMaxPageSlices) n = kMaxPageSlices;
     if (n >= 16 && SegmentFillPerMille(size, n) < 900) {
-      size_t best = std::min(n, kMaxPageSlices * 3 / 4);
-      for (size_t k = best + 1; k <= slices_for(2 * kBlocksPerMediumPage); ++k) {
+      size_t least = (4 * size + kSliceSize - 1) / kSliceSize;
+      if (least > kMaxPageSlices * 3 / 4) least = kMaxPageSlices * 3 / 4;
+      size_t best = n;
+      for (size_t k = least; k < n; ++k) {
         if (SegmentFillPerMille(size, k) > SegmentFillPerMille(size, best)) best = k;
       }
       n = best;
@@ -265,9 +259,6 @@ constexpr auto kPageSlices = [] {
   }
   return slices;
 }();
-static_assert(kPageSlices[ComputeSizeClass(9 << 10)] == 1 && kPageSlices[ComputeSizeClass(64 << 10)] == 4 &&
-                  kPageSlices[ComputeSizeClass(256 << 10)] == 20 && kPageSlices[ComputeSizeClass(512 << 10)] == 24,
-              "four blocks a page; the segment-filling choice for pages of a MiB or more as before");
 
 // --- page queues ----------------------------------------------------------------
 
@@ -1678,6 +1669,7 @@ constexpr uint64_t kChainGivenBack = UINT64_MAX;
 // A chain the housekeeping took off its page (GiveBackWaitingChains).
 struct TakenChain {
   Page* page;
+  Heap* heap;  // the page's owner (heaps never go)
   Block* head;
   uint32_t count;
   uintptr_t marks;  // the word's, as the chain was taken
@@ -1689,12 +1681,11 @@ constexpr size_t kTakenChainsMax = 64;
 // Rounds of kTakenChainsMax an urgent look makes of one heap at most.
 constexpr int kUrgentRoundsMax = 16;
 
-// Chains the housekeeping holds off their pages now, and how many it has
-// put back so far: an owner short of a large class that found nothing
-// waits for them before it carves (ChainsWereAway), so that what
-// ferry_flush brought back is what its next allocations take.
-constinit std::atomic<uint32_t> g_chains_away{0};
-constinit std::atomic<uint32_t> g_chains_back{0};
+// Takes the housekeeping is making now: counted from before its CAS on a
+// page's word until the page's heap counts the chain (Heap::chains_away),
+// which it can read only once the CAS has made the page its own (a page
+// seen a moment before may have been released since).
+constinit std::atomic<uint32_t> g_chain_takes_in_progress{0};
 }  // namespace
 constinit std::atomic<void (*)(Page*)> g_chain_away_hook_for_test{nullptr};
 namespace {
@@ -1705,11 +1696,12 @@ __thread volatile bool tl_holding_chains __attribute__((tls_model("initial-exec"
 
 // Owner, where a page of a class whose chains the housekeeping takes shows
 // no returned chain (an acquire load of its word, as in ChainsWereAway):
-// true if none was away then, nor came back since `back_before`
-// (g_chains_back read before that load).
-bool NoChainWasAway(uint32_t back_before) {
-  return g_chains_away.load(std::memory_order_acquire) == 0 &&
-         g_chains_back.load(std::memory_order_acquire) == back_before;
+// true if none of its heap's was away then, nor came back since
+// `back_before` (Heap::chains_back read before that load).
+bool NoChainWasAway(const Heap* heap, uint32_t back_before) {
+  return g_chain_takes_in_progress.load(std::memory_order_acquire) == 0 &&
+         heap->chains_away.load(std::memory_order_acquire) == 0 &&
+         heap->chains_back.load(std::memory_order_acquire) == back_before;
 }
 // How long an owner waits for chains away at most: their holder walks a
 // few blocks and makes a system call or two for each, unless it was
@@ -1717,18 +1709,25 @@ bool NoChainWasAway(uint32_t back_before) {
 constexpr uint64_t kChainsAwayWaitMaxMs = 1000;
 
 // Owner, about to carve blocks of a class whose chains the housekeeping
-// takes: true if a chain was away during its looks since `back_before`
-// (g_chains_back then), after waiting for those away now to come back.
-// Not on the thread that holds them (a signal handler's allocation inside
-// the housekeeping's look), and not for ever.
-FERRY_NOINLINE bool ChainsWereAway(uint32_t back_before) {
+// takes: true if a chain of its heap's pages was away during its looks
+// since `back_before` (Heap::chains_back then), after waiting for those
+// away now to come back. Not on the thread that holds them (a signal
+// handler's allocation inside the housekeeping's look), and not for ever.
+// Other heaps' chains are not waited for: until 2026-12-08 one count for
+// the process made every thread short of a large class wait while the
+// housekeeping gave back any sleeping thread's chains.
+FERRY_NOINLINE bool ChainsWereAway(const Heap* heap, uint32_t back_before) {
   // The owner's looks read the page words with acquire (RefillPage, the
   // exchanges): one that read a take's CAS sees the count raised before
   // it. acquire below, with the releases in GiveBackWaitingChains: a chain
   // counted back is on its page.
   bool away = false;
   uint64_t since_ms = 0;
-  for (uint32_t waits = 0; !tl_holding_chains && g_chains_away.load(std::memory_order_acquire) != 0; ++waits) {
+  const auto any_away = [heap] {
+    return g_chain_takes_in_progress.load(std::memory_order_acquire) != 0 ||
+           heap->chains_away.load(std::memory_order_acquire) != 0;
+  };
+  for (uint32_t waits = 0; !tl_holding_chains && any_away(); ++waits) {
     away = true;
     if (waits % 64 == 0) {
       const uint64_t now_ms = OsMonotonicMs();
@@ -1737,7 +1736,7 @@ FERRY_NOINLINE bool ChainsWereAway(uint32_t back_before) {
     }
     sched_yield();
   }
-  return away || g_chains_back.load(std::memory_order_acquire) != back_before;
+  return away || heap->chains_back.load(std::memory_order_acquire) != back_before;
 }
 
 // Gives back the memory of a chain taken off its page, past each block's
@@ -2414,24 +2413,31 @@ bool GiveBackWaitingChains(uint64_t now_ms, bool urgent, size_t* chains_taken) {
           }
           // The chain and its count; the marks stay. acquire: the chain's
           // links, and the page's record (made before its blocks went out).
-          // Counted away first: an owner that finds the page without it
-          // then sees the count (ChainsWereAway).
-          g_chains_away.fetch_add(1, std::memory_order_seq_cst);
+          // Counted first: an owner that finds the page without the chain
+          // then sees the take in progress, and once that is over, its
+          // heap's count (ChainsWereAway).
+          g_chain_takes_in_progress.fetch_add(1, std::memory_order_seq_cst);
           uintptr_t expected = word;
           if (!page->returned.compare_exchange_strong(expected, marks, std::memory_order_acq_rel,
                                                       std::memory_order_relaxed)) {
-            g_chains_away.fetch_sub(1, std::memory_order_release);
+            g_chain_takes_in_progress.fetch_sub(1, std::memory_order_release);
             waiting = true;  // the owner took it, or more came: looked at next time
             continue;
           }
-          taken[count++] = TakenChain{page, ReturnedChain(word), ReturnedCount(word), marks};
+          // The chain's blocks count as used: the page stays its owner's.
+          Heap* owner = page->heap;
+          owner->chains_away.fetch_add(1, std::memory_order_seq_cst);
+          g_chain_takes_in_progress.fetch_sub(1, std::memory_order_release);
+          taken[count++] = TakenChain{page, owner, ReturnedChain(word), ReturnedCount(word), marks};
         }
       }
       heap->segments_lock.Unlock();
-      for (size_t k = 0; k < count; ++k) GiveBackTakenChain(taken[k]);
-      if (count != 0) {
-        g_chains_back.fetch_add(1, std::memory_order_release);
-        g_chains_away.fetch_sub(static_cast<uint32_t>(count), std::memory_order_release);
+      for (size_t k = 0; k < count; ++k) {
+        GiveBackTakenChain(taken[k]);
+        // Back before no longer away: an owner that then finds none away
+        // still sees that one came back (ChainsWereAway).
+        taken[k].heap->chains_back.fetch_add(1, std::memory_order_release);
+        taken[k].heap->chains_away.fetch_sub(1, std::memory_order_release);
       }
       std::atomic_signal_fence(std::memory_order_seq_cst);
       tl_holding_chains = false;
@@ -2745,7 +2751,7 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
   // are resident memory.
   PageQueue* q = &heap->queues[size_class];
   const bool chains_taken_away = kClassSize[size_class] >= kFreeBlockPurgeMin;
-  const uint32_t chains_back = chains_taken_away ? g_chains_back.load(std::memory_order_acquire) : 0;
+  const uint32_t chains_back = chains_taken_away ? heap->chains_back.load(std::memory_order_acquire) : 0;
   Page* growable = nullptr;
   for (int look = 0;; ++look) {
     Page* page = FindPageWithFreeBlocks(q, &growable);
@@ -2760,7 +2766,7 @@ FERRY_NOINLINE void* AllocateSlow(Heap* heap, size_t size_class) {
     // Once more if the housekeeping had a chain away meanwhile (it may be
     // one of this class's); one look again only, or a thread that calls
     // ferry_collect in a loop could keep this one looking.
-    if (!chains_taken_away || look != 0 || !ChainsWereAway(chains_back)) break;
+    if (!chains_taken_away || look != 0 || !ChainsWereAway(heap, chains_back)) break;
   }
   if (growable != nullptr) {
     ExtendPage(growable);
@@ -2906,12 +2912,12 @@ void* PopLastBlock(Page* page, Block* block, Block* next) {
     // A class whose chains the housekeeping takes: not while one is away
     // (the slow path waits for it, ChainsWereAway).
     const bool chains_taken_away = page->block_size >= kFreeBlockPurgeMin;
-    const uint32_t chains_back = chains_taken_away ? g_chains_back.load(std::memory_order_acquire) : 0;
+    const uint32_t chains_back = chains_taken_away ? heap->chains_back.load(std::memory_order_acquire) : 0;
     if (q.head == page && q.tail == page &&
         page->returned.load(chains_taken_away ? std::memory_order_acquire : std::memory_order_relaxed) == 0 &&
         heap->inbox[c].load(std::memory_order_relaxed) == nullptr &&
         heap->inbox_borrowed.load(std::memory_order_relaxed) == 0 &&  // else the slow path waits for it
-        (!chains_taken_away || NoChainWasAway(chains_back))) {
+        (!chains_taken_away || NoChainWasAway(heap, chains_back))) {
       // The rest of the slow path's start: a pending pool start (its thread's
       // allocations may use this page: looked at again below), and the
       // checkpoint, which leaves the class's current page where it is (its

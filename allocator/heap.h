@@ -183,6 +183,13 @@ struct Heap {
   // an owner that finds one empty waits for them to come back rather than
   // make a new page while its returned blocks are away.
   std::atomic<uint32_t> inbox_borrowed{0};
+  // Returned chains of this heap's pages that the housekeeping holds away
+  // now (heap.cc, GiveBackWaitingChains), and how many it has put back so
+  // far: an owner short of a large class that found nothing waits for them
+  // before it carves (ChainsWereAway), so that what ferry_flush brought
+  // back is what its next allocations take.
+  std::atomic<uint32_t> chains_away{0};
+  std::atomic<uint32_t> chains_back{0};
   // Set while the owner holds one of its inboxes' lists to free its emptied
   // pages (FreeCompletedInboxPages): another heap that took the class's bit
   // meanwhile and found the inbox empty sets the bit again.

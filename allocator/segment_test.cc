@@ -109,6 +109,53 @@ TEST(Segment, AOneSlicePageTakesALoneFreeSliceBeforeARunsFirst) {
   std::free(segment);
 }
 
+// The search by shifts finds what a look at each start finds: the first
+// run of `count` free slices (committed ones, with dirty_only; within
+// `allowed`) at a multiple of `align`, never the header slice, never past
+// the last slice. Random bitmaps, runs from sparse to dense.
+TEST(Segment, FreeSlicesAreFoundWhereALookAtEachStartFindsThem) {
+  auto* segment = static_cast<Segment*>(std::aligned_alloc(64, AlignUp(sizeof(Segment), 64)));
+  ASSERT_NE(segment, nullptr);
+  new (&segment->used_slices) std::atomic<uint64_t>(0);
+  new (&segment->dirty_slices) std::atomic<uint64_t>(0);
+  const auto first_run = [](uint64_t used, uint64_t dirty, size_t count, size_t align) {
+    for (size_t start = align; start + count <= kSlicesPerSegment; start += align) {
+      const uint64_t run = SliceRun(start, count);
+      if ((used & run) == 0 && (dirty & run) == run) return static_cast<int>(start);
+    }
+    return -1;
+  };
+  uint64_t x = 0x9e3779b97f4a7c15;
+  const auto next = [&x] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  size_t found = 0;
+  for (int round = 0; round < 20000; ++round) {
+    // A used slice in one of 2, 4, 8 or 16: long free runs and short ones.
+    const int density = 1 + round % 4;
+    uint64_t used = ~uint64_t{0};
+    for (int k = 0; k < density; ++k) used &= next();
+    used |= 1;  // the header
+    const uint64_t dirty = next() | next();
+    const uint64_t allowed = round % 3 == 0 ? next() | next() | next() : ~uint64_t{0};
+    const size_t count = 2 + next() % 31;  // one slice has a search of its own (above)
+    const size_t align = size_t{1} << (next() % 8);  // 1 to 128
+    const bool dirty_only = round % 2 == 0;
+    segment->used_slices.store(used);
+    segment->dirty_slices.store(dirty);
+    const int want = first_run(used, (dirty_only ? dirty : ~uint64_t{0}) & allowed, count, align);
+    ASSERT_EQ(FindFreeSlices(segment, count, align, dirty_only, allowed), want)
+        << "used " << std::hex << used << " dirty " << dirty << " allowed " << allowed << std::dec << " count "
+        << count << " align " << align << " dirty_only " << dirty_only;
+    found += want >= 0;
+  }
+  EXPECT_GT(found, 2000u) << "too few rounds had a run to find";
+  std::free(segment);
+}
+
 TEST(Segment, MapTellsForeignPointersApart) {
   int local = 0;
   EXPECT_EQ(SegmentMapLookup(reinterpret_cast<uintptr_t>(&local)), kMapNone);
@@ -1069,11 +1116,11 @@ TEST(PageLists, AnEmptyMediumPageGoesWhileTheThreadTakesLargeBlocks) {
   }).join();
 }
 
-// Fills half of a fresh medium page of this thread's and has another
-// thread free those blocks and flush: the page has every block back, on a
-// returned chain the owner has not taken yet.
+// Fills four blocks of a fresh medium page of this thread's (of five: past
+// half) and has another thread free those blocks and flush: the page has
+// every block back, on a returned chain the owner has not taken yet.
 void EmptyAMediumPageFromAnotherThread(Page** page_out, size_t* size_class_out) {
-  constexpr size_t kSize = 20 << 10;  // six blocks to a page of two slices
+  constexpr size_t kSize = 384 << 10;  // five blocks to a page of 30 slices
   std::vector<void*> blocks;
   for (int k = 0; k < 4; ++k) blocks.push_back(ferry_malloc(kSize));
   const uintptr_t address = reinterpret_cast<uintptr_t>(blocks[0]);
@@ -1923,7 +1970,7 @@ TEST(FreeBlocks, AHeapTakenOverAndLeftAgainGivesBackWhatItsSecondOwnerFreed) {
 // free lists are its own, and it may allocate from them at any moment. Its
 // own ferry_collect (malloc_trim) gives it back.
 TEST(FreeBlocks, ALiveThreadsLargeFreeBlocksStayUntilItCollectsItself) {
-  constexpr size_t kSize = 36 << 10;  // five blocks to a page of three slices
+  constexpr size_t kSize = 352 << 10;  // five blocks to a page of 28 slices
   void* blocks[5] = {};
   std::latch freed(1), others_collected(1), collected(1), looked(1);
   std::thread owner([&] {
@@ -2198,6 +2245,65 @@ TEST(FreeBlocks, AnOwnerShortOfAClassWaitsForItsChainAwayRatherThanCarve) {
                                         << g_owner_allocations.load() << " allocations)";
   ferry_free(blocks.front());
   ferry_free(blocks.back());
+  ferry_flush();
+  ferry_collect();
+}
+
+// Only chains of a thread's own pages hold it up: a thread short of a large
+// class while the housekeeping has another heap's chain away takes a new
+// block at once. Until 2026-12-08 one count for the process made it wait
+// for whatever chain was away, up to 1 s (kChainsAwayWaitMaxMs, heap.cc):
+// the hook below holds the chain until the other thread is done, so its
+// allocation would have taken that second.
+std::latch* g_other_thread_may_allocate = nullptr;
+std::atomic<bool> g_other_thread_done{false};
+
+TEST(FreeBlocks, AnotherHeapsChainAwayDoesNotHoldUpAThreadShortOfTheClass) {
+  constexpr size_t kSize = 44 << 10;  // class 44 KiB: four blocks to a page
+  void* blocks[2] = {};
+  std::latch built(1), may_allocate(1), finish(1);
+  std::thread sleeper([&] {
+    for (void*& p : blocks) p = ferry_malloc(kSize);
+    built.count_down();
+    finish.wait();  // alive: its heap is nobody else's to take over
+  });
+  built.wait();
+  const bool shaped = blocks[0] != nullptr && blocks[1] != nullptr && PageOfBlock(blocks[0]) == PageOfBlock(blocks[1]);
+  uint64_t allocation_ms = 0;
+  g_other_thread_done = false;
+  std::thread other([&] {
+    may_allocate.wait();
+    const uint64_t start_ms = OsMonotonicMs();
+    void* p = ferry_malloc(kSize);  // a heap of its own, no page of the class
+    allocation_ms = OsMonotonicMs() - start_ms;
+    ferry_free(p);
+    g_other_thread_done = true;
+  });
+  size_t taken = 0;
+  g_chain_away_hook_ran = false;
+  if (shaped) {
+    ferry_free(blocks[1]);  // a return to the sleeper's queued page
+    ferry_flush();
+    g_other_thread_may_allocate = &may_allocate;
+    g_page_of_the_chain_away = PageOfBlock(blocks[0]);
+    g_chain_away_hook_for_test.store(+[](Page* page) {
+      if (page != g_page_of_the_chain_away.load() || g_chain_away_hook_ran.exchange(true)) return;
+      g_other_thread_may_allocate->count_down();
+      for (int k = 0; k < 10'000 && !g_other_thread_done.load(); ++k) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+    GiveBackWaitingChains(OsMonotonicMs(), /*urgent=*/true, &taken);
+    g_chain_away_hook_for_test.store(nullptr);
+  }
+  if (!g_chain_away_hook_ran.load()) may_allocate.count_down();  // nothing taken: fails below
+  other.join();
+  finish.count_down();
+  sleeper.join();
+  ASSERT_TRUE(shaped) << "the test needs two blocks on one page";
+  ASSERT_TRUE(g_chain_away_hook_ran.load()) << "the look did not take the chain (" << taken << " taken)";
+  EXPECT_LT(allocation_ms, 900u) << "the thread waited for another heap's chain away";
+  ferry_free(blocks[0]);
   ferry_flush();
   ferry_collect();
 }
