@@ -369,11 +369,8 @@ int FindFreeSlices(const Segment* segment, size_t count, size_t align, bool dirt
   size_t covered = 1;
   for (; covered * 2 <= count; covered *= 2) starts &= starts >> covered;
   if (covered < count) starts &= starts >> (count - covered);
-  if (align > 1) {
-    uint64_t aligned = 0;
-    for (size_t start = 0; start < kSlicesPerSegment; start += align) aligned |= uint64_t{1} << start;
-    starts &= aligned;
-  }
+  // Bits 0, align, 2 * align, ... (align a power of two below 64).
+  if (align > 1) starts &= ~uint64_t{0} / ((uint64_t{1} << align) - 1);
   return starts == 0 ? -1 : __builtin_ctzll(starts);
 }
 

@@ -141,8 +141,9 @@ TEST(Segment, FreeSlicesAreFoundWhereALookAtEachStartFindsThem) {
     used |= 1;  // the header
     const uint64_t dirty = next() | next();
     const uint64_t allowed = round % 3 == 0 ? next() | next() | next() : ~uint64_t{0};
-    const size_t count = 2 + next() % 31;  // one slice has a search of its own (above)
     const size_t align = size_t{1} << (next() % 8);  // 1 to 128
+    // One slice at no alignment has a search of its own (above).
+    const size_t count = (align == 1 ? 2 : 1) + next() % (align == 1 ? 62 : 63);  // up to 63
     const bool dirty_only = round % 2 == 0;
     segment->used_slices.store(used);
     segment->dirty_slices.store(dirty);
@@ -153,6 +154,20 @@ TEST(Segment, FreeSlicesAreFoundWhereALookAtEachStartFindsThem) {
     found += want >= 0;
   }
   EXPECT_GT(found, 2000u) << "too few rounds had a run to find";
+  // Every length and alignment, in a segment with only its header used and
+  // in ones with a slice used here and there.
+  for (const uint64_t used : {uint64_t{1}, uint64_t{1} | uint64_t{1} << 63, uint64_t{1} | uint64_t{1} << 32,
+                              uint64_t{1} | uint64_t{1} << 17 | uint64_t{1} << 40}) {
+    segment->used_slices.store(used);
+    segment->dirty_slices.store(~uint64_t{0});
+    for (size_t count = 1; count <= kSlicesPerSegment; ++count) {
+      for (size_t align = 1; align <= 2 * kSlicesPerSegment; align *= 2) {
+        if (count == 1 && align == 1) continue;
+        ASSERT_EQ(FindFreeSlices(segment, count, align, /*dirty_only=*/false), first_run(used, ~uint64_t{0}, count, align))
+            << "used " << std::hex << used << std::dec << " count " << count << " align " << align;
+      }
+    }
+  }
   std::free(segment);
 }
 
@@ -2214,13 +2229,13 @@ TEST(FreeBlocks, AnOwnerShortOfAClassWaitsForItsChainAwayRatherThanCarve) {
   built.wait();
   const bool shaped = current != nullptr && full->in_full == 1 && full->reserved >= 3;
   size_t taken = 0;
+  g_chain_away_hook_ran = false;
   if (shaped) {
     for (size_t k = 1; k + 1 < blocks.size(); ++k) freed.push_back(blocks[k]);  // the full page's but its first
     for (void* p : freed) ferry_free(p);
     ferry_flush();
     g_owner_may_allocate = &may_allocate;
     g_page_of_the_chain_away = full;
-    g_chain_away_hook_ran = false;
     g_chain_away_hook_for_test.store(+[](Page* page) {
       if (page != g_page_of_the_chain_away.load() || g_chain_away_hook_ran.exchange(true)) return;
       g_owner_may_allocate->count_down();
@@ -2259,7 +2274,7 @@ std::latch* g_other_thread_may_allocate = nullptr;
 std::atomic<bool> g_other_thread_done{false};
 
 TEST(FreeBlocks, AnotherHeapsChainAwayDoesNotHoldUpAThreadShortOfTheClass) {
-  constexpr size_t kSize = 44 << 10;  // class 44 KiB: four blocks to a page
+  constexpr size_t kSize = 44 << 10;  // class 44 KiB: eight blocks to a page of six slices
   void* blocks[2] = {};
   std::latch built(1), may_allocate(1), finish(1);
   std::thread sleeper([&] {
@@ -2270,8 +2285,11 @@ TEST(FreeBlocks, AnotherHeapsChainAwayDoesNotHoldUpAThreadShortOfTheClass) {
   built.wait();
   const bool shaped = blocks[0] != nullptr && blocks[1] != nullptr && PageOfBlock(blocks[0]) == PageOfBlock(blocks[1]);
   uint64_t allocation_ms = 0;
+  bool short_of_the_class = false;
   g_other_thread_done = false;
   std::thread other([&] {
+    ferry_free(ferry_malloc(16));  // its heap: new, or one an exited thread left
+    short_of_the_class = tl_heap->queues[SizeClassOf(kSize)].head == nullptr;
     may_allocate.wait();
     const uint64_t start_ms = OsMonotonicMs();
     void* p = ferry_malloc(kSize);  // a heap of its own, no page of the class
@@ -2300,8 +2318,10 @@ TEST(FreeBlocks, AnotherHeapsChainAwayDoesNotHoldUpAThreadShortOfTheClass) {
   other.join();
   finish.count_down();
   sleeper.join();
+  const bool hook_ran = g_chain_away_hook_ran.exchange(false);
   ASSERT_TRUE(shaped) << "the test needs two blocks on one page";
-  ASSERT_TRUE(g_chain_away_hook_ran.load()) << "the look did not take the chain (" << taken << " taken)";
+  ASSERT_TRUE(short_of_the_class) << "the other thread's heap had a page of the class: its allocation may not wait";
+  ASSERT_TRUE(hook_ran) << "the look did not take the chain (" << taken << " taken)";
   EXPECT_LT(allocation_ms, 900u) << "the thread waited for another heap's chain away";
   ferry_free(blocks[0]);
   ferry_flush();
