@@ -612,7 +612,7 @@ TEST(PageLists, AHeapThatFindsTheOwnerHoldingItsInboxLeavesTheBitForIt) {
 // blocks would count in `used` until the class allocated again, and the
 // owner's frees could never retire it.
 TEST(PageLists, ASweptPageOfSeveralSlicesIsRetiredWhenItsOwnerFreesTheRest) {
-  constexpr size_t kSize = 18432;  // pages of two slices, seven blocks; no other test here uses it
+  constexpr size_t kSize = 18432;  // pages of three slices, ten blocks; no other test here uses it
   void* first = ferry_malloc(kSize);
   const uintptr_t address = reinterpret_cast<uintptr_t>(first);
   Page* page = PageOf(SegmentOf(address), address);
